@@ -1,0 +1,34 @@
+# Set-up and checks. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+# Re-runs only when the lock file or the package metadata change.
+$(STAMP): requirements.lock setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=64" wheel
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/globallocal segment examples/img_80472.jpg "the man on the right" \
+		-o demo_out/man_on_the_right.png --overlay demo_out/man_on_the_right_overlay.png \
+		--json demo_out/man_on_the_right.json
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python bench/segment.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache *.egg-info

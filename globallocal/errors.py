@@ -1,0 +1,27 @@
+"""Errors a user can act on.
+
+Every problem caused by the user's input or environment (an unreadable image,
+missing weights, an empty phrase) is raised as a :class:`GlobalLocalError`
+whose message is one line naming the problem and the fix. The CLI prints that
+line and exits non-zero without a traceback; anything else is a bug.
+"""
+
+
+class GlobalLocalError(Exception):
+    """A problem the user can fix; ``str(error)`` is a one-line explanation."""
+
+
+class ImageError(GlobalLocalError):
+    """An image (or mask image) could not be read or is unusable."""
+
+
+class WeightsError(GlobalLocalError):
+    """Model weights are missing, unreachable or do not match the model."""
+
+
+class InputError(GlobalLocalError):
+    """A phrase, mask set, option value or data file is unusable."""
+
+
+class NoProposalsError(InputError):
+    """An image has no mask proposals to choose from."""

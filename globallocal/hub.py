@@ -1,0 +1,68 @@
+"""Hugging Face hub access that fails fast when weights cannot be had.
+
+huggingface_hub retries an unreachable hub for about 20 s per file; on an
+offline machine a user should instead learn within seconds which file is
+missing and how to provide it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+from .errors import WeightsError
+
+
+def _offline() -> bool:
+    flag = os.environ.get("HF_HUB_OFFLINE", "")
+    return flag.upper() in {"1", "ON", "YES", "TRUE"} or bool(getattr(hf_constants, "HF_HUB_OFFLINE", False))
+
+
+def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached right now, or None when it can."""
+    if _offline():
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT
+    parsed = urlparse(endpoint)
+    host, port = parsed.hostname or "huggingface.co", parsed.port or (443 if parsed.scheme != "http" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as error:
+        return f"cannot reach {host}: {error.strerror or error}"
+
+
+def cached_hub_file(repo_id: str, filenames: list[str]) -> Path | None:
+    """The first of ``filenames`` already in the local hub cache, if any."""
+    for filename in filenames:
+        hit = try_to_load_from_cache(repo_id, filename)
+        if isinstance(hit, str):
+            return Path(hit)
+    return None
+
+
+def require_hub_files(repo_id: str, filenames: list[str], what: str, fix: str) -> None:
+    """Raise a one-line :class:`WeightsError` now unless a download can succeed.
+
+    Passes when one of ``filenames`` is cached or the hub answers; otherwise
+    the message names ``what`` is missing, why, and ``fix``.
+    """
+    if cached_hub_file(repo_id, filenames) is not None:
+        return
+    reason = hub_unreachable_reason()
+    if reason is not None:
+        raise WeightsError(f"{what} is not in the local cache and cannot be downloaded ({reason}); {fix}")
+
+
+def download_hub_file(repo_id: str, filename: str, local_dir: Path, what: str, fix: str) -> Path:
+    """Download ``filename`` from ``repo_id`` into ``local_dir`` (progress bar on a terminal)."""
+    require_hub_files(repo_id, [filename], what, fix)
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename, local_dir=str(local_dir)))
+    except Exception as error:  # any network or hub failure is the same problem for the user
+        raise WeightsError(f"downloading {what} failed ({type(error).__name__}); {fix}") from None

@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny random CLIP models, the parser, the example photos.
+
+HF_HUB_OFFLINE is set before anything imports huggingface_hub, so no test
+waits on the network; tests that need real weights skip when they are absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from tiny_models import TINY_CONFIGS  # noqa: E402
+
+from globallocal.clip_models import ClipBundle, load_clip  # noqa: E402
+from globallocal.text import load_parser  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+@pytest.fixture(scope="session")
+def tiny_config_paths(tmp_path_factory) -> dict[str, Path]:
+    """open_clip model-config JSON files of two tiny architectures."""
+    folder = tmp_path_factory.mktemp("clip_configs")
+    paths = {}
+    for family, config in TINY_CONFIGS.items():
+        paths[family] = folder / f"tiny-{family}.json"
+        paths[family].write_text(json.dumps(config))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tiny_config_paths) -> dict[str, Path]:
+    """A random open_clip checkpoint file per tiny architecture (seeded)."""
+    paths = {}
+    for family, config_path in tiny_config_paths.items():
+        torch.manual_seed(0)
+        clip = load_clip(str(config_path), "random")
+        paths[family] = config_path.with_suffix(".pt")
+        torch.save(clip.model.state_dict(), paths[family])
+    return paths
+
+
+@pytest.fixture(scope="session", params=["vit", "resnet"])
+def tiny_clip(request, tiny_config_paths, tiny_checkpoints) -> ClipBundle:
+    return load_clip(str(tiny_config_paths[request.param]), str(tiny_checkpoints[request.param]))
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tiny_config_paths, tiny_checkpoints) -> ClipBundle:
+    return load_clip(str(tiny_config_paths["vit"]), str(tiny_checkpoints["vit"]))
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet(tiny_config_paths, tiny_checkpoints) -> ClipBundle:
+    return load_clip(str(tiny_config_paths["resnet"]), str(tiny_checkpoints["resnet"]))
+
+
+@pytest.fixture(scope="session")
+def nlp():
+    return load_parser()
+
+
+@pytest.fixture
+def example(tmp_path) -> dict:
+    """Example photo 44266 ('the wooden chair') with its ground-truth mask and two more masks."""
+    image = EXAMPLES / "img_44266.jpg"
+    gt = np.asarray(Image.open(EXAMPLES / "mask_44266.png")) > 0
+    height, width = gt.shape
+    box = np.zeros_like(gt)
+    box[: height // 2, : width // 2] = True
+    masks = np.stack([gt, box, ~gt])
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    for i, mask in enumerate(masks):
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"mask_{i}.png")
+    return {"image": image, "masks": masks, "mask_dir": folder, "size": (height, width)}
+
+
+@pytest.fixture
+def copy_example(tmp_path):
+    def copy(name: str) -> Path:
+        return Path(shutil.copy(EXAMPLES / name, tmp_path / name))
+
+    return copy

@@ -1,0 +1,68 @@
+"""The CLIP factory: QuickGELU for OpenAI weights, supported towers, clear weight errors."""
+
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+from tiny_models import TINY_CONFIGS
+
+from globallocal.clip_models import image_tower_family, load_clip
+from globallocal.errors import InputError, WeightsError
+
+
+@pytest.fixture
+def plain_tiny_with_openai_tag(tmp_path, monkeypatch):
+    """A registered tiny architecture without QuickGELU (like open_clip's plain 'ViT-B-32') whose
+    'openai' pretrained tag points at a local file, so the tag path runs without a download."""
+    config = dict(TINY_CONFIGS["vit"], quick_gelu=False)
+    config_path = tmp_path / "tiny-plain-vit.json"
+    config_path.write_text(json.dumps(config))
+    open_clip.add_model_config(config_path)
+    checkpoint = tmp_path / "tiny-openai.pt"
+    torch.save(open_clip.model.CLIP(**config).state_dict(), checkpoint)
+    # Shaped like open_clip's real OpenAI entries, which mark the tag as trained with QuickGELU.
+    tag = {"openai": {"file": str(checkpoint), "quick_gelu": True}}
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "tiny-plain-vit", tag)
+    return "tiny-plain-vit", checkpoint
+
+
+def _activation_at_one(clip) -> float:
+    return float(clip.model.visual.transformer.resblocks[0].mlp.gelu(torch.tensor(1.0)))
+
+
+def test_openai_weights_get_quick_gelu(plain_tiny_with_openai_tag):
+    name, checkpoint = plain_tiny_with_openai_tag
+    clip = load_clip(name, "openai")
+    assert clip.uses_quick_gelu
+    assert all(not isinstance(m, torch.nn.GELU) for m in clip.model.modules())
+    assert _activation_at_one(clip) == pytest.approx(torch.sigmoid(torch.tensor(1.702)).item())  # 0.8458
+    # A local file: the architecture name decides, and this one is the plain GELU config.
+    plain = load_clip(name, str(checkpoint))
+    assert not plain.uses_quick_gelu
+    assert _activation_at_one(plain) == pytest.approx(0.8413, abs=1e-4)  # exact GELU(1)
+
+
+def test_quickgelu_architecture_names():
+    assert load_clip("RN50-quickgelu", "random").uses_quick_gelu is True
+
+
+def test_families():
+    assert image_tower_family(open_clip.get_model_config("RN50")) == "resnet"
+    assert image_tower_family(open_clip.get_model_config("ViT-B-16")) == "vit"
+    with pytest.raises(InputError, match="not supported"):
+        image_tower_family(open_clip.get_model_config("coca_ViT-B-32"))
+
+
+def test_unknown_tag_and_missing_file(tmp_path):
+    with pytest.raises(WeightsError, match="no pretrained weights 'nonsense' for RN50"):
+        load_clip("RN50", "nonsense")
+    with pytest.raises(WeightsError, match="CLIP weights file not found"):
+        load_clip("RN50", str(tmp_path / "w.pt"))
+
+
+def test_precision_needs_cuda():
+    with pytest.raises(InputError, match="fp16 is for CUDA"):
+        load_clip("RN50", "random", precision="fp16")
