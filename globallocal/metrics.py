@@ -1,0 +1,132 @@
+"""Referring-segmentation metrics (SPEC section 7).
+
+Per sentence, at the image's original resolution, I = |pred AND gt| and
+U = |pred OR gt|. Over a split:
+
+- oIoU = 100 * sum(I) / sum(U) (0 when sum(U) is 0, i.e. nothing to score);
+- mIoU = 100 * mean(I / U), a sentence with U = 0 counting as IoU 0, as in
+  the published code's ``Compute_IoU``;
+- precision@t = percent of sentences with IoU >= t for t = 0.5 .. 0.9, the
+  convention of LAVT's and most RIS evaluation code
+  (``seg_correct += this_iou >= eval_seg_iou``). It is tested in integers
+  (10 I >= 10 t U), which gives the same answers as LAVT's float test: I/U
+  and t are both correctly rounded, so equality at the threshold survives.
+
+A sentence whose image got no proposals is scored with an empty prediction
+(I = 0, U = |gt|) and also counted in ``no_proposal_sentences``: the
+published code skips it, which inflates both IoUs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+__all__ = ["PRECISION_THRESHOLDS", "MetricAccumulator", "intersection_union", "sentence_iou"]
+
+# Thresholds in tenths, so the precision test stays in integers.
+_THRESHOLD_TENTHS = (5, 6, 7, 8, 9)
+PRECISION_THRESHOLDS = tuple(tenths / 10 for tenths in _THRESHOLD_TENTHS)
+
+
+def _as_bool_array(mask: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    return np.asarray(mask).astype(bool, copy=False)
+
+
+def intersection_union(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> tuple[int, int]:
+    """(I, U) pixel counts of two masks of the same (H, W) shape."""
+    pred, gt = _as_bool_array(pred), _as_bool_array(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
+    return int(np.logical_and(pred, gt).sum()), int(np.logical_or(pred, gt).sum())
+
+
+def sentence_iou(intersection: int, union: int) -> float:
+    """I / U, and 0 when U is 0 (both masks empty)."""
+    return intersection / union if union else 0.0
+
+
+@dataclass
+class MetricAccumulator:
+    """Running totals over sentences; :meth:`summary` gives the split's metrics.
+
+    The mean IoU is summed with :func:`math.fsum`, so the result does not
+    depend on the order sentences were added in (a resumed run adds them in
+    a different grouping from an uninterrupted one).
+    """
+
+    sum_intersection: int = 0
+    sum_union: int = 0
+    sentences: int = 0
+    no_proposal_sentences: int = 0
+    correct: list[int] = field(default_factory=lambda: [0] * len(_THRESHOLD_TENTHS))
+    _ious: list[float] = field(default_factory=list, repr=False)
+    _refs: set[int] = field(default_factory=set, repr=False)
+    _images: set[int] = field(default_factory=set, repr=False)
+    _no_proposal_refs: set[int] = field(default_factory=set, repr=False)
+    _no_proposal_images: set[int] = field(default_factory=set, repr=False)
+
+    def add(
+        self,
+        intersection: int,
+        union: int,
+        *,
+        ref_id: int | None = None,
+        image_id: int | None = None,
+        no_proposals: bool = False,
+    ) -> None:
+        """Count one sentence. ``ref_id``/``image_id`` feed the ref and image counts."""
+        if intersection < 0 or union < intersection:
+            raise ValueError(f"invalid counts I={intersection} U={union}")
+        self.sum_intersection += intersection
+        self.sum_union += union
+        self.sentences += 1
+        self._ious.append(sentence_iou(intersection, union))
+        if union:
+            for k, tenths in enumerate(_THRESHOLD_TENTHS):
+                self.correct[k] += 10 * intersection >= tenths * union
+        if ref_id is not None:
+            self._refs.add(ref_id)
+        if image_id is not None:
+            self._images.add(image_id)
+        if no_proposals:
+            self.no_proposal_sentences += 1
+            if ref_id is not None:
+                self._no_proposal_refs.add(ref_id)
+            if image_id is not None:
+                self._no_proposal_images.add(image_id)
+
+    @property
+    def oiou(self) -> float:
+        """100 sum I / sum U (0 before anything with a non-empty union was added)."""
+        return 100.0 * self.sum_intersection / self.sum_union if self.sum_union else 0.0
+
+    @property
+    def miou(self) -> float:
+        """100 mean(I / U) (0 before any sentence was added)."""
+        return 100.0 * math.fsum(self._ious) / len(self._ious) if self._ious else 0.0
+
+    def summary(self) -> dict:
+        """The metrics and counts as a JSON-ready dict."""
+        precision = {
+            f"{threshold:.1f}": (100.0 * hits / self.sentences if self.sentences else 0.0)
+            for threshold, hits in zip(PRECISION_THRESHOLDS, self.correct, strict=True)
+        }
+        return {
+            "oIoU": self.oiou,
+            "mIoU": self.miou,
+            "precision": precision,
+            "sentences": self.sentences,
+            "refs": len(self._refs),
+            "images": len(self._images),
+            "no_proposal_sentences": self.no_proposal_sentences,
+            "no_proposal_refs": len(self._no_proposal_refs),
+            "no_proposal_images": len(self._no_proposal_images),
+            "sum_intersection": self.sum_intersection,
+            "sum_union": self.sum_union,
+        }

@@ -1,0 +1,334 @@
+"""The evaluation loop: numbers, grouping by image, records, resuming, reports."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from refer_fixtures import ShiftedOracleSource, StandInSegmenter, build_refer, file_name, stand_in_index
+from rich.console import Console
+
+from globallocal.errors import InputError
+from globallocal.evaluate import (
+    RECORDS_FILE,
+    REPORT_JSON,
+    REPORT_MD,
+    EvaluationConfig,
+    EvaluationStopped,
+    format_report_table,
+    run_evaluation,
+)
+from globallocal.images import load_mask
+from globallocal.refer import ReferDataset
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+EMPTY = frozenset({13})  # image 13 of refcoco val gets no proposals
+
+
+@pytest.fixture
+def refer(tmp_path):
+    return build_refer(tmp_path / "dataset")
+
+
+def _config(refer, out_dir, **overrides) -> EvaluationConfig:
+    values = {
+        "dataset": "refcoco",
+        "split": "val",
+        "data_root": refer.data_root,
+        "images_dir": refer.images_dir,
+        "out_dir": out_dir,
+        "settings": {"model": "stand-in", "alpha": 0.95, "beta": 0.5},
+    }
+    values.update(overrides)
+    return EvaluationConfig(**values)
+
+
+def _source(refer, dataset="refcoco", split="val", empty=EMPTY) -> ShiftedOracleSource:
+    dataset = ReferDataset(refer.data_root, dataset, split, images_dir=refer.images_dir)
+    return ShiftedOracleSource(dataset, empty)
+
+
+def _run(refer, out_dir, **kwargs):
+    segmenter, source = StandInSegmenter(), _source(refer)
+    report = run_evaluation(_config(refer, out_dir), segmenter, source, progress=False, **kwargs)
+    return report, segmenter, source
+
+
+def _expected(refer, empty=EMPTY):
+    """Per-sentence (I, U, index) computed here, without the loop under test."""
+    dataset = ReferDataset(refer.data_root, "refcoco", "val", images_dir=refer.images_dir)
+    source = ShiftedOracleSource(dataset, empty)
+    expected = {}
+    for group in dataset.images():
+        proposals = source(dataset.load_image(group.image), group.image)
+        for ref in group.refs:
+            gt = dataset.gt_mask(ref)
+            for sentence in ref.sentences:
+                if group.image.image_id in empty:
+                    expected[sentence.sent_id] = (0, int(gt.sum()), None)
+                    continue
+                index = stand_in_index(sentence.raw, len(proposals))
+                pred = proposals.masks[index].numpy()
+                expected[sentence.sent_id] = (int((pred & gt).sum()), int((pred | gt).sum()), index)
+    return expected
+
+
+def _lines(out_dir):
+    return [json.loads(line) for line in (out_dir / RECORDS_FILE).read_text().splitlines()]
+
+
+def _records(out_dir):
+    return [entry for entry in _lines(out_dir) if "image_done" not in entry]
+
+
+def _without_timing(out_dir):
+    return [{k: v for k, v in entry.items() if k != "seconds"} for entry in _lines(out_dir)]
+
+
+def test_uninterrupted_run_matches_an_independent_computation(refer, tmp_path):
+    out = tmp_path / "run"
+    report, segmenter, source = _run(refer, out)
+    expected = _expected(refer)
+    ious = [i / u for i, u, _ in expected.values()]
+    assert any(0 < iou < 1 for iou in ious), "the fixture should give fractional IoUs"
+
+    metrics = report["metrics"]
+    assert metrics["oIoU"] == pytest.approx(
+        100 * sum(i for i, _, _ in expected.values()) / sum(u for _, u, _ in expected.values())
+    )
+    assert metrics["mIoU"] == pytest.approx(100 * float(np.mean(ious)))
+    for threshold in ("0.5", "0.6", "0.7", "0.8", "0.9"):
+        hits = sum(iou >= float(threshold) for iou in ious)
+        assert metrics["precision"][threshold] == pytest.approx(100 * hits / len(ious))
+    assert (metrics["images"], metrics["refs"], metrics["sentences"]) == (3, 7, 14)
+    # Image 13 (refs 607 and 707, three sentences): IoU 0, counted apart, not skipped.
+    assert metrics["no_proposal_images"] == 1
+    assert metrics["no_proposal_refs"] == 2
+    assert metrics["no_proposal_sentences"] == 3
+
+    # One proposal computation per image; set_image only where there are proposals.
+    assert source.calls == [11, 12, 13]
+    assert segmenter.set_image_sizes == [(40, 30), (32, 24)]
+
+    records = _records(out)
+    assert len(records) == 14
+    for record in records:
+        intersection, union, index = expected[record["sent_id"]]
+        assert (record["I"], record["U"], record["index"]) == (intersection, union, index)
+        assert record["IoU"] == pytest.approx(intersection / union)
+        assert record["no_proposals"] == (record["image_id"] in EMPTY)
+        if record["no_proposals"]:
+            assert record["score"] is None and record["noun_phrase"] is None
+        else:
+            assert record["score"] == pytest.approx(1.0)  # the stand-in gives its pick the top score
+            assert record["expression"] == record["phrase"].lower()
+    truncated = sum(len(r["phrase"]) > 20 for r in records if not r["no_proposals"])
+    assert truncated and report["truncated_sentences"] == truncated
+
+    assert json.loads((out / REPORT_JSON).read_text()) == report
+    assert report["config"]["settings"] == {"model": "stand-in", "alpha": 0.95, "beta": 0.5}
+    assert report["config"]["split_by"] == "unc"
+    packages = {"torch", "open_clip_torch", "spacy", "numpy", "pycocotools", "globallocal"}
+    assert set(report["versions"]) == packages
+    assert report["wall_time_s"] > 0
+    markdown = (out / REPORT_MD).read_text()
+    assert f"{metrics['oIoU']:.2f}" in markdown and f"{metrics['mIoU']:.2f}" in markdown
+    assert "3 sentences, scored as IoU 0" in markdown
+
+
+def test_stop_and_resume_gives_identical_numbers(refer, tmp_path):
+    full, _, _ = _run(refer, tmp_path / "full")
+
+    out = tmp_path / "resumed"
+    with pytest.raises(EvaluationStopped):
+        _run(refer, out, stop_after_images=1)
+    assert not (out / REPORT_JSON).exists()
+    assert [entry["image_done"] for entry in _lines(out) if "image_done" in entry] == [11]
+
+    resumed, segmenter, source = _run(refer, out)
+    assert source.calls == [12, 13]  # image 11 is not redone
+    assert segmenter.set_image_sizes == [(32, 24)]
+    assert resumed["metrics"] == full["metrics"]
+    assert _without_timing(out) == _without_timing(tmp_path / "full")
+
+
+@pytest.mark.parametrize("damage", ["half_line", "unfinished_image", "half_marker"])
+def test_interrupted_writes_are_recovered_without_double_counting(refer, tmp_path, damage):
+    full, _, _ = _run(refer, tmp_path / "full")
+    out = tmp_path / "damaged"
+    with pytest.raises(EvaluationStopped):
+        _run(refer, out, stop_after_images=2 if damage == "half_marker" else 1)
+    records_path = out / RECORDS_FILE
+    data = records_path.read_bytes()
+    if damage == "half_line":
+        data += b'{"image_id": 12, "ref_id": 307, "sent_'
+    elif damage == "unfinished_image":
+        # Complete records of image 12 with no image-done marker, then a torn line.
+        bogus = {"image_id": 12, "ref_id": 307, "sent_id": 4, "I": 999, "U": 1000, "no_proposals": False}
+        data += (json.dumps(bogus) + "\n").encode() * 2 + b'{"image_'
+    else:
+        # The last line is image 12's marker: cut it in half, so image 12 must be redone.
+        last_start = data.rstrip(b"\n").rfind(b"\n") + 1
+        data = data[: last_start + 10]
+    records_path.write_bytes(data)
+
+    resumed, _, source = _run(refer, out)
+    assert source.calls == [12, 13]  # with a torn marker, image 12 is redone
+    assert resumed["metrics"] == full["metrics"]
+    assert _without_timing(out) == _without_timing(tmp_path / "full")
+    assert all(record["I"] != 999 for record in _records(out))
+
+
+def test_kill_at_any_moment_then_resume(refer, tmp_path):
+    full, _, _ = _run(refer, tmp_path / "full")
+    out = tmp_path / "killed"
+    script = f"""
+import sys
+sys.path[:0] = [{str(TESTS_DIR)!r}, {str(REPO_ROOT)!r}]
+from pathlib import Path
+from refer_fixtures import ShiftedOracleSource, StandInSegmenter
+from globallocal.evaluate import EvaluationConfig, run_evaluation
+from globallocal.refer import ReferDataset
+data_root, images_dir = Path({str(refer.data_root)!r}), Path({str(refer.images_dir)!r})
+config = EvaluationConfig(
+    dataset="refcoco", split="val", data_root=data_root, images_dir=images_dir, out_dir=Path({str(out)!r}),
+    settings={{"model": "stand-in", "alpha": 0.95, "beta": 0.5}},
+)
+dataset = ReferDataset(data_root, "refcoco", "val", images_dir=images_dir)
+source = ShiftedOracleSource(dataset, frozenset({{13}}))
+run_evaluation(config, StandInSegmenter(delay=0.15), source, progress=False)
+"""
+    process = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        # Kill once the first image is on disk and the second is being worked on.
+        while time.monotonic() < deadline and process.poll() is None:
+            records = out / RECORDS_FILE
+            if records.exists() and records.read_bytes().count(b"image_done") >= 1:
+                time.sleep(0.2)
+                break
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / REPORT_JSON).exists()
+
+    resumed, _, source = _run(refer, out)
+    assert 11 not in source.calls
+    assert resumed["metrics"] == full["metrics"]
+    assert _without_timing(out) == _without_timing(tmp_path / "full")
+
+
+def test_a_finished_run_is_not_redone(refer, tmp_path):
+    first, _, _ = _run(refer, tmp_path / "run")
+    again, segmenter, source = _run(refer, tmp_path / "run")
+    assert source.calls == [] and segmenter.set_image_sizes == []
+    assert again["metrics"] == first["metrics"]
+
+
+def test_resuming_with_another_configuration_is_refused(refer, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(EvaluationStopped):
+        _run(refer, out, stop_after_images=1)
+    before = (out / RECORDS_FILE).read_bytes()
+    changed = _config(refer, out, settings={"model": "stand-in", "alpha": 0.5, "beta": 0.5})
+    with pytest.raises(InputError, match=r"configuration \(settings\); use another --out or delete"):
+        run_evaluation(changed, StandInSegmenter(), _source(refer), progress=False)
+    union = _config(refer, out, overlap="union")
+    with pytest.raises(InputError, match=r"different configuration \(overlap\)"):
+        run_evaluation(union, StandInSegmenter(), _source(refer), progress=False)
+    assert (out / RECORDS_FILE).read_bytes() == before
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / RECORDS_FILE).write_text("{}\n")
+    with pytest.raises(InputError, match="no config.json"):
+        run_evaluation(_config(refer, foreign), StandInSegmenter(), _source(refer), progress=False)
+
+
+def test_damage_before_the_last_marker_is_reported(refer, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(EvaluationStopped):
+        _run(refer, out, stop_after_images=2)
+    lines = (out / RECORDS_FILE).read_text().splitlines(keepends=True)
+    lines[1] = "not json\n"
+    (out / RECORDS_FILE).write_text("".join(lines))
+    with pytest.raises(InputError, match="damaged before line"):
+        _run(refer, out)
+
+
+def test_saved_masks_are_the_predictions(refer, tmp_path):
+    masks_dir = tmp_path / "masks"
+    config = _config(refer, tmp_path / "run", save_masks=masks_dir)
+    dataset = ReferDataset(refer.data_root, "refcoco", "val", images_dir=refer.images_dir)
+    source = ShiftedOracleSource(dataset, EMPTY)
+    run_evaluation(config, StandInSegmenter(), source, progress=False)
+    records = _records(tmp_path / "run")
+    assert sorted(path.name for path in masks_dir.iterdir()) == sorted(
+        f"{r['ref_id']}_{r['sent_id']}.png" for r in records
+    )
+    for record in records:
+        saved = load_mask(masks_dir / f"{record['ref_id']}_{record['sent_id']}.png")
+        image = next(group.image for group in dataset.images() if group.image.image_id == record["image_id"])
+        assert saved.shape == (image.height, image.width)
+        if record["no_proposals"]:
+            assert not saved.any()
+        else:
+            proposals = source(dataset.load_image(image), image)
+            np.testing.assert_array_equal(saved, proposals.masks[record["index"]].numpy())
+
+
+def test_limit_takes_the_first_images_with_the_progress_bar(refer, tmp_path, capsys):
+    segmenter, source = StandInSegmenter(), _source(refer)
+    report = run_evaluation(_config(refer, tmp_path / "run", limit=2), segmenter, source, progress=True)
+    assert source.calls == [11, 12]
+    assert report["images_total"] == 2 and report["metrics"]["sentences"] == 11
+    bar = capsys.readouterr().err
+    assert "2/2" in bar and "11 sentences" in bar and f"oIoU {report['metrics']['oIoU']:.2f}" in bar
+    with pytest.raises(InputError, match="at least 1"):
+        run_evaluation(_config(refer, tmp_path / "zero", limit=0), segmenter, source, progress=False)
+
+
+def test_missing_images_are_named_before_any_work(refer, tmp_path):
+    (refer.images_dir / file_name(12)).unlink()
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match=f"1 of 3 images are missing .*{file_name(12)}"):
+        _run(refer, out)
+    assert not (out / RECORDS_FILE).exists()
+
+
+def test_segmenter_errors_name_the_sentence(refer, tmp_path):
+    class Refusing(StandInSegmenter):
+        def predict(self, phrase):
+            if phrase == "blob":
+                raise InputError("phrase refused")
+            return super().predict(phrase)
+
+    with pytest.raises(InputError, match=r"ref 307 sentence 7 \('blob'\): phrase refused"):
+        run_evaluation(_config(refer, tmp_path / "run"), Refusing(), _source(refer), progress=False)
+
+
+def test_report_table_puts_runs_side_by_side(refer, tmp_path):
+    first, _, _ = _run(refer, tmp_path / "a")
+    plus = _config(refer, tmp_path / "b", dataset="refcoco+", settings={"model": "other"})
+    source = _source(refer, "refcoco+", empty=frozenset())
+    second = run_evaluation(plus, StandInSegmenter(), source, progress=False)
+    table = format_report_table([tmp_path / "a", tmp_path / "b"])
+    console = Console(record=True, width=250)
+    console.print(table)
+    text = console.export_text()
+    assert "refcoco val (unc)" in text and "refcoco+ val (unc)" in text
+    for report in (first, second):
+        assert f"{report['metrics']['oIoU']:.2f}" in text
+        assert f"{report['metrics']['mIoU']:.2f}" in text
+    assert "stand-in" in text and "other" in text
+    with pytest.raises(InputError, match="no finished run"):
+        format_report_table([tmp_path / "nothing"])
