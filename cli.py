@@ -174,6 +174,148 @@ def segment(
         )
 
 
+def _freesolo_options(
+    score_threshold: float, max_proposals: int, short_side: int, min_area: int
+) -> dict[str, float | int]:
+    return {
+        "score_threshold": score_threshold,
+        "max_proposals": max_proposals,
+        "short_side": short_side,
+        "min_area": min_area,
+    }
+
+
+SCORE_THRESHOLD_HELP = "FreeSOLO: keep grid cells whose category score exceeds this."
+MAX_PROPOSALS_HELP = "FreeSOLO: keep at most this many masks (by score, after Matrix NMS)."
+SHORT_SIDE_HELP = "Short side the photo is resized to for FreeSOLO and CLIP (SPEC: 800)."
+MIN_AREA_HELP = "FreeSOLO: drop masks of at most this many pixels (0 drops only empty masks)."
+
+
+@app.command()
+def proposals(
+    image: Path = typer.Argument(..., help="Photo to propose masks for."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for NNN.png masks and proposals.json."),
+    freesolo_weights: Path | None = typer.Option(
+        None, help="FreeSOLO checkpoint (default: freesolo_weights/FreeSOLO_R101_30k_pl.pth, downloaded when "
+        "absent)."
+    ),
+    score_threshold: float = typer.Option(0.1, help=SCORE_THRESHOLD_HELP),
+    max_proposals: int = typer.Option(100, help=MAX_PROPOSALS_HELP),
+    short_side: int = typer.Option(800, help=SHORT_SIDE_HELP),
+    min_area: int = typer.Option(0, help=MIN_AREA_HELP),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+) -> None:
+    """Write FreeSOLO's mask proposals for IMAGE as PNGs plus a JSON of scores and boxes.
+
+    The folder can be given back to `globallocal segment --masks`.
+    """
+    from globallocal.errors import NoProposalsError
+    from globallocal.images import load_image
+    from globallocal.proposals.files import save_proposals
+    from globallocal.proposals.freesolo import build_freesolo
+
+    if output.exists() and not output.is_dir():
+        raise InputError(f"output {output} is a file; give a folder")
+    picture = load_image(image)
+    options = _freesolo_options(score_threshold, max_proposals, short_side, min_area)
+    generator = build_freesolo(weights=freesolo_weights, device=device, **options)
+    with stderr.status("FreeSOLO proposals..."):
+        found = generator.generate(picture)
+    if len(found) == 0:
+        raise NoProposalsError(f"FreeSOLO found no masks in {image}; try a lower --score-threshold")
+    save_proposals(found, output)
+    stderr.print(f"{len(found)} proposals written to {output}")
+
+
+@app.command()
+def evaluate(
+    dataset: str = typer.Option(..., help="refcoco, refcoco+ or refcocog."),
+    split: str = typer.Option(..., help="val, testA, testB (refcoco, refcoco+); val, test (refcocog umd)."),
+    data_root: Path = typer.Option(..., help="REFER root holding DATASET/refs(SPLIT_BY).p and instances.json."),
+    images: Path = typer.Option(..., help="COCO train2014 image folder."),
+    split_by: str | None = typer.Option(None, help="unc (refcoco, refcoco+), umd or google (refcocog)."),
+    proposals: str = typer.Option("freesolo", help="freesolo, or gt (ground-truth instance masks: the oracle)."),
+    out: Path | None = typer.Option(
+        None, help="Run folder for records.jsonl and the report (default: runs/DATASET_SPLIT_MODEL_PROPOSALS). "
+        "Running the same command again resumes it."
+    ),
+    limit: int | None = typer.Option(None, help="Evaluate only the first N images of the split."),
+    save_masks: Path | None = typer.Option(None, help="Also write each predicted mask as REF_SENT.png here."),
+    overlap: str = typer.Option(
+        "paper", help="Ground truth of multi-part polygons: paper (pixels covered exactly once) or union."
+    ),
+    clip_model: str = typer.Option("ViT-B-32", help=CLIP_MODEL_HELP),
+    clip_weights: str = typer.Option("openai", help=CLIP_WEIGHTS_HELP),
+    preset: str | None = typer.Option(None, help="Default: the dataset's paper preset. " + PRESET_HELP),
+    alpha: float | None = typer.Option(None, help="Global-context weight of the visual feature."),
+    beta: float | None = typer.Option(None, help="Whole-expression weight of the text feature."),
+    masked_blocks: int | None = typer.Option(None, help="ViT: number of last blocks with masked tokens."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
+    spacy_model: str | None = typer.Option(None, help="spaCy pipeline for the noun phrase."),
+    freesolo_weights: Path | None = typer.Option(None, help="FreeSOLO checkpoint."),
+    score_threshold: float = typer.Option(0.1, help=SCORE_THRESHOLD_HELP),
+    max_proposals: int = typer.Option(100, help=MAX_PROPOSALS_HELP),
+    min_area: int = typer.Option(0, help=MIN_AREA_HELP),
+) -> None:
+    """Evaluate on a RefCOCO / RefCOCO+ / RefCOCOg split: oIoU, mIoU, precision@0.5..0.9.
+
+    Proposals and visual features are computed once per image and shared by
+    all its sentences. Interrupt at any time; the same command resumes.
+    """
+    from globallocal.evaluate import EvaluationConfig, format_report_table, run_evaluation
+    from globallocal.presets import paper_preset_for
+    from globallocal.segmenter import Segmenter
+    from globallocal.text import parser_label
+
+    if proposals not in ("freesolo", "gt"):
+        raise InputError(f"unknown --proposals '{proposals}'; use freesolo or gt")
+    preset = preset or paper_preset_for(dataset)
+    model_tag = Path(clip_model).stem if clip_model.endswith(".json") else clip_model
+    out = out or Path("runs") / f"{dataset}_{split}_{model_tag}_{proposals}"
+    segmenter = Segmenter.from_pretrained(
+        clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks,
+    )
+    freesolo = _freesolo_options(score_threshold, max_proposals, 800, min_area)
+    if proposals == "freesolo":
+        from globallocal.proposals.freesolo import build_freesolo
+
+        generator = build_freesolo(weights=freesolo_weights, device=device, **freesolo)
+
+        def source(image, record):
+            return generator.generate(image)
+
+    else:
+        source = "gt"
+    settings = {
+        "clip_model": clip_model,
+        "clip_weights": clip_weights,
+        "preset": preset,
+        **segmenter.settings.to_dict(),
+        "parser": parser_label(segmenter.nlp),
+        "proposals": proposals,
+        **({"freesolo": freesolo} if proposals == "freesolo" else {}),
+        "device": device,
+        "precision": precision,
+    }
+    config = EvaluationConfig(
+        dataset=dataset, split=split, data_root=data_root, images_dir=images, out_dir=out, split_by=split_by,
+        limit=limit, save_masks=save_masks, overlap=overlap, settings=settings,
+    )
+    run_evaluation(config, segmenter, source)
+    Console(highlight=False).print(format_report_table([out]))
+    stderr.print(f"report: {out / 'report.md'}")
+
+
+@app.command()
+def report(run_dirs: list[Path] = typer.Argument(..., help="Run folders of finished evaluations.")) -> None:
+    """Print the metrics of finished evaluation runs side by side."""
+    from globallocal.evaluate import format_report_table
+
+    Console(highlight=False).print(format_report_table(run_dirs))
+
+
 def main() -> None:
     """Entry point: user errors become one red line and exit code 2, never a traceback."""
     warnings.showwarning = _warn

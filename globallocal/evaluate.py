@@ -359,14 +359,25 @@ def _report_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ground_truth_source(dataset: ReferDataset) -> ProposalSource:
+    def source(image: Image.Image, record: ImageRecord) -> Proposals:
+        return dataset.instance_masks(record.image_id)
+
+    return source
+
+
 def run_evaluation(
     config: EvaluationConfig,
     segmenter: Any,
-    proposal_source: ProposalSource,
+    proposal_source: ProposalSource | str,
     progress: bool = True,
     stop_after_images: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a split, resuming from ``config.out_dir`` if it holds a run of the same config.
+
+    ``proposal_source`` is a callable ``(image, record) -> Proposals`` or
+    ``"gt"``: the image's ground-truth instance masks from instances.json
+    (the oracle setting papers report as an upper bound).
 
     Returns the report (also written to report.json / report.md).
     ``stop_after_images`` raises :class:`EvaluationStopped` once that many
@@ -384,6 +395,10 @@ def run_evaluation(
         images_dir=config.images_dir,
         overlap=config.overlap,
     )
+    if proposal_source == "gt":
+        proposal_source = _ground_truth_source(dataset)
+    elif isinstance(proposal_source, str):
+        raise InputError(f"unknown proposal source '{proposal_source}'")
     groups = dataset.images()[: config.limit]
     missing = dataset.missing_images(groups)
     if missing:
