@@ -257,12 +257,21 @@ def evaluate(
     score_threshold: float = typer.Option(0.1, help=SCORE_THRESHOLD_HELP),
     max_proposals: int = typer.Option(100, help=MAX_PROPOSALS_HELP),
     min_area: int = typer.Option(0, help=MIN_AREA_HELP),
+    cache: Path | None = typer.Option(
+        None, help="Feature cache folder: proposals and CLIP features per image, text features per phrase, keyed by "
+        "model, weights and visual settings (not alpha/beta). Later runs sharing images skip the models; "
+        "'globallocal sweep' needs it. Shareable between runs and processes."
+    ),
 ) -> None:
     """Evaluate on a RefCOCO / RefCOCO+ / RefCOCOg split: oIoU, mIoU, precision@0.5..0.9.
 
     Proposals and visual features are computed once per image and shared by
     all its sentences. Interrupt at any time; the same command resumes.
+    Runs under torchrun too (e.g. torchrun --nproc_per_node 4 -m cli evaluate ...):
+    images are shared out between the processes and rank 0 writes the report.
     """
+    from globallocal.cache import FeatureCache, proposal_source_key
+    from globallocal.distributed import distributed_session
     from globallocal.evaluate import EvaluationConfig, format_report_table, run_evaluation
     from globallocal.presets import paper_preset_for
     from globallocal.segmenter import Segmenter
@@ -273,39 +282,76 @@ def evaluate(
     preset = preset or paper_preset_for(dataset)
     model_tag = Path(clip_model).stem if clip_model.endswith(".json") else clip_model
     out = out or Path("runs") / f"{dataset}_{split}_{model_tag}_{proposals}"
-    segmenter = Segmenter.from_pretrained(
-        clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
-        alpha=alpha, beta=beta, masked_blocks=masked_blocks,
-    )
     freesolo = _freesolo_options(score_threshold, max_proposals, 800, min_area)
-    if proposals == "freesolo":
-        from globallocal.proposals.freesolo import build_freesolo
+    with distributed_session(device) as place:
+        local_device = place.device(device)
+        segmenter = Segmenter.from_pretrained(
+            clip_model, clip_weights, preset, device=local_device, precision=precision, spacy_model=spacy_model,
+            alpha=alpha, beta=beta, masked_blocks=masked_blocks,
+        )
+        proposal_key = None
+        if proposals == "freesolo":
+            from globallocal.proposals.freesolo import build_freesolo, resolve_freesolo_weights
 
-        generator = build_freesolo(weights=freesolo_weights, device=device, **freesolo)
+            weights_path = resolve_freesolo_weights(freesolo_weights)
+            generator = build_freesolo(weights=weights_path, device=local_device, **freesolo)
+            proposal_key = proposal_source_key("freesolo", weights_path, freesolo, local_device)
 
-        def source(image, record):
-            return generator.generate(image)
+            def source(image, record):
+                return generator.generate(image)
 
-    else:
-        source = "gt"
-    settings = {
-        "clip_model": clip_model,
-        "clip_weights": clip_weights,
-        "preset": preset,
-        **segmenter.settings.to_dict(),
-        "parser": parser_label(segmenter.nlp),
-        "proposals": proposals,
-        **({"freesolo": freesolo} if proposals == "freesolo" else {}),
-        "device": device,
-        "precision": precision,
-    }
-    config = EvaluationConfig(
-        dataset=dataset, split=split, data_root=data_root, images_dir=images, out_dir=out, split_by=split_by,
-        limit=limit, save_masks=save_masks, overlap=overlap, settings=settings,
+        else:
+            source = "gt"
+        settings = {
+            "clip_model": clip_model,
+            "clip_weights": clip_weights,
+            "preset": preset,
+            **segmenter.settings.to_dict(),
+            "parser": parser_label(segmenter.nlp),
+            "proposals": proposals,
+            **({"freesolo": freesolo} if proposals == "freesolo" else {}),
+            # As given, not this process's cuda:LOCAL_RANK: all processes must agree on the configuration.
+            "device": device,
+            "precision": precision,
+        }
+        config = EvaluationConfig(
+            dataset=dataset, split=split, data_root=data_root, images_dir=images, out_dir=out, split_by=split_by,
+            limit=limit, save_masks=save_masks, overlap=overlap, settings=settings,
+        )
+        feature_cache = FeatureCache.for_segmenter(cache, segmenter, clip_model) if cache else None
+        run_evaluation(
+            config, segmenter, source, progress=place.is_main, cache=feature_cache, proposal_key=proposal_key,
+            distributed=place,
+        )
+        if place.is_main:
+            Console(highlight=False).print(format_report_table([out]))
+            stderr.print(f"report: {out / 'report.md'}")
+
+
+@app.command()
+def sweep(
+    run_dir: Path = typer.Argument(..., help="Folder of a finished evaluation run made with --cache."),
+    alpha: str | None = typer.Option(
+        None, help="Comma-separated alphas, e.g. 0.8,0.85,0.9,0.95 (default: the run's)."
+    ),
+    beta: str | None = typer.Option(None, help="Comma-separated betas, e.g. 0.3,0.5,0.7 (default: the run's)."),
+    out: Path | None = typer.Option(
+        None, help="Folder for sweep.json, sweep.md and the heat map sweep.png (default: RUN_DIR/sweep)."
+    ),
+    cache: Path | None = typer.Option(None, help="The run's feature cache, if it has moved since the run."),
+) -> None:
+    """Metrics of a cached evaluation run for every (alpha, beta), from its records and cache, without the models.
+
+    Example: globallocal sweep runs/refcoco_val_ViT-B-32_freesolo --alpha 0.8,0.85,0.9,0.95 --beta 0.3,0.5,0.7
+    """
+    from globallocal.sweep import format_sweep_table, parse_values, run_sweep
+
+    result = run_sweep(
+        run_dir, parse_values(alpha, "alpha"), parse_values(beta, "beta"), out_dir=out, cache_dir=cache
     )
-    run_evaluation(config, segmenter, source)
-    Console(highlight=False).print(format_report_table([out]))
-    stderr.print(f"report: {out / 'report.md'}")
+    Console(highlight=False).print(format_sweep_table(result))
+    stderr.print(f"sweep ({result['seconds']:.1f} s): {result['files']['sweep.md']}, heat map "
+                 f"{result['files']['sweep.png']}")
 
 
 @app.command()

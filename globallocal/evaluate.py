@@ -11,10 +11,25 @@ an unfinished image) and the loop continues with the next image. The final
 metrics are computed from the records file alone, so a resumed run reports
 exactly what an uninterrupted one does.
 
-The segmenter is duck-typed (``set_image(image, proposals)`` and
-``predict(phrase)`` returning an object with ``mask``, ``index``,
-``scores``, ``noun_phrase``, ``expression`` and ``truncated``), as is the
-proposal source: any callable ``(image, record) -> Proposals``.
+Every sentence record also keeps, for every proposal of its image, the
+intersection with the ground truth ("overlaps", with "gt_area"), so any
+other choice of proposal can be scored again without the masks: this is what
+:mod:`globallocal.sweep` does with the features of a ``cache``
+(:class:`~globallocal.cache.FeatureCache`). With a cache the image's
+proposals and features, and the text features, are read from it when present
+and written to it otherwise; the records are identical either way.
+
+Under torchrun (``distributed``) the images are dealt round-robin to the
+processes; each appends to its own ``records.rank<R>.jsonl`` with the same
+resume logic, reads the others' files to skip what any session finished, and
+rank 0 merges all files into the report. A run may be resumed with another
+number of processes.
+
+Without a cache the segmenter is duck-typed (``set_image(image, proposals)``
+and ``predict(phrase)`` returning an object with ``mask``, ``index``,
+``scores``, ``noun_phrase``, ``expression`` and ``truncated``); with one it
+must be a :class:`~globallocal.Segmenter`. The proposal source is any
+callable ``(image, record) -> Proposals``.
 """
 
 from __future__ import annotations
@@ -22,14 +37,17 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from rich.console import Console
 from rich.progress import (
@@ -45,21 +63,27 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from .cache import FeatureCache, TextStore, image_digest, proposals_digest
+from .distributed import Distributed
 from .errors import GlobalLocalError, InputError
 from .images import save_mask_png, save_text
 from .metrics import PRECISION_THRESHOLDS, MetricAccumulator, intersection_union, sentence_iou
 from .proposals import Proposals
-from .refer import ImageGroup, ImageRecord, ReferDataset, resolve_split
+from .refer import ImageGroup, ImageRecord, Ref, ReferDataset, Sentence, resolve_split
+from .text import encode_texts
 
 __all__ = [
     "CONFIG_FILE",
     "RECORDS_FILE",
     "REPORT_JSON",
     "REPORT_MD",
+    "CompletedImage",
     "EvaluationConfig",
     "EvaluationStopped",
     "ProposalSource",
     "format_report_table",
+    "read_records",
+    "records_file",
     "run_evaluation",
 ]
 
@@ -67,10 +91,11 @@ RECORDS_FILE = "records.jsonl"
 CONFIG_FILE = "config.json"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+_RECORDS_NAME = re.compile(r"records(\.rank\d+)?\.jsonl")
 
 # Bumped when the records or config layout changes, so that an old out dir is
-# refused instead of misread.
-_FORMAT = 1
+# refused instead of misread. 2: per-proposal overlaps, cache, rank files.
+_FORMAT = 2
 
 ProposalSource = Callable[[Image.Image, ImageRecord], Proposals]
 
@@ -139,7 +164,18 @@ class _RateColumn(ProgressColumn):
         return Text("" if task.speed is None else f"{task.speed:.2f} img/s")
 
 
-def _check_or_write_config(out_dir: Path, identity: dict[str, Any]) -> None:
+def records_file(rank: int = 0, world_size: int = 1) -> str:
+    """The records file one process appends to: records.jsonl alone, records.rank<R>.jsonl under torchrun."""
+    return RECORDS_FILE if world_size == 1 else f"records.rank{rank}.jsonl"
+
+
+def _records_paths(out_dir: Path) -> list[Path]:
+    """Every records file of a run folder (its sessions may have used different numbers of processes)."""
+    return sorted(path for path in out_dir.iterdir() if _RECORDS_NAME.fullmatch(path.name))
+
+
+def _check_or_write_config(out_dir: Path, identity: dict[str, Any], write: bool) -> None:
+    """Refuse a run folder of another configuration; ``write`` config.json when there is none."""
     config_path = out_dir / CONFIG_FILE
     if config_path.exists():
         try:
@@ -157,31 +193,35 @@ def _check_or_write_config(out_dir: Path, identity: dict[str, Any]) -> None:
                 "use another --out or delete that directory"
             )
         return
-    if (out_dir / RECORDS_FILE).exists():
+    if _records_paths(out_dir):
         raise InputError(
             f"{out_dir} holds records but no {CONFIG_FILE}; use another --out or delete that directory"
         )
+    if not write:
+        raise InputError(f"{config_path} is missing although rank 0 should have written it")
     save_text(json.dumps(identity, indent=2, sort_keys=True) + "\n", config_path)
 
 
 @dataclass
-class _CompletedImage:
+class CompletedImage:
+    """One fully recorded image: its image-done marker and its sentence records."""
+
     marker: dict[str, Any]
     records: list[dict[str, Any]]
 
 
-def _recover_records(path: Path) -> list[_CompletedImage]:
-    """The fully recorded images of a records file, cutting the file back to them.
+def _parse_records(path: Path) -> tuple[list[CompletedImage], int, int]:
+    """The fully recorded images of a records file, the byte offset just after the last marker, and the file size.
 
     Everything after the last image-done marker (a half-written line, records
-    of an image that was being worked on) is truncated away. A damaged line
+    of an image that was being worked on) is not counted. A damaged line
     *before* the last marker is not something an interruption produces, so it
     is reported rather than repaired.
     """
     if not path.exists():
-        return []
+        return [], 0, 0
     data = path.read_bytes()
-    completed: list[_CompletedImage] = []
+    completed: list[CompletedImage] = []
     pending: list[dict[str, Any] | None] = []
     keep = 0
     position = 0
@@ -202,16 +242,50 @@ def _recover_records(path: Path) -> list[_CompletedImage]:
                 raise InputError(
                     f"{path} is damaged before line {number}; use another --out or delete that directory"
                 )
-            completed.append(_CompletedImage(entry, [record for record in pending if record is not None]))
+            completed.append(CompletedImage(entry, [record for record in pending if record is not None]))
             pending = []
             keep = position
         else:
             pending.append(entry if isinstance(entry, dict) else None)
-    if keep != len(data):
+    return completed, keep, len(data)
+
+
+def _recover_records(path: Path) -> list[CompletedImage]:
+    """The fully recorded images of this process's own records file, cutting the file back to them."""
+    completed, keep, size = _parse_records(path)
+    if keep != size:
         with open(path, "r+b") as handle:
             handle.truncate(keep)
             handle.flush()
             os.fsync(handle.fileno())
+    return completed
+
+
+def read_records(out_dir: str | Path, own: Path | None = None) -> list[CompletedImage]:
+    """The fully recorded images of every records file in a run folder.
+
+    ``own``, this process's file, is cut back to its last marker; the other
+    files are only read (their owners may be appending to them right now, and
+    what follows their last marker is ignored). An image recorded twice means
+    two runs shared the folder at once, which is refused.
+    """
+    out_dir = Path(out_dir)
+    completed: list[CompletedImage] = []
+    seen: dict[Any, Path] = {}
+    paths = _records_paths(out_dir)
+    if own is not None and own not in paths:
+        paths.append(own)
+    for path in paths:
+        found = _recover_records(path) if path == own else _parse_records(path)[0]
+        for done in found:
+            image_id = done.marker["image_done"]
+            if image_id in seen:
+                raise InputError(
+                    f"image {image_id} is recorded in both {seen[image_id].name} and {path.name}; "
+                    "use another --out or delete that directory"
+                )
+            seen[image_id] = path
+        completed += found
     return completed
 
 
@@ -225,27 +299,103 @@ def _add_record(accumulator: MetricAccumulator, record: dict[str, Any]) -> None:
     )
 
 
+@contextmanager
+def _about(ref: Ref, sentence: Sentence) -> Iterator[None]:
+    """Name the sentence in an error: over thousands of them the bare reason is not enough."""
+    try:
+        yield
+    except GlobalLocalError as error:
+        raise type(error)(f"ref {ref.ref_id} sentence {sentence.sent_id} ({sentence.raw!r}): {error}") from None
+
+
+def _check_size(proposals: Proposals, image: ImageRecord) -> None:
+    size = (image.height, image.width)
+    if len(proposals) > 0 and proposals.image_size != size:
+        raise InputError(f"proposals for image {image.image_id} are {proposals.image_size}, the image is {size}")
+
+
+def _set_image(
+    image: Image.Image,
+    record: ImageRecord,
+    segmenter: Any,
+    proposal_source: ProposalSource,
+    cache: FeatureCache | None,
+    proposal_key: dict[str, Any] | None,
+) -> tuple[Proposals, str | None]:
+    """The image's proposals, with the segmenter set on them when there are any; and the cache entry used.
+
+    With a cache the entry is looked up by the proposal source's key before
+    calling the source, or, for a source without a key, by the content of
+    the proposals it returned; on a miss the features are computed and stored.
+    """
+    if cache is None:
+        proposals = proposal_source(image, record)
+        _check_size(proposals, record)
+        if len(proposals) > 0:
+            segmenter.set_image(image, proposals)
+        return proposals, None
+    pixels = image_digest(image)
+    entry = None
+    if proposal_key is not None:
+        name = cache.entry_name(record.image_id, pixels, proposal_key)
+        entry = cache.visual.load(name)
+    if entry is not None:
+        proposals = entry.proposals()
+    else:
+        proposals = proposal_source(image, record)
+        if proposal_key is None:
+            name = cache.entry_name(record.image_id, pixels, {"content": proposals_digest(proposals)})
+            entry = cache.visual.load(name)
+    _check_size(proposals, record)
+    if entry is not None:
+        if len(proposals) > 0:
+            segmenter.set_features(image, proposals, entry.global_features, entry.local_features)
+    elif len(proposals) > 0:
+        segmenter.set_image(image, proposals)
+        state = segmenter.image_state
+        cache.visual.save(name, proposals, state.global_features, state.local_features)
+    else:
+        # Cached too, so that a source with a key is not asked again.
+        none = torch.zeros((0, 0))
+        cache.visual.save(name, proposals, none, none)
+    return proposals, name
+
+
+def _seed_text_features(segmenter: Any, texts: TextStore, phrase: str) -> None:
+    """Give the segmenter the phrase's text features from the cache, encoding and storing the missing ones.
+
+    Each missing string is encoded on its own, as ``predict`` encodes a
+    phrase, so that cached features are bit-identical to fresh ones.
+    """
+    parsed = segmenter.parse(phrase)
+    strings = list(dict.fromkeys([parsed.expression, parsed.noun_phrase]))
+    found = texts.load(strings)
+    for text in strings:
+        if text not in found:
+            found[text] = encode_texts([text], segmenter.clip)[0].cpu()
+            texts.save(text, found[text])
+    segmenter.add_text_features(strings, torch.stack([found[text] for text in strings]))
+
+
 def _evaluate_image(
     group: ImageGroup,
     dataset: ReferDataset,
     segmenter: Any,
     proposal_source: ProposalSource,
     save_masks: Path | None,
-) -> list[dict[str, Any]]:
-    """The records of every sentence on one image (proposals and set_image paid once)."""
+    cache: FeatureCache | None,
+    proposal_key: dict[str, Any] | None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The records of every sentence on one image (proposals and features paid once), and its cache entry."""
     image = dataset.load_image(group.image)
-    proposals = proposal_source(image, group.image)
-    size = (group.image.height, group.image.width)
+    proposals, entry = _set_image(image, group.image, segmenter, proposal_source, cache, proposal_key)
     has_proposals = len(proposals) > 0
-    if has_proposals:
-        if proposals.image_size != size:
-            raise InputError(
-                f"proposals for image {group.image.image_id} are {proposals.image_size}, the image is {size}"
-            )
-        segmenter.set_image(image, proposals)
+    masks = proposals.masks.numpy()
     records = []
     for ref in group.refs:
         gt = dataset.gt_mask(ref)
+        # |proposal AND gt| for every proposal: enough to score any choice later (U = area + |gt| - I).
+        overlaps = np.count_nonzero(masks[:, gt], axis=1).tolist()
         for sentence in ref.sentences:
             record: dict[str, Any] = {
                 "image_id": group.image.image_id,
@@ -254,13 +404,10 @@ def _evaluate_image(
                 "phrase": sentence.raw,
             }
             if has_proposals:
-                try:
+                with _about(ref, sentence):
+                    if cache is not None:
+                        _seed_text_features(segmenter, cache.text, sentence.raw)
                     result = segmenter.predict(sentence.raw)
-                except GlobalLocalError as error:
-                    # Name the sentence: over thousands of them the bare reason is not enough.
-                    raise type(error)(
-                        f"ref {ref.ref_id} sentence {sentence.sent_id} ({sentence.raw!r}): {error}"
-                    ) from None
                 pred = result.mask
                 intersection, union = intersection_union(pred, gt)
                 record.update(
@@ -280,12 +427,14 @@ def _evaluate_image(
                 U=union,
                 IoU=sentence_iou(intersection, union),
                 no_proposals=not has_proposals,
+                gt_area=int(gt.sum()),
+                overlaps=overlaps,
             )
             if save_masks is not None:
                 path = save_masks / f"{ref.ref_id}_{sentence.sent_id}.png"
                 save_mask_png(np.zeros_like(gt) if pred is None else pred, path)
             records.append(record)
-    return records
+    return records, entry
 
 
 def _package_versions() -> dict[str, str]:
@@ -299,13 +448,13 @@ def _package_versions() -> dict[str, str]:
 
 
 def _build_report(
-    completed: list[_CompletedImage], identity: dict[str, Any], out_dir: Path, total_images: int
+    completed: list[CompletedImage], identity: dict[str, Any], out_dir: Path, total_images: int, processes: int
 ) -> dict[str, Any]:
     """The report, from the records alone.
 
-    Wall time is the sum of the per-image times over all sessions: model
-    loading and work lost to interruptions are not in it, so resumed and
-    uninterrupted runs are comparable.
+    Wall time is the sum of the per-image times over all sessions and
+    processes: model loading and work lost to interruptions are not in it, so
+    resumed and uninterrupted runs are comparable.
     """
     accumulator = MetricAccumulator()
     truncated = 0
@@ -320,6 +469,7 @@ def _build_report(
         "images_total": total_images,
         "wall_time_s": wall,
         "images_per_second": len(completed) / wall if wall > 0 else None,
+        "processes": processes,
         "config": identity,
         "out_dir": str(out_dir),
         "versions": _package_versions(),
@@ -366,18 +516,48 @@ def _ground_truth_source(dataset: ReferDataset) -> ProposalSource:
     return source
 
 
+def _run_identity(
+    config: EvaluationConfig, segmenter: Any, cache: FeatureCache | None, proposal_key: dict[str, Any] | None
+) -> dict[str, Any]:
+    """config.json: the configuration, plus where the cache is and what a sweep needs to replay the scores."""
+    identity = config.identity()
+    if cache is not None:
+        settings = segmenter.settings
+        identity["cache"] = {
+            **cache.describe(),
+            "proposals": "content" if proposal_key is None else proposal_key,
+            "scoring": {"alpha": settings.alpha, "beta": settings.beta, "feature_norm": settings.feature_norm},
+        }
+    else:
+        identity["cache"] = None
+    return json.loads(json.dumps(identity, sort_keys=True, default=str))
+
+
 def run_evaluation(
     config: EvaluationConfig,
     segmenter: Any,
     proposal_source: ProposalSource | str,
     progress: bool = True,
     stop_after_images: int | None = None,
+    *,
+    cache: FeatureCache | None = None,
+    proposal_key: dict[str, Any] | None = None,
+    distributed: Distributed | None = None,
 ) -> dict[str, Any]:
     """Evaluate a split, resuming from ``config.out_dir`` if it holds a run of the same config.
 
     ``proposal_source`` is a callable ``(image, record) -> Proposals`` or
     ``"gt"``: the image's ground-truth instance masks from instances.json
     (the oracle setting papers report as an upper bound).
+
+    ``cache``: read and write proposals and features there (the segmenter
+    must then be a :class:`~globallocal.Segmenter`). ``proposal_key``: the
+    source's cache key (:func:`~globallocal.cache.proposal_source_key`), for
+    a deterministic source worth caching; without one the source is called
+    for every image and the cache entry is found by the proposals' content.
+
+    ``distributed``: this process's place under torchrun; every process must
+    call this with the same arguments. Only rank 0 shows progress.
 
     Returns the report (also written to report.json / report.md).
     ``stop_after_images`` raises :class:`EvaluationStopped` once that many
@@ -386,7 +566,8 @@ def run_evaluation(
     """
     if config.limit is not None and config.limit < 1:
         raise InputError(f"--limit must be at least 1, got {config.limit}")
-    identity = config.identity()
+    place = distributed or Distributed()
+    identity = _run_identity(config, segmenter, cache, proposal_key)
     dataset = ReferDataset(
         config.data_root,
         config.dataset,
@@ -407,19 +588,27 @@ def run_evaluation(
         )
 
     out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _check_or_write_config(out_dir, identity)
-    records_path = out_dir / RECORDS_FILE
-    completed = _recover_records(records_path)
+    if place.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _check_or_write_config(out_dir, identity, write=True)
+        if cache is not None:
+            cache.prepare()
+    # The others check config.json once rank 0 has written it.
+    place.barrier()
+    if not place.is_main:
+        _check_or_write_config(out_dir, identity, write=False)
+    records_path = out_dir / records_file(place.rank, place.world_size)
+    completed = read_records(out_dir, own=records_path)
     expected = {group.image.image_id: group.sentence_count for group in groups}
     for done in completed:
         if expected.get(done.marker["image_done"]) != done.marker["sentences"]:
             raise InputError(
-                f"{records_path} does not match the dataset (image {done.marker['image_done']}); "
+                f"the records in {out_dir} do not match the dataset (image {done.marker['image_done']}); "
                 "use another --out or delete that directory"
             )
     done_ids = {done.marker["image_done"] for done in completed}
-    todo = [group for group in groups if group.image.image_id not in done_ids]
+    share = place.shard(groups)
+    todo = [group for group in share if group.image.image_id not in done_ids]
     save_masks = Path(config.save_masks) if config.save_masks is not None else None
 
     running = MetricAccumulator()
@@ -438,21 +627,25 @@ def run_evaluation(
         TimeRemainingColumn(),
     )
     description = f"{config.dataset} {config.split}"
+    if place.world_size > 1:
+        description += f" (rank 0's share of {place.world_size})"
     with (
-        Progress(*columns, console=Console(stderr=True), disable=not progress) as bar,
+        Progress(*columns, console=Console(stderr=True), disable=not (progress and place.is_main)) as bar,
         open(records_path, "ab") as handle,
     ):
         task = bar.add_task(
             description,
-            total=len(groups),
-            completed=len(completed),
+            total=len(share),
+            completed=len(share) - len(todo),
             sentences=running.sentences,
             oiou=running.oiou,
             miou=running.miou,
         )
         for count, group in enumerate(todo, start=1):
             started = time.perf_counter()
-            records = _evaluate_image(group, dataset, segmenter, proposal_source, save_masks)
+            records, entry = _evaluate_image(
+                group, dataset, segmenter, proposal_source, save_masks, cache, proposal_key
+            )
             for record in records:
                 handle.write(json.dumps(record).encode("utf-8") + b"\n")
                 _add_record(running, record)
@@ -461,17 +654,26 @@ def run_evaluation(
                 "sentences": len(records),
                 "seconds": time.perf_counter() - started,
             }
+            if entry is not None:
+                marker["cache_entry"] = entry
             handle.write(json.dumps(marker).encode("utf-8") + b"\n")
             handle.flush()
             os.fsync(handle.fileno())
-            completed.append(_CompletedImage(marker, records))
             bar.update(task, advance=1, sentences=running.sentences, oiou=running.oiou, miou=running.miou)
             if stop_after_images is not None and count >= stop_after_images and count < len(todo):
                 raise EvaluationStopped(f"stopped after {count} images")
 
-    report = _build_report(completed, identity, out_dir, len(groups))
-    save_text(json.dumps(report, indent=2) + "\n", out_dir / REPORT_JSON)
-    save_text(_report_markdown(report), out_dir / REPORT_MD)
+    # Every process has closed its records file before rank 0 reads them all.
+    place.barrier()
+    if place.is_main:
+        order = {group.image.image_id: index for index, group in enumerate(groups)}
+        completed = sorted(read_records(out_dir), key=lambda done: order[done.marker["image_done"]])
+        report = _build_report(completed, identity, out_dir, len(groups), place.world_size)
+        save_text(json.dumps(report, indent=2) + "\n", out_dir / REPORT_JSON)
+        save_text(_report_markdown(report), out_dir / REPORT_MD)
+    place.barrier()
+    if not place.is_main:
+        report = json.loads((out_dir / REPORT_JSON).read_text(encoding="utf-8"))
     return report
 
 

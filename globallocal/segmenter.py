@@ -132,11 +132,7 @@ class Segmenter:
             if self.proposal_source is None:
                 raise InputError("no proposals given and no proposal source configured")
             proposals = self.proposal_source(rgb)
-        if proposals.image_size != (rgb.height, rgb.width):
-            h, w = proposals.image_size
-            raise InputError(
-                f"masks are {w}x{h} but the image is {rgb.width}x{rgb.height}; masks must be at the image's size"
-            )
+        _check_image_size(rgb, proposals)
         if len(proposals) == 0 or not bool(proposals.masks.any()):
             what = "there are no mask proposals" if len(proposals) == 0 else f"all {len(proposals)} masks are empty"
             raise NoProposalsError(f"{what} for this image, so there is nothing to choose from")
@@ -163,6 +159,35 @@ class Segmenter:
         )
         self._state = ImageState(rgb, proposals, global_features, local)
 
+    def set_features(
+        self, image: ImageInput, proposals: Proposals, global_features: torch.Tensor, local_features: torch.Tensor
+    ) -> None:
+        """Set the current image from visual features :meth:`set_image` computed earlier (e.g. a feature cache).
+
+        The image tower is not run: the features must be the unblended
+        ``image_state`` features of this image, proposals, model and settings.
+        """
+        self._state = None
+        rgb = load_image(image)
+        n = len(proposals)
+        _check_image_size(rgb, proposals)
+        if global_features.dim() != 2 or global_features.shape[0] != n or local_features.shape != global_features.shape:
+            raise InputError(
+                f"features {tuple(global_features.shape)} and {tuple(local_features.shape)} do not fit {n} proposals"
+            )
+        device = self.clip.device
+        self._state = ImageState(
+            rgb, proposals, global_features.to(device, torch.float32), local_features.to(device, torch.float32)
+        )
+
+    def add_text_features(self, texts: Sequence[str], features: torch.Tensor) -> None:
+        """Seed the text cache with raw features (as :func:`encode_texts` gives them): these texts are not encoded."""
+        for text, feature in zip(texts, features.to(self.clip.device, torch.float32), strict=True):
+            self._text_cache[text] = feature
+            self._text_cache.move_to_end(text)
+            if len(self._text_cache) > self._text_cache_size:
+                self._text_cache.popitem(last=False)
+
     def visual_features(self) -> torch.Tensor:
         """Blended visual features (N, D) of the current image, per the settings."""
         state = self.image_state
@@ -185,10 +210,7 @@ class Segmenter:
     def _encode_cached(self, texts: Sequence[str]) -> torch.Tensor:
         missing = list(dict.fromkeys(text for text in texts if text not in self._text_cache))
         if missing:
-            for text, feature in zip(missing, encode_texts(missing, self.clip)):
-                self._text_cache[text] = feature
-                if len(self._text_cache) > self._text_cache_size:
-                    self._text_cache.popitem(last=False)
+            self.add_text_features(missing, encode_texts(missing, self.clip))
         for text in texts:
             self._text_cache.move_to_end(text)
         return torch.stack([self._text_cache[text] for text in texts])
@@ -257,6 +279,14 @@ class Segmenter:
         """:meth:`set_image` then :meth:`predict_many`."""
         self.set_image(image, proposals)
         return self.predict_many(phrases)
+
+
+def _check_image_size(image: Image.Image, proposals: Proposals) -> None:
+    if proposals.image_size != (image.height, image.width):
+        h, w = proposals.image_size
+        raise InputError(
+            f"masks are {w}x{h} but the image is {image.width}x{image.height}; masks must be at the image's size"
+        )
 
 
 def tight_boxes(masks: torch.Tensor) -> torch.Tensor:

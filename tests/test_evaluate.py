@@ -7,13 +7,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from refer_fixtures import ShiftedOracleSource, StandInSegmenter, build_refer, file_name, stand_in_index
 from rich.console import Console
 
+from globallocal.cache import FeatureCache
 from globallocal.errors import InputError
 from globallocal.evaluate import (
     RECORDS_FILE,
@@ -25,7 +29,9 @@ from globallocal.evaluate import (
     run_evaluation,
 )
 from globallocal.images import load_mask
+from globallocal.presets import Settings
 from globallocal.refer import ReferDataset
+from globallocal.segmenter import Segmenter
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
@@ -332,3 +338,137 @@ def test_report_table_puts_runs_side_by_side(refer, tmp_path):
     assert "stand-in" in text and "other" in text
     with pytest.raises(InputError, match="no finished run"):
         format_report_table([tmp_path / "nothing"])
+
+
+# -- the feature cache ----------------------------------------------------------
+
+
+@contextmanager
+def _forward_calls(module: torch.nn.Module) -> Iterator[list[int]]:
+    """Counts forward calls into ``module`` or any of its submodules while the block runs."""
+    calls = [0]
+
+    def count(*_):
+        calls[0] += 1
+
+    handles = [part.register_forward_pre_hook(count) for part in module.modules()]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _cached_run(refer, out_dir, clip, config_path, nlp, cache_dir, dataset="refcoco", **settings):
+    """(report, image-tower calls, text-tower calls) of a "gt" run with a fresh segmenter, cached when cache_dir."""
+    segmenter = Segmenter(clip, nlp, Settings(**settings))
+    cache = FeatureCache.for_segmenter(cache_dir, segmenter, str(config_path)) if cache_dir else None
+    config = _config(refer, out_dir, dataset=dataset, settings={"model": clip.name, **settings})
+    with _forward_calls(clip.model.visual) as image_calls, _forward_calls(clip.model.token_embedding) as text_calls:
+        report = run_evaluation(config, segmenter, "gt", progress=False, cache=cache)
+    return report, image_calls[0], text_calls[0]
+
+
+@pytest.mark.parametrize("family", ["vit", "resnet"])
+def test_cached_runs_give_the_records_of_uncached_ones_without_the_towers(
+    refer, tmp_path, family, request, nlp, tiny_config_paths
+):
+    clip = request.getfixturevalue(f"tiny_{family}")
+    args = (clip, tiny_config_paths[family], nlp)
+    cache = tmp_path / "cache"
+    plain, image_calls, _ = _cached_run(refer, tmp_path / "plain", *args, None)
+    assert image_calls > 0
+    cold, image_calls, text_calls = _cached_run(refer, tmp_path / "cold", *args, cache)
+    assert image_calls > 0 and text_calls > 0
+    warm, image_calls, text_calls = _cached_run(refer, tmp_path / "warm", *args, cache)
+    assert (image_calls, text_calls) == (0, 0)
+    assert _records(tmp_path / "cold") == _records(tmp_path / "plain")
+    assert _records(tmp_path / "warm") == _records(tmp_path / "plain")
+    assert plain["metrics"] == cold["metrics"] == warm["metrics"]
+    assert plain["config"]["cache"] is None
+    assert warm["config"]["cache"]["dir"] == str(cache.resolve())
+    entries = [entry["cache_entry"] for entry in _lines(tmp_path / "warm") if "image_done" in entry]
+    assert sorted(path.stem for path in cache.glob("visual-*/*.npz")) == sorted(entries)
+
+
+
+def test_other_alphas_betas_and_splits_reuse_the_cache(refer, tmp_path, tiny_vit, nlp, tiny_config_paths):
+    args = (tiny_vit, tiny_config_paths["vit"], nlp)
+    cache = tmp_path / "cache"
+    _cached_run(refer, tmp_path / "cold", *args, cache)
+    # Another alpha and beta: no image tower, and the records of an uncached run with them.
+    _, image_calls, text_calls = _cached_run(refer, tmp_path / "warm", *args, cache, alpha=0.5, beta=0.2)
+    assert (image_calls, text_calls) == (0, 0)
+    _cached_run(refer, tmp_path / "plain", *args, None, alpha=0.5, beta=0.2)
+    assert _records(tmp_path / "warm") == _records(tmp_path / "plain")
+    # Another split on the same images (refcoco+ val: images 11 and 12): no image tower either.
+    report, image_calls, text_calls = _cached_run(refer, tmp_path / "plus", *args, cache, dataset="refcoco+")
+    assert image_calls == 0 and text_calls > 0  # refcoco+ has phrases of its own
+    assert report["metrics"]["images"] == 2
+
+
+def test_a_damaged_cache_entry_is_recomputed(refer, tmp_path, tiny_vit, nlp, tiny_config_paths):
+    args = (tiny_vit, tiny_config_paths["vit"], nlp)
+    cache = tmp_path / "cache"
+    _cached_run(refer, tmp_path / "first", *args, cache)
+    entry = next(e["cache_entry"] for e in _lines(tmp_path / "first") if e.get("image_done") == 12)
+    entry_path = next(cache.glob(f"visual-*/{entry}.npz"))
+    entry_path.write_bytes(entry_path.read_bytes()[:100])
+    text_path = next(cache.glob("text-*/*/*.npz"))
+    text_path.write_bytes(b"")
+
+    segmenter = Segmenter(tiny_vit, nlp, Settings())
+    sizes = []
+    set_image = segmenter.set_image
+    segmenter.set_image = lambda image, proposals: (sizes.append(image.size), set_image(image, proposals))
+    config = _config(refer, tmp_path / "second", settings={"model": tiny_vit.name})
+    feature_cache = FeatureCache.for_segmenter(cache, segmenter, str(tiny_config_paths["vit"]))
+    with _forward_calls(tiny_vit.model.token_embedding) as text_calls:
+        run_evaluation(config, segmenter, "gt", progress=False, cache=feature_cache)
+    assert sizes == [(32, 24)]  # image 12 alone
+    assert text_calls[0] == 1  # the one damaged string
+    assert _records(tmp_path / "second") == _records(tmp_path / "first")
+    assert feature_cache.visual.load(entry) is not None
+
+
+def test_a_proposal_source_with_a_key_is_not_asked_on_a_hit(refer, tmp_path, tiny_vit, nlp, tiny_config_paths):
+    key = {"source": "shifted oracle", "shift": 2}
+    reports = []
+    for name in ("first", "second"):
+        segmenter = Segmenter(tiny_vit, nlp, Settings())
+        source = _source(refer)
+        feature_cache = FeatureCache.for_segmenter(tmp_path / "cache", segmenter, str(tiny_config_paths["vit"]))
+        config = _config(refer, tmp_path / name, settings={"model": tiny_vit.name})
+        reports.append(
+            run_evaluation(config, segmenter, source, progress=False, cache=feature_cache, proposal_key=key)
+        )
+        assert source.calls == ([11, 12, 13] if name == "first" else [])
+    assert _records(tmp_path / "second") == _records(tmp_path / "first")
+    assert reports[1]["config"]["cache"]["proposals"] == key
+    assert reports[1]["metrics"]["no_proposal_images"] == 1  # image 13's empty proposals came from the cache
+
+
+def test_a_cached_run_is_not_resumed_without_its_cache(refer, tmp_path, tiny_vit, nlp, tiny_config_paths):
+    segmenter = Segmenter(tiny_vit, nlp, Settings())
+    feature_cache = FeatureCache.for_segmenter(tmp_path / "cache", segmenter, str(tiny_config_paths["vit"]))
+    config = _config(refer, tmp_path / "run", settings={"model": tiny_vit.name})
+    with pytest.raises(EvaluationStopped):
+        run_evaluation(config, segmenter, "gt", progress=False, cache=feature_cache, stop_after_images=1)
+    with pytest.raises(InputError, match=r"different configuration \(cache\)"):
+        run_evaluation(config, segmenter, "gt", progress=False)
+
+
+def test_records_keep_every_proposals_overlap_with_the_ground_truth(refer, tmp_path):
+    _run(refer, tmp_path / "run")
+    dataset = ReferDataset(refer.data_root, "refcoco", "val", images_dir=refer.images_dir)
+    source = ShiftedOracleSource(dataset, EMPTY)
+    groups = {group.image.image_id: group for group in dataset.images()}
+    for record in _records(tmp_path / "run"):
+        group = groups[record["image_id"]]
+        gt = dataset.gt_mask(next(ref for ref in group.refs if ref.ref_id == record["ref_id"]))
+        masks = source(dataset.load_image(group.image), group.image).masks.numpy()
+        assert record["gt_area"] == int(gt.sum())
+        assert record["overlaps"] == [int((mask & gt).sum()) for mask in masks]
+        if not record["no_proposals"]:
+            chosen, area = record["overlaps"][record["index"]], int(masks[record["index"]].sum())
+            assert (record["I"], record["U"]) == (chosen, area + record["gt_area"] - chosen)

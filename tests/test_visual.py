@@ -179,3 +179,14 @@ def test_local_features_chunked_equal_unchunked(tiny_clip):
     whole = local_features(tiny_clip, image, masks, windows, fill, chunk_size=5)
     chunked = local_features(tiny_clip, image, masks, windows, fill, chunk_size=2)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_global_features_chunked_equal_unchunked(tiny_clip):
+    image = _image(tiny_clip, seed=8)
+    generator = torch.Generator().manual_seed(8)
+    masks = torch.rand(7, 50, 70, generator=generator) > 0.6
+    function = resnet_global_features if tiny_clip.family == "resnet" else vit_global_features
+    whole = function(tiny_clip, image, masks, chunk_size=7)
+    chunked = function(tiny_clip, image, masks, chunk_size=3)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)

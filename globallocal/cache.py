@@ -1,0 +1,375 @@
+"""A disk cache of what the models compute: proposals and visual features per image, text features per string.
+
+Layout under the cache root::
+
+    visual-<key>/identity.json              what <key> was made from
+    visual-<key>/<image_id>-<digest>.npz     one image: proposals (RLE masks, boxes, scores,
+                                             areas) and the unblended global and local features
+    text-<key>/identity.json
+    text-<key>/<ab>/<sha256 of the text>.npz raw text features of one string
+
+The keys name everything that decides the stored values, so a hit can be used
+as is:
+
+- model: the architecture (an open_clip name, or the content of a model-config
+  file), the weights (a pretrained tag, or a fingerprint of the file's
+  content: moving or copying it keeps the cache valid), precision, device type
+  and the torch / open_clip versions (kernels change the last bits between
+  versions and devices, and cached and fresh runs must agree exactly);
+- visual settings (visual key only): clip_normalization, antialias,
+  crop_fill, crop_box, short_side, masked_blocks, and chunk_size (the crop
+  batch size, which can change the last bits of the local features). Not alpha,
+  beta or feature_norm: they are applied when scoring, so one cache serves
+  every value of them;
+- per image: the decoded pixels, and either the proposal source's key (a
+  deterministic, expensive source such as FreeSOLO, whose proposals are then
+  cached too) or, for a source without one, the proposals' content (the
+  source is called every time and only the image tower is saved).
+
+Files are written to a temporary name and renamed into place, so a reader
+never sees a half-written entry. They are not fsynced: an entry damaged by a
+crash fails to load (the .npz zip format checks a CRC-32 per array) and is
+simply recomputed, which is cheaper than an fsync per text string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as coco_mask
+
+from .clip_models import ClipBundle
+from .errors import InputError
+from .images import save_text
+from .presets import Settings
+from .proposals import Proposals
+
+if TYPE_CHECKING:
+    from .segmenter import Segmenter
+
+__all__ = [
+    "VISUAL_SETTINGS",
+    "FeatureCache",
+    "ImageEntry",
+    "TextStore",
+    "VisualStore",
+    "clip_identity",
+    "file_fingerprint",
+    "image_digest",
+    "proposal_source_key",
+    "proposals_digest",
+]
+
+# Bumped when an entry's layout or meaning changes; part of every key.
+_FORMAT = 1
+
+VISUAL_SETTINGS = (
+    "clip_normalization",
+    "antialias",
+    "crop_fill",
+    "crop_box",
+    "short_side",
+    "masked_blocks",
+    "chunk_size",
+)
+
+IDENTITY_FILE = "identity.json"
+
+# Hashing a whole 1 GB checkpoint costs seconds at every start. A torch zip
+# checkpoint ends with its central directory, which holds the CRC-32 of every
+# tensor, and safetensors files start with their header, so the size plus the
+# first and last 16 MiB tell weight files apart.
+_FINGERPRINT_SPAN = 16 << 20
+
+# Errors np.load raises on a truncated, damaged or foreign file.
+_BAD_ENTRY = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _digest(value: Any) -> str:
+    return _sha256(json.dumps(value, sort_keys=True).encode("utf-8"))
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Size and SHA-256 of the first and last 16 MiB of a file (all of it when smaller)."""
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        digest.update(handle.read(_FINGERPRINT_SPAN))
+        if size > 2 * _FINGERPRINT_SPAN:
+            handle.seek(size - _FINGERPRINT_SPAN)
+        digest.update(handle.read())
+    return {"size": size, "sha256_head_tail": digest.hexdigest()}
+
+
+def _library_versions() -> dict[str, str]:
+    return {name: metadata.version(name) for name in ("torch", "open_clip_torch")}
+
+
+def clip_identity(clip: ClipBundle, clip_model: str) -> dict[str, Any]:
+    """What identifies a loaded CLIP's outputs; ``clip_model`` is the name or config file it was built from."""
+    if clip_model.endswith(".json"):
+        architecture: dict[str, Any] = {"config_sha256": _sha256(Path(clip_model).read_bytes())}
+    else:
+        architecture = {"name": clip_model}
+    if clip.weights == "random":
+        raise InputError("random CLIP weights cannot be cached: every load draws new ones")
+    if os.path.isfile(clip.weights):
+        weights: dict[str, Any] = {"file": file_fingerprint(clip.weights)}
+    else:
+        weights = {"tag": clip.weights}
+    return {
+        "architecture": architecture,
+        "weights": weights,
+        "quick_gelu": clip.uses_quick_gelu,
+        "dtype": str(clip.dtype).removeprefix("torch."),
+        "device": clip.device.type,
+        **_library_versions(),
+    }
+
+
+def proposal_source_key(
+    source: str, weights: str | os.PathLike[str], options: dict[str, Any], device: str
+) -> dict[str, Any]:
+    """The cache key of a deterministic proposal generator (e.g. FreeSOLO): its weights, options and device type."""
+    return {
+        "source": source,
+        "weights": file_fingerprint(weights),
+        "options": options,
+        "device": torch.device(device).type,
+        **_library_versions(),
+    }
+
+
+def image_digest(image: Image.Image) -> str:
+    """SHA-256 of the decoded pixels (what the features depend on, whatever file they came from)."""
+    pixels = np.ascontiguousarray(np.asarray(image))
+    return _sha256(repr(pixels.shape).encode() + pixels.tobytes())
+
+
+def proposals_digest(proposals: Proposals) -> str:
+    """SHA-256 of the masks, boxes and scores."""
+    masks = proposals.masks.numpy()
+    digest = hashlib.sha256(repr(masks.shape).encode())
+    digest.update(np.packbits(masks).tobytes())
+    digest.update(proposals.boxes.numpy().tobytes())
+    digest.update(proposals.scores.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write arrays as .npz under a temporary name, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray] | None:
+    """Every array of an .npz (CRC-checked), or None when it is missing or damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except _BAD_ENTRY:  # FileNotFoundError included
+        return None
+
+
+def _encode_masks(masks: torch.Tensor) -> list[bytes]:
+    if len(masks) == 0:
+        return []
+    fortran = np.asfortranarray(masks.permute(1, 2, 0).numpy().astype(np.uint8))
+    return [rle["counts"] for rle in coco_mask.encode(fortran)]
+
+
+def _decode_masks(counts: list[bytes], height: int, width: int) -> torch.Tensor:
+    if not counts:
+        return torch.zeros((0, height, width), dtype=torch.bool)
+    with warnings.catch_warnings():
+        # pycocotools' own array wrapper trips NumPy 2's copy=False deprecation.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pycocotools\.")
+        masks = coco_mask.decode([{"size": [height, width], "counts": c} for c in counts])
+    return torch.from_numpy(masks).permute(2, 0, 1).contiguous().bool()
+
+
+@dataclass
+class ImageEntry:
+    """One image's cached proposals and unblended visual features (float32, CPU)."""
+
+    image_size: tuple[int, int]
+    rle_counts: list[bytes]
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    areas: np.ndarray
+    global_features: torch.Tensor
+    local_features: torch.Tensor
+
+    def proposals(self) -> Proposals:
+        """The proposals, masks decoded."""
+        return Proposals(_decode_masks(self.rle_counts, *self.image_size), self.boxes, self.scores)
+
+
+class VisualStore:
+    """Per-image entries of one visual key's folder."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def path(self, name: str) -> Path:
+        return self.directory / f"{name}.npz"
+
+    def load(self, name: str) -> ImageEntry | None:
+        """The entry, or None when it is absent, damaged or inconsistent."""
+        data = _read_npz(self.path(name))
+        if data is None:
+            return None
+        try:
+            height, width = (int(v) for v in data["image_size"])
+            lengths = data["rle_lengths"].astype(np.int64)
+            blob = data["rle"].tobytes()
+            n = len(lengths)
+            global_features, local_features = data["global_features"], data["local_features"]
+            consistent = (
+                height > 0
+                and width > 0
+                and int(lengths.sum()) == len(blob)
+                and data["boxes"].shape == (n, 4)
+                and data["scores"].shape == (n,)
+                and data["areas"].shape == (n,)
+                and global_features.ndim == 2
+                and global_features.shape[0] == n
+                and local_features.shape == global_features.shape
+                and global_features.dtype == local_features.dtype == np.float32
+            )
+        except (KeyError, ValueError, TypeError):
+            return None
+        if not consistent:
+            return None
+        ends = np.cumsum(lengths)
+        counts = [blob[end - length : end] for length, end in zip(lengths, ends)]
+        return ImageEntry(
+            image_size=(height, width),
+            rle_counts=counts,
+            boxes=torch.from_numpy(data["boxes"]),
+            scores=torch.from_numpy(data["scores"]),
+            areas=data["areas"].astype(np.int64),
+            global_features=torch.from_numpy(global_features),
+            local_features=torch.from_numpy(local_features),
+        )
+
+    def save(
+        self, name: str, proposals: Proposals, global_features: torch.Tensor, local_features: torch.Tensor
+    ) -> None:
+        counts = _encode_masks(proposals.masks)
+        _write_npz(
+            self.path(name),
+            {
+                "image_size": np.array(proposals.image_size, dtype=np.int64),
+                "rle": np.frombuffer(b"".join(counts), dtype=np.uint8),
+                "rle_lengths": np.array([len(c) for c in counts], dtype=np.int64),
+                "boxes": proposals.boxes.numpy(),
+                "scores": proposals.scores.numpy(),
+                "areas": proposals.masks.flatten(1).sum(dim=1).numpy().astype(np.int64),
+                "global_features": global_features.detach().float().cpu().numpy(),
+                "local_features": local_features.detach().float().cpu().numpy(),
+            },
+        )
+
+
+class TextStore:
+    """Raw text features of one text key's folder, one file per string."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def path(self, text: str) -> Path:
+        digest = _sha256(text.encode("utf-8"))
+        return self.directory / digest[:2] / f"{digest}.npz"
+
+    def load(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """The features (D,) of those ``texts`` that are cached and intact."""
+        found = {}
+        for text in texts:
+            data = _read_npz(self.path(text))
+            # The stored string guards against a file copied to the wrong name.
+            if (
+                data is not None
+                and set(data) == {"text", "feature"}
+                and data["text"].tobytes() == text.encode("utf-8")
+                and data["feature"].ndim == 1
+                and data["feature"].dtype == np.float32
+            ):
+                found[text] = torch.from_numpy(data["feature"])
+        return found
+
+    def save(self, text: str, feature: torch.Tensor) -> None:
+        _write_npz(
+            self.path(text),
+            {
+                "text": np.frombuffer(text.encode("utf-8"), dtype=np.uint8),
+                "feature": feature.detach().float().cpu().numpy(),
+            },
+        )
+
+
+class FeatureCache:
+    """The cache folders of one CLIP model and visual settings (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike[str], clip: dict[str, Any], family: str, settings: Settings) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.family = family
+        self.text_identity = {"format": _FORMAT, "clip": clip}
+        self.visual_identity = {
+            "format": _FORMAT,
+            "clip": clip,
+            "family": family,
+            "settings": {name: getattr(settings, name) for name in VISUAL_SETTINGS},
+        }
+        self.visual = VisualStore(self.root / f"visual-{_digest(self.visual_identity)[:16]}")
+        self.text = TextStore(self.root / f"text-{_digest(self.text_identity)[:16]}")
+
+    @classmethod
+    def for_segmenter(cls, root: str | os.PathLike[str], segmenter: Segmenter, clip_model: str) -> FeatureCache:
+        """The cache of a :class:`~globallocal.Segmenter`; ``clip_model`` is the name or config file it loaded."""
+        return cls(root, clip_identity(segmenter.clip, clip_model), segmenter.clip.family, segmenter.settings)
+
+    def prepare(self) -> None:
+        """Create the folders and their identity.json (what the key in the folder name was made from)."""
+        for store, identity in ((self.visual, self.visual_identity), (self.text, self.text_identity)):
+            path = store.directory / IDENTITY_FILE
+            if not path.exists():
+                save_text(json.dumps(identity, indent=2, sort_keys=True) + "\n", path)
+
+    def describe(self) -> dict[str, Any]:
+        """Where the cache is, as a run's configuration records it."""
+        return {
+            "dir": str(self.root),
+            "visual": self.visual.directory.name,
+            "text": self.text.directory.name,
+            "family": self.family,
+        }
+
+    @staticmethod
+    def entry_name(image_id: int, pixels: str, proposal_key: dict[str, Any]) -> str:
+        """The entry of an image (its pixel digest) under a proposal key."""
+        return f"{image_id}-{_digest({'pixels': pixels, 'proposals': proposal_key})[:32]}"
