@@ -20,7 +20,7 @@ import open_clip
 import torch
 from open_clip.transformer import QuickGELU
 
-from .errors import InputError, WeightsError
+from .errors import InputError, WeightsError, first_line
 from .hub import require_hub_files
 
 # The architectures whose OpenAI weights the paper used or that are natural
@@ -148,7 +148,7 @@ def load_clip(
             try:
                 open_clip.load_checkpoint(model, weights, strict=True, weights_only=True)
             except Exception as error:  # torch and open_clip raise many types for a bad file
-                raise WeightsError(f"cannot load CLIP weights {weights} into {name}: {_first_line(error)}") from None
+                raise WeightsError(f"cannot load CLIP weights {weights} into {name}: {first_line(error)}") from None
     elif name.endswith(".json"):
         raise WeightsError(f"CLIP weights file not found: {weights}; a model-config .json needs a weights file")
     else:
@@ -186,9 +186,4 @@ def _load_pretrained_tag(name: str, tag: str) -> open_clip.CLIP:
         # OpenAI trained with QuickGELU; open_clip's plain configs use nn.GELU.
         return open_clip.create_model(name, pretrained=tag, force_quick_gelu=tag == "openai")
     except Exception as error:
-        raise WeightsError(f"cannot load CLIP weights {name}/{tag}: {_first_line(error)}; {fix}") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+        raise WeightsError(f"cannot load CLIP weights {name}/{tag}: {first_line(error)}; {fix}") from None

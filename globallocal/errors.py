@@ -7,6 +7,12 @@ line and exits non-zero without a traceback; anything else is a bug.
 """
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (or its type), for one-line errors."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
 class GlobalLocalError(Exception):
     """A problem the user can fix; ``str(error)`` is a one-line explanation."""
 

@@ -9,32 +9,59 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-from .errors import WeightsError
+from .errors import WeightsError, first_line
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
 def _offline() -> bool:
-    flag = os.environ.get("HF_HUB_OFFLINE", "")
-    return flag.upper() in {"1", "ON", "YES", "TRUE"} or bool(getattr(hf_constants, "HF_HUB_OFFLINE", False))
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return flag in {"1", "ON", "YES", "TRUE"} or bool(hf_constants.is_offline_mode())
 
 
 def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
-    """Why the hub cannot be reached right now, or None when it can."""
+    """Why the hub cannot be reached right now, or None when it can (or a proxy decides).
+
+    The name lookup runs in a daemon thread so that a resolver that hangs is
+    abandoned after ``timeout`` instead of delaying the answer; then a TCP
+    connection is tried with the same timeout.
+    """
     if _offline():
         return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return None  # through a proxy, a direct lookup says nothing
     endpoint = os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT
     parsed = urlparse(endpoint)
-    host, port = parsed.hostname or "huggingface.co", parsed.port or (443 if parsed.scheme != "http" else 80)
+    host, port = parsed.hostname or "huggingface.co", parsed.port or (80 if parsed.scheme == "http" else 443)
+    addresses: list = []
+    failure: list[str] = []
+
+    def look_up() -> None:
+        try:
+            addresses.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as error:
+            failure.append(error.strerror or str(error))
+
+    thread = threading.Thread(target=look_up, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not addresses:
+        return f"cannot resolve {host}: {failure[0] if failure else 'no answer'}"
+    family, kind, proto, _, address = addresses[0]
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
+        with socket.socket(family, kind, proto) as probe:
+            probe.settimeout(timeout)
+            probe.connect(address)
     except OSError as error:
-        return f"cannot reach {host}: {error.strerror or error}"
+        return f"cannot connect to {host}: {error.strerror or error}"
+    return None
 
 
 def cached_hub_file(repo_id: str, filenames: list[str]) -> Path | None:
@@ -56,7 +83,7 @@ def require_hub_files(repo_id: str, filenames: list[str], what: str, fix: str) -
         return
     reason = hub_unreachable_reason()
     if reason is not None:
-        raise WeightsError(f"{what} is not in the local cache and cannot be downloaded ({reason}); {fix}")
+        raise WeightsError(f"{what} is not available locally and could not be downloaded ({reason}); {fix}")
 
 
 def download_hub_file(repo_id: str, filename: str, local_dir: Path, what: str, fix: str) -> Path:
@@ -65,4 +92,4 @@ def download_hub_file(repo_id: str, filename: str, local_dir: Path, what: str, f
     try:
         return Path(hf_hub_download(repo_id=repo_id, filename=filename, local_dir=str(local_dir)))
     except Exception as error:  # any network or hub failure is the same problem for the user
-        raise WeightsError(f"downloading {what} failed ({type(error).__name__}); {fix}") from None
+        raise WeightsError(f"{what} could not be downloaded ({first_line(error)}); {fix}") from None

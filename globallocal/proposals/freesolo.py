@@ -1,0 +1,381 @@
+"""FreeSOLO mask proposals: weights, checkpoint loading and the generator (SPEC section 2).
+
+The released checkpoint ``FreeSOLO_R101_30k_pl.pth`` is a detectron2
+checkpoint; :func:`checkpoint_key_map` is the documented map from its
+names to :class:`~globallocal.proposals.solov2.FreeSOLONet`'s, and
+:func:`load_freesolo` loads it strictly (every tensor used, every model
+tensor filled, shapes equal) or raises :class:`WeightsError` naming the
+offending keys. Checkpoints are read with ``weights_only=True``: a weights
+file can never run code.
+
+:class:`FreeSOLOGenerator` turns an image into :class:`Proposals`, in the
+style of segment-anything's ``SamAutomaticMaskGenerator``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError, WeightsError, first_line
+from ..hub import download_hub_file
+from ..images import ImageInput, load_image, x800
+from . import Proposals, projection_boxes
+from .solov2 import SIZE_DIVISIBILITY, FreeSOLONet, HeadOutputs, resize_masks, select_instances
+
+__all__ = [
+    "FREESOLO_FILENAME",
+    "FREESOLO_REPO_ID",
+    "FREESOLO_URL",
+    "FreeSOLOGenerator",
+    "build_freesolo",
+    "checkpoint_key_map",
+    "default_weights_dir",
+    "load_freesolo",
+    "module_key_to_checkpoint_key",
+    "resolve_freesolo_weights",
+]
+
+FREESOLO_REPO_ID = "xinlongwang/FreeSOLO"
+FREESOLO_FILENAME = "FreeSOLO_R101_30k_pl.pth"
+FREESOLO_URL = f"https://huggingface.co/{FREESOLO_REPO_ID}/resolve/main/{FREESOLO_FILENAME}"
+WEIGHTS_ENV = "GLOBALLOCAL_FREESOLO_WEIGHTS"
+
+# Checkpoint entries that are not model weights: detectron2's training iteration counter.
+IGNORED_CHECKPOINT_KEYS = frozenset({"_iter"})
+
+# FreeSOLONet name -> detectron2 checkpoint name, first match wins. ResNet:
+# torchvision's conv1+bn1 / layer1..layer4 / bn{j} / downsample.{0,1} are
+# detectron2's stem.conv1(+.norm) / res2..res5 / conv{j}.norm / shortcut(+.norm).
+# FPN: torchvision's inner_blocks.{i} and layer_blocks.{i} (i = 0..3) are
+# detectron2's fpn_lateral{i+2} and fpn_output{i+2}. The SOLOv2 heads carry
+# the checkpoint's own names.
+_KEY_RULES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
+    (re.compile(r"backbone\.body\.conv1\.weight"), lambda m: "backbone.bottom_up.stem.conv1.weight"),
+    (re.compile(r"backbone\.body\.bn1\.(\w+)"), lambda m: f"backbone.bottom_up.stem.conv1.norm.{m[1]}"),
+    (
+        re.compile(r"backbone\.body\.layer([1-4])\.(\d+)\.conv([1-3])\.weight"),
+        lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.weight",
+    ),
+    (
+        re.compile(r"backbone\.body\.layer([1-4])\.(\d+)\.bn([1-3])\.(\w+)"),
+        lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.norm.{m[4]}",
+    ),
+    (
+        re.compile(r"backbone\.body\.layer([1-4])\.(\d+)\.downsample\.0\.weight"),
+        lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.shortcut.weight",
+    ),
+    (
+        re.compile(r"backbone\.body\.layer([1-4])\.(\d+)\.downsample\.1\.(\w+)"),
+        lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.shortcut.norm.{m[3]}",
+    ),
+    (
+        re.compile(r"backbone\.fpn\.inner_blocks\.([0-3])\.0\.(weight|bias)"),
+        lambda m: f"backbone.fpn_lateral{int(m[1]) + 2}.{m[2]}",
+    ),
+    (
+        re.compile(r"backbone\.fpn\.layer_blocks\.([0-3])\.0\.(weight|bias)"),
+        lambda m: f"backbone.fpn_output{int(m[1]) + 2}.{m[2]}",
+    ),
+    (re.compile(r"(?:ins_head|mask_head)\..+"), lambda m: m[0]),
+)
+
+
+def module_key_to_checkpoint_key(module_key: str) -> str:
+    """The detectron2 checkpoint name of a FreeSOLONet state-dict entry.
+
+    Examples::
+
+        backbone.body.bn1.running_var -> backbone.bottom_up.stem.conv1.norm.running_var
+        backbone.body.layer3.22.conv2.weight -> backbone.bottom_up.res4.22.conv2.weight
+        backbone.body.layer1.0.downsample.1.bias -> backbone.bottom_up.res2.0.shortcut.norm.bias
+        backbone.fpn.inner_blocks.1.0.weight -> backbone.fpn_lateral3.weight
+        backbone.fpn.layer_blocks.3.0.bias -> backbone.fpn_output5.bias
+        ins_head.kernel_tower.0.weight -> ins_head.kernel_tower.0.weight
+    """
+    for pattern, target in _KEY_RULES:
+        match = pattern.fullmatch(module_key)
+        if match:
+            return target(match)
+    raise KeyError(f"no checkpoint name for model tensor {module_key}")
+
+
+def checkpoint_key_map(model: FreeSOLONet) -> dict[str, str]:
+    """The explicit key map: detectron2 checkpoint name -> ``model``'s state-dict name.
+
+    One entry per model tensor (590 for ResNet-101); the checkpoint's only
+    other entry, ``_iter`` (detectron2's iteration counter), is ignored.
+    """
+    return {module_key_to_checkpoint_key(key): key for key in model.state_dict()}
+
+
+def default_weights_dir() -> Path:
+    """``freesolo_weights/`` at the repository root, where the checkpoint is kept."""
+    return Path(__file__).resolve().parents[2] / "freesolo_weights"
+
+
+def _freesolo_download_fix(target_dir: Path) -> str:
+    return f"download {FREESOLO_URL} into {target_dir}/ or pass --freesolo-weights PATH"
+
+
+def resolve_freesolo_weights(path: str | os.PathLike[str] | None = None) -> Path:
+    """The FreeSOLO checkpoint file to use, downloading it if needed.
+
+    In order: an explicit ``path`` (must exist), the file named by the
+    ``GLOBALLOCAL_FREESOLO_WEIGHTS`` environment variable (must exist),
+    ``freesolo_weights/FreeSOLO_R101_30k_pl.pth`` at the repository root, or
+    else a download from the Hugging Face Hub into that folder (with a
+    progress bar). Offline (``HF_HUB_OFFLINE=1``) or on any download failure
+    it raises :class:`WeightsError` within seconds, naming the file, where to
+    put it and where to get it.
+    """
+    for given, origin in ((path, "FreeSOLO weights"), (os.environ.get(WEIGHTS_ENV) or None, WEIGHTS_ENV)):
+        if given is None:
+            continue
+        candidate = Path(given).expanduser()
+        if not candidate.is_file():
+            raise WeightsError(f"{origin} file not found: {candidate}")
+        return candidate
+
+    target_dir = default_weights_dir()
+    default = target_dir / FREESOLO_FILENAME
+    if default.is_file():
+        return default
+
+    what = f"FreeSOLO weights {FREESOLO_FILENAME} (not in {target_dir})"
+    return download_hub_file(FREESOLO_REPO_ID, FREESOLO_FILENAME, target_dir, what, _freesolo_download_fix(target_dir))
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a detectron2 checkpoint ({"model": state_dict, ...}) or of a bare state dict."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if refused is None:
+            raise WeightsError(f"cannot read FreeSOLO weights {path}: not a PyTorch checkpoint") from None
+        raise WeightsError(
+            f"refusing to load {path}: it holds a Python object ({refused[1]}) besides tensors, and "
+            f"loading it could run code; use the released {FREESOLO_FILENAME} or a state dict saved "
+            "with torch.save"
+        ) from None
+    except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        raise WeightsError(f"cannot read FreeSOLO weights {path}: {first_line(error)}") from None
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+        checkpoint = checkpoint["model"]
+    if not isinstance(checkpoint, dict) or not checkpoint:
+        raise WeightsError(
+            f"{path} is not a FreeSOLO checkpoint: no state dict under 'model' or at the top level"
+        )
+    not_tensors = [key for key, value in checkpoint.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise WeightsError(
+            f"{path} is not a FreeSOLO checkpoint: {len(not_tensors)} entries are not tensors "
+            f"(e.g. {', '.join(map(str, not_tensors[:3]))})"
+        )
+    return checkpoint
+
+
+def _named(keys: list[str], limit: int = 4) -> str:
+    more = f", ... {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _map_state_dict(
+    checkpoint: dict[str, torch.Tensor], model: FreeSOLONet, path: Path
+) -> dict[str, torch.Tensor]:
+    """The checkpoint under the model's names, or WeightsError naming every mismatch."""
+    key_map = checkpoint_key_map(model)
+    expected = model.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    unexpected, mismatched = [], []
+    for key, tensor in checkpoint.items():
+        if key in IGNORED_CHECKPOINT_KEYS:
+            continue
+        target = key_map.get(key)
+        if target is None:
+            unexpected.append(key)
+        elif tensor.shape != expected[target].shape:
+            mismatched.append(f"{key} {tuple(tensor.shape)} instead of {tuple(expected[target].shape)}")
+        else:
+            mapped[target] = tensor.float() if tensor.is_floating_point() else tensor
+    missing = [key for key in key_map if key not in checkpoint]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing ({_named(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected ({_named(unexpected)})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} of the wrong shape ({_named(mismatched)})")
+        raise WeightsError(
+            f"{path} is not the FreeSOLO R101 checkpoint: {'; '.join(parts)}; "
+            f"expected {FREESOLO_FILENAME} from {FREESOLO_URL}"
+        )
+    return mapped
+
+
+def load_freesolo(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu", fold_batchnorm: bool = True
+) -> FreeSOLONet:
+    """FreeSOLONet with the checkpoint at ``path`` loaded strictly, in eval mode on ``device``.
+
+    The model is built on the meta device and takes the checkpoint's tensors
+    as they are, so nothing is initialised only to be overwritten. With
+    ``fold_batchnorm`` the frozen batch norms are folded into their convs
+    after loading (see :meth:`FreeSOLONet.fold_frozen_batchnorm`). On the
+    CPU the weights are stored channels-last, like the generator's inputs.
+    """
+    path = Path(path)
+    checkpoint = _read_state_dict(path)
+    with torch.device("meta"):
+        model = FreeSOLONet()
+    model.load_state_dict(_map_state_dict(checkpoint, model, path), strict=True, assign=True)
+    model.eval().requires_grad_(False)
+    if fold_batchnorm:
+        model.fold_frozen_batchnorm()
+    if torch.device(device).type == "cpu":
+        # oneDNN runs these convolutions about a fifth faster on NHWC tensors.
+        return model.to(memory_format=torch.channels_last)
+    return model.to(device)
+
+
+class FreeSOLOGenerator:
+    """Class-agnostic mask proposals from FreeSOLO, like SAM's automatic mask generator.
+
+    Every default is the reference's setting (SPEC section 2 and FreeSOLO's
+    config): ``score_threshold`` on the point-NMS'd category probability,
+    ``mask_threshold`` for binarising masks (at stride 4 and at full size),
+    ``max_before_nms`` candidates into Matrix NMS (``nms_kernel``,
+    ``nms_sigma``), ``update_threshold`` on the decayed scores,
+    ``max_proposals`` kept, input resized to ``short_side``; final masks of
+    at most ``min_area`` pixels are dropped (0: only empty ones, as the
+    reference does).
+    """
+
+    def __init__(
+        self,
+        model: FreeSOLONet,
+        score_threshold: float = 0.1,
+        mask_threshold: float = 0.5,
+        update_threshold: float = 0.05,
+        max_before_nms: int = 500,
+        max_proposals: int = 100,
+        nms_kernel: str = "gaussian",
+        nms_sigma: float = 2.0,
+        short_side: int = 800,
+        min_area: int = 0,
+    ) -> None:
+        for name, value in (
+            ("score_threshold", score_threshold),
+            ("mask_threshold", mask_threshold),
+            ("update_threshold", update_threshold),
+        ):
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"FreeSOLO {name} must be in [0, 1], got {value}")
+        counts = (
+            ("max_before_nms", max_before_nms),
+            ("max_proposals", max_proposals),
+            ("short_side", short_side),
+        )
+        for name, value in counts:
+            if value < 1:
+                raise InputError(f"FreeSOLO {name} must be at least 1, got {value}")
+        if nms_kernel not in ("gaussian", "linear"):
+            raise InputError(f"FreeSOLO nms_kernel must be 'gaussian' or 'linear', got {nms_kernel!r}")
+        if nms_sigma <= 0:
+            raise InputError(f"FreeSOLO nms_sigma must be positive, got {nms_sigma}")
+        if min_area < 0:
+            raise InputError(f"FreeSOLO min_area must be at least 0, got {min_area}")
+        self.model = model.eval()
+        self.score_threshold = score_threshold
+        self.mask_threshold = mask_threshold
+        self.update_threshold = update_threshold
+        self.max_before_nms = max_before_nms
+        self.max_proposals = max_proposals
+        self.nms_kernel = nms_kernel
+        self.nms_sigma = nms_sigma
+        self.short_side = short_side
+        self.min_area = min_area
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs; inputs are moved there, results come back on the CPU."""
+        return next(self.model.parameters()).device
+
+    def generate(self, image: ImageInput) -> Proposals:
+        """Proposals for an image (path, PIL image or uint8 array), masks at the image's size."""
+        rgb = load_image(image)
+        return self.generate_from_tensor(x800(rgb, short=self.short_side), (rgb.height, rgb.width))
+
+    def __call__(self, image: ImageInput) -> Proposals:
+        """Same as :meth:`generate`, so a generator can serve as a segmenter's proposal source."""
+        return self.generate(image)
+
+    def generate_from_tensor(self, tensor: torch.Tensor, image_size: tuple[int, int]) -> Proposals:
+        """Proposals from the already normalised network input (SPEC's ``x800``).
+
+        ``tensor`` is (3, h, w); ``image_size`` is the original (H0, W0) the
+        masks are resized to. Lets a caller compute ``x800`` once for both
+        FreeSOLO and CLIP.
+        """
+        if tensor.dim() != 3 or tensor.shape[0] != 3 or not tensor.is_floating_point():
+            raise InputError(f"FreeSOLO input must be a float (3, H, W) tensor, got {tuple(tensor.shape)}")
+        with torch.inference_mode():
+            outputs = self.model(self.prepare(tensor))
+            return self.postprocess(outputs, (tensor.shape[-2], tensor.shape[-1]), image_size)
+
+    def prepare(self, tensor: torch.Tensor) -> torch.Tensor:
+        """(1, 3, H, W) batch on the model's device, zero-padded bottom/right to a multiple of 32.
+
+        Channels-last on the CPU, where oneDNN's convolutions are faster on it.
+        """
+        height, width = tensor.shape[-2:]
+        pad_h = -height % SIZE_DIVISIBILITY
+        pad_w = -width % SIZE_DIVISIBILITY
+        batch = tensor.to(self.device, torch.float32)[None]
+        if pad_h or pad_w:
+            batch = F.pad(batch, (0, pad_w, 0, pad_h))
+        return batch.contiguous(memory_format=torch.channels_last) if self.device.type == "cpu" else batch
+
+    def postprocess(
+        self, outputs: HeadOutputs, input_size: tuple[int, int], image_size: tuple[int, int]
+    ) -> Proposals:
+        """Head outputs to proposals at ``image_size``: instance selection, resizing, boxes."""
+        soft, scores = select_instances(
+            outputs,
+            score_threshold=self.score_threshold,
+            mask_threshold=self.mask_threshold,
+            max_before_nms=self.max_before_nms,
+            nms_kernel=self.nms_kernel,
+            nms_sigma=self.nms_sigma,
+            update_threshold=self.update_threshold,
+            max_instances=self.max_proposals,
+        )
+        masks = resize_masks(soft, input_size, image_size, self.mask_threshold)
+        flat = masks.flatten(1)
+        # any() is several times faster than summing bools, and all the default needs.
+        if self.min_area == 0:
+            keep = flat.any(dim=1)
+        else:
+            keep = flat.view(torch.uint8).sum(dim=1, dtype=torch.int32) > self.min_area
+        masks, scores = masks[keep], scores[keep]
+        return Proposals(masks=masks.cpu(), boxes=projection_boxes(masks), scores=scores.float().cpu())
+
+
+def build_freesolo(
+    weights: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu", **options: object
+) -> FreeSOLOGenerator:
+    """A ready FreeSOLOGenerator: weights resolved (downloaded if needed), loaded on ``device``.
+
+    ``options`` are FreeSOLOGenerator's keyword arguments.
+    """
+    model = load_freesolo(resolve_freesolo_weights(weights), device)
+    return FreeSOLOGenerator(model, **options)
