@@ -12,7 +12,9 @@ install: $(STAMP)
 $(STAMP): requirements.lock setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=64" wheel
-	$(BIN)/python -m pip install --quiet -r requirements.lock
+	# sam2 ships as source: build it against the venv's torch (no isolated build pulling another torch),
+	# without its optional CUDA extension.
+	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install --quiet --no-build-isolation -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

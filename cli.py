@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -53,6 +55,79 @@ def _check_output(path: Path) -> None:
         raise InputError(f"output {path} must end in .png (masks, overlays) or .json (scores)")
 
 
+ProposalsOpt = Annotated[str, typer.Option(
+    "--proposals", help="Mask proposal source: freesolo (the paper's), sam2 (SAM 2.1) or sam (original SAM).")]
+FreeSOLOWeightsOpt = Annotated[Path | None, typer.Option(
+    help="FreeSOLO checkpoint (default: freesolo_weights/FreeSOLO_R101_30k_pl.pth, downloaded when absent).")]
+ScoreThresholdOpt = Annotated[float | None, typer.Option(
+    help="FreeSOLO: keep grid cells whose category score exceeds this (default 0.1).")]
+MaxProposalsOpt = Annotated[int | None, typer.Option(
+    help="Keep at most this many proposals, best first (FreeSOLO default 100; SAM: all).")]
+MinAreaOpt = Annotated[int | None, typer.Option(
+    help="FreeSOLO: drop masks of at most this many pixels (default 0: only empty masks).")]
+SamModelOpt = Annotated[str | None, typer.Option(
+    help="sam2: tiny, small, base-plus or large (default; SAM 2.1 from the Hugging Face hub). "
+    "sam: vit_h (default), vit_l or vit_b.")]
+SamWeightsOpt = Annotated[Path | None, typer.Option(
+    help="SAM checkpoint file (sam: default sam_weights/sam_vit_h_4b8939.pth etc.; sam2: default the hub).")]
+SamSettingsOpt = Annotated[str, typer.Option(
+    help="Named SAM generator settings: paper-later (8 points per side, IoU and stability thresholds 0.7, "
+    "min area 800: what later zero-shot papers used), sam-default or sam2-default.")]
+PointsPerSideOpt = Annotated[int | None, typer.Option(help="SAM: point grid per image side (settings').")]
+PredIouOpt = Annotated[float | None, typer.Option(help="SAM: predicted-IoU threshold (settings').")]
+StabilityOpt = Annotated[float | None, typer.Option(help="SAM: stability-score threshold (settings').")]
+MinRegionAreaOpt = Annotated[int | None, typer.Option(help="SAM: remove regions and holes below this area.")]
+BoxNmsOpt = Annotated[float | None, typer.Option(help="SAM: box NMS IoU threshold (settings').")]
+CropLayersOpt = Annotated[int | None, typer.Option(help="SAM: extra crop layers (settings').")]
+
+
+@dataclass
+class ProposalArgs:
+    """The proposal options a command received, turned into a generator by :meth:`build`."""
+
+    kind: str
+    freesolo_weights: Path | None = None
+    score_threshold: float | None = None
+    max_proposals: int | None = None
+    min_area: int | None = None
+    sam_model: str | None = None
+    sam_weights: Path | None = None
+    sam_settings: str = "paper-later"
+    points_per_side: int | None = None
+    pred_iou_thresh: float | None = None
+    stability_thresh: float | None = None
+    min_region_area: int | None = None
+    box_nms_thresh: float | None = None
+    crop_layers: int | None = None
+
+    @property
+    def weights(self) -> Path | None:
+        return self.freesolo_weights if self.kind == "freesolo" else self.sam_weights
+
+    def build(self, device: str):
+        from globallocal.proposals.sources import build_proposal_generator
+
+        # Every option goes through (None = not given), so one that does not apply to the source is refused.
+        options = {
+            "score_threshold": self.score_threshold, "min_area": self.min_area,
+            "points_per_side": self.points_per_side, "pred_iou_thresh": self.pred_iou_thresh,
+            "stability_score_thresh": self.stability_thresh, "min_mask_region_area": self.min_region_area,
+            "box_nms_thresh": self.box_nms_thresh, "crop_n_layers": self.crop_layers,
+        }
+        return build_proposal_generator(
+            self.kind, model=self.sam_model, weights=self.weights, settings=self.sam_settings,
+            max_proposals=self.max_proposals, device=device, **options,
+        )
+
+    def settings(self, generator) -> dict:
+        """What goes into a run's configuration about the proposals."""
+        if self.kind == "freesolo":
+            names = ("score_threshold", "max_proposals", "short_side", "min_area")
+            return {"freesolo": {name: getattr(generator, name) for name in names}}
+        return {self.kind: dict(generator.settings)}
+
+
+
 @app.command()
 def segment(
     image: Path = typer.Argument(..., help="Photo to segment (JPEG, PNG, WebP, TIFF, ...)."),
@@ -91,10 +166,20 @@ def segment(
         False, help="Score a phrase in which spaCy finds no noun (e.g. 'far right') instead of refusing it; "
         "the whole phrase then stands in for the noun phrase, as in the reference."
     ),
-    freesolo_weights: Path | None = typer.Option(
-        None, help="FreeSOLO checkpoint (default: freesolo_weights/FreeSOLO_R101_30k_pl.pth, downloaded when "
-        "absent)."
-    ),
+    proposals: ProposalsOpt = "freesolo",
+    freesolo_weights: FreeSOLOWeightsOpt = None,
+    score_threshold: ScoreThresholdOpt = None,
+    max_proposals: MaxProposalsOpt = None,
+    min_area: MinAreaOpt = None,
+    sam_model: SamModelOpt = None,
+    sam_weights: SamWeightsOpt = None,
+    sam_settings: SamSettingsOpt = "paper-later",
+    points_per_side: PointsPerSideOpt = None,
+    pred_iou_thresh: PredIouOpt = None,
+    stability_thresh: StabilityOpt = None,
+    min_region_area: MinRegionAreaOpt = None,
+    box_nms_thresh: BoxNmsOpt = None,
+    crop_layers: CropLayersOpt = None,
 ) -> None:
     """Segment the object each PHRASE refers to in IMAGE and write its mask.
 
@@ -118,7 +203,12 @@ def segment(
         _check_output(path)
     settings = get_preset(preset).with_overrides(alpha=alpha, beta=beta, masked_blocks=masked_blocks)
     picture = load_image(image)
-    proposals = load_proposals(masks, (picture.height, picture.width)) if masks else None
+    source = ProposalArgs(
+        proposals, freesolo_weights, score_threshold, max_proposals, min_area, sam_model, sam_weights,
+        sam_settings, points_per_side, pred_iou_thresh, stability_thresh, min_region_area, box_nms_thresh,
+        crop_layers,
+    )
+    candidates = load_proposals(masks, (picture.height, picture.width)) if masks else None
 
     segmenter = Segmenter.from_pretrained(
         clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
@@ -130,14 +220,12 @@ def segment(
                 f"no noun found in the phrase {phrase!r}; name the object (e.g. \"the red car\") "
                 "or pass --allow-no-noun"
             )
-    if proposals is None:
-        from globallocal.proposals.freesolo import build_freesolo
-
-        generator = build_freesolo(weights=freesolo_weights, device=device)
-        with stderr.status("FreeSOLO proposals..."):
-            proposals = generator.generate(picture)
-    with stderr.status(f"scoring {len(proposals)} proposals..."):
-        segmenter.set_image(picture, proposals)
+    if candidates is None:
+        generator = source.build(device)
+        with stderr.status(f"{proposals} proposals..."):
+            candidates = generator.generate(picture)
+    with stderr.status(f"scoring {len(candidates)} proposals..."):
+        segmenter.set_image(picture, candidates)
         results = segmenter.predict_many(phrases)
 
     for result, path in zip(results, outputs):
@@ -151,7 +239,7 @@ def segment(
             "clip_model": segmenter.clip.name,
             "clip_weights": segmenter.clip.weights,
             "settings": segmenter.settings.to_dict(),
-            "proposals": len(proposals),
+            "proposals": len(candidates),
             "results": [
                 {
                     "phrase": r.phrase,
@@ -169,60 +257,53 @@ def segment(
         save_text(json.dumps(report, indent=1) + "\n", json_path)
     for result, path in zip(results, outputs):
         stderr.print(
-            f"{result.phrase!r} -> proposal {result.index} of {len(proposals)} "
+            f"{result.phrase!r} -> proposal {result.index} of {len(candidates)} "
             f"(score {result.score:.4f}, noun phrase {result.noun_phrase!r}): {path}"
         )
-
-
-def _freesolo_options(
-    score_threshold: float, max_proposals: int, short_side: int, min_area: int
-) -> dict[str, float | int]:
-    return {
-        "score_threshold": score_threshold,
-        "max_proposals": max_proposals,
-        "short_side": short_side,
-        "min_area": min_area,
-    }
-
-
-SCORE_THRESHOLD_HELP = "FreeSOLO: keep grid cells whose category score exceeds this."
-MAX_PROPOSALS_HELP = "FreeSOLO: keep at most this many masks (by score, after Matrix NMS)."
-SHORT_SIDE_HELP = "Short side the photo is resized to for FreeSOLO and CLIP (SPEC: 800)."
-MIN_AREA_HELP = "FreeSOLO: drop masks of at most this many pixels (0 drops only empty masks)."
 
 
 @app.command()
 def proposals(
     image: Path = typer.Argument(..., help="Photo to propose masks for."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for NNN.png masks and proposals.json."),
-    freesolo_weights: Path | None = typer.Option(
-        None, help="FreeSOLO checkpoint (default: freesolo_weights/FreeSOLO_R101_30k_pl.pth, downloaded when "
-        "absent)."
-    ),
-    score_threshold: float = typer.Option(0.1, help=SCORE_THRESHOLD_HELP),
-    max_proposals: int = typer.Option(100, help=MAX_PROPOSALS_HELP),
-    short_side: int = typer.Option(800, help=SHORT_SIDE_HELP),
-    min_area: int = typer.Option(0, help=MIN_AREA_HELP),
+    proposals: ProposalsOpt = "freesolo",
+    freesolo_weights: FreeSOLOWeightsOpt = None,
+    score_threshold: ScoreThresholdOpt = None,
+    max_proposals: MaxProposalsOpt = None,
+    min_area: MinAreaOpt = None,
+    sam_model: SamModelOpt = None,
+    sam_weights: SamWeightsOpt = None,
+    sam_settings: SamSettingsOpt = "paper-later",
+    points_per_side: PointsPerSideOpt = None,
+    pred_iou_thresh: PredIouOpt = None,
+    stability_thresh: StabilityOpt = None,
+    min_region_area: MinRegionAreaOpt = None,
+    box_nms_thresh: BoxNmsOpt = None,
+    crop_layers: CropLayersOpt = None,
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
 ) -> None:
-    """Write FreeSOLO's mask proposals for IMAGE as PNGs plus a JSON of scores and boxes.
+    """Write the mask proposals for IMAGE as PNGs plus a JSON of scores and boxes.
 
     The folder can be given back to `globallocal segment --masks`.
     """
     from globallocal.errors import NoProposalsError
     from globallocal.images import load_image
     from globallocal.proposals.files import save_proposals
-    from globallocal.proposals.freesolo import build_freesolo
 
     if output.exists() and not output.is_dir():
         raise InputError(f"output {output} is a file; give a folder")
     picture = load_image(image)
-    options = _freesolo_options(score_threshold, max_proposals, short_side, min_area)
-    generator = build_freesolo(weights=freesolo_weights, device=device, **options)
-    with stderr.status("FreeSOLO proposals..."):
+    source = ProposalArgs(
+        proposals, freesolo_weights, score_threshold, max_proposals, min_area, sam_model, sam_weights,
+        sam_settings, points_per_side, pred_iou_thresh, stability_thresh, min_region_area, box_nms_thresh,
+        crop_layers,
+    )
+    generator = source.build(device)
+    with stderr.status(f"{proposals} proposals..."):
         found = generator.generate(picture)
     if len(found) == 0:
-        raise NoProposalsError(f"FreeSOLO found no masks in {image}; try a lower --score-threshold")
+        hint = "--score-threshold" if proposals == "freesolo" else "--pred-iou-thresh / --stability-thresh"
+        raise NoProposalsError(f"{proposals} found no masks in {image}; try a lower {hint}")
     save_proposals(found, output)
     stderr.print(f"{len(found)} proposals written to {output}")
 
@@ -234,7 +315,9 @@ def evaluate(
     data_root: Path = typer.Option(..., help="REFER root holding DATASET/refs(SPLIT_BY).p and instances.json."),
     images: Path = typer.Option(..., help="COCO train2014 image folder."),
     split_by: str | None = typer.Option(None, help="unc (refcoco, refcoco+), umd or google (refcocog)."),
-    proposals: str = typer.Option("freesolo", help="freesolo, or gt (ground-truth instance masks: the oracle)."),
+    proposals: str = typer.Option(
+        "freesolo", help="freesolo (the paper's), sam2, sam, or gt (ground-truth instance masks: the oracle)."
+    ),
     out: Path | None = typer.Option(
         None, help="Run folder for records.jsonl and the report (default: runs/DATASET_SPLIT_MODEL_PROPOSALS). "
         "Running the same command again resumes it."
@@ -253,10 +336,19 @@ def evaluate(
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
     spacy_model: str | None = typer.Option(None, help="spaCy pipeline for the noun phrase."),
-    freesolo_weights: Path | None = typer.Option(None, help="FreeSOLO checkpoint."),
-    score_threshold: float = typer.Option(0.1, help=SCORE_THRESHOLD_HELP),
-    max_proposals: int = typer.Option(100, help=MAX_PROPOSALS_HELP),
-    min_area: int = typer.Option(0, help=MIN_AREA_HELP),
+    freesolo_weights: FreeSOLOWeightsOpt = None,
+    score_threshold: ScoreThresholdOpt = None,
+    max_proposals: MaxProposalsOpt = None,
+    min_area: MinAreaOpt = None,
+    sam_model: SamModelOpt = None,
+    sam_weights: SamWeightsOpt = None,
+    sam_settings: SamSettingsOpt = "paper-later",
+    points_per_side: PointsPerSideOpt = None,
+    pred_iou_thresh: PredIouOpt = None,
+    stability_thresh: StabilityOpt = None,
+    min_region_area: MinRegionAreaOpt = None,
+    box_nms_thresh: BoxNmsOpt = None,
+    crop_layers: CropLayersOpt = None,
     cache: Path | None = typer.Option(
         None, help="Feature cache folder: proposals and CLIP features per image, text features per phrase, keyed by "
         "model, weights and visual settings (not alpha/beta). Later runs sharing images skip the models; "
@@ -270,38 +362,42 @@ def evaluate(
     Runs under torchrun too (e.g. torchrun --nproc_per_node 4 -m cli evaluate ...):
     images are shared out between the processes and rank 0 writes the report.
     """
-    from globallocal.cache import FeatureCache, proposal_source_key
+    from globallocal.cache import FeatureCache
     from globallocal.distributed import distributed_session
     from globallocal.evaluate import EvaluationConfig, format_report_table, run_evaluation
     from globallocal.presets import paper_preset_for
     from globallocal.segmenter import Segmenter
     from globallocal.text import parser_label
 
-    if proposals not in ("freesolo", "gt"):
-        raise InputError(f"unknown --proposals '{proposals}'; use freesolo or gt")
+    if proposals not in ("freesolo", "sam2", "sam", "gt"):
+        raise InputError(f"unknown --proposals '{proposals}'; use freesolo, sam2, sam or gt")
     preset = preset or paper_preset_for(dataset)
     model_tag = Path(clip_model).stem if clip_model.endswith(".json") else clip_model
     out = out or Path("runs") / f"{dataset}_{split}_{model_tag}_{proposals}"
-    freesolo = _freesolo_options(score_threshold, max_proposals, 800, min_area)
+    source_args = ProposalArgs(
+        proposals, freesolo_weights, score_threshold, max_proposals, min_area, sam_model, sam_weights,
+        sam_settings, points_per_side, pred_iou_thresh, stability_thresh, min_region_area, box_nms_thresh,
+        crop_layers,
+    )
     with distributed_session(device) as place:
         local_device = place.device(device)
         segmenter = Segmenter.from_pretrained(
             clip_model, clip_weights, preset, device=local_device, precision=precision, spacy_model=spacy_model,
             alpha=alpha, beta=beta, masked_blocks=masked_blocks,
         )
-        proposal_key = None
-        if proposals == "freesolo":
-            from globallocal.proposals.freesolo import build_freesolo, resolve_freesolo_weights
+        proposal_key, proposal_settings = None, {}
+        if proposals == "gt":
+            source = "gt"
+        else:
+            from globallocal.proposals.sources import proposal_cache_key
 
-            weights_path = resolve_freesolo_weights(freesolo_weights)
-            generator = build_freesolo(weights=weights_path, device=local_device, **freesolo)
-            proposal_key = proposal_source_key("freesolo", weights_path, freesolo, local_device)
+            generator = source_args.build(local_device)
+            proposal_key = proposal_cache_key(proposals, generator, source_args.weights, local_device)
+            proposal_settings = source_args.settings(generator)
 
             def source(image, record):
                 return generator.generate(image)
 
-        else:
-            source = "gt"
         settings = {
             "clip_model": clip_model,
             "clip_weights": clip_weights,
@@ -309,7 +405,7 @@ def evaluate(
             **segmenter.settings.to_dict(),
             "parser": parser_label(segmenter.nlp),
             "proposals": proposals,
-            **({"freesolo": freesolo} if proposals == "freesolo" else {}),
+            **proposal_settings,
             # As given, not this process's cuda:LOCAL_RANK: all processes must agree on the configuration.
             "device": device,
             "precision": precision,

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Proposals", "projection_boxes"]
+from ..errors import InputError
+
+__all__ = ["Proposals", "postprocess", "projection_boxes"]
 
 
 @dataclass
@@ -80,3 +82,20 @@ def projection_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.stack(
         [cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2], dim=1
     ).cpu()
+
+
+def postprocess(proposals: Proposals, max_proposals: int | None = None) -> Proposals:
+    """What every proposal source hands on: non-empty masks, best score first, SPEC's boxes.
+
+    Drops empty masks (a generator's clean-up, e.g. SAM's small-region
+    removal, can empty one), sorts by descending score (stable, so equal
+    scores keep the generator's order), keeps the best ``max_proposals``
+    when given, and recomputes every box with :func:`projection_boxes`:
+    generators report min/max boxes, but the local crops follow SPEC's rule
+    whatever made the masks.
+    """
+    if max_proposals is not None and max_proposals < 1:
+        raise InputError(f"max_proposals must be at least 1, got {max_proposals}")
+    kept = proposals.drop_empty()
+    order = torch.argsort(kept.scores, descending=True, stable=True)[:max_proposals]
+    return Proposals.from_masks(kept.masks[order], kept.scores[order])

@@ -1,0 +1,128 @@
+"""Proposal sources by name: FreeSOLO (the paper's), SAM 2 and SAM.
+
+A registry in the spirit of segment-anything's ``sam_model_registry``:
+:func:`build_proposal_generator` turns a source name and command-line style
+options into a ready generator, and :func:`proposal_cache_key` names what
+the generator's output depends on, so a feature cache can keep its masks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from ..errors import InputError
+from ..images import ImageInput
+from . import Proposals
+from .sam import (
+    DEFAULT_SAM2_MODEL,
+    DEFAULT_SAM_MODEL,
+    DEFAULT_SAM_SETTINGS,
+    POINTS_PER_BATCH,
+    SAM_MODELS,
+    SAM_OPTION_NAMES,
+    SAM_SETTINGS,
+    SAM2Generator,
+    SAMGenerator,
+    check_settings,
+    default_sam_weights_dir,
+    load_sam,
+    load_sam2,
+)
+
+PROPOSAL_KINDS = ("freesolo", "sam2", "sam")
+
+
+class ProposalGenerator(Protocol):
+    """Anything that turns an image into proposals (FreeSOLOGenerator, SAM2Generator, SAMGenerator)."""
+
+    def generate(self, image: ImageInput) -> Proposals: ...
+
+
+
+def build_proposal_generator(
+    kind: str,
+    *,
+    model: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    settings: str = DEFAULT_SAM_SETTINGS,
+    max_proposals: int | None = None,
+    device: str | torch.device = "cpu",
+    **options: Any,
+) -> ProposalGenerator:
+    """A ready proposal source of ``kind`` (``freesolo``, ``sam2`` or ``sam``), weights loaded.
+
+    - ``model``: SAM 2 ``tiny|small|base-plus|large`` (default large) or SAM
+      ``vit_h|vit_l|vit_b`` (default vit_h); FreeSOLO has one model.
+    - ``weights``: checkpoint path (None: the default place or download, see
+      :func:`load_sam2`, :func:`load_sam`, ``resolve_freesolo_weights``).
+    - ``settings``: a :data:`SAM_SETTINGS` name the SAM options start from.
+    - ``options``: generator keyword arguments; for SAM those of
+      :class:`SAM2Generator` (points_per_side, pred_iou_thresh,
+      stability_score_thresh, min_mask_region_area, box_nms_thresh,
+      crop_n_layers, points_per_batch) override ``settings``; for FreeSOLO
+      those of ``FreeSOLOGenerator``. Options that are None are ignored, so
+      a command line can pass every option it has.
+    - ``max_proposals``: keep the best this many (FreeSOLO: its own cap,
+      100 by default).
+    """
+    given: Mapping[str, Any] = {key: value for key, value in options.items() if value is not None}
+    if kind == "freesolo":
+        stray = sorted(SAM_OPTION_NAMES & set(given))
+        if stray or model is not None:
+            raise InputError(f"{', '.join(stray) or 'a model name'} applies to SAM proposals, not FreeSOLO")
+        from .freesolo import build_freesolo
+
+        freesolo_options = dict(given)
+        if max_proposals is not None:
+            freesolo_options["max_proposals"] = max_proposals
+        return build_freesolo(weights=weights, device=device, **freesolo_options)
+    if kind not in ("sam2", "sam"):
+        raise InputError(f"unknown proposal source {kind!r}; use {', '.join(PROPOSAL_KINDS)}")
+    if settings not in SAM_SETTINGS:
+        raise InputError(f"unknown SAM settings {settings!r}; use {', '.join(SAM_SETTINGS)}")
+    unknown = sorted(set(given) - SAM_OPTION_NAMES)
+    if unknown:
+        raise InputError(f"{', '.join(unknown)} does not apply to {kind} proposals")
+    generator_options = {"points_per_batch": POINTS_PER_BATCH, **SAM_SETTINGS[settings], **given}
+    # Checked before a model loads (seconds to minutes), not after.
+    check_settings("SAM 2" if kind == "sam2" else "SAM", generator_options, max_proposals)
+    if kind == "sam2":
+        name = model or DEFAULT_SAM2_MODEL
+        return SAM2Generator(
+            load_sam2(name, weights, device), max_proposals=max_proposals, model_name=name, **generator_options
+        )
+    name = model or DEFAULT_SAM_MODEL
+    return SAMGenerator(
+        load_sam(name, weights, device), max_proposals=max_proposals, model_name=name, **generator_options
+    )
+
+
+def proposal_cache_key(
+    kind: str, generator: Any, weights: str | os.PathLike[str] | None, device: str | torch.device
+) -> dict[str, Any]:
+    """What a generator's proposals depend on: source, model, weights content, settings, device type.
+
+    Weights given as a file (or found at their default place) are identified
+    by content; SAM 2 weights taken from the hub by their hub model name.
+    """
+    from ..cache import proposal_source_key
+
+    if kind == "freesolo":
+        from .freesolo import resolve_freesolo_weights
+
+        options = {name: getattr(generator, name) for name in (
+            "score_threshold", "mask_threshold", "update_threshold", "max_before_nms", "max_proposals",
+            "nms_kernel", "nms_sigma", "short_side", "min_area")}
+        return proposal_source_key("freesolo", resolve_freesolo_weights(weights), options, device)
+    settings = dict(generator.settings)
+    if weights is None and kind == "sam":
+        weights = default_sam_weights_dir() / SAM_MODELS[settings["model"]]
+    if weights is None:
+        return {"source": kind, "weights": f"hub:{settings['model']}", "options": settings,
+                "device": torch.device(device).type}
+    return proposal_source_key(kind, Path(weights), settings, device)

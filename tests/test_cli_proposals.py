@@ -1,0 +1,105 @@
+"""FreeSOLO (and SAM) as the proposal source of the commands, with checkpoints written by the tests."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_freesolo import random_checkpoint
+
+import cli
+from globallocal.proposals import freesolo
+from globallocal.proposals.files import INDEX_FILE
+
+
+@pytest.fixture
+def run(monkeypatch, capsys):
+    def invoke(*args) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["globallocal", *map(str, args)])
+        monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+        capsys.readouterr()
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as done:
+            code = done.code or 0
+        return code, capsys.readouterr().err
+
+    return invoke
+
+
+@pytest.fixture(scope="module")
+def freesolo_checkpoint(tmp_path_factory):
+    """A random checkpoint in the released file's layout, category bias high enough to yield masks."""
+    path = tmp_path_factory.mktemp("freesolo_cli") / "random.pth"
+    torch.save({"model": random_checkpoint(seed=1, cate_bias=4.0)}, path)
+    return path
+
+
+@pytest.fixture
+def small_photo(tmp_path, copy_example):
+    """The example photo at 160x120, to keep the ResNet-101 forward short."""
+    path = tmp_path / "small.jpg"
+    Image.open(copy_example("img_80472.jpg")).resize((160, 120)).save(path)
+    return path
+
+
+def test_segment_uses_freesolo_by_default(run, small_photo, freesolo_checkpoint, tiny_config_paths,
+                                          tiny_checkpoints, tmp_path):
+    out, report = tmp_path / "man.png", tmp_path / "man.json"
+    code, err = run("segment", small_photo, "the man on the right", "-o", out, "--json", report,
+                    "--freesolo-weights", freesolo_checkpoint, "--clip-model", tiny_config_paths["vit"],
+                    "--clip-weights", tiny_checkpoints["vit"])
+    assert code == 0, err
+    data = json.loads(report.read_text())
+    assert 1 <= data["proposals"] <= 100
+    assert np.asarray(Image.open(out)).shape == (120, 160)
+
+
+def test_proposals_folder_round_trips_into_segment(run, small_photo, freesolo_checkpoint, tiny_config_paths,
+                                                   tiny_checkpoints, tmp_path):
+    folder = tmp_path / "props"
+    code, err = run("proposals", small_photo, "-o", folder, "--freesolo-weights", freesolo_checkpoint,
+                    "--max-proposals", "5")
+    assert code == 0, err
+    index = json.loads((folder / INDEX_FILE).read_text())
+    assert index["image_size"] == [120, 160] and 1 <= len(index["proposals"]) <= 5
+    scores = [entry["score"] for entry in index["proposals"]]
+    assert scores == sorted(scores, reverse=True)
+    code, err = run("segment", small_photo, "the man", "--masks", folder, "-o", tmp_path / "m.png",
+                    "--json", tmp_path / "m.json", "--clip-model", tiny_config_paths["resnet"],
+                    "--clip-weights", tiny_checkpoints["resnet"])
+    assert code == 0, err
+    result = json.loads((tmp_path / "m.json").read_text())["results"][0]
+    chosen = index["proposals"][result["index"]]["mask"]
+    assert (np.asarray(Image.open(tmp_path / "m.png")) == np.asarray(Image.open(folder / chosen))).all()
+
+
+def test_missing_freesolo_weights_offline(run, small_photo, tiny_config_paths, tiny_checkpoints, tmp_path,
+                                          monkeypatch):
+    monkeypatch.setattr(freesolo, "default_weights_dir", lambda: tmp_path / "freesolo_weights")
+    monkeypatch.delenv("GLOBALLOCAL_FREESOLO_WEIGHTS", raising=False)
+    start = time.monotonic()
+    code, err = run("segment", small_photo, "the man", "-o", tmp_path / "m.png",
+                    "--clip-model", tiny_config_paths["vit"], "--clip-weights", tiny_checkpoints["vit"])
+    assert time.monotonic() - start < 20
+    assert code == 2 and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert "FreeSOLO_R101_30k_pl.pth" in line and freesolo.FREESOLO_URL in line and "--freesolo-weights" in line
+    assert not (tmp_path / "m.png").exists()
+
+
+def test_sam_options_do_not_apply_to_freesolo(run, small_photo, tmp_path):
+    code, err = run("proposals", small_photo, "-o", tmp_path / "p", "--points-per-side", "8")
+    assert code == 2 and err.startswith("error: ") and "not FreeSOLO" in err
+
+
+def test_unknown_proposal_source(run, small_photo, tmp_path):
+    code, err = run("proposals", small_photo, "-o", tmp_path / "p", "--proposals", "sam3")
+    assert code == 2 and "unknown proposal source 'sam3'" in err
