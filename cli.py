@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated
 
@@ -100,6 +100,12 @@ class ProposalArgs:
     box_nms_thresh: float | None = None
     crop_layers: int | None = None
 
+    @classmethod
+    def from_arguments(cls, arguments: dict) -> ProposalArgs:
+        """The proposal options among a command's arguments (its ``locals()``; ``proposals`` is the kind)."""
+        names = [field.name for field in fields(cls) if field.name != "kind"]
+        return cls(arguments["proposals"], **{name: arguments[name] for name in names})
+
     @property
     def weights(self) -> Path | None:
         return self.freesolo_weights if self.kind == "freesolo" else self.sam_weights
@@ -156,6 +162,9 @@ def segment(
     masked_blocks: int | None = typer.Option(
         None, help="ViT: number of last blocks with masked tokens (default: the preset's, 3)."
     ),
+    chunk_size: int | None = typer.Option(
+        None, help="Masked crops per image-tower batch, which bounds memory (default: 8 on the CPU, 64 on CUDA)."
+    ),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
     spacy_model: str | None = typer.Option(
@@ -201,13 +210,11 @@ def segment(
     overlays = [_numbered(overlay, i, len(phrases)) for i in range(len(phrases))] if overlay else []
     for path in [*outputs, *overlays, *([json_path] if json_path else [])]:
         _check_output(path)
-    settings = get_preset(preset).with_overrides(alpha=alpha, beta=beta, masked_blocks=masked_blocks)
-    picture = load_image(image)
-    source = ProposalArgs(
-        proposals, freesolo_weights, score_threshold, max_proposals, min_area, sam_model, sam_weights,
-        sam_settings, points_per_side, pred_iou_thresh, stability_thresh, min_region_area, box_nms_thresh,
-        crop_layers,
+    settings = get_preset(preset).with_overrides(
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size
     )
+    picture = load_image(image)
+    source = ProposalArgs.from_arguments(locals())
     candidates = load_proposals(masks, (picture.height, picture.width)) if masks else None
 
     segmenter = Segmenter.from_pretrained(
@@ -293,11 +300,7 @@ def proposals(
     if output.exists() and not output.is_dir():
         raise InputError(f"output {output} is a file; give a folder")
     picture = load_image(image)
-    source = ProposalArgs(
-        proposals, freesolo_weights, score_threshold, max_proposals, min_area, sam_model, sam_weights,
-        sam_settings, points_per_side, pred_iou_thresh, stability_thresh, min_region_area, box_nms_thresh,
-        crop_layers,
-    )
+    source = ProposalArgs.from_arguments(locals())
     generator = source.build(device)
     with stderr.status(f"{proposals} proposals..."):
         found = generator.generate(picture)
@@ -333,6 +336,9 @@ def evaluate(
     alpha: float | None = typer.Option(None, help="Global-context weight of the visual feature."),
     beta: float | None = typer.Option(None, help="Whole-expression weight of the text feature."),
     masked_blocks: int | None = typer.Option(None, help="ViT: number of last blocks with masked tokens."),
+    chunk_size: int | None = typer.Option(
+        None, help="Masked crops per image-tower batch, which bounds memory (default: 8 on the CPU, 64 on CUDA)."
+    ),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
     spacy_model: str | None = typer.Option(None, help="spaCy pipeline for the noun phrase."),
@@ -374,16 +380,12 @@ def evaluate(
     preset = preset or paper_preset_for(dataset)
     model_tag = Path(clip_model).stem if clip_model.endswith(".json") else clip_model
     out = out or Path("runs") / f"{dataset}_{split}_{model_tag}_{proposals}"
-    source_args = ProposalArgs(
-        proposals, freesolo_weights, score_threshold, max_proposals, min_area, sam_model, sam_weights,
-        sam_settings, points_per_side, pred_iou_thresh, stability_thresh, min_region_area, box_nms_thresh,
-        crop_layers,
-    )
+    source_args = ProposalArgs.from_arguments(locals())
     with distributed_session(device) as place:
         local_device = place.device(device)
         segmenter = Segmenter.from_pretrained(
             clip_model, clip_weights, preset, device=local_device, precision=precision, spacy_model=spacy_model,
-            alpha=alpha, beta=beta, masked_blocks=masked_blocks,
+            alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size,
         )
         proposal_key, proposal_settings = None, {}
         if proposals == "gt":

@@ -106,11 +106,14 @@ def image_tower_family(config: dict[str, Any]) -> str:
     return "resnet" if isinstance(vision["layers"], (list, tuple)) else "vit"
 
 
-def _openai_fix(name: str) -> str:
+def _weights_fix(name: str, tag: str, repo_id: str, filename: str) -> str:
+    """How to provide a pretrained tag's file by hand; OpenAI weights need the QuickGELU architecture."""
+    where = f"https://huggingface.co/{repo_id}/resolve/main/{filename}" if repo_id else "the weights file"
     base = name.removesuffix("-quickgelu")
+    architecture = f"{base}-quickgelu" if tag == "openai" else name
     return (
-        f"run once with network access to cache it, or download the OpenAI {base} open_clip checkpoint and pass "
-        f"--clip-model {base}-quickgelu --clip-weights PATH"
+        f"run once with network access to cache it, or download {where} and pass "
+        f"--clip-model {architecture} --clip-weights PATH"
     )
 
 
@@ -154,6 +157,9 @@ def load_clip(
     else:
         model = _load_pretrained_tag(name, weights)
     model = model.to(device=device, dtype=PRECISIONS[precision]).eval()
+    if family == "resnet":
+        # Convolutions in channels-last layout run about 1.3x faster on the CPU (oneDNN) and on tensor cores.
+        model.visual.to(memory_format=torch.channels_last)
     model.requires_grad_(False)
     context_length = int(config["text_cfg"].get("context_length", 77))
     tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
@@ -172,15 +178,11 @@ def _load_pretrained_tag(name: str, tag: str) -> open_clip.CLIP:
         )
     pretrained_cfg = open_clip.get_pretrained_cfg(name, tag)
     hub_id = pretrained_cfg.get("hf_hub", "")
-    fix = (
-        _openai_fix(name)
-        if tag == "openai"
-        else "run once with network access to cache it, or pass --clip-weights PATH"
-    )
+    # open_clip writes "org/repo/" for the default file name, "org/repo/file" otherwise.
+    repo_id, filename = os.path.split(hub_id)
+    candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    fix = _weights_fix(name, tag, repo_id, candidates[0])
     if hub_id:
-        # open_clip writes "org/repo/" for the default file name, "org/repo/file" otherwise.
-        repo_id, filename = os.path.split(hub_id)
-        candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
         require_hub_files(repo_id, candidates, f"CLIP weights {name}/{tag} ({repo_id})", fix)
     try:
         # OpenAI trained with QuickGELU; open_clip's plain configs use nn.GELU.

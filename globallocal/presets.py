@@ -37,8 +37,9 @@ class Settings:
     L2-normalises every feature before blending and scores by cosine."""
     short_side: int = 800
     """Short side of the shared input tensor (SPEC section 1)."""
-    chunk_size: int = 32
-    """Masks encoded per batch for the local features (bounds memory)."""
+    chunk_size: int | None = None
+    """Masked crops encoded per batch for the local features (bounds memory); None: 8 on the CPU,
+    where small batches run fastest, 64 on CUDA."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -50,7 +51,7 @@ class Settings:
             (self.crop_box in ("projection", "tight"), "crop_box must be 'projection' or 'tight'"),
             (self.feature_norm in ("paper", "unit"), "feature_norm must be 'paper' or 'unit'"),
             (self.short_side >= 32, f"short side must be >= 32, got {self.short_side}"),
-            (self.chunk_size >= 1, f"chunk size must be >= 1, got {self.chunk_size}"),
+            (self.chunk_size is None or self.chunk_size >= 1, f"chunk size must be >= 1, got {self.chunk_size}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -155,7 +155,7 @@ class Segmenter:
         windows = crop_boxes(boxes, rgb.height, rgb.width)
         fill = torch.tensor(IMAGENET_MEAN) if settings.crop_fill == "paper" else torch.zeros(3)
         local = local_features(
-            self.clip, full, proposals.masks, windows, fill, settings.chunk_size, settings.antialias
+            self.clip, full, proposals.masks, windows, fill, self.crop_chunk_size, settings.antialias
         )
         self._state = ImageState(rgb, proposals, global_features, local)
 
@@ -187,6 +187,11 @@ class Segmenter:
             self._text_cache.move_to_end(text)
             if len(self._text_cache) > self._text_cache_size:
                 self._text_cache.popitem(last=False)
+
+    @property
+    def crop_chunk_size(self) -> int:
+        """Masked crops per image-tower batch: the setting, else 8 on the CPU and 64 on CUDA."""
+        return self.settings.chunk_size or (64 if self.clip.device.type == "cuda" else 8)
 
     def visual_features(self) -> torch.Tensor:
         """Blended visual features (N, D) of the current image, per the settings."""

@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -82,6 +85,44 @@ def example(tmp_path) -> dict:
     for i, mask in enumerate(masks):
         Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"mask_{i}.png")
     return {"image": image, "masks": masks, "mask_dir": folder, "size": (height, width)}
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run the `globallocal` command in-process: cli(*args) -> CliResult(code, out, err)."""
+    import cli as cli_module
+
+    def invoke(*args) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["globallocal", *map(str, args)])
+        monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # main() replaces it
+        capsys.readouterr()
+        try:
+            cli_module.main()
+            code = 0
+        except SystemExit as done:
+            code = done.code or 0
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return invoke
+
+
+@pytest.fixture
+def run(cli):
+    """(exit code, stderr) of a command."""
+
+    def invoke(*args) -> tuple[int, str]:
+        result = cli(*args)
+        return result.code, result.err
+
+    return invoke
 
 
 @pytest.fixture

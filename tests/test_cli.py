@@ -3,33 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
-import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
-
-import cli
-
-
-@pytest.fixture
-def run(monkeypatch, capsys):
-    """Run the CLI in-process; returns (exit code, stderr text)."""
-
-    def invoke(*args) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["globallocal", *map(str, args)])
-        monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
-        capsys.readouterr()
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as done:
-            code = done.code or 0
-        return code, capsys.readouterr().err
-
-    return invoke
 
 
 @pytest.fixture
@@ -181,6 +159,7 @@ def test_openai_weights_offline_fail_fast(run, example, tmp_path):
     assert time.monotonic() - start < 15
     _assert_clean_error(code, err, "CLIP weights ViT-B-32/openai")
     assert "HF_HUB_OFFLINE" in err and "--clip-weights PATH" in err and "ViT-B-32-quickgelu" in err
+    assert "https://huggingface.co/timm/vit_base_patch32_clip_224.openai/resolve/main/" in err
 
 
 def test_missing_weights_file(run, example, tmp_path):

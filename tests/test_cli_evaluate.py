@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import json
-import sys
-import warnings
 
 import pytest
 from refer_fixtures import build_refer
 
-import cli
 from globallocal.evaluate import RECORDS_FILE, REPORT_JSON, REPORT_MD
 
 
 @pytest.fixture
-def run(monkeypatch, capsys):
+def run(cli):
+    """(exit code, stdout, stderr) of a command."""
+
     def invoke(*args) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["globallocal", *map(str, args)])
-        monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
-        capsys.readouterr()
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as done:
-            code = done.code or 0
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
+        result = cli(*args)
+        return result.code, result.out, result.err
 
     return invoke
 

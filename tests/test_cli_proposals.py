@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
-import warnings
 
 import numpy as np
 import pytest
@@ -13,25 +11,8 @@ import torch
 from PIL import Image
 from test_freesolo import random_checkpoint
 
-import cli
 from globallocal.proposals import freesolo
 from globallocal.proposals.files import INDEX_FILE
-
-
-@pytest.fixture
-def run(monkeypatch, capsys):
-    def invoke(*args) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["globallocal", *map(str, args)])
-        monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
-        capsys.readouterr()
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as done:
-            code = done.code or 0
-        return code, capsys.readouterr().err
-
-    return invoke
 
 
 @pytest.fixture(scope="module")

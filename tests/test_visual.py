@@ -190,3 +190,19 @@ def test_global_features_chunked_equal_unchunked(tiny_clip):
     whole = function(tiny_clip, image, masks, chunk_size=7)
     chunked = function(tiny_clip, image, masks, chunk_size=3)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+@torch.inference_mode()
+def test_masked_attention_pool_equals_clips_pool_on_masked_maps(tiny_resnet):
+    from globallocal.visual import masked_attention_pool
+
+    generator = torch.Generator().manual_seed(9)
+    pool = tiny_resnet.visual.attnpool
+    channels = pool.k_proj.in_features
+    feature_map = F.normalize(torch.randn(1, channels, 2, 2, generator=generator), dim=1)
+    weights = torch.rand(6, 4, generator=generator)
+    weights[0] = 1.0
+    weights[1] = 0.0
+    expected = pool(feature_map * weights.view(6, 1, 2, 2))  # open_clip's own pool, one masked map each
+    got = masked_attention_pool(pool, feature_map[0], weights)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

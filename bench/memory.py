@@ -1,0 +1,73 @@
+"""Peak memory of scoring many proposals on a large photo (CPU).
+
+    python bench/memory.py [--size 4000x3000] [--proposals 100] [--models RN50,ViT-B-32]
+
+Each model runs in its own process; the table gives its peak resident memory
+(max RSS, which includes the Python runtime, torch and the model weights) and
+the time of set_image + 3 phrases. Proposals are random blobs at full size,
+held as bool masks (N x H x W bytes: 1.2 GB for 100 masks of 12 megapixels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+
+def run_one(model: str, width: int, height: int, count: int, chunk_size: int) -> dict:
+    import numpy as np
+    from segment import PHRASES, blob_masks
+
+    from globallocal import Proposals, Segmenter, get_preset
+    from globallocal.clip_models import load_clip
+    from globallocal.text import load_parser
+
+    photo = np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    proposals = Proposals.from_masks(blob_masks(count, height, width))
+    segmenter = Segmenter(load_clip(model, "random"), load_parser(), get_preset("paper").with_overrides(
+        chunk_size=chunk_size))
+    start = time.perf_counter()
+    segmenter.set_image(photo, proposals)
+    segmenter.predict_many(PHRASES)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="4000x3000", help="WIDTHxHEIGHT")
+    parser.add_argument("--proposals", type=int, default=100)
+    parser.add_argument("--models", default="RN50,ViT-B-32")
+    parser.add_argument("--chunk-size", type=int, default=32)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    width, height = map(int, args.size.lower().split("x"))
+    if args.child:
+        print(json.dumps(run_one(args.child, width, height, args.proposals, args.chunk_size)))
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Peak memory, {width}x{height} photo, {args.proposals} proposals, chunk {args.chunk_size}")
+    for column in ("model", "peak RSS (MB)", "set_image + 3 phrases (s)"):
+        table.add_column(column, justify="right")
+    for model in args.models.split(","):
+        command = [sys.executable, __file__, "--size", args.size, "--proposals", str(args.proposals),
+                   "--chunk-size", str(args.chunk_size), "--child", model]
+        result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        table.add_row(model, f"{result['peak_mb']:.0f}", f"{result['seconds']:.1f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
