@@ -63,6 +63,8 @@ ScoreThresholdOpt = Annotated[float | None, typer.Option(
     help="FreeSOLO: keep grid cells whose category score exceeds this (default 0.1).")]
 MaxProposalsOpt = Annotated[int | None, typer.Option(
     help="Keep at most this many proposals, best first (FreeSOLO default 100; SAM: all).")]
+ShortSideOpt = Annotated[int | None, typer.Option(
+    help="Short side the photo is resized to for FreeSOLO and for CLIP's input tensor (default 800, SPEC).")]
 MinAreaOpt = Annotated[int | None, typer.Option(
     help="FreeSOLO: drop masks of at most this many pixels (default 0: only empty masks).")]
 SamModelOpt = Annotated[str | None, typer.Option(
@@ -90,6 +92,7 @@ class ProposalArgs:
     score_threshold: float | None = None
     max_proposals: int | None = None
     min_area: int | None = None
+    short_side: int | None = None
     sam_model: str | None = None
     sam_weights: Path | None = None
     sam_settings: str = "paper-later"
@@ -116,6 +119,8 @@ class ProposalArgs:
         # Every option goes through (None = not given), so one that does not apply to the source is refused.
         options = {
             "score_threshold": self.score_threshold, "min_area": self.min_area,
+            # The short side also sizes CLIP's input, so it is not an error for SAM, only not its business.
+            "short_side": self.short_side if self.kind == "freesolo" else None,
             "points_per_side": self.points_per_side, "pred_iou_thresh": self.pred_iou_thresh,
             "stability_score_thresh": self.stability_thresh, "min_mask_region_area": self.min_region_area,
             "box_nms_thresh": self.box_nms_thresh, "crop_n_layers": self.crop_layers,
@@ -180,6 +185,7 @@ def segment(
     score_threshold: ScoreThresholdOpt = None,
     max_proposals: MaxProposalsOpt = None,
     min_area: MinAreaOpt = None,
+    short_side: ShortSideOpt = None,
     sam_model: SamModelOpt = None,
     sam_weights: SamWeightsOpt = None,
     sam_settings: SamSettingsOpt = "paper-later",
@@ -211,7 +217,7 @@ def segment(
     for path in [*outputs, *overlays, *([json_path] if json_path else [])]:
         _check_output(path)
     settings = get_preset(preset).with_overrides(
-        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
     )
     picture = load_image(image)
     source = ProposalArgs.from_arguments(locals())
@@ -278,6 +284,7 @@ def proposals(
     score_threshold: ScoreThresholdOpt = None,
     max_proposals: MaxProposalsOpt = None,
     min_area: MinAreaOpt = None,
+    short_side: ShortSideOpt = None,
     sam_model: SamModelOpt = None,
     sam_weights: SamWeightsOpt = None,
     sam_settings: SamSettingsOpt = "paper-later",
@@ -346,6 +353,7 @@ def evaluate(
     score_threshold: ScoreThresholdOpt = None,
     max_proposals: MaxProposalsOpt = None,
     min_area: MinAreaOpt = None,
+    short_side: ShortSideOpt = None,
     sam_model: SamModelOpt = None,
     sam_weights: SamWeightsOpt = None,
     sam_settings: SamSettingsOpt = "paper-later",
@@ -385,7 +393,7 @@ def evaluate(
         local_device = place.device(device)
         segmenter = Segmenter.from_pretrained(
             clip_model, clip_weights, preset, device=local_device, precision=precision, spacy_model=spacy_model,
-            alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size,
+            alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
         )
         proposal_key, proposal_settings = None, {}
         if proposals == "gt":

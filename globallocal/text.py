@@ -135,5 +135,25 @@ def tokenize(texts: list[str], clip: ClipBundle) -> tuple[torch.Tensor, list[boo
 def encode_texts(texts: list[str], clip: ClipBundle) -> torch.Tensor:
     """Raw (unnormalised) CLIP text features (len(texts), D) in float32."""
     tokens, _ = tokenize(texts, clip)
-    features = clip.model.encode_text(tokens.to(clip.device))
-    return features.float()
+    return _encode_tokens(clip.model, tokens.to(clip.device)).float()
+
+
+def _encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text``, run only up to the batch's last end-of-text token.
+
+    CLIP's text transformer is causal and reads its output at the end-of-text
+    token, so the padding after it cannot change the result: a ten-token
+    phrase costs a seventh of the 77-token context. Models that pool
+    otherwise, or attend both ways, take open_clip's own path.
+    """
+    mask = getattr(model, "attn_mask", None)
+    if getattr(model, "text_pool_type", None) != "argmax" or mask is None:
+        return model.encode_text(tokens)
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.ln_final(model.transformer(x, attn_mask=mask[:length, :length]))
+    pooled = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+    projection = model.text_projection
+    return projection(pooled) if isinstance(projection, torch.nn.Linear) else pooled @ projection

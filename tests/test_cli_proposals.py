@@ -47,7 +47,7 @@ def test_proposals_folder_round_trips_into_segment(run, small_photo, freesolo_ch
                                                    tiny_checkpoints, tmp_path):
     folder = tmp_path / "props"
     code, err = run("proposals", small_photo, "-o", folder, "--freesolo-weights", freesolo_checkpoint,
-                    "--max-proposals", "5")
+                    "--max-proposals", "5", "--short-side", "320")
     assert code == 0, err
     index = json.loads((folder / INDEX_FILE).read_text())
     assert index["image_size"] == [120, 160] and 1 <= len(index["proposals"]) <= 5

@@ -118,3 +118,14 @@ def test_text_features_match_the_model(tiny_vit):
     with torch.inference_mode():
         expected = tiny_vit.model.encode_text(tokens)
     torch.testing.assert_close(encode_texts(["the wooden chair"], tiny_vit), expected)
+
+
+def test_text_features_stop_at_the_end_token_without_changing_them(tiny_vit):
+    texts = ["a dog", "the man on the right in a blue shirt", "the man " * 60]  # the last fills the context
+    tokens = tiny_vit.tokenizer(texts)
+    with torch.inference_mode():
+        expected = tiny_vit.model.encode_text(tokens)
+        short = tiny_vit.model.encode_text(tiny_vit.tokenizer(texts[:2]))
+    with pytest.warns(UserWarning, match="truncated"):
+        torch.testing.assert_close(encode_texts(texts, tiny_vit), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(encode_texts(texts[:2], tiny_vit), short, rtol=1e-5, atol=1e-6)
