@@ -31,6 +31,10 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/segment.py
+	$(BIN)/python bench/freesolo.py
+	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/proposals.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache *.egg-info

@@ -79,7 +79,7 @@ def measure(segmenter: Segmenter, image, count: int, repeats: int) -> list[float
 
     def local_stage():
         with torch.inference_mode():
-            local_features(clip, full, proposals.masks, windows, fill)
+            local_features(clip, full, proposals.masks, windows, fill, segmenter.crop_chunk_size)
 
     def total():
         segmenter._text_cache.clear()

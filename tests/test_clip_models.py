@@ -66,3 +66,23 @@ def test_unknown_tag_and_missing_file(tmp_path):
 def test_precision_needs_cuda():
     with pytest.raises(InputError, match="fp16 is for CUDA"):
         load_clip("RN50", "random", precision="fp16")
+
+
+def test_resnet_batchnorm_is_folded_without_changing_features(tmp_path):
+    config = TINY_CONFIGS["resnet"]
+    torch.manual_seed(3)
+    plain = open_clip.model.CLIP(**config).eval()
+    for module in plain.visual.modules():  # non-trivial statistics, or folding would be an identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.1)
+    config_path, checkpoint = tmp_path / "rn.json", tmp_path / "rn.pt"
+    config_path.write_text(json.dumps(config))
+    torch.save(plain.state_dict(), checkpoint)
+    folded = load_clip(str(config_path), str(checkpoint))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.visual.modules())
+    image = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded.model.encode_image(image), plain.encode_image(image), rtol=1e-4, atol=1e-5)
