@@ -7,7 +7,12 @@ Same inputs and same random weights for both:
       ref, proposals and visual features are recomputed; each proposal's masked
       full-size image is built before cropping; crops are encoded in one batch,
       float32, autograd on; per sentence spaCy runs twice (expression, then its
-      noun phrase) and the two texts are encoded one at a time;
+      noun phrase) and the two texts are encoded one at a time. Its components
+      are the published code's: open_clip's model as loaded (batch norm
+      separate, contiguous tensors), CLIP's attention pool once per mask, the
+      full 77-token text context, and FreeSOLO run as the authors' code runs it
+      (bench/freesolo.py's reference style: every candidate at once, one IoU
+      matrix, embedding head computed);
   (b) globallocal: per image, proposals and visual features once, shared by all
       refs and sentences, inference mode, chunked crops, text batched and cached.
 Workload: 480x640 photos, 3 refs per image, 3 sentences per ref. "full" rows
@@ -50,6 +55,49 @@ def _photos(count: int):
     return photos
 
 
+def _reference_freesolo(count: int):
+    """FreeSOLO as the authors' code runs it (same random weights as ``_proposal_source``)."""
+    import torch
+    from freesolo import reference_style_heads, reference_style_postprocess  # bench/freesolo.py
+
+    from globallocal.images import x800
+    from globallocal.proposals import Proposals
+    from globallocal.proposals.freesolo import FreeSOLOGenerator
+    from globallocal.proposals.solov2 import FreeSOLONet
+
+    torch.manual_seed(0)
+    net = FreeSOLONet().eval()
+    with torch.no_grad():
+        net.ins_head.cate_pred.bias.fill_(4.0)
+    padding = FreeSOLOGenerator(net)
+
+    def propose(image):
+        # Without autograd: with it, the ResNet-101 graph at 800x1088 plus every candidate mask held at once
+        # exhaust this machine's 24 GB. Autograd stays on for the CLIP part, as the published code runs it.
+        with torch.no_grad():
+            tensor = x800(image)
+            features = net.features(padding.prepare(tensor).contiguous())
+            heads = reference_style_heads(net, features)
+            size = (image.height, image.width)
+            masks, scores = reference_style_postprocess(heads, tuple(tensor.shape[-2:]), size)
+        return Proposals.from_masks(masks[:count], scores[:count])
+
+    return propose
+
+
+def _reference_clip(name: str):
+    """open_clip's model as the published code holds it: same random weights as load_clip's, nothing folded."""
+    import open_clip
+    import torch
+
+    from globallocal.clip_models import ClipBundle, image_tower_family
+
+    torch.manual_seed(0)
+    model = open_clip.model.CLIP(**open_clip.get_model_config(name)).eval()
+    family = image_tower_family(open_clip.get_model_config(name))
+    return ClipBundle(model, open_clip.tokenizer.SimpleTokenizer(), name, "random", family, 77)
+
+
 def _proposal_source(kind: str, count: int):
     """FreeSOLO with random weights capped at ``count`` masks, or ``count`` random blobs (no proposal cost)."""
     import torch
@@ -63,9 +111,11 @@ def _proposal_source(kind: str, count: int):
 
         return lambda image: Proposals.from_masks(blob_masks(count, image.height, image.width))
     torch.manual_seed(0)
-    net = FreeSOLONet().eval()
+    net = FreeSOLONet().eval().requires_grad_(False)
     with torch.no_grad():
         net.ins_head.cate_pred.bias.fill_(4.0)
+    # What load_freesolo hands the generator: batch norm folded, channels-last.
+    net = net.fold_frozen_batchnorm().to(memory_format=torch.channels_last)
     generator = FreeSOLOGenerator(net, max_proposals=count)
     return generator.generate
 
@@ -139,10 +189,14 @@ def run_one(pipeline: str, model: str, source: str, proposals: int, images: int)
     from globallocal.text import load_parser
 
     torch.manual_seed(0)
-    clip = load_clip(model, "random")
     nlp = load_parser()
     photos = _photos(images)
-    propose = _proposal_source(source, proposals)
+    if pipeline == "reference":
+        clip = _reference_clip(model)
+        propose = _reference_freesolo(proposals) if source == "freesolo" else _proposal_source(source, proposals)
+    else:
+        clip = load_clip(model, "random")
+        propose = _proposal_source(source, proposals)
     settings = get_preset("paper")
     function = reference_structured if pipeline == "reference" else globallocal_path
     function(clip, nlp, photos[:1], propose, settings)  # warm-up: first-call allocations, lazy init
