@@ -72,6 +72,14 @@ def test_rle_json_masks(run, example, tiny_args, tmp_path):
     assert ((np.asarray(Image.open(out)) > 0) == example["masks"][index]).all()
 
 
+def test_a_single_png_mask(run, example, tiny_args, tmp_path):
+    out = tmp_path / "m.png"
+    code, err = run("segment", example["image"], "the chair", "--masks", example["mask_dir"] / "mask_0.png",
+                    "-o", out, *tiny_args)
+    assert code == 0, err
+    assert ((np.asarray(Image.open(out)) > 0) == example["masks"][0]).all()
+
+
 def test_long_phrase_truncates_and_warns(run, example, tiny_args, tmp_path):
     code, err = run("segment", example["image"], "the chair " * 50, "--masks", example["mask_dir"],
                     "-o", tmp_path / "m.png", *tiny_args)

@@ -46,6 +46,13 @@ def _from_folder(folder: Path, size: tuple[int, int]) -> Proposals:
         files = sorted((p for p in folder.iterdir() if p.suffix.lower() in MASK_SUFFIXES), key=_natural_key)
     if not files:
         raise InputError(f"no mask PNGs found in {folder}; put one PNG per mask there (non-zero pixels = mask)")
+    return _masks_from_files(files, size, scores, index)
+
+
+def _masks_from_files(
+    files: list[Path], size: tuple[int, int], scores: torch.Tensor | None, index: Path | None = None
+) -> Proposals:
+    """Proposals from mask image files (``index``: the listing that named them, for messages)."""
     masks = []
     for path in files:
         if not path.is_file():
@@ -110,12 +117,15 @@ def load_proposals(source: str | Path, image_size: tuple[int, int]) -> Proposals
 
     ``source`` is a folder of PNG masks (non-zero = inside, natural name
     order; a ``proposals.json`` index written by ``globallocal proposals``
-    supplies order and scores) or a JSON file of COCO-style RLE masks or
-    annotations (``segmentation`` as RLE or polygons, optional ``score``).
+    supplies order and scores), a single PNG mask, or a JSON file of
+    COCO-style RLE masks or annotations (``segmentation`` as RLE or
+    polygons, optional ``score``).
     """
     path = Path(source)
     if path.is_dir():
         return _from_folder(path, image_size)
+    if path.is_file() and path.suffix.lower() in MASK_SUFFIXES:
+        return _masks_from_files([path], image_size, None)
     if path.is_file():
         return _from_json(path, image_size)
     raise InputError(f"mask source not found: {path}; give a folder of PNG masks or an RLE .json file")
