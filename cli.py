@@ -131,10 +131,7 @@ class ProposalArgs:
         )
 
     def settings(self, generator) -> dict:
-        """What goes into a run's configuration about the proposals."""
-        if self.kind == "freesolo":
-            names = ("score_threshold", "max_proposals", "short_side", "min_area")
-            return {"freesolo": {name: getattr(generator, name) for name in names}}
+        """What goes into a run's configuration about the proposals: every option of the generator."""
         return {self.kind: dict(generator.settings)}
 
 

@@ -306,6 +306,15 @@ class FreeSOLOGenerator:
         self.min_area = min_area
 
     @property
+    def settings(self) -> dict[str, object]:
+        """Every option that decides the proposals, for run records and cache keys (as SAM's generators give)."""
+        names = (
+            "score_threshold", "mask_threshold", "update_threshold", "max_before_nms", "max_proposals",
+            "nms_kernel", "nms_sigma", "short_side", "min_area",
+        )
+        return {name: getattr(self, name) for name in names}
+
+    @property
     def device(self) -> torch.device:
         """Where the model runs; inputs are moved there, results come back on the CPU."""
         return next(self.model.parameters()).device

@@ -115,10 +115,7 @@ def proposal_cache_key(
     if kind == "freesolo":
         from .freesolo import resolve_freesolo_weights
 
-        options = {name: getattr(generator, name) for name in (
-            "score_threshold", "mask_threshold", "update_threshold", "max_before_nms", "max_proposals",
-            "nms_kernel", "nms_sigma", "short_side", "min_area")}
-        return proposal_source_key("freesolo", resolve_freesolo_weights(weights), options, device)
+        return proposal_source_key("freesolo", resolve_freesolo_weights(weights), generator.settings, device)
     settings = dict(generator.settings)
     if weights is None and kind == "sam":
         weights = default_sam_weights_dir() / SAM_MODELS[settings["model"]]
