@@ -25,7 +25,7 @@ from .images import IMAGENET_MEAN, IMAGENET_STD, ImageInput, load_image, x800
 from .presets import Settings, get_preset
 from .proposals import Proposals
 from .text import ParsedPhrase, count_tokens, encode_texts, load_parser, parse_phrase
-from .visual import crop_boxes, local_features, resize, resnet_global_features, vit_global_features
+from .visual import crop_boxes, local_features, resize, resnet_global_features, tight_boxes, vit_global_features
 
 ProposalSource = Callable[[Image.Image], Proposals]
 
@@ -292,13 +292,3 @@ def _check_image_size(image: Image.Image, proposals: Proposals) -> None:
         raise InputError(
             f"masks are {w}x{h} but the image is {image.width}x{image.height}; masks must be at the image's size"
         )
-
-
-def tight_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Min/max boxes (x0, y0, x1 + 1, y1 + 1) of bool masks (N, H, W); zeros for empty masks."""
-    boxes = torch.zeros((masks.shape[0], 4), dtype=torch.float32)
-    for i, mask in enumerate(masks):
-        ys, xs = torch.nonzero(mask, as_tuple=True)
-        if len(xs):
-            boxes[i] = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
-    return boxes

@@ -1,0 +1,95 @@
+"""The registry of scoring methods: one module per method, built by name.
+
+Each method module defines ``SPEC``, a :class:`MethodSpec` with its method
+class, settings class, named presets and defaults. Modules are imported when
+a method is asked for, so listing the methods (``--help``) costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InputError
+from .base import ImageFeatures, Method, MethodSettings, SegmentResult, TextEncoder
+
+__all__ = [
+    "ImageFeatures",
+    "Method",
+    "MethodSettings",
+    "MethodSpec",
+    "SegmentResult",
+    "TextEncoder",
+    "available_methods",
+    "build_method",
+    "get_method",
+]
+
+# name -> module defining SPEC; the first is the default.
+_MODULES = {
+    "global-local": "globallocal.methods.global_local",
+}
+DEFAULT_METHOD = "global-local"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method's registry entry."""
+
+    name: str
+    summary: str
+    method_class: type[Method]
+    presets: Mapping[str, MethodSettings]
+    default_preset: str
+    default_clip_model: str
+    default_proposals: str | None
+    """The proposal source used when none is named (None: the method draws its own mask)."""
+    preset_aliases: Mapping[str, str] = field(default_factory=dict)
+    dataset_presets: Mapping[str, str] = field(default_factory=dict)
+    """The preset of the paper's setting per dataset, where it differs from the default."""
+    build: Callable[..., Method] | None = None
+    """Builder ``(clip, nlp, settings, **options) -> Method`` when the class alone is not enough (extra weights)."""
+
+    def preset_names(self) -> list[str]:
+        return [*self.presets, *self.preset_aliases]
+
+    def settings(self, preset: str | None = None, **overrides: Any) -> MethodSettings:
+        """The settings of a named preset (default: the method's), with ``overrides`` applied."""
+        name = preset or self.default_preset
+        key = self.preset_aliases.get(name, name)
+        if key not in self.presets:
+            raise InputError(
+                f"unknown preset '{name}' for method {self.name}; choose one of {', '.join(self.preset_names())}"
+            )
+        return self.presets[key].with_overrides(**overrides)
+
+    def preset_for(self, dataset: str | None) -> str:
+        """The preset of the paper's setting for a dataset."""
+        return self.dataset_presets.get(dataset or "", self.default_preset)
+
+
+def available_methods() -> list[str]:
+    """The names of the registered methods, the default first."""
+    return list(_MODULES)
+
+
+def get_method(name: str) -> MethodSpec:
+    """The registry entry of a method."""
+    if name not in _MODULES:
+        raise InputError(f"unknown method '{name}'; choose one of {', '.join(_MODULES)}")
+    return importlib.import_module(_MODULES[name]).SPEC
+
+
+def build_method(
+    name: str, clip, nlp, preset: str | None = None, options: Mapping[str, Any] | None = None, **overrides: Any
+) -> Method:
+    """A ready method: ``preset`` (default the method's) with ``overrides``; ``options`` go to its builder."""
+    spec = get_method(name)
+    settings = spec.settings(preset, **overrides)
+    if spec.build is not None:
+        return spec.build(clip, nlp, settings, **(options or {}))
+    if options:
+        raise InputError(f"method {name} takes no options ({', '.join(options)})")
+    return spec.method_class(clip, nlp, settings)

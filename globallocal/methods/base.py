@@ -1,0 +1,140 @@
+"""What every scoring method provides: settings, per-image features, answers.
+
+A method is built once (models loaded), then :meth:`Method.image_features`
+is paid once per image and :meth:`Method.answer` answers phrase after
+phrase from those features; :class:`~globallocal.Segmenter` drives both and
+keeps what is shared between methods (the image, proposals, the parser, the
+text-feature cache). Image features are a dict of named float tensors so that
+the feature cache stores any method's without knowing what they mean.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+from ..errors import InputError
+from ..proposals import Proposals
+from ..text import ParsedPhrase
+
+TextEncoder = Callable[[Sequence[str]], torch.Tensor]
+"""Raw CLIP text features (len(texts), D), float32, through the segmenter's cache."""
+
+
+class MethodSettings:
+    """Mixin for a method's frozen settings dataclass: validation, overrides, a plain dict."""
+
+    def checks(self) -> list[tuple[bool, str]]:
+        """(condition, message) pairs; a false condition is refused with its message."""
+        return []
+
+    def __post_init__(self) -> None:
+        for ok, message in self.checks():
+            if not ok:
+                raise InputError(message)
+
+    def with_overrides(self, **overrides: Any):
+        """A copy with the given fields changed; ``None`` values are ignored, unknown names refused."""
+        names = {field.name for field in fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise InputError(f"unknown setting(s) for this method: {', '.join(unknown)}")
+        return replace(self, **{key: value for key, value in overrides.items() if value is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SegmentResult:
+    """The answer to one phrase. Methods add their own fields in subclasses."""
+
+    phrase: str
+    """The phrase as given."""
+    expression: str
+    """What CLIP read: lower-cased, spaCy tokens joined by single spaces."""
+    noun_phrase: str
+    """The target noun phrase (the whole expression when the parse has none)."""
+    index: int | None
+    """Index of the chosen proposal (None for a method that draws its own mask)."""
+    mask: torch.Tensor
+    """The chosen mask, bool (H, W) at the image's size."""
+    scores: torch.Tensor
+    """The method's score of every proposal, float (N,); empty without proposals."""
+    truncated: bool
+    """Whether the expression or noun phrase was cut to CLIP's context length."""
+    has_noun: bool
+    """Whether spaCy found a noun in the phrase."""
+
+    @property
+    def score(self) -> float | None:
+        return None if self.index is None else float(self.scores[self.index])
+
+    def other_answers(self) -> dict[str, int]:
+        """Further answers a method reports beside its own (HybridGL: "pure", without spatial guidance)."""
+        return {}
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as JSON-ready values, floats at full precision (Python floats are doubles)."""
+        return {
+            "phrase": self.phrase,
+            "expression": self.expression,
+            "noun_phrase": self.noun_phrase,
+            "has_noun": self.has_noun,
+            "index": self.index,
+            "score": self.score,
+            "scores": [float(value) for value in self.scores],
+            "truncated": self.truncated,
+        }
+
+
+@dataclass
+class ImageFeatures:
+    """What a method computed for one image."""
+
+    image: Image.Image
+    proposals: Proposals | None
+    tensors: dict[str, torch.Tensor]
+
+
+class Method(ABC):
+    """A scoring method: its models, its settings, and how it answers a phrase."""
+
+    name: ClassVar[str]
+    uses_proposals: ClassVar[bool] = True
+    visual_settings: ClassVar[tuple[str, ...]] = ()
+    """The settings the image features depend on (the feature cache's key); the rest apply per phrase."""
+
+    def __init__(self, clip, nlp, settings: MethodSettings) -> None:
+        self.clip = clip
+        self.nlp = nlp
+        self.settings = settings
+
+    @abstractmethod
+    def image_features(self, image: Image.Image, proposals: Proposals | None) -> dict[str, torch.Tensor]:
+        """Everything the method needs from the image, as named tensors (computed once per image)."""
+
+    @abstractmethod
+    def answer(self, image: ImageFeatures, parsed: Sequence[ParsedPhrase], encode: TextEncoder) -> list[SegmentResult]:
+        """The answers to several parsed phrases about one image."""
+
+    def text_strings(self, parsed: ParsedPhrase) -> list[str]:
+        """The strings whose CLIP text features :meth:`answer` encodes for this phrase (cache seeding)."""
+        return [parsed.expression, parsed.noun_phrase]
+
+    def visual_identity(self) -> dict[str, Any]:
+        """What decides the image features besides the model: the method and its visual settings."""
+        return {"method": self.name, **{name: getattr(self.settings, name) for name in self.visual_settings}}
+
+    def describe(self) -> dict[str, Any]:
+        """The method and every setting, as a run's configuration records them."""
+        return {"method": self.name, **self.settings.to_dict()}
+
+    @property
+    def device(self) -> torch.device:
+        return self.clip.device
