@@ -2,25 +2,43 @@
 
 Implements Yu, Seo and Son, "Zero-shot Referring Image Segmentation with
 Global-Local Context Features" (CVPR 2023).
+
+The public names are imported on first use (PEP 562), so that importing a
+light submodule such as ``globallocal.errors`` (the command line's ``--help``
+does) does not pay for torch, open_clip and spaCy.
 """
 
-from .errors import GlobalLocalError, ImageError, InputError, NoProposalsError, WeightsError
-from .presets import PRESETS, Settings, get_preset
-from .proposals import Proposals
-from .segmenter import Segmenter, SegmentResult
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "GlobalLocalError",
-    "ImageError",
-    "InputError",
-    "NoProposalsError",
-    "PRESETS",
-    "Proposals",
-    "SegmentResult",
-    "Segmenter",
-    "Settings",
-    "WeightsError",
-    "get_preset",
-]
+# Public name -> the submodule that defines it.
+_EXPORTS = {
+    "GlobalLocalError": "errors",
+    "ImageError": "errors",
+    "InputError": "errors",
+    "NoProposalsError": "errors",
+    "WeightsError": "errors",
+    "PRESETS": "presets",
+    "Settings": "presets",
+    "get_preset": "presets",
+    "Proposals": "proposals",
+    "SegmentResult": "segmenter",
+    "Segmenter": "segmenter",
+}
+
+__all__ = sorted(_EXPORTS)
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'globallocal' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ from pycocotools import mask as coco_mask
 
 from .clip_models import ClipBundle
 from .errors import InputError
-from .images import save_text
+from .images import atomic_write, save_text
 from .presets import Settings
 from .proposals import Proposals
 
@@ -174,16 +173,8 @@ def proposals_digest(proposals: Proposals) -> str:
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write arrays as .npz under a temporary name, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write arrays as .npz under a temporary name, then rename it into place (no fsync: a cache can be rebuilt)."""
+    atomic_write(path, lambda handle: np.savez(handle, **arrays), sync=False)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray] | None:

@@ -86,10 +86,36 @@ def require_hub_files(repo_id: str, filenames: list[str], what: str, fix: str) -
         raise WeightsError(f"{what} is not available locally and could not be downloaded ({reason}); {fix}")
 
 
-def download_hub_file(repo_id: str, filename: str, local_dir: Path, what: str, fix: str) -> Path:
-    """Download ``filename`` from ``repo_id`` into ``local_dir`` (progress bar on a terminal)."""
+def download_hub_file(repo_id: str, filename: str, what: str, fix: str) -> Path:
+    """Download ``filename`` from ``repo_id`` into the Hugging Face cache (progress bar on a terminal).
+
+    The cache is where :func:`cached_hub_file` finds it on later runs, offline too.
+    """
     require_hub_files(repo_id, [filename], what, fix)
     try:
-        return Path(hf_hub_download(repo_id=repo_id, filename=filename, local_dir=str(local_dir)))
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
     except Exception as error:  # any network or hub failure is the same problem for the user
         raise WeightsError(f"{what} could not be downloaded ({first_line(error)}); {fix}") from None
+
+
+def package_root() -> Path:
+    """The folder holding the ``globallocal`` package (the repository root in a clone)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def weights_folders(name: str) -> list[Path]:
+    """Where a default weights folder such as ``freesolo_weights`` is looked for, in order.
+
+    The working folder first (where a user who reads ``--help`` puts it), then
+    the folder next to the installed package (the clone's root).
+    """
+    folders = [Path.cwd() / name, package_root() / name]
+    return [folder for i, folder in enumerate(folders) if folder.resolve() not in {f.resolve() for f in folders[:i]}]
+
+
+def find_in_weights_folders(name: str, filename: str) -> Path | None:
+    """The first ``FOLDER/filename`` of :func:`weights_folders` that exists."""
+    for folder in weights_folders(name):
+        if (folder / filename).is_file():
+            return folder / filename
+    return None

@@ -122,14 +122,31 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     return array > 0
 
 
-def _atomic_write(path: Path, write) -> None:
+def _shareable_mode() -> int:
+    """0666 minus the process umask: what ``open()`` would give a new file (mkstemp gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: str | os.PathLike, write, sync: bool = True) -> None:
+    """Call ``write(handle)`` on a temporary file next to ``path``, then rename it into place.
+
+    A reader never sees a half-written file, and an interrupted write leaves
+    any previous file at ``path`` untouched. The file gets the usual
+    permissions (0666 minus the umask), so outputs and caches can be shared.
+    ``sync``: fsync before the rename (durable across a power cut).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                os.fsync(handle.fileno())
+        os.chmod(tmp, _shareable_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -137,13 +154,9 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a uint8 (H, W) or (H, W, 3) array as PNG, atomically (temp file + rename).
-
-    A reader never sees a half-written file, and an interrupted write leaves
-    any previous file at ``path`` untouched.
-    """
+    """Write a uint8 (H, W) or (H, W, 3) array as PNG, atomically (see :func:`atomic_write`)."""
     image = Image.fromarray(np.ascontiguousarray(array))
-    _atomic_write(Path(path), lambda handle: image.save(handle, format="PNG"))
+    atomic_write(path, lambda handle: image.save(handle, format="PNG"))
 
 
 def save_mask_png(mask: np.ndarray | torch.Tensor, path: str | os.PathLike) -> None:
@@ -155,7 +168,7 @@ def save_mask_png(mask: np.ndarray | torch.Tensor, path: str | os.PathLike) -> N
 
 def save_text(text: str, path: str | os.PathLike) -> None:
     """Write UTF-8 text atomically."""
-    _atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def overlay(image: Image.Image, mask: np.ndarray, color=(255, 40, 40), alpha: float = 0.5) -> np.ndarray:

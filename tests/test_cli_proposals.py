@@ -64,7 +64,7 @@ def test_proposals_folder_round_trips_into_segment(run, small_photo, freesolo_ch
 
 def test_missing_freesolo_weights_offline(run, small_photo, tiny_config_paths, tiny_checkpoints, tmp_path,
                                           monkeypatch):
-    monkeypatch.setattr(freesolo, "default_weights_dir", lambda: tmp_path / "freesolo_weights")
+    monkeypatch.setattr(freesolo, "default_weights_dirs", lambda: [tmp_path / "freesolo_weights"])
     monkeypatch.delenv("GLOBALLOCAL_FREESOLO_WEIGHTS", raising=False)
     start = time.monotonic()
     code, err = run("segment", small_photo, "the man", "-o", tmp_path / "m.png",

@@ -17,12 +17,13 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import huggingface_hub  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision.models.resnet import Bottleneck  # noqa: E402
 
-from globallocal import hub
+from globallocal import hub  # noqa: E402
 from globallocal.errors import WeightsError  # noqa: E402
 from globallocal.proposals import freesolo  # noqa: E402
 from globallocal.proposals.freesolo import (  # noqa: E402
@@ -316,8 +317,9 @@ def test_real_network_on_a_panorama(random_model):
 def no_default_weights(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "freesolo_weights"
     folder.mkdir()
-    monkeypatch.setattr(freesolo, "default_weights_dir", lambda: folder)
+    monkeypatch.setattr(freesolo, "default_weights_dirs", lambda: [folder])
     monkeypatch.delenv("GLOBALLOCAL_FREESOLO_WEIGHTS", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub_cache"))
     return folder
 
 
@@ -368,8 +370,12 @@ def test_missing_explicit_weights_are_named(tmp_path, monkeypatch):
         resolve_freesolo_weights(None)
 
 
-def test_default_weights_dir_is_at_the_repository_root():
-    assert freesolo.default_weights_dir() == Path(__file__).resolve().parents[1] / "freesolo_weights"
+def test_default_weights_dirs_are_the_working_folder_then_the_clone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    clone = Path(__file__).resolve().parents[1] / "freesolo_weights"
+    assert freesolo.default_weights_dirs() == [tmp_path / "freesolo_weights", clone]
+    monkeypatch.chdir(clone.parent)
+    assert freesolo.default_weights_dirs() == [clone]
 
 
 def test_truncated_checkpoint_is_refused(random_checkpoint_file, tmp_path):
@@ -409,3 +415,77 @@ def test_hanging_name_lookup_is_abandoned(monkeypatch):
     monkeypatch.setattr(hub.hf_constants, "is_offline_mode", lambda: False)
     assert "no answer" in hub.hub_unreachable_reason(timeout=0.2)
     assert time.monotonic() - start < 2
+
+
+def _fake_hub_cache(root: Path, repo_id: str, filename: str, data: bytes) -> Path:
+    """A Hugging Face cache holding one file, laid out as huggingface_hub writes it."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    revision = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    path = repo / "snapshots" / revision / filename
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_a_checkpoint_in_the_hugging_face_cache_is_used_offline(no_default_weights, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cached = _fake_hub_cache(Path(huggingface_hub.constants.HF_HUB_CACHE), freesolo.FREESOLO_REPO_ID,
+                             FREESOLO_FILENAME, b"weights")
+    assert resolve_freesolo_weights(None) == cached
+    # A copy in the weights folder still comes first.
+    (no_default_weights / FREESOLO_FILENAME).write_bytes(b"x")
+    assert resolve_freesolo_weights(None) == no_default_weights / FREESOLO_FILENAME
+
+
+def test_the_working_folder_is_searched(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GLOBALLOCAL_FREESOLO_WEIGHTS", raising=False)
+    (tmp_path / "freesolo_weights").mkdir()
+    (tmp_path / "freesolo_weights" / FREESOLO_FILENAME).write_bytes(b"x")
+    assert resolve_freesolo_weights(None) == tmp_path / "freesolo_weights" / FREESOLO_FILENAME
+
+
+def test_the_pinned_hash_is_the_released_files():
+    assert freesolo.FREESOLO_SHA256 == "434184b432dc8faaedd552b2f456ad7b4e0e154b65d4d0e92e5bc7c24112d348"
+    assert freesolo.FREESOLO_SIZE == 526_827_156
+
+
+def _pin(monkeypatch, path: Path) -> None:
+    """Make ``path`` the 'released' file, as far as the hash check is concerned."""
+    monkeypatch.setattr(freesolo, "FREESOLO_SHA256", hashlib.sha256(path.read_bytes()).hexdigest())
+    monkeypatch.setattr(freesolo, "FREESOLO_SIZE", path.stat().st_size)
+
+
+def test_a_download_that_is_not_the_released_file_is_deleted(no_default_weights, tmp_path, monkeypatch):
+    download = tmp_path / "downloaded.pth"
+
+    def fake_download(**_: object) -> str:
+        download.write_bytes(b"a corrupted download")
+        return str(download)
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "is_offline_mode", lambda: False)
+    monkeypatch.setattr(hub, "hub_unreachable_reason", lambda: None)
+    monkeypatch.setattr(hub, "hf_hub_download", fake_download)
+    with pytest.raises(WeightsError, match="not the released file .*SHA-256"):
+        resolve_freesolo_weights(None)
+    assert not download.exists()
+    reference = tmp_path / "reference.pth"
+    reference.write_bytes(b"a corrupted download")
+    _pin(monkeypatch, reference)
+    assert resolve_freesolo_weights(None) == download
+
+
+def test_the_released_file_is_loaded_even_with_python_objects(random_checkpoint_file, tmp_path, monkeypatch):
+    path = tmp_path / "released.pth"
+    state = random_checkpoint_file[1]
+    torch.save({"model": state, "scheduler": NotATensor()}, path)
+    with pytest.raises(WeightsError, match="refusing to load"):
+        load_freesolo(path, fold_batchnorm=False)
+    _pin(monkeypatch, path)
+    model = load_freesolo(path, fold_batchnorm=False)
+    loaded = model.state_dict()
+    for checkpoint_key, model_key in freesolo.checkpoint_key_map(model).items():
+        assert torch.equal(loaded[model_key], state[checkpoint_key].float()), checkpoint_key

@@ -292,7 +292,7 @@ def test_missing_sam2_weights_offline_fail_fast_naming_model_and_place(tmp_path,
 
 @needs_sam
 def test_missing_sam_weights_fail_fast_with_the_official_address(tmp_path, monkeypatch):
-    monkeypatch.setattr(sam_module, "default_sam_weights_dir", lambda: tmp_path)
+    monkeypatch.setattr(sam_module, "default_sam_weights_dirs", lambda: [tmp_path])
     start = time.perf_counter()
     with pytest.raises(WeightsError) as error:
         build_proposal_generator("sam", model="vit_b")

@@ -14,6 +14,7 @@ style of segment-anything's ``SamAutomaticMaskGenerator``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, WeightsError, first_line
-from ..hub import download_hub_file
+from ..hub import cached_hub_file, download_hub_file, weights_folders
 from ..images import ImageInput, load_image, x800
 from . import Proposals, projection_boxes
 from .solov2 import SIZE_DIVISIBILITY, FreeSOLONet, HeadOutputs, resize_masks, select_instances
@@ -37,7 +38,7 @@ __all__ = [
     "FreeSOLOGenerator",
     "build_freesolo",
     "checkpoint_key_map",
-    "default_weights_dir",
+    "default_weights_dirs",
     "load_freesolo",
     "module_key_to_checkpoint_key",
     "resolve_freesolo_weights",
@@ -47,6 +48,9 @@ FREESOLO_REPO_ID = "xinlongwang/FreeSOLO"
 FREESOLO_FILENAME = "FreeSOLO_R101_30k_pl.pth"
 FREESOLO_URL = f"https://huggingface.co/{FREESOLO_REPO_ID}/resolve/main/{FREESOLO_FILENAME}"
 WEIGHTS_ENV = "GLOBALLOCAL_FREESOLO_WEIGHTS"
+# The released file, pinned: a download is checked against it.
+FREESOLO_SHA256 = "434184b432dc8faaedd552b2f456ad7b4e0e154b65d4d0e92e5bc7c24112d348"
+FREESOLO_SIZE = 526_827_156
 
 # Checkpoint entries that are not model weights: detectron2's training iteration counter.
 IGNORED_CHECKPOINT_KEYS = frozenset({"_iter"})
@@ -116,13 +120,16 @@ def checkpoint_key_map(model: FreeSOLONet) -> dict[str, str]:
     return {module_key_to_checkpoint_key(key): key for key in model.state_dict()}
 
 
-def default_weights_dir() -> Path:
-    """``freesolo_weights/`` at the repository root, where the checkpoint is kept."""
-    return Path(__file__).resolve().parents[2] / "freesolo_weights"
+def default_weights_dirs() -> list[Path]:
+    """Folders searched for ``FreeSOLO_R101_30k_pl.pth``: ``./freesolo_weights``, then the clone's."""
+    return weights_folders("freesolo_weights")
 
 
-def _freesolo_download_fix(target_dir: Path) -> str:
-    return f"download {FREESOLO_URL} into {target_dir}/ or pass --freesolo-weights PATH"
+def _freesolo_download_fix(folder: Path) -> str:
+    return (
+        f"run `hf download {FREESOLO_REPO_ID} {FREESOLO_FILENAME}` on a connected machine (the Hugging Face "
+        f"cache is searched), or download {FREESOLO_URL} into {folder}/, or pass --freesolo-weights PATH"
+    )
 
 
 def resolve_freesolo_weights(path: str | os.PathLike[str] | None = None) -> Path:
@@ -130,11 +137,13 @@ def resolve_freesolo_weights(path: str | os.PathLike[str] | None = None) -> Path
 
     In order: an explicit ``path`` (must exist), the file named by the
     ``GLOBALLOCAL_FREESOLO_WEIGHTS`` environment variable (must exist),
-    ``freesolo_weights/FreeSOLO_R101_30k_pl.pth`` at the repository root, or
-    else a download from the Hugging Face Hub into that folder (with a
-    progress bar). Offline (``HF_HUB_OFFLINE=1``) or on any download failure
-    it raises :class:`WeightsError` within seconds, naming the file, where to
-    put it and where to get it.
+    ``freesolo_weights/FreeSOLO_R101_30k_pl.pth`` in the working folder or
+    at the clone's root (:func:`default_weights_dirs`), the Hugging Face
+    cache (used without asking the hub, as for SAM 2), or else a download
+    into that cache (with a progress bar), whose SHA-256 is checked against
+    the released file's. Offline (``HF_HUB_OFFLINE=1``) or on any download
+    failure it raises :class:`WeightsError` within seconds, naming the file,
+    where to put it and where to get it.
     """
     for given, origin in ((path, "FreeSOLO weights"), (os.environ.get(WEIGHTS_ENV) or None, WEIGHTS_ENV)):
         if given is None:
@@ -144,13 +153,49 @@ def resolve_freesolo_weights(path: str | os.PathLike[str] | None = None) -> Path
             raise WeightsError(f"{origin} file not found: {candidate}")
         return candidate
 
-    target_dir = default_weights_dir()
-    default = target_dir / FREESOLO_FILENAME
-    if default.is_file():
-        return default
+    folders = default_weights_dirs()
+    for folder in folders:
+        if (folder / FREESOLO_FILENAME).is_file():
+            return folder / FREESOLO_FILENAME
+    cached = cached_hub_file(FREESOLO_REPO_ID, [FREESOLO_FILENAME])
+    if cached is not None:
+        return cached
 
-    what = f"FreeSOLO weights {FREESOLO_FILENAME} (not in {target_dir})"
-    return download_hub_file(FREESOLO_REPO_ID, FREESOLO_FILENAME, target_dir, what, _freesolo_download_fix(target_dir))
+    searched = " or ".join(str(folder) for folder in folders)
+    what = f"FreeSOLO weights {FREESOLO_FILENAME} (not in {searched} nor the Hugging Face cache)"
+    downloaded = download_hub_file(FREESOLO_REPO_ID, FREESOLO_FILENAME, what, _freesolo_download_fix(folders[0]))
+    if not _is_released_file(downloaded):
+        downloaded.unlink(missing_ok=True)
+        raise WeightsError(
+            f"the downloaded {FREESOLO_FILENAME} is not the released file (SHA-256 differs) and was deleted; "
+            f"try again, or download {FREESOLO_URL} by hand and pass --freesolo-weights PATH"
+        )
+    return downloaded
+
+
+def _sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_released_file(path: Path) -> bool:
+    """Whether ``path`` is byte for byte the released checkpoint (size first: hashing 527 MB takes seconds)."""
+    return path.stat().st_size == FREESOLO_SIZE and _sha256_of_file(path) == FREESOLO_SHA256
+
+
+def _load_released_tensors(path: Path) -> dict:
+    """The released checkpoint's entries, read with the full unpickler and reduced to tensors.
+
+    Only for the file whose SHA-256 is pinned: its content is known, so
+    unpickling it cannot run anything unexpected; whatever is not a tensor
+    (optimizer or scheduler state) is dropped.
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    model = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else {}
+    return {"model": {key: value for key, value in model.items() if isinstance(value, torch.Tensor)}}
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -161,11 +206,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
         if refused is None:
             raise WeightsError(f"cannot read FreeSOLO weights {path}: not a PyTorch checkpoint") from None
-        raise WeightsError(
-            f"refusing to load {path}: it holds a Python object ({refused[1]}) besides tensors, and "
-            f"loading it could run code; use the released {FREESOLO_FILENAME} or a state dict saved "
-            "with torch.save"
-        ) from None
+        if not _is_released_file(path):
+            raise WeightsError(
+                f"refusing to load {path}: it holds a Python object ({refused[1]}) besides tensors, and "
+                f"loading it could run code; use the released {FREESOLO_FILENAME} or a state dict saved "
+                "with torch.save"
+            ) from None
+        checkpoint = _load_released_tensors(path)
     except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as error:
         raise WeightsError(f"cannot read FreeSOLO weights {path}: {first_line(error)}") from None
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, WeightsError
-from ..hub import cached_hub_file, require_hub_files
+from ..hub import cached_hub_file, require_hub_files, weights_folders
 from ..images import ImageInput, load_image
 from . import Proposals, postprocess
 
@@ -49,7 +49,8 @@ __all__ = [
     "SAM_MODELS",
     "SAM_SETTINGS",
     "SAM_WEIGHTS_URL",
-    "default_sam_weights_dir",
+    "default_sam_weights",
+    "default_sam_weights_dirs",
     "load_sam",
     "load_sam2",
 ]
@@ -247,9 +248,17 @@ def _sam2_hub_checkpoint(hub_id: str, filename: str, what: str) -> Path:
         raise WeightsError(f"downloading {what} checkpoint {filename} failed ({type(error).__name__}); {fix}") from None
 
 
-def default_sam_weights_dir() -> Path:
-    """``sam_weights/`` at the repository root, where the official SAM checkpoints are looked for."""
-    return Path(__file__).resolve().parents[2] / "sam_weights"
+def default_sam_weights_dirs() -> list[Path]:
+    """Folders searched for the official SAM checkpoints: ``./sam_weights``, then the clone's."""
+    return weights_folders("sam_weights")
+
+
+def default_sam_weights(model: str) -> Path | None:
+    """The official checkpoint of ``model`` in :func:`default_sam_weights_dirs`, if there."""
+    for folder in default_sam_weights_dirs():
+        if (folder / SAM_MODELS[model]).is_file():
+            return folder / SAM_MODELS[model]
+    return None
 
 
 def load_sam(
@@ -259,7 +268,7 @@ def load_sam(
 
     ``model`` is ``vit_h``, ``vit_l`` or ``vit_b``. ``weights``: a path to the
     official checkpoint, loaded strictly; None looks for its official file
-    name in :func:`default_sam_weights_dir` and otherwise raises a
+    name in :func:`default_sam_weights_dirs` and otherwise raises a
     :class:`WeightsError` with the download address (these files are not on
     the hub, so nothing is downloaded); ``"random"`` keeps the random
     initialisation (tests, benchmarks).
@@ -271,12 +280,12 @@ def load_sam(
     url = SAM_WEIGHTS_URL + filename
     what = f"SAM {model}"
     if weights is None:
-        folder = default_sam_weights_dir()
-        path: Path | None = folder / filename
-        if not path.is_file():
+        path: Path | None = default_sam_weights(model)
+        if path is None:
+            folders = default_sam_weights_dirs()
             raise WeightsError(
-                f"{what} weights {filename} not found in {folder}; download {url} into {folder}/ "
-                "or pass --sam-weights PATH"
+                f"{what} weights {filename} not found in {' or '.join(map(str, folders))}; download {url} into "
+                f"{folders[0]}/ or pass --sam-weights PATH"
             )
     elif str(weights) == "random":
         path = None

@@ -23,13 +23,12 @@ from .sam import (
     DEFAULT_SAM_MODEL,
     DEFAULT_SAM_SETTINGS,
     POINTS_PER_BATCH,
-    SAM_MODELS,
     SAM_OPTION_NAMES,
     SAM_SETTINGS,
     SAM2Generator,
     SAMGenerator,
     check_settings,
-    default_sam_weights_dir,
+    default_sam_weights,
     load_sam,
     load_sam2,
 )
@@ -118,7 +117,7 @@ def proposal_cache_key(
         return proposal_source_key("freesolo", resolve_freesolo_weights(weights), generator.settings, device)
     settings = dict(generator.settings)
     if weights is None and kind == "sam":
-        weights = default_sam_weights_dir() / SAM_MODELS[settings["model"]]
+        weights = default_sam_weights(settings["model"])
     if weights is None:
         return {"source": kind, "weights": f"hub:{settings['model']}", "options": settings,
                 "device": torch.device(device).type}
