@@ -18,10 +18,11 @@ from typing import Any
 
 import open_clip
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transformer import QuickGELU
 
 from .errors import InputError, WeightsError, first_line
-from .hub import require_hub_files
+from .hub import cached_hub_file, require_hub_files
 
 # The architectures whose OpenAI weights the paper used or that are natural
 # drop-ins; any other open_clip CLIP with a supported image tower works too.
@@ -152,6 +153,7 @@ def load_clip(
     config JSON. ``weights``: ``"openai"`` (or another open_clip pretrained
     tag, fetched through the Hugging Face hub), a path to a local open_clip
     checkpoint, or ``"random"`` (random initialisation: tests, benchmarks).
+    ``device``: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
 
     OpenAI's CLIP uses QuickGELU, and features differ by ~1% without it, so
     ``weights="openai"`` always builds the model with QuickGELU. For a local
@@ -160,7 +162,7 @@ def load_clip(
     """
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
-    device = torch.device(device)
+    device = torch.device(resolve_device(str(device)))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
     if precision != "fp32" and device.type != "cuda":
@@ -171,14 +173,11 @@ def load_clip(
     if weights == "random" or os.path.isfile(weights):
         model = open_clip.model.CLIP(**config)
         if weights != "random":
-            try:
-                open_clip.load_checkpoint(model, weights, strict=True, weights_only=True)
-            except Exception as error:  # torch and open_clip raise many types for a bad file
-                raise WeightsError(f"cannot load CLIP weights {weights} into {name}: {first_line(error)}") from None
+            _load_file(model, weights, name)
     elif name.endswith(".json"):
         raise WeightsError(f"CLIP weights file not found: {weights}; a model-config .json needs a weights file")
     else:
-        model = _load_pretrained_tag(name, weights)
+        model = _load_pretrained_tag(name, weights, config)
     model.eval()
     if family == "resnet":
         fold_batchnorm(model.visual)  # in float32, before any cast to half precision
@@ -193,7 +192,119 @@ def load_clip(
                       context_length)
 
 
-def _load_pretrained_tag(name: str, tag: str) -> open_clip.CLIP:
+def resolve_device(device: str) -> str:
+    """``"auto"``: ``"cuda"`` when a CUDA GPU is available, else ``"cpu"``; any other name as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _load_file(model: open_clip.CLIP, path: str | os.PathLike[str], name: str) -> None:
+    """Load a checkpoint file into ``model`` strictly; a file of another architecture is named as such."""
+    try:
+        open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
+    except Exception as error:  # torch and open_clip raise many types for a bad file
+        reason = _mismatch(model, path) or first_line(error)
+        raise WeightsError(f"cannot load CLIP weights {path} into {name}: {reason}") from None
+
+
+def _named(keys: list[str], limit: int = 3) -> str:
+    return ", ".join(keys[:limit]) + (f", ... {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _mismatch(model: open_clip.CLIP, path: str | os.PathLike[str]) -> str | None:
+    """Which keys of the file do not fit ``model`` and what architecture the file looks like; None if unreadable."""
+    try:
+        state = open_clip.factory.load_state_dict(str(path), weights_only=True)
+    except Exception:  # unreadable: the loader's own message says why
+        return None
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        return None
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    shaped = [
+        f"{key} {tuple(state[key].shape)} instead of {tuple(expected[key].shape)}"
+        for key in state
+        if key in expected and state[key].shape != expected[key].shape
+    ]
+    parts = [
+        f"{len(keys)} {what} ({_named(keys)})"
+        for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (shaped, "of another shape"))
+        if keys
+    ]
+    if not parts:
+        return None
+    guesses = guess_architectures(state)
+    likely = f"; the file looks like {' or '.join(guesses)}: pass that as --clip-model" if guesses else ""
+    return "; ".join(parts) + likely
+
+
+def _count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:
+    indices = {key[len(prefix):].split(".")[0] for key in state if key.startswith(prefix)}
+    return len(indices)
+
+
+def _image_tower_shape(state: dict[str, torch.Tensor]) -> dict[str, Any] | None:
+    """The image tower's size, read off a CLIP state dict's tensors (None if it is not open_clip's CLIP)."""
+    try:
+        projection = state["text_projection"]
+        text = {"embed_dim": int(projection.shape[1]), "text_width": int(projection.shape[0])}
+        if "visual.attnpool.positional_embedding" in state:
+            grid = round((state["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+            return {
+                "family": "resnet",
+                **text,
+                "width": int(state["visual.conv1.weight"].shape[0]) * 2,
+                "layers": [_count_blocks(state, f"visual.layer{i}.") for i in (1, 2, 3, 4)],
+                "image_size": grid * 32,
+            }
+        conv = state["visual.conv1.weight"]
+        grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        return {
+            "family": "vit",
+            **text,
+            "width": int(conv.shape[0]),
+            "layers": _count_blocks(state, "visual.transformer.resblocks."),
+            "patch_size": int(conv.shape[-1]),
+            "image_size": grid * int(conv.shape[-1]),
+        }
+    except (KeyError, IndexError):
+        return None
+
+
+def guess_architectures(state: dict[str, torch.Tensor], limit: int = 3) -> list[str]:
+    """open_clip names whose image tower and embedding size match a state dict's (plain names first)."""
+    shape = _image_tower_shape(state)
+    if shape is None:
+        return []
+    found = []
+    for name in open_clip.list_models():
+        config = open_clip.get_model_config(name) or {}
+        try:
+            image_tower_family(config)
+        except (InputError, KeyError):
+            continue
+        vision = config["vision_cfg"]
+        size, layers = vision.get("image_size"), vision.get("layers")
+        candidate = {
+            "family": "resnet" if isinstance(layers, (list, tuple)) else "vit",
+            "embed_dim": config.get("embed_dim"),
+            "width": vision.get("width"),
+            "layers": list(layers) if isinstance(layers, (list, tuple)) else layers,
+            "image_size": size[0] if isinstance(size, (list, tuple)) else size,
+            "text_width": config["text_cfg"].get("width"),
+        }
+        if shape["family"] == "vit":
+            candidate["patch_size"] = vision.get("patch_size")
+        if candidate == shape:
+            found.append(name)
+    found.sort(key=lambda name: (name.endswith("-quickgelu"), len(name)))
+    return found[:limit]
+
+
+def _load_pretrained_tag(name: str, tag: str, config: dict[str, Any]) -> open_clip.CLIP:
+    """The model with an open_clip pretrained tag's weights: the cached hub file if there is one, else open_clip's."""
     tags = open_clip.list_pretrained_tags_by_model(name)
     if tag not in tags:
         looks_like_path = os.sep in tag or tag.endswith((".pt", ".pth", ".bin", ".safetensors"))
@@ -208,10 +319,20 @@ def _load_pretrained_tag(name: str, tag: str) -> open_clip.CLIP:
     repo_id, filename = os.path.split(hub_id)
     candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
     fix = _weights_fix(name, tag, repo_id, candidates[0])
+    # OpenAI trained with QuickGELU; open_clip's plain configs use nn.GELU.
+    quick_gelu = tag == "openai"
     if hub_id:
+        cached = cached_hub_file(repo_id, candidates)
+        if cached is not None:
+            # Loaded from the cache's path, so open_clip does not ask the hub for a newer revision (which,
+            # with the network down and HF_HUB_OFFLINE unset, costs a long series of retries).
+            model = open_clip.model.CLIP(**{**config, "quick_gelu": config.get("quick_gelu") or quick_gelu})
+            _load_file(model, cached, name)
+            model.visual.image_mean = pretrained_cfg.get("mean") or OPENAI_DATASET_MEAN
+            model.visual.image_std = pretrained_cfg.get("std") or OPENAI_DATASET_STD
+            return model
         require_hub_files(repo_id, candidates, f"CLIP weights {name}/{tag} ({repo_id})", fix)
     try:
-        # OpenAI trained with QuickGELU; open_clip's plain configs use nn.GELU.
-        return open_clip.create_model(name, pretrained=tag, force_quick_gelu=tag == "openai")
+        return open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick_gelu)
     except Exception as error:
         raise WeightsError(f"cannot load CLIP weights {name}/{tag}: {first_line(error)}; {fix}") from None

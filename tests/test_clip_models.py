@@ -86,3 +86,48 @@ def test_resnet_batchnorm_is_folded_without_changing_features(tmp_path):
     image = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         torch.testing.assert_close(folded.model.encode_image(image), plain.encode_image(image), rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def tiny_in_hub_cache(tmp_path, monkeypatch):
+    """A registered tiny architecture whose 'openai' tag lives on the hub, with the file already in the cache."""
+    import huggingface_hub
+
+    config = dict(TINY_CONFIGS["vit"], quick_gelu=False)
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "tiny-hub-vit", config)
+    tag = {"openai": {"hf_hub": "someone/tiny-hub-vit/", "quick_gelu": True}}
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "tiny-hub-vit", tag)
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    repo = cache / "models--someone--tiny-hub-vit"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    path = repo / "snapshots" / ("0" * 40) / "open_clip_pytorch_model.bin"
+    path.parent.mkdir(parents=True)
+    torch.manual_seed(3)
+    state = open_clip.model.CLIP(**config).state_dict()
+    torch.save(state, path)
+    return state
+
+
+def test_a_cached_hub_file_is_loaded_by_path_without_the_hub(tiny_in_hub_cache, monkeypatch):
+    def no_hub(*args, **kwargs):
+        raise AssertionError("open_clip was asked to fetch a cached file")
+
+    monkeypatch.setattr(open_clip, "create_model", no_hub)
+    bundle = load_clip("tiny-hub-vit", "openai")
+    assert bundle.uses_quick_gelu
+    loaded = bundle.model.state_dict()
+    assert torch.equal(loaded["text_projection"], tiny_in_hub_cache["text_projection"])
+    assert torch.equal(loaded["visual.conv1.weight"], tiny_in_hub_cache["visual.conv1.weight"])
+
+
+def test_weights_of_another_architecture_are_named(tiny_checkpoints, tiny_config_paths, monkeypatch):
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "tiny-named-vit", dict(TINY_CONFIGS["vit"]))
+    with pytest.raises(WeightsError) as error:
+        load_clip(str(tiny_config_paths["resnet"]), str(tiny_checkpoints["vit"]))
+    message = str(error.value)
+    assert "\n" not in message
+    assert " missing (visual." in message and " unexpected (visual." in message
+    assert "visual.conv1.weight (64, 3, 16, 16) instead of (4, 3, 3, 3)" in message
+    assert "the file looks like " in message and "tiny-named-vit" in message

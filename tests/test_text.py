@@ -129,3 +129,13 @@ def test_text_features_stop_at_the_end_token_without_changing_them(tiny_vit):
     with pytest.warns(UserWarning, match="truncated"):
         torch.testing.assert_close(encode_texts(texts, tiny_vit), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(encode_texts(texts[:2], tiny_vit), short, rtol=1e-5, atol=1e-6)
+
+
+def test_spacy_install_hint_uses_spacys_downloader():
+    from globallocal.text import load_parser
+
+    with pytest.raises(InputError, match=r"`python -m spacy download en_core_web_xx`") as error:
+        load_parser("en_core_web_xx")
+    assert "pip install" not in str(error.value)
+    with pytest.raises(InputError, match=r"`pip install my-parser`"):
+        load_parser("my_parser")
