@@ -58,9 +58,7 @@ from rich.progress import (
     Task,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
-from rich.table import Table
 from rich.text import Text
 
 from .cache import FeatureCache, TextStore, image_digest, proposals_digest
@@ -81,7 +79,6 @@ __all__ = [
     "EvaluationConfig",
     "EvaluationStopped",
     "ProposalSource",
-    "format_report_table",
     "read_records",
     "records_file",
     "run_evaluation",
@@ -135,7 +132,9 @@ class EvaluationConfig:
 
         The out dir itself is left out (moving a run directory is harmless);
         paths are made absolute so the same data named from another working
-        directory still matches; split_by is resolved to its default.
+        directory still matches; split_by is resolved to its default. The
+        limit is left out too: a run of the first N images is extended by
+        running it again with a larger limit or none.
         """
 
         def absolute(path: str | Path | None) -> str | None:
@@ -148,7 +147,6 @@ class EvaluationConfig:
             "split_by": resolve_split(self.dataset, self.split, self.split_by),
             "data_root": absolute(self.data_root),
             "images_dir": absolute(self.images_dir),
-            "limit": self.limit,
             "save_masks": absolute(self.save_masks),
             "overlap": self.overlap,
             "settings": self.settings,
@@ -157,11 +155,36 @@ class EvaluationConfig:
         return json.loads(json.dumps(identity, sort_keys=True, default=str))
 
 
+def _session_rate(task: Task) -> float | None:
+    """Images per second over this session's own elapsed time.
+
+    rich's ``task.speed`` only looks at a short window of recent updates and
+    stays blank when one image takes longer than that window, which on a CPU
+    is every image; the images finished before a resume do not count.
+    """
+    done = task.completed - task.fields.get("resumed_at", 0)
+    if not task.elapsed or done <= 0:
+        return None
+    return done / task.elapsed
+
+
 class _RateColumn(ProgressColumn):
-    """Images per second, blank until rich has a speed estimate."""
+    """Images per second, blank until this session has finished an image."""
 
     def render(self, task: Task) -> Text:
-        return Text("" if task.speed is None else f"{task.speed:.2f} img/s")
+        rate = _session_rate(task)
+        return Text("" if rate is None else f"{rate:.2f} img/s")
+
+
+class _RemainingColumn(ProgressColumn):
+    """Time left at this session's rate."""
+
+    def render(self, task: Task) -> Text:
+        rate = _session_rate(task)
+        if rate is None or task.total is None:
+            return Text("-:--:--", style="progress.remaining")
+        left = round((task.total - task.completed) / rate)
+        return Text(f"{left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}", style="progress.remaining")
 
 
 def records_file(rank: int = 0, world_size: int = 1) -> str:
@@ -184,12 +207,10 @@ def _check_or_write_config(out_dir: Path, identity: dict[str, Any], write: bool)
             stored = None
         if stored != identity:
             differing = (
-                sorted(key for key in set(stored) | set(identity) if stored.get(key) != identity.get(key))
-                if isinstance(stored, dict)
-                else ["(unreadable config.json)"]
+                "; ".join(_differences(stored, identity)) if isinstance(stored, dict) else "unreadable config.json"
             )
             raise InputError(
-                f"{out_dir} holds a run with a different configuration ({', '.join(differing)}); "
+                f"{out_dir} holds a run with a different configuration ({differing}); "
                 "use another --out or delete that directory"
             )
         return
@@ -200,6 +221,21 @@ def _check_or_write_config(out_dir: Path, identity: dict[str, Any], write: bool)
     if not write:
         raise InputError(f"{config_path} is missing although rank 0 should have written it")
     save_text(json.dumps(identity, indent=2, sort_keys=True) + "\n", config_path)
+
+
+def _differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """'key: run VALUE, now VALUE' for every differing key, nested settings named by their dotted path."""
+    missing = "(not set)"
+    found = []
+    for key in sorted(set(stored) | set(current)):
+        old, new = stored.get(key, missing), current.get(key, missing)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += _differences(old, new, f"{prefix}{key}.")
+        else:
+            found.append(f"{prefix}{key}: run {json.dumps(old)}, now {json.dumps(new)}")
+    return found
 
 
 @dataclass
@@ -580,7 +616,8 @@ def run_evaluation(
         proposal_source = _ground_truth_source(dataset)
     elif isinstance(proposal_source, str):
         raise InputError(f"unknown proposal source '{proposal_source}'")
-    groups = dataset.images()[: config.limit]
+    every_group = dataset.images()
+    groups = every_group[: config.limit]
     missing = dataset.missing_images(groups)
     if missing:
         raise InputError(
@@ -599,13 +636,16 @@ def run_evaluation(
         _check_or_write_config(out_dir, identity, write=False)
     records_path = out_dir / records_file(place.rank, place.world_size)
     completed = read_records(out_dir, own=records_path)
-    expected = {group.image.image_id: group.sentence_count for group in groups}
+    # Images past the limit may be recorded by an earlier run with a larger one: they are kept, not reported.
+    expected = {group.image.image_id: group.sentence_count for group in every_group}
     for done in completed:
         if expected.get(done.marker["image_done"]) != done.marker["sentences"]:
             raise InputError(
                 f"the records in {out_dir} do not match the dataset (image {done.marker['image_done']}); "
                 "use another --out or delete that directory"
             )
+    in_limit = {group.image.image_id for group in groups}
+    completed = [done for done in completed if done.marker["image_done"] in in_limit]
     done_ids = {done.marker["image_done"] for done in completed}
     share = place.shard(groups)
     todo = [group for group in share if group.image.image_id not in done_ids]
@@ -624,7 +664,7 @@ def run_evaluation(
         TextColumn("{task.fields[sentences]} sentences"),
         TextColumn("oIoU {task.fields[oiou]:.2f}  mIoU {task.fields[miou]:.2f}"),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        _RemainingColumn(),
     )
     description = f"{config.dataset} {config.split}"
     if place.world_size > 1:
@@ -637,6 +677,7 @@ def run_evaluation(
             description,
             total=len(share),
             completed=len(share) - len(todo),
+            resumed_at=len(share) - len(todo),
             sentences=running.sentences,
             oiou=running.oiou,
             miou=running.miou,
@@ -667,7 +708,10 @@ def run_evaluation(
     place.barrier()
     if place.is_main:
         order = {group.image.image_id: index for index, group in enumerate(groups)}
-        completed = sorted(read_records(out_dir), key=lambda done: order[done.marker["image_done"]])
+        completed = sorted(
+            (done for done in read_records(out_dir) if done.marker["image_done"] in order),
+            key=lambda done: order[done.marker["image_done"]],
+        )
         report = _build_report(completed, identity, out_dir, len(groups), place.world_size)
         save_text(json.dumps(report, indent=2) + "\n", out_dir / REPORT_JSON)
         save_text(_report_markdown(report), out_dir / REPORT_MD)
@@ -675,48 +719,3 @@ def run_evaluation(
     if not place.is_main:
         report = json.loads((out_dir / REPORT_JSON).read_text(encoding="utf-8"))
     return report
-
-
-def _cell(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def format_report_table(run_dirs: list[Path]) -> Table:
-    """The metrics of finished runs side by side, one column per run directory."""
-    reports = []
-    for run_dir in run_dirs:
-        path = Path(run_dir) / REPORT_JSON
-        if not path.is_file():
-            raise InputError(
-                f"no finished run in {run_dir} ({REPORT_JSON} missing); run the evaluation to the end first"
-            )
-        try:
-            reports.append(json.loads(path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise InputError(f"{path} is not valid JSON: {error}") from None
-
-    table = Table(title="Global-Local evaluation")
-    table.add_column("")
-    for run_dir in run_dirs:
-        table.add_column(str(run_dir), justify="right")
-
-    def row(label: str, values: list[str]) -> None:
-        table.add_row(label, *values)
-
-    configs = [r["config"] for r in reports]
-    row("dataset", [f"{c['dataset']} {c['split']} ({c['split_by']})" for c in configs])
-    row("overlap", [str(c["overlap"]) for c in configs])
-    for key in sorted({key for c in configs for key in c.get("settings", {})}):
-        row(key, [_cell(c.get("settings", {}).get(key, "-")) for c in configs])
-    table.add_section()
-    row("oIoU", [f"{r['metrics']['oIoU']:.2f}" for r in reports])
-    row("mIoU", [f"{r['metrics']['mIoU']:.2f}" for r in reports])
-    for threshold in (f"{t:.1f}" for t in PRECISION_THRESHOLDS):
-        row(f"P@{threshold}", [f"{r['metrics']['precision'][threshold]:.2f}" for r in reports])
-    table.add_section()
-    row("images", [f"{r['metrics']['images']}/{r['images_total']}" for r in reports])
-    row("sentences", [str(r["metrics"]["sentences"]) for r in reports])
-    row("no-proposal sentences", [str(r["metrics"]["no_proposal_sentences"]) for r in reports])
-    row("truncated sentences", [str(r["truncated_sentences"]) for r in reports])
-    row("wall time (s)", [f"{r['wall_time_s']:.1f}" for r in reports])
-    return table

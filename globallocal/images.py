@@ -122,11 +122,15 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     return array > 0
 
 
-def _shareable_mode() -> int:
-    """0666 minus the process umask: what ``open()`` would give a new file (mkstemp gives 0600)."""
+def umask_mode(base: int = 0o666) -> int:
+    """``base`` minus the process umask: what ``open()`` (0666) or ``mkdir`` (0777) would give.
+
+    mkstemp and mkdtemp create private files and folders (0600, 0700); outputs
+    written through them are given this mode so colleagues can read them.
+    """
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return base & ~mask
 
 
 def atomic_write(path: str | os.PathLike, write, sync: bool = True) -> None:
@@ -146,7 +150,7 @@ def atomic_write(path: str | os.PathLike, write, sync: bool = True) -> None:
             handle.flush()
             if sync:
                 os.fsync(handle.fileno())
-        os.chmod(tmp, _shareable_mode())
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -169,15 +173,3 @@ def save_mask_png(mask: np.ndarray | torch.Tensor, path: str | os.PathLike) -> N
 def save_text(text: str, path: str | os.PathLike) -> None:
     """Write UTF-8 text atomically."""
     atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-def overlay(image: Image.Image, mask: np.ndarray, color=(255, 40, 40), alpha: float = 0.5) -> np.ndarray:
-    """The image with the mask tinted and its outline drawn, for a glance check."""
-    rgb = np.asarray(image, dtype=np.float32).copy()
-    tint = np.asarray(color, dtype=np.float32)
-    rgb[mask] = (1 - alpha) * rgb[mask] + alpha * tint
-    # Outline: mask pixels with a 4-neighbour outside the mask.
-    padded = np.pad(mask, 1, mode="constant", constant_values=False)
-    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    rgb[mask & ~inner] = tint
-    return np.round(rgb).astype(np.uint8)

@@ -50,7 +50,7 @@ def test_proposals_folder_round_trips_into_segment(run, small_photo, freesolo_ch
                     "--max-proposals", "5", "--short-side", "320")
     assert code == 0, err
     index = json.loads((folder / INDEX_FILE).read_text())
-    assert index["image_size"] == [120, 160] and 1 <= len(index["proposals"]) <= 5
+    assert index["image_size"] == {"height": 120, "width": 160} and 1 <= len(index["proposals"]) <= 5
     scores = [entry["score"] for entry in index["proposals"]]
     assert scores == sorted(scores, reverse=True)
     code, err = run("segment", small_photo, "the man", "--masks", folder, "-o", tmp_path / "m.png",

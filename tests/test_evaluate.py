@@ -25,12 +25,12 @@ from globallocal.evaluate import (
     REPORT_MD,
     EvaluationConfig,
     EvaluationStopped,
-    format_report_table,
     run_evaluation,
 )
 from globallocal.images import load_mask
 from globallocal.presets import Settings
 from globallocal.refer import ReferDataset
+from globallocal.report import format_report_table
 from globallocal.segmenter import Segmenter
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -246,10 +246,10 @@ def test_resuming_with_another_configuration_is_refused(refer, tmp_path):
         _run(refer, out, stop_after_images=1)
     before = (out / RECORDS_FILE).read_bytes()
     changed = _config(refer, out, settings={"model": "stand-in", "alpha": 0.5, "beta": 0.5})
-    with pytest.raises(InputError, match=r"configuration \(settings\); use another --out or delete"):
+    with pytest.raises(InputError, match=r"configuration \(settings.alpha: run 0.95, now 0.5\); use another --out or"):
         run_evaluation(changed, StandInSegmenter(), _source(refer), progress=False)
     union = _config(refer, out, overlap="union")
-    with pytest.raises(InputError, match=r"different configuration \(overlap\)"):
+    with pytest.raises(InputError, match=r"different configuration \(overlap: run \"paper\", now \"union\"\)"):
         run_evaluation(union, StandInSegmenter(), _source(refer), progress=False)
     assert (out / RECORDS_FILE).read_bytes() == before
 
@@ -301,6 +301,38 @@ def test_limit_takes_the_first_images_with_the_progress_bar(refer, tmp_path, cap
     assert "2/2" in bar and "11 sentences" in bar and f"oIoU {report['metrics']['oIoU']:.2f}" in bar
     with pytest.raises(InputError, match="at least 1"):
         run_evaluation(_config(refer, tmp_path / "zero", limit=0), segmenter, source, progress=False)
+
+
+def test_a_limited_run_is_extended_and_a_smaller_limit_reports_its_images(refer, tmp_path):
+    out = tmp_path / "run"
+    segmenter, source = StandInSegmenter(), _source(refer)
+    limited = run_evaluation(_config(refer, out, limit=2), segmenter, source, progress=False)
+    assert source.calls == [11, 12] and limited["images_total"] == 2
+    segmenter, source = StandInSegmenter(), _source(refer)
+    extended = run_evaluation(_config(refer, out), segmenter, source, progress=False)
+    assert source.calls == [13]  # only the image the limited run left out
+    whole, _, _ = _run(refer, tmp_path / "whole")
+    assert extended["metrics"] == whole["metrics"]
+    again = run_evaluation(_config(refer, out, limit=2), StandInSegmenter(), _source(refer), progress=False)
+    assert again["metrics"] == limited["metrics"]
+
+
+def test_the_session_rate_and_time_left_do_not_wait_for_riches_speed_window():
+    from rich.progress import Progress
+
+    from globallocal.evaluate import _RateColumn, _RemainingColumn
+
+    clock = [0.0]
+    progress = Progress(_RateColumn(), _RemainingColumn(), get_time=lambda: clock[0], disable=True)
+    task_id = progress.add_task("run", total=10, completed=4, resumed_at=4)
+    progress.start_task(task_id)
+    task = progress.tasks[0]
+    assert str(_RateColumn().render(task)) == "" and str(_RemainingColumn().render(task)) == "-:--:--"
+    clock[0] = 120.0  # one image in two minutes: far longer than rich's speed window
+    progress.update(task_id, advance=1)
+    assert task.speed is None  # what the old column showed: nothing
+    assert str(_RateColumn().render(task)) == "0.01 img/s"
+    assert str(_RemainingColumn().render(task)) == "0:10:00"  # 5 images left at 120 s each
 
 
 def test_missing_images_are_named_before_any_work(refer, tmp_path):

@@ -7,7 +7,11 @@ studies. ``globallocal proposals`` writes a folder this module reads back.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,8 @@ import torch
 from pycocotools import mask as mask_utils
 
 from ..errors import ImageError, InputError
-from ..images import load_mask, save_mask_png, save_text
+from ..images import load_mask, save_mask_png, save_text, umask_mode
+from ..outputs import box_json, size_json
 from . import Proposals
 
 INDEX_FILE = "proposals.json"
@@ -119,40 +124,103 @@ def load_proposals(source: str | Path, image_size: tuple[int, int]) -> Proposals
     order; a ``proposals.json`` index written by ``globallocal proposals``
     supplies order and scores), a single PNG mask, or a JSON file of
     COCO-style RLE masks or annotations (``segmentation`` as RLE or
-    polygons, optional ``score``).
+    polygons, optional ``score``). Empty masks are dropped, as every
+    proposal source does, with a warning saying how many.
     """
     path = Path(source)
     if path.is_dir():
-        return _from_folder(path, image_size)
-    if path.is_file() and path.suffix.lower() in MASK_SUFFIXES:
-        return _masks_from_files([path], image_size, None)
-    if path.is_file():
-        return _from_json(path, image_size)
-    raise InputError(f"mask source not found: {path}; give a folder of PNG masks or an RLE .json file")
+        proposals = _from_folder(path, image_size)
+    elif path.is_file() and path.suffix.lower() in MASK_SUFFIXES:
+        proposals = _masks_from_files([path], image_size, None)
+    elif path.is_file():
+        proposals = _from_json(path, image_size)
+    else:
+        raise InputError(f"mask source not found: {path}; give a folder of PNG masks or an RLE .json file")
+    return _drop_empty(proposals, path)
+
+
+def _drop_empty(proposals: Proposals, source: Path) -> Proposals:
+    empty = ~proposals.masks.flatten(1).any(dim=1)
+    count = int(empty.sum())
+    if count == len(proposals):
+        raise InputError(f"all {count} masks are empty (in {source}), so there is nothing to choose from")
+    if count:
+        numbers = ", ".join(str(int(i)) for i in torch.nonzero(empty).flatten()[:5])
+        warnings.warn(
+            f"{count} of {len(proposals)} masks in {source} are empty and were dropped (source positions "
+            f"{numbers}{', ...' if count > 5 else ''}, 0-based); proposal numbers count the remaining masks",
+            stacklevel=3,
+        )
+    return proposals.drop_empty()
+
+
+def check_replaceable(folder: Path) -> None:
+    """Refuse an output folder that holds anything but an earlier set of proposals (which is replaced)."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"output {folder} is a file; give a folder")
+    if not folder.is_dir():
+        return
+    entries = list(folder.iterdir())
+    earlier_set = (folder / INDEX_FILE).is_file() and all(
+        entry.name == INDEX_FILE or (entry.is_file() and entry.suffix.lower() in MASK_SUFFIXES) for entry in entries
+    )
+    if entries and not earlier_set:
+        strangers = [entry.name for entry in entries if entry.name != INDEX_FILE]
+        raise InputError(
+            f"output folder {folder} is not empty and does not hold an earlier set of proposals "
+            f"(e.g. {strangers[0]}); give a new or empty folder"
+        )
 
 
 def save_proposals(proposals: Proposals, folder: str | Path) -> list[Path]:
-    """Write each mask as ``NNN.png`` plus a ``proposals.json`` index of scores and boxes.
+    """Write each mask as ``NNN.png`` (0-based) plus a ``proposals.json`` index of scores, boxes and areas.
 
-    The index is written last, so a folder with an index is complete.
+    The set is written into a temporary folder beside ``folder`` and then
+    swapped in, so an earlier set there is replaced as a whole (no stale
+    ``NNN.png`` of a larger earlier set survives) and a reader never sees a
+    mix. A folder holding anything else is refused.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    check_replaceable(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        names = _write_set(proposals, staging)
+        os.chmod(staging, umask_mode(0o777))
+        if folder.exists():
+            retired = staging.with_suffix(".old")
+            os.rename(folder, retired)
+            os.rename(staging, folder)
+            shutil.rmtree(retired)
+        else:
+            os.rename(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return [folder / name for name in names]
+
+
+def _write_set(proposals: Proposals, folder: Path) -> list[str]:
     width = max(3, len(str(len(proposals))))
-    entries, paths = [], []
+    entries, names = [], []
     for i in range(len(proposals)):
         name = f"{i:0{width}d}.png"
         save_mask_png(proposals.masks[i], folder / name)
-        paths.append(folder / name)
+        names.append(name)
         entries.append(
             {
                 "mask": name,
-                "score": round(float(proposals.scores[i]), 6),
-                "box": [round(float(v), 3) for v in proposals.boxes[i]],
+                "score": float(proposals.scores[i]),
+                "box": box_json(proposals.boxes[i]),
                 "area": int(proposals.masks[i].sum()),
             }
         )
-    height, width_px = proposals.image_size
-    index = {"image_size": [height, width_px], "box_rule": "projection", "proposals": entries}
+    index = {
+        "image_size": size_json(*proposals.image_size),
+        "box_format": "x0 y0 x1 y1 in pixels",
+        "box_rule": "projection",
+        "numbering": "0-based",
+        "proposals": entries,
+    }
     save_text(json.dumps(index, indent=1) + "\n", folder / INDEX_FILE)
-    return paths
+    return names

@@ -1,0 +1,100 @@
+"""The JSON that `globallocal segment --json` writes: every number labelled, scores at full precision.
+
+Sizes are ``{"height", "width"}``; boxes are ``{"x0", "y0", "x1", "y1"}`` in
+pixels (x to the right, y down; SOLOv2's projection boxes, see
+:func:`globallocal.proposals.projection_boxes`); masks are COCO RLE
+(``{"size": [height, width], "counts": str}``, pycocotools' compressed
+column-major run lengths). Proposal numbers are 0-based, as in file names.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+from . import __version__
+
+JSON_FORMAT = 2  # 2: labelled sizes and boxes, proposal source, chosen box and RLE, timings, version
+
+
+def size_json(height: int, width: int) -> dict[str, int]:
+    return {"height": int(height), "width": int(width)}
+
+
+def box_json(box: Sequence[float] | torch.Tensor) -> dict[str, float]:
+    x0, y0, x1, y1 = (float(value) for value in box)
+    return {"x0": x0, "y0": y0, "x1": x1, "y1": y1}
+
+
+def mask_rle(mask: np.ndarray | torch.Tensor) -> dict[str, Any]:
+    """A bool (H, W) mask as compressed COCO RLE with a text ``counts``."""
+    if isinstance(mask, torch.Tensor):
+        mask = mask.cpu().numpy()
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+class StageTimer:
+    """Wall seconds per named stage, in the order the stages ran."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def result_json(result: Any, boxes: torch.Tensor, mask_path: str) -> dict[str, Any]:
+    """One phrase's answer: the parse, the chosen proposal with its box and RLE, every score (full precision)."""
+    return {
+        "phrase": result.phrase,
+        "expression": result.expression,
+        "noun_phrase": result.noun_phrase,
+        "has_noun": bool(result.has_noun),
+        "index": int(result.index),
+        "score": float(result.score),
+        "box": box_json(boxes[result.index]),
+        "rle": mask_rle(result.mask),
+        "area": int(result.mask.sum()),
+        "scores": [float(score) for score in result.scores],
+        "truncated": bool(result.truncated),
+        "mask": mask_path,
+    }
+
+
+def segment_json(
+    *,
+    image: str,
+    image_size: tuple[int, int],
+    proposal_source: str,
+    proposal_count: int,
+    clip: dict[str, str],
+    settings: dict[str, Any],
+    results: list[dict[str, Any]],
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """The whole report of one `segment` call."""
+    return {
+        "format": JSON_FORMAT,
+        "globallocal_version": __version__,
+        "image": image,
+        "image_size": size_json(*image_size),
+        "box_format": "x0 y0 x1 y1 in pixels",
+        "proposal_source": proposal_source,
+        "proposals": proposal_count,
+        "clip": clip,
+        "settings": settings,
+        "results": results,
+        "seconds": seconds,
+    }
