@@ -34,6 +34,7 @@ CLIP_WEIGHTS_HELP = (
     "(e.g. laion2b_s34b_b79k), or a path to a local open_clip checkpoint."
 )
 DEVICE_HELP = "auto (CUDA when available, else the CPU), cpu, cuda or cuda:N."
+INTERRUPTED = 130  # the exit status of a program stopped by Ctrl-C (128 + SIGINT)
 # What to do after Ctrl-C, by command; the others are simply run again.
 RESUME_HINTS = {"evaluate": "run the same command again to resume: finished images are kept"}
 PRESET_HELP = "paper-refcoco | paper-refcoco+ | paper-refcocog (alpha 0.85) | paper (= paper-refcoco) | no-quirks."
@@ -656,12 +657,20 @@ def main() -> None:
     except ClickException as error:
         _fail(error.format_message())
     except (KeyboardInterrupt, Abort):
-        hint = RESUME_HINTS.get(_command_name(sys.argv[1:]) or "", "run the same command again")
-        stderr.print(Text.assemble(("interrupted", "red"), f": {hint}"))
-        sys.exit(130)
+        _interrupted()
     except Exit as done:
+        if done.exit_code == INTERRUPTED:  # typer turns Ctrl-C inside a command into Exit(130)
+            _interrupted()
         sys.exit(done.exit_code)
+    if code == INTERRUPTED:  # ... which click hands back as a return value outside standalone mode
+        _interrupted()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted() -> None:
+    hint = RESUME_HINTS.get(_command_name(sys.argv[1:]) or "", "run the same command again")
+    stderr.print(Text.assemble(("interrupted", "red"), f": {hint}"))
+    sys.exit(INTERRUPTED)
 
 
 if __name__ == "__main__":

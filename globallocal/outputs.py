@@ -10,6 +10,7 @@ column-major run lengths). Proposal numbers are 0-based, as in file names.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -36,7 +37,10 @@ def mask_rle(mask: np.ndarray | torch.Tensor) -> dict[str, Any]:
     """A bool (H, W) mask as compressed COCO RLE with a text ``counts``."""
     if isinstance(mask, torch.Tensor):
         mask = mask.cpu().numpy()
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    with warnings.catch_warnings():
+        # pycocotools' compiled code trips NumPy 2's __array__ copy-keyword deprecation; the result is right.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 

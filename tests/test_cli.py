@@ -41,7 +41,7 @@ def test_segment_end_to_end(run, example, tiny_args, tmp_path):
     assert len(result["scores"]) == 3 and result["index"] == int(np.argmax(result["scores"]))
     assert (mask > 0).tolist() == example["masks"][result["index"]].tolist()
     picture = Image.open(overlay)
-    assert picture.mode == "RGB" and picture.size == (example["size"][1], example["size"][0])
+    assert picture.mode == "RGB" and picture.width == example["size"][1] and picture.height > example["size"][0]
     assert "the wooden chair" in err and "proposal" in err
 
 
@@ -50,7 +50,7 @@ def test_several_phrases_write_numbered_files(run, example, tiny_args, tmp_path)
     code, err = run("segment", example["image"], "the chair", "the table", "--masks", example["mask_dir"],
                     "-o", out, "--json", tmp_path / "s.json", *tiny_args)
     assert code == 0, err
-    assert (tmp_path / "m_1.png").is_file() and (tmp_path / "m_2.png").is_file() and not out.exists()
+    assert (tmp_path / "m_0.png").is_file() and (tmp_path / "m_1.png").is_file() and not out.exists()
     phrases = [r["phrase"] for r in json.loads((tmp_path / "s.json").read_text())["results"]]
     assert phrases == ["the chair", "the table"]
 
@@ -146,10 +146,10 @@ def test_empty_phrase(run, example, tiny_args, tmp_path, phrase):
 def test_phrase_without_noun(run, example, tiny_args, tmp_path):
     out = tmp_path / "m.png"
     args = ["segment", example["image"], "red", "--masks", example["mask_dir"], "-o", out, *tiny_args]
-    code, err = run(*args)
+    code, err = run(*args, "--require-noun")
     _assert_clean_error(code, err, "no noun found in the phrase 'red'")
     assert not out.exists()
-    code, err = run(*args, "--allow-no-noun")
+    code, err = run(*args)
     assert code == 0, err and out.exists()
 
 
