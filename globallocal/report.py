@@ -83,7 +83,13 @@ def _metrics(report: dict[str, Any]) -> dict[str, float]:
 def format_report_table(run_dirs: list[Path]) -> Group:
     """The terminal view: the numbered run folders, then one column per run (settings that differ, metrics)."""
     reports = load_reports(run_dirs)
-    legend = [Text(f"#{i} {run_dir}") for i, run_dir in enumerate(run_dirs, start=1)]
+    parents = {Path(run_dir).parent for run_dir in run_dirs}
+    if len(parents) == 1 and len(run_dirs) > 1:
+        # Runs side by side usually share a folder: named once, so each run's line is just its own name.
+        legend = [Text(f"runs in {parents.pop()}:")]
+        legend += [Text(f"#{i} {Path(run_dir).name}") for i, run_dir in enumerate(run_dirs, start=1)]
+    else:
+        legend = [Text(f"#{i} {run_dir}") for i, run_dir in enumerate(run_dirs, start=1)]
     table = Table(title="Global-Local evaluation", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("")
     for i in range(1, len(reports) + 1):
