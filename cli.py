@@ -664,7 +664,8 @@ def main() -> None:
         sys.exit(done.exit_code)
     if code == INTERRUPTED:  # ... which click hands back as a return value outside standalone mode
         _interrupted()
-    sys.exit(code if isinstance(code, int) else 0)
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)
 
 
 def _interrupted() -> None:

@@ -486,7 +486,7 @@ def test_a_cached_run_is_not_resumed_without_its_cache(refer, tmp_path, tiny_vit
     config = _config(refer, tmp_path / "run", settings={"model": tiny_vit.name})
     with pytest.raises(EvaluationStopped):
         run_evaluation(config, segmenter, "gt", progress=False, cache=feature_cache, stop_after_images=1)
-    with pytest.raises(InputError, match=r"different configuration \(cache\)"):
+    with pytest.raises(InputError, match=r"different configuration \(cache: run \{\"dir\": .*, now null\)"):
         run_evaluation(config, segmenter, "gt", progress=False)
 
 

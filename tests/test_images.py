@@ -146,3 +146,20 @@ def _png_bytes() -> bytes:
     buffer = io.BytesIO()
     Image.new("LA", (3, 3)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from globallocal.cache import _write_npz
+    from globallocal.images import save_text
+
+    previous = os.umask(0o027)
+    try:
+        save_text("hello\n", tmp_path / "a.txt")
+        _write_npz(tmp_path / "b.npz", {"x": np.zeros(3)})
+    finally:
+        os.umask(previous)
+    for name in ("a.txt", "b.npz"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name  # 0666 minus the umask, not 0600
