@@ -317,20 +317,34 @@ def proposals(
 
 @app.command()
 def evaluate(
-    dataset: str = typer.Option(..., help="refcoco, refcoco+ or refcocog."),
-    split: str = typer.Option(..., help="val, testA, testB (refcoco, refcoco+); val, test (refcocog umd)."),
-    data_root: Path = typer.Option(..., help="REFER root holding DATASET/refs(SPLIT_BY).p and instances.json."),
-    images: Path = typer.Option(..., help="COCO train2014 image folder."),
+    dataset: str = typer.Option(..., help="refcoco, refcoco+, refcocog or phrasecut."),
+    split: str = typer.Option(
+        ..., help="val, testA, testB (refcoco, refcoco+); val, test (refcocog umd); val, test, miniv, val_miniv "
+        "(phrasecut)."
+    ),
+    data_root: Path = typer.Option(
+        ..., help="REFER root holding DATASET/refs(SPLIT_BY).p and instances.json, or the VGPhraseCut_v0 folder "
+        "(refer_SPLIT.json, image_data_split.json, images/)."
+    ),
+    images: Path | None = typer.Option(
+        None, help="COCO train2014 image folder (required for RefCOCO*; PhraseCut default: DATA_ROOT/images)."
+    ),
     split_by: str | None = typer.Option(None, help="unc (refcoco, refcoco+), umd or google (refcocog)."),
+    subset: str = typer.Option(
+        "all", help="phrasecut: all, unseen (tasks whose category is not a COCO class: the paper's zero-shot "
+        "setting) or seen."
+    ),
     proposals: str = typer.Option(
         "freesolo", help="freesolo (the paper's), sam2, sam, or gt (ground-truth instance masks: the oracle)."
     ),
     out: Path | None = typer.Option(
-        None, help="Run folder for records.jsonl and the report (default: runs/DATASET_SPLIT_MODEL_PROPOSALS). "
-        "Running the same command again resumes it."
+        None, help="Run folder for records.jsonl and the report (default: "
+        "runs/DATASET_SPLIT[_SUBSET]_MODEL_PROPOSALS). Running the same command again resumes it."
     ),
     limit: int | None = typer.Option(None, help="Evaluate only the first N images of the split."),
-    save_masks: Path | None = typer.Option(None, help="Also write each predicted mask as REF_SENT.png here."),
+    save_masks: Path | None = typer.Option(
+        None, help="Also write each predicted mask here: REF_SENT.png (RefCOCO*), TASK_ID.png (phrasecut)."
+    ),
     overlap: str = typer.Option(
         "paper", help="Ground truth of multi-part polygons: paper (pixels covered exactly once) or union."
     ),
@@ -366,7 +380,7 @@ def evaluate(
         "'globallocal sweep' needs it. Shareable between runs and processes."
     ),
 ) -> None:
-    """Evaluate on a RefCOCO / RefCOCO+ / RefCOCOg split: oIoU, mIoU, precision@0.5..0.9.
+    """Evaluate on a RefCOCO / RefCOCO+ / RefCOCOg or PhraseCut split: oIoU, mIoU, precision@0.5..0.9.
 
     Proposals and visual features are computed once per image and shared by
     all its sentences. Interrupt at any time; the same command resumes.
@@ -374,6 +388,7 @@ def evaluate(
     images are shared out between the processes and rank 0 writes the report.
     """
     from globallocal.cache import FeatureCache
+    from globallocal.datasets import check_dataset
     from globallocal.distributed import distributed_session
     from globallocal.evaluate import EvaluationConfig, format_report_table, run_evaluation
     from globallocal.presets import paper_preset_for
@@ -382,9 +397,13 @@ def evaluate(
 
     if proposals not in ("freesolo", "sam2", "sam", "gt"):
         raise InputError(f"unknown --proposals '{proposals}'; use freesolo, sam2, sam or gt")
+    check_dataset(dataset, split, split_by, subset)
+    if images is None and dataset != "phrasecut":
+        raise InputError(f"--images is required for {dataset}: the COCO train2014 image folder")
     preset = preset or paper_preset_for(dataset)
     model_tag = Path(clip_model).stem if clip_model.endswith(".json") else clip_model
-    out = out or Path("runs") / f"{dataset}_{split}_{model_tag}_{proposals}"
+    selection = split if subset == "all" else f"{split}_{subset}"
+    out = out or Path("runs") / f"{dataset}_{selection}_{model_tag}_{proposals}"
     source_args = ProposalArgs.from_arguments(locals())
     with distributed_session(device) as place:
         local_device = place.device(device)
@@ -419,7 +438,7 @@ def evaluate(
         }
         config = EvaluationConfig(
             dataset=dataset, split=split, data_root=data_root, images_dir=images, out_dir=out, split_by=split_by,
-            limit=limit, save_masks=save_masks, overlap=overlap, settings=settings,
+            limit=limit, save_masks=save_masks, overlap=overlap, settings=settings, subset=subset,
         )
         feature_cache = FeatureCache.for_segmenter(cache, segmenter, clip_model) if cache else None
         run_evaluation(

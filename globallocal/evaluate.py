@@ -64,12 +64,14 @@ from rich.table import Table
 from rich.text import Text
 
 from .cache import FeatureCache, TextStore, image_digest, proposals_digest
+from .datasets import EvaluationDataset, check_dataset, dataset_label, open_dataset
 from .distributed import Distributed
 from .errors import GlobalLocalError, InputError
 from .images import save_mask_png, save_text
 from .metrics import PRECISION_THRESHOLDS, MetricAccumulator, intersection_union, sentence_iou
+from .phrasecut import BREAKDOWN, PHRASECUT
 from .proposals import Proposals
-from .refer import ImageGroup, ImageRecord, Ref, ReferDataset, Sentence, resolve_split
+from .refer import ImageGroup, ImageRecord, Sentence
 from .text import encode_texts
 
 __all__ = [
@@ -84,6 +86,7 @@ __all__ = [
     "format_report_table",
     "read_records",
     "records_file",
+    "referent",
     "run_evaluation",
 ]
 
@@ -117,18 +120,23 @@ class EvaluationConfig:
     alpha, beta, preset, parser model, ...) is copied into the report
     verbatim and takes part in the resume check; it must be
     JSON-serialisable (other values are stored as their ``str``).
+
+    PhraseCut (``dataset="phrasecut"``): ``images_dir`` defaults to
+    ``data_root/images``, ``subset`` is all, unseen or seen, and ``overlap``
+    does not apply (its ground truth is the union of its polygons).
     """
 
     dataset: str
     split: str
     data_root: str | Path
-    images_dir: str | Path
+    images_dir: str | Path | None
     out_dir: str | Path
     split_by: str | None = None
     limit: int | None = None
     save_masks: str | Path | None = None
     overlap: str = "paper"
     settings: dict[str, Any] = field(default_factory=dict)
+    subset: str = "all"
 
     def identity(self) -> dict[str, Any]:
         """The configuration as stored in config.json and compared on resume.
@@ -141,18 +149,23 @@ class EvaluationConfig:
         def absolute(path: str | Path | None) -> str | None:
             return None if path is None else str(Path(path).expanduser().resolve())
 
+        images_dir = self.images_dir
+        if images_dir is None and self.dataset == PHRASECUT:
+            images_dir = Path(self.data_root) / "images"
         identity = {
             "format": _FORMAT,
             "dataset": self.dataset,
             "split": self.split,
-            "split_by": resolve_split(self.dataset, self.split, self.split_by),
+            "split_by": check_dataset(self.dataset, self.split, self.split_by, self.subset),
             "data_root": absolute(self.data_root),
-            "images_dir": absolute(self.images_dir),
+            "images_dir": absolute(images_dir),
             "limit": self.limit,
             "save_masks": absolute(self.save_masks),
             "overlap": self.overlap,
             "settings": self.settings,
         }
+        if self.dataset == PHRASECUT:
+            identity.update(overlap=None, subset=self.subset)
         # Round-trip so that tuples/lists and key order compare as stored.
         return json.loads(json.dumps(identity, sort_keys=True, default=str))
 
@@ -289,23 +302,28 @@ def read_records(out_dir: str | Path, own: Path | None = None) -> list[Completed
     return completed
 
 
+def referent(record: dict[str, Any]) -> Any:
+    """The id of what a sentence record refers to: a REFER ref_id or a PhraseCut task_id."""
+    return record["task_id"] if "task_id" in record else record["ref_id"]
+
+
 def _add_record(accumulator: MetricAccumulator, record: dict[str, Any]) -> None:
     accumulator.add(
         record["I"],
         record["U"],
-        ref_id=record["ref_id"],
+        ref_id=referent(record),
         image_id=record["image_id"],
         no_proposals=record["no_proposals"],
     )
 
 
 @contextmanager
-def _about(ref: Ref, sentence: Sentence) -> Iterator[None]:
+def _about(label: str, sentence: Sentence) -> Iterator[None]:
     """Name the sentence in an error: over thousands of them the bare reason is not enough."""
     try:
         yield
     except GlobalLocalError as error:
-        raise type(error)(f"ref {ref.ref_id} sentence {sentence.sent_id} ({sentence.raw!r}): {error}") from None
+        raise type(error)(f"{label} ({sentence.raw!r}): {error}") from None
 
 
 def _check_size(proposals: Proposals, image: ImageRecord) -> None:
@@ -379,7 +397,7 @@ def _seed_text_features(segmenter: Any, texts: TextStore, phrase: str) -> None:
 
 def _evaluate_image(
     group: ImageGroup,
-    dataset: ReferDataset,
+    dataset: EvaluationDataset,
     segmenter: Any,
     proposal_source: ProposalSource,
     save_masks: Path | None,
@@ -399,12 +417,11 @@ def _evaluate_image(
         for sentence in ref.sentences:
             record: dict[str, Any] = {
                 "image_id": group.image.image_id,
-                "ref_id": ref.ref_id,
-                "sent_id": sentence.sent_id,
+                **dataset.sentence_fields(ref, sentence),
                 "phrase": sentence.raw,
             }
             if has_proposals:
-                with _about(ref, sentence):
+                with _about(dataset.sentence_label(ref, sentence), sentence):
                     if cache is not None:
                         _seed_text_features(segmenter, cache.text, sentence.raw)
                     result = segmenter.predict(sentence.raw)
@@ -431,7 +448,7 @@ def _evaluate_image(
                 overlaps=overlaps,
             )
             if save_masks is not None:
-                path = save_masks / f"{ref.ref_id}_{sentence.sent_id}.png"
+                path = save_masks / dataset.mask_name(ref, sentence)
                 save_mask_png(np.zeros_like(gt) if pred is None else pred, path)
             records.append(record)
     return records, entry
@@ -447,24 +464,46 @@ def _package_versions() -> dict[str, str]:
     return versions
 
 
-def _build_report(
-    completed: list[CompletedImage], identity: dict[str, Any], out_dir: Path, total_images: int, processes: int
-) -> dict[str, Any]:
-    """The report, from the records alone.
+def _subset_order(name: str) -> tuple[int, str]:
+    return (BREAKDOWN.index(name) if name in BREAKDOWN else len(BREAKDOWN), name)
 
-    Wall time is the sum of the per-image times over all sessions and
-    processes: model loading and work lost to interruptions are not in it, so
-    resumed and uninterrupted runs are comparable.
+
+def _build_report(
+    completed: list[CompletedImage],
+    identity: dict[str, Any],
+    out_dir: Path,
+    total_images: int,
+    processes: int,
+    notes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The report, from the records alone (and the dataset's ``notes`` on its selection).
+
+    Records that name ``subsets`` (PhraseCut's) also give the metrics of
+    each subset. Wall time is the sum of the per-image times over all
+    sessions and processes: model loading and work lost to interruptions are
+    not in it, so resumed and uninterrupted runs are comparable.
     """
     accumulator = MetricAccumulator()
+    by_subset: dict[str, MetricAccumulator] = {}
     truncated = 0
     for done in completed:
         for record in done.records:
             _add_record(accumulator, record)
+            for name in record.get("subsets", ()):
+                _add_record(by_subset.setdefault(name, MetricAccumulator()), record)
             truncated += bool(record.get("truncated"))
     wall = sum(float(done.marker.get("seconds", 0.0)) for done in completed)
+    extra: dict[str, Any] = {}
+    if notes:
+        extra["selection"] = notes
+    if by_subset:
+        extra["subsets"] = {
+            name: {"mIoU": by_subset[name].miou, "oIoU": by_subset[name].oiou, "sentences": by_subset[name].sentences}
+            for name in sorted(by_subset, key=_subset_order)
+        }
     return {
         "metrics": accumulator.summary(),
+        **extra,
         "truncated_sentences": truncated,
         "images_total": total_images,
         "wall_time_s": wall,
@@ -483,7 +522,7 @@ def _report_markdown(report: dict[str, Any]) -> str:
     header = ["oIoU", "mIoU", *(f"P@{t}" for t in thresholds)]
     values = [metrics["oIoU"], metrics["mIoU"], *(metrics["precision"][t] for t in thresholds)]
     lines = [
-        f"# Global-Local evaluation: {config['dataset']} {config['split']} ({config['split_by']})",
+        f"# Global-Local evaluation: {dataset_label(config)}",
         "",
         "| " + " | ".join(header) + " |",
         "|" + " --- |" * len(header),
@@ -495,6 +534,22 @@ def _report_markdown(report: dict[str, Any]) -> str:
         f"- expressions truncated to CLIP's 77 tokens: {report['truncated_sentences']}",
         f"- cumulative I / U: {metrics['sum_intersection']} / {metrics['sum_union']}",
         f"- wall time: {report['wall_time_s']:.1f} s",
+    ]
+    if "selection" in report:
+        selection = report["selection"]
+        dropped = selection["dropped_by_reason"].items()
+        reasons = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in dropped)
+        lines.append(
+            f"- subset {selection['subset']}: {selection['tasks']} of {selection['tasks_in_files']} tasks, "
+            f"{selection['tasks_dropped']} dropped ({reasons})"
+        )
+    if "subsets" in report:
+        lines += ["", "## mIoU by subset", "", "| subset | mIoU | oIoU | sentences |", "| --- | --- | --- | --- |"]
+        lines += [
+            f"| {name} | {values['mIoU']:.2f} | {values['oIoU']:.2f} | {values['sentences']} |"
+            for name, values in report["subsets"].items()
+        ]
+    lines += [
         "",
         "## Configuration",
         "",
@@ -509,7 +564,7 @@ def _report_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _ground_truth_source(dataset: ReferDataset) -> ProposalSource:
+def _ground_truth_source(dataset: EvaluationDataset) -> ProposalSource:
     def source(image: Image.Image, record: ImageRecord) -> Proposals:
         return dataset.instance_masks(record.image_id)
 
@@ -568,13 +623,14 @@ def run_evaluation(
         raise InputError(f"--limit must be at least 1, got {config.limit}")
     place = distributed or Distributed()
     identity = _run_identity(config, segmenter, cache, proposal_key)
-    dataset = ReferDataset(
-        config.data_root,
+    dataset = open_dataset(
         config.dataset,
         config.split,
+        config.data_root,
         split_by=identity["split_by"],
         images_dir=config.images_dir,
         overlap=config.overlap,
+        subset=config.subset,
     )
     if proposal_source == "gt":
         proposal_source = _ground_truth_source(dataset)
@@ -584,7 +640,7 @@ def run_evaluation(
     missing = dataset.missing_images(groups)
     if missing:
         raise InputError(
-            f"{len(missing)} of {len(groups)} images are missing from {config.images_dir}, e.g. {missing[0]}"
+            f"{len(missing)} of {len(groups)} images are missing from {missing[0].parent}, e.g. {missing[0]}"
         )
 
     out_dir = Path(config.out_dir)
@@ -668,7 +724,7 @@ def run_evaluation(
     if place.is_main:
         order = {group.image.image_id: index for index, group in enumerate(groups)}
         completed = sorted(read_records(out_dir), key=lambda done: order[done.marker["image_done"]])
-        report = _build_report(completed, identity, out_dir, len(groups), place.world_size)
+        report = _build_report(completed, identity, out_dir, len(groups), place.world_size, dataset.report_notes())
         save_text(json.dumps(report, indent=2) + "\n", out_dir / REPORT_JSON)
         save_text(_report_markdown(report), out_dir / REPORT_MD)
     place.barrier()
@@ -704,7 +760,7 @@ def format_report_table(run_dirs: list[Path]) -> Table:
         table.add_row(label, *values)
 
     configs = [r["config"] for r in reports]
-    row("dataset", [f"{c['dataset']} {c['split']} ({c['split_by']})" for c in configs])
+    row("dataset", [dataset_label(c) for c in configs])
     row("overlap", [str(c["overlap"]) for c in configs])
     for key in sorted({key for c in configs for key in c.get("settings", {})}):
         row(key, [_cell(c.get("settings", {}).get(key, "-")) for c in configs])

@@ -424,3 +424,15 @@ class ReferDataset:
         if not masks:
             return Proposals.from_masks(torch.zeros((0, image.height, image.width), dtype=torch.bool))
         return Proposals.from_masks(torch.from_numpy(np.stack(masks)))
+
+    def sentence_fields(self, ref: Ref, sentence: Sentence) -> dict[str, Any]:
+        return {"ref_id": ref.ref_id, "sent_id": sentence.sent_id}
+
+    def sentence_label(self, ref: Ref, sentence: Sentence) -> str:
+        return f"ref {ref.ref_id} sentence {sentence.sent_id}"
+
+    def mask_name(self, ref: Ref, sentence: Sentence) -> str:
+        return f"{ref.ref_id}_{sentence.sent_id}.png"
+
+    def report_notes(self) -> dict[str, Any]:
+        return {}

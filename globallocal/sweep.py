@@ -34,8 +34,9 @@ from PIL import Image, ImageDraw, ImageFont
 from rich.table import Table
 
 from .cache import ImageEntry, TextStore, VisualStore
+from .datasets import dataset_label
 from .errors import InputError
-from .evaluate import CONFIG_FILE, REPORT_JSON, CompletedImage, read_records
+from .evaluate import CONFIG_FILE, REPORT_JSON, CompletedImage, read_records, referent
 from .images import save_png, save_text
 from .metrics import PRECISION_THRESHOLDS, MetricAccumulator
 
@@ -149,7 +150,7 @@ class _Replay:
             # No choice to replay: the empty prediction the run scored, at every setting.
             for total in self.totals.values():
                 for record in records:
-                    total.add(record["I"], record["U"], ref_id=record["ref_id"], image_id=record["image_id"],
+                    total.add(record["I"], record["U"], ref_id=referent(record), image_id=record["image_id"],
                               no_proposals=True)
             return
         name = done.marker.get("cache_entry")
@@ -169,7 +170,7 @@ class _Replay:
             for record, index in zip(records, picks):
                 intersection = record["overlaps"][index]
                 union = int(entry.areas[index]) + record["gt_area"] - intersection
-                total.add(intersection, union, ref_id=record["ref_id"], image_id=record["image_id"])
+                total.add(intersection, union, ref_id=referent(record), image_id=record["image_id"])
             if point == self.run_point:
                 self.checked += len(records)
                 self.differing += sum(index != record["index"] for record, index in zip(records, picks))
@@ -265,7 +266,7 @@ def run_sweep(
         best[metric] = {"alpha": top["alpha"], "beta": top["beta"], "value": top["metrics"][metric]}
     result = {
         "run_dir": str(run_dir),
-        "dataset": f"{config['dataset']} {config['split']} ({config['split_by']})",
+        "dataset": dataset_label(config),
         "alphas": list(alphas),
         "betas": list(betas),
         "results": results,
