@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -72,7 +70,9 @@ from .metrics import PRECISION_THRESHOLDS, MetricAccumulator, intersection_union
 from .phrasecut import BREAKDOWN, PHRASECUT
 from .proposals import Proposals
 from .refer import ImageGroup, ImageRecord, Sentence
+from .runfolder import CONFIG_FILE, RECORDS_FILE, CompletedUnit, RunFolder, UnitLayout, read_completed, records_file
 from .text import encode_texts
+from .weights import weights_change, weights_identity
 
 __all__ = [
     "CONFIG_FILE",
@@ -90,15 +90,15 @@ __all__ = [
     "run_evaluation",
 ]
 
-RECORDS_FILE = "records.jsonl"
-CONFIG_FILE = "config.json"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
-_RECORDS_NAME = re.compile(r"records(\.rank\d+)?\.jsonl")
+# An image and all its sentences: the unit of work, recorded with an image-done marker.
+IMAGE_UNITS = UnitLayout(marker="image_done", member="image_id", count="sentences")
+CompletedImage = CompletedUnit
 
 # Bumped when the records or config layout changes, so that an old out dir is
-# refused instead of misread. 2: per-proposal overlaps, cache, rank files.
-_FORMAT = 2
+# refused instead of misread. 2: per-proposal overlaps, cache, rank files. 3: weights by content.
+_FORMAT = 3
 
 ProposalSource = Callable[[Image.Image, ImageRecord], Proposals]
 
@@ -120,6 +120,10 @@ class EvaluationConfig:
     alpha, beta, preset, parser model, ...) is copied into the report
     verbatim and takes part in the resume check; it must be
     JSON-serialisable (other values are stored as their ``str``).
+    ``weights`` names every weights file used (``{"clip": path,
+    "freesolo": path, ...}``): they are identified by content
+    (:func:`~globallocal.weights.weights_identity`), and a resume with other
+    content is refused.
 
     PhraseCut (``dataset="phrasecut"``): ``images_dir`` defaults to
     ``data_root/images``, ``subset`` is all, unseen or seen, and ``overlap``
@@ -136,6 +140,7 @@ class EvaluationConfig:
     save_masks: str | Path | None = None
     overlap: str = "paper"
     settings: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, str | Path] = field(default_factory=dict)
     subset: str = "all"
 
     def identity(self) -> dict[str, Any]:
@@ -163,6 +168,8 @@ class EvaluationConfig:
             "save_masks": absolute(self.save_masks),
             "overlap": self.overlap,
             "settings": self.settings,
+            # By content, not path: moved weights still resume, other weights at the same path do not.
+            "weights": {role: weights_identity(path) for role, path in sorted(self.weights.items())},
         }
         if self.dataset == PHRASECUT:
             identity.update(overlap=None, subset=self.subset)
@@ -177,129 +184,9 @@ class _RateColumn(ProgressColumn):
         return Text("" if task.speed is None else f"{task.speed:.2f} img/s")
 
 
-def records_file(rank: int = 0, world_size: int = 1) -> str:
-    """The records file one process appends to: records.jsonl alone, records.rank<R>.jsonl under torchrun."""
-    return RECORDS_FILE if world_size == 1 else f"records.rank{rank}.jsonl"
-
-
-def _records_paths(out_dir: Path) -> list[Path]:
-    """Every records file of a run folder (its sessions may have used different numbers of processes)."""
-    return sorted(path for path in out_dir.iterdir() if _RECORDS_NAME.fullmatch(path.name))
-
-
-def _check_or_write_config(out_dir: Path, identity: dict[str, Any], write: bool) -> None:
-    """Refuse a run folder of another configuration; ``write`` config.json when there is none."""
-    config_path = out_dir / CONFIG_FILE
-    if config_path.exists():
-        try:
-            stored = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            stored = None
-        if stored != identity:
-            differing = (
-                sorted(key for key in set(stored) | set(identity) if stored.get(key) != identity.get(key))
-                if isinstance(stored, dict)
-                else ["(unreadable config.json)"]
-            )
-            raise InputError(
-                f"{out_dir} holds a run with a different configuration ({', '.join(differing)}); "
-                "use another --out or delete that directory"
-            )
-        return
-    if _records_paths(out_dir):
-        raise InputError(
-            f"{out_dir} holds records but no {CONFIG_FILE}; use another --out or delete that directory"
-        )
-    if not write:
-        raise InputError(f"{config_path} is missing although rank 0 should have written it")
-    save_text(json.dumps(identity, indent=2, sort_keys=True) + "\n", config_path)
-
-
-@dataclass
-class CompletedImage:
-    """One fully recorded image: its image-done marker and its sentence records."""
-
-    marker: dict[str, Any]
-    records: list[dict[str, Any]]
-
-
-def _parse_records(path: Path) -> tuple[list[CompletedImage], int, int]:
-    """The fully recorded images of a records file, the byte offset just after the last marker, and the file size.
-
-    Everything after the last image-done marker (a half-written line, records
-    of an image that was being worked on) is not counted. A damaged line
-    *before* the last marker is not something an interruption produces, so it
-    is reported rather than repaired.
-    """
-    if not path.exists():
-        return [], 0, 0
-    data = path.read_bytes()
-    completed: list[CompletedImage] = []
-    pending: list[dict[str, Any] | None] = []
-    keep = 0
-    position = 0
-    for number, line in enumerate(data.split(b"\n")[:-1], start=1):
-        position += len(line) + 1
-        try:
-            entry = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            entry = None
-        if isinstance(entry, dict) and "image_done" in entry:
-            image_id = entry["image_done"]
-            if (
-                any(record is None for record in pending)
-                or len(pending) != entry.get("sentences")
-                or any(record.get("image_id") != image_id for record in pending)
-                or any(done.marker["image_done"] == image_id for done in completed)
-            ):
-                raise InputError(
-                    f"{path} is damaged before line {number}; use another --out or delete that directory"
-                )
-            completed.append(CompletedImage(entry, [record for record in pending if record is not None]))
-            pending = []
-            keep = position
-        else:
-            pending.append(entry if isinstance(entry, dict) else None)
-    return completed, keep, len(data)
-
-
-def _recover_records(path: Path) -> list[CompletedImage]:
-    """The fully recorded images of this process's own records file, cutting the file back to them."""
-    completed, keep, size = _parse_records(path)
-    if keep != size:
-        with open(path, "r+b") as handle:
-            handle.truncate(keep)
-            handle.flush()
-            os.fsync(handle.fileno())
-    return completed
-
-
-def read_records(out_dir: str | Path, own: Path | None = None) -> list[CompletedImage]:
-    """The fully recorded images of every records file in a run folder.
-
-    ``own``, this process's file, is cut back to its last marker; the other
-    files are only read (their owners may be appending to them right now, and
-    what follows their last marker is ignored). An image recorded twice means
-    two runs shared the folder at once, which is refused.
-    """
-    out_dir = Path(out_dir)
-    completed: list[CompletedImage] = []
-    seen: dict[Any, Path] = {}
-    paths = _records_paths(out_dir)
-    if own is not None and own not in paths:
-        paths.append(own)
-    for path in paths:
-        found = _recover_records(path) if path == own else _parse_records(path)[0]
-        for done in found:
-            image_id = done.marker["image_done"]
-            if image_id in seen:
-                raise InputError(
-                    f"image {image_id} is recorded in both {seen[image_id].name} and {path.name}; "
-                    "use another --out or delete that directory"
-                )
-            seen[image_id] = path
-        completed += found
-    return completed
+def read_records(out_dir: str | Path) -> list[CompletedImage]:
+    """The fully recorded images of every records file of a run folder (read only)."""
+    return read_completed(out_dir, IMAGE_UNITS)
 
 
 def referent(record: dict[str, Any]) -> Any:
@@ -644,17 +531,45 @@ def run_evaluation(
         )
 
     out_dir = Path(config.out_dir)
-    if place.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _check_or_write_config(out_dir, identity, write=True)
-        if cache is not None:
-            cache.prepare()
-    # The others check config.json once rank 0 has written it.
-    place.barrier()
-    if not place.is_main:
-        _check_or_write_config(out_dir, identity, write=False)
-    records_path = out_dir / records_file(place.rank, place.world_size)
-    completed = read_records(out_dir, own=records_path)
+    # Rank 0 locks the folder and writes config.json; the others check it once it is there.
+
+    def explain(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
+        return weights_change(stored.get("weights"), current.get("weights"), config.weights)
+
+    folder = RunFolder(out_dir, IMAGE_UNITS, rank=place.rank, world_size=place.world_size, main=place.is_main)
+    with folder:
+        if place.is_main:
+            folder.check_config(identity, explain=explain)
+            if cache is not None:
+                cache.prepare()
+        place.barrier()
+        if not place.is_main:
+            folder.check_config(identity, explain=explain)
+        folder.open_records()
+        report = _evaluate_share(
+            folder, config, identity, dataset, groups, segmenter, proposal_source, place, progress,
+            stop_after_images, cache, proposal_key,
+        )
+    return report
+
+
+def _evaluate_share(
+    folder: RunFolder,
+    config: EvaluationConfig,
+    identity: dict[str, Any],
+    dataset: EvaluationDataset,
+    groups: list[ImageGroup],
+    segmenter: Any,
+    proposal_source: ProposalSource,
+    place: Distributed,
+    progress: bool,
+    stop_after_images: int | None,
+    cache: FeatureCache | None,
+    proposal_key: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """This process's images not yet recorded, then (rank 0) the report of every file's records."""
+    out_dir = folder.directory
+    completed = folder.read_completed()
     expected = {group.image.image_id: group.sentence_count for group in groups}
     for done in completed:
         if expected.get(done.marker["image_done"]) != done.marker["sentences"]:
@@ -685,10 +600,7 @@ def run_evaluation(
     description = f"{config.dataset} {config.split}"
     if place.world_size > 1:
         description += f" (rank 0's share of {place.world_size})"
-    with (
-        Progress(*columns, console=Console(stderr=True), disable=not (progress and place.is_main)) as bar,
-        open(records_path, "ab") as handle,
-    ):
+    with Progress(*columns, console=Console(stderr=True), disable=not (progress and place.is_main)) as bar:
         task = bar.add_task(
             description,
             total=len(share),
@@ -703,23 +615,16 @@ def run_evaluation(
                 group, dataset, segmenter, proposal_source, save_masks, cache, proposal_key
             )
             for record in records:
-                handle.write(json.dumps(record).encode("utf-8") + b"\n")
                 _add_record(running, record)
-            marker = {
-                "image_done": group.image.image_id,
-                "sentences": len(records),
-                "seconds": time.perf_counter() - started,
-            }
+            marker = {"image_done": group.image.image_id, "seconds": time.perf_counter() - started}
             if entry is not None:
                 marker["cache_entry"] = entry
-            handle.write(json.dumps(marker).encode("utf-8") + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+            folder.append(records, marker)
             bar.update(task, advance=1, sentences=running.sentences, oiou=running.oiou, miou=running.miou)
             if stop_after_images is not None and count >= stop_after_images and count < len(todo):
                 raise EvaluationStopped(f"stopped after {count} images")
 
-    # Every process has closed its records file before rank 0 reads them all.
+    # Every process has recorded its share before rank 0 reads them all.
     place.barrier()
     if place.is_main:
         order = {group.image.image_id: index for index, group in enumerate(groups)}
