@@ -68,6 +68,9 @@ def polygon_rles(polygons: Any, height: int, width: int, name: str) -> list[dict
                 f"{name}: polygon part {index} reaches ({max(map(abs, xs)):g}, {max(map(abs, ys)):g}), more than "
                 f"one image size outside the {width}x{height} image; refused rather than clipped"
             )
+    if boxes:
+        # pycocotools reads a first part of 4 numbers as boxes, but only accepts boxes as an array.
+        return coco_mask.frPyObjects(np.asarray(polygons, dtype=np.float64), height, width)
     return coco_mask.frPyObjects(polygons, height, width)
 
 

@@ -17,11 +17,11 @@ import numpy as np
 from PIL import Image
 
 from .errors import InputError
-from .phrasecut import PHRASECUT, SUBSETS, PhraseCutDataset, check_phrasecut_split
+from .phrasecut import IMAGES_FILE, PHRASECUT, SUBSETS, PhraseCutDataset, check_phrasecut_split
 from .proposals import Proposals
 from .refer import DEFAULT_SPLIT_BY, ImageGroup, ImageRecord, ReferDataset, resolve_split
 
-__all__ = ["DATASETS", "EvaluationDataset", "check_dataset", "dataset_label", "open_dataset"]
+__all__ = ["DATASETS", "EvaluationDataset", "check_dataset", "dataset_files", "dataset_label", "open_dataset"]
 
 DATASETS = (*DEFAULT_SPLIT_BY, PHRASECUT)
 
@@ -68,6 +68,14 @@ def check_dataset(dataset: str, split: str, split_by: str | None = None, subset:
     if subset != "all":
         raise InputError(f"--subset applies to phrasecut only, not {dataset}")
     return resolve_split(dataset, split, split_by)
+
+
+def dataset_files(dataset: str, split: str, data_root: str | Path, split_by: str | None) -> list[Path]:
+    """The annotation files a split is read from (for a check before any model loads)."""
+    root = Path(data_root)
+    if dataset == PHRASECUT:
+        return [root / IMAGES_FILE, *(root / f"refer_{part}.json" for part in split.split("_"))]
+    return [root / dataset / f"refs({split_by}).p", root / dataset / "instances.json"]
 
 
 def open_dataset(

@@ -62,15 +62,24 @@ from rich.table import Table
 from rich.text import Text
 
 from .cache import FeatureCache, TextStore, image_digest, proposals_digest
-from .datasets import EvaluationDataset, check_dataset, dataset_label, open_dataset
+from .datasets import EvaluationDataset, check_dataset, dataset_files, dataset_label, open_dataset
 from .distributed import Distributed
 from .errors import GlobalLocalError, InputError
-from .images import save_mask_png, save_text
+from .images import check_writable_folder, save_mask_png, save_text
 from .metrics import PRECISION_THRESHOLDS, MetricAccumulator, intersection_union, sentence_iou
 from .phrasecut import BREAKDOWN, PHRASECUT
 from .proposals import Proposals
-from .refer import ImageGroup, ImageRecord, Sentence
-from .runfolder import CONFIG_FILE, RECORDS_FILE, CompletedUnit, RunFolder, UnitLayout, read_completed, records_file
+from .refer import OVERLAP_RULES, ImageGroup, ImageRecord, Sentence
+from .runfolder import (
+    CONFIG_FILE,
+    RECORDS_FILE,
+    CompletedUnit,
+    RunFolder,
+    UnitLayout,
+    check_free,
+    read_completed,
+    records_file,
+)
 from .text import encode_texts
 from .weights import weights_change, weights_identity
 
@@ -83,6 +92,7 @@ __all__ = [
     "EvaluationConfig",
     "EvaluationStopped",
     "ProposalSource",
+    "check_evaluation_inputs",
     "format_report_table",
     "read_records",
     "records_file",
@@ -143,6 +153,12 @@ class EvaluationConfig:
     weights: dict[str, str | Path] = field(default_factory=dict)
     subset: str = "all"
 
+    def images_folder(self) -> Path | None:
+        """Where the photos are: ``images_dir``, by default ``data_root/images`` for PhraseCut."""
+        if self.images_dir is None and self.dataset == PHRASECUT:
+            return Path(self.data_root) / "images"
+        return None if self.images_dir is None else Path(self.images_dir)
+
     def identity(self) -> dict[str, Any]:
         """The configuration as stored in config.json and compared on resume.
 
@@ -154,16 +170,13 @@ class EvaluationConfig:
         def absolute(path: str | Path | None) -> str | None:
             return None if path is None else str(Path(path).expanduser().resolve())
 
-        images_dir = self.images_dir
-        if images_dir is None and self.dataset == PHRASECUT:
-            images_dir = Path(self.data_root) / "images"
         identity = {
             "format": _FORMAT,
             "dataset": self.dataset,
             "split": self.split,
             "split_by": check_dataset(self.dataset, self.split, self.split_by, self.subset),
             "data_root": absolute(self.data_root),
-            "images_dir": absolute(images_dir),
+            "images_dir": absolute(self.images_folder()),
             "limit": self.limit,
             "save_masks": absolute(self.save_masks),
             "overlap": self.overlap,
@@ -475,6 +488,35 @@ def _run_identity(
     return json.loads(json.dumps(identity, sort_keys=True, default=str))
 
 
+def check_evaluation_inputs(config: EvaluationConfig) -> None:
+    """What can be checked in a second, before any model loads (seconds to minutes): options, paths, the run folder.
+
+    Refuses a bad --limit, an unknown dataset, split or overlap rule, a data
+    root without the split's files, a missing images folder, a run folder
+    that is a file, read-only or in use, and a --save-masks folder that
+    cannot be written.
+    """
+    if config.limit is not None and config.limit < 1:
+        raise InputError(f"--limit must be at least 1, got {config.limit}")
+    if config.overlap not in OVERLAP_RULES:
+        raise InputError(f"unknown overlap rule {config.overlap!r}; use one of {', '.join(OVERLAP_RULES)}")
+    split_by = check_dataset(config.dataset, config.split, config.split_by, config.subset)
+    images_dir = config.images_folder()
+    if images_dir is None:
+        raise InputError(f"--images is required for {config.dataset}: the COCO train2014 image folder")
+    layout = "VGPhraseCut_v0 folder" if config.dataset == PHRASECUT else f"REFER folder holding {config.dataset}/"
+    if not Path(config.data_root).is_dir():
+        raise InputError(f"data root not found: {config.data_root}; give the {layout}")
+    for path in dataset_files(config.dataset, config.split, config.data_root, split_by):
+        if not path.is_file():
+            raise InputError(f"{path} not found; is {config.data_root} the {layout}?")
+    if not images_dir.is_dir():
+        raise InputError(f"images folder not found: {images_dir}")
+    check_free(config.out_dir)
+    if config.save_masks is not None:
+        check_writable_folder(config.save_masks, "--save-masks")
+
+
 def run_evaluation(
     config: EvaluationConfig,
     segmenter: Any,
@@ -506,9 +548,9 @@ def run_evaluation(
     images have been completed in this call and more remain, leaving the out
     dir exactly as an interruption would (used to test resuming).
     """
-    if config.limit is not None and config.limit < 1:
-        raise InputError(f"--limit must be at least 1, got {config.limit}")
     place = distributed or Distributed()
+    if place.is_main:
+        check_evaluation_inputs(config)
     identity = _run_identity(config, segmenter, cache, proposal_key)
     dataset = open_dataset(
         config.dataset,
@@ -652,9 +694,23 @@ def format_report_table(run_dirs: list[Path]) -> Table:
                 f"no finished run in {run_dir} ({REPORT_JSON} missing); run the evaluation to the end first"
             )
         try:
-            reports.append(json.loads(path.read_text(encoding="utf-8")))
+            report = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise InputError(f"{path} is not valid JSON: {error}") from None
+        try:
+            # Every field the table reads, so that a malformed report is named here rather than crash below.
+            config, metrics = report["config"], report["metrics"]
+            [config[key] for key in ("dataset", "split", "split_by", "overlap")]
+            dict(config.get("settings", {}))
+            [float(metrics[key]) for key in ("oIoU", "mIoU")]
+            [float(metrics["precision"][f"{t:.1f}"]) for t in PRECISION_THRESHOLDS]
+            [int(metrics[key]) for key in ("images", "sentences", "no_proposal_sentences")]
+            [float(report[key]) for key in ("images_total", "truncated_sentences", "wall_time_s")]
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(
+                f"{path} is not a report of 'globallocal evaluate' (bad or missing {error!s}); rerun the evaluation"
+            ) from None
+        reports.append(report)
 
     table = Table(title="Global-Local evaluation")
     table.add_column("")

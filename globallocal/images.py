@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, InputError
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -35,10 +36,13 @@ def open_checked(
     caller decodes (``load()``), closes it, and handles Pillow's own errors
     for files that are not images.
     """
-    try:
-        image = Image.open(source)
-    except Image.DecompressionBombError:
-        raise ImageError(f"{what} {name} declares more than {MAX_PIXELS} pixels; refusing to decode it") from None
+    with warnings.catch_warnings():
+        # Pillow only warns between its limit and twice it; the check below refuses.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(source)
+        except Image.DecompressionBombError as error:
+            raise ImageError(f"{what} {name}: {error}; more than {MAX_PIXELS} pixels, refusing to decode it") from None
     width, height = image.size
     if width * height > MAX_PIXELS:
         image.close()
@@ -152,6 +156,24 @@ def load_mask(path: str | os.PathLike, size: tuple[int, int] | None = None) -> n
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"cannot decode mask {path}: {error}") from None
     return array > 0
+
+
+def check_writable_folder(path: str | os.PathLike, what: str) -> Path:
+    """Create the folder ``path`` if needed and check a file can be written there; ``what`` names the option.
+
+    Run before any model loads, so that a typo or a read-only disk fails in a second, not after minutes.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what} {path} is an existing file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise InputError(f"{what} {path} is not writable ({error.strerror}); choose another folder") from None
+    return path
 
 
 def _atomic_write(path: Path, write) -> None:

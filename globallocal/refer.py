@@ -207,6 +207,10 @@ def _decode_coco_image(path: Path) -> Image.Image:
     return Image.fromarray(pixels)
 
 
+def _reason(error: Exception) -> str:
+    return f"no {error.args[0]!r}" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
+
+
 def _parse_instances(instances: Any, path: Path) -> tuple[dict[int, ImageRecord], dict[int, dict]]:
     """The image records and annotations of instances.json, each checked (the record named when not)."""
     if not isinstance(instances.get("images"), list) or not isinstance(instances.get("annotations"), list):
@@ -221,7 +225,7 @@ def _parse_instances(instances: Any, path: Path) -> tuple[dict[int, ImageRecord]
                 width=int(image["width"]),
             )
         except (KeyError, TypeError, ValueError) as error:
-            raise InputError(f"instances file {path}: image record {index} is malformed ({error!r})") from None
+            raise InputError(f"instances file {path}: image record {index} is malformed ({_reason(error)})") from None
         if record.height < 1 or record.width < 1:
             raise InputError(f"instances file {path}: image {record.image_id} has no pixels")
         images[record.image_id] = record
@@ -232,7 +236,9 @@ def _parse_instances(instances: Any, path: Path) -> tuple[dict[int, ImageRecord]
             if "segmentation" not in ann:
                 raise KeyError("segmentation")
         except (KeyError, TypeError, ValueError) as error:
-            raise InputError(f"instances file {path}: annotation record {index} is malformed ({error!r})") from None
+            raise InputError(
+                f"instances file {path}: annotation record {index} is malformed ({_reason(error)})"
+            ) from None
         annotations[ann_id] = ann
     return images, annotations
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import InputError
-from .images import save_text
+from .images import check_writable_folder, save_text
 
 __all__ = [
     "CONFIG_FILE",
@@ -48,6 +48,7 @@ __all__ = [
     "CompletedUnit",
     "RunFolder",
     "UnitLayout",
+    "check_free",
     "read_completed",
     "records_file",
 ]
@@ -182,6 +183,17 @@ def _lock(fd: int, path: Path, what: str) -> None:
         raise InputError(
             f"{what} is in use by another run ({_holder(path)}); wait for it to finish or use another --out"
         ) from None
+
+
+def check_free(directory: str | Path) -> None:
+    """Before any model loads: the run folder is a writable folder that no other run holds."""
+    directory = check_writable_folder(directory, "run folder")
+    path = directory / LOCK_FILE
+    if not path.exists():
+        return
+    fd = _open_nofollow(path, os.O_RDONLY)
+    _lock(fd, path, f"run folder {directory}")
+    os.close(fd)
 
 
 class RunFolder:

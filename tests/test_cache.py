@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from globallocal import cache as cache_module
 from globallocal.cache import (
     VISUAL_SETTINGS,
     FeatureCache,

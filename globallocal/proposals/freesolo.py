@@ -364,8 +364,23 @@ class FreeSOLOGenerator:
             keep = flat.any(dim=1)
         else:
             keep = flat.view(torch.uint8).sum(dim=1, dtype=torch.int32) > self.min_area
-        masks, scores = masks[keep], scores[keep]
+        masks, scores = _compact(masks, keep), scores[keep]
         return Proposals(masks=masks.cpu(), boxes=projection_boxes(masks), scores=scores.float().cpu())
+
+
+def _compact(masks: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``masks[keep]`` without a second copy of the stack: kept masks move up in place, the rest is cut off.
+
+    At full size the stack is the largest thing a proposal run holds (2.4 GB
+    for 100 masks of a 6000x4000 photo); boolean indexing would copy it. The
+    returned view keeps the dropped masks' memory until it is released, which
+    is at most the stack that already existed.
+    """
+    kept = keep.nonzero()[:, 0].tolist()
+    for target, source in enumerate(kept):
+        if target != source:
+            masks[target] = masks[source]
+    return masks[: len(kept)]
 
 
 def build_freesolo(
