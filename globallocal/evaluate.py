@@ -190,7 +190,7 @@ class EvaluationConfig:
         return json.loads(json.dumps(identity, sort_keys=True, default=str))
 
 
-class _RateColumn(ProgressColumn):
+class RateColumn(ProgressColumn):
     """Images per second, blank until rich has a speed estimate."""
 
     def render(self, task: Task) -> Text:
@@ -633,7 +633,7 @@ def _evaluate_share(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        _RateColumn(),
+        RateColumn(),
         TextColumn("{task.fields[sentences]} sentences"),
         TextColumn("oIoU {task.fields[oiou]:.2f}  mIoU {task.fields[miou]:.2f}"),
         TimeElapsedColumn(),
