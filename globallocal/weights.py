@@ -30,6 +30,7 @@ import os
 import pickle
 import re
 import time
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,10 @@ def load_checkpoint_tensors(path: Path, what: str, fix: str) -> Any:
     ``what`` names the weights ("FreeSOLO", "SAM 2 tiny"), ``fix`` says what to use instead.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch's advice about pickle protocols, for a file about to be refused or read anyway.
+            warnings.filterwarnings("ignore", message=r"Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if unsafe_checkpoint(error):
             raise WeightsError(unsafe_message(path, error, fix)) from None
