@@ -175,7 +175,7 @@ def load_clip(
             try:
                 open_clip.load_checkpoint(model, weights, strict=True, weights_only=True)
             except Exception as error:  # torch and open_clip raise many types for a bad file
-                if unsafe_checkpoint(error):
+                if unsafe_checkpoint(error, weights):
                     fix = "use an open_clip checkpoint of tensors"
                     raise WeightsError(unsafe_message(weights, error, fix)) from None
                 raise WeightsError(f"cannot load CLIP weights {weights} into {name}: {first_line(error)}") from None

@@ -63,7 +63,7 @@ from rich.text import Text
 
 from .cache import FeatureCache, TextStore, image_digest, proposals_digest
 from .datasets import EvaluationDataset, check_dataset, dataset_files, dataset_label, open_dataset
-from .distributed import Distributed
+from .distributed import Distributed, from_environment
 from .errors import GlobalLocalError, InputError
 from .images import check_writable_folder, save_mask_png, save_text
 from .metrics import PRECISION_THRESHOLDS, MetricAccumulator, intersection_union, sentence_iou
@@ -488,13 +488,15 @@ def _run_identity(
     return json.loads(json.dumps(identity, sort_keys=True, default=str))
 
 
-def check_evaluation_inputs(config: EvaluationConfig) -> None:
+def check_evaluation_inputs(config: EvaluationConfig, main: bool | None = None) -> None:
     """What can be checked in a second, before any model loads (seconds to minutes): options, paths, the run folder.
 
     Refuses a bad --limit, an unknown dataset, split or overlap rule, a data
     root without the split's files, a missing images folder, a run folder
     that is a file, read-only or in use, and a --save-masks folder that
-    cannot be written.
+    cannot be written. The run folder's lock is only probed by the main
+    process (``main``; default: rank 0 of torchrun's environment), which
+    takes it later.
     """
     if config.limit is not None and config.limit < 1:
         raise InputError(f"--limit must be at least 1, got {config.limit}")
@@ -512,7 +514,12 @@ def check_evaluation_inputs(config: EvaluationConfig) -> None:
             raise InputError(f"{path} not found; is {config.data_root} the {layout}?")
     if not images_dir.is_dir():
         raise InputError(f"images folder not found: {images_dir}")
-    check_free(config.out_dir)
+    if main is None:
+        main = from_environment().is_main
+    if main:
+        check_free(config.out_dir)
+    else:
+        check_writable_folder(config.out_dir, "run folder")
     if config.save_masks is not None:
         check_writable_folder(config.save_masks, "--save-masks")
 
@@ -550,7 +557,7 @@ def run_evaluation(
     """
     place = distributed or Distributed()
     if place.is_main:
-        check_evaluation_inputs(config)
+        check_evaluation_inputs(config, main=True)
     identity = _run_identity(config, segmenter, cache, proposal_key)
     dataset = open_dataset(
         config.dataset,

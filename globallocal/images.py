@@ -170,7 +170,7 @@ def check_writable_folder(path: str | os.PathLike, what: str) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=path)
         os.close(fd)
-        os.unlink(probe)
+        Path(probe).unlink(missing_ok=True)  # a run cleaning orphans in this folder may have removed it
     except OSError as error:
         raise InputError(f"{what} {path} is not writable ({error.strerror}); choose another folder") from None
     return path

@@ -25,11 +25,14 @@ recognises torch's refusal so every loader says the same thing about it.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
+import pickletools
 import re
 import time
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -110,9 +113,34 @@ def weights_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
     return identity
 
 
-def unsafe_checkpoint(error: BaseException) -> bool:
-    """Whether ``torch.load(weights_only=True)`` refused the file because it holds Python objects (code)."""
-    return isinstance(error, pickle.UnpicklingError) and str(error).startswith("Weights only load failed")
+_CODE_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "REDUCE", "BUILD"})
+
+
+def _pickle_holds_objects(path: Path) -> bool:
+    """Whether the file's pickle (torch's zip ``data.pkl``, or the pickles of a plain file) names classes or
+    functions. Read with :mod:`pickletools`, which parses opcodes and runs nothing."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data = archive.read(next(name for name in archive.namelist() if name.endswith("data.pkl")))
+        else:
+            data = Path(path).read_bytes()
+        stream = io.BytesIO(data)
+        while stream.tell() < len(data):  # a legacy torch file is several pickles in a row
+            # Each pickle is parsed to its end first: random bytes often start like opcodes.
+            names = {opcode.name for opcode, _, _ in pickletools.genops(stream)}
+            if names & _CODE_OPCODES:
+                return True
+    except (OSError, ValueError, StopIteration, zipfile.BadZipFile):
+        return False
+    return False
+
+
+def unsafe_checkpoint(error: BaseException, path: str | os.PathLike[str]) -> bool:
+    """Whether ``torch.load(weights_only=True)`` refused ``path`` because its pickle holds Python objects (code),
+    rather than because it is not a checkpoint at all."""
+    refused = isinstance(error, pickle.UnpicklingError) and str(error).startswith("Weights only load failed")
+    return refused and _pickle_holds_objects(Path(path))
 
 
 def unsafe_message(path: str | os.PathLike[str], error: BaseException, fix: str) -> str:
@@ -131,9 +159,12 @@ def load_checkpoint_tensors(path: Path, what: str, fix: str) -> Any:
     ``what`` names the weights ("FreeSOLO", "SAM 2 tiny"), ``fix`` says what to use instead.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch's advice about pickle protocols, for a file about to be refused or read anyway.
+            warnings.filterwarnings("ignore", message=r"Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if unsafe_checkpoint(error):
+        if unsafe_checkpoint(error, path):
             raise WeightsError(unsafe_message(path, error, fix)) from None
         raise WeightsError(f"cannot read {what} weights {path}: not a PyTorch checkpoint") from None
     except (KeyError, IndexError, TypeError, AttributeError):
