@@ -495,7 +495,7 @@ def serve(
         "network this computer is on, to anyone who can reach it (no login)."
     ),
     port: int = typer.Option(7860, help="Port of the page: http://HOST:PORT."),
-    method: str = typer.Option("global-local", "--method", help="Scoring method the page starts with."),
+    method: MethodOpt = "global-local",
     clip_model: str | None = typer.Option(None, help="Default: the method's (ViT-B-32 for global-local). "
                                           + CLIP_MODEL_HELP),
     clip_weights: str = typer.Option("openai", help=CLIP_WEIGHTS_HELP),
@@ -508,7 +508,7 @@ def serve(
     precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
     spacy_model: str | None = typer.Option(None, help="spaCy pipeline for the noun phrase."),
     allow_no_noun: bool = typer.Option(False, help="Score phrases in which spaCy finds no noun."),
-    proposals: ProposalsOpt = "freesolo",
+    proposals: ProposalsOpt = None,
     freesolo_weights: FreeSOLOWeightsOpt = None,
     score_threshold: ScoreThresholdOpt = None,
     max_proposals: MaxProposalsOpt = None,
@@ -542,10 +542,13 @@ def serve(
     from globallocal.methods import get_method
     from globallocal.segmenter import Segmenter
 
-    overrides = {name: value for name, value in dict(
+    overrides = _setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
-    ).items() if value is not None}
-    get_method(method).settings(preset, **overrides)  # bad settings fail before any model loads
+    )
+    spec = get_method(method)
+    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    # The page's starting source; the proposal options apply to whichever source the page then uses.
+    proposals = proposals or spec.default_proposals or "freesolo"
     source = ProposalArgs.from_arguments(locals())
 
     def load_segmenter(name: str) -> Segmenter:
