@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from dataclasses import dataclass, fields
@@ -389,7 +390,7 @@ def evaluate(
     """
     from globallocal.cache import FeatureCache
     from globallocal.distributed import distributed_session
-    from globallocal.evaluate import EvaluationConfig, format_report_table, run_evaluation
+    from globallocal.evaluate import EvaluationConfig, check_evaluation_inputs, format_report_table, run_evaluation
     from globallocal.methods import get_method
     from globallocal.segmenter import Segmenter
     from globallocal.text import parser_label
@@ -407,6 +408,10 @@ def evaluate(
     model_tag = Path(clip_model).stem if clip_model.endswith(".json") else clip_model
     out = out or Path("runs") / f"{dataset}_{split}_{method}_{model_tag}_{proposals or 'none'}"
     source_args = ProposalArgs.from_arguments(locals())
+    check_evaluation_inputs(EvaluationConfig(
+        dataset=dataset, split=split, data_root=data_root, images_dir=images, out_dir=out, split_by=split_by,
+        limit=limit, save_masks=save_masks, overlap=overlap,
+    ))
     with distributed_session(device) as place:
         local_device = place.device(device)
         segmenter = Segmenter.from_pretrained(
@@ -414,15 +419,19 @@ def evaluate(
             method=method, **overrides,
         )
         proposal_key, proposal_settings = None, {}
+        # Weights files are identified by content in the run's configuration, not by the path typed.
+        weights = {"clip": clip_weights} if os.path.isfile(clip_weights) else {}
         if proposals == "gt":
             source = "gt"
         elif proposals is None:
             source = None
         else:
-            from globallocal.proposals.sources import proposal_cache_key
+            from globallocal.proposals.sources import proposal_cache_key, proposal_weights_file
 
             generator = source_args.build(local_device)
             proposal_key = proposal_cache_key(proposals, generator, source_args.weights, local_device)
+            weights_file = proposal_weights_file(proposals, generator, source_args.weights)
+            weights.update({proposals: weights_file} if weights_file else {})
             proposal_settings = source_args.settings(generator)
 
             def source(image, record):
@@ -430,7 +439,7 @@ def evaluate(
 
         settings = {
             "clip_model": clip_model,
-            "clip_weights": clip_weights,
+            "clip_weights": "file" if "clip" in weights else clip_weights,
             "preset": preset,
             **segmenter.method.describe(),
             "parser": parser_label(segmenter.nlp),
@@ -442,7 +451,7 @@ def evaluate(
         }
         config = EvaluationConfig(
             dataset=dataset, split=split, data_root=data_root, images_dir=images, out_dir=out, split_by=split_by,
-            limit=limit, save_masks=save_masks, overlap=overlap, settings=settings,
+            limit=limit, save_masks=save_masks, overlap=overlap, settings=settings, weights=weights,
         )
         feature_cache = FeatureCache.for_segmenter(cache, segmenter, clip_model) if cache else None
         run_evaluation(
@@ -575,6 +584,12 @@ def main() -> None:
         app(standalone_mode=False)
     except GlobalLocalError as error:
         stderr.print(f"[red]error:[/] {escape(str(error))}")
+        sys.exit(2)
+    except OSError as error:
+        # A full or read-only disk, a path that is a file: the environment, not a bug.
+        where = f" {error.filename}" if error.filename else ""
+        stderr.print(f"[red]error:[/] cannot write or read{where}: {error.strerror or error}; "
+                     "free some space or choose another location")
         sys.exit(2)
     except KeyboardInterrupt:
         stderr.print("[red]interrupted[/]")

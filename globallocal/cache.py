@@ -31,7 +31,11 @@ as is:
 Files are written to a temporary name and renamed into place, so a reader
 never sees a half-written entry. They are not fsynced: an entry damaged by a
 crash fails to load (the .npz zip format checks a CRC-32 per array) and is
-simply recomputed, which is cheaper than an fsync per text string.
+simply recomputed, which is cheaper than an fsync per text string. A visual
+entry stores its own name and a text entry its string, so a file copied or
+renamed to another key is a miss. Temporary files a killed writer left are
+removed when the cache is next prepared, once they are an hour old (younger
+ones may be a concurrent run's writes in progress).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -56,6 +61,7 @@ from .clip_models import ClipBundle
 from .errors import InputError
 from .images import save_text
 from .proposals import Proposals
+from .weights import weights_identity
 
 if TYPE_CHECKING:
     from .methods import Method
@@ -71,21 +77,20 @@ __all__ = [
     "image_digest",
     "proposal_source_key",
     "proposals_digest",
+    "remove_orphans",
 ]
 
-# Bumped when an entry's layout or meaning changes; part of every key. 2: named tensors of any method.
-_FORMAT = 2
+# Bumped when an entry's layout or meaning changes; part of every key.
+# 2: whole-file weights identity, entries store their own name; 3: named tensors of any method.
+_FORMAT = 3
 
 # Stored arrays holding the method's tensors are named with this prefix.
 _TENSOR_PREFIX = "tensor_"
 
 IDENTITY_FILE = "identity.json"
 
-# Hashing a whole 1 GB checkpoint costs seconds at every start. A torch zip
-# checkpoint ends with its central directory, which holds the CRC-32 of every
-# tensor, and safetensors files start with their header, so the size plus the
-# first and last 16 MiB tell weight files apart.
-_FINGERPRINT_SPAN = 16 << 20
+# Temporary files older than this are orphans of a killed writer (see remove_orphans).
+ORPHAN_AGE_S = 3600.0
 
 # Errors np.load raises on a truncated, damaged or foreign file.
 _BAD_ENTRY = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
@@ -100,16 +105,8 @@ def _digest(value: Any) -> str:
 
 
 def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Size and SHA-256 of the first and last 16 MiB of a file (all of it when smaller)."""
-    path = Path(path)
-    size = path.stat().st_size
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        digest.update(handle.read(_FINGERPRINT_SPAN))
-        if size > 2 * _FINGERPRINT_SPAN:
-            handle.seek(size - _FINGERPRINT_SPAN)
-        digest.update(handle.read())
-    return {"size": size, "sha256_head_tail": digest.hexdigest()}
+    """A weights file's identity by content: :func:`globallocal.weights.weights_identity` (size and SHA-256)."""
+    return weights_identity(path)
 
 
 def _library_versions() -> dict[str, str]:
@@ -165,6 +162,25 @@ def proposals_digest(proposals: Proposals) -> str:
     digest.update(proposals.boxes.numpy().tobytes())
     digest.update(proposals.scores.numpy().tobytes())
     return digest.hexdigest()
+
+
+def remove_orphans(directory: Path, min_age_s: float = ORPHAN_AGE_S) -> int:
+    """Delete the ``.*.tmp`` files under ``directory`` older than ``min_age_s``; return how many.
+
+    The cache is shared by concurrent runs, so a young temporary file may be
+    another process's write in progress: only those no write could still be
+    using (an entry is written in well under a second) are removed.
+    """
+    removed = 0
+    cutoff = time.time() - min_age_s
+    for path in directory.rglob(".*.tmp"):
+        try:
+            if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:  # its writer renamed it, or another run removed it
+            pass
+    return removed
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -245,7 +261,9 @@ class VisualStore:
                 key.removeprefix(_TENSOR_PREFIX): value for key, value in data.items() if key.startswith(_TENSOR_PREFIX)
             }
             consistent = (
-                height > 0
+                # The stored name guards against an entry copied or renamed to another image's name.
+                data["key"].tobytes() == name.encode("utf-8")
+                and height > 0
                 and width > 0
                 and int(lengths.sum()) == len(blob)
                 and data["boxes"].shape == (n, 4)
@@ -273,6 +291,7 @@ class VisualStore:
         _write_npz(
             self.path(name),
             {
+                "key": np.frombuffer(name.encode("utf-8"), dtype=np.uint8),
                 "image_size": np.array(proposals.image_size, dtype=np.int64),
                 "rle": np.frombuffer(b"".join(counts), dtype=np.uint8),
                 "rle_lengths": np.array([len(c) for c in counts], dtype=np.int64),
@@ -345,11 +364,12 @@ class FeatureCache:
         return cls(root, clip_identity(segmenter.clip, clip_model), segmenter.clip.family, segmenter.method)
 
     def prepare(self) -> None:
-        """Create the folders and their identity.json (what the key in the folder name was made from)."""
+        """Create the folders and their identity.json, and remove temporary files killed writers left."""
         for store, identity in ((self.visual, self.visual_identity), (self.text, self.text_identity)):
             path = store.directory / IDENTITY_FILE
             if not path.exists():
                 save_text(json.dumps(identity, indent=2, sort_keys=True) + "\n", path)
+            remove_orphans(store.directory)
 
     def describe(self) -> dict[str, Any]:
         """Where the cache is, as a run's configuration records it."""

@@ -22,6 +22,7 @@ from open_clip.transformer import QuickGELU
 
 from .errors import InputError, WeightsError, first_line
 from .hub import require_hub_files
+from .weights import unsafe_checkpoint, unsafe_message
 
 # The architectures whose OpenAI weights the paper used or that are natural
 # drop-ins; any other open_clip CLIP with a supported image tower works too.
@@ -174,6 +175,9 @@ def load_clip(
             try:
                 open_clip.load_checkpoint(model, weights, strict=True, weights_only=True)
             except Exception as error:  # torch and open_clip raise many types for a bad file
+                if unsafe_checkpoint(error, weights):
+                    fix = "use an open_clip checkpoint of tensors"
+                    raise WeightsError(unsafe_message(weights, error, fix)) from None
                 raise WeightsError(f"cannot load CLIP weights {weights} into {name}: {first_line(error)}") from None
     elif name.endswith(".json"):
         raise WeightsError(f"CLIP weights file not found: {weights}; a model-config .json needs a weights file")

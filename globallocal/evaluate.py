@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -64,13 +62,24 @@ from rich.table import Table
 from rich.text import Text
 
 from .cache import FeatureCache, TextStore, image_digest, proposals_digest
-from .distributed import Distributed
+from .distributed import Distributed, from_environment
 from .errors import GlobalLocalError, InputError
-from .images import save_mask_png, save_text
+from .images import check_writable_folder, save_mask_png, save_text
 from .metrics import PRECISION_THRESHOLDS, MetricAccumulator, intersection_union, sentence_iou
 from .proposals import Proposals
-from .refer import ImageGroup, ImageRecord, Ref, ReferDataset, Sentence, resolve_split
+from .refer import OVERLAP_RULES, ImageGroup, ImageRecord, Ref, ReferDataset, Sentence, resolve_split
+from .runfolder import (
+    CONFIG_FILE,
+    RECORDS_FILE,
+    CompletedUnit,
+    RunFolder,
+    UnitLayout,
+    check_free,
+    read_completed,
+    records_file,
+)
 from .text import encode_texts
+from .weights import weights_change, weights_identity
 
 __all__ = [
     "CONFIG_FILE",
@@ -81,21 +90,22 @@ __all__ = [
     "EvaluationConfig",
     "EvaluationStopped",
     "ProposalSource",
+    "check_evaluation_inputs",
     "format_report_table",
     "read_records",
     "records_file",
     "run_evaluation",
 ]
 
-RECORDS_FILE = "records.jsonl"
-CONFIG_FILE = "config.json"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
-_RECORDS_NAME = re.compile(r"records(\.rank\d+)?\.jsonl")
+# An image and all its sentences: the unit of work, recorded with an image-done marker.
+IMAGE_UNITS = UnitLayout(marker="image_done", member="image_id", count="sentences")
+CompletedImage = CompletedUnit
 
 # Bumped when the records or config layout changes, so that an old out dir is
-# refused instead of misread. 2: per-proposal overlaps, cache, rank files.
-_FORMAT = 2
+# refused instead of misread. 2: per-proposal overlaps, cache, rank files. 3: weights by content.
+_FORMAT = 3
 
 ProposalSource = Callable[[Image.Image, ImageRecord], Proposals]
 
@@ -117,6 +127,10 @@ class EvaluationConfig:
     alpha, beta, preset, parser model, ...) is copied into the report
     verbatim and takes part in the resume check; it must be
     JSON-serialisable (other values are stored as their ``str``).
+    ``weights`` names every weights file used (``{"clip": path,
+    "freesolo": path, ...}``): they are identified by content
+    (:func:`~globallocal.weights.weights_identity`), and a resume with other
+    content is refused.
     """
 
     dataset: str
@@ -129,6 +143,7 @@ class EvaluationConfig:
     save_masks: str | Path | None = None
     overlap: str = "paper"
     settings: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, str | Path] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
         """The configuration as stored in config.json and compared on resume.
@@ -152,6 +167,8 @@ class EvaluationConfig:
             "save_masks": absolute(self.save_masks),
             "overlap": self.overlap,
             "settings": self.settings,
+            # By content, not path: moved weights still resume, other weights at the same path do not.
+            "weights": {role: weights_identity(path) for role, path in sorted(self.weights.items())},
         }
         # Round-trip so that tuples/lists and key order compare as stored.
         return json.loads(json.dumps(identity, sort_keys=True, default=str))
@@ -164,129 +181,9 @@ class _RateColumn(ProgressColumn):
         return Text("" if task.speed is None else f"{task.speed:.2f} img/s")
 
 
-def records_file(rank: int = 0, world_size: int = 1) -> str:
-    """The records file one process appends to: records.jsonl alone, records.rank<R>.jsonl under torchrun."""
-    return RECORDS_FILE if world_size == 1 else f"records.rank{rank}.jsonl"
-
-
-def _records_paths(out_dir: Path) -> list[Path]:
-    """Every records file of a run folder (its sessions may have used different numbers of processes)."""
-    return sorted(path for path in out_dir.iterdir() if _RECORDS_NAME.fullmatch(path.name))
-
-
-def _check_or_write_config(out_dir: Path, identity: dict[str, Any], write: bool) -> None:
-    """Refuse a run folder of another configuration; ``write`` config.json when there is none."""
-    config_path = out_dir / CONFIG_FILE
-    if config_path.exists():
-        try:
-            stored = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            stored = None
-        if stored != identity:
-            differing = (
-                sorted(key for key in set(stored) | set(identity) if stored.get(key) != identity.get(key))
-                if isinstance(stored, dict)
-                else ["(unreadable config.json)"]
-            )
-            raise InputError(
-                f"{out_dir} holds a run with a different configuration ({', '.join(differing)}); "
-                "use another --out or delete that directory"
-            )
-        return
-    if _records_paths(out_dir):
-        raise InputError(
-            f"{out_dir} holds records but no {CONFIG_FILE}; use another --out or delete that directory"
-        )
-    if not write:
-        raise InputError(f"{config_path} is missing although rank 0 should have written it")
-    save_text(json.dumps(identity, indent=2, sort_keys=True) + "\n", config_path)
-
-
-@dataclass
-class CompletedImage:
-    """One fully recorded image: its image-done marker and its sentence records."""
-
-    marker: dict[str, Any]
-    records: list[dict[str, Any]]
-
-
-def _parse_records(path: Path) -> tuple[list[CompletedImage], int, int]:
-    """The fully recorded images of a records file, the byte offset just after the last marker, and the file size.
-
-    Everything after the last image-done marker (a half-written line, records
-    of an image that was being worked on) is not counted. A damaged line
-    *before* the last marker is not something an interruption produces, so it
-    is reported rather than repaired.
-    """
-    if not path.exists():
-        return [], 0, 0
-    data = path.read_bytes()
-    completed: list[CompletedImage] = []
-    pending: list[dict[str, Any] | None] = []
-    keep = 0
-    position = 0
-    for number, line in enumerate(data.split(b"\n")[:-1], start=1):
-        position += len(line) + 1
-        try:
-            entry = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            entry = None
-        if isinstance(entry, dict) and "image_done" in entry:
-            image_id = entry["image_done"]
-            if (
-                any(record is None for record in pending)
-                or len(pending) != entry.get("sentences")
-                or any(record.get("image_id") != image_id for record in pending)
-                or any(done.marker["image_done"] == image_id for done in completed)
-            ):
-                raise InputError(
-                    f"{path} is damaged before line {number}; use another --out or delete that directory"
-                )
-            completed.append(CompletedImage(entry, [record for record in pending if record is not None]))
-            pending = []
-            keep = position
-        else:
-            pending.append(entry if isinstance(entry, dict) else None)
-    return completed, keep, len(data)
-
-
-def _recover_records(path: Path) -> list[CompletedImage]:
-    """The fully recorded images of this process's own records file, cutting the file back to them."""
-    completed, keep, size = _parse_records(path)
-    if keep != size:
-        with open(path, "r+b") as handle:
-            handle.truncate(keep)
-            handle.flush()
-            os.fsync(handle.fileno())
-    return completed
-
-
-def read_records(out_dir: str | Path, own: Path | None = None) -> list[CompletedImage]:
-    """The fully recorded images of every records file in a run folder.
-
-    ``own``, this process's file, is cut back to its last marker; the other
-    files are only read (their owners may be appending to them right now, and
-    what follows their last marker is ignored). An image recorded twice means
-    two runs shared the folder at once, which is refused.
-    """
-    out_dir = Path(out_dir)
-    completed: list[CompletedImage] = []
-    seen: dict[Any, Path] = {}
-    paths = _records_paths(out_dir)
-    if own is not None and own not in paths:
-        paths.append(own)
-    for path in paths:
-        found = _recover_records(path) if path == own else _parse_records(path)[0]
-        for done in found:
-            image_id = done.marker["image_done"]
-            if image_id in seen:
-                raise InputError(
-                    f"image {image_id} is recorded in both {seen[image_id].name} and {path.name}; "
-                    "use another --out or delete that directory"
-                )
-            seen[image_id] = path
-        completed += found
-    return completed
+def read_records(out_dir: str | Path) -> list[CompletedImage]:
+    """The fully recorded images of every records file of a run folder (read only)."""
+    return read_completed(out_dir, IMAGE_UNITS)
 
 
 def _add_record(accumulator: MetricAccumulator, record: dict[str, Any]) -> None:
@@ -551,6 +448,39 @@ def _run_identity(
     return json.loads(json.dumps(identity, sort_keys=True, default=str))
 
 
+def check_evaluation_inputs(config: EvaluationConfig, main: bool | None = None) -> None:
+    """What can be checked in a second, before any model loads (seconds to minutes): options, paths, the run folder.
+
+    Refuses a bad --limit, an unknown dataset, split or overlap rule, a data
+    root without the split's files, a missing images folder, a run folder
+    that is a file, read-only or in use, and a --save-masks folder that
+    cannot be written. The run folder's lock is only probed by the main
+    process (``main``; default: rank 0 of torchrun's environment), which
+    takes it later.
+    """
+    if config.limit is not None and config.limit < 1:
+        raise InputError(f"--limit must be at least 1, got {config.limit}")
+    if config.overlap not in OVERLAP_RULES:
+        raise InputError(f"unknown overlap rule {config.overlap!r}; use one of {', '.join(OVERLAP_RULES)}")
+    split_by = resolve_split(config.dataset, config.split, config.split_by)
+    data_dir = Path(config.data_root) / config.dataset
+    if not Path(config.data_root).is_dir():
+        raise InputError(f"data root not found: {config.data_root}; give the REFER folder holding {config.dataset}/")
+    for name in (f"refs({split_by}).p", "instances.json"):
+        if not (data_dir / name).is_file():
+            raise InputError(f"{data_dir / name} not found; is {config.data_root} the REFER data root?")
+    if not Path(config.images_dir).is_dir():
+        raise InputError(f"images folder not found: {config.images_dir}; give the COCO train2014 folder")
+    if main is None:
+        main = from_environment().is_main
+    if main:
+        check_free(config.out_dir)
+    else:
+        check_writable_folder(config.out_dir, "run folder")
+    if config.save_masks is not None:
+        check_writable_folder(config.save_masks, "--save-masks")
+
+
 def run_evaluation(
     config: EvaluationConfig,
     segmenter: Any,
@@ -583,9 +513,9 @@ def run_evaluation(
     images have been completed in this call and more remain, leaving the out
     dir exactly as an interruption would (used to test resuming).
     """
-    if config.limit is not None and config.limit < 1:
-        raise InputError(f"--limit must be at least 1, got {config.limit}")
     place = distributed or Distributed()
+    if place.is_main:
+        check_evaluation_inputs(config, main=True)
     identity = _run_identity(config, segmenter, cache, proposal_key)
     dataset = ReferDataset(
         config.data_root,
@@ -610,17 +540,45 @@ def run_evaluation(
         )
 
     out_dir = Path(config.out_dir)
-    if place.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _check_or_write_config(out_dir, identity, write=True)
-        if cache is not None:
-            cache.prepare()
-    # The others check config.json once rank 0 has written it.
-    place.barrier()
-    if not place.is_main:
-        _check_or_write_config(out_dir, identity, write=False)
-    records_path = out_dir / records_file(place.rank, place.world_size)
-    completed = read_records(out_dir, own=records_path)
+    # Rank 0 locks the folder and writes config.json; the others check it once it is there.
+
+    def explain(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
+        return weights_change(stored.get("weights"), current.get("weights"), config.weights)
+
+    folder = RunFolder(out_dir, IMAGE_UNITS, rank=place.rank, world_size=place.world_size, main=place.is_main)
+    with folder:
+        if place.is_main:
+            folder.check_config(identity, explain=explain)
+            if cache is not None:
+                cache.prepare()
+        place.barrier()
+        if not place.is_main:
+            folder.check_config(identity, explain=explain)
+        folder.open_records()
+        report = _evaluate_share(
+            folder, config, identity, dataset, groups, segmenter, proposal_source, place, progress,
+            stop_after_images, cache, proposal_key,
+        )
+    return report
+
+
+def _evaluate_share(
+    folder: RunFolder,
+    config: EvaluationConfig,
+    identity: dict[str, Any],
+    dataset: ReferDataset,
+    groups: list[ImageGroup],
+    segmenter: Any,
+    proposal_source: ProposalSource,
+    place: Distributed,
+    progress: bool,
+    stop_after_images: int | None,
+    cache: FeatureCache | None,
+    proposal_key: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """This process's images not yet recorded, then (rank 0) the report of every file's records."""
+    out_dir = folder.directory
+    completed = folder.read_completed()
     expected = {group.image.image_id: group.sentence_count for group in groups}
     for done in completed:
         if expected.get(done.marker["image_done"]) != done.marker["sentences"]:
@@ -651,10 +609,7 @@ def run_evaluation(
     description = f"{config.dataset} {config.split}"
     if place.world_size > 1:
         description += f" (rank 0's share of {place.world_size})"
-    with (
-        Progress(*columns, console=Console(stderr=True), disable=not (progress and place.is_main)) as bar,
-        open(records_path, "ab") as handle,
-    ):
+    with Progress(*columns, console=Console(stderr=True), disable=not (progress and place.is_main)) as bar:
         task = bar.add_task(
             description,
             total=len(share),
@@ -669,23 +624,16 @@ def run_evaluation(
                 group, dataset, segmenter, proposal_source, save_masks, cache, proposal_key
             )
             for record in records:
-                handle.write(json.dumps(record).encode("utf-8") + b"\n")
                 _add_record(running, record)
-            marker = {
-                "image_done": group.image.image_id,
-                "sentences": len(records),
-                "seconds": time.perf_counter() - started,
-            }
+            marker = {"image_done": group.image.image_id, "seconds": time.perf_counter() - started}
             if entry is not None:
                 marker["cache_entry"] = entry
-            handle.write(json.dumps(marker).encode("utf-8") + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+            folder.append(records, marker)
             bar.update(task, advance=1, sentences=running.sentences, oiou=running.oiou, miou=running.miou)
             if stop_after_images is not None and count >= stop_after_images and count < len(todo):
                 raise EvaluationStopped(f"stopped after {count} images")
 
-    # Every process has closed its records file before rank 0 reads them all.
+    # Every process has recorded its share before rank 0 reads them all.
     place.barrier()
     if place.is_main:
         order = {group.image.image_id: index for index, group in enumerate(groups)}
@@ -713,9 +661,23 @@ def format_report_table(run_dirs: list[Path]) -> Table:
                 f"no finished run in {run_dir} ({REPORT_JSON} missing); run the evaluation to the end first"
             )
         try:
-            reports.append(json.loads(path.read_text(encoding="utf-8")))
+            report = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise InputError(f"{path} is not valid JSON: {error}") from None
+        try:
+            # Every field the table reads, so that a malformed report is named here rather than crash below.
+            config, metrics = report["config"], report["metrics"]
+            [config[key] for key in ("dataset", "split", "split_by", "overlap")]
+            dict(config.get("settings", {}))
+            [float(metrics[key]) for key in ("oIoU", "mIoU")]
+            [float(metrics["precision"][f"{t:.1f}"]) for t in PRECISION_THRESHOLDS]
+            [int(metrics[key]) for key in ("images", "sentences", "no_proposal_sentences")]
+            [float(report[key]) for key in ("images_total", "truncated_sentences", "wall_time_s")]
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(
+                f"{path} is not a report of 'globallocal evaluate' (bad or missing {error!s}); rerun the evaluation"
+            ) from None
+        reports.append(report)
 
     table = Table(title="Global-Local evaluation")
     table.add_column("")

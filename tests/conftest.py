@@ -10,11 +10,14 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Hashes of weights files are remembered in a throw-away folder, not the user's ~/.cache.
+os.environ["GLOBALLOCAL_CACHE_DIR"] = tempfile.mkdtemp(prefix="globallocal-test-cache-")
 
 import numpy as np  # noqa: E402
 import open_clip  # noqa: E402

@@ -19,9 +19,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import pickle
 import warnings
-import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -34,6 +32,7 @@ import torch
 from ..errors import InputError, WeightsError
 from ..hub import cached_hub_file, require_hub_files
 from ..images import ImageInput, load_image
+from ..weights import load_checkpoint_tensors
 from . import Proposals, postprocess
 
 if TYPE_CHECKING:
@@ -137,20 +136,7 @@ def _quiet_package_warnings() -> Iterator[None]:
 
 def _read_checkpoint(path: Path, what: str) -> dict[str, torch.Tensor]:
     """The state dict in ``path`` (bare, or under "model" as SAM 2 saves it)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # weights_only refuses pickled classes and functions ("globals"); any
-        # other unpickling failure means the file is not a checkpoint at all.
-        if "global" in str(error):
-            raise WeightsError(
-                f"refusing to load {path}: it holds Python objects other than tensors, which could run code; "
-                f"use the official {what} checkpoint"
-            ) from None
-        raise WeightsError(f"cannot read {what} weights {path}: not a PyTorch checkpoint") from None
-    except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise WeightsError(f"cannot read {what} weights {path}: {first}") from None
+    checkpoint = load_checkpoint_tensors(path, what, f"use the official {what} checkpoint")
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         checkpoint = checkpoint["model"]
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
