@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .images import _atomic_write
+from .errors import InputError
+from .images import _atomic_write, save_png
 
 # A perceptually ordered dark-blue -> green -> yellow scale (viridis's end and middle points).
 _STOPS = np.array(
@@ -59,3 +61,29 @@ def save_soft_mask(soft: np.ndarray | torch.Tensor, path: str | os.PathLike) -> 
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(soft, dtype=np.float32))
     _atomic_write(Path(path), lambda handle: handle.write(buffer.getvalue()))
+
+
+def save_soft_outputs(
+    image: Image.Image,
+    results: Sequence,
+    soft_mask: Path | None,
+    heatmap_path: Path | None,
+    numbered: Callable[[Path, int, int], Path],
+) -> None:
+    """``segment``'s --soft-mask and --heatmap: one file per phrase, named by ``numbered(path, i, count)``.
+
+    The results must carry a ``soft_mask`` (TCL's answers and blends do).
+    """
+    if soft_mask is None and heatmap_path is None:
+        return
+    if not all(hasattr(result, "soft_mask") for result in results):
+        raise InputError("--soft-mask and --heatmap need TCL's soft mask: use --method tcl or --tcl-weight")
+    for path, suffix in ((soft_mask, ".npy"), (heatmap_path, ".png")):
+        if path is not None and path.suffix.lower() != suffix:
+            raise InputError(f"{path} must end in {suffix}")
+    count = len(results)
+    for index, result in enumerate(results):
+        if soft_mask is not None:
+            save_soft_mask(result.soft_mask, numbered(soft_mask, index, count))
+        if heatmap_path is not None:
+            save_png(heatmap(image, result.soft_mask), numbered(heatmap_path, index, count))
