@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -27,3 +28,26 @@ def test_heatmap_is_the_photo_plus_a_legend():
     assert np.array_equal(picture[0, 0], np.round(colour_map(np.float32(0.0))).astype(np.uint8))
     assert np.array_equal(picture[0, 59], np.round(colour_map(np.float32(1.0))).astype(np.uint8))
     assert not np.array_equal(colour_map(np.float32(0.0)), colour_map(np.float32(1.0)))
+
+
+class _Answer:
+    def __init__(self, soft):
+        self.soft_mask = soft
+
+
+def _numbered(path, index, count):
+    return path if count == 1 else path.with_name(f"{path.stem}_{index + 1}{path.suffix}")
+
+
+def test_soft_outputs_are_numbered_per_phrase(tmp_path):
+    from globallocal.errors import InputError
+    from globallocal.heatmap import save_soft_outputs
+
+    photo = Image.new("RGB", (12, 8))
+    answers = [_Answer(torch.rand(8, 12)), _Answer(torch.rand(8, 12))]
+    save_soft_outputs(photo, answers, tmp_path / "s.npy", tmp_path / "h.png", _numbered)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h_1.png", "h_2.png", "s_1.npy", "s_2.npy"]
+    assert np.array_equal(np.load(tmp_path / "s_2.npy"), answers[1].soft_mask.numpy())
+    assert Image.open(tmp_path / "h_1.png").size[0] == 12
+    with pytest.raises(InputError, match="--method tcl"):
+        save_soft_outputs(photo, [object()], tmp_path / "x.npy", None, _numbered)
