@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from globallocal.errors import GlobalLocalError, InputError
 
@@ -31,7 +32,14 @@ CLIP_WEIGHTS_HELP = (
     "'openai' (downloaded through the Hugging Face hub and cached), another open_clip pretrained tag "
     "(e.g. laion2b_s34b_b79k), or a path to a local open_clip checkpoint."
 )
-PRESET_HELP = "paper-refcoco | paper-refcoco+ | paper-refcocog (alpha 0.85) | paper (= paper-refcoco) | no-quirks."
+PRESET_HELP = (
+    "Named settings of the method (default: its paper preset; for evaluate the dataset's). global-local: "
+    "paper-refcoco | paper-refcoco+ | paper-refcocog (alpha 0.85) | paper (= paper-refcoco) | no-quirks."
+)
+METHOD_HELP = (
+    "Scoring method: global-local (Yu et al., CVPR 2023; the default), hybridgl (Liu and Li, CVPR 2025) "
+    "or tcl (Cha et al., CVPR 2023), where installed."
+)
 
 
 @app.callback()
@@ -55,8 +63,15 @@ def _check_output(path: Path) -> None:
         raise InputError(f"output {path} must end in .png (masks, overlays) or .json (scores)")
 
 
-ProposalsOpt = Annotated[str, typer.Option(
-    "--proposals", help="Mask proposal source: freesolo (the paper's), sam2 (SAM 2.1) or sam (original SAM).")]
+def _setting_overrides(**values) -> dict:
+    """The method settings given on the command line (options left out are None and not passed)."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+ProposalsOpt = Annotated[str | None, typer.Option(
+    "--proposals", help="Mask proposal source: freesolo (the paper's), sam2 (SAM 2.1) or sam (original SAM). "
+    "Default: the method's (freesolo for global-local).")]
+MethodOpt = Annotated[str, typer.Option("--method", help=METHOD_HELP)]
 FreeSOLOWeightsOpt = Annotated[Path | None, typer.Option(
     help="FreeSOLO checkpoint (default: freesolo_weights/FreeSOLO_R101_30k_pl.pth, downloaded when absent).")]
 ScoreThresholdOpt = Annotated[float | None, typer.Option(
@@ -152,9 +167,11 @@ def segment(
     json_path: Path | None = typer.Option(
         None, "--json", help="Also write scores, noun phrase and chosen index of every phrase (JSON)."
     ),
-    clip_model: str = typer.Option("ViT-B-32", help=CLIP_MODEL_HELP),
+    method: MethodOpt = "global-local",
+    clip_model: str | None = typer.Option(None, help="Default: the method's (ViT-B-32 for global-local). "
+                                          + CLIP_MODEL_HELP),
     clip_weights: str = typer.Option("openai", help=CLIP_WEIGHTS_HELP),
-    preset: str = typer.Option("paper-refcoco", help=PRESET_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
     alpha: float | None = typer.Option(
         None, help="Global-context weight of the visual feature (default: the preset's, 0.95 or 0.85)."
     ),
@@ -177,7 +194,7 @@ def segment(
         False, help="Score a phrase in which spaCy finds no noun (e.g. 'far right') instead of refusing it; "
         "the whole phrase then stands in for the noun phrase, as in the reference."
     ),
-    proposals: ProposalsOpt = "freesolo",
+    proposals: ProposalsOpt = None,
     freesolo_weights: FreeSOLOWeightsOpt = None,
     score_threshold: ScoreThresholdOpt = None,
     max_proposals: MaxProposalsOpt = None,
@@ -199,7 +216,7 @@ def segment(
     """
     from globallocal.images import load_image, save_mask_png, save_png, save_text
     from globallocal.images import overlay as draw_overlay
-    from globallocal.presets import get_preset
+    from globallocal.methods import get_method
     from globallocal.proposals.files import load_proposals
     from globallocal.segmenter import Segmenter
     from globallocal.text import parse_phrase
@@ -213,16 +230,19 @@ def segment(
     overlays = [_numbered(overlay, i, len(phrases)) for i in range(len(phrases))] if overlay else []
     for path in [*outputs, *overlays, *([json_path] if json_path else [])]:
         _check_output(path)
-    settings = get_preset(preset).with_overrides(
+    spec = get_method(method)
+    overrides = _setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
     )
+    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    proposals = proposals or spec.default_proposals
     picture = load_image(image)
     source = ProposalArgs.from_arguments(locals())
     candidates = load_proposals(masks, (picture.height, picture.width)) if masks else None
 
     segmenter = Segmenter.from_pretrained(
         clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
-        **settings.to_dict(),
+        method=method, **overrides,
     )
     for phrase in phrases:
         if not allow_no_noun and not parse_phrase(phrase, segmenter.nlp).has_noun:
@@ -230,11 +250,12 @@ def segment(
                 f"no noun found in the phrase {phrase!r}; name the object (e.g. \"the red car\") "
                 "or pass --allow-no-noun"
             )
-    if candidates is None:
+    if candidates is None and segmenter.method.uses_proposals:
         generator = source.build(device)
         with stderr.status(f"{proposals} proposals..."):
             candidates = generator.generate(picture)
-    with stderr.status(f"scoring {len(candidates)} proposals..."):
+    what = f"scoring {len(candidates)} proposals" if candidates is not None else f"{method} masks"
+    with stderr.status(f"{what}..."):
         segmenter.set_image(picture, candidates)
         results = segmenter.predict_many(phrases)
 
@@ -248,28 +269,19 @@ def segment(
             "image_size": [picture.height, picture.width],
             "clip_model": segmenter.clip.name,
             "clip_weights": segmenter.clip.weights,
+            "method": segmenter.method.name,
             "settings": segmenter.settings.to_dict(),
-            "proposals": len(candidates),
-            "results": [
-                {
-                    "phrase": r.phrase,
-                    "expression": r.expression,
-                    "noun_phrase": r.noun_phrase,
-                    "index": r.index,
-                    "score": r.score,
-                    "scores": [round(float(s), 6) for s in r.scores],
-                    "truncated": r.truncated,
-                    "mask": str(path),
-                }
-                for r, path in zip(results, outputs)
-            ],
+            "proposals": len(candidates) if candidates is not None else None,
+            "results": [{**r.to_json(), "mask": str(path)} for r, path in zip(results, outputs)],
         }
         save_text(json.dumps(report, indent=1) + "\n", json_path)
     for result, path in zip(results, outputs):
-        stderr.print(
-            f"{result.phrase!r} -> proposal {result.index} of {len(candidates)} "
-            f"(score {result.score:.4f}, noun phrase {result.noun_phrase!r}): {path}"
+        answer = (
+            f"proposal {result.index} of {len(candidates)} (score {result.score:.4f}, "
+            if result.index is not None and candidates is not None
+            else f"{int(result.mask.sum())} pixels ("
         )
+        stderr.print(f"{result.phrase!r} -> {answer}noun phrase {result.noun_phrase!r}): {path}")
 
 
 @app.command()
@@ -322,11 +334,13 @@ def evaluate(
     data_root: Path = typer.Option(..., help="REFER root holding DATASET/refs(SPLIT_BY).p and instances.json."),
     images: Path = typer.Option(..., help="COCO train2014 image folder."),
     split_by: str | None = typer.Option(None, help="unc (refcoco, refcoco+), umd or google (refcocog)."),
-    proposals: str = typer.Option(
-        "freesolo", help="freesolo (the paper's), sam2, sam, or gt (ground-truth instance masks: the oracle)."
+    method: MethodOpt = "global-local",
+    proposals: str | None = typer.Option(
+        None, help="freesolo (the paper's), sam2, sam, or gt (ground-truth instance masks: the oracle). "
+        "Default: the method's."
     ),
     out: Path | None = typer.Option(
-        None, help="Run folder for records.jsonl and the report (default: runs/DATASET_SPLIT_MODEL_PROPOSALS). "
+        None, help="Run folder for records.jsonl and the report (default: runs/DATASET_SPLIT_METHOD_MODEL_PROPOSALS). "
         "Running the same command again resumes it."
     ),
     limit: int | None = typer.Option(None, help="Evaluate only the first N images of the split."),
@@ -334,9 +348,9 @@ def evaluate(
     overlap: str = typer.Option(
         "paper", help="Ground truth of multi-part polygons: paper (pixels covered exactly once) or union."
     ),
-    clip_model: str = typer.Option("ViT-B-32", help=CLIP_MODEL_HELP),
+    clip_model: str | None = typer.Option(None, help="Default: the method's. " + CLIP_MODEL_HELP),
     clip_weights: str = typer.Option("openai", help=CLIP_WEIGHTS_HELP),
-    preset: str | None = typer.Option(None, help="Default: the dataset's paper preset. " + PRESET_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
     alpha: float | None = typer.Option(None, help="Global-context weight of the visual feature."),
     beta: float | None = typer.Option(None, help="Whole-expression weight of the text feature."),
     masked_blocks: int | None = typer.Option(None, help="ViT: number of last blocks with masked tokens."),
@@ -376,25 +390,34 @@ def evaluate(
     from globallocal.cache import FeatureCache
     from globallocal.distributed import distributed_session
     from globallocal.evaluate import EvaluationConfig, format_report_table, run_evaluation
-    from globallocal.presets import paper_preset_for
+    from globallocal.methods import get_method
     from globallocal.segmenter import Segmenter
     from globallocal.text import parser_label
 
-    if proposals not in ("freesolo", "sam2", "sam", "gt"):
+    spec = get_method(method)
+    proposals = proposals or spec.default_proposals
+    if proposals not in ("freesolo", "sam2", "sam", "gt", None):
         raise InputError(f"unknown --proposals '{proposals}'; use freesolo, sam2, sam or gt")
-    preset = preset or paper_preset_for(dataset)
+    preset = preset or spec.preset_for(dataset)
+    overrides = _setting_overrides(
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
+    )
+    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    clip_model = clip_model or spec.default_clip_model
     model_tag = Path(clip_model).stem if clip_model.endswith(".json") else clip_model
-    out = out or Path("runs") / f"{dataset}_{split}_{model_tag}_{proposals}"
+    out = out or Path("runs") / f"{dataset}_{split}_{method}_{model_tag}_{proposals or 'none'}"
     source_args = ProposalArgs.from_arguments(locals())
     with distributed_session(device) as place:
         local_device = place.device(device)
         segmenter = Segmenter.from_pretrained(
             clip_model, clip_weights, preset, device=local_device, precision=precision, spacy_model=spacy_model,
-            alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
+            method=method, **overrides,
         )
         proposal_key, proposal_settings = None, {}
         if proposals == "gt":
             source = "gt"
+        elif proposals is None:
+            source = None
         else:
             from globallocal.proposals.sources import proposal_cache_key
 
@@ -409,7 +432,7 @@ def evaluate(
             "clip_model": clip_model,
             "clip_weights": clip_weights,
             "preset": preset,
-            **segmenter.settings.to_dict(),
+            **segmenter.method.describe(),
             "parser": parser_label(segmenter.nlp),
             "proposals": proposals,
             **proposal_settings,
@@ -465,13 +488,93 @@ def report(run_dirs: list[Path] = typer.Argument(..., help="Run folders of finis
     Console(highlight=False).print(format_report_table(run_dirs))
 
 
+@app.command()
+def serve(
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to listen on. The default serves this computer only; 0.0.0.0 serves every "
+        "network this computer is on, to anyone who can reach it (no login)."
+    ),
+    port: int = typer.Option(7860, help="Port of the page: http://HOST:PORT."),
+    method: MethodOpt = "global-local",
+    clip_model: str | None = typer.Option(None, help="Default: the method's (ViT-B-32 for global-local). "
+                                          + CLIP_MODEL_HELP),
+    clip_weights: str = typer.Option("openai", help=CLIP_WEIGHTS_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
+    alpha: float | None = typer.Option(None, help="Starting global-context weight (a slider on the page)."),
+    beta: float | None = typer.Option(None, help="Starting whole-expression weight (a slider on the page)."),
+    masked_blocks: int | None = typer.Option(None, help="ViT: number of last blocks with masked tokens."),
+    chunk_size: int | None = typer.Option(None, help="Masked crops per image-tower batch (bounds memory)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
+    spacy_model: str | None = typer.Option(None, help="spaCy pipeline for the noun phrase."),
+    allow_no_noun: bool = typer.Option(False, help="Score phrases in which spaCy finds no noun."),
+    proposals: ProposalsOpt = None,
+    freesolo_weights: FreeSOLOWeightsOpt = None,
+    score_threshold: ScoreThresholdOpt = None,
+    max_proposals: MaxProposalsOpt = None,
+    min_area: MinAreaOpt = None,
+    short_side: ShortSideOpt = None,
+    sam_model: SamModelOpt = None,
+    sam_weights: SamWeightsOpt = None,
+    sam_settings: SamSettingsOpt = "paper-later",
+    points_per_side: PointsPerSideOpt = None,
+    pred_iou_thresh: PredIouOpt = None,
+    stability_thresh: StabilityOpt = None,
+    min_region_area: MinRegionAreaOpt = None,
+    box_nms_thresh: BoxNmsOpt = None,
+    crop_layers: CropLayersOpt = None,
+    max_megapixels: float = typer.Option(40.0, help="Refuse uploaded photos larger than this."),
+    top_k: int = typer.Option(8, help="Proposals shown in the ranked gallery."),
+    examples: Path | None = typer.Option(None, help="Folder of example photos (default: the repository's)."),
+) -> None:
+    """Serve a web page to try phrases on your own photos (needs the [demo] extra: Gradio).
+
+    Example: globallocal serve --proposals sam2, then open http://127.0.0.1:7860
+    """
+    from dataclasses import replace
+
+    from globallocal.serve import Engine, example_photos, require_gradio
+    from globallocal.serve import serve as serve_page
+
+    require_gradio()
+    if max_megapixels <= 0 or top_k < 1:
+        raise InputError("--max-megapixels must be positive and --top-k at least 1")
+    from globallocal.methods import get_method
+    from globallocal.segmenter import Segmenter
+
+    overrides = _setting_overrides(
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
+    )
+    spec = get_method(method)
+    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    # The page's starting source; the proposal options apply to whichever source the page then uses.
+    proposals = proposals or spec.default_proposals or "freesolo"
+    source = ProposalArgs.from_arguments(locals())
+
+    def load_segmenter(name: str) -> Segmenter:
+        # The command's model options are the served method's; another method starts from its own defaults.
+        ours = name == method
+        return Segmenter.from_pretrained(
+            clip_model if ours else None, clip_weights, preset if ours else None, device=device,
+            precision=precision, spacy_model=spacy_model, method=name, **(overrides if ours else {}),
+        )
+
+    engine = Engine(load_segmenter, lambda kind: replace(source, kind=kind).build(device), method,
+                    max_megapixels=max_megapixels, allow_no_noun=allow_no_noun)
+    with stderr.status("loading the models..."):
+        engine.segmenter()
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        stderr.print(f"[yellow]warning:[/] serving on {host}: anyone who can reach this computer can use the page")
+    serve_page(engine, host, port, example_photos(examples), proposals, top_k)
+
+
 def main() -> None:
     """Entry point: user errors become one red line and exit code 2, never a traceback."""
     warnings.showwarning = _warn
     try:
         app(standalone_mode=False)
     except GlobalLocalError as error:
-        stderr.print(f"[red]error:[/] {error}")
+        stderr.print(f"[red]error:[/] {escape(str(error))}")
         sys.exit(2)
     except KeyboardInterrupt:
         stderr.print("[red]interrupted[/]")
