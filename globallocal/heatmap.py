@@ -63,6 +63,20 @@ def save_soft_mask(soft: np.ndarray | torch.Tensor, path: str | os.PathLike) -> 
     _atomic_write(Path(path), lambda handle: handle.write(buffer.getvalue()))
 
 
+def check_soft_outputs(soft_mask: Path | None, heatmap_path: Path | None, available: bool, method: str) -> None:
+    """Refuse --soft-mask / --heatmap before any work: ``method`` (a label) gives no soft mask, or a bad name."""
+    for path, flag, suffix in ((soft_mask, "--soft-mask", ".npy"), (heatmap_path, "--heatmap", ".png")):
+        if path is None:
+            continue
+        if not available:
+            raise InputError(f"{flag} needs TCL's soft mask, which {method} does not give: "
+                             "use --method tcl, or add --tcl-weight to blend TCL in")
+        if path.suffix.lower() != suffix:
+            raise InputError(f"{flag} {path} must end in {suffix}")
+        if path.is_dir():
+            raise InputError(f"{flag} {path} is a folder; give a file name ending in {suffix}")
+
+
 def save_soft_outputs(
     image: Image.Image,
     results: Sequence,
@@ -76,11 +90,8 @@ def save_soft_outputs(
     """
     if soft_mask is None and heatmap_path is None:
         return
-    if not all(hasattr(result, "soft_mask") for result in results):
-        raise InputError("--soft-mask and --heatmap need TCL's soft mask: use --method tcl or --tcl-weight")
-    for path, suffix in ((soft_mask, ".npy"), (heatmap_path, ".png")):
-        if path is not None and path.suffix.lower() != suffix:
-            raise InputError(f"{path} must end in {suffix}")
+    available = all(hasattr(result, "soft_mask") for result in results)
+    check_soft_outputs(soft_mask, heatmap_path, available, "this method")
     count = len(results)
     for index, result in enumerate(results):
         if soft_mask is not None:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..cache import file_fingerprint
 from ..proposals import Proposals
 from ..tcl import PREPROCESSINGS, WINDOW_MODES, TCLHead, TCLModel, load_tcl_head, resolve_tcl_weights
 from ..text import ParsedPhrase, count_tokens
@@ -134,9 +135,19 @@ class TCL(Method):
     visual_settings = ("window", "input_preprocessing", "pamr")
     settings: TCLSettings
 
-    def __init__(self, clip, nlp, settings: TCLSettings, head: TCLHead) -> None:
+    def __init__(self, clip, nlp, settings: TCLSettings, head: TCLHead, weights: dict[str, Any] | None = None) -> None:
         super().__init__(clip, nlp, settings)
         self.model = TCLModel(clip, head)
+        self.weights = weights or {}
+        """The checkpoint: {"file": path, "size", "sha256_head_tail"} (empty: a head given in memory)."""
+
+    def visual_identity(self) -> dict[str, Any]:
+        # The image features depend on the head's weights, wherever the file lies.
+        fingerprint = {key: value for key, value in self.weights.items() if key != "file"}
+        return {**super().visual_identity(), "tcl_weights": fingerprint}
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "tcl_weights": self.weights}
 
     def image_features(self, image: Image.Image, proposals: Proposals | None) -> dict[str, torch.Tensor]:
         s = self.settings
@@ -183,7 +194,9 @@ class TCL(Method):
 
 def build_tcl(clip, nlp, settings: TCLSettings, weights: str | None = None) -> TCL:
     """A TCL method on ``clip`` (OpenAI's ViT-B/16) with the released head (found or downloaded)."""
-    return TCL(clip, nlp, settings, load_tcl_head(resolve_tcl_weights(weights), clip))
+    path = resolve_tcl_weights(weights)
+    head = load_tcl_head(path, clip)
+    return TCL(clip, nlp, settings, head, {"file": str(path), **file_fingerprint(path)})
 
 
 SPEC = MethodSpec(

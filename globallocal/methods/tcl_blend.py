@@ -109,11 +109,20 @@ class TCLBlend(Method):
             raise InputError(f"--tcl-weight blends a proposal method's scores; {inner.name} has no proposals")
         if not 0.0 <= weight <= 1.0:
             raise InputError(f"TCL weight must be in [0, 1], got {weight}")
+        self.inner, self.tcl, self.weight = inner, tcl, weight
         super().__init__(inner.clip, inner.nlp, inner.settings)
         self.name = f"{inner.name}+tcl"
-        self.inner, self.tcl, self.weight = inner, tcl, weight
         self.shares_clip = tcl.clip is inner.clip
         self._tcl_texts: dict[str, torch.Tensor] = {}
+
+    @property
+    def settings(self):
+        """The inner method's settings: assigning a changed copy re-ranks as it would without the blend."""
+        return self.inner.settings
+
+    @settings.setter
+    def settings(self, settings) -> None:
+        self.inner.settings = settings
 
     def visual_identity(self) -> dict[str, Any]:
         return {"method": self.name, "inner": self.inner.visual_identity(), "tcl": self.tcl.visual_identity()}
