@@ -42,8 +42,8 @@ def _opencv_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
         import cv2
     except ImportError:
         raise InputError(
-            "TCL's eval preprocessing needs OpenCV; pip install opencv-python-headless, "
-            "or choose --tcl-preprocessing eval-float (a float resize, one grey level off on some pixels)"
+            "TCL's eval preprocessing needs OpenCV, a dependency of globallocal: pip install opencv-python-headless "
+            "(or, in Python, TCLSettings(preprocessing='eval-float'): a float resize, a grey level off on some pixels)"
         ) from None
     return cv2.resize(array, (width, height), interpolation=cv2.INTER_LINEAR)
 
