@@ -158,3 +158,16 @@ def test_blend_refuses_bad_weight_and_proposal_free_inner(blend_setup, tiny_vit,
         TCLBlend(inner, blends[0.0].tcl, 1.5)
     with pytest.raises(InputError, match="has no proposals"):
         TCLBlend(blends[0.0].tcl, blends[0.0].tcl, 0.5)
+
+
+def test_blend_settings_are_the_inner_methods(blend_setup):
+    """Assigning changed settings to the blend re-ranks as the segmenter does for the plain method."""
+    from dataclasses import replace
+
+    inner, blends, *_ = blend_setup
+    original = inner.settings
+    try:
+        blends[0.5].settings = replace(original, alpha=0.5)
+        assert inner.settings.alpha == 0.5 and blends[0.5].settings is inner.settings
+    finally:
+        inner.settings = original
