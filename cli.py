@@ -69,6 +69,18 @@ def _setting_overrides(**values) -> dict:
     return {name: value for name, value in values.items() if value is not None}
 
 
+def _check_applicable(spec, overrides: dict, source: ProposalArgs, masks: Path | None = None) -> None:
+    """Refuse, naming it, an option the method does not use: a setting it lacks, proposals it does not take."""
+    known = {field.name for field in fields(spec.settings())}
+    for name in overrides:
+        if name not in known:
+            raise InputError(f"--{name.replace('_', '-')} does not apply to --method {spec.name}")
+    if not spec.method_class.uses_proposals:
+        given = [*source.given(), *(["--masks"] if masks is not None else [])]
+        if given:
+            raise InputError(f"{given[0]} does not apply to --method {spec.name}: it draws its own mask")
+
+
 ProposalsOpt = Annotated[str | None, typer.Option(
     "--proposals", help="Mask proposal source: freesolo (the paper's), sam2 (SAM 2.1) or sam (original SAM). "
     "Default: the method's (freesolo for global-local).")]
@@ -97,6 +109,23 @@ StabilityOpt = Annotated[float | None, typer.Option(help="SAM: stability-score t
 MinRegionAreaOpt = Annotated[int | None, typer.Option(help="SAM: remove regions and holes below this area.")]
 BoxNmsOpt = Annotated[float | None, typer.Option(help="SAM: box NMS IoU threshold (settings').")]
 CropLayersOpt = Annotated[int | None, typer.Option(help="SAM: extra crop layers (settings').")]
+TCLWindowOpt = Annotated[str | None, typer.Option(
+    "--tcl-window", help="TCL: slide (448 windows, stride 224; default), whole (one window) or demo (the "
+    "authors' notebook: short side 224).")]
+TCLPamrOpt = Annotated[bool | None, typer.Option(
+    "--tcl-pamr/--no-tcl-pamr", help="TCL: refine the masks with PAMR (default on).", show_default=False)]
+TCLTemplatesOpt = Annotated[str | None, typer.Option(
+    "--tcl-templates", help="TCL: identity (the phrase as typed; default) or custom (TCL's 9 templates).")]
+TCLKpWeightOpt = Annotated[float | None, typer.Option(
+    "--tcl-kp-weight", help="TCL: weight of the KP branch (default 0.3; 0 switches it off).")]
+TCLThresholdOpt = Annotated[float | None, typer.Option(
+    "--tcl-threshold", help="--method tcl: the answer is soft mask > this (default 0.4 with PAMR, 0.5 without).")]
+TCLWeightsOpt = Annotated[Path | None, typer.Option(
+    "--tcl-weights", help="TCL checkpoint (default: $GLOBALLOCAL_TCL_WEIGHTS, else tcl_weights/tcl.pth, "
+    "downloaded when absent).")]
+TCLWeightOpt = Annotated[float | None, typer.Option(
+    "--tcl-weight", help="Blend TCL's proposal score into a proposal method's: (1 - LAMBDA) z(method) + "
+    "LAMBDA z(TCL); 0 gives exactly the method's answer.", metavar="LAMBDA")]
 
 
 @dataclass
@@ -128,6 +157,11 @@ class ProposalArgs:
     @property
     def weights(self) -> Path | None:
         return self.freesolo_weights if self.kind == "freesolo" else self.sam_weights
+
+    def given(self) -> list[str]:
+        """The flags of the options given (changed from their defaults); --proposals when a kind is set."""
+        changed = [f for f in fields(self) if f.name != "kind" and getattr(self, f.name) != f.default]
+        return [*(["--proposals"] if self.kind else []), *(f"--{f.name.replace('_', '-')}" for f in changed)]
 
     def build(self, device: str):
         from globallocal.proposals.sources import build_proposal_generator
@@ -210,14 +244,30 @@ def segment(
     min_region_area: MinRegionAreaOpt = None,
     box_nms_thresh: BoxNmsOpt = None,
     crop_layers: CropLayersOpt = None,
+    tcl_window: TCLWindowOpt = None,
+    tcl_pamr: TCLPamrOpt = None,
+    tcl_templates: TCLTemplatesOpt = None,
+    tcl_kp_weight: TCLKpWeightOpt = None,
+    tcl_threshold: TCLThresholdOpt = None,
+    tcl_weights: TCLWeightsOpt = None,
+    tcl_weight: TCLWeightOpt = None,
+    soft_mask: Path | None = typer.Option(
+        None, "--soft-mask", help="TCL (--method tcl or --tcl-weight): also write the soft mask as a float32 (H, W) "
+        ".npy array at the photo's size. Several phrases: OUT_1.npy, OUT_2.npy, ..."
+    ),
+    heatmap: Path | None = typer.Option(
+        None, help="TCL: also write the soft mask drawn over the photo with a legend (PNG)."
+    ),
 ) -> None:
     """Segment the object each PHRASE refers to in IMAGE and write its mask.
 
     Example: globallocal segment photo.jpg "the man on the right" -o man.png --overlay man_overlay.png
     """
+    from globallocal.heatmap import check_soft_outputs, save_soft_outputs
     from globallocal.images import load_image, save_mask_png, save_png, save_text
     from globallocal.images import overlay as draw_overlay
     from globallocal.methods import get_method
+    from globallocal.methods.tcl_options import TCLOptions
     from globallocal.proposals.files import load_proposals
     from globallocal.segmenter import Segmenter
     from globallocal.text import parse_phrase
@@ -232,19 +282,25 @@ def segment(
     for path in [*outputs, *overlays, *([json_path] if json_path else [])]:
         _check_output(path)
     spec = get_method(method)
+    tcl = TCLOptions(tcl_window, tcl_pamr, tcl_templates, tcl_kp_weight, tcl_threshold, tcl_weights, tcl_weight)
+    tcl.check(spec)
     overrides = _setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
-    )
-    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    ) | tcl.method_overrides(method)
     proposals = proposals or spec.default_proposals
-    picture = load_image(image)
     source = ProposalArgs.from_arguments(locals())
+    _check_applicable(spec, overrides, source, masks)
+    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    check_soft_outputs(soft_mask, heatmap, tcl.uses_tcl(method), f"--method {method}")
+    picture = load_image(image)
     candidates = load_proposals(masks, (picture.height, picture.width)) if masks else None
+    tcl = tcl.with_weights_found(method)
 
     segmenter = Segmenter.from_pretrained(
         clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
-        method=method, **overrides,
+        method=method, method_options=tcl.method_options(method), **overrides,
     )
+    segmenter.method = tcl.wrap(segmenter.method)
     for phrase in phrases:
         if not allow_no_noun and not parse_phrase(phrase, segmenter.nlp).has_noun:
             raise InputError(
@@ -264,6 +320,7 @@ def segment(
         save_mask_png(result.mask, path)
     for result, path in zip(results, overlays):
         save_png(draw_overlay(picture, result.mask.numpy()), path)
+    save_soft_outputs(picture, results, soft_mask, heatmap, _numbered)
     if json_path:
         report = {
             "image": str(image),
@@ -271,7 +328,8 @@ def segment(
             "clip_model": segmenter.clip.name,
             "clip_weights": segmenter.clip.weights,
             "method": segmenter.method.name,
-            "settings": segmenter.settings.to_dict(),
+            # every setting (with TCL's, for a blend), as a run's configuration records them
+            "settings": {key: value for key, value in segmenter.method.describe().items() if key != "method"},
             "proposals": len(candidates) if candidates is not None else None,
             "results": [{**r.to_json(), "mask": str(path)} for r, path in zip(results, outputs)],
         }
@@ -375,6 +433,13 @@ def evaluate(
     min_region_area: MinRegionAreaOpt = None,
     box_nms_thresh: BoxNmsOpt = None,
     crop_layers: CropLayersOpt = None,
+    tcl_window: TCLWindowOpt = None,
+    tcl_pamr: TCLPamrOpt = None,
+    tcl_templates: TCLTemplatesOpt = None,
+    tcl_kp_weight: TCLKpWeightOpt = None,
+    tcl_threshold: TCLThresholdOpt = None,
+    tcl_weights: TCLWeightsOpt = None,
+    tcl_weight: TCLWeightOpt = None,
     cache: Path | None = typer.Option(
         None, help="Feature cache folder: proposals and CLIP features per image, text features per phrase, keyed by "
         "model, weights and visual settings (not alpha/beta). Later runs sharing images skip the models; "
@@ -392,22 +457,27 @@ def evaluate(
     from globallocal.distributed import distributed_session
     from globallocal.evaluate import EvaluationConfig, check_evaluation_inputs, format_report_table, run_evaluation
     from globallocal.methods import get_method
+    from globallocal.methods.tcl_options import TCLOptions
     from globallocal.segmenter import Segmenter
     from globallocal.text import parser_label
 
     spec = get_method(method)
+    tcl = TCLOptions(tcl_window, tcl_pamr, tcl_templates, tcl_kp_weight, tcl_threshold, tcl_weights, tcl_weight)
+    tcl.check(spec)
     proposals = proposals or spec.default_proposals
     if proposals not in ("freesolo", "sam2", "sam", "gt", None):
         raise InputError(f"unknown --proposals '{proposals}'; use freesolo, sam2, sam or gt")
     preset = preset or spec.preset_for(dataset)
     overrides = _setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
-    )
+    ) | tcl.method_overrides(method)
+    source_args = ProposalArgs.from_arguments(locals())
+    _check_applicable(spec, overrides, source_args)
     spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    tcl = tcl.with_weights_found(method)
     clip_model = clip_model or spec.default_clip_model
     model_tag = Path(clip_model).stem if clip_model.endswith(".json") else clip_model
-    out = out or Path("runs") / f"{dataset}_{split}_{method}_{model_tag}_{proposals or 'none'}"
-    source_args = ProposalArgs.from_arguments(locals())
+    out = out or Path("runs") / f"{dataset}_{split}_{tcl.run_tag(method)}_{model_tag}_{proposals or 'none'}"
     check_evaluation_inputs(EvaluationConfig(
         dataset=dataset, split=split, data_root=data_root, images_dir=images, out_dir=out, split_by=split_by,
         limit=limit, save_masks=save_masks, overlap=overlap,
@@ -416,8 +486,9 @@ def evaluate(
         local_device = place.device(device)
         segmenter = Segmenter.from_pretrained(
             clip_model, clip_weights, preset, device=local_device, precision=precision, spacy_model=spacy_model,
-            method=method, **overrides,
+            method=method, method_options=tcl.method_options(method), **overrides,
         )
+        segmenter.method = tcl.wrap(segmenter.method)
         proposal_key, proposal_settings = None, {}
         # Weights files are identified by content in the run's configuration, not by the path typed.
         weights = {"clip": clip_weights} if os.path.isfile(clip_weights) else {}

@@ -31,6 +31,7 @@ __all__ = [
 # name -> module defining SPEC; the first is the default.
 _MODULES = {
     "global-local": "globallocal.methods.global_local",
+    "tcl": "globallocal.methods.tcl",
 }
 DEFAULT_METHOD = "global-local"
 
