@@ -474,7 +474,6 @@ def evaluate(
     source_args = ProposalArgs.from_arguments(locals())
     _check_applicable(spec, overrides, source_args)
     spec.settings(preset, **overrides)  # bad settings fail before any model loads
-    tcl = tcl.with_weights_found(method)
     clip_model = clip_model or spec.default_clip_model
     model_tag = Path(clip_model).stem if clip_model.endswith(".json") else clip_model
     out = out or Path("runs") / f"{dataset}_{split}_{tcl.run_tag(method)}_{model_tag}_{proposals or 'none'}"
@@ -482,6 +481,7 @@ def evaluate(
         dataset=dataset, split=split, data_root=data_root, images_dir=images, out_dir=out, split_by=split_by,
         limit=limit, save_masks=save_masks, overlap=overlap,
     ))
+    tcl = tcl.with_weights_found(method)  # before any model loads: offline, a missing checkpoint fails in seconds
     with distributed_session(device) as place:
         local_device = place.device(device)
         segmenter = Segmenter.from_pretrained(
