@@ -73,7 +73,6 @@ __all__ = [
     "TextStore",
     "VisualStore",
     "clip_identity",
-    "file_fingerprint",
     "image_digest",
     "proposal_source_key",
     "proposals_digest",
@@ -104,11 +103,6 @@ def _digest(value: Any) -> str:
     return _sha256(json.dumps(value, sort_keys=True).encode("utf-8"))
 
 
-def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A weights file's identity by content: :func:`globallocal.weights.weights_identity` (size and SHA-256)."""
-    return weights_identity(path)
-
-
 def _library_versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in ("torch", "open_clip_torch")}
 
@@ -122,7 +116,7 @@ def clip_identity(clip: ClipBundle, clip_model: str) -> dict[str, Any]:
     if clip.weights == "random":
         raise InputError("random CLIP weights cannot be cached: every load draws new ones")
     if os.path.isfile(clip.weights):
-        weights: dict[str, Any] = {"file": file_fingerprint(clip.weights)}
+        weights: dict[str, Any] = {"file": weights_identity(clip.weights)}
     else:
         weights = {"tag": clip.weights}
     return {
@@ -141,7 +135,7 @@ def proposal_source_key(
     """The cache key of a deterministic proposal generator (e.g. FreeSOLO): its weights, options and device type."""
     return {
         "source": source,
-        "weights": file_fingerprint(weights),
+        "weights": weights_identity(weights),
         "options": options,
         "device": torch.device(device).type,
         **_library_versions(),

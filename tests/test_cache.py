@@ -15,13 +15,13 @@ from globallocal.cache import (
     TextStore,
     VisualStore,
     clip_identity,
-    file_fingerprint,
     image_digest,
     proposals_digest,
 )
 from globallocal.errors import InputError
 from globallocal.methods.global_local import GlobalLocal, GlobalLocalSettings
 from globallocal.proposals import Proposals
+from globallocal.weights import weights_identity
 
 
 def _proposals(seed: int = 0, n: int = 5, height: int = 23, width: int = 31) -> Proposals:
@@ -119,21 +119,21 @@ def test_fingerprint_is_the_whole_content(tmp_path):
     data = bytearray(40 << 20)
     path = tmp_path / "weights.pt"
     path.write_bytes(bytes(data))
-    base = file_fingerprint(path)
+    base = weights_identity(path)
     assert base == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     copy = tmp_path / "elsewhere" / "renamed.pt"
     copy.parent.mkdir()
     shutil.copy(path, copy)
-    assert file_fingerprint(copy) == base  # content, not the path, identifies weights
+    assert weights_identity(copy) == base  # content, not the path, identifies weights
     data[20 << 20] = 1
     path.write_bytes(bytes(data))
-    assert file_fingerprint(path) != base
+    assert weights_identity(path) != base
 
 
 def test_keys_follow_what_decides_the_stored_values(tmp_path, tiny_vit, tiny_resnet, tiny_config_paths,
                                                     tiny_checkpoints):
     vit_identity = clip_identity(tiny_vit, str(tiny_config_paths["vit"]))
-    assert vit_identity["weights"] == {"file": file_fingerprint(tiny_checkpoints["vit"])}
+    assert vit_identity["weights"] == {"file": weights_identity(tiny_checkpoints["vit"])}
     assert vit_identity["device"] == "cpu" and vit_identity["dtype"] == "float32"
     base = FeatureCache(tmp_path, vit_identity, "vit", GlobalLocal(None, None, GlobalLocalSettings()))
 

@@ -164,7 +164,7 @@ def test_evaluate_tcl_without_proposals_records_settings_and_weights(cli, tmp_pa
     assert settings["window"] == "demo" and settings["pamr"] is False and settings["templates"] == "identity"
     assert settings["tcl_weights"]["file"] == str(tcl_checkpoint)
     assert settings["tcl_weights"]["size"] == tcl_checkpoint.stat().st_size
-    assert len(settings["tcl_weights"]["sha256_head_tail"]) == 64
+    assert len(settings["tcl_weights"]["sha256"]) == 64
 
     done = cli("evaluate", "--dataset", "refcoco", "--split", "val", "--data-root", refer.data_root,
                "--images", refer.images_dir, "--method", "tcl", "--proposals", "gt", *tiny)

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..cache import file_fingerprint
 from ..proposals import Proposals
 from ..tcl import PREPROCESSINGS, WINDOW_MODES, TCLHead, TCLModel, load_tcl_head, resolve_tcl_weights
 from ..text import ParsedPhrase, count_tokens
+from ..weights import weights_identity
 from . import MethodSpec
 from .base import ImageFeatures, Method, MethodSettings, SegmentResult, TextEncoder
 
@@ -139,7 +139,7 @@ class TCL(Method):
         super().__init__(clip, nlp, settings)
         self.model = TCLModel(clip, head)
         self.weights = weights or {}
-        """The checkpoint: {"file": path, "size", "sha256_head_tail"} (empty: a head given in memory)."""
+        """The checkpoint: {"file": path, "size", "sha256"} (empty: a head given in memory)."""
 
     def visual_identity(self) -> dict[str, Any]:
         # The image features depend on the head's weights, wherever the file lies.
@@ -196,7 +196,7 @@ def build_tcl(clip, nlp, settings: TCLSettings, weights: str | None = None) -> T
     """A TCL method on ``clip`` (OpenAI's ViT-B/16) with the released head (found or downloaded)."""
     path = resolve_tcl_weights(weights)
     head = load_tcl_head(path, clip)
-    return TCL(clip, nlp, settings, head, {"file": str(path), **file_fingerprint(path)})
+    return TCL(clip, nlp, settings, head, {"file": str(path), **weights_identity(path)})
 
 
 SPEC = MethodSpec(
