@@ -30,6 +30,7 @@ __all__ = [
 # name -> module defining SPEC; the first is the default.
 _MODULES = {
     "global-local": "globallocal.methods.global_local",
+    "hybridgl": "globallocal.methods.hybridgl",
 }
 DEFAULT_METHOD = "global-local"
 

@@ -230,13 +230,11 @@ def guidance_map(
 
 def region_means(guidance: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean of the map inside and outside each mask, (N,) each; NaN for an empty or full mask (0 / 0)."""
-    flat = masks.flatten(1).to(guidance.dtype)
     values = guidance.flatten()
-    inside_sum = flat @ values
-    inside_count = flat.sum(dim=1)
-    outside_sum = values.sum() - inside_sum
-    outside_count = values.numel() - inside_count
-    return inside_sum / inside_count, outside_sum / outside_count
+    inside = masks.flatten(1).to(guidance.dtype)
+    outside = 1 - inside
+    # Sums over each region directly (not the total minus the inside), so a full mask's outside is exactly 0 / 0.
+    return (inside @ values) / inside.sum(dim=1), (outside @ values) / outside.sum(dim=1)
 
 
 def gem_k(relation: str, big: float = 1.95, small: float = 1.5, other: float = 1.8) -> float:
@@ -269,3 +267,67 @@ def first_max(values: torch.Tensor, nan_wins: bool = True) -> int:
 def final_scores(rho: torch.Tensor, candidate_gem: torch.Tensor, relation_weight: float = 0.4) -> torch.Tensor:
     """final_k = w rho_k + (1 - w) gem_{top[k]}."""
     return relation_weight * rho + (1 - relation_weight) * candidate_gem
+
+
+# -- sections 6 to 9 on one sentence ------------------------------------------------------
+
+
+def clip_scores(unit_features: torch.Tensor, text: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:
+    """tau * cos(f_i, t) for L2-normalised visual features (N, D) and a raw text feature (D,)."""
+    return tau * (unit_features @ F.normalize(text, dim=-1))
+
+
+@dataclass(frozen=True)
+class Guided:
+    """One sentence's decision: the pure answer, the candidates and what decided among them."""
+
+    pure_index: int
+    candidates: torch.Tensor
+    """Top-K1 proposals by CLIP score, best first."""
+    relation: torch.Tensor
+    """rho per candidate."""
+    gem: torch.Tensor
+    """gem_i of every proposal."""
+    final: torch.Tensor
+    """The final score per candidate."""
+    index: int
+    """The answer: the candidate with the best final score."""
+
+
+def guided_answer(
+    scores: torch.Tensor,
+    negative_scores: torch.Tensor | None,
+    boxes: torch.Tensor,
+    inside: torch.Tensor,
+    outside: torch.Tensor,
+    relation: str,
+    *,
+    top_k: int,
+    negative_k: int,
+    relation_weight: float,
+    k: float,
+    within_guard: bool = False,
+    nan_wins: bool = True,
+) -> Guided:
+    """Sections 6 (pure answer, softmaxes), 7, 8 step 5 and 9 from a sentence's CLIP scores s (N,), its
+    other-noun scores s_neg (N,; None without other nouns), the XYWH boxes and the heat map's region means.
+    ``top_k`` and ``negative_k`` are K1 and K2, already capped at the number of proposals."""
+    p = torch.softmax(scores, dim=0)
+    candidates = top_indices(p, top_k)
+    if negative_scores is None:
+        partners, weights = candidates, p[candidates]
+    else:
+        q = torch.softmax(negative_scores, dim=0)
+        partners = top_indices(q, negative_k)
+        weights = q[partners]
+    rho = relation_scores(relation, p, candidates, partners, weights, boxes, within_guard)
+    gem = gem_scores(inside, outside, k)
+    final = final_scores(rho, gem[candidates], relation_weight)
+    return Guided(
+        pure_index=int(torch.argmax(scores)),
+        candidates=candidates,
+        relation=rho,
+        gem=gem,
+        final=final,
+        index=int(candidates[first_max(final, nan_wins)]),
+    )
