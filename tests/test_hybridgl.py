@@ -176,3 +176,26 @@ def test_sticky_topk_keeps_the_smallest_count_across_images(tiny_vit12, nlp, pho
     for sticky, expected in ((False, [2, 3]), (True, [2, 2])):
         method = _method(tiny_vit12, nlp, sticky_topk=sticky)
         assert [len(method.answer(image, parsed, encode)[0].candidates) for image in images] == expected
+
+
+@pytest.mark.parametrize("point", [{}, {"beta": 1.0, "relation_weight": 0.9, "gem_k_other": 1.2, "gem_k_big": 1.0}])
+def test_sweep_replay_picks_what_the_method_picks(tiny_vit12, nlp, photo, proposals, tensors, point):
+    from globallocal.methods.hybridgl_sweep import replay, sentence_quantities
+
+    method = _method(tiny_vit12, nlp, **point)
+    image = ImageFeatures(photo, proposals, tensors)
+    parsed = [parse_phrase(phrase, nlp) for phrase in PHRASES]
+    # One feature per string, as the text cache gives the run and the sweep.
+    strings = [string for item in parsed for string in method.text_strings(item)]
+    features = dict(zip(strings, encode_texts(strings, tiny_vit12)))
+    encode = lambda texts: torch.stack([features[text] for text in texts])  # noqa: E731
+    tau = tiny_vit12.model.logit_scale.exp()
+    paper = _method(tiny_vit12, nlp).settings
+    for item, result in zip(parsed, method.answer(image, parsed, encode)):
+        sentence = sentence_quantities(paper, tensors, proposals.masks, tau, features, item.expression,
+                                       result.noun_phrase, result.other_noun_phrases, result.direction,
+                                       result.relation_flag)
+        guided = replay(paper, tensors, sentence, tau, 3, 4, **point)
+        assert (guided.index, guided.pure_index, guided.candidates.tolist()) == (
+            result.index, result.pure_index, result.candidates)
+        torch.testing.assert_close(guided.final, result.final, equal_nan=True, rtol=0, atol=0)

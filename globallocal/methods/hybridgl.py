@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..gem import gem_heat_map, gem_input, gem_tokens
+from ..gem import gem_input, gem_tokens
 from ..proposals import Proposals
 from ..text import ParsedPhrase, count_tokens
 from . import MethodSpec
@@ -35,9 +35,8 @@ from .hybridgl_text import (
     analyse_text,
     clip_scores,
     gem_k,
-    guidance_map,
     guided_answer,
-    region_means,
+    heat_map_region_means,
 )
 from .hybridgl_visual import FUSION_MODES, blurred, clip_inputs, hybrid_features
 
@@ -262,15 +261,6 @@ class HybridGL(Method):
         tau = self.clip.model.logit_scale.exp().float()
         return [self._answer_one(item, masks, features, tokens, boxes, k1, k2, tau, encode) for item in parsed]
 
-    def heat_map_means(self, tokens: torch.Tensor, gem_text: torch.Tensor, masks: torch.Tensor,
-                       direction: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Section 8 steps 1-4 and step 5's region means, from GEM's tokens and the raw GEM prompt feature."""
-        s = self.settings
-        heat = gem_heat_map(tokens, F.normalize(gem_text, dim=-1), size=s.gem_size)
-        guidance = guidance_map(heat, masks.shape[1], masks.shape[2], direction, double_minmax=s.double_minmax,
-                                vertical=s.vertical_masks)
-        return region_means(guidance, masks)
-
     def _answer_one(self, item: ParsedPhrase, masks: torch.Tensor, features: torch.Tensor, tokens: torch.Tensor,
                     boxes: torch.Tensor, k1: int, k2: int, tau: torch.Tensor, encode: TextEncoder) -> HybridGLResult:
         s = self.settings
@@ -283,7 +273,8 @@ class HybridGL(Method):
             negatives = encode(self.negative_prompts(analysis)).to(device)
             negative_scores = clip_scores(features, negatives.sum(dim=0) / len(negatives), tau)
         gem_text = encode([self.gem_prompt(analysis)]).to(device)[0]
-        inside, outside = self.heat_map_means(tokens, gem_text, masks, analysis.direction)
+        inside, outside = heat_map_region_means(tokens, gem_text, masks, analysis.direction, gem_size=s.gem_size,
+                                                double_minmax=s.double_minmax, vertical=s.vertical_masks)
         guided = guided_answer(
             scores, negative_scores, boxes, inside, outside, analysis.relation, top_k=k1, negative_k=k2,
             relation_weight=s.relation_weight, k=gem_k(analysis.relation, s.gem_k_big, s.gem_k_small, s.gem_k_other),

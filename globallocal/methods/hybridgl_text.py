@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from spacy.tokens import Doc
 
+from ..gem import gem_heat_map
 from ..text import noun_phrase_of
 
 # -- section 5: word lists ---------------------------------------------------------
@@ -235,6 +236,24 @@ def region_means(guidance: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Ten
     outside = 1 - inside
     # Sums over each region directly (not the total minus the inside), so a full mask's outside is exactly 0 / 0.
     return (inside @ values) / inside.sum(dim=1), (outside @ values) / outside.sum(dim=1)
+
+
+def heat_map_region_means(
+    tokens: torch.Tensor,
+    gem_text: torch.Tensor,
+    masks: torch.Tensor,
+    direction: str,
+    *,
+    gem_size: int = 448,
+    double_minmax: bool = True,
+    vertical: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Section 8 from GEM's patch tokens and the raw GEM prompt feature: the heat map, steps 1-4, and
+    step 5's region means of every mask (N, H, W)."""
+    heat = gem_heat_map(tokens, F.normalize(gem_text, dim=-1), size=gem_size)
+    guidance = guidance_map(heat, masks.shape[1], masks.shape[2], direction, double_minmax=double_minmax,
+                            vertical=vertical)
+    return region_means(guidance, masks)
 
 
 def gem_k(relation: str, big: float = 1.95, small: float = 1.5, other: float = 1.8) -> float:
