@@ -31,7 +31,14 @@ CLIP_WEIGHTS_HELP = (
     "'openai' (downloaded through the Hugging Face hub and cached), another open_clip pretrained tag "
     "(e.g. laion2b_s34b_b79k), or a path to a local open_clip checkpoint."
 )
-PRESET_HELP = "paper-refcoco | paper-refcoco+ | paper-refcocog (alpha 0.85) | paper (= paper-refcoco) | no-quirks."
+PRESET_HELP = (
+    "Named settings of the method (default: its paper preset; for evaluate the dataset's). global-local: "
+    "paper-refcoco | paper-refcoco+ | paper-refcocog (alpha 0.85) | paper (= paper-refcoco) | no-quirks."
+)
+METHOD_HELP = (
+    "Scoring method: global-local (Yu et al., CVPR 2023; the default), hybridgl (Liu and Li, CVPR 2025) "
+    "or tcl (Cha et al., CVPR 2023), where installed."
+)
 
 
 @app.callback()
@@ -55,8 +62,15 @@ def _check_output(path: Path) -> None:
         raise InputError(f"output {path} must end in .png (masks, overlays) or .json (scores)")
 
 
-ProposalsOpt = Annotated[str, typer.Option(
-    "--proposals", help="Mask proposal source: freesolo (the paper's), sam2 (SAM 2.1) or sam (original SAM).")]
+def _setting_overrides(**values) -> dict:
+    """The method settings given on the command line (options left out are None and not passed)."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+ProposalsOpt = Annotated[str | None, typer.Option(
+    "--proposals", help="Mask proposal source: freesolo (the paper's), sam2 (SAM 2.1) or sam (original SAM). "
+    "Default: the method's (freesolo for global-local).")]
+MethodOpt = Annotated[str, typer.Option("--method", help=METHOD_HELP)]
 FreeSOLOWeightsOpt = Annotated[Path | None, typer.Option(
     help="FreeSOLO checkpoint (default: freesolo_weights/FreeSOLO_R101_30k_pl.pth, downloaded when absent).")]
 ScoreThresholdOpt = Annotated[float | None, typer.Option(
@@ -152,9 +166,11 @@ def segment(
     json_path: Path | None = typer.Option(
         None, "--json", help="Also write scores, noun phrase and chosen index of every phrase (JSON)."
     ),
-    clip_model: str = typer.Option("ViT-B-32", help=CLIP_MODEL_HELP),
+    method: MethodOpt = "global-local",
+    clip_model: str | None = typer.Option(None, help="Default: the method's (ViT-B-32 for global-local). "
+                                          + CLIP_MODEL_HELP),
     clip_weights: str = typer.Option("openai", help=CLIP_WEIGHTS_HELP),
-    preset: str = typer.Option("paper-refcoco", help=PRESET_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
     alpha: float | None = typer.Option(
         None, help="Global-context weight of the visual feature (default: the preset's, 0.95 or 0.85)."
     ),
@@ -177,7 +193,7 @@ def segment(
         False, help="Score a phrase in which spaCy finds no noun (e.g. 'far right') instead of refusing it; "
         "the whole phrase then stands in for the noun phrase, as in the reference."
     ),
-    proposals: ProposalsOpt = "freesolo",
+    proposals: ProposalsOpt = None,
     freesolo_weights: FreeSOLOWeightsOpt = None,
     score_threshold: ScoreThresholdOpt = None,
     max_proposals: MaxProposalsOpt = None,
@@ -199,7 +215,7 @@ def segment(
     """
     from globallocal.images import load_image, save_mask_png, save_png, save_text
     from globallocal.images import overlay as draw_overlay
-    from globallocal.presets import get_preset
+    from globallocal.methods import get_method
     from globallocal.proposals.files import load_proposals
     from globallocal.segmenter import Segmenter
     from globallocal.text import parse_phrase
@@ -213,16 +229,19 @@ def segment(
     overlays = [_numbered(overlay, i, len(phrases)) for i in range(len(phrases))] if overlay else []
     for path in [*outputs, *overlays, *([json_path] if json_path else [])]:
         _check_output(path)
-    settings = get_preset(preset).with_overrides(
+    spec = get_method(method)
+    overrides = _setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
     )
+    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    proposals = proposals or spec.default_proposals
     picture = load_image(image)
     source = ProposalArgs.from_arguments(locals())
     candidates = load_proposals(masks, (picture.height, picture.width)) if masks else None
 
     segmenter = Segmenter.from_pretrained(
         clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
-        **settings.to_dict(),
+        method=method, **overrides,
     )
     for phrase in phrases:
         if not allow_no_noun and not parse_phrase(phrase, segmenter.nlp).has_noun:
@@ -230,11 +249,12 @@ def segment(
                 f"no noun found in the phrase {phrase!r}; name the object (e.g. \"the red car\") "
                 "or pass --allow-no-noun"
             )
-    if candidates is None:
+    if candidates is None and segmenter.method.uses_proposals:
         generator = source.build(device)
         with stderr.status(f"{proposals} proposals..."):
             candidates = generator.generate(picture)
-    with stderr.status(f"scoring {len(candidates)} proposals..."):
+    what = f"scoring {len(candidates)} proposals" if candidates is not None else f"{method} masks"
+    with stderr.status(f"{what}..."):
         segmenter.set_image(picture, candidates)
         results = segmenter.predict_many(phrases)
 
@@ -248,28 +268,19 @@ def segment(
             "image_size": [picture.height, picture.width],
             "clip_model": segmenter.clip.name,
             "clip_weights": segmenter.clip.weights,
+            "method": segmenter.method.name,
             "settings": segmenter.settings.to_dict(),
-            "proposals": len(candidates),
-            "results": [
-                {
-                    "phrase": r.phrase,
-                    "expression": r.expression,
-                    "noun_phrase": r.noun_phrase,
-                    "index": r.index,
-                    "score": r.score,
-                    "scores": [round(float(s), 6) for s in r.scores],
-                    "truncated": r.truncated,
-                    "mask": str(path),
-                }
-                for r, path in zip(results, outputs)
-            ],
+            "proposals": len(candidates) if candidates is not None else None,
+            "results": [{**r.to_json(), "mask": str(path)} for r, path in zip(results, outputs)],
         }
         save_text(json.dumps(report, indent=1) + "\n", json_path)
     for result, path in zip(results, outputs):
-        stderr.print(
-            f"{result.phrase!r} -> proposal {result.index} of {len(candidates)} "
-            f"(score {result.score:.4f}, noun phrase {result.noun_phrase!r}): {path}"
+        answer = (
+            f"proposal {result.index} of {len(candidates)} (score {result.score:.4f}, "
+            if result.index is not None and candidates is not None
+            else f"{int(result.mask.sum())} pixels ("
         )
+        stderr.print(f"{result.phrase!r} -> {answer}noun phrase {result.noun_phrase!r}): {path}")
 
 
 @app.command()
@@ -322,11 +333,13 @@ def evaluate(
     data_root: Path = typer.Option(..., help="REFER root holding DATASET/refs(SPLIT_BY).p and instances.json."),
     images: Path = typer.Option(..., help="COCO train2014 image folder."),
     split_by: str | None = typer.Option(None, help="unc (refcoco, refcoco+), umd or google (refcocog)."),
-    proposals: str = typer.Option(
-        "freesolo", help="freesolo (the paper's), sam2, sam, or gt (ground-truth instance masks: the oracle)."
+    method: MethodOpt = "global-local",
+    proposals: str | None = typer.Option(
+        None, help="freesolo (the paper's), sam2, sam, or gt (ground-truth instance masks: the oracle). "
+        "Default: the method's."
     ),
     out: Path | None = typer.Option(
-        None, help="Run folder for records.jsonl and the report (default: runs/DATASET_SPLIT_MODEL_PROPOSALS). "
+        None, help="Run folder for records.jsonl and the report (default: runs/DATASET_SPLIT_METHOD_MODEL_PROPOSALS). "
         "Running the same command again resumes it."
     ),
     limit: int | None = typer.Option(None, help="Evaluate only the first N images of the split."),
@@ -334,9 +347,9 @@ def evaluate(
     overlap: str = typer.Option(
         "paper", help="Ground truth of multi-part polygons: paper (pixels covered exactly once) or union."
     ),
-    clip_model: str = typer.Option("ViT-B-32", help=CLIP_MODEL_HELP),
+    clip_model: str | None = typer.Option(None, help="Default: the method's. " + CLIP_MODEL_HELP),
     clip_weights: str = typer.Option("openai", help=CLIP_WEIGHTS_HELP),
-    preset: str | None = typer.Option(None, help="Default: the dataset's paper preset. " + PRESET_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
     alpha: float | None = typer.Option(None, help="Global-context weight of the visual feature."),
     beta: float | None = typer.Option(None, help="Whole-expression weight of the text feature."),
     masked_blocks: int | None = typer.Option(None, help="ViT: number of last blocks with masked tokens."),
@@ -376,25 +389,34 @@ def evaluate(
     from globallocal.cache import FeatureCache
     from globallocal.distributed import distributed_session
     from globallocal.evaluate import EvaluationConfig, format_report_table, run_evaluation
-    from globallocal.presets import paper_preset_for
+    from globallocal.methods import get_method
     from globallocal.segmenter import Segmenter
     from globallocal.text import parser_label
 
-    if proposals not in ("freesolo", "sam2", "sam", "gt"):
+    spec = get_method(method)
+    proposals = proposals or spec.default_proposals
+    if proposals not in ("freesolo", "sam2", "sam", "gt", None):
         raise InputError(f"unknown --proposals '{proposals}'; use freesolo, sam2, sam or gt")
-    preset = preset or paper_preset_for(dataset)
+    preset = preset or spec.preset_for(dataset)
+    overrides = _setting_overrides(
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
+    )
+    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    clip_model = clip_model or spec.default_clip_model
     model_tag = Path(clip_model).stem if clip_model.endswith(".json") else clip_model
-    out = out or Path("runs") / f"{dataset}_{split}_{model_tag}_{proposals}"
+    out = out or Path("runs") / f"{dataset}_{split}_{method}_{model_tag}_{proposals or 'none'}"
     source_args = ProposalArgs.from_arguments(locals())
     with distributed_session(device) as place:
         local_device = place.device(device)
         segmenter = Segmenter.from_pretrained(
             clip_model, clip_weights, preset, device=local_device, precision=precision, spacy_model=spacy_model,
-            alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
+            method=method, **overrides,
         )
         proposal_key, proposal_settings = None, {}
         if proposals == "gt":
             source = "gt"
+        elif proposals is None:
+            source = None
         else:
             from globallocal.proposals.sources import proposal_cache_key
 
@@ -409,7 +431,7 @@ def evaluate(
             "clip_model": clip_model,
             "clip_weights": clip_weights,
             "preset": preset,
-            **segmenter.settings.to_dict(),
+            **segmenter.method.describe(),
             "parser": parser_label(segmenter.nlp),
             "proposals": proposals,
             **proposal_settings,

@@ -4,7 +4,8 @@ Layout under the cache root::
 
     visual-<key>/identity.json              what <key> was made from
     visual-<key>/<image_id>-<digest>.npz     one image: proposals (RLE masks, boxes, scores,
-                                             areas) and the unblended global and local features
+                                             areas) and the method's image features (named tensors,
+                                             e.g. Global-Local's unblended global and local features)
     text-<key>/identity.json
     text-<key>/<ab>/<sha256 of the text>.npz raw text features of one string
 
@@ -16,11 +17,12 @@ as is:
   content: moving or copying it keeps the cache valid), precision, device type
   and the torch / open_clip versions (kernels change the last bits between
   versions and devices, and cached and fresh runs must agree exactly);
-- visual settings (visual key only): clip_normalization, antialias,
-  crop_fill, crop_box, short_side, masked_blocks, and chunk_size (the crop
-  batch size, which can change the last bits of the local features). Not alpha,
-  beta or feature_norm: they are applied when scoring, so one cache serves
-  every value of them;
+- the method and its visual settings (visual key only: the settings the image
+  features depend on, :attr:`Method.visual_settings`; for Global-Local
+  clip_normalization, antialias, crop_fill, crop_box, short_side,
+  masked_blocks, and chunk_size, the crop batch size, which can change the
+  last bits of the local features). Not alpha, beta or feature_norm: they are
+  applied when scoring, so one cache serves every value of them;
 - per image: the decoded pixels, and either the proposal source's key (a
   deterministic, expensive source such as FreeSOLO, whose proposals are then
   cached too) or, for a source without one, the proposals' content (the
@@ -53,14 +55,13 @@ from pycocotools import mask as coco_mask
 from .clip_models import ClipBundle
 from .errors import InputError
 from .images import save_text
-from .presets import Settings
 from .proposals import Proposals
 
 if TYPE_CHECKING:
+    from .methods import Method
     from .segmenter import Segmenter
 
 __all__ = [
-    "VISUAL_SETTINGS",
     "FeatureCache",
     "ImageEntry",
     "TextStore",
@@ -72,18 +73,11 @@ __all__ = [
     "proposals_digest",
 ]
 
-# Bumped when an entry's layout or meaning changes; part of every key.
-_FORMAT = 1
+# Bumped when an entry's layout or meaning changes; part of every key. 2: named tensors of any method.
+_FORMAT = 2
 
-VISUAL_SETTINGS = (
-    "clip_normalization",
-    "antialias",
-    "crop_fill",
-    "crop_box",
-    "short_side",
-    "masked_blocks",
-    "chunk_size",
-)
+# Stored arrays holding the method's tensors are named with this prefix.
+_TENSOR_PREFIX = "tensor_"
 
 IDENTITY_FILE = "identity.json"
 
@@ -214,15 +208,14 @@ def _decode_masks(counts: list[bytes], height: int, width: int) -> torch.Tensor:
 
 @dataclass
 class ImageEntry:
-    """One image's cached proposals and unblended visual features (float32, CPU)."""
+    """One image's cached proposals and the method's image features (float32, CPU)."""
 
     image_size: tuple[int, int]
     rle_counts: list[bytes]
     boxes: torch.Tensor
     scores: torch.Tensor
     areas: np.ndarray
-    global_features: torch.Tensor
-    local_features: torch.Tensor
+    tensors: dict[str, torch.Tensor]
 
     def proposals(self) -> Proposals:
         """The proposals, masks decoded."""
@@ -248,7 +241,9 @@ class VisualStore:
             lengths = data["rle_lengths"].astype(np.int64)
             blob = data["rle"].tobytes()
             n = len(lengths)
-            global_features, local_features = data["global_features"], data["local_features"]
+            tensors = {
+                key.removeprefix(_TENSOR_PREFIX): value for key, value in data.items() if key.startswith(_TENSOR_PREFIX)
+            }
             consistent = (
                 height > 0
                 and width > 0
@@ -256,10 +251,7 @@ class VisualStore:
                 and data["boxes"].shape == (n, 4)
                 and data["scores"].shape == (n,)
                 and data["areas"].shape == (n,)
-                and global_features.ndim == 2
-                and global_features.shape[0] == n
-                and local_features.shape == global_features.shape
-                and global_features.dtype == local_features.dtype == np.float32
+                and all(value.dtype == np.float32 for value in tensors.values())
             )
         except (KeyError, ValueError, TypeError):
             return None
@@ -273,13 +265,10 @@ class VisualStore:
             boxes=torch.from_numpy(data["boxes"]),
             scores=torch.from_numpy(data["scores"]),
             areas=data["areas"].astype(np.int64),
-            global_features=torch.from_numpy(global_features),
-            local_features=torch.from_numpy(local_features),
+            tensors={key: torch.from_numpy(value) for key, value in tensors.items()},
         )
 
-    def save(
-        self, name: str, proposals: Proposals, global_features: torch.Tensor, local_features: torch.Tensor
-    ) -> None:
+    def save(self, name: str, proposals: Proposals, tensors: dict[str, torch.Tensor]) -> None:
         counts = _encode_masks(proposals.masks)
         _write_npz(
             self.path(name),
@@ -290,8 +279,10 @@ class VisualStore:
                 "boxes": proposals.boxes.numpy(),
                 "scores": proposals.scores.numpy(),
                 "areas": proposals.masks.flatten(1).sum(dim=1).numpy().astype(np.int64),
-                "global_features": global_features.detach().float().cpu().numpy(),
-                "local_features": local_features.detach().float().cpu().numpy(),
+                **{
+                    _TENSOR_PREFIX + key: value.detach().float().cpu().numpy()
+                    for key, value in tensors.items()
+                },
             },
         )
 
@@ -333,9 +324,9 @@ class TextStore:
 
 
 class FeatureCache:
-    """The cache folders of one CLIP model and visual settings (see the module docstring)."""
+    """The cache folders of one CLIP model and the visual settings of one method (see the module docstring)."""
 
-    def __init__(self, root: str | os.PathLike[str], clip: dict[str, Any], family: str, settings: Settings) -> None:
+    def __init__(self, root: str | os.PathLike[str], clip: dict[str, Any], family: str, method: Method) -> None:
         self.root = Path(root).expanduser().resolve()
         self.family = family
         self.text_identity = {"format": _FORMAT, "clip": clip}
@@ -343,7 +334,7 @@ class FeatureCache:
             "format": _FORMAT,
             "clip": clip,
             "family": family,
-            "settings": {name: getattr(settings, name) for name in VISUAL_SETTINGS},
+            "settings": method.visual_identity(),
         }
         self.visual = VisualStore(self.root / f"visual-{_digest(self.visual_identity)[:16]}")
         self.text = TextStore(self.root / f"text-{_digest(self.text_identity)[:16]}")
@@ -351,7 +342,7 @@ class FeatureCache:
     @classmethod
     def for_segmenter(cls, root: str | os.PathLike[str], segmenter: Segmenter, clip_model: str) -> FeatureCache:
         """The cache of a :class:`~globallocal.Segmenter`; ``clip_model`` is the name or config file it loaded."""
-        return cls(root, clip_identity(segmenter.clip, clip_model), segmenter.clip.family, segmenter.settings)
+        return cls(root, clip_identity(segmenter.clip, clip_model), segmenter.clip.family, segmenter.method)
 
     def prepare(self) -> None:
         """Create the folders and their identity.json (what the key in the folder name was made from)."""

@@ -16,6 +16,7 @@ from ..errors import InputError
 from .base import ImageFeatures, Method, MethodSettings, SegmentResult, TextEncoder
 
 __all__ = [
+    "DEFAULT_METHOD",
     "ImageFeatures",
     "Method",
     "MethodSettings",
