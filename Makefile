@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/proposals.py
+	$(BIN)/python bench/methods.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache *.egg-info

@@ -100,9 +100,16 @@ SamModelOpt = Annotated[str | None, typer.Option(
     "sam: vit_h (default), vit_l or vit_b.")]
 SamWeightsOpt = Annotated[Path | None, typer.Option(
     help="SAM checkpoint file (sam: default sam_weights/sam_vit_h_4b8939.pth etc.; sam2: default the hub).")]
-SamSettingsOpt = Annotated[str, typer.Option(
+SamSettingsOpt = Annotated[str | None, typer.Option(
     help="Named SAM generator settings: paper-later (8 points per side, IoU and stability thresholds 0.7, "
-    "min area 800: what later zero-shot papers used), sam-default or sam2-default.")]
+    "min area 800: what later zero-shot papers used), hybridgl (the same, HybridGL's RefCOCO column), "
+    "hybridgl-phrasecut (HybridGL's PhraseCut column), sam-default or sam2-default. "
+    "Default: the method's (hybridgl for hybridgl), else paper-later.")]
+FusionModeOpt = Annotated[str | None, typer.Option(
+    help="hybridgl: how the global and local streams meet in the last blocks: G2L (the default), L2G or G2L&L2G.")]
+StickyTopkOpt = Annotated[bool | None, typer.Option(
+    "--sticky-topk/--no-sticky-topk", help="hybridgl: the authors' split loop (Q-sticky-k): K1, K2 never rise "
+    "again after an image with few proposals (default: the preset's, off).")]
 PointsPerSideOpt = Annotated[int | None, typer.Option(help="SAM: point grid per image side (settings').")]
 PredIouOpt = Annotated[float | None, typer.Option(help="SAM: predicted-IoU threshold (settings').")]
 StabilityOpt = Annotated[float | None, typer.Option(help="SAM: stability-score threshold (settings').")]
@@ -140,7 +147,7 @@ class ProposalArgs:
     short_side: int | None = None
     sam_model: str | None = None
     sam_weights: Path | None = None
-    sam_settings: str = "paper-later"
+    sam_settings: str | None = None
     points_per_side: int | None = None
     pred_iou_thresh: float | None = None
     stability_thresh: float | None = None
@@ -176,8 +183,9 @@ class ProposalArgs:
             "box_nms_thresh": self.box_nms_thresh, "crop_n_layers": self.crop_layers,
         }
         return build_proposal_generator(
-            self.kind, model=self.sam_model, weights=self.weights, settings=self.sam_settings,
-            max_proposals=self.max_proposals, device=device, **options,
+            self.kind, model=self.sam_model, weights=self.weights, max_proposals=self.max_proposals, device=device,
+            # None: the proposal source's own default settings.
+            **({"settings": self.sam_settings} if self.sam_settings else {}), **options,
         )
 
     def settings(self, generator) -> dict:
@@ -216,6 +224,7 @@ def segment(
     masked_blocks: int | None = typer.Option(
         None, help="ViT: number of last blocks with masked tokens (default: the preset's, 3)."
     ),
+    fusion_mode: FusionModeOpt = None,
     chunk_size: int | None = typer.Option(
         None, help="Masked crops per image-tower batch, which bounds memory (default: 8 on the CPU, 64 on CUDA)."
     ),
@@ -237,7 +246,7 @@ def segment(
     short_side: ShortSideOpt = None,
     sam_model: SamModelOpt = None,
     sam_weights: SamWeightsOpt = None,
-    sam_settings: SamSettingsOpt = "paper-later",
+    sam_settings: SamSettingsOpt = None,
     points_per_side: PointsPerSideOpt = None,
     pred_iou_thresh: PredIouOpt = None,
     stability_thresh: StabilityOpt = None,
@@ -285,9 +294,11 @@ def segment(
     tcl = TCLOptions(tcl_window, tcl_pamr, tcl_templates, tcl_kp_weight, tcl_threshold, tcl_weights, tcl_weight)
     tcl.check(spec)
     overrides = _setting_overrides(
-        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
+        fusion_mode=fusion_mode,
     ) | tcl.method_overrides(method)
     proposals = proposals or spec.default_proposals
+    sam_settings = sam_settings or spec.default_proposal_settings
     source = ProposalArgs.from_arguments(locals())
     _check_applicable(spec, overrides, source, masks)
     spec.settings(preset, **overrides)  # bad settings fail before any model loads
@@ -355,7 +366,7 @@ def proposals(
     short_side: ShortSideOpt = None,
     sam_model: SamModelOpt = None,
     sam_weights: SamWeightsOpt = None,
-    sam_settings: SamSettingsOpt = "paper-later",
+    sam_settings: SamSettingsOpt = None,
     points_per_side: PointsPerSideOpt = None,
     pred_iou_thresh: PredIouOpt = None,
     stability_thresh: StabilityOpt = None,
@@ -413,6 +424,8 @@ def evaluate(
     alpha: float | None = typer.Option(None, help="Global-context weight of the visual feature."),
     beta: float | None = typer.Option(None, help="Whole-expression weight of the text feature."),
     masked_blocks: int | None = typer.Option(None, help="ViT: number of last blocks with masked tokens."),
+    fusion_mode: FusionModeOpt = None,
+    sticky_topk: StickyTopkOpt = None,
     chunk_size: int | None = typer.Option(
         None, help="Masked crops per image-tower batch, which bounds memory (default: 8 on the CPU, 64 on CUDA)."
     ),
@@ -426,7 +439,7 @@ def evaluate(
     short_side: ShortSideOpt = None,
     sam_model: SamModelOpt = None,
     sam_weights: SamWeightsOpt = None,
-    sam_settings: SamSettingsOpt = "paper-later",
+    sam_settings: SamSettingsOpt = None,
     points_per_side: PointsPerSideOpt = None,
     pred_iou_thresh: PredIouOpt = None,
     stability_thresh: StabilityOpt = None,
@@ -468,8 +481,10 @@ def evaluate(
     if proposals not in ("freesolo", "sam2", "sam", "gt", None):
         raise InputError(f"unknown --proposals '{proposals}'; use freesolo, sam2, sam or gt")
     preset = preset or spec.preset_for(dataset)
+    sam_settings = sam_settings or spec.default_proposal_settings
     overrides = _setting_overrides(
-        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
+        fusion_mode=fusion_mode, sticky_topk=sticky_topk,
     ) | tcl.method_overrides(method)
     source_args = ProposalArgs.from_arguments(locals())
     _check_applicable(spec, overrides, source_args)
