@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from globallocal.errors import GlobalLocalError, InputError
 
@@ -32,7 +33,14 @@ CLIP_WEIGHTS_HELP = (
     "'openai' (downloaded through the Hugging Face hub and cached), another open_clip pretrained tag "
     "(e.g. laion2b_s34b_b79k), or a path to a local open_clip checkpoint."
 )
-PRESET_HELP = "paper-refcoco | paper-refcoco+ | paper-refcocog (alpha 0.85) | paper (= paper-refcoco) | no-quirks."
+PRESET_HELP = (
+    "Named settings of the method (default: its paper preset; for evaluate the dataset's). global-local: "
+    "paper-refcoco | paper-refcoco+ | paper-refcocog (alpha 0.85) | paper (= paper-refcoco) | no-quirks."
+)
+METHOD_HELP = (
+    "Scoring method: global-local (Yu et al., CVPR 2023; the default), hybridgl (Liu and Li, CVPR 2025) "
+    "or tcl (Cha et al., CVPR 2023), where installed."
+)
 
 
 @app.callback()
@@ -56,8 +64,27 @@ def _check_output(path: Path) -> None:
         raise InputError(f"output {path} must end in .png (masks, overlays) or .json (scores)")
 
 
-ProposalsOpt = Annotated[str, typer.Option(
-    "--proposals", help="Mask proposal source: freesolo (the paper's), sam2 (SAM 2.1) or sam (original SAM).")]
+def _setting_overrides(**values) -> dict:
+    """The method settings given on the command line (options left out are None and not passed)."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _check_applicable(spec, overrides: dict, source: ProposalArgs, masks: Path | None = None) -> None:
+    """Refuse, naming it, an option the method does not use: a setting it lacks, proposals it does not take."""
+    known = {field.name for field in fields(spec.settings())}
+    for name in overrides:
+        if name not in known:
+            raise InputError(f"--{name.replace('_', '-')} does not apply to --method {spec.name}")
+    if not spec.method_class.uses_proposals:
+        given = [*source.given(), *(["--masks"] if masks is not None else [])]
+        if given:
+            raise InputError(f"{given[0]} does not apply to --method {spec.name}: it draws its own mask")
+
+
+ProposalsOpt = Annotated[str | None, typer.Option(
+    "--proposals", help="Mask proposal source: freesolo (the paper's), sam2 (SAM 2.1) or sam (original SAM). "
+    "Default: the method's (freesolo for global-local).")]
+MethodOpt = Annotated[str, typer.Option("--method", help=METHOD_HELP)]
 FreeSOLOWeightsOpt = Annotated[Path | None, typer.Option(
     help="FreeSOLO checkpoint (default: freesolo_weights/FreeSOLO_R101_30k_pl.pth, downloaded when absent).")]
 ScoreThresholdOpt = Annotated[float | None, typer.Option(
@@ -73,15 +100,39 @@ SamModelOpt = Annotated[str | None, typer.Option(
     "sam: vit_h (default), vit_l or vit_b.")]
 SamWeightsOpt = Annotated[Path | None, typer.Option(
     help="SAM checkpoint file (sam: default sam_weights/sam_vit_h_4b8939.pth etc.; sam2: default the hub).")]
-SamSettingsOpt = Annotated[str, typer.Option(
+SamSettingsOpt = Annotated[str | None, typer.Option(
     help="Named SAM generator settings: paper-later (8 points per side, IoU and stability thresholds 0.7, "
-    "min area 800: what later zero-shot papers used), sam-default or sam2-default.")]
+    "min area 800: what later zero-shot papers used), hybridgl (the same, HybridGL's RefCOCO column), "
+    "hybridgl-phrasecut (HybridGL's PhraseCut column), sam-default or sam2-default. "
+    "Default: the method's (hybridgl for hybridgl), else paper-later.")]
+FusionModeOpt = Annotated[str | None, typer.Option(
+    help="hybridgl: how the global and local streams meet in the last blocks: G2L (the default), L2G or G2L&L2G.")]
+StickyTopkOpt = Annotated[bool | None, typer.Option(
+    "--sticky-topk/--no-sticky-topk", help="hybridgl: the authors' split loop (Q-sticky-k): K1, K2 never rise "
+    "again after an image with few proposals (default: the preset's, off).")]
 PointsPerSideOpt = Annotated[int | None, typer.Option(help="SAM: point grid per image side (settings').")]
 PredIouOpt = Annotated[float | None, typer.Option(help="SAM: predicted-IoU threshold (settings').")]
 StabilityOpt = Annotated[float | None, typer.Option(help="SAM: stability-score threshold (settings').")]
 MinRegionAreaOpt = Annotated[int | None, typer.Option(help="SAM: remove regions and holes below this area.")]
 BoxNmsOpt = Annotated[float | None, typer.Option(help="SAM: box NMS IoU threshold (settings').")]
 CropLayersOpt = Annotated[int | None, typer.Option(help="SAM: extra crop layers (settings').")]
+TCLWindowOpt = Annotated[str | None, typer.Option(
+    "--tcl-window", help="TCL: slide (448 windows, stride 224; default), whole (one window) or demo (the "
+    "authors' notebook: short side 224).")]
+TCLPamrOpt = Annotated[bool | None, typer.Option(
+    "--tcl-pamr/--no-tcl-pamr", help="TCL: refine the masks with PAMR (default on).", show_default=False)]
+TCLTemplatesOpt = Annotated[str | None, typer.Option(
+    "--tcl-templates", help="TCL: identity (the phrase as typed; default) or custom (TCL's 9 templates).")]
+TCLKpWeightOpt = Annotated[float | None, typer.Option(
+    "--tcl-kp-weight", help="TCL: weight of the KP branch (default 0.3; 0 switches it off).")]
+TCLThresholdOpt = Annotated[float | None, typer.Option(
+    "--tcl-threshold", help="--method tcl: the answer is soft mask > this (default 0.4 with PAMR, 0.5 without).")]
+TCLWeightsOpt = Annotated[Path | None, typer.Option(
+    "--tcl-weights", help="TCL checkpoint (default: $GLOBALLOCAL_TCL_WEIGHTS, else tcl_weights/tcl.pth, "
+    "downloaded when absent).")]
+TCLWeightOpt = Annotated[float | None, typer.Option(
+    "--tcl-weight", help="Blend TCL's proposal score into a proposal method's: (1 - LAMBDA) z(method) + "
+    "LAMBDA z(TCL); 0 gives exactly the method's answer.", metavar="LAMBDA")]
 
 
 @dataclass
@@ -96,7 +147,7 @@ class ProposalArgs:
     short_side: int | None = None
     sam_model: str | None = None
     sam_weights: Path | None = None
-    sam_settings: str = "paper-later"
+    sam_settings: str | None = None
     points_per_side: int | None = None
     pred_iou_thresh: float | None = None
     stability_thresh: float | None = None
@@ -114,6 +165,11 @@ class ProposalArgs:
     def weights(self) -> Path | None:
         return self.freesolo_weights if self.kind == "freesolo" else self.sam_weights
 
+    def given(self) -> list[str]:
+        """The flags of the options given (changed from their defaults); --proposals when a kind is set."""
+        changed = [f for f in fields(self) if f.name != "kind" and getattr(self, f.name) != f.default]
+        return [*(["--proposals"] if self.kind else []), *(f"--{f.name.replace('_', '-')}" for f in changed)]
+
     def build(self, device: str):
         from globallocal.proposals.sources import build_proposal_generator
 
@@ -127,8 +183,9 @@ class ProposalArgs:
             "box_nms_thresh": self.box_nms_thresh, "crop_n_layers": self.crop_layers,
         }
         return build_proposal_generator(
-            self.kind, model=self.sam_model, weights=self.weights, settings=self.sam_settings,
-            max_proposals=self.max_proposals, device=device, **options,
+            self.kind, model=self.sam_model, weights=self.weights, max_proposals=self.max_proposals, device=device,
+            # None: the proposal source's own default settings.
+            **({"settings": self.sam_settings} if self.sam_settings else {}), **options,
         )
 
     def settings(self, generator) -> dict:
@@ -153,9 +210,11 @@ def segment(
     json_path: Path | None = typer.Option(
         None, "--json", help="Also write scores, noun phrase and chosen index of every phrase (JSON)."
     ),
-    clip_model: str = typer.Option("ViT-B-32", help=CLIP_MODEL_HELP),
+    method: MethodOpt = "global-local",
+    clip_model: str | None = typer.Option(None, help="Default: the method's (ViT-B-32 for global-local). "
+                                          + CLIP_MODEL_HELP),
     clip_weights: str = typer.Option("openai", help=CLIP_WEIGHTS_HELP),
-    preset: str = typer.Option("paper-refcoco", help=PRESET_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
     alpha: float | None = typer.Option(
         None, help="Global-context weight of the visual feature (default: the preset's, 0.95 or 0.85)."
     ),
@@ -165,6 +224,7 @@ def segment(
     masked_blocks: int | None = typer.Option(
         None, help="ViT: number of last blocks with masked tokens (default: the preset's, 3)."
     ),
+    fusion_mode: FusionModeOpt = None,
     chunk_size: int | None = typer.Option(
         None, help="Masked crops per image-tower batch, which bounds memory (default: 8 on the CPU, 64 on CUDA)."
     ),
@@ -178,7 +238,7 @@ def segment(
         False, help="Score a phrase in which spaCy finds no noun (e.g. 'far right') instead of refusing it; "
         "the whole phrase then stands in for the noun phrase, as in the reference."
     ),
-    proposals: ProposalsOpt = "freesolo",
+    proposals: ProposalsOpt = None,
     freesolo_weights: FreeSOLOWeightsOpt = None,
     score_threshold: ScoreThresholdOpt = None,
     max_proposals: MaxProposalsOpt = None,
@@ -186,21 +246,37 @@ def segment(
     short_side: ShortSideOpt = None,
     sam_model: SamModelOpt = None,
     sam_weights: SamWeightsOpt = None,
-    sam_settings: SamSettingsOpt = "paper-later",
+    sam_settings: SamSettingsOpt = None,
     points_per_side: PointsPerSideOpt = None,
     pred_iou_thresh: PredIouOpt = None,
     stability_thresh: StabilityOpt = None,
     min_region_area: MinRegionAreaOpt = None,
     box_nms_thresh: BoxNmsOpt = None,
     crop_layers: CropLayersOpt = None,
+    tcl_window: TCLWindowOpt = None,
+    tcl_pamr: TCLPamrOpt = None,
+    tcl_templates: TCLTemplatesOpt = None,
+    tcl_kp_weight: TCLKpWeightOpt = None,
+    tcl_threshold: TCLThresholdOpt = None,
+    tcl_weights: TCLWeightsOpt = None,
+    tcl_weight: TCLWeightOpt = None,
+    soft_mask: Path | None = typer.Option(
+        None, "--soft-mask", help="TCL (--method tcl or --tcl-weight): also write the soft mask as a float32 (H, W) "
+        ".npy array at the photo's size. Several phrases: OUT_1.npy, OUT_2.npy, ..."
+    ),
+    heatmap: Path | None = typer.Option(
+        None, help="TCL: also write the soft mask drawn over the photo with a legend (PNG)."
+    ),
 ) -> None:
     """Segment the object each PHRASE refers to in IMAGE and write its mask.
 
     Example: globallocal segment photo.jpg "the man on the right" -o man.png --overlay man_overlay.png
     """
+    from globallocal.heatmap import check_soft_outputs, save_soft_outputs
     from globallocal.images import load_image, save_mask_png, save_png, save_text
     from globallocal.images import overlay as draw_overlay
-    from globallocal.presets import get_preset
+    from globallocal.methods import get_method
+    from globallocal.methods.tcl_options import TCLOptions
     from globallocal.proposals.files import load_proposals
     from globallocal.segmenter import Segmenter
     from globallocal.text import parse_phrase
@@ -214,28 +290,40 @@ def segment(
     overlays = [_numbered(overlay, i, len(phrases)) for i in range(len(phrases))] if overlay else []
     for path in [*outputs, *overlays, *([json_path] if json_path else [])]:
         _check_output(path)
-    settings = get_preset(preset).with_overrides(
-        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
-    )
-    picture = load_image(image)
+    spec = get_method(method)
+    tcl = TCLOptions(tcl_window, tcl_pamr, tcl_templates, tcl_kp_weight, tcl_threshold, tcl_weights, tcl_weight)
+    tcl.check(spec)
+    overrides = _setting_overrides(
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
+        fusion_mode=fusion_mode,
+    ) | tcl.method_overrides(method)
+    proposals = proposals or spec.default_proposals
+    sam_settings = sam_settings or spec.default_proposal_settings
     source = ProposalArgs.from_arguments(locals())
+    _check_applicable(spec, overrides, source, masks)
+    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    check_soft_outputs(soft_mask, heatmap, tcl.uses_tcl(method), f"--method {method}")
+    picture = load_image(image)
     candidates = load_proposals(masks, (picture.height, picture.width)) if masks else None
+    tcl = tcl.with_weights_found(method)
 
     segmenter = Segmenter.from_pretrained(
         clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
-        **settings.to_dict(),
+        method=method, method_options=tcl.method_options(method), **overrides,
     )
+    segmenter.method = tcl.wrap(segmenter.method)
     for phrase in phrases:
         if not allow_no_noun and not parse_phrase(phrase, segmenter.nlp).has_noun:
             raise InputError(
                 f"no noun found in the phrase {phrase!r}; name the object (e.g. \"the red car\") "
                 "or pass --allow-no-noun"
             )
-    if candidates is None:
+    if candidates is None and segmenter.method.uses_proposals:
         generator = source.build(device)
         with stderr.status(f"{proposals} proposals..."):
             candidates = generator.generate(picture)
-    with stderr.status(f"scoring {len(candidates)} proposals..."):
+    what = f"scoring {len(candidates)} proposals" if candidates is not None else f"{method} masks"
+    with stderr.status(f"{what}..."):
         segmenter.set_image(picture, candidates)
         results = segmenter.predict_many(phrases)
 
@@ -243,34 +331,27 @@ def segment(
         save_mask_png(result.mask, path)
     for result, path in zip(results, overlays):
         save_png(draw_overlay(picture, result.mask.numpy()), path)
+    save_soft_outputs(picture, results, soft_mask, heatmap, _numbered)
     if json_path:
         report = {
             "image": str(image),
             "image_size": [picture.height, picture.width],
             "clip_model": segmenter.clip.name,
             "clip_weights": segmenter.clip.weights,
-            "settings": segmenter.settings.to_dict(),
-            "proposals": len(candidates),
-            "results": [
-                {
-                    "phrase": r.phrase,
-                    "expression": r.expression,
-                    "noun_phrase": r.noun_phrase,
-                    "index": r.index,
-                    "score": r.score,
-                    "scores": [round(float(s), 6) for s in r.scores],
-                    "truncated": r.truncated,
-                    "mask": str(path),
-                }
-                for r, path in zip(results, outputs)
-            ],
+            "method": segmenter.method.name,
+            # every setting (with TCL's, for a blend), as a run's configuration records them
+            "settings": {key: value for key, value in segmenter.method.describe().items() if key != "method"},
+            "proposals": len(candidates) if candidates is not None else None,
+            "results": [{**r.to_json(), "mask": str(path)} for r, path in zip(results, outputs)],
         }
         save_text(json.dumps(report, indent=1) + "\n", json_path)
     for result, path in zip(results, outputs):
-        stderr.print(
-            f"{result.phrase!r} -> proposal {result.index} of {len(candidates)} "
-            f"(score {result.score:.4f}, noun phrase {result.noun_phrase!r}): {path}"
+        answer = (
+            f"proposal {result.index} of {len(candidates)} (score {result.score:.4f}, "
+            if result.index is not None and candidates is not None
+            else f"{int(result.mask.sum())} pixels ("
         )
+        stderr.print(f"{result.phrase!r} -> {answer}noun phrase {result.noun_phrase!r}): {path}")
 
 
 @app.command()
@@ -285,7 +366,7 @@ def proposals(
     short_side: ShortSideOpt = None,
     sam_model: SamModelOpt = None,
     sam_weights: SamWeightsOpt = None,
-    sam_settings: SamSettingsOpt = "paper-later",
+    sam_settings: SamSettingsOpt = None,
     points_per_side: PointsPerSideOpt = None,
     pred_iou_thresh: PredIouOpt = None,
     stability_thresh: StabilityOpt = None,
@@ -335,12 +416,14 @@ def evaluate(
         "all", help="phrasecut: all, unseen (tasks whose category is not a COCO class: the paper's zero-shot "
         "setting) or seen."
     ),
-    proposals: str = typer.Option(
-        "freesolo", help="freesolo (the paper's), sam2, sam, or gt (ground-truth instance masks: the oracle)."
+    method: MethodOpt = "global-local",
+    proposals: str | None = typer.Option(
+        None, help="freesolo (the paper's), sam2, sam, or gt (ground-truth instance masks: the oracle). "
+        "Default: the method's."
     ),
     out: Path | None = typer.Option(
         None, help="Run folder for records.jsonl and the report (default: "
-        "runs/DATASET_SPLIT[_SUBSET]_MODEL_PROPOSALS). Running the same command again resumes it."
+        "runs/DATASET_SPLIT[_SUBSET]_METHOD_MODEL_PROPOSALS). Running the same command again resumes it."
     ),
     limit: int | None = typer.Option(None, help="Evaluate only the first N images of the split."),
     save_masks: Path | None = typer.Option(
@@ -349,12 +432,14 @@ def evaluate(
     overlap: str = typer.Option(
         "paper", help="Ground truth of multi-part polygons: paper (pixels covered exactly once) or union."
     ),
-    clip_model: str = typer.Option("ViT-B-32", help=CLIP_MODEL_HELP),
+    clip_model: str | None = typer.Option(None, help="Default: the method's. " + CLIP_MODEL_HELP),
     clip_weights: str = typer.Option("openai", help=CLIP_WEIGHTS_HELP),
-    preset: str | None = typer.Option(None, help="Default: the dataset's paper preset. " + PRESET_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
     alpha: float | None = typer.Option(None, help="Global-context weight of the visual feature."),
     beta: float | None = typer.Option(None, help="Whole-expression weight of the text feature."),
     masked_blocks: int | None = typer.Option(None, help="ViT: number of last blocks with masked tokens."),
+    fusion_mode: FusionModeOpt = None,
+    sticky_topk: StickyTopkOpt = None,
     chunk_size: int | None = typer.Option(
         None, help="Masked crops per image-tower batch, which bounds memory (default: 8 on the CPU, 64 on CUDA)."
     ),
@@ -368,13 +453,20 @@ def evaluate(
     short_side: ShortSideOpt = None,
     sam_model: SamModelOpt = None,
     sam_weights: SamWeightsOpt = None,
-    sam_settings: SamSettingsOpt = "paper-later",
+    sam_settings: SamSettingsOpt = None,
     points_per_side: PointsPerSideOpt = None,
     pred_iou_thresh: PredIouOpt = None,
     stability_thresh: StabilityOpt = None,
     min_region_area: MinRegionAreaOpt = None,
     box_nms_thresh: BoxNmsOpt = None,
     crop_layers: CropLayersOpt = None,
+    tcl_window: TCLWindowOpt = None,
+    tcl_pamr: TCLPamrOpt = None,
+    tcl_templates: TCLTemplatesOpt = None,
+    tcl_kp_weight: TCLKpWeightOpt = None,
+    tcl_threshold: TCLThresholdOpt = None,
+    tcl_weights: TCLWeightsOpt = None,
+    tcl_weight: TCLWeightOpt = None,
     cache: Path | None = typer.Option(
         None, help="Feature cache folder: proposals and CLIP features per image, text features per phrase, keyed by "
         "model, weights and visual settings (not alpha/beta). Later runs sharing images skip the models; "
@@ -391,32 +483,49 @@ def evaluate(
     from globallocal.cache import FeatureCache
     from globallocal.distributed import distributed_session
     from globallocal.evaluate import EvaluationConfig, check_evaluation_inputs, format_report_table, run_evaluation
-    from globallocal.presets import paper_preset_for
+    from globallocal.methods import get_method
+    from globallocal.methods.tcl_options import TCLOptions
     from globallocal.segmenter import Segmenter
     from globallocal.text import parser_label
 
-    if proposals not in ("freesolo", "sam2", "sam", "gt"):
+    spec = get_method(method)
+    tcl = TCLOptions(tcl_window, tcl_pamr, tcl_templates, tcl_kp_weight, tcl_threshold, tcl_weights, tcl_weight)
+    tcl.check(spec)
+    proposals = proposals or spec.default_proposals
+    if proposals not in ("freesolo", "sam2", "sam", "gt", None):
         raise InputError(f"unknown --proposals '{proposals}'; use freesolo, sam2, sam or gt")
-    preset = preset or paper_preset_for(dataset)
+    preset = preset or spec.preset_for(dataset)
+    sam_settings = sam_settings or spec.default_proposal_settings
+    overrides = _setting_overrides(
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
+        fusion_mode=fusion_mode, sticky_topk=sticky_topk,
+    ) | tcl.method_overrides(method)
+    source_args = ProposalArgs.from_arguments(locals())
+    _check_applicable(spec, overrides, source_args)
+    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    clip_model = clip_model or spec.default_clip_model
     model_tag = Path(clip_model).stem if clip_model.endswith(".json") else clip_model
     selection = split if subset == "all" else f"{split}_{subset}"
-    out = out or Path("runs") / f"{dataset}_{selection}_{model_tag}_{proposals}"
-    source_args = ProposalArgs.from_arguments(locals())
+    out = out or Path("runs") / f"{dataset}_{selection}_{tcl.run_tag(method)}_{model_tag}_{proposals or 'none'}"
     check_evaluation_inputs(EvaluationConfig(
         dataset=dataset, split=split, data_root=data_root, images_dir=images, out_dir=out, split_by=split_by,
         limit=limit, save_masks=save_masks, overlap=overlap, subset=subset,
     ))
+    tcl = tcl.with_weights_found(method)  # before any model loads: offline, a missing checkpoint fails in seconds
     with distributed_session(device) as place:
         local_device = place.device(device)
         segmenter = Segmenter.from_pretrained(
             clip_model, clip_weights, preset, device=local_device, precision=precision, spacy_model=spacy_model,
-            alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
+            method=method, method_options=tcl.method_options(method), **overrides,
         )
+        segmenter.method = tcl.wrap(segmenter.method)
         proposal_key, proposal_settings = None, {}
         # Weights files are identified by content in the run's configuration, not by the path typed.
         weights = {"clip": clip_weights} if os.path.isfile(clip_weights) else {}
         if proposals == "gt":
             source = "gt"
+        elif proposals is None:
+            source = None
         else:
             from globallocal.proposals.sources import proposal_cache_key, proposal_weights_file
 
@@ -433,7 +542,7 @@ def evaluate(
             "clip_model": clip_model,
             "clip_weights": "file" if "clip" in weights else clip_weights,
             "preset": preset,
-            **segmenter.settings.to_dict(),
+            **segmenter.method.describe(),
             "parser": parser_label(segmenter.nlp),
             "proposals": proposals,
             **proposal_settings,
@@ -466,20 +575,22 @@ def batch(
     ),
     overlays: bool = typer.Option(False, help="Also write overlays/ID.png: the photo with the chosen mask tinted."),
     rle: bool = typer.Option(False, help="Also put each mask in results.jsonl as COCO RLE."),
-    clip_model: str = typer.Option("ViT-B-32", help=CLIP_MODEL_HELP),
+    method: MethodOpt = "global-local",
+    clip_model: str | None = typer.Option(None, help="Default: the method's. " + CLIP_MODEL_HELP),
     clip_weights: str = typer.Option("openai", help=CLIP_WEIGHTS_HELP),
-    preset: str = typer.Option("paper-refcoco", help=PRESET_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
     alpha: float | None = typer.Option(None, help="Global-context weight of the visual feature."),
     beta: float | None = typer.Option(None, help="Whole-expression weight of the text feature."),
     masked_blocks: int | None = typer.Option(None, help="ViT: number of last blocks with masked tokens."),
     chunk_size: int | None = typer.Option(None, help="Masked crops per image-tower batch (memory bound)."),
+    fusion_mode: FusionModeOpt = None,
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
     spacy_model: str | None = typer.Option(None, help="spaCy pipeline for the noun phrase."),
     allow_no_noun: bool = typer.Option(
         False, help="Score a phrase in which spaCy finds no noun instead of setting its line aside."
     ),
-    proposals: ProposalsOpt = "freesolo",
+    proposals: ProposalsOpt = None,
     freesolo_weights: FreeSOLOWeightsOpt = None,
     score_threshold: ScoreThresholdOpt = None,
     max_proposals: MaxProposalsOpt = None,
@@ -487,7 +598,7 @@ def batch(
     short_side: ShortSideOpt = None,
     sam_model: SamModelOpt = None,
     sam_weights: SamWeightsOpt = None,
-    sam_settings: SamSettingsOpt = "paper-later",
+    sam_settings: SamSettingsOpt = None,
     points_per_side: PointsPerSideOpt = None,
     pred_iou_thresh: PredIouOpt = None,
     stability_thresh: StabilityOpt = None,
@@ -505,7 +616,7 @@ def batch(
     from globallocal.batch import run_batch
     from globallocal.images import check_writable_folder
     from globallocal.manifest import read_manifest
-    from globallocal.presets import get_preset
+    from globallocal.methods import get_method
     from globallocal.runfolder import check_free
     from globallocal.segmenter import Segmenter
     from globallocal.text import parser_label
@@ -514,20 +625,27 @@ def batch(
     manifest = read_manifest(pairs)
     check_free(out)
     check_writable_folder(out / "masks", "output")
-    settings = get_preset(preset).with_overrides(
-        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
+    spec = get_method(method)
+    overrides = _setting_overrides(
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
+        fusion_mode=fusion_mode,
     )
+    proposals = proposals or spec.default_proposals
+    sam_settings = sam_settings or spec.default_proposal_settings
     source_args = ProposalArgs.from_arguments(locals())
+    _check_applicable(spec, overrides, source_args, masks)
+    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    clip_model = clip_model or spec.default_clip_model
     if masks is not None and not masks.exists():
         raise InputError(f"mask source not found: {masks}; give a folder of PNG masks or an RLE .json file")
     segmenter = Segmenter.from_pretrained(
         clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
-        **settings.to_dict(),
+        method=method, **overrides,
     )
     weights = {"clip": clip_weights} if Path(clip_weights).is_file() else {}
     proposal_settings: dict = {}
     source = None
-    if masks is None and any(line.masks is None for line in manifest.lines):
+    if spec.method_class.uses_proposals and masks is None and any(line.masks is None for line in manifest.lines):
         from globallocal.proposals.sources import proposal_weights_file
 
         generator = source_args.build(device)
@@ -542,7 +660,7 @@ def batch(
         "clip_model": clip_model,
         "clip_weights": "file" if "clip" in weights else clip_weights,
         "preset": preset,
-        **segmenter.settings.to_dict(),
+        **segmenter.method.describe(),
         "parser": parser_label(segmenter.nlp),
         **proposal_settings,
         "device": device,
@@ -595,6 +713,86 @@ def report(run_dirs: list[Path] = typer.Argument(..., help="Run folders of finis
     Console(highlight=False).print(format_report_table(run_dirs))
 
 
+@app.command()
+def serve(
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to listen on. The default serves this computer only; 0.0.0.0 serves every "
+        "network this computer is on, to anyone who can reach it (no login)."
+    ),
+    port: int = typer.Option(7860, help="Port of the page: http://HOST:PORT."),
+    method: MethodOpt = "global-local",
+    clip_model: str | None = typer.Option(None, help="Default: the method's (ViT-B-32 for global-local). "
+                                          + CLIP_MODEL_HELP),
+    clip_weights: str = typer.Option("openai", help=CLIP_WEIGHTS_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
+    alpha: float | None = typer.Option(None, help="Starting global-context weight (a slider on the page)."),
+    beta: float | None = typer.Option(None, help="Starting whole-expression weight (a slider on the page)."),
+    masked_blocks: int | None = typer.Option(None, help="ViT: number of last blocks with masked tokens."),
+    chunk_size: int | None = typer.Option(None, help="Masked crops per image-tower batch (bounds memory)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
+    spacy_model: str | None = typer.Option(None, help="spaCy pipeline for the noun phrase."),
+    allow_no_noun: bool = typer.Option(False, help="Score phrases in which spaCy finds no noun."),
+    proposals: ProposalsOpt = None,
+    freesolo_weights: FreeSOLOWeightsOpt = None,
+    score_threshold: ScoreThresholdOpt = None,
+    max_proposals: MaxProposalsOpt = None,
+    min_area: MinAreaOpt = None,
+    short_side: ShortSideOpt = None,
+    sam_model: SamModelOpt = None,
+    sam_weights: SamWeightsOpt = None,
+    sam_settings: SamSettingsOpt = "paper-later",
+    points_per_side: PointsPerSideOpt = None,
+    pred_iou_thresh: PredIouOpt = None,
+    stability_thresh: StabilityOpt = None,
+    min_region_area: MinRegionAreaOpt = None,
+    box_nms_thresh: BoxNmsOpt = None,
+    crop_layers: CropLayersOpt = None,
+    max_megapixels: float = typer.Option(40.0, help="Refuse uploaded photos larger than this."),
+    top_k: int = typer.Option(8, help="Proposals shown in the ranked gallery."),
+    examples: Path | None = typer.Option(None, help="Folder of example photos (default: the repository's)."),
+) -> None:
+    """Serve a web page to try phrases on your own photos (needs the [demo] extra: Gradio).
+
+    Example: globallocal serve --proposals sam2, then open http://127.0.0.1:7860
+    """
+    from dataclasses import replace
+
+    from globallocal.serve import Engine, example_photos, require_gradio
+    from globallocal.serve import serve as serve_page
+
+    require_gradio()
+    if max_megapixels <= 0 or top_k < 1:
+        raise InputError("--max-megapixels must be positive and --top-k at least 1")
+    from globallocal.methods import get_method
+    from globallocal.segmenter import Segmenter
+
+    overrides = _setting_overrides(
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
+    )
+    spec = get_method(method)
+    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    # The page's starting source; the proposal options apply to whichever source the page then uses.
+    proposals = proposals or spec.default_proposals or "freesolo"
+    source = ProposalArgs.from_arguments(locals())
+
+    def load_segmenter(name: str) -> Segmenter:
+        # The command's model options are the served method's; another method starts from its own defaults.
+        ours = name == method
+        return Segmenter.from_pretrained(
+            clip_model if ours else None, clip_weights, preset if ours else None, device=device,
+            precision=precision, spacy_model=spacy_model, method=name, **(overrides if ours else {}),
+        )
+
+    engine = Engine(load_segmenter, lambda kind: replace(source, kind=kind).build(device), method,
+                    max_megapixels=max_megapixels, allow_no_noun=allow_no_noun)
+    with stderr.status("loading the models..."):
+        engine.segmenter()
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        stderr.print(f"[yellow]warning:[/] serving on {host}: anyone who can reach this computer can use the page")
+    serve_page(engine, host, port, example_photos(examples), proposals, top_k)
+
+
 def main() -> None:
     """Entry point: user errors become one red line and exit code 2, never a traceback."""
     warnings.showwarning = _warn
@@ -604,7 +802,7 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except GlobalLocalError as error:
-        stderr.print(f"[red]error:[/] {error}")
+        stderr.print(f"[red]error:[/] {escape(str(error))}")
         sys.exit(2)
     except OSError as error:
         # A full or read-only disk, a path that is a file: the environment, not a bug.

@@ -30,14 +30,14 @@ def run_one(model: str, width: int, height: int, count: int, chunk_size: int) ->
     import numpy as np
     from segment import PHRASES, blob_masks
 
-    from globallocal import Proposals, Segmenter, get_preset
+    from globallocal import Proposals, Segmenter, get_method
     from globallocal.clip_models import load_clip
     from globallocal.text import load_parser
 
     photo = np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
     proposals = Proposals.from_masks(blob_masks(count, height, width))
-    segmenter = Segmenter(load_clip(model, "random"), load_parser(), get_preset("paper").with_overrides(
-        chunk_size=chunk_size))
+    settings = get_method("global-local").settings("paper", chunk_size=chunk_size)
+    segmenter = Segmenter(load_clip(model, "random"), load_parser(), settings)
     start = time.perf_counter()
     segmenter.set_image(photo, proposals)
     segmenter.predict_many(PHRASES)

@@ -5,9 +5,11 @@ Global-Local Context Features" (CVPR 2023).
 """
 
 from .errors import GlobalLocalError, ImageError, InputError, NoProposalsError, WeightsError
-from .presets import PRESETS, Settings, get_preset
+from .methods import available_methods, build_method, get_method
+from .methods.base import SegmentResult
+from .methods.global_local import GlobalLocalSettings
 from .proposals import Proposals
-from .segmenter import Segmenter, SegmentResult
+from .segmenter import Segmenter
 
 __version__ = "0.1.0"
 
@@ -15,12 +17,13 @@ __all__ = [
     "GlobalLocalError",
     "ImageError",
     "InputError",
+    "GlobalLocalSettings",
     "NoProposalsError",
-    "PRESETS",
     "Proposals",
     "SegmentResult",
     "Segmenter",
-    "Settings",
     "WeightsError",
-    "get_preset",
+    "available_methods",
+    "build_method",
+    "get_method",
 ]

@@ -117,8 +117,9 @@ class _Writer:
         ]
         try:
             picture = load_image(unit.image)
-            proposals = self.proposals(unit, picture)
-            if len(proposals) == 0:
+            # A method that draws its own mask (TCL) takes no proposals.
+            proposals = self.proposals(unit, picture) if self.segmenter.method.uses_proposals else None
+            if proposals is not None and len(proposals) == 0:
                 raise NoProposalsError(f"no mask proposals for {unit.image}")
         except GlobalLocalError as error:
             return [_failed(unit, line, output, str(error)) for line, output, _ in outputs]
@@ -137,8 +138,8 @@ class _Writer:
             mask = result.mask.numpy()
             record = {
                 "unit": unit.number, "line": line.line, "id": output, "image": str(unit.image), "phrase": phrase,
-                "noun_phrase": result.noun_phrase, "index": int(result.index),
-                "score": float(result.scores[result.index]), "mask": f"masks/{output}.png",
+                "noun_phrase": result.noun_phrase, "index": result.index, "score": result.score,
+                "mask": f"masks/{output}.png",
             }
             save_mask_png(mask, self.out_dir / record["mask"])
             if self.overlays:

@@ -236,16 +236,20 @@ def _set_image(
     image: Image.Image,
     record: ImageRecord,
     segmenter: Any,
-    proposal_source: ProposalSource,
+    proposal_source: ProposalSource | None,
     cache: FeatureCache | None,
     proposal_key: dict[str, Any] | None,
-) -> tuple[Proposals, str | None]:
-    """The image's proposals, with the segmenter set on them when there are any; and the cache entry used.
+) -> tuple[Proposals | None, str | None]:
+    """The image's proposals (None for a method without), with the segmenter set on the image; the cache entry used.
 
-    With a cache the entry is looked up by the proposal source's key before
-    calling the source, or, for a source without a key, by the content of
-    the proposals it returned; on a miss the features are computed and stored.
+    The segmenter is set only when there is something to choose from. With a
+    cache the entry is looked up by the proposal source's key before calling
+    the source, or, for a source without a key, by the content of the
+    proposals it returned; on a miss the features are computed and stored.
     """
+    if proposal_source is None:  # the method draws its own mask
+        segmenter.set_image(image)
+        return None, None
     if cache is None:
         proposals = proposal_source(image, record)
         _check_size(proposals, record)
@@ -267,15 +271,13 @@ def _set_image(
     _check_size(proposals, record)
     if entry is not None:
         if len(proposals) > 0:
-            segmenter.set_features(image, proposals, entry.global_features, entry.local_features)
+            segmenter.set_features(image, proposals, entry.tensors)
     elif len(proposals) > 0:
         segmenter.set_image(image, proposals)
-        state = segmenter.image_state
-        cache.visual.save(name, proposals, state.global_features, state.local_features)
+        cache.visual.save(name, proposals, segmenter.image_state.tensors)
     else:
         # Cached too, so that a source with a key is not asked again.
-        none = torch.zeros((0, 0))
-        cache.visual.save(name, proposals, none, none)
+        cache.visual.save(name, proposals, {})
     return proposals, name
 
 
@@ -285,8 +287,7 @@ def _seed_text_features(segmenter: Any, texts: TextStore, phrase: str) -> None:
     Each missing string is encoded on its own, as ``predict`` encodes a
     phrase, so that cached features are bit-identical to fresh ones.
     """
-    parsed = segmenter.parse(phrase)
-    strings = list(dict.fromkeys([parsed.expression, parsed.noun_phrase]))
+    strings = list(dict.fromkeys(segmenter.method.text_strings(segmenter.parse(phrase))))
     found = texts.load(strings)
     for text in strings:
         if text not in found:
@@ -299,7 +300,7 @@ def _evaluate_image(
     group: ImageGroup,
     dataset: EvaluationDataset,
     segmenter: Any,
-    proposal_source: ProposalSource,
+    proposal_source: ProposalSource | None,
     save_masks: Path | None,
     cache: FeatureCache | None,
     proposal_key: dict[str, Any] | None,
@@ -307,20 +308,20 @@ def _evaluate_image(
     """The records of every sentence on one image (proposals and features paid once), and its cache entry."""
     image = dataset.load_image(group.image)
     proposals, entry = _set_image(image, group.image, segmenter, proposal_source, cache, proposal_key)
-    has_proposals = len(proposals) > 0
-    masks = proposals.masks.numpy()
+    answerable = proposals is None or len(proposals) > 0
+    masks = proposals.masks.numpy() if proposals is not None else None
     records = []
     for ref in group.refs:
         gt = dataset.gt_mask(ref)
         # |proposal AND gt| for every proposal: enough to score any choice later (U = area + |gt| - I).
-        overlaps = np.count_nonzero(masks[:, gt], axis=1).tolist()
+        overlaps = np.count_nonzero(masks[:, gt], axis=1).tolist() if masks is not None else None
         for sentence in ref.sentences:
             record: dict[str, Any] = {
                 "image_id": group.image.image_id,
                 **dataset.sentence_fields(ref, sentence),
                 "phrase": sentence.raw,
             }
-            if has_proposals:
+            if answerable:
                 with _about(dataset.sentence_label(ref, sentence), sentence):
                     if cache is not None:
                         _seed_text_features(segmenter, cache.text, sentence.raw)
@@ -328,12 +329,19 @@ def _evaluate_image(
                 pred = result.mask
                 intersection, union = intersection_union(pred, gt)
                 record.update(
-                    index=int(result.index),
-                    score=float(result.scores[result.index]),
+                    index=result.index,
+                    score=result.score,
                     noun_phrase=result.noun_phrase,
                     expression=result.expression,
                     truncated=bool(result.truncated),
                 )
+                # Further answers of the method (HybridGL's "pure" one), each scored as the main answer is.
+                others = {}
+                for name, index in result.other_answers().items():
+                    other_i, other_u = intersection_union(proposals.masks[index], gt)
+                    others[name] = {"index": int(index), "I": other_i, "U": other_u}
+                if others:
+                    record["other_answers"] = others
             else:
                 # No proposal to choose: an empty prediction, IoU 0 (never skipped).
                 pred = None
@@ -343,7 +351,7 @@ def _evaluate_image(
                 I=intersection,
                 U=union,
                 IoU=sentence_iou(intersection, union),
-                no_proposals=not has_proposals,
+                no_proposals=not answerable,
                 gt_area=int(gt.sum()),
                 overlaps=overlaps,
             )
@@ -385,6 +393,8 @@ def _build_report(
     """
     accumulator = MetricAccumulator()
     by_subset: dict[str, MetricAccumulator] = {}
+    names = {name for done in completed for record in done.records for name in record.get("other_answers", {})}
+    others = {name: MetricAccumulator() for name in sorted(names)}
     truncated = 0
     for done in completed:
         for record in done.records:
@@ -392,6 +402,9 @@ def _build_report(
             for name in record.get("subsets", ()):
                 _add_record(by_subset.setdefault(name, MetricAccumulator()), record)
             truncated += bool(record.get("truncated"))
+            # A sentence without proposals has no answer of any kind: IoU 0 in every table.
+            for name, total in others.items():
+                _add_record(total, {**record, **record.get("other_answers", {}).get(name, {})})
     wall = sum(float(done.marker.get("seconds", 0.0)) for done in completed)
     extra: dict[str, Any] = {}
     if notes:
@@ -404,6 +417,7 @@ def _build_report(
     return {
         "metrics": accumulator.summary(),
         **extra,
+        "other_answers": {name: total.summary() for name, total in others.items()},
         "truncated_sentences": truncated,
         "images_total": total_images,
         "wall_time_s": wall,
@@ -419,14 +433,19 @@ def _build_report(
 def _report_markdown(report: dict[str, Any]) -> str:
     config, metrics = report["config"], report["metrics"]
     thresholds = [f"{t:.1f}" for t in PRECISION_THRESHOLDS]
-    header = ["oIoU", "mIoU", *(f"P@{t}" for t in thresholds)]
-    values = [metrics["oIoU"], metrics["mIoU"], *(metrics["precision"][t] for t in thresholds)]
+    header = ["answer", "oIoU", "mIoU", *(f"P@{t}" for t in thresholds)]
+    answers = {"final": metrics, **report.get("other_answers", {})}
+    method = config.get("settings", {}).get("method", "global-local")
     lines = [
-        f"# Global-Local evaluation: {dataset_label(config)}",
+        f"# {method} evaluation: {dataset_label(config)}",
         "",
         "| " + " | ".join(header) + " |",
         "|" + " --- |" * len(header),
-        "| " + " | ".join(f"{value:.2f}" for value in values) + " |",
+    ]
+    for name, answer in answers.items():
+        values = [answer["oIoU"], answer["mIoU"], *(answer["precision"][t] for t in thresholds)]
+        lines.append(f"| {name} | " + " | ".join(f"{value:.2f}" for value in values) + " |")
+    lines += [
         "",
         f"- images: {metrics['images']}, refs: {metrics['refs']}, sentences: {metrics['sentences']}",
         f"- images without proposals: {metrics['no_proposal_images']} ({metrics['no_proposal_refs']} refs, "
@@ -477,11 +496,10 @@ def _run_identity(
     """config.json: the configuration, plus where the cache is and what a sweep needs to replay the scores."""
     identity = config.identity()
     if cache is not None:
-        settings = segmenter.settings
         identity["cache"] = {
             **cache.describe(),
             "proposals": "content" if proposal_key is None else proposal_key,
-            "scoring": {"alpha": settings.alpha, "beta": settings.beta, "feature_norm": settings.feature_norm},
+            "scoring": segmenter.method.describe(),
         }
     else:
         identity["cache"] = None
@@ -527,7 +545,7 @@ def check_evaluation_inputs(config: EvaluationConfig, main: bool | None = None) 
 def run_evaluation(
     config: EvaluationConfig,
     segmenter: Any,
-    proposal_source: ProposalSource | str,
+    proposal_source: ProposalSource | str | None,
     progress: bool = True,
     stop_after_images: int | None = None,
     *,
@@ -537,9 +555,10 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Evaluate a split, resuming from ``config.out_dir`` if it holds a run of the same config.
 
-    ``proposal_source`` is a callable ``(image, record) -> Proposals`` or
+    ``proposal_source`` is a callable ``(image, record) -> Proposals``,
     ``"gt"``: the image's ground-truth instance masks from instances.json
-    (the oracle setting papers report as an upper bound).
+    (the oracle setting papers report as an upper bound), or None for a
+    method that draws its own mask (``method.uses_proposals`` false).
 
     ``cache``: read and write proposals and features there (the segmenter
     must then be a :class:`~globallocal.Segmenter`). ``proposal_key``: the
@@ -570,6 +589,9 @@ def run_evaluation(
     )
     if proposal_source == "gt":
         proposal_source = _ground_truth_source(dataset)
+    elif proposal_source is None:
+        if getattr(getattr(segmenter, "method", None), "uses_proposals", True):
+            raise InputError("this method needs mask proposals; give a proposal source")
     elif isinstance(proposal_source, str):
         raise InputError(f"unknown proposal source '{proposal_source}'")
     groups = dataset.images()[: config.limit]

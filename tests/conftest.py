@@ -65,6 +65,12 @@ def tiny_vit(tiny_config_paths, tiny_checkpoints) -> ClipBundle:
 
 
 @pytest.fixture(scope="session")
+def tiny_vit12(tiny_config_paths, tiny_checkpoints) -> ClipBundle:
+    """A 12-block tiny ViT: HybridGL's masking block 9 and GEM's depth 7 apply as in ViT-B-16."""
+    return load_clip(str(tiny_config_paths["vit12"]), str(tiny_checkpoints["vit12"]))
+
+
+@pytest.fixture(scope="session")
 def tiny_resnet(tiny_config_paths, tiny_checkpoints) -> ClipBundle:
     return load_clip(str(tiny_config_paths["resnet"]), str(tiny_checkpoints["resnet"]))
 

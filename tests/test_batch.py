@@ -16,7 +16,7 @@ from globallocal.coco_masks import decode
 from globallocal.errors import InputError
 from globallocal.images import load_image, load_mask
 from globallocal.manifest import read_manifest
-from globallocal.presets import get_preset
+from globallocal.methods import get_method
 from globallocal.proposals.files import load_proposals
 from globallocal.runfolder import RECORDS_FILE
 from globallocal.segmenter import Segmenter
@@ -32,6 +32,8 @@ LINES = [
     {"id": "chair", "image": "./img_44266.jpg", "phrase": "a chair", "masks": "masks_44266"},
 ]
 OUTPUTS = ["1", "table_1", "table_2", "dog", "cat", "chair"]
+
+PAPER = get_method("global-local").settings("paper")
 
 
 class CountingSegmenter(Segmenter):
@@ -73,7 +75,7 @@ def pairs(tmp_path):
 
 @pytest.fixture
 def segmenter(tiny_vit, nlp):
-    return CountingSegmenter(tiny_vit, nlp, get_preset("paper"))
+    return CountingSegmenter(tiny_vit, nlp, PAPER)
 
 
 def _jsonl(path):
@@ -152,7 +154,7 @@ def test_batch_outputs_grouped_by_photo(pairs, tmp_path, segmenter, tiny_vit, nl
     results = _jsonl(out / RESULTS_FILE)
     assert [r["id"] for r in results] == OUTPUTS
     assert [r["line"] for r in results] == [1, 2, 2, 3, 5, 6]
-    reference = Segmenter(tiny_vit, nlp, get_preset("paper"))  # an independent run, photo by photo
+    reference = Segmenter(tiny_vit, nlp, PAPER)  # an independent run, photo by photo
     for record in results:
         photo = "44266" if "44266" in record["image"] else "80472"
         picture = load_image(pairs / f"img_{photo}.jpg")
@@ -193,12 +195,12 @@ def test_stop_and_resume_gives_identical_outputs(pairs, tmp_path, segmenter, tin
     _run(pairs, tmp_path / "full", segmenter)
     out = tmp_path / "resumed"
     with pytest.raises(BatchStopped):
-        _run(pairs, out, CountingSegmenter(tiny_vit, nlp, get_preset("paper")), stop_after_units=1)
+        _run(pairs, out, CountingSegmenter(tiny_vit, nlp, PAPER), stop_after_units=1)
     assert not (out / RESULTS_FILE).exists()
     # A torn line, as a kill while writing the second photo's records leaves.
     with open(out / RECORDS_FILE, "ab") as handle:
         handle.write(b'{"unit": 1, "line": 3, "id": "do')
-    again = CountingSegmenter(tiny_vit, nlp, get_preset("paper"))
+    again = CountingSegmenter(tiny_vit, nlp, PAPER)
     _run(pairs, out, again)
     assert len(again.photos) == 1  # the first photo is not redone; the missing one costs nothing
     for name in (RESULTS_FILE, ERRORS_FILE):
@@ -210,7 +212,7 @@ def test_stop_and_resume_gives_identical_outputs(pairs, tmp_path, segmenter, tin
         mask = f"masks/{name}.png"
         assert (out / mask).read_bytes() == (tmp_path / "full" / mask).read_bytes()
 
-    finished = CountingSegmenter(tiny_vit, nlp, get_preset("paper"))
+    finished = CountingSegmenter(tiny_vit, nlp, PAPER)
     recorded = (out / RECORDS_FILE).read_bytes()
     _run(pairs, out, finished)
     assert finished.photos == [] and (out / RECORDS_FILE).read_bytes() == recorded
@@ -259,3 +261,19 @@ def test_cli_batch(cli, pairs, tmp_path, tiny_config_paths, tiny_checkpoints):
 
     result = cli("batch", pairs / "absent.jsonl", "-o", tmp_path / "x")
     assert result.code == 2 and result.err.startswith("error: manifest not found")
+
+
+def test_cli_batch_takes_the_method(cli, pairs, tmp_path, tiny_config_paths, tiny_checkpoints):
+    common = ["--clip-model", tiny_config_paths["vit"], "--clip-weights", tiny_checkpoints["vit"]]
+    result = cli("batch", pairs / "pairs.jsonl", "-o", tmp_path / "a", "--method", "nope", *common)
+    assert result.code == 2 and "unknown method 'nope'" in result.err
+    # Options of another method are refused before any model loads.
+    result = cli("batch", pairs / "pairs.jsonl", "-o", tmp_path / "b", "--fusion-mode", "L2G", *common)
+    assert result.code == 2 and "--fusion-mode does not apply to --method global-local" in result.err
+    result = cli("batch", pairs / "pairs.jsonl", "-o", tmp_path / "c", "--method", "tcl", "--masks",
+                 pairs / "masks_44266", *common)
+    assert result.code == 2 and "--masks does not apply to --method tcl" in result.err
+    # The run records the method and its settings.
+    result = cli("batch", pairs / "pairs.jsonl", "-o", tmp_path / "d", *common)
+    config = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert config["settings"]["method"] == "global-local" and config["settings"]["alpha"] == 0.95

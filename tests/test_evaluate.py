@@ -29,7 +29,7 @@ from globallocal.evaluate import (
     run_evaluation,
 )
 from globallocal.images import load_mask
-from globallocal.presets import Settings
+from globallocal.methods.global_local import GlobalLocalSettings
 from globallocal.refer import ReferDataset
 from globallocal.segmenter import Segmenter
 
@@ -361,7 +361,7 @@ def _forward_calls(module: torch.nn.Module) -> Iterator[list[int]]:
 
 def _cached_run(refer, out_dir, clip, config_path, nlp, cache_dir, dataset="refcoco", **settings):
     """(report, image-tower calls, text-tower calls) of a "gt" run with a fresh segmenter, cached when cache_dir."""
-    segmenter = Segmenter(clip, nlp, Settings(**settings))
+    segmenter = Segmenter(clip, nlp, GlobalLocalSettings(**settings))
     cache = FeatureCache.for_segmenter(cache_dir, segmenter, str(config_path)) if cache_dir else None
     config = _config(refer, out_dir, dataset=dataset, settings={"model": clip.name, **settings})
     with _forward_calls(clip.model.visual) as image_calls, _forward_calls(clip.model.token_embedding) as text_calls:
@@ -417,7 +417,7 @@ def test_a_damaged_cache_entry_is_recomputed(refer, tmp_path, tiny_vit, nlp, tin
     text_path = next(cache.glob("text-*/*/*.npz"))
     text_path.write_bytes(b"")
 
-    segmenter = Segmenter(tiny_vit, nlp, Settings())
+    segmenter = Segmenter(tiny_vit, nlp, GlobalLocalSettings())
     sizes = []
     set_image = segmenter.set_image
     segmenter.set_image = lambda image, proposals: (sizes.append(image.size), set_image(image, proposals))
@@ -435,7 +435,7 @@ def test_a_proposal_source_with_a_key_is_not_asked_on_a_hit(refer, tmp_path, tin
     key = {"source": "shifted oracle", "shift": 2}
     reports = []
     for name in ("first", "second"):
-        segmenter = Segmenter(tiny_vit, nlp, Settings())
+        segmenter = Segmenter(tiny_vit, nlp, GlobalLocalSettings())
         source = _source(refer)
         feature_cache = FeatureCache.for_segmenter(tmp_path / "cache", segmenter, str(tiny_config_paths["vit"]))
         config = _config(refer, tmp_path / name, settings={"model": tiny_vit.name})
@@ -449,7 +449,7 @@ def test_a_proposal_source_with_a_key_is_not_asked_on_a_hit(refer, tmp_path, tin
 
 
 def test_a_cached_run_is_not_resumed_without_its_cache(refer, tmp_path, tiny_vit, nlp, tiny_config_paths):
-    segmenter = Segmenter(tiny_vit, nlp, Settings())
+    segmenter = Segmenter(tiny_vit, nlp, GlobalLocalSettings())
     feature_cache = FeatureCache.for_segmenter(tmp_path / "cache", segmenter, str(tiny_config_paths["vit"]))
     config = _config(refer, tmp_path / "run", settings={"model": tiny_vit.name})
     with pytest.raises(EvaluationStopped):

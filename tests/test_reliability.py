@@ -18,7 +18,7 @@ from globallocal import weights as weights_module
 from globallocal.cache import FeatureCache, VisualStore, remove_orphans
 from globallocal.errors import InputError, WeightsError
 from globallocal.evaluate import IMAGE_UNITS, RECORDS_FILE, EvaluationConfig, run_evaluation
-from globallocal.presets import Settings
+from globallocal.methods.global_local import GlobalLocal, GlobalLocalSettings
 from globallocal.proposals import Proposals
 from globallocal.proposals.freesolo import _compact, load_freesolo
 from globallocal.refer import ReferDataset
@@ -128,7 +128,7 @@ def test_cache_orphans_are_removed_once_no_writer_can_own_them(tmp_path):
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     assert remove_orphans(tmp_path / "text-abc") == 1
     assert not old.exists() and young.exists()
-    cache = FeatureCache(tmp_path, {"model": "x"}, "vit", Settings())
+    cache = FeatureCache(tmp_path, {"model": "x"}, "vit", GlobalLocal(None, None, GlobalLocalSettings()))
     cache.prepare()
     orphan = cache.visual.directory / ".11-abc.xyz.tmp"
     orphan.write_bytes(b"half")
@@ -142,7 +142,7 @@ def test_a_visual_entry_under_another_name_is_a_miss(tmp_path):
     masks = torch.zeros((2, 6, 8), dtype=torch.bool)
     masks[0, :3], masks[1, 3:] = True, True
     features = torch.randn(2, 4)
-    store.save("11-abc", Proposals.from_masks(masks), features, features)
+    store.save("11-abc", Proposals.from_masks(masks), {"global": features, "local": features})
     assert store.load("11-abc") is not None
     shutil.copy(store.path("11-abc"), store.path("12-def"))
     assert store.load("12-def") is None
