@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo serve browser test lint bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,16 @@ demo: install
 		-o demo_out/man_on_the_right.png --overlay demo_out/man_on_the_right_overlay.png \
 		--json demo_out/man_on_the_right.json
 
+serve: install
+	$(BIN)/globallocal serve
+
+# The headless browser the test of `globallocal serve` drives (Debian packages; needs root or sudo).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-liberation; }
+
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
@@ -35,6 +45,7 @@ bench: install
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/proposals.py
+	$(BIN)/python bench/methods.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache *.egg-info

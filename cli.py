@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from dataclasses import dataclass, fields
@@ -37,7 +38,14 @@ DEVICE_HELP = "auto (CUDA when available, else the CPU), cpu, cuda or cuda:N."
 INTERRUPTED = 130  # the exit status of a program stopped by Ctrl-C (128 + SIGINT)
 # What to do after Ctrl-C, by command; the others are simply run again.
 RESUME_HINTS = {"evaluate": "run the same command again to resume: finished images are kept"}
-PRESET_HELP = "paper-refcoco | paper-refcoco+ | paper-refcocog (alpha 0.85) | paper (= paper-refcoco) | no-quirks."
+PRESET_HELP = (
+    "Named settings of the method (default: its paper preset; for evaluate the dataset's). global-local: "
+    "paper-refcoco | paper-refcoco+ | paper-refcocog (alpha 0.85) | paper (= paper-refcoco) | no-quirks."
+)
+METHOD_HELP = (
+    "Scoring method: global-local (Yu et al., CVPR 2023; the default), hybridgl (Liu and Li, CVPR 2025) "
+    "or tcl (Cha et al., CVPR 2023), where installed."
+)
 
 
 def _show_version(value: bool) -> None:
@@ -78,8 +86,27 @@ def _check_output(path: Path) -> None:
         raise InputError(f"output {path} must end in .png (masks, overlays) or .json (scores)")
 
 
-ProposalsOpt = Annotated[str, typer.Option(
-    "--proposals", help="Mask proposal source: freesolo (the paper's), sam2 (SAM 2.1) or sam (original SAM).")]
+def _setting_overrides(**values) -> dict:
+    """The method settings given on the command line (options left out are None and not passed)."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _check_applicable(spec, overrides: dict, source: ProposalArgs, masks: Path | None = None) -> None:
+    """Refuse, naming it, an option the method does not use: a setting it lacks, proposals it does not take."""
+    known = {field.name for field in fields(spec.settings())}
+    for name in overrides:
+        if name not in known:
+            raise InputError(f"--{name.replace('_', '-')} does not apply to --method {spec.name}")
+    if not spec.method_class.uses_proposals:
+        given = [*source.given(), *(["--masks"] if masks is not None else [])]
+        if given:
+            raise InputError(f"{given[0]} does not apply to --method {spec.name}: it draws its own mask")
+
+
+ProposalsOpt = Annotated[str | None, typer.Option(
+    "--proposals", help="Mask proposal source: freesolo (the paper's), sam2 (SAM 2.1) or sam (original SAM). "
+    "Default: the method's (freesolo for global-local).")]
+MethodOpt = Annotated[str, typer.Option("--method", help=METHOD_HELP)]
 FreeSOLOWeightsOpt = Annotated[Path | None, typer.Option(
     help="FreeSOLO checkpoint (default: FreeSOLO_R101_30k_pl.pth in ./freesolo_weights/, then in freesolo_weights/ "
     "of the globallocal clone, then the Hugging Face cache; downloaded into that cache when absent).")]
@@ -97,9 +124,16 @@ SamModelOpt = Annotated[str | None, typer.Option(
 SamWeightsOpt = Annotated[Path | None, typer.Option(
     help="SAM checkpoint file (sam: default sam_vit_h_4b8939.pth etc. in ./sam_weights/, then in sam_weights/ of "
     "the globallocal clone; sam2: default the Hugging Face hub and its cache).")]
-SamSettingsOpt = Annotated[str, typer.Option(
+SamSettingsOpt = Annotated[str | None, typer.Option(
     help="Named SAM generator settings: paper-later (8 points per side, IoU and stability thresholds 0.7, "
-    "min area 800: what later zero-shot papers used), sam-default or sam2-default.")]
+    "min area 800: what later zero-shot papers used), hybridgl (the same, HybridGL's RefCOCO column), "
+    "hybridgl-phrasecut (HybridGL's PhraseCut column), sam-default or sam2-default. "
+    "Default: the method's (hybridgl for hybridgl), else paper-later.")]
+FusionModeOpt = Annotated[str | None, typer.Option(
+    help="hybridgl: how the global and local streams meet in the last blocks: G2L (the default), L2G or G2L&L2G.")]
+StickyTopkOpt = Annotated[bool | None, typer.Option(
+    "--sticky-topk/--no-sticky-topk", help="hybridgl: the authors' split loop (Q-sticky-k): K1, K2 never rise "
+    "again after an image with few proposals (default: the preset's, off).")]
 PointsPerSideOpt = Annotated[int | None, typer.Option(help="SAM: point grid per image side (settings').")]
 PredIouOpt = Annotated[float | None, typer.Option(help="SAM: predicted-IoU threshold (settings').")]
 StabilityOpt = Annotated[float | None, typer.Option(help="SAM: stability-score threshold (settings').")]
@@ -107,6 +141,23 @@ MinRegionAreaOpt = Annotated[int | None, typer.Option(help="SAM: remove regions 
 BoxNmsOpt = Annotated[float | None, typer.Option(help="SAM: box NMS IoU threshold (settings').")]
 CropLayersOpt = Annotated[int | None, typer.Option(help="SAM: extra crop layers (settings').")]
 DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP)]
+TCLWindowOpt = Annotated[str | None, typer.Option(
+    "--tcl-window", help="TCL: slide (448 windows, stride 224; default), whole (one window) or demo (the "
+    "authors' notebook: short side 224).")]
+TCLPamrOpt = Annotated[bool | None, typer.Option(
+    "--tcl-pamr/--no-tcl-pamr", help="TCL: refine the masks with PAMR (default on).", show_default=False)]
+TCLTemplatesOpt = Annotated[str | None, typer.Option(
+    "--tcl-templates", help="TCL: identity (the phrase as typed; default) or custom (TCL's 9 templates).")]
+TCLKpWeightOpt = Annotated[float | None, typer.Option(
+    "--tcl-kp-weight", help="TCL: weight of the KP branch (default 0.3; 0 switches it off).")]
+TCLThresholdOpt = Annotated[float | None, typer.Option(
+    "--tcl-threshold", help="--method tcl: the answer is soft mask > this (default 0.4 with PAMR, 0.5 without).")]
+TCLWeightsOpt = Annotated[Path | None, typer.Option(
+    "--tcl-weights", help="TCL checkpoint (default: $GLOBALLOCAL_TCL_WEIGHTS, else tcl_weights/tcl.pth, "
+    "downloaded when absent).")]
+TCLWeightOpt = Annotated[float | None, typer.Option(
+    "--tcl-weight", help="Blend TCL's proposal score into a proposal method's: (1 - LAMBDA) z(method) + "
+    "LAMBDA z(TCL); 0 gives exactly the method's answer.", metavar="LAMBDA")]
 
 
 @dataclass
@@ -121,7 +172,7 @@ class ProposalArgs:
     short_side: int | None = None
     sam_model: str | None = None
     sam_weights: Path | None = None
-    sam_settings: str = "paper-later"
+    sam_settings: str | None = None
     points_per_side: int | None = None
     pred_iou_thresh: float | None = None
     stability_thresh: float | None = None
@@ -139,6 +190,11 @@ class ProposalArgs:
     def weights(self) -> Path | None:
         return self.freesolo_weights if self.kind == "freesolo" else self.sam_weights
 
+    def given(self) -> list[str]:
+        """The flags of the options given (changed from their defaults); --proposals when a kind is set."""
+        changed = [f for f in fields(self) if f.name != "kind" and getattr(self, f.name) != f.default]
+        return [*(["--proposals"] if self.kind else []), *(f"--{f.name.replace('_', '-')}" for f in changed)]
+
     def build(self, device: str):
         from globallocal.proposals.sources import build_proposal_generator
 
@@ -152,8 +208,9 @@ class ProposalArgs:
             "box_nms_thresh": self.box_nms_thresh, "crop_n_layers": self.crop_layers,
         }
         return build_proposal_generator(
-            self.kind, model=self.sam_model, weights=self.weights, settings=self.sam_settings,
-            max_proposals=self.max_proposals, device=device, **options,
+            self.kind, model=self.sam_model, weights=self.weights, max_proposals=self.max_proposals, device=device,
+            # None: the proposal source's own default settings.
+            **({"settings": self.sam_settings} if self.sam_settings else {}), **options,
         )
 
     def settings(self, generator) -> dict:
@@ -200,9 +257,11 @@ def segment(
         None, "--json", help="Also write scores, noun phrase, chosen proposal (box, RLE) and timings of every "
         "phrase (JSON; '-' for the standard output)."
     ),
-    clip_model: str = typer.Option("ViT-B-32", help=CLIP_MODEL_HELP),
+    method: MethodOpt = "global-local",
+    clip_model: str | None = typer.Option(None, help="Default: the method's (ViT-B-32 for global-local). "
+                                          + CLIP_MODEL_HELP),
     clip_weights: str = typer.Option("openai", help=CLIP_WEIGHTS_HELP),
-    preset: str = typer.Option("paper-refcoco", help=PRESET_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
     alpha: float | None = typer.Option(
         None, help="Global-context weight of the visual feature (default: the preset's, 0.95 or 0.85)."
     ),
@@ -212,6 +271,7 @@ def segment(
     masked_blocks: int | None = typer.Option(
         None, help="ViT: number of last blocks with masked tokens (default: the preset's, 3)."
     ),
+    fusion_mode: FusionModeOpt = None,
     chunk_size: int | None = typer.Option(
         None, help="Masked crops per image-tower batch, which bounds memory (default: 8 on the CPU, 64 on CUDA)."
     ),
@@ -225,7 +285,7 @@ def segment(
         False, help="Refuse a phrase in which spaCy finds no noun (e.g. 'far right'). By default it is answered "
         "with a warning: the whole phrase stands in for the noun phrase, as in the reference."
     ),
-    proposals: ProposalsOpt = "freesolo",
+    proposals: ProposalsOpt = None,
     freesolo_weights: FreeSOLOWeightsOpt = None,
     score_threshold: ScoreThresholdOpt = None,
     max_proposals: MaxProposalsOpt = None,
@@ -233,28 +293,34 @@ def segment(
     short_side: ShortSideOpt = None,
     sam_model: SamModelOpt = None,
     sam_weights: SamWeightsOpt = None,
-    sam_settings: SamSettingsOpt = "paper-later",
+    sam_settings: SamSettingsOpt = None,
     points_per_side: PointsPerSideOpt = None,
     pred_iou_thresh: PredIouOpt = None,
     stability_thresh: StabilityOpt = None,
     min_region_area: MinRegionAreaOpt = None,
     box_nms_thresh: BoxNmsOpt = None,
     crop_layers: CropLayersOpt = None,
+    tcl_window: TCLWindowOpt = None,
+    tcl_pamr: TCLPamrOpt = None,
+    tcl_templates: TCLTemplatesOpt = None,
+    tcl_kp_weight: TCLKpWeightOpt = None,
+    tcl_threshold: TCLThresholdOpt = None,
+    tcl_weights: TCLWeightsOpt = None,
+    tcl_weight: TCLWeightOpt = None,
+    soft_mask: Path | None = typer.Option(
+        None, "--soft-mask", help="TCL (--method tcl or --tcl-weight): also write the soft mask as a float32 (H, W) "
+        ".npy array at the photo's size. Several phrases: OUT_1.npy, OUT_2.npy, ..."
+    ),
+    heatmap: Path | None = typer.Option(
+        None, help="TCL: also write the soft mask drawn over the photo with a legend (PNG)."
+    ),
 ) -> None:
     """Segment the object each PHRASE refers to in IMAGE and write its mask.
 
     Example: globallocal segment photo.jpg "the man on the right" -o man.png --overlay man_overlay.png
     """
     # Everything cheap is checked before the heavy libraries are imported and any model loads.
-    source = ProposalArgs.from_arguments(locals())
     _check_phrases(image, phrases)
-    if masks is not None:
-        given = source.generator_options_given()
-        if given:
-            raise InputError(f"{', '.join(given)} configure the proposal generator, which --masks replaces; "
-                             "drop them or drop --masks")
-        if not masks.exists():
-            raise InputError(f"mask source not found: {masks}; give a folder of PNG masks or an RLE .json file")
     output = output or Path(f"{image.stem}_mask.png")
     count = len(phrases)
     outputs = [_numbered(output, i, count) for i in range(count)]
@@ -267,35 +333,59 @@ def segment(
         raise InputError(f"--top-k must be at least 1, got {top_k}")
 
     from globallocal.clip_models import resolve_device
+    from globallocal.heatmap import check_soft_outputs, save_soft_outputs
     from globallocal.images import load_image, save_mask_png
+    from globallocal.methods import get_method
+    from globallocal.methods.tcl_options import TCLOptions
     from globallocal.outputs import StageTimer
-    from globallocal.presets import get_preset
     from globallocal.proposals.files import load_proposals
     from globallocal.segmenter import Segmenter
     from globallocal.text import parse_phrase
 
+    spec = get_method(method)
+    tcl = TCLOptions(tcl_window, tcl_pamr, tcl_templates, tcl_kp_weight, tcl_threshold, tcl_weights, tcl_weight)
+    tcl.check(spec)
+    overrides = _setting_overrides(
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
+        fusion_mode=fusion_mode,
+    ) | tcl.method_overrides(method)
+    proposals = proposals or spec.default_proposals
+    sam_settings = sam_settings or spec.default_proposal_settings
+    source = ProposalArgs.from_arguments(locals())
+    _check_applicable(spec, overrides, source, masks)
+    if masks is not None:
+        given = source.generator_options_given()
+        if given:
+            raise InputError(f"{', '.join(given)} configure the proposal generator, which --masks replaces; "
+                             "drop them or drop --masks")
+        if not masks.exists():
+            raise InputError(f"mask source not found: {masks}; give a folder of PNG masks or an RLE .json file")
+    if top_k_picture and not spec.method_class.uses_proposals:
+        raise InputError(f"--top-k-picture shows ranked proposals; --method {method} takes none")
+    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    check_soft_outputs(soft_mask, heatmap, tcl.uses_tcl(method), f"--method {method}")
     timer = StageTimer()
     device = resolve_device(device)
-    settings = get_preset(preset).with_overrides(
-        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
-    )
     picture = load_image(image)
     candidates = load_proposals(masks, (picture.height, picture.width)) if masks else None
+    tcl = tcl.with_weights_found(method)
 
     with timer("load_models"):
         segmenter = Segmenter.from_pretrained(
             clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
-            **settings.to_dict(),
+            method=method, method_options=tcl.method_options(method), **overrides,
         )
+        segmenter.method = tcl.wrap(segmenter.method)
     for phrase in phrases:
         if not parse_phrase(phrase, segmenter.nlp).has_noun:
             _no_noun(phrase, phrases, require_noun)
-    if candidates is None:
+    if candidates is None and segmenter.method.uses_proposals:
         with timer("load_proposal_model"):
             generator = source.build(device)
         with timer("proposals"), stderr.status(f"{proposals} proposals..."):
             candidates = generator.generate(picture)
-    with stderr.status(f"scoring {len(candidates)} proposals..."):
+    what = f"scoring {len(candidates)} proposals" if candidates is not None else f"{method} masks"
+    with stderr.status(f"{what}..."):
         with timer("image_features"):
             segmenter.set_image(picture, candidates)
         with timer("answer"):
@@ -305,14 +395,12 @@ def segment(
         for result, path in zip(results, outputs):
             save_mask_png(result.mask, path)
         _write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pictures, top_k)
+        save_soft_outputs(picture, results, soft_mask, heatmap, _numbered)
     if json_path:
-        _write_json(json_path, image, picture, segmenter, results, outputs, candidates,
-                    f"masks:{masks}" if masks else proposals, timer.seconds)
+        source_name = f"masks:{masks}" if masks else proposals
+        _write_json(json_path, image, picture, segmenter, results, outputs, candidates, source_name, timer.seconds)
     for result, path in zip(results, outputs):
-        stderr.print(
-            f"{result.phrase!r} -> proposal {result.index} of {len(candidates)} "
-            f"(score {result.score:.4f}, noun phrase {result.noun_phrase!r}): {path}"
-        )
+        stderr.print(f"{_caption(result)}, noun phrase {result.noun_phrase!r}: {path}")
 
 
 def _check_phrases(image: Path, phrases: list[str]) -> None:
@@ -352,6 +440,9 @@ def _no_noun(phrase: str, phrases: list[str], require_noun: bool) -> None:
 
 
 def _caption(result) -> str:
+    """What a phrase was answered with: the chosen proposal and its score, or the area of a drawn mask."""
+    if result.index is None:
+        return f"{result.phrase!r}: {int(result.mask.sum())} pixels"
     return f"{result.phrase!r}: proposal {result.index}, score {result.score:.4f}"
 
 
@@ -359,14 +450,13 @@ def _write_pictures(picture, results, candidates, overlays, overlay_all, top_k_p
     from globallocal.drawing import answer_picture, answers_picture, top_k_picture
     from globallocal.images import save_png
 
-    masks = candidates.masks.numpy()
     for result, path in zip(results, overlays):
-        save_png(answer_picture(picture, masks[result.index], _caption(result)), path)
+        save_png(answer_picture(picture, result.mask.numpy(), _caption(result)), path)
     if overlay_all:
-        chosen = [masks[result.index] for result in results]
+        chosen = [result.mask.numpy() for result in results]
         save_png(answers_picture(picture, chosen, [_caption(result) for result in results]), overlay_all)
     for result, path in zip(results, top_k_pictures):
-        save_png(top_k_picture(picture, masks, result.scores.tolist(), result.phrase, top_k), path)
+        save_png(top_k_picture(picture, candidates.masks.numpy(), result.scores.tolist(), result.phrase, top_k), path)
 
 
 def _write_json(path, image, picture, segmenter, results, outputs, candidates, source, seconds) -> None:
@@ -376,11 +466,14 @@ def _write_json(path, image, picture, segmenter, results, outputs, candidates, s
     report = segment_json(
         image=str(image),
         image_size=(picture.height, picture.width),
-        proposal_source=source,
-        proposal_count=len(candidates),
+        proposal_source=source if candidates is not None else None,
+        proposal_count=len(candidates) if candidates is not None else None,
         clip={"model": segmenter.clip.name, "weights": segmenter.clip.weights},
-        settings=segmenter.settings.to_dict(),
-        results=[result_json(r, candidates.boxes, str(out)) for r, out in zip(results, outputs)],
+        method=segmenter.method.name,
+        # every setting (with TCL's, for a blend), as a run's configuration records them
+        settings={key: value for key, value in segmenter.method.describe().items() if key != "method"},
+        results=[result_json(r, candidates.boxes if candidates is not None else None, str(out))
+                 for r, out in zip(results, outputs)],
         seconds=seconds,
     )
     text = json.dumps(report, indent=1) + "\n"
@@ -403,7 +496,7 @@ def proposals(
     short_side: ShortSideOpt = None,
     sam_model: SamModelOpt = None,
     sam_weights: SamWeightsOpt = None,
-    sam_settings: SamSettingsOpt = "paper-later",
+    sam_settings: SamSettingsOpt = None,
     points_per_side: PointsPerSideOpt = None,
     pred_iou_thresh: PredIouOpt = None,
     stability_thresh: StabilityOpt = None,
@@ -443,30 +536,48 @@ def proposals(
 
 @app.command()
 def evaluate(
-    dataset: str = typer.Option(..., help="refcoco, refcoco+ or refcocog."),
-    split: str = typer.Option(..., help="val, testA, testB (refcoco, refcoco+); val, test (refcocog umd)."),
-    data_root: Path = typer.Option(..., help="REFER root holding DATASET/refs(SPLIT_BY).p and instances.json."),
-    images: Path = typer.Option(..., help="COCO train2014 image folder."),
+    dataset: str = typer.Option(..., help="refcoco, refcoco+, refcocog or phrasecut."),
+    split: str = typer.Option(
+        ..., help="val, testA, testB (refcoco, refcoco+); val, test (refcocog umd); val, test, miniv, val_miniv "
+        "(phrasecut)."
+    ),
+    data_root: Path = typer.Option(
+        ..., help="REFER root holding DATASET/refs(SPLIT_BY).p and instances.json, or the VGPhraseCut_v0 folder "
+        "(refer_SPLIT.json, image_data_split.json, images/)."
+    ),
+    images: Path | None = typer.Option(
+        None, help="COCO train2014 image folder (required for RefCOCO*; PhraseCut default: DATA_ROOT/images)."
+    ),
     split_by: str | None = typer.Option(None, help="unc (refcoco, refcoco+), umd or google (refcocog)."),
-    proposals: str = typer.Option(
-        "freesolo", help="freesolo (the paper's), sam2, sam, or gt (ground-truth instance masks: the oracle)."
+    subset: str = typer.Option(
+        "all", help="phrasecut: all, unseen (tasks whose category is not a COCO class: the paper's zero-shot "
+        "setting) or seen."
+    ),
+    method: MethodOpt = "global-local",
+    proposals: str | None = typer.Option(
+        None, help="freesolo (the paper's), sam2, sam, or gt (ground-truth instance masks: the oracle). "
+        "Default: the method's."
     ),
     out: Path | None = typer.Option(
-        None, help="Run folder for records.jsonl and the report (default: runs/DATASET_SPLIT_METHOD_PRESET_MODEL_"
-        "PROPOSALS, plus _aALPHA / _bBETA when given). Running the same command again resumes it; so does "
-        "running it with a larger --limit or none."
+        None, help="Run folder for records.jsonl and the report (default: runs/DATASET_SPLIT[_SUBSET]_METHOD_"
+        "PRESET_MODEL_PROPOSALS, plus _aALPHA / _bBETA when given). Running the same command again resumes it; so "
+        "does running it with a larger --limit or none."
     ),
     limit: int | None = typer.Option(None, help="Evaluate only the first N images of the split."),
-    save_masks: Path | None = typer.Option(None, help="Also write each predicted mask as REF_SENT.png here."),
+    save_masks: Path | None = typer.Option(
+        None, help="Also write each predicted mask here: REF_SENT.png (RefCOCO*), TASK_ID.png (phrasecut)."
+    ),
     overlap: str = typer.Option(
         "paper", help="Ground truth of multi-part polygons: paper (pixels covered exactly once) or union."
     ),
-    clip_model: str = typer.Option("ViT-B-32", help=CLIP_MODEL_HELP),
+    clip_model: str | None = typer.Option(None, help="Default: the method's. " + CLIP_MODEL_HELP),
     clip_weights: str = typer.Option("openai", help=CLIP_WEIGHTS_HELP),
-    preset: str | None = typer.Option(None, help="Default: the dataset's paper preset. " + PRESET_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
     alpha: float | None = typer.Option(None, help="Global-context weight of the visual feature."),
     beta: float | None = typer.Option(None, help="Whole-expression weight of the text feature."),
     masked_blocks: int | None = typer.Option(None, help="ViT: number of last blocks with masked tokens."),
+    fusion_mode: FusionModeOpt = None,
+    sticky_topk: StickyTopkOpt = None,
     chunk_size: int | None = typer.Option(
         None, help="Masked crops per image-tower batch, which bounds memory (default: 8 on the CPU, 64 on CUDA)."
     ),
@@ -480,20 +591,27 @@ def evaluate(
     short_side: ShortSideOpt = None,
     sam_model: SamModelOpt = None,
     sam_weights: SamWeightsOpt = None,
-    sam_settings: SamSettingsOpt = "paper-later",
+    sam_settings: SamSettingsOpt = None,
     points_per_side: PointsPerSideOpt = None,
     pred_iou_thresh: PredIouOpt = None,
     stability_thresh: StabilityOpt = None,
     min_region_area: MinRegionAreaOpt = None,
     box_nms_thresh: BoxNmsOpt = None,
     crop_layers: CropLayersOpt = None,
+    tcl_window: TCLWindowOpt = None,
+    tcl_pamr: TCLPamrOpt = None,
+    tcl_templates: TCLTemplatesOpt = None,
+    tcl_kp_weight: TCLKpWeightOpt = None,
+    tcl_threshold: TCLThresholdOpt = None,
+    tcl_weights: TCLWeightsOpt = None,
+    tcl_weight: TCLWeightOpt = None,
     cache: Path | None = typer.Option(
         None, help="Feature cache folder: proposals and CLIP features per image, text features per phrase, keyed by "
         "model, weights and visual settings (not alpha/beta). Later runs sharing images skip the models; "
         "'globallocal sweep' needs it. Shareable between runs and processes."
     ),
 ) -> None:
-    """Evaluate on a RefCOCO / RefCOCO+ / RefCOCOg split: oIoU, mIoU, precision@0.5..0.9.
+    """Evaluate on a RefCOCO / RefCOCO+ / RefCOCOg or PhraseCut split: oIoU, mIoU, precision@0.5..0.9.
 
     Proposals and visual features are computed once per image and shared by
     all its sentences. Interrupt at any time; the same command resumes.
@@ -503,31 +621,59 @@ def evaluate(
     from globallocal.cache import FeatureCache
     from globallocal.clip_models import resolve_device
     from globallocal.distributed import distributed_session
-    from globallocal.evaluate import EvaluationConfig, run_evaluation
-    from globallocal.presets import paper_preset_for
+    from globallocal.evaluate import EvaluationConfig, check_evaluation_inputs, run_evaluation
+    from globallocal.methods import get_method
+    from globallocal.methods.tcl_options import TCLOptions
     from globallocal.segmenter import Segmenter
     from globallocal.text import parser_label
 
-    if proposals not in ("freesolo", "sam2", "sam", "gt"):
+    spec = get_method(method)
+    tcl = TCLOptions(tcl_window, tcl_pamr, tcl_templates, tcl_kp_weight, tcl_threshold, tcl_weights, tcl_weight)
+    tcl.check(spec)
+    proposals = proposals or spec.default_proposals
+    if proposals not in ("freesolo", "sam2", "sam", "gt", None):
         raise InputError(f"unknown --proposals '{proposals}'; use freesolo, sam2, sam or gt")
-    preset = preset or paper_preset_for(dataset)
-    out = out or default_run_dir(dataset, split, "global-local", preset, clip_model, proposals, alpha, beta)
+    preset = preset or spec.preset_for(dataset)
+    sam_settings = sam_settings or spec.default_proposal_settings
+    overrides = _setting_overrides(
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
+        fusion_mode=fusion_mode, sticky_topk=sticky_topk,
+    ) | tcl.method_overrides(method)
     device = resolve_device(device)
     source_args = ProposalArgs.from_arguments(locals())
+    _check_applicable(spec, overrides, source_args)
+    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    clip_model = clip_model or spec.default_clip_model
+    selection = split if subset == "all" else f"{split}_{subset}"
+    out = out or default_run_dir(
+        dataset, selection, tcl.run_tag(method), preset, clip_model, proposals or "none", alpha, beta
+    )
+    check_evaluation_inputs(EvaluationConfig(
+        dataset=dataset, split=split, data_root=data_root, images_dir=images, out_dir=out, split_by=split_by,
+        limit=limit, save_masks=save_masks, overlap=overlap, subset=subset,
+    ))
+    tcl = tcl.with_weights_found(method)  # before any model loads: offline, a missing checkpoint fails in seconds
     with distributed_session(device) as place:
         local_device = place.device(device)
         segmenter = Segmenter.from_pretrained(
             clip_model, clip_weights, preset, device=local_device, precision=precision, spacy_model=spacy_model,
-            alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
+            method=method, method_options=tcl.method_options(method), **overrides,
         )
+        segmenter.method = tcl.wrap(segmenter.method)
         proposal_key, proposal_settings = None, {}
+        # Weights files are identified by content in the run's configuration, not by the path typed.
+        weights = {"clip": clip_weights} if os.path.isfile(clip_weights) else {}
         if proposals == "gt":
             source = "gt"
+        elif proposals is None:
+            source = None
         else:
-            from globallocal.proposals.sources import proposal_cache_key
+            from globallocal.proposals.sources import proposal_cache_key, proposal_weights_file
 
             generator = source_args.build(local_device)
             proposal_key = proposal_cache_key(proposals, generator, source_args.weights, local_device)
+            weights_file = proposal_weights_file(proposals, generator, source_args.weights)
+            weights.update({proposals: weights_file} if weights_file else {})
             proposal_settings = source_args.settings(generator)
 
             def source(image, record):
@@ -535,9 +681,9 @@ def evaluate(
 
         settings = {
             "clip_model": clip_model,
-            "clip_weights": _weights_identity(clip_weights),
+            "clip_weights": "file" if "clip" in weights else clip_weights,
             "preset": preset,
-            **segmenter.settings.to_dict(),
+            **segmenter.method.describe(),
             "parser": parser_label(segmenter.nlp),
             "proposals": proposals,
             **proposal_settings,
@@ -547,7 +693,7 @@ def evaluate(
         }
         config = EvaluationConfig(
             dataset=dataset, split=split, data_root=data_root, images_dir=images, out_dir=out, split_by=split_by,
-            limit=limit, save_masks=save_masks, overlap=overlap, settings=settings,
+            limit=limit, save_masks=save_masks, overlap=overlap, settings=settings, weights=weights, subset=subset,
         )
         feature_cache = FeatureCache.for_segmenter(cache, segmenter, clip_model) if cache else None
         run_evaluation(
@@ -559,6 +705,124 @@ def evaluate(
 
             Console(highlight=False).print(format_report_table([out]))
             stderr.print(f"report: {out / 'report.md'}")
+
+
+@app.command()
+def batch(
+    pairs: Path = typer.Argument(..., help="Manifest of (photo, phrase) pairs: .jsonl (one JSON object a line) or .csv "
+                                 "with columns image, phrase or phrases, optional id and masks."),
+    out: Path = typer.Option(..., "--output", "-o", help="Run folder: masks/ID.png, results.jsonl, errors.jsonl. "
+                             "Running the same command again resumes it."),
+    masks: Path | None = typer.Option(
+        None, "--masks", "-m", help="Mask proposals for the lines without their own 'masks' (instead of FreeSOLO)."
+    ),
+    overlays: bool = typer.Option(False, help="Also write overlays/ID.png: the photo with the chosen mask tinted."),
+    rle: bool = typer.Option(False, help="Also put each mask in results.jsonl as COCO RLE."),
+    method: MethodOpt = "global-local",
+    clip_model: str | None = typer.Option(None, help="Default: the method's. " + CLIP_MODEL_HELP),
+    clip_weights: str = typer.Option("openai", help=CLIP_WEIGHTS_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
+    alpha: float | None = typer.Option(None, help="Global-context weight of the visual feature."),
+    beta: float | None = typer.Option(None, help="Whole-expression weight of the text feature."),
+    masked_blocks: int | None = typer.Option(None, help="ViT: number of last blocks with masked tokens."),
+    chunk_size: int | None = typer.Option(None, help="Masked crops per image-tower batch (memory bound)."),
+    fusion_mode: FusionModeOpt = None,
+    device: DeviceOpt = "auto",
+    precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
+    spacy_model: str | None = typer.Option(None, help="spaCy pipeline for the noun phrase."),
+    require_noun: bool = typer.Option(
+        False, help="Set aside (in errors.jsonl) a line whose phrase has no noun; by default it is answered, the "
+        "whole phrase standing in for the noun phrase."
+    ),
+    proposals: ProposalsOpt = None,
+    freesolo_weights: FreeSOLOWeightsOpt = None,
+    score_threshold: ScoreThresholdOpt = None,
+    max_proposals: MaxProposalsOpt = None,
+    min_area: MinAreaOpt = None,
+    short_side: ShortSideOpt = None,
+    sam_model: SamModelOpt = None,
+    sam_weights: SamWeightsOpt = None,
+    sam_settings: SamSettingsOpt = None,
+    points_per_side: PointsPerSideOpt = None,
+    pred_iou_thresh: PredIouOpt = None,
+    stability_thresh: StabilityOpt = None,
+    min_region_area: MinRegionAreaOpt = None,
+    box_nms_thresh: BoxNmsOpt = None,
+    crop_layers: CropLayersOpt = None,
+) -> None:
+    """Segment every (photo, phrase) pair of a manifest; photos named by several lines are processed once.
+
+    A line that cannot be used (missing photo, unreadable image, empty phrase, duplicate id) goes to
+    OUT/errors.jsonl and the rest go on; the exit code is 1 when any line failed.
+
+    Example: globallocal batch pairs.jsonl -o out/
+    """
+    from globallocal.batch import run_batch
+    from globallocal.clip_models import resolve_device
+    from globallocal.images import check_writable_folder
+    from globallocal.manifest import read_manifest
+    from globallocal.methods import get_method
+    from globallocal.runfolder import check_free
+    from globallocal.segmenter import Segmenter
+    from globallocal.text import parser_label
+
+    # Everything cheap is checked before any model loads.
+    manifest = read_manifest(pairs)
+    check_free(out)
+    check_writable_folder(out / "masks", "output")
+    spec = get_method(method)
+    overrides = _setting_overrides(
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
+        fusion_mode=fusion_mode,
+    )
+    proposals = proposals or spec.default_proposals
+    sam_settings = sam_settings or spec.default_proposal_settings
+    source_args = ProposalArgs.from_arguments(locals())
+    _check_applicable(spec, overrides, source_args, masks)
+    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    clip_model = clip_model or spec.default_clip_model
+    if masks is not None and not masks.exists():
+        raise InputError(f"mask source not found: {masks}; give a folder of PNG masks or an RLE .json file")
+    device = resolve_device(device)
+    segmenter = Segmenter.from_pretrained(
+        clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
+        method=method, **overrides,
+    )
+    weights = {"clip": clip_weights} if Path(clip_weights).is_file() else {}
+    proposal_settings: dict = {}
+    source = None
+    if spec.method_class.uses_proposals and masks is None and any(line.masks is None for line in manifest.lines):
+        from globallocal.proposals.sources import proposal_weights_file
+
+        generator = source_args.build(device)
+        weights_file = proposal_weights_file(proposals, generator, source_args.weights)
+        weights.update({proposals: weights_file} if weights_file else {})
+        proposal_settings.update(proposals=proposals, **source_args.settings(generator))
+
+        def source(picture):
+            return generator.generate(picture)
+
+    run_settings = {
+        "clip_model": clip_model,
+        "clip_weights": "file" if "clip" in weights else clip_weights,
+        "preset": preset,
+        **segmenter.method.describe(),
+        "parser": parser_label(segmenter.nlp),
+        **proposal_settings,
+        "device": device,
+        "precision": precision,
+    }
+    summary = run_batch(
+        manifest, out, segmenter, source, masks=masks, settings=run_settings, weights=weights, rle=rle,
+        overlays=overlays, allow_no_noun=not require_noun,
+    )
+    failed = summary["failed_lines"]
+    stderr.print(
+        f"{summary['results']} masks from {summary['lines']} lines ({summary['photos']} photos) in {out}; "
+        f"{failed} lines failed" + (f": see {summary['errors_file']}" if failed else "")
+    )
+    if summary["failed_lines"]:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -617,12 +881,6 @@ def default_run_dir(
     return Path("runs") / "_".join(parts)
 
 
-def _weights_identity(weights: str) -> str:
-    """A weights file by its absolute path (the same file named relatively or absolutely is one run); tags as given."""
-    path = Path(weights).expanduser()
-    return str(path.resolve()) if path.is_file() else weights
-
-
 def _command_name(arguments: list[str]) -> str | None:
     """The subcommand among the arguments (the top level takes no option values)."""
     return next((argument for argument in arguments if not argument.startswith("-")), None)
@@ -631,6 +889,91 @@ def _command_name(arguments: list[str]) -> str | None:
 def _fail(message: str) -> None:
     stderr.print(Text.assemble(("error:", "red"), f" {message}"))
     sys.exit(2)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to listen on. The default serves this computer only; 0.0.0.0 serves every "
+        "network this computer is on, to anyone who can reach it (no login)."
+    ),
+    port: int = typer.Option(7860, help="Port of the page: http://HOST:PORT."),
+    method: MethodOpt = "global-local",
+    clip_model: str | None = typer.Option(None, help="Default: the method's (ViT-B-32 for global-local). "
+                                          + CLIP_MODEL_HELP),
+    clip_weights: str = typer.Option("openai", help=CLIP_WEIGHTS_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
+    alpha: float | None = typer.Option(None, help="Starting global-context weight (a slider on the page)."),
+    beta: float | None = typer.Option(None, help="Starting whole-expression weight (a slider on the page)."),
+    masked_blocks: int | None = typer.Option(None, help="ViT: number of last blocks with masked tokens."),
+    chunk_size: int | None = typer.Option(None, help="Masked crops per image-tower batch (bounds memory)."),
+    device: DeviceOpt = "auto",
+    precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
+    spacy_model: str | None = typer.Option(None, help="spaCy pipeline for the noun phrase."),
+    require_noun: bool = typer.Option(False, help="Refuse phrases in which spaCy finds no noun (default: answer "
+                                      "them, the whole phrase standing in for the noun phrase)."),
+    proposals: ProposalsOpt = None,
+    freesolo_weights: FreeSOLOWeightsOpt = None,
+    score_threshold: ScoreThresholdOpt = None,
+    max_proposals: MaxProposalsOpt = None,
+    min_area: MinAreaOpt = None,
+    short_side: ShortSideOpt = None,
+    sam_model: SamModelOpt = None,
+    sam_weights: SamWeightsOpt = None,
+    sam_settings: SamSettingsOpt = None,
+    points_per_side: PointsPerSideOpt = None,
+    pred_iou_thresh: PredIouOpt = None,
+    stability_thresh: StabilityOpt = None,
+    min_region_area: MinRegionAreaOpt = None,
+    box_nms_thresh: BoxNmsOpt = None,
+    crop_layers: CropLayersOpt = None,
+    max_megapixels: float = typer.Option(40.0, help="Refuse uploaded photos larger than this."),
+    top_k: int = typer.Option(8, help="Proposals shown in the ranked gallery."),
+    examples: Path | None = typer.Option(None, help="Folder of example photos (default: the repository's)."),
+) -> None:
+    """Serve a web page to try phrases on your own photos (needs the [demo] extra: Gradio).
+
+    Example: globallocal serve --proposals sam2, then open http://127.0.0.1:7860
+    """
+    from dataclasses import replace
+
+    from globallocal.serve import Engine, example_photos, require_gradio
+    from globallocal.serve import serve as serve_page
+
+    require_gradio()
+    if max_megapixels <= 0 or top_k < 1:
+        raise InputError("--max-megapixels must be positive and --top-k at least 1")
+    from globallocal.methods import get_method
+    from globallocal.segmenter import Segmenter
+
+    overrides = _setting_overrides(
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
+    )
+    spec = get_method(method)
+    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    # The page's starting source; the proposal options apply to whichever source the page then uses.
+    proposals = proposals or spec.default_proposals or "freesolo"
+    sam_settings = sam_settings or spec.default_proposal_settings
+    from globallocal.clip_models import resolve_device
+
+    device = resolve_device(device)
+    source = ProposalArgs.from_arguments(locals())
+
+    def load_segmenter(name: str) -> Segmenter:
+        # The command's model options are the served method's; another method starts from its own defaults.
+        ours = name == method
+        return Segmenter.from_pretrained(
+            clip_model if ours else None, clip_weights, preset if ours else None, device=device,
+            precision=precision, spacy_model=spacy_model, method=name, **(overrides if ours else {}),
+        )
+
+    engine = Engine(load_segmenter, lambda kind: replace(source, kind=kind).build(device), method,
+                    max_megapixels=max_megapixels, allow_no_noun=not require_noun)
+    with stderr.status("loading the models..."):
+        engine.segmenter()
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        stderr.print(f"[yellow]warning:[/] serving on {host}: anyone who can reach this computer can use the page")
+    serve_page(engine, host, port, example_photos(examples), proposals, top_k)
 
 
 def main() -> None:
@@ -651,6 +994,10 @@ def main() -> None:
     except NoArgsIsHelpError as error:
         typer.echo(error.format_message())
         sys.exit(2)
+    except OSError as error:
+        # A full or read-only disk, a path that is a file: the environment, not a bug.
+        where = f" {error.filename}" if error.filename else ""
+        _fail(f"cannot write or read{where}: {error.strerror or error}; free some space or choose another location")
     except UsageError as error:
         command = error.ctx.command_path if error.ctx is not None else "globallocal"
         _fail(f"{error.format_message()} (see `{command} --help`)")

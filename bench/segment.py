@@ -22,7 +22,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from globallocal import Proposals, Segmenter, get_preset  # noqa: E402
+from globallocal import Proposals, Segmenter, get_method  # noqa: E402
 from globallocal.clip_models import load_clip  # noqa: E402
 from globallocal.images import load_image, x800  # noqa: E402
 from globallocal.text import load_parser  # noqa: E402
@@ -71,7 +71,7 @@ def measure(segmenter: Segmenter, image, count: int, repeats: int) -> list[float
     def text_stage():
         segmenter._text_cache.clear()
         with torch.inference_mode():
-            segmenter.text_features([segmenter.parse(p) for p in PHRASES])
+            segmenter.method.text_features([segmenter.parse(p) for p in PHRASES], segmenter.encode)
 
     def global_stage():
         with torch.inference_mode():
@@ -79,7 +79,7 @@ def measure(segmenter: Segmenter, image, count: int, repeats: int) -> list[float
 
     def local_stage():
         with torch.inference_mode():
-            local_features(clip, full, proposals.masks, windows, fill, segmenter.crop_chunk_size)
+            local_features(clip, full, proposals.masks, windows, fill, segmenter.method.crop_chunk_size)
 
     def total():
         segmenter._text_cache.clear()
@@ -106,7 +106,7 @@ def main() -> None:
     )
     for column in ["model", "proposals", "text (3 phrases)", "global", "local", "total"]:
         table.add_column(column, justify="right")
-    settings = get_preset("paper")
+    settings = get_method("global-local").settings("paper")
     for name in args.models.split(","):
         clip = load_clip(name, "random", device=args.device)
         segmenter = Segmenter(clip, nlp, settings)

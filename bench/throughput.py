@@ -185,7 +185,7 @@ def run_one(pipeline: str, model: str, source: str, proposals: int, images: int)
     import torch
 
     from globallocal.clip_models import load_clip
-    from globallocal.presets import get_preset
+    from globallocal.methods import get_method
     from globallocal.text import load_parser
 
     torch.manual_seed(0)
@@ -197,7 +197,7 @@ def run_one(pipeline: str, model: str, source: str, proposals: int, images: int)
     else:
         clip = load_clip(model, "random")
         propose = _proposal_source(source, proposals)
-    settings = get_preset("paper")
+    settings = get_method("global-local").settings("paper")
     function = reference_structured if pipeline == "reference" else globallocal_path
     function(clip, nlp, photos[:1], propose, settings)  # warm-up: first-call allocations, lazy init
     start = time.perf_counter()

@@ -22,12 +22,13 @@ _EXPORTS = {
     "InputError": "errors",
     "NoProposalsError": "errors",
     "WeightsError": "errors",
-    "PRESETS": "presets",
-    "Settings": "presets",
-    "get_preset": "presets",
+    "GlobalLocalSettings": "methods.global_local",
     "Proposals": "proposals",
-    "SegmentResult": "segmenter",
+    "SegmentResult": "methods.base",
     "Segmenter": "segmenter",
+    "available_methods": "methods",
+    "build_method": "methods",
+    "get_method": "methods",
 }
 
 __all__ = sorted(_EXPORTS)

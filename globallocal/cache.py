@@ -4,7 +4,8 @@ Layout under the cache root::
 
     visual-<key>/identity.json              what <key> was made from
     visual-<key>/<image_id>-<digest>.npz     one image: proposals (RLE masks, boxes, scores,
-                                             areas) and the unblended global and local features
+                                             areas) and the method's image features (named tensors,
+                                             e.g. Global-Local's unblended global and local features)
     text-<key>/identity.json
     text-<key>/<ab>/<sha256 of the text>.npz raw text features of one string
 
@@ -16,11 +17,12 @@ as is:
   content: moving or copying it keeps the cache valid), precision, device type
   and the torch / open_clip versions (kernels change the last bits between
   versions and devices, and cached and fresh runs must agree exactly);
-- visual settings (visual key only): clip_normalization, antialias,
-  crop_fill, crop_box, short_side, masked_blocks, and chunk_size (the crop
-  batch size, which can change the last bits of the local features). Not alpha,
-  beta or feature_norm: they are applied when scoring, so one cache serves
-  every value of them;
+- the method and its visual settings (visual key only: the settings the image
+  features depend on, :attr:`Method.visual_settings`; for Global-Local
+  clip_normalization, antialias, crop_fill, crop_box, short_side,
+  masked_blocks, and chunk_size, the crop batch size, which can change the
+  last bits of the local features). Not alpha, beta or feature_norm: they are
+  applied when scoring, so one cache serves every value of them;
 - per image: the decoded pixels, and either the proposal source's key (a
   deterministic, expensive source such as FreeSOLO, whose proposals are then
   cached too) or, for a source without one, the proposals' content (the
@@ -29,7 +31,11 @@ as is:
 Files are written to a temporary name and renamed into place, so a reader
 never sees a half-written entry. They are not fsynced: an entry damaged by a
 crash fails to load (the .npz zip format checks a CRC-32 per array) and is
-simply recomputed, which is cheaper than an fsync per text string.
+simply recomputed, which is cheaper than an fsync per text string. A visual
+entry stores its own name and a text entry its string, so a file copied or
+renamed to another key is a miss. Temporary files a killed writer left are
+removed when the cache is next prepared, once they are an hour old (younger
+ones may be a concurrent run's writes in progress).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -52,45 +59,36 @@ from pycocotools import mask as coco_mask
 from .clip_models import ClipBundle
 from .errors import InputError
 from .images import atomic_write, save_text
-from .presets import Settings
 from .proposals import Proposals
+from .weights import weights_identity
 
 if TYPE_CHECKING:
+    from .methods import Method
     from .segmenter import Segmenter
 
 __all__ = [
-    "VISUAL_SETTINGS",
     "FeatureCache",
     "ImageEntry",
     "TextStore",
     "VisualStore",
     "clip_identity",
-    "file_fingerprint",
     "image_digest",
     "proposal_source_key",
     "proposals_digest",
+    "remove_orphans",
 ]
 
 # Bumped when an entry's layout or meaning changes; part of every key.
-_FORMAT = 1
+# 2: whole-file weights identity, entries store their own name; 3: named tensors of any method.
+_FORMAT = 3
 
-VISUAL_SETTINGS = (
-    "clip_normalization",
-    "antialias",
-    "crop_fill",
-    "crop_box",
-    "short_side",
-    "masked_blocks",
-    "chunk_size",
-)
+# Stored arrays holding the method's tensors are named with this prefix.
+_TENSOR_PREFIX = "tensor_"
 
 IDENTITY_FILE = "identity.json"
 
-# Hashing a whole 1 GB checkpoint costs seconds at every start. A torch zip
-# checkpoint ends with its central directory, which holds the CRC-32 of every
-# tensor, and safetensors files start with their header, so the size plus the
-# first and last 16 MiB tell weight files apart.
-_FINGERPRINT_SPAN = 16 << 20
+# Temporary files older than this are orphans of a killed writer (see remove_orphans).
+ORPHAN_AGE_S = 3600.0
 
 # Errors np.load raises on a truncated, damaged or foreign file.
 _BAD_ENTRY = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
@@ -102,19 +100,6 @@ def _sha256(data: bytes) -> str:
 
 def _digest(value: Any) -> str:
     return _sha256(json.dumps(value, sort_keys=True).encode("utf-8"))
-
-
-def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Size and SHA-256 of the first and last 16 MiB of a file (all of it when smaller)."""
-    path = Path(path)
-    size = path.stat().st_size
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        digest.update(handle.read(_FINGERPRINT_SPAN))
-        if size > 2 * _FINGERPRINT_SPAN:
-            handle.seek(size - _FINGERPRINT_SPAN)
-        digest.update(handle.read())
-    return {"size": size, "sha256_head_tail": digest.hexdigest()}
 
 
 def _library_versions() -> dict[str, str]:
@@ -130,7 +115,7 @@ def clip_identity(clip: ClipBundle, clip_model: str) -> dict[str, Any]:
     if clip.weights == "random":
         raise InputError("random CLIP weights cannot be cached: every load draws new ones")
     if os.path.isfile(clip.weights):
-        weights: dict[str, Any] = {"file": file_fingerprint(clip.weights)}
+        weights: dict[str, Any] = {"file": weights_identity(clip.weights)}
     else:
         weights = {"tag": clip.weights}
     return {
@@ -149,7 +134,7 @@ def proposal_source_key(
     """The cache key of a deterministic proposal generator (e.g. FreeSOLO): its weights, options and device type."""
     return {
         "source": source,
-        "weights": file_fingerprint(weights),
+        "weights": weights_identity(weights),
         "options": options,
         "device": torch.device(device).type,
         **_library_versions(),
@@ -170,6 +155,25 @@ def proposals_digest(proposals: Proposals) -> str:
     digest.update(proposals.boxes.numpy().tobytes())
     digest.update(proposals.scores.numpy().tobytes())
     return digest.hexdigest()
+
+
+def remove_orphans(directory: Path, min_age_s: float = ORPHAN_AGE_S) -> int:
+    """Delete the ``.*.tmp`` files under ``directory`` older than ``min_age_s``; return how many.
+
+    The cache is shared by concurrent runs, so a young temporary file may be
+    another process's write in progress: only those no write could still be
+    using (an entry is written in well under a second) are removed.
+    """
+    removed = 0
+    cutoff = time.time() - min_age_s
+    for path in directory.rglob(".*.tmp"):
+        try:
+            if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:  # its writer renamed it, or another run removed it
+            pass
+    return removed
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -205,15 +209,14 @@ def _decode_masks(counts: list[bytes], height: int, width: int) -> torch.Tensor:
 
 @dataclass
 class ImageEntry:
-    """One image's cached proposals and unblended visual features (float32, CPU)."""
+    """One image's cached proposals and the method's image features (float32, CPU)."""
 
     image_size: tuple[int, int]
     rle_counts: list[bytes]
     boxes: torch.Tensor
     scores: torch.Tensor
     areas: np.ndarray
-    global_features: torch.Tensor
-    local_features: torch.Tensor
+    tensors: dict[str, torch.Tensor]
 
     def proposals(self) -> Proposals:
         """The proposals, masks decoded."""
@@ -239,18 +242,19 @@ class VisualStore:
             lengths = data["rle_lengths"].astype(np.int64)
             blob = data["rle"].tobytes()
             n = len(lengths)
-            global_features, local_features = data["global_features"], data["local_features"]
+            tensors = {
+                key.removeprefix(_TENSOR_PREFIX): value for key, value in data.items() if key.startswith(_TENSOR_PREFIX)
+            }
             consistent = (
-                height > 0
+                # The stored name guards against an entry copied or renamed to another image's name.
+                data["key"].tobytes() == name.encode("utf-8")
+                and height > 0
                 and width > 0
                 and int(lengths.sum()) == len(blob)
                 and data["boxes"].shape == (n, 4)
                 and data["scores"].shape == (n,)
                 and data["areas"].shape == (n,)
-                and global_features.ndim == 2
-                and global_features.shape[0] == n
-                and local_features.shape == global_features.shape
-                and global_features.dtype == local_features.dtype == np.float32
+                and all(value.dtype == np.float32 for value in tensors.values())
             )
         except (KeyError, ValueError, TypeError):
             return None
@@ -264,25 +268,25 @@ class VisualStore:
             boxes=torch.from_numpy(data["boxes"]),
             scores=torch.from_numpy(data["scores"]),
             areas=data["areas"].astype(np.int64),
-            global_features=torch.from_numpy(global_features),
-            local_features=torch.from_numpy(local_features),
+            tensors={key: torch.from_numpy(value) for key, value in tensors.items()},
         )
 
-    def save(
-        self, name: str, proposals: Proposals, global_features: torch.Tensor, local_features: torch.Tensor
-    ) -> None:
+    def save(self, name: str, proposals: Proposals, tensors: dict[str, torch.Tensor]) -> None:
         counts = _encode_masks(proposals.masks)
         _write_npz(
             self.path(name),
             {
+                "key": np.frombuffer(name.encode("utf-8"), dtype=np.uint8),
                 "image_size": np.array(proposals.image_size, dtype=np.int64),
                 "rle": np.frombuffer(b"".join(counts), dtype=np.uint8),
                 "rle_lengths": np.array([len(c) for c in counts], dtype=np.int64),
                 "boxes": proposals.boxes.numpy(),
                 "scores": proposals.scores.numpy(),
                 "areas": proposals.masks.flatten(1).sum(dim=1).numpy().astype(np.int64),
-                "global_features": global_features.detach().float().cpu().numpy(),
-                "local_features": local_features.detach().float().cpu().numpy(),
+                **{
+                    _TENSOR_PREFIX + key: value.detach().float().cpu().numpy()
+                    for key, value in tensors.items()
+                },
             },
         )
 
@@ -324,9 +328,9 @@ class TextStore:
 
 
 class FeatureCache:
-    """The cache folders of one CLIP model and visual settings (see the module docstring)."""
+    """The cache folders of one CLIP model and the visual settings of one method (see the module docstring)."""
 
-    def __init__(self, root: str | os.PathLike[str], clip: dict[str, Any], family: str, settings: Settings) -> None:
+    def __init__(self, root: str | os.PathLike[str], clip: dict[str, Any], family: str, method: Method) -> None:
         self.root = Path(root).expanduser().resolve()
         self.family = family
         self.text_identity = {"format": _FORMAT, "clip": clip}
@@ -334,7 +338,7 @@ class FeatureCache:
             "format": _FORMAT,
             "clip": clip,
             "family": family,
-            "settings": {name: getattr(settings, name) for name in VISUAL_SETTINGS},
+            "settings": method.visual_identity(),
         }
         self.visual = VisualStore(self.root / f"visual-{_digest(self.visual_identity)[:16]}")
         self.text = TextStore(self.root / f"text-{_digest(self.text_identity)[:16]}")
@@ -342,14 +346,15 @@ class FeatureCache:
     @classmethod
     def for_segmenter(cls, root: str | os.PathLike[str], segmenter: Segmenter, clip_model: str) -> FeatureCache:
         """The cache of a :class:`~globallocal.Segmenter`; ``clip_model`` is the name or config file it loaded."""
-        return cls(root, clip_identity(segmenter.clip, clip_model), segmenter.clip.family, segmenter.settings)
+        return cls(root, clip_identity(segmenter.clip, clip_model), segmenter.clip.family, segmenter.method)
 
     def prepare(self) -> None:
-        """Create the folders and their identity.json (what the key in the folder name was made from)."""
+        """Create the folders and their identity.json, and remove temporary files killed writers left."""
         for store, identity in ((self.visual, self.visual_identity), (self.text, self.text_identity)):
             path = store.directory / IDENTITY_FILE
             if not path.exists():
                 save_text(json.dumps(identity, indent=2, sort_keys=True) + "\n", path)
+            remove_orphans(store.directory)
 
     def describe(self) -> dict[str, Any]:
         """Where the cache is, as a run's configuration records it."""

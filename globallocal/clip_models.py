@@ -23,6 +23,7 @@ from open_clip.transformer import QuickGELU
 
 from .errors import InputError, WeightsError, first_line
 from .hub import cached_hub_file, require_hub_files
+from .weights import unsafe_checkpoint, unsafe_message
 
 # The architectures whose OpenAI weights the paper used or that are natural
 # drop-ins; any other open_clip CLIP with a supported image tower works too.
@@ -204,6 +205,8 @@ def _load_file(model: open_clip.CLIP, path: str | os.PathLike[str], name: str) -
     try:
         open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
     except Exception as error:  # torch and open_clip raise many types for a bad file
+        if unsafe_checkpoint(error, path):
+            raise WeightsError(unsafe_message(path, error, "use an open_clip checkpoint of tensors")) from None
         reason = _mismatch(model, path) or first_line(error)
         raise WeightsError(f"cannot load CLIP weights {path} into {name}: {reason}") from None
 

@@ -61,11 +61,16 @@ def _with_caption(picture: np.ndarray, lines: Sequence[tuple[str, Sequence[int] 
     return np.concatenate([picture, np.asarray(band)], axis=0)
 
 
-def answer_picture(image: Image.Image, mask: np.ndarray, caption: str, color: Sequence[int] = PALETTE[0]) -> np.ndarray:
-    """The photo with ``mask`` tinted and outlined, and ``caption`` (phrase and score) under it."""
+def overlay_picture(image: Image.Image, mask: np.ndarray, color: Sequence[int] = PALETTE[0]) -> np.ndarray:
+    """The photo with ``mask`` tinted and outlined (uint8 (H, W, 3))."""
     rgb = np.asarray(image, dtype=np.float32).copy()
     tint(rgb, mask, color)
-    return _with_caption(np.round(rgb).astype(np.uint8), [(caption, color)])
+    return np.round(rgb).astype(np.uint8)
+
+
+def answer_picture(image: Image.Image, mask: np.ndarray, caption: str, color: Sequence[int] = PALETTE[0]) -> np.ndarray:
+    """The photo with ``mask`` tinted and outlined, and ``caption`` (phrase and score) under it."""
+    return _with_caption(overlay_picture(image, mask, color), [(caption, color)])
 
 
 def answers_picture(image: Image.Image, masks: Sequence[np.ndarray], captions: Sequence[str]) -> np.ndarray:

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -62,13 +60,26 @@ from rich.progress import (
 from rich.text import Text
 
 from .cache import FeatureCache, TextStore, image_digest, proposals_digest
-from .distributed import Distributed
+from .datasets import EvaluationDataset, check_dataset, dataset_files, dataset_label, open_dataset
+from .distributed import Distributed, from_environment
 from .errors import GlobalLocalError, InputError
-from .images import save_mask_png, save_text
+from .images import check_writable_folder, save_mask_png, save_text
 from .metrics import PRECISION_THRESHOLDS, MetricAccumulator, intersection_union, sentence_iou
+from .phrasecut import BREAKDOWN, PHRASECUT
 from .proposals import Proposals
-from .refer import ImageGroup, ImageRecord, Ref, ReferDataset, Sentence, resolve_split
+from .refer import OVERLAP_RULES, ImageGroup, ImageRecord, Sentence
+from .runfolder import (
+    CONFIG_FILE,
+    RECORDS_FILE,
+    CompletedUnit,
+    RunFolder,
+    UnitLayout,
+    check_free,
+    read_completed,
+    records_file,
+)
 from .text import encode_texts
+from .weights import weights_change, weights_identity
 
 __all__ = [
     "CONFIG_FILE",
@@ -79,20 +90,22 @@ __all__ = [
     "EvaluationConfig",
     "EvaluationStopped",
     "ProposalSource",
+    "check_evaluation_inputs",
     "read_records",
     "records_file",
+    "referent",
     "run_evaluation",
 ]
 
-RECORDS_FILE = "records.jsonl"
-CONFIG_FILE = "config.json"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
-_RECORDS_NAME = re.compile(r"records(\.rank\d+)?\.jsonl")
+# An image and all its sentences: the unit of work, recorded with an image-done marker.
+IMAGE_UNITS = UnitLayout(marker="image_done", member="image_id", count="sentences")
+CompletedImage = CompletedUnit
 
 # Bumped when the records or config layout changes, so that an old out dir is
-# refused instead of misread. 2: per-proposal overlaps, cache, rank files.
-_FORMAT = 2
+# refused instead of misread. 2: per-proposal overlaps, cache, rank files. 3: weights by content.
+_FORMAT = 3
 
 ProposalSource = Callable[[Image.Image, ImageRecord], Proposals]
 
@@ -114,18 +127,34 @@ class EvaluationConfig:
     alpha, beta, preset, parser model, ...) is copied into the report
     verbatim and takes part in the resume check; it must be
     JSON-serialisable (other values are stored as their ``str``).
+    ``weights`` names every weights file used (``{"clip": path,
+    "freesolo": path, ...}``): they are identified by content
+    (:func:`~globallocal.weights.weights_identity`), and a resume with other
+    content is refused.
+
+    PhraseCut (``dataset="phrasecut"``): ``images_dir`` defaults to
+    ``data_root/images``, ``subset`` is all, unseen or seen, and ``overlap``
+    does not apply (its ground truth is the union of its polygons).
     """
 
     dataset: str
     split: str
     data_root: str | Path
-    images_dir: str | Path
+    images_dir: str | Path | None
     out_dir: str | Path
     split_by: str | None = None
     limit: int | None = None
     save_masks: str | Path | None = None
     overlap: str = "paper"
     settings: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, str | Path] = field(default_factory=dict)
+    subset: str = "all"
+
+    def images_folder(self) -> Path | None:
+        """Where the photos are: ``images_dir``, by default ``data_root/images`` for PhraseCut."""
+        if self.images_dir is None and self.dataset == PHRASECUT:
+            return Path(self.data_root) / "images"
+        return None if self.images_dir is None else Path(self.images_dir)
 
     def identity(self) -> dict[str, Any]:
         """The configuration as stored in config.json and compared on resume.
@@ -144,13 +173,17 @@ class EvaluationConfig:
             "format": _FORMAT,
             "dataset": self.dataset,
             "split": self.split,
-            "split_by": resolve_split(self.dataset, self.split, self.split_by),
+            "split_by": check_dataset(self.dataset, self.split, self.split_by, self.subset),
             "data_root": absolute(self.data_root),
-            "images_dir": absolute(self.images_dir),
+            "images_dir": absolute(self.images_folder()),
             "save_masks": absolute(self.save_masks),
             "overlap": self.overlap,
             "settings": self.settings,
+            # By content, not path: moved weights still resume, other weights at the same path do not.
+            "weights": {role: weights_identity(path) for role, path in sorted(self.weights.items())},
         }
+        if self.dataset == PHRASECUT:
+            identity.update(overlap=None, subset=self.subset)
         # Round-trip so that tuples/lists and key order compare as stored.
         return json.loads(json.dumps(identity, sort_keys=True, default=str))
 
@@ -168,7 +201,7 @@ def _session_rate(task: Task) -> float | None:
     return done / task.elapsed
 
 
-class _RateColumn(ProgressColumn):
+class RateColumn(ProgressColumn):
     """Images per second, blank until this session has finished an image."""
 
     def render(self, task: Task) -> Text:
@@ -176,7 +209,7 @@ class _RateColumn(ProgressColumn):
         return Text("" if rate is None else f"{rate:.2f} img/s")
 
 
-class _RemainingColumn(ProgressColumn):
+class RemainingColumn(ProgressColumn):
     """Time left at this session's rate."""
 
     def render(self, task: Task) -> Text:
@@ -187,161 +220,33 @@ class _RemainingColumn(ProgressColumn):
         return Text(f"{left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}", style="progress.remaining")
 
 
-def records_file(rank: int = 0, world_size: int = 1) -> str:
-    """The records file one process appends to: records.jsonl alone, records.rank<R>.jsonl under torchrun."""
-    return RECORDS_FILE if world_size == 1 else f"records.rank{rank}.jsonl"
+def read_records(out_dir: str | Path) -> list[CompletedImage]:
+    """The fully recorded images of every records file of a run folder (read only)."""
+    return read_completed(out_dir, IMAGE_UNITS)
 
 
-def _records_paths(out_dir: Path) -> list[Path]:
-    """Every records file of a run folder (its sessions may have used different numbers of processes)."""
-    return sorted(path for path in out_dir.iterdir() if _RECORDS_NAME.fullmatch(path.name))
-
-
-def _check_or_write_config(out_dir: Path, identity: dict[str, Any], write: bool) -> None:
-    """Refuse a run folder of another configuration; ``write`` config.json when there is none."""
-    config_path = out_dir / CONFIG_FILE
-    if config_path.exists():
-        try:
-            stored = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            stored = None
-        if stored != identity:
-            differing = (
-                "; ".join(_differences(stored, identity)) if isinstance(stored, dict) else "unreadable config.json"
-            )
-            raise InputError(
-                f"{out_dir} holds a run with a different configuration ({differing}); "
-                "use another --out or delete that directory"
-            )
-        return
-    if _records_paths(out_dir):
-        raise InputError(
-            f"{out_dir} holds records but no {CONFIG_FILE}; use another --out or delete that directory"
-        )
-    if not write:
-        raise InputError(f"{config_path} is missing although rank 0 should have written it")
-    save_text(json.dumps(identity, indent=2, sort_keys=True) + "\n", config_path)
-
-
-def _differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """'key: run VALUE, now VALUE' for every differing key, nested settings named by their dotted path."""
-    missing = "(not set)"
-    found = []
-    for key in sorted(set(stored) | set(current)):
-        old, new = stored.get(key, missing), current.get(key, missing)
-        if old == new:
-            continue
-        if isinstance(old, dict) and isinstance(new, dict):
-            found += _differences(old, new, f"{prefix}{key}.")
-        else:
-            found.append(f"{prefix}{key}: run {json.dumps(old)}, now {json.dumps(new)}")
-    return found
-
-
-@dataclass
-class CompletedImage:
-    """One fully recorded image: its image-done marker and its sentence records."""
-
-    marker: dict[str, Any]
-    records: list[dict[str, Any]]
-
-
-def _parse_records(path: Path) -> tuple[list[CompletedImage], int, int]:
-    """The fully recorded images of a records file, the byte offset just after the last marker, and the file size.
-
-    Everything after the last image-done marker (a half-written line, records
-    of an image that was being worked on) is not counted. A damaged line
-    *before* the last marker is not something an interruption produces, so it
-    is reported rather than repaired.
-    """
-    if not path.exists():
-        return [], 0, 0
-    data = path.read_bytes()
-    completed: list[CompletedImage] = []
-    pending: list[dict[str, Any] | None] = []
-    keep = 0
-    position = 0
-    for number, line in enumerate(data.split(b"\n")[:-1], start=1):
-        position += len(line) + 1
-        try:
-            entry = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            entry = None
-        if isinstance(entry, dict) and "image_done" in entry:
-            image_id = entry["image_done"]
-            if (
-                any(record is None for record in pending)
-                or len(pending) != entry.get("sentences")
-                or any(record.get("image_id") != image_id for record in pending)
-                or any(done.marker["image_done"] == image_id for done in completed)
-            ):
-                raise InputError(
-                    f"{path} is damaged before line {number}; use another --out or delete that directory"
-                )
-            completed.append(CompletedImage(entry, [record for record in pending if record is not None]))
-            pending = []
-            keep = position
-        else:
-            pending.append(entry if isinstance(entry, dict) else None)
-    return completed, keep, len(data)
-
-
-def _recover_records(path: Path) -> list[CompletedImage]:
-    """The fully recorded images of this process's own records file, cutting the file back to them."""
-    completed, keep, size = _parse_records(path)
-    if keep != size:
-        with open(path, "r+b") as handle:
-            handle.truncate(keep)
-            handle.flush()
-            os.fsync(handle.fileno())
-    return completed
-
-
-def read_records(out_dir: str | Path, own: Path | None = None) -> list[CompletedImage]:
-    """The fully recorded images of every records file in a run folder.
-
-    ``own``, this process's file, is cut back to its last marker; the other
-    files are only read (their owners may be appending to them right now, and
-    what follows their last marker is ignored). An image recorded twice means
-    two runs shared the folder at once, which is refused.
-    """
-    out_dir = Path(out_dir)
-    completed: list[CompletedImage] = []
-    seen: dict[Any, Path] = {}
-    paths = _records_paths(out_dir)
-    if own is not None and own not in paths:
-        paths.append(own)
-    for path in paths:
-        found = _recover_records(path) if path == own else _parse_records(path)[0]
-        for done in found:
-            image_id = done.marker["image_done"]
-            if image_id in seen:
-                raise InputError(
-                    f"image {image_id} is recorded in both {seen[image_id].name} and {path.name}; "
-                    "use another --out or delete that directory"
-                )
-            seen[image_id] = path
-        completed += found
-    return completed
+def referent(record: dict[str, Any]) -> Any:
+    """The id of what a sentence record refers to: a REFER ref_id or a PhraseCut task_id."""
+    return record["task_id"] if "task_id" in record else record["ref_id"]
 
 
 def _add_record(accumulator: MetricAccumulator, record: dict[str, Any]) -> None:
     accumulator.add(
         record["I"],
         record["U"],
-        ref_id=record["ref_id"],
+        ref_id=referent(record),
         image_id=record["image_id"],
         no_proposals=record["no_proposals"],
     )
 
 
 @contextmanager
-def _about(ref: Ref, sentence: Sentence) -> Iterator[None]:
+def _about(label: str, sentence: Sentence) -> Iterator[None]:
     """Name the sentence in an error: over thousands of them the bare reason is not enough."""
     try:
         yield
     except GlobalLocalError as error:
-        raise type(error)(f"ref {ref.ref_id} sentence {sentence.sent_id} ({sentence.raw!r}): {error}") from None
+        raise type(error)(f"{label} ({sentence.raw!r}): {error}") from None
 
 
 def _check_size(proposals: Proposals, image: ImageRecord) -> None:
@@ -354,16 +259,20 @@ def _set_image(
     image: Image.Image,
     record: ImageRecord,
     segmenter: Any,
-    proposal_source: ProposalSource,
+    proposal_source: ProposalSource | None,
     cache: FeatureCache | None,
     proposal_key: dict[str, Any] | None,
-) -> tuple[Proposals, str | None]:
-    """The image's proposals, with the segmenter set on them when there are any; and the cache entry used.
+) -> tuple[Proposals | None, str | None]:
+    """The image's proposals (None for a method without), with the segmenter set on the image; the cache entry used.
 
-    With a cache the entry is looked up by the proposal source's key before
-    calling the source, or, for a source without a key, by the content of
-    the proposals it returned; on a miss the features are computed and stored.
+    The segmenter is set only when there is something to choose from. With a
+    cache the entry is looked up by the proposal source's key before calling
+    the source, or, for a source without a key, by the content of the
+    proposals it returned; on a miss the features are computed and stored.
     """
+    if proposal_source is None:  # the method draws its own mask
+        segmenter.set_image(image)
+        return None, None
     if cache is None:
         proposals = proposal_source(image, record)
         _check_size(proposals, record)
@@ -385,15 +294,13 @@ def _set_image(
     _check_size(proposals, record)
     if entry is not None:
         if len(proposals) > 0:
-            segmenter.set_features(image, proposals, entry.global_features, entry.local_features)
+            segmenter.set_features(image, proposals, entry.tensors)
     elif len(proposals) > 0:
         segmenter.set_image(image, proposals)
-        state = segmenter.image_state
-        cache.visual.save(name, proposals, state.global_features, state.local_features)
+        cache.visual.save(name, proposals, segmenter.image_state.tensors)
     else:
         # Cached too, so that a source with a key is not asked again.
-        none = torch.zeros((0, 0))
-        cache.visual.save(name, proposals, none, none)
+        cache.visual.save(name, proposals, {})
     return proposals, name
 
 
@@ -403,8 +310,7 @@ def _seed_text_features(segmenter: Any, texts: TextStore, phrase: str) -> None:
     Each missing string is encoded on its own, as ``predict`` encodes a
     phrase, so that cached features are bit-identical to fresh ones.
     """
-    parsed = segmenter.parse(phrase)
-    strings = list(dict.fromkeys([parsed.expression, parsed.noun_phrase]))
+    strings = list(dict.fromkeys(segmenter.method.text_strings(segmenter.parse(phrase))))
     found = texts.load(strings)
     for text in strings:
         if text not in found:
@@ -415,9 +321,9 @@ def _seed_text_features(segmenter: Any, texts: TextStore, phrase: str) -> None:
 
 def _evaluate_image(
     group: ImageGroup,
-    dataset: ReferDataset,
+    dataset: EvaluationDataset,
     segmenter: Any,
-    proposal_source: ProposalSource,
+    proposal_source: ProposalSource | None,
     save_masks: Path | None,
     cache: FeatureCache | None,
     proposal_key: dict[str, Any] | None,
@@ -425,34 +331,40 @@ def _evaluate_image(
     """The records of every sentence on one image (proposals and features paid once), and its cache entry."""
     image = dataset.load_image(group.image)
     proposals, entry = _set_image(image, group.image, segmenter, proposal_source, cache, proposal_key)
-    has_proposals = len(proposals) > 0
-    masks = proposals.masks.numpy()
+    answerable = proposals is None or len(proposals) > 0
+    masks = proposals.masks.numpy() if proposals is not None else None
     records = []
     for ref in group.refs:
         gt = dataset.gt_mask(ref)
         # |proposal AND gt| for every proposal: enough to score any choice later (U = area + |gt| - I).
-        overlaps = np.count_nonzero(masks[:, gt], axis=1).tolist()
+        overlaps = np.count_nonzero(masks[:, gt], axis=1).tolist() if masks is not None else None
         for sentence in ref.sentences:
             record: dict[str, Any] = {
                 "image_id": group.image.image_id,
-                "ref_id": ref.ref_id,
-                "sent_id": sentence.sent_id,
+                **dataset.sentence_fields(ref, sentence),
                 "phrase": sentence.raw,
             }
-            if has_proposals:
-                with _about(ref, sentence):
+            if answerable:
+                with _about(dataset.sentence_label(ref, sentence), sentence):
                     if cache is not None:
                         _seed_text_features(segmenter, cache.text, sentence.raw)
                     result = segmenter.predict(sentence.raw)
                 pred = result.mask
                 intersection, union = intersection_union(pred, gt)
                 record.update(
-                    index=int(result.index),
-                    score=float(result.scores[result.index]),
+                    index=result.index,
+                    score=result.score,
                     noun_phrase=result.noun_phrase,
                     expression=result.expression,
                     truncated=bool(result.truncated),
                 )
+                # Further answers of the method (HybridGL's "pure" one), each scored as the main answer is.
+                others = {}
+                for name, index in result.other_answers().items():
+                    other_i, other_u = intersection_union(proposals.masks[index], gt)
+                    others[name] = {"index": int(index), "I": other_i, "U": other_u}
+                if others:
+                    record["other_answers"] = others
             else:
                 # No proposal to choose: an empty prediction, IoU 0 (never skipped).
                 pred = None
@@ -462,12 +374,12 @@ def _evaluate_image(
                 I=intersection,
                 U=union,
                 IoU=sentence_iou(intersection, union),
-                no_proposals=not has_proposals,
+                no_proposals=not answerable,
                 gt_area=int(gt.sum()),
                 overlaps=overlaps,
             )
             if save_masks is not None:
-                path = save_masks / f"{ref.ref_id}_{sentence.sent_id}.png"
+                path = save_masks / dataset.mask_name(ref, sentence)
                 save_mask_png(np.zeros_like(gt) if pred is None else pred, path)
             records.append(record)
     return records, entry
@@ -483,24 +395,52 @@ def _package_versions() -> dict[str, str]:
     return versions
 
 
-def _build_report(
-    completed: list[CompletedImage], identity: dict[str, Any], out_dir: Path, total_images: int, processes: int
-) -> dict[str, Any]:
-    """The report, from the records alone.
+def _subset_order(name: str) -> tuple[int, str]:
+    return (BREAKDOWN.index(name) if name in BREAKDOWN else len(BREAKDOWN), name)
 
-    Wall time is the sum of the per-image times over all sessions and
-    processes: model loading and work lost to interruptions are not in it, so
-    resumed and uninterrupted runs are comparable.
+
+def _build_report(
+    completed: list[CompletedImage],
+    identity: dict[str, Any],
+    out_dir: Path,
+    total_images: int,
+    processes: int,
+    notes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The report, from the records alone (and the dataset's ``notes`` on its selection).
+
+    Records that name ``subsets`` (PhraseCut's) also give the metrics of
+    each subset. Wall time is the sum of the per-image times over all
+    sessions and processes: model loading and work lost to interruptions are
+    not in it, so resumed and uninterrupted runs are comparable.
     """
     accumulator = MetricAccumulator()
+    by_subset: dict[str, MetricAccumulator] = {}
+    names = {name for done in completed for record in done.records for name in record.get("other_answers", {})}
+    others = {name: MetricAccumulator() for name in sorted(names)}
     truncated = 0
     for done in completed:
         for record in done.records:
             _add_record(accumulator, record)
+            for name in record.get("subsets", ()):
+                _add_record(by_subset.setdefault(name, MetricAccumulator()), record)
             truncated += bool(record.get("truncated"))
+            # A sentence without proposals has no answer of any kind: IoU 0 in every table.
+            for name, total in others.items():
+                _add_record(total, {**record, **record.get("other_answers", {}).get(name, {})})
     wall = sum(float(done.marker.get("seconds", 0.0)) for done in completed)
+    extra: dict[str, Any] = {}
+    if notes:
+        extra["selection"] = notes
+    if by_subset:
+        extra["subsets"] = {
+            name: {"mIoU": by_subset[name].miou, "oIoU": by_subset[name].oiou, "sentences": by_subset[name].sentences}
+            for name in sorted(by_subset, key=_subset_order)
+        }
     return {
         "metrics": accumulator.summary(),
+        **extra,
+        "other_answers": {name: total.summary() for name, total in others.items()},
         "truncated_sentences": truncated,
         "images_total": total_images,
         "wall_time_s": wall,
@@ -516,14 +456,19 @@ def _build_report(
 def _report_markdown(report: dict[str, Any]) -> str:
     config, metrics = report["config"], report["metrics"]
     thresholds = [f"{t:.1f}" for t in PRECISION_THRESHOLDS]
-    header = ["oIoU", "mIoU", *(f"P@{t}" for t in thresholds)]
-    values = [metrics["oIoU"], metrics["mIoU"], *(metrics["precision"][t] for t in thresholds)]
+    header = ["answer", "oIoU", "mIoU", *(f"P@{t}" for t in thresholds)]
+    answers = {"final": metrics, **report.get("other_answers", {})}
+    method = config.get("settings", {}).get("method", "global-local")
     lines = [
-        f"# Global-Local evaluation: {config['dataset']} {config['split']} ({config['split_by']})",
+        f"# {method} evaluation: {dataset_label(config)}",
         "",
         "| " + " | ".join(header) + " |",
         "|" + " --- |" * len(header),
-        "| " + " | ".join(f"{value:.2f}" for value in values) + " |",
+    ]
+    for name, answer in answers.items():
+        values = [answer["oIoU"], answer["mIoU"], *(answer["precision"][t] for t in thresholds)]
+        lines.append(f"| {name} | " + " | ".join(f"{value:.2f}" for value in values) + " |")
+    lines += [
         "",
         f"- images: {metrics['images']}, refs: {metrics['refs']}, sentences: {metrics['sentences']}",
         f"- images without proposals: {metrics['no_proposal_images']} ({metrics['no_proposal_refs']} refs, "
@@ -531,6 +476,22 @@ def _report_markdown(report: dict[str, Any]) -> str:
         f"- expressions truncated to CLIP's 77 tokens: {report['truncated_sentences']}",
         f"- cumulative I / U: {metrics['sum_intersection']} / {metrics['sum_union']}",
         f"- wall time: {report['wall_time_s']:.1f} s",
+    ]
+    if "selection" in report:
+        selection = report["selection"]
+        dropped = selection["dropped_by_reason"].items()
+        reasons = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in dropped)
+        lines.append(
+            f"- subset {selection['subset']}: {selection['tasks']} of {selection['tasks_in_files']} tasks, "
+            f"{selection['tasks_dropped']} dropped ({reasons})"
+        )
+    if "subsets" in report:
+        lines += ["", "## mIoU by subset", "", "| subset | mIoU | oIoU | sentences |", "| --- | --- | --- | --- |"]
+        lines += [
+            f"| {name} | {values['mIoU']:.2f} | {values['oIoU']:.2f} | {values['sentences']} |"
+            for name, values in report["subsets"].items()
+        ]
+    lines += [
         "",
         "## Configuration",
         "",
@@ -545,7 +506,7 @@ def _report_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _ground_truth_source(dataset: ReferDataset) -> ProposalSource:
+def _ground_truth_source(dataset: EvaluationDataset) -> ProposalSource:
     def source(image: Image.Image, record: ImageRecord) -> Proposals:
         return dataset.instance_masks(record.image_id)
 
@@ -558,21 +519,56 @@ def _run_identity(
     """config.json: the configuration, plus where the cache is and what a sweep needs to replay the scores."""
     identity = config.identity()
     if cache is not None:
-        settings = segmenter.settings
         identity["cache"] = {
             **cache.describe(),
             "proposals": "content" if proposal_key is None else proposal_key,
-            "scoring": {"alpha": settings.alpha, "beta": settings.beta, "feature_norm": settings.feature_norm},
+            "scoring": segmenter.method.describe(),
         }
     else:
         identity["cache"] = None
     return json.loads(json.dumps(identity, sort_keys=True, default=str))
 
 
+def check_evaluation_inputs(config: EvaluationConfig, main: bool | None = None) -> None:
+    """What can be checked in a second, before any model loads (seconds to minutes): options, paths, the run folder.
+
+    Refuses a bad --limit, an unknown dataset, split or overlap rule, a data
+    root without the split's files, a missing images folder, a run folder
+    that is a file, read-only or in use, and a --save-masks folder that
+    cannot be written. The run folder's lock is only probed by the main
+    process (``main``; default: rank 0 of torchrun's environment), which
+    takes it later.
+    """
+    if config.limit is not None and config.limit < 1:
+        raise InputError(f"--limit must be at least 1, got {config.limit}")
+    if config.overlap not in OVERLAP_RULES:
+        raise InputError(f"unknown overlap rule {config.overlap!r}; use one of {', '.join(OVERLAP_RULES)}")
+    split_by = check_dataset(config.dataset, config.split, config.split_by, config.subset)
+    images_dir = config.images_folder()
+    if images_dir is None:
+        raise InputError(f"--images is required for {config.dataset}: the COCO train2014 image folder")
+    layout = "VGPhraseCut_v0 folder" if config.dataset == PHRASECUT else f"REFER folder holding {config.dataset}/"
+    if not Path(config.data_root).is_dir():
+        raise InputError(f"data root not found: {config.data_root}; give the {layout}")
+    for path in dataset_files(config.dataset, config.split, config.data_root, split_by):
+        if not path.is_file():
+            raise InputError(f"{path} not found; is {config.data_root} the {layout}?")
+    if not images_dir.is_dir():
+        raise InputError(f"images folder not found: {images_dir}")
+    if main is None:
+        main = from_environment().is_main
+    if main:
+        check_free(config.out_dir)
+    else:
+        check_writable_folder(config.out_dir, "run folder")
+    if config.save_masks is not None:
+        check_writable_folder(config.save_masks, "--save-masks")
+
+
 def run_evaluation(
     config: EvaluationConfig,
     segmenter: Any,
-    proposal_source: ProposalSource | str,
+    proposal_source: ProposalSource | str | None,
     progress: bool = True,
     stop_after_images: int | None = None,
     *,
@@ -582,9 +578,10 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Evaluate a split, resuming from ``config.out_dir`` if it holds a run of the same config.
 
-    ``proposal_source`` is a callable ``(image, record) -> Proposals`` or
+    ``proposal_source`` is a callable ``(image, record) -> Proposals``,
     ``"gt"``: the image's ground-truth instance masks from instances.json
-    (the oracle setting papers report as an upper bound).
+    (the oracle setting papers report as an upper bound), or None for a
+    method that draws its own mask (``method.uses_proposals`` false).
 
     ``cache``: read and write proposals and features there (the segmenter
     must then be a :class:`~globallocal.Segmenter`). ``proposal_key``: the
@@ -600,20 +597,24 @@ def run_evaluation(
     images have been completed in this call and more remain, leaving the out
     dir exactly as an interruption would (used to test resuming).
     """
-    if config.limit is not None and config.limit < 1:
-        raise InputError(f"--limit must be at least 1, got {config.limit}")
     place = distributed or Distributed()
+    if place.is_main:
+        check_evaluation_inputs(config, main=True)
     identity = _run_identity(config, segmenter, cache, proposal_key)
-    dataset = ReferDataset(
-        config.data_root,
+    dataset = open_dataset(
         config.dataset,
         config.split,
+        config.data_root,
         split_by=identity["split_by"],
         images_dir=config.images_dir,
         overlap=config.overlap,
+        subset=config.subset,
     )
     if proposal_source == "gt":
         proposal_source = _ground_truth_source(dataset)
+    elif proposal_source is None:
+        if getattr(getattr(segmenter, "method", None), "uses_proposals", True):
+            raise InputError("this method needs mask proposals; give a proposal source")
     elif isinstance(proposal_source, str):
         raise InputError(f"unknown proposal source '{proposal_source}'")
     every_group = dataset.images()
@@ -621,22 +622,54 @@ def run_evaluation(
     missing = dataset.missing_images(groups)
     if missing:
         raise InputError(
-            f"{len(missing)} of {len(groups)} images are missing from {config.images_dir}, e.g. {missing[0]}"
+            f"{len(missing)} of {len(groups)} images are missing from {missing[0].parent}, e.g. {missing[0]}"
         )
 
     out_dir = Path(config.out_dir)
-    if place.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _check_or_write_config(out_dir, identity, write=True)
-        if cache is not None:
-            cache.prepare()
-    # The others check config.json once rank 0 has written it.
-    place.barrier()
-    if not place.is_main:
-        _check_or_write_config(out_dir, identity, write=False)
-    records_path = out_dir / records_file(place.rank, place.world_size)
-    completed = read_records(out_dir, own=records_path)
-    # Images past the limit may be recorded by an earlier run with a larger one: they are kept, not reported.
+    # Rank 0 locks the folder and writes config.json; the others check it once it is there.
+
+    def explain(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
+        return weights_change(stored.get("weights"), current.get("weights"), config.weights)
+
+    folder = RunFolder(out_dir, IMAGE_UNITS, rank=place.rank, world_size=place.world_size, main=place.is_main)
+    with folder:
+        if place.is_main:
+            folder.check_config(identity, explain=explain)
+            if cache is not None:
+                cache.prepare()
+        place.barrier()
+        if not place.is_main:
+            folder.check_config(identity, explain=explain)
+        folder.open_records()
+        report = _evaluate_share(
+            folder, config, identity, dataset, groups, every_group, segmenter, proposal_source, place, progress,
+            stop_after_images, cache, proposal_key,
+        )
+    return report
+
+
+def _evaluate_share(
+    folder: RunFolder,
+    config: EvaluationConfig,
+    identity: dict[str, Any],
+    dataset: EvaluationDataset,
+    groups: list[ImageGroup],
+    every_group: list[ImageGroup],
+    segmenter: Any,
+    proposal_source: ProposalSource,
+    place: Distributed,
+    progress: bool,
+    stop_after_images: int | None,
+    cache: FeatureCache | None,
+    proposal_key: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """This process's images not yet recorded, then (rank 0) the report of every file's records.
+
+    ``groups`` are the images to evaluate (the first ``limit``), ``every_group`` the split's: images past the
+    limit may be recorded by an earlier run with a larger one; they are kept, not reported.
+    """
+    out_dir = folder.directory
+    completed = folder.read_completed()
     expected = {group.image.image_id: group.sentence_count for group in every_group}
     for done in completed:
         if expected.get(done.marker["image_done"]) != done.marker["sentences"]:
@@ -660,19 +693,16 @@ def run_evaluation(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        _RateColumn(),
+        RateColumn(),
         TextColumn("{task.fields[sentences]} sentences"),
         TextColumn("oIoU {task.fields[oiou]:.2f}  mIoU {task.fields[miou]:.2f}"),
         TimeElapsedColumn(),
-        _RemainingColumn(),
+        RemainingColumn(),
     )
     description = f"{config.dataset} {config.split}"
     if place.world_size > 1:
         description += f" (rank 0's share of {place.world_size})"
-    with (
-        Progress(*columns, console=Console(stderr=True), disable=not (progress and place.is_main)) as bar,
-        open(records_path, "ab") as handle,
-    ):
+    with Progress(*columns, console=Console(stderr=True), disable=not (progress and place.is_main)) as bar:
         task = bar.add_task(
             description,
             total=len(share),
@@ -688,23 +718,16 @@ def run_evaluation(
                 group, dataset, segmenter, proposal_source, save_masks, cache, proposal_key
             )
             for record in records:
-                handle.write(json.dumps(record).encode("utf-8") + b"\n")
                 _add_record(running, record)
-            marker = {
-                "image_done": group.image.image_id,
-                "sentences": len(records),
-                "seconds": time.perf_counter() - started,
-            }
+            marker = {"image_done": group.image.image_id, "seconds": time.perf_counter() - started}
             if entry is not None:
                 marker["cache_entry"] = entry
-            handle.write(json.dumps(marker).encode("utf-8") + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+            folder.append(records, marker)
             bar.update(task, advance=1, sentences=running.sentences, oiou=running.oiou, miou=running.miou)
             if stop_after_images is not None and count >= stop_after_images and count < len(todo):
                 raise EvaluationStopped(f"stopped after {count} images")
 
-    # Every process has closed its records file before rank 0 reads them all.
+    # Every process has recorded its share before rank 0 reads them all.
     place.barrier()
     if place.is_main:
         order = {group.image.image_id: index for index, group in enumerate(groups)}
@@ -712,7 +735,7 @@ def run_evaluation(
             (done for done in read_records(out_dir) if done.marker["image_done"] in order),
             key=lambda done: order[done.marker["image_done"]],
         )
-        report = _build_report(completed, identity, out_dir, len(groups), place.world_size)
+        report = _build_report(completed, identity, out_dir, len(groups), place.world_size, dataset.report_notes())
         save_text(json.dumps(report, indent=2) + "\n", out_dir / REPORT_JSON)
         save_text(_report_markdown(report), out_dir / REPORT_MD)
     place.barrier()

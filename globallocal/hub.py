@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
+import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
@@ -26,8 +27,8 @@ def _offline() -> bool:
     return flag in {"1", "ON", "YES", "TRUE"} or bool(hf_constants.is_offline_mode())
 
 
-def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
-    """Why the hub cannot be reached right now, or None when it can (or a proxy decides).
+def hub_unreachable_reason(timeout: float = 3.0, url: str | None = None) -> str | None:
+    """Why the hub (or the server of ``url``) cannot be reached right now, or None when it can (or a proxy decides).
 
     The name lookup runs in a daemon thread so that a resolver that hangs is
     abandoned after ``timeout`` instead of delaying the answer; then a TCP
@@ -37,7 +38,7 @@ def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
         return "HF_HUB_OFFLINE is set"
     if any(os.environ.get(name) for name in PROXY_VARIABLES):
         return None  # through a proxy, a direct lookup says nothing
-    endpoint = os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT
+    endpoint = url or os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT
     parsed = urlparse(endpoint)
     host, port = parsed.hostname or "huggingface.co", parsed.port or (80 if parsed.scheme == "http" else 443)
     addresses: list = []
@@ -119,3 +120,21 @@ def find_in_weights_folders(name: str, filename: str) -> Path | None:
         if (folder / filename).is_file():
             return folder / filename
     return None
+
+
+def download_url_file(url: str, target: Path, what: str, fix: str) -> Path:
+    """Download ``url`` to the file ``target`` (progress bar on a terminal), failing fast when offline.
+
+    The same rule as for hub files: HF_HUB_OFFLINE or an unreachable server is
+    a one-line :class:`WeightsError` within seconds. The file appears at
+    ``target`` only when complete (torch writes a temporary file and renames it).
+    """
+    reason = hub_unreachable_reason(url=url)
+    if reason is not None:
+        raise WeightsError(f"{what} is not available locally and could not be downloaded ({reason}); {fix}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(target), progress=True)
+    except Exception as error:  # any network failure is the same problem for the user
+        raise WeightsError(f"{what} could not be downloaded ({first_line(error)}); {fix}") from None
+    return target

@@ -5,22 +5,55 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, InputError
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Decompression bombs are refused by Pillow above this many pixels; a 100 MP
-# photo is legitimate here, so the limit is raised but kept finite.
-Image.MAX_IMAGE_PIXELS = 400_000_000
+# Decompression bombs: a small file can declare a huge picture. A 100 MP photo
+# is legitimate here, so the limit is high but finite, and it is checked on the
+# header, before any pixel is decoded (Pillow's own check only warns below
+# twice its limit).
+MAX_PIXELS = 400_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def open_checked(
+    source: Path | io.BytesIO, name: str | Path, what: str = "image", size: tuple[int, int] | None = None
+) -> Image.Image:
+    """``Image.open`` refusing, by the header alone, a picture over MAX_PIXELS or (``size``: (H, W)) of another size.
+
+    ``name`` is the file named in messages. Nothing is decoded yet: the
+    caller decodes (``load()``), closes it, and handles Pillow's own errors
+    for files that are not images.
+    """
+    with warnings.catch_warnings():
+        # Pillow only warns between its limit and twice it; the check below refuses.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(source)
+        except Image.DecompressionBombError as error:
+            raise ImageError(f"{what} {name}: {error}; more than {MAX_PIXELS} pixels, refusing to decode it") from None
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        image.close()
+        raise ImageError(f"{what} {name} is {width}x{height}, more than {MAX_PIXELS} pixels; refusing to decode it")
+    if size is not None and (height, width) != tuple(size):
+        image.close()
+        raise ImageError(
+            f"{what} {Path(name).name} is {width}x{height} but the image is {size[1]}x{size[0]}; "
+            "masks must be at the image's size"
+        )
+    return image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -68,7 +101,7 @@ def load_image(source: ImageInput) -> Image.Image:
     if not data:
         raise ImageError(f"image file is empty (0 bytes): {path}")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_checked(io.BytesIO(data), path) as image:
             image.load()
             image = ImageOps.exif_transpose(image)
             rgb = _to_rgb(image)
@@ -106,11 +139,14 @@ def x800(image: Image.Image, short: int = 800, mean=IMAGENET_MEAN, std=IMAGENET_
     return to_normalized_tensor(resized, mean, std)
 
 
-def load_mask(path: str | os.PathLike) -> np.ndarray:
-    """A bool mask from a PNG (or any single-image file): non-zero pixels are in."""
+def load_mask(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A bool mask from a PNG (or any single-image file): non-zero pixels are in.
+
+    ``size`` (H, W): refuse, before decoding, a mask of another size.
+    """
     path = Path(path)
     try:
-        with Image.open(path) as mask:
+        with open_checked(path, path, "mask", size) as mask:
             mask.load()
             if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
                 array = np.asarray(mask.convert("RGBA"))
@@ -120,6 +156,24 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"cannot decode mask {path}: {error}") from None
     return array > 0
+
+
+def check_writable_folder(path: str | os.PathLike, what: str) -> Path:
+    """Create the folder ``path`` if needed and check a file can be written there; ``what`` names the option.
+
+    Run before any model loads, so that a typo or a read-only disk fails in a second, not after minutes.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what} {path} is an existing file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=path)
+        os.close(fd)
+        Path(probe).unlink(missing_ok=True)  # a run cleaning orphans in this folder may have removed it
+    except OSError as error:
+        raise InputError(f"{what} {path} is not writable ({error.strerror}); choose another folder") from None
+    return path
 
 
 def umask_mode(base: int = 0o666) -> int:

@@ -59,20 +59,17 @@ class StageTimer:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
-def result_json(result: Any, boxes: torch.Tensor, mask_path: str) -> dict[str, Any]:
-    """One phrase's answer: the parse, the chosen proposal with its box and RLE, every score (full precision)."""
+def result_json(result: Any, boxes: torch.Tensor | None, mask_path: str) -> dict[str, Any]:
+    """One phrase's answer: the method's fields (every score at full precision), the mask's box, RLE and area.
+
+    ``boxes``: the proposals' boxes, for the chosen one's; None for a method that draws its own mask.
+    """
+    chosen = {"box": box_json(boxes[result.index])} if boxes is not None and result.index is not None else {}
     return {
-        "phrase": result.phrase,
-        "expression": result.expression,
-        "noun_phrase": result.noun_phrase,
-        "has_noun": bool(result.has_noun),
-        "index": int(result.index),
-        "score": float(result.score),
-        "box": box_json(boxes[result.index]),
+        **result.to_json(),
+        **chosen,
         "rle": mask_rle(result.mask),
         "area": int(result.mask.sum()),
-        "scores": [float(score) for score in result.scores],
-        "truncated": bool(result.truncated),
         "mask": mask_path,
     }
 
@@ -81,9 +78,10 @@ def segment_json(
     *,
     image: str,
     image_size: tuple[int, int],
-    proposal_source: str,
-    proposal_count: int,
+    proposal_source: str | None,
+    proposal_count: int | None,
     clip: dict[str, str],
+    method: str,
     settings: dict[str, Any],
     results: list[dict[str, Any]],
     seconds: dict[str, float],
@@ -98,6 +96,7 @@ def segment_json(
         "proposal_source": proposal_source,
         "proposals": proposal_count,
         "clip": clip,
+        "method": method,
         "settings": settings,
         "results": results,
         "seconds": seconds,

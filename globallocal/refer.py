@@ -19,10 +19,7 @@ object (and neither is anything covered 3, 4, ... times). That is the
 
 from __future__ import annotations
 
-import io
 import json
-import pickle
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from pycocotools import mask as coco_mask
 
+from .coco_masks import checked_rle, decode, polygon_rles
 from .errors import ImageError, InputError
+from .images import open_checked
+from .plain_pickle import load_refs_pickle
 from .proposals import Proposals
 
 __all__ = [
@@ -133,80 +132,6 @@ def resolve_split(dataset: str, split: str, split_by: str | None = None) -> str:
     return split_by
 
 
-class _PlainDataUnpickler(pickle.Unpickler):
-    """An unpickler that resolves no class or function at all.
-
-    Lists, dicts, tuples, strings, numbers, booleans and None are built by
-    opcodes alone; everything that could run code (REDUCE, BUILD, NEWOBJ, ...)
-    needs a callable, and callables come from ``find_class`` (GLOBAL,
-    STACK_GLOBAL; the EXT codes resolve through it too and need entries in
-    copyreg's extension registry, which is empty unless a program fills it)
-    or from ``persistent_load``, which is not defined here. Refusing
-    ``find_class`` makes a hostile refs file inert.
-    """
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"global {module}.{name} refused")
-
-
-def _to_str(value: Any) -> Any:
-    """Python 2 wrote the real files; strings may arrive as bytes or str."""
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return value.decode("latin-1")
-    return value
-
-
-def _plain(value: Any) -> Any:
-    """Recursively turn bytes keys and values into str."""
-    if isinstance(value, dict):
-        return {_to_str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return _to_str(value)
-
-
-def load_refs_pickle(path: Path) -> list[dict]:
-    """Read a REFER refs pickle without letting it run code.
-
-    Python 2 ``str`` values are read as bytes (``encoding="bytes"``) and
-    then decoded as UTF-8, falling back to latin-1 byte by byte. That reads
-    ASCII exactly as ``encoding="latin1"`` would, and also reads a Python 2
-    str holding UTF-8 text correctly, where latin1 would garble it
-    ("cafÃ©"). Python 3 bytes values get the same decoding.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"refs file not found: {path}")
-    data = path.read_bytes()
-    try:
-        refs = _PlainDataUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except pickle.UnpicklingError as error:
-        if "refused" in str(error) or "persistent" in str(error):
-            raise InputError(
-                f"refs file {path} contains objects other than plain data; refusing to load it"
-            ) from None
-        raise InputError(f"refs file {path} is not a readable pickle: {error}") from None
-    except (
-        EOFError,
-        ValueError,
-        TypeError,
-        IndexError,
-        KeyError,
-        AttributeError,
-        OverflowError,
-        RecursionError,
-    ) as error:
-        reason = f"{type(error).__name__}: {error}"
-        raise InputError(f"refs file {path} is not a readable pickle ({reason})") from None
-    refs = _plain(refs)
-    if not isinstance(refs, list) or not all(isinstance(ref, dict) for ref in refs):
-        raise InputError(f"refs file {path} does not hold a list of refs (dicts)")
-    return refs
-
-
 def _parse_ref(raw: dict, path: Path) -> Ref:
     try:
         sentences = tuple(
@@ -225,49 +150,37 @@ def _parse_ref(raw: dict, path: Path) -> Ref:
         raise InputError(f"refs file {path}: malformed ref {raw.get('ref_id', '?')} ({error!r})") from None
 
 
-def _decode(rles: Any) -> np.ndarray:
-    """``pycocotools.mask.decode`` without its NumPy 2 ``copy=False`` DeprecationWarning.
-
-    The warning is about pycocotools' own array wrapper, not about the call;
-    left alone it would fire once per mask and turn fatal under ``-W error``.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pycocotools\.")
-        return coco_mask.decode(rles)
-
-
-def _decode_parts(segmentation: Any, height: int, width: int) -> np.ndarray:
+def _decode_parts(segmentation: Any, height: int, width: int, name: str) -> np.ndarray:
     """Per-pixel count of annotation parts covering it, (H, W) int64.
 
     Polygons: the whole list goes through ``frPyObjects`` as the published
     code does (so its quirks, such as a first part of exactly 4 numbers being
     read as a box, are kept). RLE: compressed (``counts`` a string) is decoded
     directly; uncompressed (``counts`` a list) is compressed first. An RLE is
-    a single part.
+    a single part. Both are checked first (:mod:`globallocal.coco_masks`).
     """
     if isinstance(segmentation, list):
-        if not segmentation:
+        rles = polygon_rles(segmentation, height, width, name)
+        if not rles:
             return np.zeros((height, width), dtype=np.int64)
-        rles = coco_mask.frPyObjects(segmentation, height, width)
-        parts = _decode(rles)  # (H, W, K) uint8
-        return parts.sum(axis=2, dtype=np.int64)
+        return decode(rles).sum(axis=2, dtype=np.int64)  # (H, W, K) uint8 summed
     if isinstance(segmentation, dict) and "counts" in segmentation:
-        rle = segmentation
-        if isinstance(rle["counts"], list):
-            rle = coco_mask.frPyObjects(rle, *rle["size"])
-        return _decode(rle).astype(np.int64)
-    raise InputError(f"unsupported segmentation format {type(segmentation).__name__}")
+        return decode(checked_rle(segmentation, height, width, name)).astype(np.int64)
+    raise InputError(f"{name}: unsupported segmentation format {type(segmentation).__name__}")
 
 
-def decode_segmentation(segmentation: Any, height: int, width: int, overlap: str = "paper") -> np.ndarray:
+def decode_segmentation(
+    segmentation: Any, height: int, width: int, overlap: str = "paper", name: str = "segmentation"
+) -> np.ndarray:
     """A COCO segmentation as a bool (H, W) mask under an overlap rule.
 
     ``paper``: pixels covered by exactly one part. The published code sums
     the parts and casts to uint8 before testing ``== 1``, so a pixel under
     257 parts would also pass; no real annotation comes close, so plain
     ``count == 1`` is used. ``union``: pixels covered by any part.
+    ``name`` says where the segmentation comes from in error messages.
     """
-    counts = _decode_parts(segmentation, height, width)
+    counts = _decode_parts(segmentation, height, width, name)
     if overlap == "paper":
         return counts == 1
     if overlap == "union":
@@ -286,12 +199,48 @@ def _decode_coco_image(path: Path) -> Image.Image:
     which ``Segmenter.set_image`` applies) cannot rotate it either.
     """
     try:
-        with Image.open(path) as image:
+        with open_checked(path, path) as image:
             image.load()
             pixels = np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"cannot decode image {path}: {error}") from None
     return Image.fromarray(pixels)
+
+
+def _reason(error: Exception) -> str:
+    return f"no {error.args[0]!r}" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
+
+
+def _parse_instances(instances: Any, path: Path) -> tuple[dict[int, ImageRecord], dict[int, dict]]:
+    """The image records and annotations of instances.json, each checked (the record named when not)."""
+    if not isinstance(instances.get("images"), list) or not isinstance(instances.get("annotations"), list):
+        raise InputError(f"instances file {path}: 'images' and 'annotations' must be lists")
+    images: dict[int, ImageRecord] = {}
+    for index, image in enumerate(instances["images"]):
+        try:
+            record = ImageRecord(
+                image_id=int(image["id"]),
+                file_name=str(image["file_name"]),
+                height=int(image["height"]),
+                width=int(image["width"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(f"instances file {path}: image record {index} is malformed ({_reason(error)})") from None
+        if record.height < 1 or record.width < 1:
+            raise InputError(f"instances file {path}: image {record.image_id} has no pixels")
+        images[record.image_id] = record
+    annotations: dict[int, dict] = {}
+    for index, ann in enumerate(instances["annotations"]):
+        try:
+            ann_id, _ = int(ann["id"]), int(ann["image_id"])
+            if "segmentation" not in ann:
+                raise KeyError("segmentation")
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(
+                f"instances file {path}: annotation record {index} is malformed ({_reason(error)})"
+            ) from None
+        annotations[ann_id] = ann
+    return images, annotations
 
 
 class ReferDataset:
@@ -325,40 +274,53 @@ class ReferDataset:
         self.instances_path = self.data_dir / "instances.json"
 
         raw_refs = load_refs_pickle(self.refs_path)
-        instances = self._load_instances()
-        self._images = {
-            int(image["id"]): ImageRecord(
-                image_id=int(image["id"]),
-                file_name=str(image["file_name"]),
-                height=int(image["height"]),
-                width=int(image["width"]),
-            )
-            for image in instances["images"]
-        }
-        self._annotations = {int(ann["id"]): ann for ann in instances["annotations"]}
+        self._images, self._annotations = _parse_instances(self._load_instances(), self.instances_path)
         self._image_annotations: dict[int, list[dict]] = {}
-        for ann in sorted(instances["annotations"], key=lambda ann: int(ann["id"])):
+        for ann_id in sorted(self._annotations):
+            ann = self._annotations[ann_id]
             self._image_annotations.setdefault(int(ann["image_id"]), []).append(ann)
 
         # The published code filters by substring ("A" in split for testA,
         # "test" in split for test); on these datasets' split values
         # (train, val, testA, testB, test) that equals exact matching.
         refs = [_parse_ref(raw, self.refs_path) for raw in raw_refs if raw.get("split") == split]
+        if not refs:
+            raise InputError(f"refs file {self.refs_path} has no refs in split {split!r}; is it the right file?")
+        self._check_refs(refs)
         by_image: dict[int, list[Ref]] = {}
         for ref in refs:
-            if ref.ann_id not in self._annotations:
-                raise InputError(
-                    f"ref {ref.ref_id} names annotation {ref.ann_id}, absent from {self.instances_path}"
-                )
-            if ref.image_id not in self._images:
-                raise InputError(
-                    f"ref {ref.ref_id} names image {ref.image_id}, absent from {self.instances_path}"
-                )
             by_image.setdefault(ref.image_id, []).append(ref)
         self._groups = [
             ImageGroup(self._images[image_id], tuple(sorted(by_image[image_id], key=lambda ref: ref.ref_id)))
             for image_id in sorted(by_image)
         ]
+
+    def _check_refs(self, refs: list[Ref]) -> None:
+        """Refuse refs that cannot be evaluated as they stand, naming them."""
+        ref_ids: set[int] = set()
+        sentences: dict[int, int] = {}
+        for ref in refs:
+            if ref.ref_id in ref_ids:
+                raise InputError(f"ref {ref.ref_id} appears twice in split {self.split} of {self.refs_path}")
+            ref_ids.add(ref.ref_id)
+            ann = self._annotations.get(ref.ann_id)
+            if ann is None:
+                raise InputError(f"ref {ref.ref_id} names annotation {ref.ann_id}, absent from {self.instances_path}")
+            if ref.image_id not in self._images:
+                raise InputError(f"ref {ref.ref_id} names image {ref.image_id}, absent from {self.instances_path}")
+            if int(ann["image_id"]) != ref.image_id:
+                raise InputError(
+                    f"ref {ref.ref_id} is on image {ref.image_id} but its annotation {ref.ann_id} belongs to image "
+                    f"{ann['image_id']} in {self.instances_path}; the refs and instances files do not match"
+                )
+            for sentence in ref.sentences:
+                if sentence.sent_id in sentences:
+                    # Records and --save-masks files are named by sent_id: they would collide.
+                    raise InputError(
+                        f"sent_id {sentence.sent_id} is used by ref {sentences[sentence.sent_id]} and ref "
+                        f"{ref.ref_id} in {self.refs_path}; sentence ids must be unique"
+                    )
+                sentences[sentence.sent_id] = ref.ref_id
 
     def _load_instances(self) -> dict:
         if not self.instances_path.is_file():
@@ -368,10 +330,15 @@ class ReferDataset:
                 instances = json.load(handle)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise InputError(f"instances file {self.instances_path} is not valid JSON: {error}") from None
+        if not isinstance(instances, dict):
+            raise InputError(f"instances file {self.instances_path} does not hold a COCO object")
         missing = [key for key in ("images", "annotations") if key not in instances]
         if missing:
             raise InputError(f"instances file {self.instances_path} lacks {', '.join(missing)}")
         return instances
+
+    def _name(self, ann: dict) -> str:
+        return f"annotation {ann['id']} (image {ann['image_id']}) in {self.instances_path}"
 
     def images(self) -> list[ImageGroup]:
         """The split's images, by increasing image_id, each with its refs."""
@@ -405,7 +372,7 @@ class ReferDataset:
         """The ref's ground truth, bool (H, W), under the dataset's overlap rule."""
         image = self._images[ref.image_id]
         ann = self._annotations[ref.ann_id]
-        return decode_segmentation(ann["segmentation"], image.height, image.width, self.overlap)
+        return decode_segmentation(ann["segmentation"], image.height, image.width, self.overlap, self._name(ann))
 
     def instance_masks(self, image_id: int) -> Proposals:
         """All annotated instances of an image as proposals (the ``gt`` oracle).
@@ -416,7 +383,7 @@ class ReferDataset:
         """
         image = self._images[image_id]
         masks = [
-            decode_segmentation(ann["segmentation"], image.height, image.width, self.overlap)
+            decode_segmentation(ann["segmentation"], image.height, image.width, self.overlap, self._name(ann))
             for ann in self._image_annotations.get(image_id, [])
             if self.include_crowd or not ann.get("iscrowd", 0)
         ]
@@ -424,3 +391,15 @@ class ReferDataset:
         if not masks:
             return Proposals.from_masks(torch.zeros((0, image.height, image.width), dtype=torch.bool))
         return Proposals.from_masks(torch.from_numpy(np.stack(masks)))
+
+    def sentence_fields(self, ref: Ref, sentence: Sentence) -> dict[str, Any]:
+        return {"ref_id": ref.ref_id, "sent_id": sentence.sent_id}
+
+    def sentence_label(self, ref: Ref, sentence: Sentence) -> str:
+        return f"ref {ref.ref_id} sentence {sentence.sent_id}"
+
+    def mask_name(self, ref: Ref, sentence: Sentence) -> str:
+        return f"{ref.ref_id}_{sentence.sent_id}.png"
+
+    def report_notes(self) -> dict[str, Any]:
+        return {}

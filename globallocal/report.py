@@ -19,6 +19,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from .datasets import dataset_label
 from .errors import InputError
 from .evaluate import REPORT_JSON
 from .metrics import PRECISION_THRESHOLDS
@@ -26,8 +27,6 @@ from .metrics import PRECISION_THRESHOLDS
 FORMATS = ("table", "markdown", "csv", "latex")
 # With a single run nothing differs; these say what it was.
 _ONE_RUN_KEYS = ("dataset", "method", "clip_model", "preset", "proposals")
-# Columns of numbers at the end of a text report's row: oIoU, mIoU, five precisions, sentences.
-_NUMERIC = 2 + len(PRECISION_THRESHOLDS) + 1
 
 
 def load_reports(run_dirs: list[Path]) -> list[dict[str, Any]]:
@@ -40,9 +39,24 @@ def load_reports(run_dirs: list[Path]) -> list[dict[str, Any]]:
                 f"no finished run in {run_dir} ({REPORT_JSON} missing); run the evaluation to the end first"
             )
         try:
-            reports.append(json.loads(path.read_text(encoding="utf-8")))
+            report = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise InputError(f"{path} is not valid JSON: {error}") from None
+        try:
+            # Every field the tables read, so that a malformed report is named here rather than crash below.
+            config, metrics = report["config"], report["metrics"]
+            [config[key] for key in ("dataset", "split", "overlap")]
+            dict(config.get("settings", {}))
+            for answer in (metrics, *dict(report.get("other_answers", {})).values()):
+                [float(answer[key]) for key in ("oIoU", "mIoU")]
+                [float(answer["precision"][f"{t:.1f}"]) for t in PRECISION_THRESHOLDS]
+            [int(metrics[key]) for key in ("images", "sentences", "no_proposal_sentences")]
+            [float(report[key]) for key in ("images_total", "truncated_sentences", "wall_time_s")]
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise InputError(
+                f"{path} is not a report of 'globallocal evaluate' (bad or missing {error!s}); rerun the evaluation"
+            ) from None
+        reports.append(report)
     return reports
 
 
@@ -50,7 +64,7 @@ def _settings(report: dict[str, Any]) -> dict[str, Any]:
     """A run's configuration as one flat mapping: what it evaluated and every setting."""
     config = report["config"]
     flat = {
-        "dataset": f"{config['dataset']} {config['split']} ({config['split_by']})",
+        "dataset": dataset_label(config),
         "overlap": config.get("overlap"),
     }
     flat.update(config.get("settings", {}))
@@ -73,11 +87,26 @@ def differing_settings(reports: list[dict[str, Any]]) -> list[str]:
     return [key for key in keys if len({json.dumps(flat.get(key), sort_keys=True) for flat in flats}) > 1]
 
 
-def _metrics(report: dict[str, Any]) -> dict[str, float]:
+def _metrics(report: dict[str, Any], others: list[str]) -> dict[str, float | None]:
+    """The method's metrics, then oIoU and mIoU of each further answer in ``others`` (None where a run has none)."""
     metrics = report["metrics"]
-    values = {"oIoU": metrics["oIoU"], "mIoU": metrics["mIoU"]}
+    values: dict[str, float | None] = {"oIoU": metrics["oIoU"], "mIoU": metrics["mIoU"]}
     values.update({f"P@{t:.1f}": metrics["precision"][f"{t:.1f}"] for t in PRECISION_THRESHOLDS})
+    for name in others:
+        answer = report.get("other_answers", {}).get(name)
+        values.update({f"{key} ({name})": answer[key] if answer else None for key in ("oIoU", "mIoU")})
     return values
+
+
+def _other_answers(reports: list[dict[str, Any]]) -> list[str]:
+    """The further answers some run reports (HybridGL's "pure" one)."""
+    return sorted({name for report in reports for name in report.get("other_answers", {})})
+
+
+def _number(value: float | None, full_precision: bool) -> float | str:
+    if value is None:
+        return "-"
+    return value if full_precision else f"{value:.2f}"
 
 
 def format_report_table(run_dirs: list[Path]) -> Group:
@@ -90,7 +119,7 @@ def format_report_table(run_dirs: list[Path]) -> Group:
         legend += [Text(f"#{i} {Path(run_dir).name}") for i, run_dir in enumerate(run_dirs, start=1)]
     else:
         legend = [Text(f"#{i} {run_dir}") for i, run_dir in enumerate(run_dirs, start=1)]
-    table = Table(title="Global-Local evaluation", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title="Evaluation", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("")
     for i in range(1, len(reports) + 1):
         table.add_column(f"#{i}", justify="right", overflow="fold")
@@ -98,9 +127,9 @@ def format_report_table(run_dirs: list[Path]) -> Group:
     for key in differing_settings(reports):
         table.add_row(key, *(_show(flat.get(key, "-")) for flat in flats))
     table.add_section()
-    metrics = [_metrics(report) for report in reports]
+    metrics = [_metrics(report, _other_answers(reports)) for report in reports]
     for name in metrics[0]:
-        table.add_row(name, *(f"{values[name]:.2f}" for values in metrics))
+        table.add_row(name, *(str(_number(values[name], False)) for values in metrics))
     table.add_section()
     table.add_row("images", *(f"{r['metrics']['images']}/{r['images_total']}" for r in reports))
     table.add_row("sentences", *(str(r["metrics"]["sentences"]) for r in reports))
@@ -112,12 +141,12 @@ def format_report_table(run_dirs: list[Path]) -> Group:
 
 def _rows(run_dirs: list[Path], reports: list[dict[str, Any]], full_precision: bool) -> tuple[list[str], list[list]]:
     keys = differing_settings(reports)
-    metrics = [_metrics(report) for report in reports]
+    metrics = [_metrics(report, _other_answers(reports)) for report in reports]
     header = ["run", *keys, *metrics[0], "sentences"]
     rows = []
     for run_dir, report, values in zip(run_dirs, reports, metrics):
         flat = _settings(report)
-        numbers = [value if full_precision else f"{value:.2f}" for value in values.values()]
+        numbers = [_number(value, full_precision) for value in values.values()]
         rows.append([str(run_dir), *(_show(flat.get(key, "-")) for key in keys), *numbers,
                      report["metrics"]["sentences"]])
     return header, rows
@@ -137,6 +166,8 @@ def format_report_text(run_dirs: list[Path], fmt: str) -> str:
         raise InputError(f"unknown report format {fmt!r}; use {', '.join(FORMATS)}")
     reports = load_reports(run_dirs)
     header, rows = _rows(run_dirs, reports, full_precision=fmt == "csv")
+    # Columns of numbers end each row: the metrics of every answer, then sentences.
+    numeric = len(header) - 1 - len(differing_settings(reports))
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
@@ -148,7 +179,7 @@ def format_report_text(run_dirs: list[Path], fmt: str) -> str:
         lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
         return "\n".join(lines) + "\n"
     lines = [
-        r"\begin{tabular}{" + "l" * (len(header) - _NUMERIC) + "r" * _NUMERIC + "}",
+        r"\begin{tabular}{" + "l" * (len(header) - numeric) + "r" * numeric + "}",
         r"\toprule",
         " & ".join(_latex_escape(str(cell)) for cell in header) + r" \\",
         r"\midrule",

@@ -9,11 +9,11 @@ or beta, the scores are computed again, the best proposal picked, and its
 I = overlap and U = area + |gt| - I summed: the metrics of that setting, with
 no image decoded and no model run.
 
-The scoring below repeats :class:`~globallocal.Segmenter`'s operation for
-operation (one sentence at a time, as the run scored them), so at the run's
-own alpha and beta it picks the run's proposals bit for bit; the sweep checks
-that and warns when it does not (features replayed on another device or
-library version than the run's).
+The scoring calls the Global-Local method's own rules
+(:mod:`globallocal.methods.global_local`) one sentence at a time, as the run
+scored them, so at the run's own alpha and beta it picks the run's proposals
+bit for bit; the sweep checks that and warns when it does not (features
+replayed on another device or library version than the run's).
 """
 
 from __future__ import annotations
@@ -29,14 +29,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from rich.table import Table
 
 from .cache import ImageEntry, TextStore, VisualStore
+from .datasets import dataset_label
 from .errors import InputError
-from .evaluate import CONFIG_FILE, REPORT_JSON, CompletedImage, read_records
+from .evaluate import CONFIG_FILE, REPORT_JSON, CompletedImage, read_records, referent
 from .images import save_png, save_text
+from .methods.global_local import proposal_scores, scoring_visual, text_blend, visual_blend
 from .metrics import PRECISION_THRESHOLDS, MetricAccumulator
 
 __all__ = [
@@ -46,62 +47,12 @@ __all__ = [
     "draw_heatmap",
     "format_sweep_table",
     "parse_values",
-    "proposal_scores",
     "run_sweep",
-    "scoring_visual",
-    "text_blend",
-    "visual_blend",
 ]
 
 SWEEP_JSON = "sweep.json"
 SWEEP_MD = "sweep.md"
 SWEEP_PNG = "sweep.png"
-
-
-# -- the scoring, as Segmenter.visual_features / text_features / scores ------
-
-
-def visual_blend(
-    global_features: torch.Tensor, local_features: torch.Tensor, alpha: float, feature_norm: str, family: str
-) -> torch.Tensor:
-    """Blended visual features (N, D), as :meth:`Segmenter.visual_features`."""
-    global_part, local_part = global_features, local_features
-    if feature_norm == "unit":
-        global_part = F.normalize(global_part, dim=-1)
-        local_part = F.normalize(local_part, dim=-1)
-    elif family == "resnet":
-        local_part = F.normalize(local_part, dim=-1)
-    return alpha * global_part + (1 - alpha) * local_part
-
-
-def text_blend(
-    expressions: torch.Tensor, noun_phrases: torch.Tensor, beta: float, feature_norm: str, family: str
-) -> torch.Tensor:
-    """Mixed text features (S, D) from raw ones, as :meth:`Segmenter.text_features`."""
-    if feature_norm == "unit" or family == "resnet":
-        expressions = F.normalize(expressions, dim=-1)
-        noun_phrases = F.normalize(noun_phrases, dim=-1)
-    return beta * expressions + (1 - beta) * noun_phrases
-
-
-def _dot_product(feature_norm: str, family: str) -> bool:
-    # The reference scores ResNet features by a plain dot product, everything else by cosine.
-    return feature_norm == "paper" and family == "resnet"
-
-
-def scoring_visual(visual: torch.Tensor, feature_norm: str, family: str) -> torch.Tensor:
-    """The visual side of :meth:`Segmenter.scores`: the blend, L2-normalised for cosine scoring.
-
-    Split from :func:`proposal_scores` so that it is computed once per alpha, not once per sentence.
-    """
-    return visual if _dot_product(feature_norm, family) else F.normalize(visual, dim=-1)
-
-
-def proposal_scores(text: torch.Tensor, visual: torch.Tensor, feature_norm: str, family: str) -> torch.Tensor:
-    """Scores (S, N) of mixed text features against :func:`scoring_visual`, as :meth:`Segmenter.scores`."""
-    if _dot_product(feature_norm, family):
-        return text @ visual.T
-    return F.normalize(text, dim=-1) @ visual.T
 
 
 # -- the sweep ---------------------------------------------------------------
@@ -149,7 +100,7 @@ class _Replay:
             # No choice to replay: the empty prediction the run scored, at every setting.
             for total in self.totals.values():
                 for record in records:
-                    total.add(record["I"], record["U"], ref_id=record["ref_id"], image_id=record["image_id"],
+                    total.add(record["I"], record["U"], ref_id=referent(record), image_id=record["image_id"],
                               no_proposals=True)
             return
         name = done.marker.get("cache_entry")
@@ -169,7 +120,7 @@ class _Replay:
             for record, index in zip(records, picks):
                 intersection = record["overlaps"][index]
                 union = int(entry.areas[index]) + record["gt_area"] - intersection
-                total.add(intersection, union, ref_id=record["ref_id"], image_id=record["image_id"])
+                total.add(intersection, union, ref_id=referent(record), image_id=record["image_id"])
             if point == self.run_point:
                 self.checked += len(records)
                 self.differing += sum(index != record["index"] for record, index in zip(records, picks))
@@ -177,7 +128,7 @@ class _Replay:
     def _picks(self, records: list[dict[str, Any]], entry: ImageEntry, alpha: float, beta: float) -> list[int]:
         """The proposal each sentence of one image picks at (alpha, beta)."""
         norm, family = self.feature_norm, self.family
-        visual = scoring_visual(visual_blend(entry.global_features, entry.local_features, alpha, norm, family),
+        visual = scoring_visual(visual_blend(entry.tensors["global"], entry.tensors["local"], alpha, norm, family),
                                 norm, family)
         picks = []
         for record in records:
@@ -234,6 +185,8 @@ def run_sweep(
     if not cache_info:
         raise InputError(f"{run_dir} was evaluated without --cache; run it again with --cache DIR to sweep it")
     scoring, family = cache_info["scoring"], cache_info["family"]
+    if scoring.get("method") != "global-local":
+        raise InputError(f"{run_dir} was evaluated with method {scoring.get('method')}; this sweep is for global-local")
     feature_norm = scoring["feature_norm"]
     run_point = (scoring["alpha"], scoring["beta"])
     alphas = alphas or [run_point[0]]
@@ -265,7 +218,7 @@ def run_sweep(
         best[metric] = {"alpha": top["alpha"], "beta": top["beta"], "value": top["metrics"][metric]}
     result = {
         "run_dir": str(run_dir),
-        "dataset": f"{config['dataset']} {config['split']} ({config['split_by']})",
+        "dataset": dataset_label(config),
         "alphas": list(alphas),
         "betas": list(betas),
         "results": results,

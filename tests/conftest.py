@@ -10,11 +10,14 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Hashes of weights files are remembered in a throw-away folder, not the user's ~/.cache.
+os.environ["GLOBALLOCAL_CACHE_DIR"] = tempfile.mkdtemp(prefix="globallocal-test-cache-")
 
 import numpy as np  # noqa: E402
 import open_clip  # noqa: E402
@@ -59,6 +62,12 @@ def tiny_clip(request, tiny_config_paths, tiny_checkpoints) -> ClipBundle:
 @pytest.fixture(scope="session")
 def tiny_vit(tiny_config_paths, tiny_checkpoints) -> ClipBundle:
     return load_clip(str(tiny_config_paths["vit"]), str(tiny_checkpoints["vit"]))
+
+
+@pytest.fixture(scope="session")
+def tiny_vit12(tiny_config_paths, tiny_checkpoints) -> ClipBundle:
+    """A 12-block tiny ViT: HybridGL's masking block 9 and GEM's depth 7 apply as in ViT-B-16."""
+    return load_clip(str(tiny_config_paths["vit12"]), str(tiny_checkpoints["vit12"]))
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 
 import numpy as np
@@ -9,20 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
-from globallocal import cache as cache_module
 from globallocal.cache import (
-    VISUAL_SETTINGS,
     FeatureCache,
     TextStore,
     VisualStore,
     clip_identity,
-    file_fingerprint,
     image_digest,
     proposals_digest,
 )
 from globallocal.errors import InputError
-from globallocal.presets import Settings
+from globallocal.methods.global_local import GlobalLocal, GlobalLocalSettings
 from globallocal.proposals import Proposals
+from globallocal.weights import weights_identity
 
 
 def _proposals(seed: int = 0, n: int = 5, height: int = 23, width: int = 31) -> Proposals:
@@ -42,21 +41,21 @@ def test_image_entry_round_trips_exactly(tmp_path):
     store = VisualStore(tmp_path / "visual")
     proposals = _proposals()
     global_features, local_features = _features(len(proposals))
-    store.save("11-abc", proposals, global_features, local_features)
+    store.save("11-abc", proposals, {"global": global_features, "local": local_features})
 
     entry = store.load("11-abc")
     assert entry is not None and entry.image_size == (23, 31)
     restored = entry.proposals()
     assert torch.equal(restored.masks, proposals.masks)
     assert torch.equal(restored.boxes, proposals.boxes) and torch.equal(restored.scores, proposals.scores)
-    assert torch.equal(entry.global_features, global_features)
-    assert torch.equal(entry.local_features, local_features)
+    assert torch.equal(entry.tensors["global"], global_features)
+    assert torch.equal(entry.tensors["local"], local_features)
     np.testing.assert_array_equal(entry.areas, proposals.masks.flatten(1).sum(1).numpy())
     assert store.load("12-abc") is None
 
     # No proposals at all: an entry all the same (so a costly source is not asked again).
     empty = Proposals.from_masks(torch.zeros((0, 7, 9), dtype=torch.bool))
-    store.save("13-empty", empty, torch.zeros((0, 0)), torch.zeros((0, 0)))
+    store.save("13-empty", empty, {})
     restored = store.load("13-empty").proposals()
     assert len(restored) == 0 and restored.image_size == (7, 9)
 
@@ -66,7 +65,7 @@ def test_a_damaged_image_entry_is_a_miss(tmp_path, damage):
     store = VisualStore(tmp_path / "visual")
     proposals = _proposals()
     global_features, local_features = _features(len(proposals))
-    store.save("11-abc", proposals, global_features, local_features)
+    store.save("11-abc", proposals, {"global": global_features, "local": local_features})
     path = store.path("11-abc")
     data = bytearray(path.read_bytes())
     if damage == "truncated":
@@ -83,7 +82,10 @@ def test_a_damaged_image_entry_is_a_miss(tmp_path, damage):
         path.write_bytes(b"")
     else:
         # A well-formed file whose features do not fit its proposals.
-        store.save("11-abc", proposals, *_features(len(proposals) - 1))
+        store.save("11-abc", proposals, dict(zip(("global", "local"), _features(len(proposals)), strict=True)))
+        data = dict(np.load(path))
+        data["boxes"] = data["boxes"][:-1]
+        np.savez(path, **data)
     assert store.load("11-abc") is None
 
 
@@ -108,42 +110,39 @@ def test_writes_leave_no_temporary_files(tmp_path):
     store = VisualStore(tmp_path / "visual")
     proposals = _proposals()
     for _ in range(2):  # the second write replaces the first
-        store.save("11-abc", proposals, *_features(len(proposals)))
+        store.save("11-abc", proposals, dict(zip(("global", "local"), _features(len(proposals)), strict=True)))
     assert [path.name for path in (tmp_path / "visual").iterdir()] == ["11-abc.npz"]
 
 
-def test_fingerprint_reads_head_and_tail(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache_module, "_FINGERPRINT_SPAN", 64)
-    data = bytearray(np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8).tobytes())
+def test_fingerprint_is_the_whole_content(tmp_path):
+    # 40 MiB: the former head-and-tail fingerprint (16 MiB each) never read the middle.
+    data = bytearray(40 << 20)
     path = tmp_path / "weights.pt"
     path.write_bytes(bytes(data))
-    base = file_fingerprint(path)
+    base = weights_identity(path)
+    assert base == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     copy = tmp_path / "elsewhere" / "renamed.pt"
     copy.parent.mkdir()
     shutil.copy(path, copy)
-    assert file_fingerprint(copy) == base  # content, not the path, identifies weights
-    for offset in (10, len(data) - 10):
-        changed = bytearray(data)
-        changed[offset] ^= 1
-        path.write_bytes(bytes(changed))
-        assert file_fingerprint(path) != base
-    path.write_bytes(bytes(data) + b"x")
-    assert file_fingerprint(path)["size"] == base["size"] + 1
+    assert weights_identity(copy) == base  # content, not the path, identifies weights
+    data[20 << 20] = 1
+    path.write_bytes(bytes(data))
+    assert weights_identity(path) != base
 
 
 def test_keys_follow_what_decides_the_stored_values(tmp_path, tiny_vit, tiny_resnet, tiny_config_paths,
                                                     tiny_checkpoints):
     vit_identity = clip_identity(tiny_vit, str(tiny_config_paths["vit"]))
-    assert vit_identity["weights"] == {"file": file_fingerprint(tiny_checkpoints["vit"])}
+    assert vit_identity["weights"] == {"file": weights_identity(tiny_checkpoints["vit"])}
     assert vit_identity["device"] == "cpu" and vit_identity["dtype"] == "float32"
-    base = FeatureCache(tmp_path, vit_identity, "vit", Settings())
+    base = FeatureCache(tmp_path, vit_identity, "vit", GlobalLocal(None, None, GlobalLocalSettings()))
 
     def dirs(cache: FeatureCache) -> tuple[str, str]:
         return cache.visual.directory.name, cache.text.directory.name
 
     # Scoring settings are applied after the cache: one cache serves them all.
-    scoring = Settings(alpha=0.5, beta=0.1, feature_norm="unit")
-    assert dirs(FeatureCache(tmp_path, vit_identity, "vit", scoring)) == dirs(base)
+    scoring = GlobalLocalSettings(alpha=0.5, beta=0.1, feature_norm="unit")
+    assert dirs(FeatureCache(tmp_path, vit_identity, "vit", GlobalLocal(None, None, scoring))) == dirs(base)
     changed_values = {
         "clip_normalization": "clip",
         "antialias": True,
@@ -153,14 +152,15 @@ def test_keys_follow_what_decides_the_stored_values(tmp_path, tiny_vit, tiny_res
         "masked_blocks": 2,
         "chunk_size": 4,
     }
-    assert set(changed_values) == set(VISUAL_SETTINGS)
+    assert set(changed_values) == set(GlobalLocal.visual_settings)
     for name, value in changed_values.items():
-        other = FeatureCache(tmp_path, vit_identity, "vit", Settings(**{name: value}))
+        changed = GlobalLocal(None, None, GlobalLocalSettings(**{name: value}))
+        other = FeatureCache(tmp_path, vit_identity, "vit", changed)
         assert other.visual.directory != base.visual.directory, name
         assert other.text.directory == base.text.directory, name  # the text tower does not see images
 
     resnet_identity = clip_identity(tiny_resnet, str(tiny_config_paths["resnet"]))
-    resnet = FeatureCache(tmp_path, resnet_identity, "resnet", Settings())
+    resnet = FeatureCache(tmp_path, resnet_identity, "resnet", GlobalLocal(None, None, GlobalLocalSettings()))
     assert resnet.visual.directory != base.visual.directory and resnet.text.directory != base.text.directory
 
     # Same architecture file, other weights: another key.

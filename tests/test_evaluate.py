@@ -28,7 +28,7 @@ from globallocal.evaluate import (
     run_evaluation,
 )
 from globallocal.images import load_mask
-from globallocal.presets import Settings
+from globallocal.methods.global_local import GlobalLocalSettings
 from globallocal.refer import ReferDataset
 from globallocal.report import format_report_table
 from globallocal.segmenter import Segmenter
@@ -320,19 +320,19 @@ def test_a_limited_run_is_extended_and_a_smaller_limit_reports_its_images(refer,
 def test_the_session_rate_and_time_left_do_not_wait_for_riches_speed_window():
     from rich.progress import Progress
 
-    from globallocal.evaluate import _RateColumn, _RemainingColumn
+    from globallocal.evaluate import RateColumn, RemainingColumn
 
     clock = [0.0]
-    progress = Progress(_RateColumn(), _RemainingColumn(), get_time=lambda: clock[0], disable=True)
+    progress = Progress(RateColumn(), RemainingColumn(), get_time=lambda: clock[0], disable=True)
     task_id = progress.add_task("run", total=10, completed=4, resumed_at=4)
     progress.start_task(task_id)
     task = progress.tasks[0]
-    assert str(_RateColumn().render(task)) == "" and str(_RemainingColumn().render(task)) == "-:--:--"
+    assert str(RateColumn().render(task)) == "" and str(RemainingColumn().render(task)) == "-:--:--"
     clock[0] = 120.0  # one image in two minutes: far longer than rich's speed window
     progress.update(task_id, advance=1)
     assert task.speed is None  # what the old column showed: nothing
-    assert str(_RateColumn().render(task)) == "0.01 img/s"
-    assert str(_RemainingColumn().render(task)) == "0:10:00"  # 5 images left at 120 s each
+    assert str(RateColumn().render(task)) == "0.01 img/s"
+    assert str(RemainingColumn().render(task)) == "0:10:00"  # 5 images left at 120 s each
 
 
 def test_missing_images_are_named_before_any_work(refer, tmp_path):
@@ -393,7 +393,7 @@ def _forward_calls(module: torch.nn.Module) -> Iterator[list[int]]:
 
 def _cached_run(refer, out_dir, clip, config_path, nlp, cache_dir, dataset="refcoco", **settings):
     """(report, image-tower calls, text-tower calls) of a "gt" run with a fresh segmenter, cached when cache_dir."""
-    segmenter = Segmenter(clip, nlp, Settings(**settings))
+    segmenter = Segmenter(clip, nlp, GlobalLocalSettings(**settings))
     cache = FeatureCache.for_segmenter(cache_dir, segmenter, str(config_path)) if cache_dir else None
     config = _config(refer, out_dir, dataset=dataset, settings={"model": clip.name, **settings})
     with _forward_calls(clip.model.visual) as image_calls, _forward_calls(clip.model.token_embedding) as text_calls:
@@ -449,7 +449,7 @@ def test_a_damaged_cache_entry_is_recomputed(refer, tmp_path, tiny_vit, nlp, tin
     text_path = next(cache.glob("text-*/*/*.npz"))
     text_path.write_bytes(b"")
 
-    segmenter = Segmenter(tiny_vit, nlp, Settings())
+    segmenter = Segmenter(tiny_vit, nlp, GlobalLocalSettings())
     sizes = []
     set_image = segmenter.set_image
     segmenter.set_image = lambda image, proposals: (sizes.append(image.size), set_image(image, proposals))
@@ -467,7 +467,7 @@ def test_a_proposal_source_with_a_key_is_not_asked_on_a_hit(refer, tmp_path, tin
     key = {"source": "shifted oracle", "shift": 2}
     reports = []
     for name in ("first", "second"):
-        segmenter = Segmenter(tiny_vit, nlp, Settings())
+        segmenter = Segmenter(tiny_vit, nlp, GlobalLocalSettings())
         source = _source(refer)
         feature_cache = FeatureCache.for_segmenter(tmp_path / "cache", segmenter, str(tiny_config_paths["vit"]))
         config = _config(refer, tmp_path / name, settings={"model": tiny_vit.name})
@@ -481,7 +481,7 @@ def test_a_proposal_source_with_a_key_is_not_asked_on_a_hit(refer, tmp_path, tin
 
 
 def test_a_cached_run_is_not_resumed_without_its_cache(refer, tmp_path, tiny_vit, nlp, tiny_config_paths):
-    segmenter = Segmenter(tiny_vit, nlp, Settings())
+    segmenter = Segmenter(tiny_vit, nlp, GlobalLocalSettings())
     feature_cache = FeatureCache.for_segmenter(tmp_path / "cache", segmenter, str(tiny_config_paths["vit"]))
     config = _config(refer, tmp_path / "run", settings={"model": tiny_vit.name})
     with pytest.raises(EvaluationStopped):

@@ -198,6 +198,9 @@ def assert_generator_has(generator, settings: dict) -> None:
     package = generator.generator
     assert len(package.point_grids[0]) == settings["points_per_side"] ** 2
     assert len(package.point_grids) == settings["crop_n_layers"] + 1
+    factor = settings.get("crop_n_points_downscale_factor", 1)
+    for layer, grid in enumerate(package.point_grids):
+        assert len(grid) == int(settings["points_per_side"] / factor**layer) ** 2
     for name in ("pred_iou_thresh", "stability_score_thresh", "min_mask_region_area", "box_nms_thresh",
                  "crop_n_layers"):
         assert getattr(package, name) == settings[name], name
@@ -217,8 +220,27 @@ def test_defaults_are_the_paper_later_settings(family, cls, request):
     assert_generator_has(cls(model), SAM_SETTINGS["paper-later"])
     assert SAM_SETTINGS["paper-later"] == {
         "points_per_side": 8, "pred_iou_thresh": 0.7, "stability_score_thresh": 0.7,
-        "min_mask_region_area": 800, "box_nms_thresh": 0.7, "crop_n_layers": 0,
+        "min_mask_region_area": 800, "box_nms_thresh": 0.7, "crop_n_layers": 0, "crop_n_points_downscale_factor": 1,
     }
+
+
+@needs_cv2
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hybridgl_settings_are_the_spec_table(family, request):
+    """SPEC-hybridgl section 2: the RefCOCO and PhraseCut columns, reaching the package generator."""
+    assert SAM_SETTINGS["hybridgl"] == {
+        "points_per_side": 8, "pred_iou_thresh": 0.7, "stability_score_thresh": 0.7, "crop_n_layers": 0,
+        "crop_n_points_downscale_factor": 1, "min_mask_region_area": 800, "box_nms_thresh": 0.7,
+    }
+    phrasecut = SAM_SETTINGS["hybridgl-phrasecut"]
+    assert phrasecut == {
+        "points_per_side": 64, "pred_iou_thresh": 0.86, "stability_score_thresh": 0.92, "crop_n_layers": 1,
+        "crop_n_points_downscale_factor": 2, "min_mask_region_area": 100, "box_nms_thresh": 0.7,
+    }
+    generator = make_generator(family, request, **{k: v for k, v in phrasecut.items() if k != "points_per_side"})
+    assert_generator_has(generator, {**phrasecut, "points_per_side": 3})
+    # The crop layer's grid is the first one's divided by the factor: int(3 / 2) = 1 point per side.
+    assert len(generator.generator.point_grids[1]) == 1
 
 
 @needs_sam2
@@ -243,6 +265,7 @@ def test_builder_starts_from_named_settings_and_applies_overrides():
         ({"box_nms_thresh": 0.0}, "box_nms_thresh must be in (0, 1]"),
         ({"min_mask_region_area": -1}, "min_mask_region_area must be at least 0"),
         ({"crop_n_layers": -1}, "crop_n_layers must be at least 0"),
+        ({"crop_n_points_downscale_factor": 0}, "crop_n_points_downscale_factor must be at least 1"),
         ({"max_proposals": 0}, "max_proposals must be at least 1"),
         ({"settings": "best"}, "unknown SAM settings 'best'"),
         ({"score_threshold": 0.2}, "score_threshold does not apply to sam2"),

@@ -9,7 +9,7 @@ from test_sam import HAS_SAM2, KEEP_ALL, make_generator, small_sam2  # noqa: F40
 
 from globallocal.cache import FeatureCache
 from globallocal.evaluate import EvaluationConfig, read_records, run_evaluation
-from globallocal.presets import get_preset
+from globallocal.methods import get_method
 from globallocal.proposals.sources import proposal_cache_key
 from globallocal.segmenter import Segmenter
 
@@ -29,7 +29,7 @@ def test_sam2_proposals_come_from_the_cache_on_reruns(request, tmp_path, tiny_vi
         return generator.generate(image)
 
     def evaluate(out_name: str, alpha: float) -> dict:
-        segmenter = Segmenter(tiny_vit, nlp, get_preset("paper").with_overrides(alpha=alpha))
+        segmenter = Segmenter(tiny_vit, nlp, get_method("global-local").settings("paper").with_overrides(alpha=alpha))
         cache = FeatureCache.for_segmenter(tmp_path / "cache", segmenter, str(tiny_config_paths["vit"]))
         config = EvaluationConfig(
             dataset="refcoco", split="val", data_root=refer.data_root, images_dir=refer.images_dir,

@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from globallocal import NoProposalsError, Proposals, Segmenter, Settings
+from globallocal import GlobalLocalSettings, NoProposalsError, Proposals, Segmenter
 from globallocal.errors import InputError
-from globallocal.presets import get_preset
+from globallocal.methods import get_method
 
 
 @pytest.fixture
 def segmenter(tiny_clip, nlp):
-    return Segmenter(tiny_clip, nlp, get_preset("paper-refcoco"))
+    return Segmenter(tiny_clip, nlp, get_method("global-local").settings("paper-refcoco"))
 
 
 def _proposals(example):
@@ -62,11 +62,11 @@ def test_scores_follow_spec(segmenter, example):
     alpha, beta = segmenter.settings.alpha, segmenter.settings.beta
     t_global, t_local = _independent_text(segmenter.clip, [result.expression, result.noun_phrase])
     if segmenter.clip.family == "resnet":
-        visual = alpha * state.global_features + (1 - alpha) * F.normalize(state.local_features, dim=-1)
+        visual = alpha * state.tensors["global"] + (1 - alpha) * F.normalize(state.tensors["local"], dim=-1)
         text = beta * F.normalize(t_global, dim=0) + (1 - beta) * F.normalize(t_local, dim=0)
         expected = visual @ text
     else:
-        visual = alpha * state.global_features + (1 - alpha) * state.local_features
+        visual = alpha * state.tensors["global"] + (1 - alpha) * state.tensors["local"]
         text = beta * t_global + (1 - beta) * t_local
         expected = F.cosine_similarity(visual, text[None], dim=-1)
     torch.testing.assert_close(result.scores, expected, rtol=1e-5, atol=1e-6)
@@ -75,12 +75,12 @@ def test_scores_follow_spec(segmenter, example):
 
 
 def test_unit_feature_norm_is_cosine_of_unit_blends(tiny_clip, nlp, example):
-    segmenter = Segmenter(tiny_clip, nlp, get_preset("paper").with_overrides(feature_norm="unit"))
+    segmenter = Segmenter(tiny_clip, nlp, get_method("global-local").settings("paper", feature_norm="unit"))
     segmenter.set_image(example["image"], _proposals(example))
     result = segmenter.predict("table")
     state = segmenter.image_state
     a, b = segmenter.settings.alpha, segmenter.settings.beta
-    visual = a * F.normalize(state.global_features, dim=-1) + (1 - a) * F.normalize(state.local_features, dim=-1)
+    visual = a * F.normalize(state.tensors["global"], dim=-1) + (1 - a) * F.normalize(state.tensors["local"], dim=-1)
     t_global, t_local = F.normalize(_independent_text(tiny_clip, ["table", "table"]), dim=-1)
     expected = F.cosine_similarity(visual, (b * t_global + (1 - b) * t_local)[None], dim=-1)
     torch.testing.assert_close(result.scores, expected, rtol=1e-5, atol=1e-6)
@@ -113,12 +113,13 @@ def test_require_noun(segmenter, example):
 
 def test_settings_validate():
     with pytest.raises(InputError, match="alpha"):
-        Settings(alpha=1.5)
+        GlobalLocalSettings(alpha=1.5)
     with pytest.raises(InputError, match="unknown setting"):
-        Settings().with_overrides(gamma=1)
+        GlobalLocalSettings().with_overrides(gamma=1)
     with pytest.raises(InputError, match="unknown preset"):
-        get_preset("papr")
-    assert get_preset("paper-refcocog").alpha == 0.85 and get_preset("paper-refcoco+").alpha == 0.95
+        get_method("global-local").settings("papr")
+    spec = get_method("global-local")
+    assert spec.settings("paper-refcocog").alpha == 0.85 and spec.settings("paper-refcoco+").alpha == 0.95
 
 
 def test_truncation_is_reported(segmenter, example):

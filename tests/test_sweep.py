@@ -17,7 +17,14 @@ import cli
 from globallocal.cache import FeatureCache
 from globallocal.errors import InputError
 from globallocal.evaluate import EvaluationConfig, run_evaluation
-from globallocal.presets import Settings
+from globallocal.methods import ImageFeatures
+from globallocal.methods.global_local import (
+    GlobalLocalSettings,
+    proposal_scores,
+    scoring_visual,
+    text_blend,
+    visual_blend,
+)
 from globallocal.proposals import Proposals
 from globallocal.refer import ReferDataset
 from globallocal.segmenter import Segmenter
@@ -27,11 +34,7 @@ from globallocal.sweep import (
     SWEEP_PNG,
     format_sweep_table,
     parse_values,
-    proposal_scores,
     run_sweep,
-    scoring_visual,
-    text_blend,
-    visual_blend,
 )
 from globallocal.text import ParsedPhrase
 
@@ -45,7 +48,7 @@ def refer(tmp_path):
 
 def _evaluate(refer, out_dir, clip, nlp, config_path=None, cache_dir=None, **settings):
     """A run on refcoco val with shifted ground-truth proposals (image 13 gets none), cached when cache_dir."""
-    segmenter = Segmenter(clip, nlp, Settings(**settings))
+    segmenter = Segmenter(clip, nlp, GlobalLocalSettings(**settings))
     cache = FeatureCache.for_segmenter(cache_dir, segmenter, str(config_path)) if cache_dir else None
     dataset = ReferDataset(refer.data_root, "refcoco", "val", images_dir=refer.images_dir)
     config = EvaluationConfig(
@@ -60,19 +63,25 @@ def _evaluate(refer, out_dir, clip, nlp, config_path=None, cache_dir=None, **set
 @pytest.mark.parametrize("feature_norm", ["paper", "unit"])
 def test_the_scoring_is_the_segmenters_bit_for_bit(family, feature_norm, request, nlp):
     clip = request.getfixturevalue(f"tiny_{family}")
-    settings = Settings(alpha=0.8, beta=0.3, feature_norm=feature_norm)
+    settings = GlobalLocalSettings(alpha=0.8, beta=0.3, feature_norm=feature_norm)
     segmenter = Segmenter(clip, nlp, settings)
     generator = torch.Generator().manual_seed(0)
     masks = torch.rand((6, 12, 16), generator=generator) > 0.5
     global_features = 3 * torch.randn((6, 32), generator=generator)
     local_features = torch.randn((6, 32), generator=generator)
     expression, noun_phrase = torch.randn((2, 32), generator=generator)
-    segmenter.set_features(Image.new("RGB", (16, 12)), Proposals.from_masks(masks), global_features, local_features)
+    proposals = Proposals.from_masks(masks)
+    image = Image.new("RGB", (16, 12))
+    segmenter.set_features(image, proposals, {"global": global_features, "local": local_features})
     segmenter.add_text_features(["the red car", "car"], torch.stack([expression, noun_phrase]))
-    expected = segmenter.scores(segmenter.text_features([ParsedPhrase("the red car", "the red car", "car", True)]))
+    features = ImageFeatures(image, proposals, segmenter.image_state.tensors)
+    method = segmenter.method
+    phrase = ParsedPhrase("the red car", "the red car", "car", True)
+    expected = method.scores(features, method.text_features([phrase], segmenter.encode))
+    assert torch.equal(method.answer(features, [phrase], segmenter.encode)[0].scores, expected[0])
 
+    # The sweep replays one sentence at a time from cached features.
     visual = visual_blend(global_features, local_features, 0.8, feature_norm, family)
-    assert torch.equal(visual, segmenter.visual_features())
     text = text_blend(torch.stack([expression]), torch.stack([noun_phrase]), 0.3, feature_norm, family)
     scores = proposal_scores(text, scoring_visual(visual, feature_norm, family), feature_norm, family)
     assert torch.equal(scores, expected)

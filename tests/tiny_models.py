@@ -8,6 +8,13 @@ TINY_CONFIGS = {
         "vision_cfg": {"image_size": 64, "layers": 4, "width": 64, "head_width": 32, "patch_size": 16},
         "text_cfg": TEXT_CFG,
     },
+    # 12 blocks, so HybridGL's masking block 9 and GEM's depth 7 apply unchanged.
+    "vit12": {
+        "embed_dim": 32,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 64, "layers": 12, "width": 64, "head_width": 32, "patch_size": 16},
+        "text_cfg": TEXT_CFG,
+    },
     "resnet": {
         "embed_dim": 32,
         "quick_gelu": True,

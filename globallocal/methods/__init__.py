@@ -16,6 +16,7 @@ from ..errors import InputError
 from .base import ImageFeatures, Method, MethodSettings, SegmentResult, TextEncoder
 
 __all__ = [
+    "DEFAULT_METHOD",
     "ImageFeatures",
     "Method",
     "MethodSettings",
@@ -30,6 +31,8 @@ __all__ = [
 # name -> module defining SPEC; the first is the default.
 _MODULES = {
     "global-local": "globallocal.methods.global_local",
+    "hybridgl": "globallocal.methods.hybridgl",
+    "tcl": "globallocal.methods.tcl",
 }
 DEFAULT_METHOD = "global-local"
 
@@ -46,6 +49,8 @@ class MethodSpec:
     default_clip_model: str
     default_proposals: str | None
     """The proposal source used when none is named (None: the method draws its own mask)."""
+    default_proposal_settings: str | None = None
+    """The named SAM generator settings used when none are named (None: the proposal source's default)."""
     preset_aliases: Mapping[str, str] = field(default_factory=dict)
     dataset_presets: Mapping[str, str] = field(default_factory=dict)
     """The preset of the paper's setting per dataset, where it differs from the default."""

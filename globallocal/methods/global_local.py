@@ -218,11 +218,6 @@ class GlobalLocal(Method):
             )
         return results
 
-    def replay_settings(self) -> dict[str, object]:
-        """What ``globallocal sweep`` needs to score again from cached features."""
-        s = self.settings
-        return {"alpha": s.alpha, "beta": s.beta, "feature_norm": s.feature_norm}
-
 
 SPEC = MethodSpec(
     name="global-local",

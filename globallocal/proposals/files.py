@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from ..coco_masks import checked_rle, decode, polygon_rles
 from ..errors import ImageError, InputError
 from ..images import load_mask, save_mask_png, save_text, umask_mode
 from ..outputs import box_json, size_json
@@ -32,21 +33,18 @@ def _natural_key(path: Path) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
-def _check_size(mask: np.ndarray, size: tuple[int, int], name: str) -> None:
-    if mask.shape != size:
-        raise InputError(
-            f"mask {name} is {mask.shape[1]}x{mask.shape[0]} but the image is {size[1]}x{size[0]}; "
-            "masks must be at the image's size"
-        )
-
-
 def _from_folder(folder: Path, size: tuple[int, int]) -> Proposals:
     index = folder / INDEX_FILE
     scores = None
     if index.is_file():
-        entries = _read_json(index).get("proposals", [])
-        files = [folder / entry["mask"] for entry in entries]
-        scores = torch.tensor([float(entry.get("score", 1.0)) for entry in entries], dtype=torch.float32)
+        listing = _read_json(index)
+        try:
+            entries = listing.get("proposals", [])
+            files = [folder / str(entry["mask"]) for entry in entries]
+            scores = torch.tensor([float(entry.get("score", 1.0)) for entry in entries], dtype=torch.float32)
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise InputError(f"{index} is not a proposals index ({error!r}); rewrite it with 'globallocal proposals'") \
+                from None
     else:
         files = sorted((p for p in folder.iterdir() if p.suffix.lower() in MASK_SUFFIXES), key=_natural_key)
     if not files:
@@ -63,10 +61,9 @@ def _masks_from_files(
         if not path.is_file():
             raise InputError(f"mask file listed in {index} is missing: {path}")
         try:
-            mask = load_mask(path)
+            mask = load_mask(path, size)
         except ImageError as error:
             raise InputError(str(error)) from None
-        _check_size(mask, size, path.name)
         masks.append(mask)
     return Proposals.from_masks(torch.from_numpy(np.stack(masks)), scores)
 
@@ -81,21 +78,12 @@ def _read_json(path: Path) -> Any:
 def _decode_segmentation(segmentation: Any, size: tuple[int, int], name: str) -> np.ndarray:
     height, width = size
     if isinstance(segmentation, list):  # polygons
-        rles = mask_utils.frPyObjects(segmentation, height, width)
-        return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+        rles = polygon_rles(segmentation, height, width, f"mask {name}")
+        if not rles:
+            raise InputError(f"mask {name} is an empty polygon list")
+        return decode(mask_utils.merge(rles)).astype(bool)
     if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
-        rle_size = tuple(int(v) for v in segmentation["size"])
-        if rle_size != size:
-            raise InputError(
-                f"mask {name} is {rle_size[1]}x{rle_size[0]} but the image is {width}x{height}; "
-                "masks must be at the image's size"
-            )
-        rle = segmentation
-        if isinstance(rle["counts"], list):  # uncompressed RLE
-            rle = mask_utils.frPyObjects(rle, height, width)
-        elif isinstance(rle["counts"], str):
-            rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-        return mask_utils.decode(rle).astype(bool)
+        return decode(checked_rle(segmentation, height, width, f"mask {name}")).astype(bool)
     raise InputError(f"mask {name} is neither an RLE ({{'size', 'counts'}}) nor a polygon list")
 
 
@@ -111,7 +99,10 @@ def _from_json(path: Path, size: tuple[int, int]) -> Proposals:
             raise InputError(f"entry {i} of {path} is not an RLE mask or annotation object")
         segmentation = item.get("segmentation", item)
         masks.append(_decode_segmentation(segmentation, size, f"{path.name}[{i}]"))
-        scores.append(float(item.get("score", 1.0)))
+        score = item.get("score", 1.0)
+        if not isinstance(score, (int, float)) or isinstance(score, bool):
+            raise InputError(f"entry {i} of {path} has a score that is not a number: {score!r}")
+        scores.append(float(score))
     if not masks:
         raise InputError(f"{path} holds no masks")
     return Proposals.from_masks(torch.from_numpy(np.stack(masks)), torch.tensor(scores, dtype=torch.float32))

@@ -14,20 +14,18 @@ style of segment-anything's ``SamAutomaticMaskGenerator``.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError, WeightsError, first_line
+from ..errors import InputError, WeightsError
 from ..hub import cached_hub_file, download_hub_file, weights_folders
 from ..images import ImageInput, load_image, x800
+from ..weights import load_checkpoint_tensors, weights_identity
 from . import Proposals, projection_boxes
 from .solov2 import SIZE_DIVISIBILITY, FreeSOLONet, HeadOutputs, resize_masks, select_instances
 
@@ -173,17 +171,9 @@ def resolve_freesolo_weights(path: str | os.PathLike[str] | None = None) -> Path
     return downloaded
 
 
-def _sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _is_released_file(path: Path) -> bool:
     """Whether ``path`` is byte for byte the released checkpoint (size first: hashing 527 MB takes seconds)."""
-    return path.stat().st_size == FREESOLO_SIZE and _sha256_of_file(path) == FREESOLO_SHA256
+    return path.stat().st_size == FREESOLO_SIZE and weights_identity(path)["sha256"] == FREESOLO_SHA256
 
 
 def _load_released_tensors(path: Path) -> dict:
@@ -201,20 +191,14 @@ def _load_released_tensors(path: Path) -> dict:
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a detectron2 checkpoint ({"model": state_dict, ...}) or of a bare state dict."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-        if refused is None:
-            raise WeightsError(f"cannot read FreeSOLO weights {path}: not a PyTorch checkpoint") from None
+        checkpoint = load_checkpoint_tensors(
+            path, "FreeSOLO", f"use the released {FREESOLO_FILENAME} or a state dict saved with torch.save"
+        )
+    except WeightsError:
+        # The released file holds Python objects besides its tensors; its content is pinned, so it is read.
         if not _is_released_file(path):
-            raise WeightsError(
-                f"refusing to load {path}: it holds a Python object ({refused[1]}) besides tensors, and "
-                f"loading it could run code; use the released {FREESOLO_FILENAME} or a state dict saved "
-                "with torch.save"
-            ) from None
+            raise
         checkpoint = _load_released_tensors(path)
-    except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as error:
-        raise WeightsError(f"cannot read FreeSOLO weights {path}: {first_line(error)}") from None
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         checkpoint = checkpoint["model"]
     if not isinstance(checkpoint, dict) or not checkpoint:
@@ -422,8 +406,23 @@ class FreeSOLOGenerator:
             keep = flat.any(dim=1)
         else:
             keep = flat.view(torch.uint8).sum(dim=1, dtype=torch.int32) > self.min_area
-        masks, scores = masks[keep], scores[keep]
+        masks, scores = _compact(masks, keep), scores[keep]
         return Proposals(masks=masks.cpu(), boxes=projection_boxes(masks), scores=scores.float().cpu())
+
+
+def _compact(masks: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``masks[keep]`` without a second copy of the stack: kept masks move up in place, the rest is cut off.
+
+    At full size the stack is the largest thing a proposal run holds (2.4 GB
+    for 100 masks of a 6000x4000 photo); boolean indexing would copy it. The
+    returned view keeps the dropped masks' memory until it is released, which
+    is at most the stack that already existed.
+    """
+    kept = keep.nonzero()[:, 0].tolist()
+    for target, source in enumerate(kept):
+        if target != source:
+            masks[target] = masks[source]
+    return masks[: len(kept)]
 
 
 def build_freesolo(

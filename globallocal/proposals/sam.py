@@ -19,9 +19,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import pickle
 import warnings
-import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -34,6 +32,7 @@ import torch
 from ..errors import InputError, WeightsError
 from ..hub import cached_hub_file, require_hub_files, weights_folders
 from ..images import ImageInput, load_image
+from ..weights import load_checkpoint_tensors
 from . import Proposals, postprocess
 
 if TYPE_CHECKING:
@@ -79,7 +78,8 @@ SAM_WEIGHTS_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 # Named generator settings. "paper-later" is what later zero-shot referring
 # segmentation papers used when they swapped FreeSOLO for SAM: a sparse 8x8
 # point grid, lenient quality thresholds, regions under 800 pixels removed.
-# The other two are the packages' own defaults, for comparison.
+# "hybridgl" and "hybridgl-phrasecut" are HybridGL's (SPEC-hybridgl section 2:
+# RefCOCO/+/g and PhraseCut). The last two are the packages' own defaults, for comparison.
 SAM_SETTINGS: dict[str, dict[str, int | float]] = {
     "paper-later": {
         "points_per_side": 8,
@@ -88,6 +88,25 @@ SAM_SETTINGS: dict[str, dict[str, int | float]] = {
         "min_mask_region_area": 800,
         "box_nms_thresh": 0.7,
         "crop_n_layers": 0,
+        "crop_n_points_downscale_factor": 1,
+    },
+    "hybridgl": {
+        "points_per_side": 8,
+        "pred_iou_thresh": 0.7,
+        "stability_score_thresh": 0.7,
+        "min_mask_region_area": 800,
+        "box_nms_thresh": 0.7,
+        "crop_n_layers": 0,
+        "crop_n_points_downscale_factor": 1,
+    },
+    "hybridgl-phrasecut": {
+        "points_per_side": 64,
+        "pred_iou_thresh": 0.86,
+        "stability_score_thresh": 0.92,
+        "min_mask_region_area": 100,
+        "box_nms_thresh": 0.7,
+        "crop_n_layers": 1,
+        "crop_n_points_downscale_factor": 2,
     },
     "sam-default": {
         "points_per_side": 32,
@@ -96,6 +115,7 @@ SAM_SETTINGS: dict[str, dict[str, int | float]] = {
         "min_mask_region_area": 0,
         "box_nms_thresh": 0.7,
         "crop_n_layers": 0,
+        "crop_n_points_downscale_factor": 1,
     },
     "sam2-default": {
         "points_per_side": 32,
@@ -104,6 +124,7 @@ SAM_SETTINGS: dict[str, dict[str, int | float]] = {
         "min_mask_region_area": 0,
         "box_nms_thresh": 0.7,
         "crop_n_layers": 0,
+        "crop_n_points_downscale_factor": 1,
     },
 }
 DEFAULT_SAM_SETTINGS = "paper-later"
@@ -138,20 +159,7 @@ def _quiet_package_warnings() -> Iterator[None]:
 
 def _read_checkpoint(path: Path, what: str) -> dict[str, torch.Tensor]:
     """The state dict in ``path`` (bare, or under "model" as SAM 2 saves it)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # weights_only refuses pickled classes and functions ("globals"); any
-        # other unpickling failure means the file is not a checkpoint at all.
-        if "global" in str(error):
-            raise WeightsError(
-                f"refusing to load {path}: it holds Python objects other than tensors, which could run code; "
-                f"use the official {what} checkpoint"
-            ) from None
-        raise WeightsError(f"cannot read {what} weights {path}: not a PyTorch checkpoint") from None
-    except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise WeightsError(f"cannot read {what} weights {path}: {first}") from None
+    checkpoint = load_checkpoint_tensors(path, what, f"use the official {what} checkpoint")
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         checkpoint = checkpoint["model"]
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
@@ -310,6 +318,10 @@ def check_settings(name: str, options: Mapping[str, Any], max_proposals: int | N
     for label in ("min_mask_region_area", "crop_n_layers"):
         if options[label] < 0:
             raise InputError(f"{name} {label} must be at least 0, got {options[label]}")
+    if options.get("crop_n_points_downscale_factor", 1) < 1:
+        raise InputError(
+            f"{name} crop_n_points_downscale_factor must be at least 1, got {options['crop_n_points_downscale_factor']}"
+        )
     if max_proposals is not None and max_proposals < 1:
         raise InputError(f"max_proposals must be at least 1, got {max_proposals}")
     # Both packages remove small regions with OpenCV; segment-anything
@@ -351,6 +363,7 @@ class _AutomaticMaskSource(ABC):
         min_mask_region_area: int = int(_DEFAULTS["min_mask_region_area"]),
         box_nms_thresh: float = _DEFAULTS["box_nms_thresh"],
         crop_n_layers: int = int(_DEFAULTS["crop_n_layers"]),
+        crop_n_points_downscale_factor: int = int(_DEFAULTS["crop_n_points_downscale_factor"]),
         points_per_batch: int = POINTS_PER_BATCH,
         max_proposals: int | None = None,
         model_name: str = "",
@@ -362,6 +375,7 @@ class _AutomaticMaskSource(ABC):
             "min_mask_region_area": min_mask_region_area,
             "box_nms_thresh": box_nms_thresh,
             "crop_n_layers": crop_n_layers,
+            "crop_n_points_downscale_factor": crop_n_points_downscale_factor,
             "points_per_batch": points_per_batch,
         }
         check_settings(self.family, options, max_proposals)

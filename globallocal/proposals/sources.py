@@ -101,6 +101,17 @@ def build_proposal_generator(
     )
 
 
+def proposal_weights_file(kind: str, generator: Any, weights: str | os.PathLike[str] | None) -> Path | None:
+    """The weights file a built generator loaded (given, or found at its default place); None for hub weights."""
+    if kind == "freesolo":
+        from .freesolo import resolve_freesolo_weights
+
+        return resolve_freesolo_weights(weights)
+    if weights is None and kind == "sam":
+        return default_sam_weights(generator.settings["model"])
+    return None if weights is None else Path(weights)
+
+
 def proposal_cache_key(
     kind: str, generator: Any, weights: str | os.PathLike[str] | None, device: str | torch.device
 ) -> dict[str, Any]:
@@ -111,14 +122,9 @@ def proposal_cache_key(
     """
     from ..cache import proposal_source_key
 
-    if kind == "freesolo":
-        from .freesolo import resolve_freesolo_weights
-
-        return proposal_source_key("freesolo", resolve_freesolo_weights(weights), generator.settings, device)
     settings = dict(generator.settings)
-    if weights is None and kind == "sam":
-        weights = default_sam_weights(settings["model"])
-    if weights is None:
+    path = proposal_weights_file(kind, generator, weights)
+    if path is None:
         return {"source": kind, "weights": f"hub:{settings['model']}", "options": settings,
                 "device": torch.device(device).type}
-    return proposal_source_key(kind, Path(weights), settings, device)
+    return proposal_source_key(kind, path, settings, device)

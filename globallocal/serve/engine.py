@@ -1,0 +1,242 @@
+"""The model side of ``globallocal serve``: one shared segmenter per method, used one request at a time.
+
+Everything here is plain Python (no Gradio), so the page's behaviour can be
+tested without a browser. A browser session keeps an :class:`ImageSession`
+(the photo's proposals and the method's image features); answering a phrase
+or re-ranking under other weights reuses it and never runs the image tower.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import ImageError, InputError
+from ..images import load_image
+from ..methods import ImageFeatures, MethodSettings, SegmentResult
+from ..proposals import Proposals
+from ..proposals.files import load_proposals
+from ..segmenter import ImageState, Segmenter
+
+UPLOADED_MASKS = "masks"
+"""The proposal source name for masks uploaded with the photo."""
+PROPOSAL_LABELS = {"freesolo": "FreeSOLO", "sam2": "SAM 2", "sam": "SAM", UPLOADED_MASKS: "uploaded masks"}
+
+
+@dataclass
+class ImageSession:
+    """What one browser session computed for its photo: paid once, reused by every answer."""
+
+    key: tuple
+    """What the features depend on: photo file, proposal source, mask files, method."""
+    photo_name: str
+    method: str
+    source: str
+    state: ImageState
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds of each stage that made the features (decode, proposals, image features)."""
+
+
+@dataclass
+class Answer:
+    """The answers to a session's phrases under one set of weights."""
+
+    results: list[SegmentResult]
+    settings: MethodSettings
+    parts: list[dict[str, torch.Tensor]]
+    """Per phrase, named parts of every proposal's score that add up to it (empty when the method has none)."""
+    seconds: float
+    """Parsing, text encoding and ranking."""
+
+
+def score_parts(segmenter: Segmenter, features: ImageFeatures, results: Sequence[SegmentResult]) -> list[dict]:
+    """Global-Local: how much of each proposal's score came from its global and its local feature.
+
+    The score is linear in the blended visual feature alpha * g + (1 - alpha) * l
+    once the blend's norm is fixed (cosine scoring divides by it, dot-product
+    scoring does not), so the two terms scored apart add up to the score.
+    Built from the method's own scoring rules; other methods report no parts.
+    """
+    method = segmenter.method
+    if method.name != "global-local":
+        return [{} for _ in results]
+    from ..methods.global_local import proposal_scores, scoring_visual, visual_blend
+
+    settings, family = method.settings, method.clip.family
+    g, local = features.tensors["global"], features.tensors["local"]
+    global_term = visual_blend(g, local, 1.0, settings.feature_norm, family)
+    local_term = visual_blend(g, local, 0.0, settings.feature_norm, family)
+    blend = method.visual_features(features)
+    scale = (scoring_visual(blend, settings.feature_norm, family).norm(dim=-1) / blend.norm(dim=-1))[:, None]
+    parsed = [segmenter.parse(result.phrase) for result in results]
+    text = method.text_features(parsed, segmenter.encode)
+    alpha = settings.alpha
+    global_scores = proposal_scores(text, alpha * global_term * scale, settings.feature_norm, family).cpu()
+    local_scores = proposal_scores(text, (1 - alpha) * local_term * scale, settings.feature_norm, family).cpu()
+    return [{"global": gs, "local": ls} for gs, ls in zip(global_scores, local_scores)]
+
+
+def reranking_weights(settings: MethodSettings, visual_settings: Sequence[str]) -> dict[str, float]:
+    """The settings that re-rank without the image: float fields the image features do not depend on."""
+    return {
+        item.name: getattr(settings, item.name)
+        for item in fields(settings)
+        if item.name not in visual_settings and isinstance(getattr(settings, item.name), float)
+    }
+
+
+def image_key(photo: str | Path, source: str, mask_files: Sequence[str], method: str) -> tuple:
+    """What a photo's features depend on: the file, the proposal source (and its uploaded masks), the method."""
+    return str(photo), source, tuple(mask_files) if source == UPLOADED_MASKS else (), method
+
+
+def _current_state(segmenter: Segmenter) -> ImageState | None:
+    try:
+        return segmenter.image_state
+    except InputError:
+        return None
+
+
+class Engine:
+    """The served models, one request at a time, for any number of browser sessions.
+
+    ``load_segmenter(method)`` builds a method's segmenter (called once per
+    method, on first use); ``build_generator(kind)`` a proposal source
+    (likewise). Every use of a model holds one lock, so two photos never go
+    through the model at the same time, whatever the web server does.
+    """
+
+    def __init__(
+        self,
+        load_segmenter: Callable[[str], Segmenter],
+        build_generator: Callable[[str], Any],
+        default_method: str,
+        max_megapixels: float = 40.0,
+        allow_no_noun: bool = False,
+    ) -> None:
+        self._load_segmenter = load_segmenter
+        self._build_generator = build_generator
+        self.default_method = default_method
+        self.max_megapixels = max_megapixels
+        self.allow_no_noun = allow_no_noun
+        self._segmenters: dict[str, Segmenter] = {}
+        self._generators: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        with self._lock, torch.inference_mode():
+            yield
+
+    # -- models, built on first use and shared -------------------------------
+
+    def segmenter(self, method: str | None = None) -> Segmenter:
+        method = method or self.default_method
+        with self._lock:
+            if method not in self._segmenters:
+                self._segmenters[method] = self._load_segmenter(method)
+            return self._segmenters[method]
+
+    def weights(self, method: str | None = None) -> dict[str, float]:
+        """The re-ranking weights of a method and their current values."""
+        segmenter = self.segmenter(method)
+        return reranking_weights(segmenter.settings, segmenter.method.visual_settings)
+
+    # -- inputs --------------------------------------------------------------
+
+    def open_photo(self, path: str | Path) -> Image.Image:
+        """Decode an uploaded photo, refusing non-images and photos over the megapixel limit before decoding."""
+        path = Path(path)
+        try:
+            with Image.open(path) as header:
+                width, height = header.size
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            raise ImageError(f"{path.name} is not an image this page can read; upload a JPEG, PNG, WebP or "
+                             "TIFF photo") from None
+        megapixels = width * height / 1e6
+        if megapixels > self.max_megapixels:
+            raise ImageError(
+                f"{path.name} is {megapixels:.1f} megapixels ({width}x{height}), over this server's limit of "
+                f"{self.max_megapixels:g}; downscale it, or restart serve with a higher --max-megapixels"
+            )
+        try:
+            return load_image(path)
+        except ImageError:
+            raise ImageError(f"{path.name} could not be decoded; is it a complete JPEG, PNG, WebP or TIFF file?") \
+                from None
+
+    @staticmethod
+    def read_masks(files: Sequence[str | Path], size: tuple[int, int]) -> Proposals:
+        """Uploaded proposals: one PNG per mask (in upload order), or one COCO-style RLE .json."""
+        if not files:
+            raise InputError("no mask files were uploaded; add one PNG per mask (or an RLE .json), "
+                             "or pick another proposal source")
+        if len(files) == 1:
+            return load_proposals(files[0], size)
+        if any(Path(name).suffix.lower() != ".png" for name in files):
+            raise InputError("upload either PNG masks or a single RLE .json, not a mix")
+        parts = [load_proposals(name, size) for name in files]
+        return Proposals.from_masks(torch.cat([part.masks for part in parts]))
+
+    def _proposals(self, source: str, image: Image.Image, mask_files: Sequence[str]) -> Proposals:
+        if source == UPLOADED_MASKS:
+            return self.read_masks(mask_files, (image.height, image.width))
+        if source not in PROPOSAL_LABELS:
+            raise InputError(f"unknown proposal source {source!r}; use {', '.join(PROPOSAL_LABELS)}")
+        if source not in self._generators:
+            self._generators[source] = self._build_generator(source)
+        return self._generators[source].generate(image)
+
+    # -- the two halves of a request ------------------------------------------
+
+    def set_image(
+        self, photo: str | Path, source: str, mask_files: Sequence[str] = (), method: str | None = None
+    ) -> ImageSession:
+        """Decode the photo, make its proposals and run the image tower once; the result is the session's."""
+        method = method or self.default_method
+        segmenter = self.segmenter(method)
+        timings = {}
+        start = time.perf_counter()
+        image = self.open_photo(photo)
+        timings["decode"] = time.perf_counter() - start
+        with self._exclusive():
+            start = time.perf_counter()
+            proposals = self._proposals(source, image, mask_files) if segmenter.method.uses_proposals else None
+            timings["proposals"] = time.perf_counter() - start
+            start = time.perf_counter()
+            segmenter.set_image(image, proposals)
+            timings["image features"] = time.perf_counter() - start
+            state = segmenter.image_state
+        key = image_key(photo, source, mask_files, method)
+        return ImageSession(key, Path(photo).name, method, source, state, timings)
+
+    def answer(self, session: ImageSession, phrases: Sequence[str], weights: Mapping[str, float]) -> Answer:
+        """Answer phrases about a session's photo under ``weights``: text side only, never the image tower."""
+        phrases = [phrase.strip() for phrase in phrases if phrase.strip()]
+        if not phrases:
+            raise InputError("type a phrase describing the object, e.g. \"the man on the right\"")
+        segmenter = self.segmenter(session.method)
+        with self._exclusive():
+            start = time.perf_counter()
+            if _current_state(segmenter) is not session.state:  # another session's photo was set since
+                segmenter.set_features(session.state.image, session.state.proposals, session.state.tensors)
+            served = segmenter.settings
+            segmenter.settings = replace(served, **weights)
+            try:
+                results = segmenter.predict_many(phrases, require_noun=not self.allow_no_noun)
+                state = segmenter.image_state
+                features = ImageFeatures(state.image, state.proposals, state.tensors)
+                parts = score_parts(segmenter, features, results)
+                settings = segmenter.settings
+            finally:
+                segmenter.settings = served
+            session.state = segmenter.image_state
+            return Answer(results, settings, parts, time.perf_counter() - start)

@@ -1,0 +1,173 @@
+"""TCL through the command line: `segment --method tcl`, soft outputs, the blend, `evaluate --method tcl`.
+
+The TCL checkpoint is written by the test with the released key names (the
+manifest) at the tiny ViT's shapes; the tiny ViT stands in for ViT-B/16.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from refer_fixtures import build_refer
+
+from globallocal.evaluate import REPORT_JSON
+from globallocal.methods import get_method
+from globallocal.segmenter import Segmenter
+from globallocal.tcl import TCL_URL, TCLHead
+from globallocal.tcl import weights as tcl_weights
+from globallocal.tcl.weights import checkpoint_key
+
+MANIFEST = Path(__file__).with_name("tcl_state_dict_manifest.json")
+PHRASE = "the red cat on the left"
+
+
+@pytest.fixture(scope="module")
+def tcl_checkpoint(tiny_vit, tmp_path_factory) -> Path:
+    """Random head weights under the released names (every manifest key, none more), tiny shapes."""
+    generator = torch.Generator().manual_seed(5)
+    head = TCLHead(**TCLHead.dims_for(tiny_vit)).state_dict()
+    state = {checkpoint_key(k): 0.05 * torch.randn(v.shape, generator=generator) for k, v in head.items()}
+    assert set(state) == {entry["key"] for entry in json.loads(MANIFEST.read_text())}
+    path = tmp_path_factory.mktemp("tcl") / "tcl.pth"
+    torch.save({"model": state}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
+    Image.fromarray(np.random.default_rng(8).integers(0, 256, (36, 52, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def tiny(tiny_config_paths, tiny_checkpoints, tcl_checkpoint) -> list:
+    return ["--clip-model", tiny_config_paths["vit"], "--clip-weights", tiny_checkpoints["vit"],
+            "--tcl-weights", tcl_checkpoint]
+
+
+@pytest.fixture
+def no_tcl_weights(tmp_path, monkeypatch) -> Path:
+    """No checkpoint anywhere TCL looks (an empty default folder, no env, an empty working folder), offline."""
+    folder = tmp_path / "tcl_weights"
+    monkeypatch.setattr(tcl_weights, "default_weights_dir", lambda: folder)
+    monkeypatch.delenv(tcl_weights.WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    return folder
+
+
+def test_segment_tcl_writes_mask_soft_mask_heatmap_and_json(cli, tmp_path, tiny, photo, tiny_config_paths,
+                                                            tiny_checkpoints, tcl_checkpoint):
+    out, soft, heat, report = (tmp_path / name for name in ("m.png", "s.npy", "h.png", "r.json"))
+    result = cli("segment", photo, PHRASE, "--method", "tcl", *tiny, "--tcl-window", "whole", "-o", out,
+                 "--soft-mask", soft, "--heatmap", heat, "--json", report)
+    assert result.code == 0, result.err
+
+    segmenter = Segmenter.from_pretrained(
+        str(tiny_config_paths["vit"]), str(tiny_checkpoints["vit"]), method="tcl",
+        method_options={"weights": str(tcl_checkpoint)}, window="whole",
+    )
+    expected = segmenter.segment(photo, [PHRASE])[0]
+    saved = np.load(soft)
+    assert saved.dtype == np.float32 and saved.shape == (36, 52)
+    assert np.array_equal(saved, expected.soft_mask.numpy())  # full precision, the Python API's own
+
+    mask = np.asarray(Image.open(out)) > 0
+    assert mask.shape == (36, 52) and np.array_equal(mask, saved > 0.4)
+    with Image.open(heat) as picture:
+        picture.verify()
+    with Image.open(heat) as picture:
+        assert picture.format == "PNG" and picture.width == 52 and picture.height > 36  # the legend below
+
+    record = json.loads(report.read_text())
+    assert record["method"] == "tcl" and record["proposals"] is None
+    assert record["settings"]["window"] == "whole"
+    assert record["settings"]["tcl_weights"]["file"] == str(tcl_checkpoint)
+    answer = record["results"][0]
+    assert answer["threshold"] == 0.4 and answer["area"] == int(mask.sum()) and answer["index"] is None
+
+
+def test_tcl_weight_zero_keeps_the_answer_and_reports_tcl_scores(cli, tmp_path, tiny, example, monkeypatch):
+    from globallocal.methods import tcl_blend
+
+    monkeypatch.setattr(tcl_blend, "tcl_clip_for", lambda inner: inner.clip)  # the tiny ViT stands in for ViT-B/16
+    clip, tcl = tiny[:4], tiny[4:]
+    common = ["segment", example["image"], "the wooden chair", *clip, "--masks", example["mask_dir"]]
+    plain, blended = tmp_path / "plain.json", tmp_path / "blend.json"
+    done = cli(*common, "-o", tmp_path / "a.png", "--json", plain)
+    assert done.code == 0, done.err
+    done = cli(*common, *tcl, "--tcl-weight", "0", "--tcl-window", "demo", "-o", tmp_path / "b.png",
+               "--json", blended, "--soft-mask", tmp_path / "b.npy")
+    assert done.code == 0, done.err
+
+    own, mixed = (json.loads(path.read_text())["results"][0] for path in (plain, blended))
+    assert mixed["index"] == own["index"] == mixed["method_index"]
+    assert mixed["method_scores"] == own["scores"] and mixed["tcl_weight"] == 0.0
+    assert len(mixed["tcl_scores"]) == 3 and all(isinstance(value, float) for value in mixed["tcl_scores"])
+    assert json.loads(blended.read_text())["method"] == "global-local+tcl"
+    assert np.load(tmp_path / "b.npy").shape == example["size"]
+
+
+def test_offline_without_weights_is_one_line_within_seconds(cli, tiny, photo, no_tcl_weights):
+    start = time.monotonic()
+    done = cli("segment", photo, PHRASE, "--method", "tcl", *tiny[:-2], "-o", "m.png")
+    assert done.code == 2 and time.monotonic() - start < 20
+    message = done.err.strip()
+    assert message.startswith("error:") and "\n" not in message
+    assert "tcl.pth" in message and str(no_tcl_weights) in message and TCL_URL in message
+    assert not Path("m.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--soft-mask", "s.npy"], "--soft-mask needs TCL's soft mask, which --method global-local does not give"),
+        (["--heatmap", "h.png"], "--heatmap needs TCL's soft mask"),
+        (["--method", "tcl", "--soft-mask", "s.png"], "--soft-mask s.png must end in .npy"),
+        (["--tcl-window", "whole"], "--tcl-window applies to --method tcl or with --tcl-weight"),
+        (["--no-tcl-pamr"], "--tcl-pamr/--no-tcl-pamr applies to --method tcl"),
+        (["--method", "tcl", "--tcl-weight", "0.5"], "--tcl-weight blends TCL into a proposal method"),
+        (["--tcl-weight", "0.5", "--tcl-threshold", "0.3"], "--tcl-threshold cuts TCL's own answer"),
+        (["--tcl-weight", "1.5"], "--tcl-weight must be in [0, 1], got 1.5"),
+        (["--method", "tcl", "--tcl-window", "tiles"], "TCL window must be one of slide, whole, demo"),
+        (["--method", "tcl", "--alpha", "0.9"], "--alpha does not apply to --method tcl"),
+        (["--method", "tcl", "--masks", "masks"], "--masks does not apply to --method tcl: it draws its own mask"),
+        (["--method", "tcl", "--proposals", "sam"], "--proposals does not apply to --method tcl"),
+        (["--method", "tcl", "--max-proposals", "5"], "--max-proposals does not apply to --method tcl"),
+    ],
+)
+def test_options_that_do_not_apply_are_refused_by_name(cli, photo, no_tcl_weights, args, named):
+    done = cli("segment", photo, PHRASE, *args, "-o", "m.png")
+    message = done.err.strip()
+    assert done.code == 2 and message.startswith("error: ") and "\n" not in message
+    assert named in message
+    assert not Path("m.png").exists() and not Path("s.npy").exists()
+
+
+def test_evaluate_tcl_without_proposals_records_settings_and_weights(cli, tmp_path, tiny, tcl_checkpoint,
+                                                                     monkeypatch):
+    refer = build_refer(tmp_path / "dataset")
+    monkeypatch.chdir(tmp_path)
+    done = cli("evaluate", "--dataset", "refcoco", "--split", "val", "--data-root", refer.data_root,
+               "--images", refer.images_dir, "--limit", "2", "--method", "tcl", *tiny, "--tcl-window", "demo",
+               "--no-tcl-pamr")
+    assert done.code == 0, done.err
+    # The default run folder names what tells runs apart: the method, its preset, the model, no proposals.
+    out = tmp_path / "runs" / f"refcoco_val_tcl_{get_method('tcl').default_preset}_{Path(tiny[1]).stem}_none"
+    settings = json.loads((out / REPORT_JSON).read_text())["config"]["settings"]
+    assert settings["method"] == "tcl" and settings["proposals"] is None
+    assert settings["window"] == "demo" and settings["pamr"] is False and settings["templates"] == "identity"
+    assert settings["tcl_weights"]["file"] == str(tcl_checkpoint)
+    assert settings["tcl_weights"]["size"] == tcl_checkpoint.stat().st_size
+    assert len(settings["tcl_weights"]["sha256"]) == 64
+
+    done = cli("evaluate", "--dataset", "refcoco", "--split", "val", "--data-root", refer.data_root,
+               "--images", refer.images_dir, "--method", "tcl", "--proposals", "gt", *tiny)
+    assert done.code == 2 and "--proposals does not apply to --method tcl" in done.err

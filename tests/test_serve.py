@@ -1,0 +1,154 @@
+"""`globallocal serve`'s callbacks on tiny random models, without a browser."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("gradio", reason="the [demo] extra (Gradio) is not installed")
+
+from globallocal.errors import WeightsError  # noqa: E402
+from globallocal.methods import build_method  # noqa: E402
+from globallocal.proposals import Proposals  # noqa: E402
+from globallocal.segmenter import Segmenter  # noqa: E402
+from globallocal.serve import Engine, example_photos  # noqa: E402
+from globallocal.serve.page import Page  # noqa: E402
+
+
+def _no_freesolo(kind):
+    raise WeightsError("FreeSOLO weights are not here and this machine is offline; pass --freesolo-weights FILE")
+
+
+@pytest.fixture(scope="module")
+def page(tiny_vit, nlp):
+    engine = Engine(lambda name: Segmenter(tiny_vit, nlp, method=build_method(name, tiny_vit, nlp)), _no_freesolo,
+                    "global-local", max_megapixels=1.0)
+    page = Page(engine, example_photos(), proposals="masks", top_k=2)
+    yield page
+    page.close()
+
+
+@pytest.fixture
+def tower_calls(tiny_vit):
+    """How many times the image tower ran (its patch embedding is the first layer of every pass)."""
+    calls = []
+    handle = tiny_vit.visual.conv1.register_forward_hook(lambda *args: calls.append(1))
+    yield calls
+    handle.remove()
+
+
+def _mask_files(example):
+    return [str(path) for path in sorted(example["mask_dir"].iterdir())]
+
+
+def _segment(page, example, phrases="the wooden chair", view=None, alpha=0.95, beta=0.5):
+    return page.segment(view, str(example["image"]), phrases, "masks", _mask_files(example), "global-local",
+                        alpha, beta, 0.0, 0.0)
+
+
+def test_photo_and_phrase_give_one_proposal_at_the_photo_size(page, example, tower_calls):
+    out = _segment(page, example)
+    assert out[page.status] == ""
+    view = out[page.session]
+    (result,) = view.answer.results
+    assert result.noun_phrase == "the wooden chair" and "the wooden chair" in out[page.summary]
+    assert tuple(result.mask.shape) == example["size"]
+    assert result.mask.numpy().tolist() == example["masks"][result.index].tolist()
+    assert len(tower_calls) > 0
+    # The overlay shows the photo; the gallery ranks the two best of three proposals, best first.
+    assert out[page.overlay].shape == (*example["size"], 3)
+    gallery = out[page.gallery]
+    order = np.argsort(-result.scores.numpy(), kind="stable")[:2]
+    assert [caption.split(" · ")[:2] for _, caption in gallery] == [[f"#{i + 1}", f"proposal {k}"]
+                                                                    for i, k in enumerate(order)]
+    assert " = global " in gallery[0][1] and " + local " in gallery[0][1]
+    assert "image features" in out[page.timing] and "not run" not in out[page.timing]
+    # Downloads: the mask PNG is the chosen proposal; the JSON is segment --json's.
+    mask_png, report_json = (p for p in out[page.downloads])
+    assert (np.asarray(Image.open(mask_png)) > 0).tolist() == example["masks"][result.index].tolist()
+    report = json.loads(open(report_json).read())
+    assert report["results"][0]["index"] == result.index and report["proposals"] == 3
+    assert report["settings"]["alpha"] == 0.95 and report["method"] == "global-local"
+    assert report["results"][0]["scores"] == [float(s) for s in result.scores]
+
+
+def test_score_parts_add_up_to_the_score(page, example):
+    view = _segment(page, example, alpha=0.7)[page.session]
+    (parts,) = view.answer.parts
+    torch.testing.assert_close(parts["global"] + parts["local"], view.answer.results[0].scores, rtol=0, atol=1e-6)
+
+
+def test_moving_alpha_reranks_without_the_image_tower(page, example, tower_calls, tiny_vit, nlp):
+    view = _segment(page, example, alpha=0.95)[page.session]
+    before = len(tower_calls)
+    scores = {}
+    for alpha in (0.0, 1.0):
+        out = page.rerank(view, "global-local", alpha, 0.5, 0.0, 0.0)
+        assert out[page.status] == ""
+        scores[alpha] = out[page.session].answer.results[0].scores
+        assert "image tower not run" in out[page.timing]
+        assert out[page.session].answer.settings.alpha == alpha
+    assert len(tower_calls) == before
+    assert not torch.equal(scores[0.0], scores[1.0])
+    # Pressing Segment again with a new phrase reuses the session's features too.
+    out = _segment(page, example, "the table", view=view)
+    assert len(tower_calls) == before and "image tower not run" in out[page.timing]
+    # The same scores as a segmenter built with that alpha and run on the photo from scratch.
+    fresh = Segmenter(tiny_vit, nlp, method=build_method("global-local", tiny_vit, nlp, alpha=0.0))
+    fresh.set_image(example["image"], Proposals.from_masks(torch.from_numpy(example["masks"])))
+    torch.testing.assert_close(scores[0.0], fresh.predict("the wooden chair").scores, rtol=0, atol=1e-6)
+
+
+def test_bad_upload_gets_a_message(page, tmp_path, tower_calls):
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo")
+    out = page.preview(str(text))
+    assert out[page.status] == ("Error: notes.jpg is not an image this page can read; "
+                                "upload a JPEG, PNG, WebP or TIFF photo")
+    out = page.segment(None, str(text), "the chair", "masks", [], "global-local", 0.95, 0.5, 0.0, 0.0)
+    assert list(out) == [page.status] and "not an image" in out[page.status]
+    assert tower_calls == []
+
+
+def test_photo_over_the_megapixel_limit_gets_a_message(page, tmp_path):
+    big = tmp_path / "big.png"
+    Image.new("RGB", (1250, 1000)).save(big)  # 1.25 MP, limit 1 MP
+    out = page.preview(str(big))
+    assert out[page.status] == ("Error: big.png is 1.2 megapixels (1250x1000), over this server's limit of 1; "
+                                "downscale it, or restart serve with a higher --max-megapixels")
+
+
+def test_errors_are_one_sentence_and_the_page_goes_on(page, example):
+    out = page.segment(None, str(example["image"]), "the chair", "freesolo", [], "global-local", 0.95, 0.5, 0, 0)
+    assert out == {page.status: "Error: FreeSOLO weights are not here and this machine is offline; "
+                                "pass --freesolo-weights FILE"}
+    out = page.segment(None, str(example["image"]), "the chair", "masks", [], "global-local", 0.95, 0.5, 0, 0)
+    assert "no mask files were uploaded" in out[page.status]
+    out = page.segment(None, str(example["image"]), "  \n ", "masks", _mask_files(example), "global-local",
+                       0.95, 0.5, 0, 0)
+    assert "type a phrase" in out[page.status]
+    assert _segment(page, example)[page.status] == ""
+
+
+def test_sliders_follow_the_method(page):
+    out = page.choose_method("global-local")
+    shown = [out[slider] for slider in page.sliders]
+    assert [(u["label"], u["value"], u["visible"]) for u in shown[:2]] == [("alpha", 0.95, True), ("beta", 0.5, True)]
+    assert [u["visible"] for u in shown[2:]] == [False, False]
+
+
+def test_serve_without_gradio_says_how_to_install_it(run, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gradio", None)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    code, err = run("serve")
+    assert code == 2
+    assert err.strip() == ("error: serve needs Gradio, which is not installed; install it with: "
+                           "pip install 'globallocal[demo]' (make install does)")
