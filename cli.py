@@ -170,7 +170,8 @@ class ProposalArgs:
         changed = [f for f in fields(self) if f.name != "kind" and getattr(self, f.name) != f.default]
         return [*(["--proposals"] if self.kind else []), *(f"--{f.name.replace('_', '-')}" for f in changed)]
 
-    def build(self, device: str):
+    def build(self, device: str, keep_order: bool = False):
+        """The generator; ``keep_order``: the masks in the generator's order (the method's keep_proposal_order)."""
         from globallocal.proposals.sources import build_proposal_generator
 
         # Every option goes through (None = not given), so one that does not apply to the source is refused.
@@ -184,6 +185,7 @@ class ProposalArgs:
         }
         return build_proposal_generator(
             self.kind, model=self.sam_model, weights=self.weights, max_proposals=self.max_proposals, device=device,
+            keep_order=keep_order,
             # None: the proposal source's own default settings.
             **({"settings": self.sam_settings} if self.sam_settings else {}), **options,
         )
@@ -319,7 +321,7 @@ def segment(
                 "or pass --allow-no-noun"
             )
     if candidates is None and segmenter.method.uses_proposals:
-        generator = source.build(device)
+        generator = source.build(device, keep_order=spec.keep_proposal_order)
         with stderr.status(f"{proposals} proposals..."):
             candidates = generator.generate(picture)
     what = f"scoring {len(candidates)} proposals" if candidates is not None else f"{method} masks"
@@ -514,7 +516,7 @@ def evaluate(
         else:
             from globallocal.proposals.sources import proposal_cache_key, proposal_weights_file
 
-            generator = source_args.build(local_device)
+            generator = source_args.build(local_device, keep_order=spec.keep_proposal_order)
             proposal_key = proposal_cache_key(proposals, generator, source_args.weights, local_device)
             weights_file = proposal_weights_file(proposals, generator, source_args.weights)
             weights.update({proposals: weights_file} if weights_file else {})

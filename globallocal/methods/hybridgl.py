@@ -337,4 +337,5 @@ SPEC = MethodSpec(
     default_clip_model="ViT-B-16",
     default_proposals="sam",
     default_proposal_settings="hybridgl",
+    keep_proposal_order=True,
 )
