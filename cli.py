@@ -195,7 +195,8 @@ class ProposalArgs:
         changed = [f for f in fields(self) if f.name != "kind" and getattr(self, f.name) != f.default]
         return [*(["--proposals"] if self.kind else []), *(f"--{f.name.replace('_', '-')}" for f in changed)]
 
-    def build(self, device: str):
+    def build(self, device: str, keep_order: bool = False):
+        """The generator; ``keep_order``: the masks in the generator's order (the method's keep_proposal_order)."""
         from globallocal.proposals.sources import build_proposal_generator
 
         # Every option goes through (None = not given), so one that does not apply to the source is refused.
@@ -209,6 +210,7 @@ class ProposalArgs:
         }
         return build_proposal_generator(
             self.kind, model=self.sam_model, weights=self.weights, max_proposals=self.max_proposals, device=device,
+            keep_order=keep_order,
             # None: the proposal source's own default settings.
             **({"settings": self.sam_settings} if self.sam_settings else {}), **options,
         )
@@ -381,7 +383,7 @@ def segment(
             _no_noun(phrase, phrases, require_noun)
     if candidates is None and segmenter.method.uses_proposals:
         with timer("load_proposal_model"):
-            generator = source.build(device)
+            generator = source.build(device, keep_order=spec.keep_proposal_order)
         with timer("proposals"), stderr.status(f"{proposals} proposals..."):
             candidates = generator.generate(picture)
     what = f"scoring {len(candidates)} proposals" if candidates is not None else f"{method} masks"
@@ -670,7 +672,7 @@ def evaluate(
         else:
             from globallocal.proposals.sources import proposal_cache_key, proposal_weights_file
 
-            generator = source_args.build(local_device)
+            generator = source_args.build(local_device, keep_order=spec.keep_proposal_order)
             proposal_key = proposal_cache_key(proposals, generator, source_args.weights, local_device)
             weights_file = proposal_weights_file(proposals, generator, source_args.weights)
             weights.update({proposals: weights_file} if weights_file else {})
@@ -829,26 +831,49 @@ def batch(
 def sweep(
     run_dir: Path = typer.Argument(..., help="Folder of a finished evaluation run made with --cache."),
     alpha: str | None = typer.Option(
-        None, help="Comma-separated alphas, e.g. 0.8,0.85,0.9,0.95 (default: the run's)."
+        None, help="global-local: comma-separated alphas, e.g. 0.8,0.85,0.9,0.95 (default: the run's)."
     ),
-    beta: str | None = typer.Option(None, help="Comma-separated betas, e.g. 0.3,0.5,0.7 (default: the run's)."),
+    beta: str | None = typer.Option(
+        None, help="Comma-separated betas (whole-expression text weight), e.g. 0.3,0.5,0.7 (default: the run's)."
+    ),
+    relation_weight: str | None = typer.Option(
+        None, help="hybridgl: weights of the relation term in the final mix, e.g. 0.3,0.4,0.5 (paper 0.4)."
+    ),
+    gem_k_big: str | None = typer.Option(None, help="hybridgl: GEM k values, in [0, 2], for the relation "
+                                         "flag big (paper 1.95)."),
+    gem_k_small: str | None = typer.Option(None, help="hybridgl: GEM k values for the flag small (paper 1.5)."),
+    gem_k_other: str | None = typer.Option(
+        None, help="hybridgl: GEM k values for every other flag (the spec's 'else', paper 1.8)."
+    ),
     out: Path | None = typer.Option(
-        None, help="Folder for sweep.json, sweep.md and the heat map sweep.png (default: RUN_DIR/sweep)."
+        None, help="Folder for sweep.json, sweep.md and (global-local) the heat map sweep.png "
+        "(default: RUN_DIR/sweep)."
     ),
     cache: Path | None = typer.Option(None, help="The run's feature cache, if it has moved since the run."),
 ) -> None:
-    """Metrics of a cached evaluation run for every (alpha, beta), from its records and cache, without the models.
+    """Metrics of a cached evaluation run at other scoring weights, from its records and cache, without the models.
 
-    Example: globallocal sweep runs/refcoco_val_ViT-B-32_freesolo --alpha 0.8,0.85,0.9,0.95 --beta 0.3,0.5,0.7
+    global-local runs: every (alpha, beta). hybridgl runs: every combination of --beta, --relation-weight and the
+    --gem-k-* values, for both the guided and the pure answers (a table; no heat map). Weights not given stay at
+    the run's.
+
+    Examples: globallocal sweep runs/refcoco_val_ViT-B-32_freesolo --alpha 0.8,0.85,0.9,0.95 --beta 0.3,0.5,0.7;
+    globallocal sweep runs/refcoco_val_hybridgl_ViT-B-16_sam --beta 0.3,0.5 --relation-weight 0.3,0.4,0.5
     """
     from globallocal.sweep import format_sweep_table, parse_values, run_sweep
 
+    k_values = {"gem_k_big": gem_k_big, "gem_k_small": gem_k_small, "gem_k_other": gem_k_other}
+    axes = {
+        "relation_weight": parse_values(relation_weight, "relation-weight"),
+        **{name: parse_values(text, name.replace("_", "-"), high=2.0) for name, text in k_values.items()},
+    }
     result = run_sweep(
-        run_dir, parse_values(alpha, "alpha"), parse_values(beta, "beta"), out_dir=out, cache_dir=cache
+        run_dir, parse_values(alpha, "alpha"), parse_values(beta, "beta"), out_dir=out, cache_dir=cache, axes=axes
     )
     Console(highlight=False).print(format_sweep_table(result))
-    stderr.print(f"sweep ({result['seconds']:.1f} s): {result['files']['sweep.md']}, heat map "
-                 f"{result['files']['sweep.png']}")
+    files = result["files"]
+    pictured = f", heat map {files['sweep.png']}" if "sweep.png" in files else " (no heat map for a HybridGL grid)"
+    stderr.print(f"sweep ({result['seconds']:.1f} s): {files['sweep.md']}{pictured}")
 
 
 @app.command()

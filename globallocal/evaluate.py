@@ -357,6 +357,7 @@ def _evaluate_image(
                     noun_phrase=result.noun_phrase,
                     expression=result.expression,
                     truncated=bool(result.truncated),
+                    **result.record_fields(),
                 )
                 # Further answers of the method (HybridGL's "pure" one), each scored as the main answer is.
                 others = {}

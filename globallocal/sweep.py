@@ -19,17 +19,16 @@ replayed on another device or library version than the run's).
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 from rich.table import Table
 
 from .cache import ImageEntry, TextStore, VisualStore
@@ -39,13 +38,16 @@ from .evaluate import CONFIG_FILE, REPORT_JSON, CompletedImage, read_records, re
 from .images import save_png, save_text
 from .methods.global_local import proposal_scores, scoring_visual, text_blend, visual_blend
 from .metrics import PRECISION_THRESHOLDS, MetricAccumulator
+from .sweep_heatmap import draw_heatmap, grid_value, is_run_point
 
 __all__ = [
     "SWEEP_JSON",
     "SWEEP_MD",
     "SWEEP_PNG",
+    "CachedRun",
     "draw_heatmap",
     "format_sweep_table",
+    "open_cached_run",
     "parse_values",
     "run_sweep",
 ]
@@ -99,22 +101,11 @@ class _Replay:
         if records[0]["no_proposals"]:
             # No choice to replay: the empty prediction the run scored, at every setting.
             for total in self.totals.values():
-                for record in records:
-                    total.add(record["I"], record["U"], ref_id=referent(record), image_id=record["image_id"],
-                              no_proposals=True)
+                add_unanswered(total, records)
             return
-        name = done.marker.get("cache_entry")
-        entry = self.visual.load(name) if name else None
-        if entry is None or any(len(record["overlaps"]) != len(entry.areas) for record in records):
-            raise InputError(
-                f"the cache entry of image {done.marker['image_done']} ({name}) in {self.visual.directory} is "
-                "missing, damaged or not this run's; evaluate again with the same --cache"
-            )
-        strings = list(dict.fromkeys(s for r in records for s in (r["expression"], r["noun_phrase"])))
-        self._text_features.update(self.texts.load([s for s in strings if s not in self._text_features]))
-        absent = [s for s in strings if s not in self._text_features]
-        if absent:
-            raise InputError(f"the text features of {absent[0]!r} are not in the cache {self.texts.directory}")
+        entry = load_entry(self.visual, done)
+        strings = [s for r in records for s in (r["expression"], r["noun_phrase"])]
+        load_texts(self.texts, self._text_features, strings)
         for point, total in self.totals.items():
             picks = self._picks(records, entry, *point)
             for record, index in zip(records, picks):
@@ -140,8 +131,35 @@ class _Replay:
         return picks
 
 
-def parse_values(text: str | None, name: str) -> list[float] | None:
-    """Comma-separated values in [0, 1], sorted, duplicates dropped; None for None."""
+def add_unanswered(total: MetricAccumulator, records: list[dict[str, Any]]) -> None:
+    """The sentences of an image without proposals: the empty prediction the run scored (IoU 0)."""
+    for record in records:
+        total.add(record["I"], record["U"], ref_id=referent(record), image_id=record["image_id"], no_proposals=True)
+
+
+def load_entry(visual: VisualStore, done: CompletedImage) -> ImageEntry:
+    """The cache entry of a recorded image, refused when it is missing or not the one the run scored."""
+    name = done.marker.get("cache_entry")
+    entry = visual.load(name) if name else None
+    if entry is None or any(len(record["overlaps"]) != len(entry.areas) for record in done.records):
+        raise InputError(
+            f"the cache entry of image {done.marker['image_done']} ({name}) in {visual.directory} is "
+            "missing, damaged or not this run's; evaluate again with the same --cache"
+        )
+    return entry
+
+
+def load_texts(texts: TextStore, known: dict[str, torch.Tensor], strings: list[str]) -> None:
+    """Add the cached text features of ``strings`` to ``known`` (strings recur across images)."""
+    wanted = [s for s in dict.fromkeys(strings) if s not in known]
+    known.update(texts.load(wanted))
+    absent = [s for s in wanted if s not in known]
+    if absent:
+        raise InputError(f"the text features of {absent[0]!r} are not in the cache {texts.directory}")
+
+
+def parse_values(text: str | None, name: str, low: float = 0.0, high: float = 1.0) -> list[float] | None:
+    """Comma-separated values in [low, high], sorted, duplicates dropped; None for None."""
     if text is None:
         return None
     try:
@@ -150,8 +168,8 @@ def parse_values(text: str | None, name: str) -> list[float] | None:
         raise InputError(f"--{name} takes comma-separated numbers such as 0.8,0.9, got {text!r}") from None
     if not values:
         raise InputError(f"--{name} needs at least one value")
-    if not all(0.0 <= value <= 1.0 for value in values):
-        raise InputError(f"--{name} values must be in [0, 1], got {text!r}")
+    if not all(low <= value <= high for value in values):
+        raise InputError(f"--{name} values must be in [{low:g}, {high:g}], got {text!r}")
     return values
 
 
@@ -164,38 +182,87 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
         raise InputError(f"{path} is not valid JSON: {error}") from None
 
 
+@dataclass
+class CachedRun:
+    """A finished evaluation run made with --cache: its configuration, report and feature cache."""
+
+    directory: Path
+    config: dict[str, Any]
+    report: dict[str, Any]
+    visual: VisualStore
+    texts: TextStore
+
+    @property
+    def scoring(self) -> dict[str, Any]:
+        """The method and every setting the run scored with."""
+        return self.config["cache"]["scoring"]
+
+    @property
+    def dataset(self) -> str:
+        return dataset_label(self.config)
+
+
+def open_cached_run(run_dir: str | Path, cache_dir: str | Path | None = None) -> CachedRun:
+    """A finished cached run, refused with the fix when it is unfinished, uncached or its cache is gone."""
+    run_dir = Path(run_dir)
+    config = _read_json(run_dir / CONFIG_FILE, f"evaluation run in {run_dir}")
+    report = _read_json(run_dir / REPORT_JSON, f"finished run in {run_dir} (run the evaluation to the end first)")
+    cache_info = config.get("cache")
+    if not cache_info:
+        raise InputError(f"{run_dir} was evaluated without --cache; run it again with --cache DIR to sweep it")
+    root = Path(cache_dir) if cache_dir is not None else Path(cache_info["dir"])
+    visual = VisualStore(root / cache_info["visual"])
+    if not visual.directory.is_dir():
+        raise InputError(f"the run's cache {visual.directory} is not there; pass the cache folder with --cache")
+    return CachedRun(run_dir, config, report, visual, TextStore(root / cache_info["text"]))
+
+
 def run_sweep(
     run_dir: str | Path,
     alphas: list[float] | None = None,
     betas: list[float] | None = None,
     out_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
+    *,
+    axes: dict[str, list[float] | None] | None = None,
 ) -> dict[str, Any]:
-    """The metrics of a finished cached run for every (alpha, beta); writes sweep.json, sweep.md and sweep.png.
+    """The metrics of a finished cached run at every point of a grid of scoring weights; writes sweep.json,
+    sweep.md and (global-local) the heat map sweep.png.
 
-    ``alphas`` / ``betas`` default to the run's own value. ``out_dir``
-    defaults to ``run_dir/sweep``; ``cache_dir`` to the cache folder the run
-    recorded (give it when the cache has moved).
+    A global-local run sweeps ``alphas`` x ``betas``; a HybridGL run sweeps
+    ``betas`` and ``axes`` (values of the other
+    :data:`~globallocal.methods.hybridgl_sweep.SWEPT_SETTINGS`, see
+    :func:`globallocal.sweep_hybridgl.sweep_hybridgl`). Omitted axes stay at
+    the run's own value. ``out_dir`` defaults to ``run_dir/sweep``;
+    ``cache_dir`` to the cache folder the run recorded (give it when the
+    cache has moved).
     """
     started = time.perf_counter()
-    run_dir = Path(run_dir)
-    config = _read_json(run_dir / CONFIG_FILE, f"evaluation run in {run_dir}")
-    _read_json(run_dir / REPORT_JSON, f"finished run in {run_dir} (run the evaluation to the end first)")
-    cache_info = config.get("cache")
-    if not cache_info:
-        raise InputError(f"{run_dir} was evaluated without --cache; run it again with --cache DIR to sweep it")
-    scoring, family = cache_info["scoring"], cache_info["family"]
-    if scoring.get("method") != "global-local":
-        raise InputError(f"{run_dir} was evaluated with method {scoring.get('method')}; this sweep is for global-local")
+    run = open_cached_run(run_dir, cache_dir)
+    method = run.scoring.get("method")
+    other_axes = sorted(name for name, values in (axes or {}).items() if values is not None)
+    if "tcl_weight" in run.scoring:
+        raise InputError(f"{run.directory} blends {method} with TCL (--tcl-weight); its scores cannot be "
+                         "replayed from the cache, so it cannot be swept")
+    if method == "hybridgl":
+        from .sweep_hybridgl import sweep_hybridgl
+
+        if alphas is not None:
+            raise InputError(f"--alpha is a global-local weight; {run.directory} is a hybridgl run (sweep --beta, "
+                             "--relation-weight, --gem-k-big, --gem-k-small, --gem-k-other)")
+        return sweep_hybridgl(run, {"beta": betas, **(axes or {})}, out_dir, started)
+    if method != "global-local":
+        raise InputError(f"{run.directory} was evaluated with method {method}; sweeps are for global-local and "
+                         "hybridgl runs")
+    if other_axes:
+        raise InputError(f"--{other_axes[0].replace('_', '-')} is a HybridGL weight; {run.directory} is a "
+                         "global-local run (sweep --alpha and --beta)")
+    run_dir, scoring, family = run.directory, run.scoring, run.config["cache"]["family"]
     feature_norm = scoring["feature_norm"]
     run_point = (scoring["alpha"], scoring["beta"])
     alphas = alphas or [run_point[0]]
     betas = betas or [run_point[1]]
-    root = Path(cache_dir) if cache_dir is not None else Path(cache_info["dir"])
-    visual = VisualStore(root / cache_info["visual"])
-    texts = TextStore(root / cache_info["text"])
-    if not visual.directory.is_dir():
-        raise InputError(f"the run's cache {visual.directory} is not there; pass the cache folder with --cache")
+    visual, texts = run.visual, run.texts
 
     grid = [(alpha, beta) for alpha in alphas for beta in betas]
     points = grid if run_point in grid else [*grid, run_point]
@@ -218,7 +285,7 @@ def run_sweep(
         best[metric] = {"alpha": top["alpha"], "beta": top["beta"], "value": top["metrics"][metric]}
     result = {
         "run_dir": str(run_dir),
-        "dataset": dataset_label(config),
+        "dataset": run.dataset,
         "alphas": list(alphas),
         "betas": list(betas),
         "results": results,
@@ -243,15 +310,6 @@ def run_sweep(
 # -- output ------------------------------------------------------------------
 
 
-def _value(result: dict[str, Any], alpha: float, beta: float, metric: str) -> float:
-    item = next(r for r in result["results"] if r["alpha"] == alpha and r["beta"] == beta)
-    return item["metrics"][metric]
-
-
-def _is_run(result: dict[str, Any], alpha: float, beta: float) -> bool:
-    return (alpha, beta) == (result["run"]["alpha"], result["run"]["beta"])
-
-
 def _markdown(result: dict[str, Any]) -> str:
     run = result["run"]
     lines = [
@@ -269,10 +327,10 @@ def _markdown(result: dict[str, Any]) -> str:
         for alpha in result["alphas"]:
             cells = []
             for beta in result["betas"]:
-                text = f"{_value(result, alpha, beta, metric):.2f}"
+                text = f"{grid_value(result, alpha, beta, metric):.2f}"
                 if (alpha, beta) == (best["alpha"], best["beta"]):
                     text = f"**{text}**"
-                cells.append(text + ("*" if _is_run(result, alpha, beta) else ""))
+                cells.append(text + ("*" if is_run_point(result, alpha, beta) else ""))
             lines.append(f"| {alpha:g} | " + " | ".join(cells) + " |")
     thresholds = [f"{t:.1f}" for t in PRECISION_THRESHOLDS]
     header = ["alpha", "beta", "oIoU", "mIoU", *(f"P@{t}" for t in thresholds)]
@@ -286,7 +344,12 @@ def _markdown(result: dict[str, Any]) -> str:
 
 
 def format_sweep_table(result: dict[str, Any]) -> Table:
-    """Every (alpha, beta) with all metrics; the best oIoU and mIoU in bold, the run's own setting marked."""
+    """Every (alpha, beta) with all metrics; the best oIoU and mIoU in bold, the run's own setting marked.
+    For a HybridGL sweep, :func:`~globallocal.sweep_hybridgl.format_hybridgl_table`."""
+    if result.get("method") == "hybridgl":
+        from .sweep_hybridgl import format_hybridgl_table
+
+        return format_hybridgl_table(result)
     thresholds = [f"{t:.1f}" for t in PRECISION_THRESHOLDS]
     table = Table(title=f"alpha x beta sweep: {result['dataset']}")
     for name in ("alpha", "beta", "oIoU", "mIoU", *(f"P@{t}" for t in thresholds)):
@@ -300,83 +363,7 @@ def format_sweep_table(result: dict[str, Any]) -> Table:
             text = f"{metrics[metric]:.2f}"
             return f"[bold]{text}[/]" if (best[metric]["alpha"], best[metric]["beta"]) == (alpha, beta) else text
 
-        note = "< run" if _is_run(result, alpha, beta) else ""
+        note = "< run" if is_run_point(result, alpha, beta) else ""
         table.add_row(f"{alpha:g}", f"{beta:g}", cell("oIoU"), cell("mIoU"),
                       *(f"{metrics['precision'][t]:.2f}" for t in thresholds), note)
     return table
-
-
-# Viridis at eight evenly spaced points: readable in grey and for colour-blind eyes.
-_VIRIDIS = (
-    (68, 1, 84), (70, 50, 127), (54, 92, 141), (39, 127, 142),
-    (31, 161, 135), (74, 194, 109), (159, 218, 58), (253, 231, 37),
-)
-
-
-def _colour(fraction: float) -> tuple[int, int, int]:
-    position = min(max(fraction, 0.0), 1.0) * (len(_VIRIDIS) - 1)
-    low = min(int(position), len(_VIRIDIS) - 2)
-    t = position - low
-    return tuple(round(a + (b - a) * t) for a, b in zip(_VIRIDIS[low], _VIRIDIS[low + 1]))
-
-
-def draw_heatmap(result: dict[str, Any]) -> Image.Image:
-    """oIoU and mIoU over the alpha x beta grid, side by side, values in the cells.
-
-    Each panel's colours span its own minimum to maximum. The run's own
-    setting is outlined in red; the best cell of each panel says "best".
-    """
-    alphas, betas = result["alphas"], result["betas"]
-    title_font, label_font = ImageFont.load_default(size=22), ImageFont.load_default(size=17)
-    value_font, note_font = ImageFont.load_default(size=19), ImageFont.load_default(size=13)
-    cell_w, cell_h, label_w, header_h, gap, margin = 92, 56, 120, 34, 40, 24
-    run = result["run"]
-    title = f"alpha x beta sweep: {result['dataset']}"
-    in_grid = run["alpha"] in alphas and run["beta"] in betas
-    footnote = (
-        f"{'red outline: ' if in_grid else 'not in the grid: '}the run's own setting (alpha {run['alpha']:g}, "
-        f"beta {run['beta']:g}); {run['sentences_checked'] - run['sentences_differing']} of "
-        f"{run['sentences_checked']} of its picks reproduced"
-    )
-    panel_w = label_w + cell_w * len(betas)
-    # Wide enough for the title and the footnote however small the grid.
-    text_w = max(title_font.getlength(title), label_font.getlength(footnote))
-    width = 2 * margin + max(2 * panel_w + gap, math.ceil(text_w))
-    left = (width - 2 * panel_w - gap) // 2
-    top = margin + 40
-    height = top + 36 + header_h + cell_h * len(alphas) + 48
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((width // 2, margin), title, font=title_font, fill="black", anchor="mt")
-    for panel, metric in enumerate(("oIoU", "mIoU")):
-        x0 = left + panel * (panel_w + gap)
-        draw.text((x0 + panel_w // 2, top), f"{metric} (%)", font=title_font, fill="black", anchor="mt")
-        grid_top = top + 36 + header_h
-        draw.text((x0 + label_w // 2, grid_top - header_h // 2), "alpha \\ beta", font=label_font,
-                  fill="black", anchor="mm")
-        for j, beta in enumerate(betas):
-            draw.text((x0 + label_w + j * cell_w + cell_w // 2, grid_top - header_h // 2), f"{beta:g}",
-                      font=label_font, fill="black", anchor="mm")
-        values = [[_value(result, alpha, beta, metric) for beta in betas] for alpha in alphas]
-        low, high = min(map(min, values)), max(map(max, values))
-        best = result["best"][metric]
-        for i, alpha in enumerate(alphas):
-            y = grid_top + i * cell_h
-            draw.text((x0 + label_w // 2, y + cell_h // 2), f"{alpha:g}", font=label_font, fill="black",
-                      anchor="mm")
-            for j, beta in enumerate(betas):
-                x = x0 + label_w + j * cell_w
-                value = values[i][j]
-                colour = _colour((value - low) / (high - low) if high > low else 0.5)
-                draw.rectangle((x, y, x + cell_w - 1, y + cell_h - 1), fill=colour, outline="white")
-                luminance = (0.2126 * colour[0] + 0.7152 * colour[1] + 0.0722 * colour[2]) / 255
-                ink = "black" if luminance > 0.45 else "white"
-                is_best = (alpha, beta) == (best["alpha"], best["beta"])
-                centre_y = y + cell_h // 2 - (7 if is_best else 0)
-                draw.text((x + cell_w // 2, centre_y), f"{value:.2f}", font=value_font, fill=ink, anchor="mm")
-                if is_best:
-                    draw.text((x + cell_w // 2, y + cell_h - 9), "best", font=note_font, fill=ink, anchor="mb")
-                if _is_run(result, alpha, beta):
-                    draw.rectangle((x + 1, y + 1, x + cell_w - 2, y + cell_h - 2), outline=(230, 30, 30), width=4)
-    draw.text((margin, height - 16), footnote, font=label_font, fill="black", anchor="ls")
-    return image

@@ -24,6 +24,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from globallocal.errors import InputError, WeightsError  # noqa: E402
+from globallocal.methods import get_method  # noqa: E402
 from globallocal.proposals import Proposals, postprocess, projection_boxes  # noqa: E402
 from globallocal.proposals import sam as sam_module  # noqa: E402
 from globallocal.proposals.sam import (  # noqa: E402
@@ -134,6 +135,22 @@ def test_postprocess_drops_empty_masks_sorts_caps_and_recomputes_boxes():
         postprocess(given, max_proposals=0)
 
 
+def test_postprocess_can_keep_the_generators_order():
+    """SPEC-hybridgl section 2: HybridGL takes the masks in the order the generator returns them."""
+    masks = torch.zeros((5, 6, 8), dtype=torch.bool)
+    for index in (0, 2, 3, 4):
+        masks[index, index, : index + 1] = True  # mask 1 stays empty
+    given = Proposals(masks, torch.zeros((5, 4)), torch.tensor([0.5, 0.99, 0.9, 0.7, 0.8]))
+
+    kept = postprocess(given, keep_order=True)
+    assert torch.equal(kept.masks, masks[[0, 2, 3, 4]]) and kept.scores.tolist() == pytest.approx([0.5, 0.9, 0.7, 0.8])
+    assert torch.equal(kept.boxes, projection_boxes(masks[[0, 2, 3, 4]]))
+    # The cap still keeps the best-scored masks (0.9, 0.8, 0.7), in the generator's order.
+    assert torch.equal(postprocess(given, max_proposals=3, keep_order=True).masks, masks[[2, 3, 4]])
+    assert torch.equal(postprocess(given, max_proposals=3).masks, masks[[2, 4, 3]])
+    assert get_method("hybridgl").keep_proposal_order and not get_method("global-local").keep_proposal_order
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_proposals_at_image_size_with_spec_boxes_sorted_by_predicted_iou(family, request, image):
     generator = make_generator(family, request, **KEEP_ALL)
@@ -150,6 +167,18 @@ def test_proposals_at_image_size_with_spec_boxes_sorted_by_predicted_iou(family,
     expected = sorted((r["predicted_iou"] for r in records), reverse=True)
     assert proposals.scores.tolist() == pytest.approx(expected)
     assert sorted(int(m.sum()) for m in proposals.masks) == sorted(int(r["segmentation"].sum()) for r in records)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_keep_order_hands_on_the_packages_order(family, request, image):
+    # The packages return their box-NMS order, which is by predicted IoU except after the small-region
+    # clean-up (unchanged masks first); that the option reorders nothing is the postprocess test's.
+    generator = make_generator(family, request, keep_order=True, **KEEP_ALL)
+    proposals = generator.generate(image)
+    records = [r for r in generator.generator.generate(image.copy()) if r["segmentation"].any()]
+    assert torch.equal(proposals.masks, torch.from_numpy(np.stack([r["segmentation"] for r in records])))
+    assert generator.settings["keep_order"] is True  # part of the proposal cache key and the run's configuration
+    assert "keep_order" not in make_generator(family, request, **KEEP_ALL).settings
 
 
 @pytest.mark.parametrize("family", FAMILIES)

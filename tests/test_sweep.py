@@ -158,6 +158,8 @@ def test_sweep_defaults_to_the_runs_values_and_finds_a_moved_cache(refer, tmp_pa
     result = run_sweep(run_dir, cache_dir=tmp_path / "moved")
     assert [(item["alpha"], item["beta"]) for item in result["results"]] == [(0.9, 0.5)]
     assert result["results"][0]["metrics"] == report["metrics"]
+    with pytest.raises(InputError, match="--relation-weight is a HybridGL weight; .* is a global-local run"):
+        run_sweep(run_dir, cache_dir=tmp_path / "moved", axes={"relation_weight": [0.3], "gem_k_big": None})
 
     entry = next((tmp_path / "moved").glob("visual-*/12-*.npz"))
     entry.unlink()

@@ -54,6 +54,9 @@ class MethodSpec:
     preset_aliases: Mapping[str, str] = field(default_factory=dict)
     dataset_presets: Mapping[str, str] = field(default_factory=dict)
     """The preset of the paper's setting per dataset, where it differs from the default."""
+    keep_proposal_order: bool = False
+    """Whether the method takes SAM's proposals in the order the generator returns them (HybridGL's
+    section 2) rather than best predicted IoU first."""
     build: Callable[..., Method] | None = None
     """Builder ``(clip, nlp, settings, **options) -> Method`` when the class alone is not enough (extra weights)."""
 

@@ -79,6 +79,11 @@ class SegmentResult:
         """Further answers a method reports beside its own (HybridGL: "pure", without spatial guidance)."""
         return {}
 
+    def record_fields(self) -> dict[str, Any]:
+        """Method-specific fields an evaluation run keeps in each sentence record (small: what
+        ``globallocal sweep`` needs to replay the answer without the parser)."""
+        return {}
+
     def to_json(self) -> dict[str, Any]:
         """The result as JSON-ready values, floats at full precision (Python floats are doubles)."""
         return {

@@ -170,9 +170,24 @@ class HybridGLResult(SegmentResult):
     other_noun_phrases: list[str] = field(default_factory=list)
     direction: str = "none"
     relation_flag: str = "none"
+    k1: int = 0
+    """K1 as applied: top_k capped at the proposal count (with Q-sticky-k, the smallest count so far)."""
+    k2: int = 0
+    """K2 as applied, likewise."""
 
     def other_answers(self) -> dict[str, int]:
         return {"pure": self.pure_index}
+
+    def record_fields(self) -> dict[str, Any]:
+        # The text analysis and the K's as applied: with the cached features, all a sweep needs to replay
+        # this answer at other weights, in any image order (Q-sticky-k included) and without spaCy.
+        return {
+            "other_noun_phrases": list(self.other_noun_phrases),
+            "direction": self.direction,
+            "relation_flag": self.relation_flag,
+            "k1": self.k1,
+            "k2": self.k2,
+        }
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -228,6 +243,15 @@ class HybridGL(Method):
         tokens = gem_tokens(self.clip, pixels, depth=s.gem_depth, iterations=s.gem_iterations)
         return {"features": torch.cat(features), "gem_tokens": tokens, "boxes_xywh": xywh_boxes(proposals.masks)}
 
+    @property
+    def tau(self) -> torch.Tensor:
+        """CLIP's learned temperature exp(logit_scale), float32, that multiplies every CLIP score."""
+        return self.clip.model.logit_scale.exp().float()
+
+    def describe(self) -> dict[str, Any]:
+        # tau comes with the weights, not the settings; a run records it so that a sweep can replay the scores.
+        return {**super().describe(), "tau": float(self.tau)}
+
     def _analyse(self, expression: str) -> TextAnalysis:
         s = self.settings
         return analyse_text(self.nlp(expression), right_relation=s.right_relation,
@@ -258,7 +282,7 @@ class HybridGL(Method):
         tokens = image.tensors["gem_tokens"].to(device)
         boxes = image.tensors["boxes_xywh"].to(device)
         k1, k2 = self.candidate_counts(len(masks))
-        tau = self.clip.model.logit_scale.exp().float()
+        tau = self.tau
         return [self._answer_one(item, masks, features, tokens, boxes, k1, k2, tau, encode) for item in parsed]
 
     def _answer_one(self, item: ParsedPhrase, masks: torch.Tensor, features: torch.Tensor, tokens: torch.Tensor,
@@ -298,6 +322,8 @@ class HybridGL(Method):
             other_noun_phrases=list(analysis.other_noun_phrases),
             direction=analysis.direction,
             relation_flag=analysis.relation,
+            k1=k1,
+            k2=k2,
         )
 
 
@@ -311,4 +337,5 @@ SPEC = MethodSpec(
     default_clip_model="ViT-B-16",
     default_proposals="sam",
     default_proposal_settings="hybridgl",
+    keep_proposal_order=True,
 )

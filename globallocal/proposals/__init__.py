@@ -84,7 +84,7 @@ def projection_boxes(masks: torch.Tensor) -> torch.Tensor:
     ).cpu()
 
 
-def postprocess(proposals: Proposals, max_proposals: int | None = None) -> Proposals:
+def postprocess(proposals: Proposals, max_proposals: int | None = None, keep_order: bool = False) -> Proposals:
     """What every proposal source hands on: non-empty masks, best score first, SPEC's boxes.
 
     Drops empty masks (a generator's clean-up, e.g. SAM's small-region
@@ -93,9 +93,15 @@ def postprocess(proposals: Proposals, max_proposals: int | None = None) -> Propo
     when given, and recomputes every box with :func:`projection_boxes`:
     generators report min/max boxes, but the local crops follow SPEC's rule
     whatever made the masks.
+
+    ``keep_order``: the masks stay in the order the generator returned them
+    (SPEC-hybridgl section 2; HybridGL's ties and candidate lists depend on
+    it); ``max_proposals`` still keeps the best-scored ones.
     """
     if max_proposals is not None and max_proposals < 1:
         raise InputError(f"max_proposals must be at least 1, got {max_proposals}")
     kept = proposals.drop_empty()
     order = torch.argsort(kept.scores, descending=True, stable=True)[:max_proposals]
+    if keep_order:
+        order = torch.sort(order).values
     return Proposals.from_masks(kept.masks[order], kept.scores[order])

@@ -348,8 +348,10 @@ class _AutomaticMaskSource(ABC):
     ``box_nms_thresh`` 0.7 (box IoU above which the lower-scored duplicate
     goes), ``crop_n_layers`` 0 (no extra passes on image crops).
     ``points_per_batch`` (64) only trades memory for speed.
-    ``max_proposals`` (None: all) keeps the best by score. ``model_name`` is
-    recorded in :attr:`settings`.
+    ``max_proposals`` (None: all) keeps the best by score. ``keep_order``
+    keeps the package's order instead of sorting by score (see
+    :func:`~globallocal.proposals.postprocess`). ``model_name`` is recorded
+    in :attr:`settings`.
     """
 
     family = ""  # "SAM 2" or "SAM", for messages
@@ -367,6 +369,7 @@ class _AutomaticMaskSource(ABC):
         points_per_batch: int = POINTS_PER_BATCH,
         max_proposals: int | None = None,
         model_name: str = "",
+        keep_order: bool = False,
     ) -> None:
         options = {
             "points_per_side": points_per_side,
@@ -382,7 +385,11 @@ class _AutomaticMaskSource(ABC):
         with _quiet_package_warnings():
             self.generator = self._package_generator(model, options)
         self.max_proposals = max_proposals
+        self.keep_order = keep_order
         self.settings: dict[str, object] = {"model": model_name, **options, "max_proposals": max_proposals}
+        if keep_order:
+            # Recorded only when on, so that the caches and runs made before the option keep their keys.
+            self.settings["keep_order"] = True
 
     @abstractmethod
     def _package_generator(self, model: nn.Module, options: dict[str, Any]) -> Any:
@@ -402,7 +409,7 @@ class _AutomaticMaskSource(ABC):
         else:
             masks = torch.zeros((0, rgb.height, rgb.width), dtype=torch.bool)
         scores = torch.tensor([record["predicted_iou"] for record in records], dtype=torch.float32)
-        return postprocess(Proposals.from_masks(masks, scores), self.max_proposals)
+        return postprocess(Proposals.from_masks(masks, scores), self.max_proposals, keep_order=self.keep_order)
 
     def __call__(self, image: ImageInput) -> Proposals:
         """Same as :meth:`generate`, so a generator can serve as a segmenter's proposal source."""

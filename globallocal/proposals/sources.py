@@ -51,6 +51,7 @@ def build_proposal_generator(
     settings: str = DEFAULT_SAM_SETTINGS,
     max_proposals: int | None = None,
     device: str | torch.device = "cpu",
+    keep_order: bool = False,
     **options: Any,
 ) -> ProposalGenerator:
     """A ready proposal source of ``kind`` (``freesolo``, ``sam2`` or ``sam``), weights loaded.
@@ -68,6 +69,10 @@ def build_proposal_generator(
       a command line can pass every option it has.
     - ``max_proposals``: keep the best this many (FreeSOLO: its own cap,
       100 by default).
+    - ``keep_order``: SAM's masks in the order its package returns them
+      instead of best score first (a method's
+      :attr:`~globallocal.methods.MethodSpec.keep_proposal_order`); FreeSOLO
+      returns its own (score) order either way.
     """
     given: Mapping[str, Any] = {key: value for key, value in options.items() if value is not None}
     if kind == "freesolo":
@@ -93,11 +98,13 @@ def build_proposal_generator(
     if kind == "sam2":
         name = model or DEFAULT_SAM2_MODEL
         return SAM2Generator(
-            load_sam2(name, weights, device), max_proposals=max_proposals, model_name=name, **generator_options
+            load_sam2(name, weights, device), max_proposals=max_proposals, model_name=name, keep_order=keep_order,
+            **generator_options,
         )
     name = model or DEFAULT_SAM_MODEL
     return SAMGenerator(
-        load_sam(name, weights, device), max_proposals=max_proposals, model_name=name, **generator_options
+        load_sam(name, weights, device), max_proposals=max_proposals, model_name=name, keep_order=keep_order,
+        **generator_options,
     )
 
 
