@@ -191,7 +191,10 @@ class ProposalArgs:
         return self.freesolo_weights if self.kind == "freesolo" else self.sam_weights
 
     def given(self) -> list[str]:
-        """The flags of the options given (changed from their defaults); --proposals when a kind is set."""
+        """The flags of the options given (changed from their defaults); --proposals when a kind is set.
+
+        Built from a command's arguments before the method's defaults are filled in, it names what the user typed.
+        """
         changed = [f for f in fields(self) if f.name != "kind" and getattr(self, f.name) != f.default]
         return [*(["--proposals"] if self.kind else []), *(f"--{f.name.replace('_', '-')}" for f in changed)]
 
@@ -219,17 +222,6 @@ class ProposalArgs:
         """What goes into a run's configuration about the proposals: every option of the generator."""
         return {self.kind: dict(generator.settings)}
 
-    def generator_options_given(self) -> list[str]:
-        """The command-line names of the generator options that differ from their defaults.
-
-        ``--short-side`` is not among them: it also sizes CLIP's input.
-        """
-        defaults = ProposalArgs(kind="freesolo")
-        return [
-            "--" + ("proposals" if field.name == "kind" else field.name.replace("_", "-"))
-            for field in fields(self)
-            if field.name != "short_side" and getattr(self, field.name) != getattr(defaults, field.name)
-        ]
 
 
 
@@ -311,7 +303,7 @@ def segment(
     tcl_weight: TCLWeightOpt = None,
     soft_mask: Path | None = typer.Option(
         None, "--soft-mask", help="TCL (--method tcl or --tcl-weight): also write the soft mask as a float32 (H, W) "
-        ".npy array at the photo's size. Several phrases: OUT_1.npy, OUT_2.npy, ..."
+        ".npy array at the photo's size. Several phrases: OUT_0.npy, OUT_1.npy, ..."
     ),
     heatmap: Path | None = typer.Option(
         None, help="TCL: also write the soft mask drawn over the photo with a legend (PNG)."
@@ -351,17 +343,19 @@ def segment(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
         fusion_mode=fusion_mode,
     ) | tcl.method_overrides(method)
-    proposals = proposals or spec.default_proposals
-    sam_settings = sam_settings or spec.default_proposal_settings
-    source = ProposalArgs.from_arguments(locals())
-    _check_applicable(spec, overrides, source, masks)
+    typed = ProposalArgs.from_arguments(locals())
+    _check_applicable(spec, overrides, typed, masks)
     if masks is not None:
-        given = source.generator_options_given()
+        # --short-side also sizes CLIP's input, so it does not only configure the generator.
+        given = [flag for flag in typed.given() if flag != "--short-side"]
         if given:
             raise InputError(f"{', '.join(given)} configure the proposal generator, which --masks replaces; "
                              "drop them or drop --masks")
         if not masks.exists():
             raise InputError(f"mask source not found: {masks}; give a folder of PNG masks or an RLE .json file")
+    proposals = proposals or spec.default_proposals
+    sam_settings = sam_settings or spec.default_proposal_settings
+    source = ProposalArgs.from_arguments(locals())
     if top_k_picture and not spec.method_class.uses_proposals:
         raise InputError(f"--top-k-picture shows ranked proposals; --method {method} takes none")
     spec.settings(preset, **overrides)  # bad settings fail before any model loads

@@ -54,7 +54,7 @@ def test_segment_with_hybridgl_writes_masks_and_every_json_field(cli, tmp_path, 
     written = json.loads(report.read_text())
     assert written["method"] == "hybridgl" and written["settings"]["fusion_mode"] == "G2L"
     masks = load_proposals(folder, (48, 64)).masks
-    for number, record in enumerate(written["results"], start=1):
+    for number, record in enumerate(written["results"]):  # outputs are numbered from 0
         assert FIELDS <= set(record)
         assert len(record["scores"]) == len(record["gem"]) == 3
         assert len(record["candidates"]) == len(record["relation"]) == len(record["final"]) == 3

@@ -138,9 +138,13 @@ def test_heat_map_is_min_max_normalised():
 
 
 def test_constant_heat_map_is_nan():
-    """Q-double-minmax: no guard, 0 / 0."""
+    """Q-double-minmax: no guard, 0 / 0.
+
+    At the grid's own size the resize copies the map, so it stays exactly constant (an enlarged constant map
+    can differ from itself in the last bit, depending on the kernel torch picks).
+    """
     tokens = torch.ones(16, 8) / 8**0.5
-    assert gem_heat_map(tokens, torch.randn(8), size=16).isnan().all()
+    assert gem_heat_map(tokens, torch.randn(8), size=4).isnan().all()
 
 
 def test_gem_input_is_bicubic_square_with_clip_statistics():

@@ -13,6 +13,7 @@ from PIL import Image
 from ..drawing import overlay_picture
 from ..images import save_mask_png, save_text
 from ..methods import SegmentResult
+from ..outputs import result_json, segment_json
 from ..segmenter import Segmenter
 from .engine import PROPOSAL_LABELS, Answer, ImageSession
 
@@ -102,25 +103,28 @@ def timing_line(session: ImageSession, answer: Answer, image_tower_ran: bool) ->
 
 def segment_report(photo_name: str, segmenter: Segmenter, session: ImageSession, answer: Answer,
                    mask_names: list[str]) -> dict[str, Any]:
-    """The JSON ``globallocal segment --json`` writes, for this page's answer."""
+    """The JSON ``globallocal segment --json`` writes (:func:`globallocal.outputs.segment_json`), for this answer."""
     image, proposals = session.state.image, session.state.proposals
-    return {
-        "image": photo_name,
-        "image_size": [image.height, image.width],
-        "clip_model": segmenter.clip.name,
-        "clip_weights": segmenter.clip.weights,
-        "method": segmenter.method.name,
-        "settings": answer.settings.to_dict(),
-        "proposals": len(proposals) if proposals is not None else None,
-        "results": [{**result.to_json(), "mask": name} for result, name in zip(answer.results, mask_names)],
-    }
+    boxes = proposals.boxes if proposals is not None else None
+    return segment_json(
+        image=photo_name,
+        image_size=(image.height, image.width),
+        proposal_source=session.source if proposals is not None else None,
+        proposal_count=len(proposals) if proposals is not None else None,
+        clip={"model": segmenter.clip.name, "weights": segmenter.clip.weights},
+        method=segmenter.method.name,
+        settings=answer.settings.to_dict(),
+        results=[result_json(result, boxes, name) for result, name in zip(answer.results, mask_names)],
+        seconds={**session.timings, "answer": answer.seconds},
+    )
 
 
 def write_downloads(folder: Path, segmenter: Segmenter, session: ImageSession, answer: Answer) -> list[Path]:
     """Mask PNGs (one per phrase, 0/255 at the photo's size) and the JSON report, in ``folder``."""
     stem = Path(session.photo_name).stem
     results: list[SegmentResult] = answer.results
-    names = [f"{stem}_mask.png"] if len(results) == 1 else [f"{stem}_mask_{i + 1}.png" for i in range(len(results))]
+    # Numbered from 0 as `segment` numbers its outputs.
+    names = [f"{stem}_mask.png"] if len(results) == 1 else [f"{stem}_mask_{i}.png" for i in range(len(results))]
     paths = []
     for result, name in zip(results, names):
         save_mask_png(result.mask, folder / name)
