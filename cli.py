@@ -2,18 +2,51 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import warnings
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
+from globallocal.cli_options import (
+    CLIP_MODEL_HELP,
+    CLIP_WEIGHTS_HELP,
+    PRESET_HELP,
+    BoxNmsOpt,
+    CropLayersOpt,
+    DeviceOpt,
+    FreeSOLOWeightsOpt,
+    FusionModeOpt,
+    MaxProposalsOpt,
+    MethodOpt,
+    MinAreaOpt,
+    MinRegionAreaOpt,
+    PointsPerSideOpt,
+    PredIouOpt,
+    ProposalArgs,
+    ProposalsOpt,
+    SamModelOpt,
+    SamSettingsOpt,
+    SamWeightsOpt,
+    ScoreThresholdOpt,
+    ShortSideOpt,
+    StabilityOpt,
+    StickyTopkOpt,
+    TCLKpWeightOpt,
+    TCLPamrOpt,
+    TCLTemplatesOpt,
+    TCLThresholdOpt,
+    TCLWeightOpt,
+    TCLWeightsOpt,
+    TCLWindowOpt,
+    check_applicable,
+    check_phrases,
+    no_noun,
+    setting_overrides,
+)
 from globallocal.errors import GlobalLocalError, InputError
 
 app = typer.Typer(
@@ -25,27 +58,9 @@ app = typer.Typer(
 )
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
-CLIP_MODEL_HELP = (
-    "open_clip architecture (RN50, RN101, ViT-B-32, ViT-B-16, ViT-L-14, ...) or an open_clip model-config .json. "
-    "With a local OpenAI weights file use the '-quickgelu' name (e.g. ViT-B-32-quickgelu): OpenAI's CLIP uses "
-    "QuickGELU, and '--clip-weights openai' switches it on by itself."
-)
-CLIP_WEIGHTS_HELP = (
-    "'openai' (downloaded through the Hugging Face hub and cached), another open_clip pretrained tag "
-    "(e.g. laion2b_s34b_b79k), or a path to a local open_clip checkpoint."
-)
-DEVICE_HELP = "auto (CUDA when available, else the CPU), cpu, cuda or cuda:N."
 INTERRUPTED = 130  # the exit status of a program stopped by Ctrl-C (128 + SIGINT)
 # What to do after Ctrl-C, by command; the others are simply run again.
 RESUME_HINTS = {"evaluate": "run the same command again to resume: finished images are kept"}
-PRESET_HELP = (
-    "Named settings of the method (default: its paper preset; for evaluate the dataset's). global-local: "
-    "paper-refcoco | paper-refcoco+ | paper-refcocog (alpha 0.85) | paper (= paper-refcoco) | no-quirks."
-)
-METHOD_HELP = (
-    "Scoring method: global-local (Yu et al., CVPR 2023; the default), hybridgl (Liu and Li, CVPR 2025) "
-    "or tcl (Cha et al., CVPR 2023), where installed."
-)
 
 
 def _show_version(value: bool) -> None:
@@ -84,145 +99,6 @@ def _check_output(path: Path) -> None:
         raise InputError(f"output {path} is a folder; give a file name such as {path / 'mask.png'}")
     if path.suffix.lower() != ".png" and path.suffix.lower() != ".json":
         raise InputError(f"output {path} must end in .png (masks, overlays) or .json (scores)")
-
-
-def _setting_overrides(**values) -> dict:
-    """The method settings given on the command line (options left out are None and not passed)."""
-    return {name: value for name, value in values.items() if value is not None}
-
-
-def _check_applicable(spec, overrides: dict, source: ProposalArgs, masks: Path | None = None) -> None:
-    """Refuse, naming it, an option the method does not use: a setting it lacks, proposals it does not take."""
-    known = {field.name for field in fields(spec.settings())}
-    for name in overrides:
-        if name not in known:
-            raise InputError(f"--{name.replace('_', '-')} does not apply to --method {spec.name}")
-    if not spec.method_class.uses_proposals:
-        given = [*source.given(), *(["--masks"] if masks is not None else [])]
-        if given:
-            raise InputError(f"{given[0]} does not apply to --method {spec.name}: it draws its own mask")
-
-
-ProposalsOpt = Annotated[str | None, typer.Option(
-    "--proposals", help="Mask proposal source: freesolo (the paper's), sam2 (SAM 2.1) or sam (original SAM). "
-    "Default: the method's (freesolo for global-local).")]
-MethodOpt = Annotated[str, typer.Option("--method", help=METHOD_HELP)]
-FreeSOLOWeightsOpt = Annotated[Path | None, typer.Option(
-    help="FreeSOLO checkpoint (default: FreeSOLO_R101_30k_pl.pth in ./freesolo_weights/, then in freesolo_weights/ "
-    "of the globallocal clone, then the Hugging Face cache; downloaded into that cache when absent).")]
-ScoreThresholdOpt = Annotated[float | None, typer.Option(
-    help="FreeSOLO: keep grid cells whose category score exceeds this (default 0.1).")]
-MaxProposalsOpt = Annotated[int | None, typer.Option(
-    help="Keep at most this many proposals, best first (FreeSOLO default 100; SAM: all).")]
-ShortSideOpt = Annotated[int | None, typer.Option(
-    help="Short side the photo is resized to for FreeSOLO and for CLIP's input tensor (default 800, SPEC).")]
-MinAreaOpt = Annotated[int | None, typer.Option(
-    help="FreeSOLO: drop masks of at most this many pixels (default 0: only empty masks).")]
-SamModelOpt = Annotated[str | None, typer.Option(
-    help="sam2: tiny, small, base-plus or large (default; SAM 2.1 from the Hugging Face hub). "
-    "sam: vit_h (default), vit_l or vit_b.")]
-SamWeightsOpt = Annotated[Path | None, typer.Option(
-    help="SAM checkpoint file (sam: default sam_vit_h_4b8939.pth etc. in ./sam_weights/, then in sam_weights/ of "
-    "the globallocal clone; sam2: default the Hugging Face hub and its cache).")]
-SamSettingsOpt = Annotated[str | None, typer.Option(
-    help="Named SAM generator settings: paper-later (8 points per side, IoU and stability thresholds 0.7, "
-    "min area 800: what later zero-shot papers used), hybridgl (the same, HybridGL's RefCOCO column), "
-    "hybridgl-phrasecut (HybridGL's PhraseCut column), sam-default or sam2-default. "
-    "Default: the method's (hybridgl for hybridgl), else paper-later.")]
-FusionModeOpt = Annotated[str | None, typer.Option(
-    help="hybridgl: how the global and local streams meet in the last blocks: G2L (the default), L2G or G2L&L2G.")]
-StickyTopkOpt = Annotated[bool | None, typer.Option(
-    "--sticky-topk/--no-sticky-topk", help="hybridgl: the authors' split loop (Q-sticky-k): K1, K2 never rise "
-    "again after an image with few proposals (default: the preset's, off).")]
-PointsPerSideOpt = Annotated[int | None, typer.Option(help="SAM: point grid per image side (settings').")]
-PredIouOpt = Annotated[float | None, typer.Option(help="SAM: predicted-IoU threshold (settings').")]
-StabilityOpt = Annotated[float | None, typer.Option(help="SAM: stability-score threshold (settings').")]
-MinRegionAreaOpt = Annotated[int | None, typer.Option(help="SAM: remove regions and holes below this area.")]
-BoxNmsOpt = Annotated[float | None, typer.Option(help="SAM: box NMS IoU threshold (settings').")]
-CropLayersOpt = Annotated[int | None, typer.Option(help="SAM: extra crop layers (settings').")]
-DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP)]
-TCLWindowOpt = Annotated[str | None, typer.Option(
-    "--tcl-window", help="TCL: slide (448 windows, stride 224; default), whole (one window) or demo (the "
-    "authors' notebook: short side 224).")]
-TCLPamrOpt = Annotated[bool | None, typer.Option(
-    "--tcl-pamr/--no-tcl-pamr", help="TCL: refine the masks with PAMR (default on).", show_default=False)]
-TCLTemplatesOpt = Annotated[str | None, typer.Option(
-    "--tcl-templates", help="TCL: identity (the phrase as typed; default) or custom (TCL's 9 templates).")]
-TCLKpWeightOpt = Annotated[float | None, typer.Option(
-    "--tcl-kp-weight", help="TCL: weight of the KP branch (default 0.3; 0 switches it off).")]
-TCLThresholdOpt = Annotated[float | None, typer.Option(
-    "--tcl-threshold", help="--method tcl: the answer is soft mask > this (default 0.4 with PAMR, 0.5 without).")]
-TCLWeightsOpt = Annotated[Path | None, typer.Option(
-    "--tcl-weights", help="TCL checkpoint (default: $GLOBALLOCAL_TCL_WEIGHTS, else tcl_weights/tcl.pth, "
-    "downloaded when absent).")]
-TCLWeightOpt = Annotated[float | None, typer.Option(
-    "--tcl-weight", help="Blend TCL's proposal score into a proposal method's: (1 - LAMBDA) z(method) + "
-    "LAMBDA z(TCL); 0 gives exactly the method's answer.", metavar="LAMBDA")]
-
-
-@dataclass
-class ProposalArgs:
-    """The proposal options a command received, turned into a generator by :meth:`build`."""
-
-    kind: str
-    freesolo_weights: Path | None = None
-    score_threshold: float | None = None
-    max_proposals: int | None = None
-    min_area: int | None = None
-    short_side: int | None = None
-    sam_model: str | None = None
-    sam_weights: Path | None = None
-    sam_settings: str | None = None
-    points_per_side: int | None = None
-    pred_iou_thresh: float | None = None
-    stability_thresh: float | None = None
-    min_region_area: int | None = None
-    box_nms_thresh: float | None = None
-    crop_layers: int | None = None
-
-    @classmethod
-    def from_arguments(cls, arguments: dict) -> ProposalArgs:
-        """The proposal options among a command's arguments (its ``locals()``; ``proposals`` is the kind)."""
-        names = [field.name for field in fields(cls) if field.name != "kind"]
-        return cls(arguments["proposals"], **{name: arguments[name] for name in names})
-
-    @property
-    def weights(self) -> Path | None:
-        return self.freesolo_weights if self.kind == "freesolo" else self.sam_weights
-
-    def given(self) -> list[str]:
-        """The flags of the options given (changed from their defaults); --proposals when a kind is set.
-
-        Built from a command's arguments before the method's defaults are filled in, it names what the user typed.
-        """
-        changed = [f for f in fields(self) if f.name != "kind" and getattr(self, f.name) != f.default]
-        return [*(["--proposals"] if self.kind else []), *(f"--{f.name.replace('_', '-')}" for f in changed)]
-
-    def build(self, device: str, keep_order: bool = False):
-        """The generator; ``keep_order``: the masks in the generator's order (the method's keep_proposal_order)."""
-        from globallocal.proposals.sources import build_proposal_generator
-
-        # Every option goes through (None = not given), so one that does not apply to the source is refused.
-        options = {
-            "score_threshold": self.score_threshold, "min_area": self.min_area,
-            # The short side also sizes CLIP's input, so it is not an error for SAM, only not its business.
-            "short_side": self.short_side if self.kind == "freesolo" else None,
-            "points_per_side": self.points_per_side, "pred_iou_thresh": self.pred_iou_thresh,
-            "stability_score_thresh": self.stability_thresh, "min_mask_region_area": self.min_region_area,
-            "box_nms_thresh": self.box_nms_thresh, "crop_n_layers": self.crop_layers,
-        }
-        return build_proposal_generator(
-            self.kind, model=self.sam_model, weights=self.weights, max_proposals=self.max_proposals, device=device,
-            keep_order=keep_order,
-            # None: the proposal source's own default settings.
-            **({"settings": self.sam_settings} if self.sam_settings else {}), **options,
-        )
-
-    def settings(self, generator) -> dict:
-        """What goes into a run's configuration about the proposals: every option of the generator."""
-        return {self.kind: dict(generator.settings)}
-
-
 
 
 @app.command()
@@ -314,7 +190,7 @@ def segment(
     Example: globallocal segment photo.jpg "the man on the right" -o man.png --overlay man_overlay.png
     """
     # Everything cheap is checked before the heavy libraries are imported and any model loads.
-    _check_phrases(image, phrases)
+    check_phrases(image, phrases)
     output = output or Path(f"{image.stem}_mask.png")
     count = len(phrases)
     outputs = [_numbered(output, i, count) for i in range(count)]
@@ -331,7 +207,7 @@ def segment(
     from globallocal.images import load_image, save_mask_png
     from globallocal.methods import get_method
     from globallocal.methods.tcl_options import TCLOptions
-    from globallocal.outputs import StageTimer
+    from globallocal.outputs import StageTimer, caption, write_json, write_pictures
     from globallocal.proposals.files import load_proposals
     from globallocal.segmenter import Segmenter
     from globallocal.text import parse_phrase
@@ -339,12 +215,12 @@ def segment(
     spec = get_method(method)
     tcl = TCLOptions(tcl_window, tcl_pamr, tcl_templates, tcl_kp_weight, tcl_threshold, tcl_weights, tcl_weight)
     tcl.check(spec)
-    overrides = _setting_overrides(
+    overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
         fusion_mode=fusion_mode,
     ) | tcl.method_overrides(method)
     typed = ProposalArgs.from_arguments(locals())
-    _check_applicable(spec, overrides, typed, masks)
+    check_applicable(spec, overrides, typed, masks)
     if masks is not None:
         # --short-side also sizes CLIP's input, so it does not only configure the generator.
         given = [flag for flag in typed.given() if flag != "--short-side"]
@@ -374,7 +250,7 @@ def segment(
         segmenter.method = tcl.wrap(segmenter.method)
     for phrase in phrases:
         if not parse_phrase(phrase, segmenter.nlp).has_noun:
-            _no_noun(phrase, phrases, require_noun)
+            no_noun(phrase, phrases, require_noun)
     if candidates is None and segmenter.method.uses_proposals:
         with timer("load_proposal_model"):
             generator = source.build(device, keep_order=spec.keep_proposal_order)
@@ -390,94 +266,13 @@ def segment(
     with timer("write"):
         for result, path in zip(results, outputs):
             save_mask_png(result.mask, path)
-        _write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pictures, top_k)
+        write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pictures, top_k)
         save_soft_outputs(picture, results, soft_mask, heatmap, _numbered)
     if json_path:
         source_name = f"masks:{masks}" if masks else proposals
-        _write_json(json_path, image, picture, segmenter, results, outputs, candidates, source_name, timer.seconds)
+        write_json(json_path, image, picture, segmenter, results, outputs, candidates, source_name, timer.seconds)
     for result, path in zip(results, outputs):
-        stderr.print(f"{_caption(result)}, noun phrase {result.noun_phrase!r}: {path}")
-
-
-def _check_phrases(image: Path, phrases: list[str]) -> None:
-    """Refuse an empty phrase and a phrase that is a file (several images given); hint at missing quotes."""
-    for phrase in phrases:
-        if not phrase.strip():
-            raise InputError("a phrase is empty; describe the object, e.g. \"the man on the right\"")
-        if Path(phrase).suffix and Path(phrase).is_file():
-            raise InputError(
-                f"the phrase {phrase!r} is a file: segment takes one image, then phrases; for several images "
-                f"use `globallocal batch` or run `globallocal segment` once per image"
-            )
-    if not image.is_file():
-        raise InputError(f"image not found: {image}")
-    if len(phrases) > 2 and all(" " not in phrase.strip() for phrase in phrases):
-        warnings.warn(
-            f"{len(phrases)} one-word phrases; if they are one phrase, quote it: \"{' '.join(phrases)}\"",
-            stacklevel=2,
-        )
-
-
-def _no_noun(phrase: str, phrases: list[str], require_noun: bool) -> None:
-    quotes = (
-        "; if it is part of a longer phrase, quote the whole phrase, e.g. \"the man on the left\""
-        if len(phrases) > 1 and " " not in phrase.strip()
-        else ""
-    )
-    if require_noun:
-        raise InputError(
-            f"no noun found in the phrase {phrase!r}; name the object (e.g. \"the red car\"){quotes}, "
-            "or leave out --require-noun"
-        )
-    warnings.warn(
-        f"no noun found in the phrase {phrase!r}: the whole phrase stands in for the noun phrase{quotes}",
-        stacklevel=2,
-    )
-
-
-def _caption(result) -> str:
-    """What a phrase was answered with: the chosen proposal and its score, or the area of a drawn mask."""
-    if result.index is None:
-        return f"{result.phrase!r}: {int(result.mask.sum())} pixels"
-    return f"{result.phrase!r}: proposal {result.index}, score {result.score:.4f}"
-
-
-def _write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pictures, top_k) -> None:
-    from globallocal.drawing import answer_picture, answers_picture, top_k_picture
-    from globallocal.images import save_png
-
-    for result, path in zip(results, overlays):
-        save_png(answer_picture(picture, result.mask.numpy(), _caption(result)), path)
-    if overlay_all:
-        chosen = [result.mask.numpy() for result in results]
-        save_png(answers_picture(picture, chosen, [_caption(result) for result in results]), overlay_all)
-    for result, path in zip(results, top_k_pictures):
-        save_png(top_k_picture(picture, candidates.masks.numpy(), result.scores.tolist(), result.phrase, top_k), path)
-
-
-def _write_json(path, image, picture, segmenter, results, outputs, candidates, source, seconds) -> None:
-    from globallocal.images import save_text
-    from globallocal.outputs import result_json, segment_json
-
-    report = segment_json(
-        image=str(image),
-        image_size=(picture.height, picture.width),
-        proposal_source=source if candidates is not None else None,
-        proposal_count=len(candidates) if candidates is not None else None,
-        clip={"model": segmenter.clip.name, "weights": segmenter.clip.weights},
-        method=segmenter.method.name,
-        # every setting (with TCL's, for a blend), as a run's configuration records them
-        settings={key: value for key, value in segmenter.method.describe().items() if key != "method"},
-        results=[result_json(r, candidates.boxes if candidates is not None else None, str(out))
-                 for r, out in zip(results, outputs)],
-        seconds=seconds,
-    )
-    text = json.dumps(report, indent=1) + "\n"
-    if str(path) == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        save_text(text, path)
+        stderr.print(f"{caption(result)}, noun phrase {result.noun_phrase!r}: {path}")
 
 
 @app.command()
@@ -631,13 +426,13 @@ def evaluate(
         raise InputError(f"unknown --proposals '{proposals}'; use freesolo, sam2, sam or gt")
     preset = preset or spec.preset_for(dataset)
     sam_settings = sam_settings or spec.default_proposal_settings
-    overrides = _setting_overrides(
+    overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
         fusion_mode=fusion_mode, sticky_topk=sticky_topk,
     ) | tcl.method_overrides(method)
     device = resolve_device(device)
     source_args = ProposalArgs.from_arguments(locals())
-    _check_applicable(spec, overrides, source_args)
+    check_applicable(spec, overrides, source_args)
     spec.settings(preset, **overrides)  # bad settings fail before any model loads
     clip_model = clip_model or spec.default_clip_model
     selection = split if subset == "all" else f"{split}_{subset}"
@@ -767,14 +562,14 @@ def batch(
     check_free(out)
     check_writable_folder(out / "masks", "output")
     spec = get_method(method)
-    overrides = _setting_overrides(
+    overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
         fusion_mode=fusion_mode,
     )
     proposals = proposals or spec.default_proposals
     sam_settings = sam_settings or spec.default_proposal_settings
     source_args = ProposalArgs.from_arguments(locals())
-    _check_applicable(spec, overrides, source_args, masks)
+    check_applicable(spec, overrides, source_args, masks)
     spec.settings(preset, **overrides)  # bad settings fail before any model loads
     clip_model = clip_model or spec.default_clip_model
     if masks is not None and not masks.exists():
@@ -965,7 +760,7 @@ def serve(
     from globallocal.methods import get_method
     from globallocal.segmenter import Segmenter
 
-    overrides = _setting_overrides(
+    overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
     )
     spec = get_method(method)

@@ -9,6 +9,8 @@ column-major run lengths). Proposal numbers are 0-based, as in file names.
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -20,6 +22,8 @@ import torch
 from pycocotools import mask as mask_utils
 
 from . import __version__
+from .drawing import answer_picture, answers_picture, top_k_picture
+from .images import save_png, save_text
 
 JSON_FORMAT = 2  # 2: labelled sizes and boxes, proposal source, chosen box and RLE, timings, version
 
@@ -101,3 +105,42 @@ def segment_json(
         "results": results,
         "seconds": seconds,
     }
+
+
+def caption(result) -> str:
+    """What a phrase was answered with: the chosen proposal and its score, or the area of a drawn mask."""
+    if result.index is None:
+        return f"{result.phrase!r}: {int(result.mask.sum())} pixels"
+    return f"{result.phrase!r}: proposal {result.index}, score {result.score:.4f}"
+
+
+def write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pictures, top_k) -> None:
+    for result, path in zip(results, overlays):
+        save_png(answer_picture(picture, result.mask.numpy(), caption(result)), path)
+    if overlay_all:
+        chosen = [result.mask.numpy() for result in results]
+        save_png(answers_picture(picture, chosen, [caption(result) for result in results]), overlay_all)
+    for result, path in zip(results, top_k_pictures):
+        save_png(top_k_picture(picture, candidates.masks.numpy(), result.scores.tolist(), result.phrase, top_k), path)
+
+
+def write_json(path, image, picture, segmenter, results, outputs, candidates, source, seconds) -> None:
+    report = segment_json(
+        image=str(image),
+        image_size=(picture.height, picture.width),
+        proposal_source=source if candidates is not None else None,
+        proposal_count=len(candidates) if candidates is not None else None,
+        clip={"model": segmenter.clip.name, "weights": segmenter.clip.weights},
+        method=segmenter.method.name,
+        # every setting (with TCL's, for a blend), as a run's configuration records them
+        settings={key: value for key, value in segmenter.method.describe().items() if key != "method"},
+        results=[result_json(r, candidates.boxes if candidates is not None else None, str(out))
+                 for r, out in zip(results, outputs)],
+        seconds=seconds,
+    )
+    text = json.dumps(report, indent=1) + "\n"
+    if str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        save_text(text, path)
