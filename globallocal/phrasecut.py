@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .errors import ImageError, InputError
+from .errors import InputError
 from .proposals import Proposals
-from .refer import ImageGroup, ImageRecord, Sentence, _decode_coco_image
+from .refer import ImageGroup, ImageRecord, Sentence, load_dataset_image, missing_images
 
 __all__ = [
     "BREAKDOWN",
@@ -289,20 +289,10 @@ class PhraseCutDataset:
 
     def load_image(self, image: ImageRecord) -> Image.Image:
         """The photo as RGB (no EXIF rotation: polygons are in the stored frame), checked against its record."""
-        path = self.image_path(image)
-        if not path.is_file():
-            raise InputError(f"image {image.image_id} not found: {path}")
-        decoded = _decode_coco_image(path)
-        if (decoded.height, decoded.width) != (image.height, image.width):
-            raise ImageError(
-                f"image {path} is {decoded.width}x{decoded.height} but {self.data_root / IMAGES_FILE} says "
-                f"{image.width}x{image.height}"
-            )
-        return decoded
+        return load_dataset_image(self.image_path(image), image, f"{self.data_root / IMAGES_FILE}")
 
     def missing_images(self, groups: list[ImageGroup] | None = None) -> list[Path]:
-        groups = self._groups if groups is None else groups
-        return [path for path in (self.image_path(group.image) for group in groups) if not path.is_file()]
+        return missing_images(self.image_path, self._groups if groups is None else groups)
 
     def gt_mask(self, task: PhraseCutTask) -> np.ndarray:
         """Every polygon of every instance, filled with its outline and OR-ed, bool (H, W)."""

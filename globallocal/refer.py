@@ -20,6 +20,7 @@ object (and neither is anything covered 3, 4, ... times). That is the
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,24 @@ def decode_segmentation(
     raise InputError(f"unknown overlap rule {overlap!r}; use one of {', '.join(OVERLAP_RULES)}")
 
 
+def load_dataset_image(path: Path, image: ImageRecord, sizes_file: str, hint: str = "") -> Image.Image:
+    """A dataset's photo as RGB (no EXIF rotation), refused when it is not the size ``sizes_file`` records."""
+    if not path.is_file():
+        raise InputError(f"image {image.image_id} not found: {path}")
+    decoded = _decode_coco_image(path)
+    if (decoded.height, decoded.width) != (image.height, image.width):
+        raise ImageError(
+            f"image {path} is {decoded.width}x{decoded.height} but {sizes_file} says {image.width}x{image.height}"
+            f"{hint}"
+        )
+    return decoded
+
+
+def missing_images(image_path: Callable[[ImageRecord], Path], groups: list[ImageGroup]) -> list[Path]:
+    """The image files of ``groups`` that do not exist, ``image_path`` naming each."""
+    return [path for path in (image_path(group.image) for group in groups) if not path.is_file()]
+
+
 def _decode_coco_image(path: Path) -> Image.Image:
     """Decode a dataset image to RGB *without* applying EXIF orientation.
 
@@ -352,21 +371,13 @@ class ReferDataset:
 
     def load_image(self, image: ImageRecord) -> Image.Image:
         """The image as RGB, checked against the size instances.json gives."""
-        path = self.image_path(image)
-        if not path.is_file():
-            raise InputError(f"image {image.image_id} not found: {path}")
-        decoded = _decode_coco_image(path)
-        if (decoded.height, decoded.width) != (image.height, image.width):
-            raise ImageError(
-                f"image {path} is {decoded.width}x{decoded.height} but {self.instances_path} says "
-                f"{image.width}x{image.height}; is it the COCO train2014 file?"
-            )
-        return decoded
+        return load_dataset_image(
+            self.image_path(image), image, f"{self.instances_path}", "; is it the COCO train2014 file?"
+        )
 
     def missing_images(self, groups: list[ImageGroup] | None = None) -> list[Path]:
         """Image files of ``groups`` (default: all) that do not exist."""
-        groups = self._groups if groups is None else groups
-        return [path for path in (self.image_path(group.image) for group in groups) if not path.is_file()]
+        return missing_images(self.image_path, self._groups if groups is None else groups)
 
     def gt_mask(self, ref: Ref) -> np.ndarray:
         """The ref's ground truth, bool (H, W), under the dataset's overlap rule."""
