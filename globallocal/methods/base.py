@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..proposals import Proposals
-from ..text import ParsedPhrase
+from ..text import ParsedPhrase, count_tokens
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]
 """Raw CLIP text features (len(texts), D), float32, through the segmenter's cache."""
@@ -131,6 +131,10 @@ class Method(ABC):
     def text_strings(self, parsed: ParsedPhrase) -> list[str]:
         """The strings whose CLIP text features :meth:`answer` encodes for this phrase (cache seeding)."""
         return [parsed.expression, parsed.noun_phrase]
+
+    def truncated(self, texts: Sequence[str]) -> bool:
+        """Whether any of these texts is longer than CLIP's context (each is cut to it, with a warning)."""
+        return any(count_tokens(text, self.clip) > self.clip.context_length for text in texts)
 
     def visual_identity(self) -> dict[str, Any]:
         """What decides the image features besides the model: the method and its visual settings."""

@@ -24,7 +24,7 @@ from PIL import Image
 
 from ..images import IMAGENET_MEAN, IMAGENET_STD, x800
 from ..proposals import Proposals
-from ..text import ParsedPhrase, count_tokens
+from ..text import ParsedPhrase
 from ..visual import crop_boxes, local_features, resize, resnet_global_features, tight_boxes, vit_global_features
 from . import MethodSpec
 from .base import ImageFeatures, Method, MethodSettings, SegmentResult, TextEncoder
@@ -212,7 +212,7 @@ class GlobalLocal(Method):
                     mask=image.proposals.masks[index],
                     scores=scores.clone(),
                     # The noun phrase is part of the expression: only the expression can overflow.
-                    truncated=count_tokens(item.expression, self.clip) > self.clip.context_length,
+                    truncated=self.truncated([item.expression]),
                     has_noun=item.has_noun,
                 )
             )

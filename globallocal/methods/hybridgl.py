@@ -27,7 +27,7 @@ from PIL import Image
 
 from ..gem import gem_input, gem_tokens
 from ..proposals import Proposals
-from ..text import ParsedPhrase, count_tokens
+from ..text import ParsedPhrase
 from . import MethodSpec
 from .base import ImageFeatures, Method, MethodSettings, SegmentResult, TextEncoder
 from .hybridgl_text import (
@@ -312,7 +312,7 @@ class HybridGL(Method):
             index=guided.index,
             mask=masks[guided.index].cpu(),
             scores=scores.cpu(),
-            truncated=any(count_tokens(text, self.clip) > self.clip.context_length for text in texts),
+            truncated=self.truncated(texts),
             has_noun=item.has_noun,
             pure_index=guided.pure_index,
             gem=guided.gem.cpu(),

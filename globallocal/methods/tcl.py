@@ -21,7 +21,7 @@ from PIL import Image
 
 from ..proposals import Proposals
 from ..tcl import PREPROCESSINGS, WINDOW_MODES, TCLHead, TCLModel, load_tcl_head, resolve_tcl_weights
-from ..text import ParsedPhrase, count_tokens
+from ..text import ParsedPhrase
 from ..weights import weights_identity
 from . import MethodSpec
 from .base import ImageFeatures, Method, MethodSettings, SegmentResult, TextEncoder
@@ -168,9 +168,6 @@ class TCL(Method):
             image.tensors, texts, size, s.window, s.input_preprocessing, s.pamr, s.kp_weight
         )
 
-    def truncated(self, parsed: ParsedPhrase) -> bool:
-        return max(count_tokens(text, self.clip) for text in self.text_strings(parsed)) > self.clip.context_length
-
     def answer(self, image: ImageFeatures, parsed: Sequence[ParsedPhrase], encode: TextEncoder) -> list[SegmentResult]:
         threshold = self.settings.mask_threshold
         results: list[SegmentResult] = []
@@ -183,7 +180,7 @@ class TCL(Method):
                     index=None,
                     mask=threshold_mask(soft, threshold),
                     scores=torch.zeros(0),
-                    truncated=self.truncated(item),
+                    truncated=self.truncated(self.text_strings(item)),
                     has_noun=item.has_noun,
                     soft_mask=soft,
                     threshold=threshold,

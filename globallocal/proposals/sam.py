@@ -80,25 +80,19 @@ SAM_WEIGHTS_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 # point grid, lenient quality thresholds, regions under 800 pixels removed.
 # "hybridgl" and "hybridgl-phrasecut" are HybridGL's (SPEC-hybridgl section 2:
 # RefCOCO/+/g and PhraseCut). The last two are the packages' own defaults, for comparison.
+_PAPER_LATER: dict[str, int | float] = {
+    "points_per_side": 8,
+    "pred_iou_thresh": 0.7,
+    "stability_score_thresh": 0.7,
+    "min_mask_region_area": 800,
+    "box_nms_thresh": 0.7,
+    "crop_n_layers": 0,
+    "crop_n_points_downscale_factor": 1,
+}
 SAM_SETTINGS: dict[str, dict[str, int | float]] = {
-    "paper-later": {
-        "points_per_side": 8,
-        "pred_iou_thresh": 0.7,
-        "stability_score_thresh": 0.7,
-        "min_mask_region_area": 800,
-        "box_nms_thresh": 0.7,
-        "crop_n_layers": 0,
-        "crop_n_points_downscale_factor": 1,
-    },
-    "hybridgl": {
-        "points_per_side": 8,
-        "pred_iou_thresh": 0.7,
-        "stability_score_thresh": 0.7,
-        "min_mask_region_area": 800,
-        "box_nms_thresh": 0.7,
-        "crop_n_layers": 0,
-        "crop_n_points_downscale_factor": 1,
-    },
+    "paper-later": _PAPER_LATER,
+    # HybridGL's RefCOCO settings are the same numbers, kept under their own name (a run records which it used).
+    "hybridgl": dict(_PAPER_LATER),
     "hybridgl-phrasecut": {
         "points_per_side": 64,
         "pred_iou_thresh": 0.86,
