@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageError, InputError
-from ..images import load_image
+from ..images import load_image, open_checked
 from ..methods import ImageFeatures, MethodSettings, SegmentResult
 from ..proposals import Proposals
 from ..proposals.files import load_proposals
@@ -156,7 +156,8 @@ class Engine:
         """Decode an uploaded photo, refusing non-images and photos over the megapixel limit before decoding."""
         path = Path(path)
         try:
-            with Image.open(path) as header:
+            # The shared header check also refuses decompression bombs before anything is decoded.
+            with open_checked(path, path.name) as header:
                 width, height = header.size
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             raise ImageError(f"{path.name} is not an image this page can read; upload a JPEG, PNG, WebP or "
