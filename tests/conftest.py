@@ -32,6 +32,16 @@ from globallocal.text import load_parser  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module of tiny tensors: threads only add contention on a shared machine
+    (20x slower under load). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_config_paths(tmp_path_factory) -> dict[str, Path]:
     """open_clip model-config JSON files of two tiny architectures."""

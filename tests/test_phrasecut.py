@@ -10,10 +10,10 @@ from phrasecut_fixtures import IMAGES, VAL_COUNTS, VAL_DROPPED, build_phrasecut,
 from PIL import Image, ImageDraw
 from refer_fixtures import ShiftedOracleSource, StandInSegmenter, stand_in_index
 from rich.console import Console
+from test_evaluate import _records, _without_timing
 
 from globallocal.errors import InputError
 from globallocal.evaluate import (
-    RECORDS_FILE,
     REPORT_JSON,
     REPORT_MD,
     EvaluationConfig,
@@ -29,18 +29,6 @@ from globallocal.report import format_report_table
 @pytest.fixture
 def phrasecut(tmp_path):
     return build_phrasecut(tmp_path / "VGPhraseCut_v0")
-
-
-def _lines(out_dir):
-    return [json.loads(line) for line in (out_dir / RECORDS_FILE).read_text().splitlines()]
-
-
-def _records(out_dir):
-    return [entry for entry in _lines(out_dir) if "image_done" not in entry]
-
-
-def _without_timing(out_dir):
-    return [{k: v for k, v in entry.items() if k != "seconds"} for entry in _lines(out_dir)]
 
 
 def _config(phrasecut, out_dir, **overrides) -> EvaluationConfig:
