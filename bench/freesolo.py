@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from globallocal.images import load_image, x800  # noqa: E402
+from globallocal.data.images import load_image, x800  # noqa: E402
 from globallocal.proposals.freesolo import FreeSOLOGenerator  # noqa: E402
 from globallocal.proposals.solov2 import INSTANCE_STRIDES, FreeSOLONet, HeadOutputs, point_nms  # noqa: E402
 

@@ -31,8 +31,8 @@ def run_one(model: str, width: int, height: int, count: int, chunk_size: int) ->
     from segment import PHRASES, blob_masks
 
     from globallocal import Proposals, Segmenter, get_method
-    from globallocal.clip_models import load_clip
-    from globallocal.text import load_parser
+    from globallocal.models.clip import load_clip
+    from globallocal.models.text import load_parser
 
     photo = np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
     proposals = Proposals.from_masks(blob_masks(count, height, width))
@@ -54,7 +54,7 @@ def run_freesolo_postprocess(width: int, height: int, count: int) -> dict:
     """
     import torch
 
-    from globallocal.images import short_side_size
+    from globallocal.data.images import short_side_size
     from globallocal.proposals import freesolo
     from globallocal.proposals.solov2 import SIZE_DIVISIBILITY, FreeSOLONet
 

@@ -44,14 +44,14 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from segment import blob_masks  # noqa: E402
 
-from globallocal.clip_models import load_clip  # noqa: E402
-from globallocal.gem import gem_heat_map, gem_input, gem_tokens  # noqa: E402
-from globallocal.images import IMAGENET_MEAN, IMAGENET_STD, load_image  # noqa: E402
+from globallocal.data.images import IMAGENET_MEAN, IMAGENET_STD, load_image  # noqa: E402
 from globallocal.methods import ImageFeatures, build_method  # noqa: E402
-from globallocal.methods.hybridgl_text import analyse_text, gem_k, guidance_map  # noqa: E402
-from globallocal.methods.hybridgl_visual import hybrid_features  # noqa: E402
+from globallocal.methods.hybridgl.gem import gem_heat_map, gem_input, gem_tokens  # noqa: E402
+from globallocal.methods.hybridgl.text import analyse_text, gem_k, guidance_map  # noqa: E402
+from globallocal.methods.hybridgl.visual import hybrid_features  # noqa: E402
+from globallocal.models.clip import load_clip  # noqa: E402
+from globallocal.models.text import encode_texts, load_parser, parse_phrase, prepare_expression  # noqa: E402
 from globallocal.proposals import Proposals  # noqa: E402
-from globallocal.text import encode_texts, load_parser, parse_phrase, prepare_expression  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "img_80472.jpg"
 REFS = [
@@ -107,7 +107,7 @@ def measure_method(name: str, preset: str, clip, nlp, image, proposals: Proposal
             tensors = {}
             stages["image"] = median(lambda: tensors.update(method.image_features(image, proposals)), repeats)
         else:
-            from globallocal.methods.hybridgl_visual import clip_inputs
+            from globallocal.methods.hybridgl.visual import clip_inputs
 
             s = method.settings
             inputs = []

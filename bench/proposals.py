@@ -35,7 +35,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from globallocal.images import load_image  # noqa: E402
+from globallocal.data.images import load_image  # noqa: E402
 from globallocal.proposals import Proposals  # noqa: E402
 from globallocal.proposals.sam import SAM2Generator, SAMGenerator, load_sam, load_sam2  # noqa: E402
 

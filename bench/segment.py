@@ -23,10 +23,16 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from globallocal import Proposals, Segmenter, get_method  # noqa: E402
-from globallocal.clip_models import load_clip  # noqa: E402
-from globallocal.images import load_image, x800  # noqa: E402
-from globallocal.text import load_parser  # noqa: E402
-from globallocal.visual import crop_boxes, local_features, resize, resnet_global_features, vit_global_features  # noqa: E402
+from globallocal.data.images import load_image, x800  # noqa: E402
+from globallocal.methods.global_local.visual import (  # noqa: E402
+    crop_boxes,
+    local_features,
+    resnet_global_features,
+    vit_global_features,
+)
+from globallocal.models.clip import load_clip  # noqa: E402
+from globallocal.models.text import load_parser  # noqa: E402
+from globallocal.models.vit import resize  # noqa: E402
 
 PHRASES = ["the man on the right", "a wooden chair near the table", "left guy in a red shirt"]
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "img_80472.jpg"

@@ -28,11 +28,11 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from globallocal.clip_models import load_clip  # noqa: E402
-from globallocal.images import load_image  # noqa: E402
-from globallocal.tcl import TCLHead, TCLModel, tcl_input  # noqa: E402
-from globallocal.tcl.network import clip_token_embeddings, clip_tokens  # noqa: E402
-from globallocal.tcl.pamr import pamr_offsets  # noqa: E402
+from globallocal.data.images import load_image  # noqa: E402
+from globallocal.methods.tcl import TCLHead, TCLModel, tcl_input  # noqa: E402
+from globallocal.methods.tcl.network import clip_token_embeddings, clip_tokens  # noqa: E402
+from globallocal.methods.tcl.pamr import pamr_offsets  # noqa: E402
+from globallocal.models.clip import load_clip  # noqa: E402
 
 
 def reference_pamr(guide: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,7 @@ SENTENCES = [
 def _photos(count: int):
     from PIL import Image
 
-    from globallocal.images import load_image
+    from globallocal.data.images import load_image
 
     sources = [REPO / "examples" / "img_80472.jpg", REPO / "examples" / "img_44266.jpg"]
     photos = []
@@ -60,7 +60,7 @@ def _reference_freesolo(count: int):
     import torch
     from freesolo import reference_style_heads, reference_style_postprocess  # bench/freesolo.py
 
-    from globallocal.images import x800
+    from globallocal.data.images import x800
     from globallocal.proposals import Proposals
     from globallocal.proposals.freesolo import FreeSOLOGenerator
     from globallocal.proposals.solov2 import FreeSOLONet
@@ -90,7 +90,7 @@ def _reference_clip(name: str):
     import open_clip
     import torch
 
-    from globallocal.clip_models import ClipBundle, image_tower_family
+    from globallocal.models.clip import ClipBundle, image_tower_family
 
     torch.manual_seed(0)
     model = open_clip.model.CLIP(**open_clip.get_model_config(name)).eval()
@@ -125,9 +125,14 @@ def reference_structured(clip, nlp, photos, propose, settings) -> int:
     import torch
     import torch.nn.functional as F
 
-    from globallocal.images import x800
-    from globallocal.text import noun_phrase_of
-    from globallocal.visual import crop_boxes, resize, resnet_feature_map, soft_masks, vit_global_features
+    from globallocal.data.images import x800
+    from globallocal.methods.global_local.visual import (
+        crop_boxes,
+        resnet_feature_map,
+        vit_global_features,
+    )
+    from globallocal.models.text import noun_phrase_of
+    from globallocal.models.vit import resize, soft_masks
 
     fill = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     answered = 0
@@ -184,9 +189,9 @@ def globallocal_path(clip, nlp, photos, propose, settings) -> int:
 def run_one(pipeline: str, model: str, source: str, proposals: int, images: int) -> dict:
     import torch
 
-    from globallocal.clip_models import load_clip
     from globallocal.methods import get_method
-    from globallocal.text import load_parser
+    from globallocal.models.clip import load_clip
+    from globallocal.models.text import load_parser
 
     torch.manual_seed(0)
     nlp = load_parser()

@@ -22,7 +22,7 @@ _EXPORTS = {
     "InputError": "errors",
     "NoProposalsError": "errors",
     "WeightsError": "errors",
-    "GlobalLocalSettings": "methods.global_local",
+    "GlobalLocalSettings": "methods",
     "Proposals": "proposals",
     "SegmentResult": "methods.base",
     "Segmenter": "segmenter",

@@ -19,12 +19,12 @@ import spacy
 import torch
 from PIL import Image
 
-from .clip_models import ClipBundle, load_clip
+from .data.images import ImageInput, load_image
 from .errors import InputError, NoProposalsError
-from .images import ImageInput, load_image
 from .methods import DEFAULT_METHOD, ImageFeatures, Method, MethodSettings, SegmentResult, build_method, get_method
+from .models.clip import ClipBundle, load_clip
+from .models.text import ParsedPhrase, encode_texts, load_parser, parse_phrase
 from .proposals import Proposals
-from .text import ParsedPhrase, encode_texts, load_parser, parse_phrase
 
 ProposalSource = Callable[[Image.Image], Proposals]
 

@@ -26,8 +26,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from tiny_models import TINY_CONFIGS  # noqa: E402
 
-from globallocal.clip_models import ClipBundle, load_clip  # noqa: E402
-from globallocal.text import load_parser  # noqa: E402
+from globallocal.models.clip import ClipBundle, load_clip  # noqa: E402
+from globallocal.models.text import load_parser  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from globallocal.data.refer import ImageRecord, ReferDataset
 from globallocal.proposals import Proposals
-from globallocal.refer import ImageRecord, ReferDataset
 from globallocal.segmenter import SegmentResult
 
 # image_id -> (height, width, format)

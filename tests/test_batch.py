@@ -11,14 +11,14 @@ import pytest
 from conftest import EXAMPLES
 from PIL import Image
 
-from globallocal.batch import ERRORS_FILE, RESULTS_FILE, BatchStopped, run_batch
-from globallocal.coco_masks import decode
+from globallocal.data.coco_masks import decode
+from globallocal.data.images import load_image, load_mask
+from globallocal.data.manifest import read_manifest
 from globallocal.errors import InputError
-from globallocal.images import load_image, load_mask
-from globallocal.manifest import read_manifest
 from globallocal.methods import get_method
 from globallocal.proposals.files import load_proposals
-from globallocal.runfolder import RECORDS_FILE
+from globallocal.runs.batch import ERRORS_FILE, RESULTS_FILE, BatchStopped, run_batch
+from globallocal.runs.runfolder import RECORDS_FILE
 from globallocal.segmenter import Segmenter
 
 PHOTOS = ("44266", "80472")

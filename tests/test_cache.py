@@ -10,7 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from globallocal.cache import (
+from globallocal.errors import InputError
+from globallocal.methods.global_local.method import GlobalLocal, GlobalLocalSettings
+from globallocal.models.weights import weights_identity
+from globallocal.proposals import Proposals
+from globallocal.runs.cache import (
     FeatureCache,
     TextStore,
     VisualStore,
@@ -18,10 +22,6 @@ from globallocal.cache import (
     image_digest,
     proposals_digest,
 )
-from globallocal.errors import InputError
-from globallocal.methods.global_local import GlobalLocal, GlobalLocalSettings
-from globallocal.proposals import Proposals
-from globallocal.weights import weights_identity
 
 
 def _proposals(seed: int = 0, n: int = 5, height: int = 23, width: int = 31) -> Proposals:

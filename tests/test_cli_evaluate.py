@@ -7,7 +7,7 @@ import json
 import pytest
 from refer_fixtures import build_refer
 
-from globallocal.evaluate import RECORDS_FILE, REPORT_JSON, REPORT_MD
+from globallocal.runs.evaluate import RECORDS_FILE, REPORT_JSON, REPORT_MD
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from globallocal.images import load_mask
+from globallocal.data.images import load_mask
 from globallocal.proposals.files import load_proposals
 from globallocal.segmenter import Segmenter
 

@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 from refer_fixtures import build_refer
 
-from globallocal.evaluate import REPORT_JSON
 from globallocal.methods import get_method
+from globallocal.methods.tcl import TCL_URL, TCLHead
+from globallocal.methods.tcl import weights as tcl_weights
+from globallocal.methods.tcl.weights import checkpoint_key
+from globallocal.runs.evaluate import REPORT_JSON
 from globallocal.segmenter import Segmenter
-from globallocal.tcl import TCL_URL, TCLHead
-from globallocal.tcl import weights as tcl_weights
-from globallocal.tcl.weights import checkpoint_key
 
 MANIFEST = Path(__file__).with_name("tcl_state_dict_manifest.json")
 PHRASE = "the red cat on the left"
@@ -95,7 +95,7 @@ def test_segment_tcl_writes_mask_soft_mask_heatmap_and_json(cli, tmp_path, tiny,
 
 
 def test_tcl_weight_zero_keeps_the_answer_and_reports_tcl_scores(cli, tmp_path, tiny, example, monkeypatch):
-    from globallocal.methods import tcl_blend
+    from globallocal.methods.tcl import blend as tcl_blend
 
     monkeypatch.setattr(tcl_blend, "tcl_clip_for", lambda inner: inner.clip)  # the tiny ViT stands in for ViT-B/16
     clip, tcl = tiny[:4], tiny[4:]

@@ -108,7 +108,7 @@ def test_device_defaults_to_auto_on_every_command(monkeypatch):
     import torch
 
     import cli
-    from globallocal.clip_models import resolve_device
+    from globallocal.models.clip import resolve_device
 
     for command in cli.app.registered_commands:
         for name, parameter in __import__("inspect").signature(command.callback).parameters.items():
@@ -169,7 +169,7 @@ def test_empty_user_masks_are_dropped_and_counted(run, example, tiny_args, tmp_p
 def test_json_is_labelled_and_keeps_full_precision(cli, example, tiny_vit, nlp, tiny_args, tmp_path):
     from pycocotools import mask as mask_utils
 
-    from globallocal.images import load_image
+    from globallocal.data.images import load_image
     from globallocal.proposals.files import load_proposals
     from globallocal.segmenter import Segmenter
 
@@ -206,7 +206,7 @@ def test_written_files_are_shareable(run, example, tiny_args, tmp_path):
 
 
 def test_pictures(run, example, tiny_args, tmp_path):
-    from globallocal.drawing import PALETTE
+    from globallocal.outputs.drawing import PALETTE
 
     code, err = run("segment", example["image"], "the chair", "the table", "--masks", example["mask_dir"], "-o",
                     tmp_path / "m.png", "--overlay", tmp_path / "o.png", "--overlay-all", tmp_path / "all.png",

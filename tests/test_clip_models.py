@@ -9,8 +9,8 @@ import pytest
 import torch
 from tiny_models import TINY_CONFIGS
 
-from globallocal.clip_models import image_tower_family, load_clip
 from globallocal.errors import InputError, WeightsError
+from globallocal.models.clip import image_tower_family, load_clip
 
 
 @pytest.fixture

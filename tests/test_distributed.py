@@ -15,10 +15,10 @@ import torch.distributed as dist
 from refer_fixtures import build_refer
 
 import cli
-from globallocal.distributed import Distributed, distributed_session, from_environment
 from globallocal.errors import InputError
-from globallocal.evaluate import CONFIG_FILE, RECORDS_FILE, REPORT_JSON
-from globallocal.sweep import run_sweep
+from globallocal.runs.distributed import Distributed, distributed_session, from_environment
+from globallocal.runs.evaluate import CONFIG_FILE, RECORDS_FILE, REPORT_JSON
+from globallocal.runs.sweep import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")

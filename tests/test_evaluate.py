@@ -17,9 +17,12 @@ import torch
 from refer_fixtures import ShiftedOracleSource, StandInSegmenter, build_refer, file_name, stand_in_index
 from rich.console import Console
 
-from globallocal.cache import FeatureCache
+from globallocal.data.images import load_mask
+from globallocal.data.refer import ReferDataset
 from globallocal.errors import InputError
-from globallocal.evaluate import (
+from globallocal.methods.global_local.method import GlobalLocalSettings
+from globallocal.runs.cache import FeatureCache
+from globallocal.runs.evaluate import (
     RECORDS_FILE,
     REPORT_JSON,
     REPORT_MD,
@@ -27,10 +30,7 @@ from globallocal.evaluate import (
     EvaluationStopped,
     run_evaluation,
 )
-from globallocal.images import load_mask
-from globallocal.methods.global_local import GlobalLocalSettings
-from globallocal.refer import ReferDataset
-from globallocal.report import format_report_table
+from globallocal.runs.report import format_report_table
 from globallocal.segmenter import Segmenter
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -200,8 +200,8 @@ import sys
 sys.path[:0] = [{str(TESTS_DIR)!r}, {str(REPO_ROOT)!r}]
 from pathlib import Path
 from refer_fixtures import ShiftedOracleSource, StandInSegmenter
-from globallocal.evaluate import EvaluationConfig, run_evaluation
-from globallocal.refer import ReferDataset
+from globallocal.runs.evaluate import EvaluationConfig, run_evaluation
+from globallocal.data.refer import ReferDataset
 data_root, images_dir = Path({str(refer.data_root)!r}), Path({str(refer.images_dir)!r})
 config = EvaluationConfig(
     dataset="refcoco", split="val", data_root=data_root, images_dir=images_dir, out_dir=Path({str(out)!r}),
@@ -320,7 +320,7 @@ def test_a_limited_run_is_extended_and_a_smaller_limit_reports_its_images(refer,
 def test_the_session_rate_and_time_left_do_not_wait_for_riches_speed_window():
     from rich.progress import Progress
 
-    from globallocal.evaluate import RateColumn, RemainingColumn
+    from globallocal.runs.evaluate import RateColumn, RemainingColumn
 
     clock = [0.0]
     progress = Progress(RateColumn(), RemainingColumn(), get_time=lambda: clock[0], disable=True)

@@ -23,8 +23,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision.models.resnet import Bottleneck  # noqa: E402
 
-from globallocal import hub  # noqa: E402
 from globallocal.errors import WeightsError  # noqa: E402
+from globallocal.models import hub  # noqa: E402
 from globallocal.proposals import freesolo  # noqa: E402
 from globallocal.proposals.freesolo import (  # noqa: E402
     FREESOLO_FILENAME,

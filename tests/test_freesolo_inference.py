@@ -311,7 +311,7 @@ def test_boxes_follow_the_projection_rule():
 def test_generate_from_tensor_equals_generate():
     image, _ = picture(64, 48, [(8, 8, 40, 30)])
     generator = FreeSOLOGenerator(StubNet(), short_side=96)
-    from globallocal.images import x800
+    from globallocal.data.images import x800
 
     direct = generator.generate_from_tensor(x800(image, short=96), (48, 64))
     assert torch.equal(direct.masks, generator(image).masks)

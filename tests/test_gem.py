@@ -9,7 +9,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from globallocal.errors import InputError
-from globallocal.gem import gem_heat_map, gem_input, gem_tokens, resized_positional_embedding, self_self_attention
+from globallocal.methods.hybridgl.gem import (
+    gem_heat_map,
+    gem_input,
+    gem_tokens,
+    resized_positional_embedding,
+    self_self_attention,
+)
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 

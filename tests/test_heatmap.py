@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from globallocal.heatmap import colour_map, heatmap, save_soft_mask
+from globallocal.outputs.heatmap import colour_map, heatmap, save_soft_mask
 
 
 def test_soft_mask_npy_keeps_float32_exactly(tmp_path):
@@ -41,7 +41,7 @@ def _numbered(path, index, count):
 
 def test_soft_outputs_are_numbered_per_phrase(tmp_path):
     from globallocal.errors import InputError
-    from globallocal.heatmap import save_soft_outputs
+    from globallocal.outputs.heatmap import save_soft_outputs
 
     photo = Image.new("RGB", (12, 8))
     answers = [_Answer(torch.rand(8, 12)), _Answer(torch.rand(8, 12))]

@@ -15,10 +15,10 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 from refer_fixtures import IMAGES, build_refer
 
-from globallocal.coco_masks import checked_rle, decode_rle_string, polygon_rles
+from globallocal.data.coco_masks import checked_rle, decode_rle_string, polygon_rles
+from globallocal.data.images import load_image, load_mask
+from globallocal.data.plain_pickle import load_refs_pickle
 from globallocal.errors import ImageError, InputError
-from globallocal.images import load_image, load_mask
-from globallocal.plain_pickle import load_refs_pickle
 
 
 def _assert_clean_error(result, pattern):

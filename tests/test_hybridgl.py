@@ -11,10 +11,10 @@ from PIL import Image
 
 from globallocal.errors import InputError
 from globallocal.methods import ImageFeatures, build_method, get_method
-from globallocal.methods.hybridgl import HybridGLResult, HybridGLSettings, xywh_boxes
-from globallocal.methods.hybridgl_text import analyse_text, final_scores, gem_k, guidance_map, region_means
+from globallocal.methods.hybridgl.method import HybridGLResult, HybridGLSettings, xywh_boxes
+from globallocal.methods.hybridgl.text import analyse_text, final_scores, gem_k, guidance_map, region_means
+from globallocal.models.text import encode_texts, parse_phrase
 from globallocal.proposals import Proposals
-from globallocal.text import encode_texts, parse_phrase
 
 # Settings fields that switch a quirk of SPEC-hybridgl section 11, with the published code's value.
 QUIRK_FIELDS = {
@@ -161,7 +161,7 @@ def test_answers_follow_sections_6_to_9(tiny_vit12, nlp, photo, proposals, tenso
 
 
 def gem_heat_map_of(method, image, analysis):
-    from globallocal.gem import gem_heat_map
+    from globallocal.methods.hybridgl.gem import gem_heat_map
 
     prompt = encode_texts([f"a photo of a {analysis.noun_phrase}."], method.clip)[0]
     return gem_heat_map(image.tensors["gem_tokens"], prompt / prompt.norm(), size=64)
@@ -180,7 +180,7 @@ def test_sticky_topk_keeps_the_smallest_count_across_images(tiny_vit12, nlp, pho
 
 @pytest.mark.parametrize("point", [{}, {"beta": 1.0, "relation_weight": 0.9, "gem_k_other": 1.2, "gem_k_big": 1.0}])
 def test_sweep_replay_picks_what_the_method_picks(tiny_vit12, nlp, photo, proposals, tensors, point):
-    from globallocal.methods.hybridgl_sweep import replay, sentence_quantities
+    from globallocal.methods.hybridgl.replay import replay, sentence_quantities
 
     method = _method(tiny_vit12, nlp, **point)
     image = ImageFeatures(photo, proposals, tensors)

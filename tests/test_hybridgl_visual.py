@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from globallocal.errors import InputError
-from globallocal.methods.hybridgl_visual import blurred, clip_inputs, hybrid_features, masked_block
+from globallocal.methods.hybridgl.visual import blurred, clip_inputs, hybrid_features, masked_block
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from globallocal.data.images import load_image, load_mask, save_mask_png, short_side_size, x800
 from globallocal.errors import ImageError
-from globallocal.images import load_image, load_mask, save_mask_png, short_side_size, x800
 
 
 def _save(image: Image.Image, path, **kwargs):
@@ -152,8 +152,8 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     import os
     import stat
 
-    from globallocal.cache import _write_npz
-    from globallocal.images import save_text
+    from globallocal.data.images import save_text
+    from globallocal.runs.cache import _write_npz
 
     previous = os.umask(0o027)
     try:

@@ -12,12 +12,12 @@ import torch
 from refer_fixtures import ShiftedOracleSource, StandInSegmenter, build_refer, stand_in_index
 from test_evaluate import _config
 
+from globallocal.data.refer import ReferDataset
 from globallocal.errors import InputError
-from globallocal.evaluate import REPORT_MD, run_evaluation
 from globallocal.methods import SegmentResult, available_methods, build_method, get_method
-from globallocal.methods.global_local import GlobalLocal, GlobalLocalSettings
-from globallocal.metrics import MetricAccumulator
-from globallocal.refer import ReferDataset
+from globallocal.methods.global_local.method import GlobalLocal, GlobalLocalSettings
+from globallocal.runs.evaluate import REPORT_MD, run_evaluation
+from globallocal.runs.metrics import MetricAccumulator
 
 
 def test_the_registry_names_and_builds_methods(tiny_vit, nlp):

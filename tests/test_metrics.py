@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from globallocal.metrics import PRECISION_THRESHOLDS, MetricAccumulator, intersection_union, sentence_iou
+from globallocal.runs.metrics import PRECISION_THRESHOLDS, MetricAccumulator, intersection_union, sentence_iou
 
 # (I, U, no_proposals, ref_id, image_id); IoUs 0.75, 0 (U = 0), 0.5, 0 (no proposals), 0.9, 0.7.
 SENTENCES = [

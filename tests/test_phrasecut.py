@@ -12,18 +12,18 @@ from refer_fixtures import ShiftedOracleSource, StandInSegmenter, stand_in_index
 from rich.console import Console
 from test_evaluate import _records, _without_timing
 
+from globallocal.data.images import load_mask
+from globallocal.data.phrasecut import COCO_CATEGORY_NAMES, PhraseCutDataset, rasterize_polygons
 from globallocal.errors import InputError
-from globallocal.evaluate import (
+from globallocal.runs.evaluate import (
     REPORT_JSON,
     REPORT_MD,
     EvaluationConfig,
     EvaluationStopped,
     run_evaluation,
 )
-from globallocal.images import load_mask
-from globallocal.metrics import MetricAccumulator
-from globallocal.phrasecut import COCO_CATEGORY_NAMES, PhraseCutDataset, rasterize_polygons
-from globallocal.report import format_report_table
+from globallocal.runs.metrics import MetricAccumulator
+from globallocal.runs.report import format_report_table
 
 
 @pytest.fixture

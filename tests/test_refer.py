@@ -13,9 +13,9 @@ from PIL import Image
 from pycocotools.coco import COCO
 from refer_fixtures import IMAGES, OVERLAP_PARTS, build_refer, file_name, rect
 
+from globallocal.data.images import load_image
+from globallocal.data.refer import VALID_SPLITS, ReferDataset, load_refs_pickle, resolve_split
 from globallocal.errors import ImageError, InputError
-from globallocal.images import load_image
-from globallocal.refer import VALID_SPLITS, ReferDataset, load_refs_pickle, resolve_split
 
 # COCO.annToMask (the independent route) triggers pycocotools' NumPy 2 DeprecationWarning.
 ANN_TO_MASK_WARNING = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -14,16 +14,16 @@ import pytest
 import torch
 from refer_fixtures import ShiftedOracleSource, StandInSegmenter, build_refer, dump_refs
 
-from globallocal import weights as weights_module
-from globallocal.cache import FeatureCache, VisualStore, remove_orphans
+from globallocal.data.refer import ReferDataset
 from globallocal.errors import InputError, WeightsError
-from globallocal.evaluate import IMAGE_UNITS, RECORDS_FILE, EvaluationConfig, run_evaluation
-from globallocal.methods.global_local import GlobalLocal, GlobalLocalSettings
+from globallocal.methods.global_local.method import GlobalLocal, GlobalLocalSettings
+from globallocal.models import weights as weights_module
+from globallocal.models.weights import weights_identity
 from globallocal.proposals import Proposals
 from globallocal.proposals.freesolo import _compact, load_freesolo
-from globallocal.refer import ReferDataset
-from globallocal.runfolder import RunFolder
-from globallocal.weights import weights_identity
+from globallocal.runs.cache import FeatureCache, VisualStore, remove_orphans
+from globallocal.runs.evaluate import IMAGE_UNITS, RECORDS_FILE, EvaluationConfig, run_evaluation
+from globallocal.runs.runfolder import RunFolder
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ class _Code:
 
 
 def test_pickled_checkpoints_are_said_to_hold_code(tmp_path, tiny_config_paths):
-    from globallocal.clip_models import load_clip
+    from globallocal.models.clip import load_clip
 
     legacy = tmp_path / "legacy.pth"
     legacy.write_bytes(pickle.dumps({"model": {"x": _Code()}}))  # a plain pickle, not torch's zip format
@@ -212,7 +212,7 @@ def test_an_unknown_data_root_fails_before_any_model_loads(cli, tmp_path, no_mod
 
 
 def test_a_full_disk_is_one_error_line(cli, example, tiny_config_paths, tiny_checkpoints, tmp_path, monkeypatch):
-    from globallocal import images
+    from globallocal.data import images
 
     def full(path, write, sync=True):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from globallocal.errors import InputError
-from globallocal.report import format_report_table, format_report_text
+from globallocal.runs.report import format_report_table, format_report_text
 
 THRESHOLDS = ("0.5", "0.6", "0.7", "0.8", "0.9")
 

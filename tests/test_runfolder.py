@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from globallocal.errors import InputError
-from globallocal.runfolder import LOCK_FILE, RECORDS_FILE, RunFolder, UnitLayout, check_free, read_completed
+from globallocal.runs.runfolder import LOCK_FILE, RECORDS_FILE, RunFolder, UnitLayout, check_free, read_completed
 
 REPO = Path(__file__).resolve().parents[1]
 # A batch-like layout: string keys, records grouped by image path.
@@ -83,7 +83,7 @@ def test_each_records_file_is_locked(tmp_path):
 
 def test_a_killed_run_does_not_block_the_next(tmp_path):
     holder = (
-        "import sys, time; from globallocal.runfolder import RunFolder, UnitLayout; "
+        "import sys, time; from globallocal.runs.runfolder import RunFolder, UnitLayout; "
         "folder = RunFolder(sys.argv[1], UnitLayout('image_done', 'image', 'lines')); folder.open_records(); "
         "print('locked', flush=True); time.sleep(60)"
     )

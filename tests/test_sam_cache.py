@@ -7,10 +7,10 @@ import torch
 from refer_fixtures import build_refer
 from test_sam import HAS_SAM2, KEEP_ALL, make_generator, small_sam2  # noqa: F401 (small_sam2 is a fixture)
 
-from globallocal.cache import FeatureCache
-from globallocal.evaluate import EvaluationConfig, read_records, run_evaluation
 from globallocal.methods import get_method
 from globallocal.proposals.sources import proposal_cache_key
+from globallocal.runs.cache import FeatureCache
+from globallocal.runs.evaluate import EvaluationConfig, read_records, run_evaluation
 from globallocal.segmenter import Segmenter
 
 

@@ -14,21 +14,21 @@ from refer_fixtures import ShiftedOracleSource, build_refer
 from rich.console import Console
 
 import cli
-from globallocal.cache import FeatureCache
+from globallocal.data.refer import ReferDataset
 from globallocal.errors import InputError
-from globallocal.evaluate import EvaluationConfig, run_evaluation
 from globallocal.methods import ImageFeatures
-from globallocal.methods.global_local import (
+from globallocal.methods.global_local.method import (
     GlobalLocalSettings,
     proposal_scores,
     scoring_visual,
     text_blend,
     visual_blend,
 )
+from globallocal.models.text import ParsedPhrase
 from globallocal.proposals import Proposals
-from globallocal.refer import ReferDataset
-from globallocal.segmenter import Segmenter
-from globallocal.sweep import (
+from globallocal.runs.cache import FeatureCache
+from globallocal.runs.evaluate import EvaluationConfig, run_evaluation
+from globallocal.runs.sweep import (
     SWEEP_JSON,
     SWEEP_MD,
     SWEEP_PNG,
@@ -36,7 +36,7 @@ from globallocal.sweep import (
     parse_values,
     run_sweep,
 )
-from globallocal.text import ParsedPhrase
+from globallocal.segmenter import Segmenter
 
 RUN_RED = (230, 30, 30)
 

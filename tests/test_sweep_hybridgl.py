@@ -8,13 +8,13 @@ import warnings
 import pytest
 from refer_fixtures import build_refer, shifted_proposals
 
-from globallocal.cache import FeatureCache
-from globallocal.evaluate import EvaluationConfig, read_records, run_evaluation
+from globallocal.data.refer import ReferDataset
 from globallocal.methods import build_method
 from globallocal.proposals import Proposals
-from globallocal.refer import ReferDataset
+from globallocal.runs.cache import FeatureCache
+from globallocal.runs.evaluate import EvaluationConfig, read_records, run_evaluation
+from globallocal.runs.sweep import SWEEP_JSON, SWEEP_MD, SWEEP_PNG, run_sweep
 from globallocal.segmenter import Segmenter
-from globallocal.sweep import SWEEP_JSON, SWEEP_MD, SWEEP_PNG, run_sweep
 
 # Small enough for the tiny 12-block ViT; top_k 5 so that Q-sticky-k bites (image 11 has 2 proposals).
 SETTINGS = {"gem_size": 64, "top_k": 5, "sticky_topk": True}

@@ -11,11 +11,11 @@ from PIL import Image
 
 from globallocal.errors import InputError
 from globallocal.methods import ImageFeatures, build_method, get_method
-from globallocal.methods.tcl import TCL, TCLResult, TCLSettings, phrase_text_embeddings, threshold_mask
-from globallocal.methods.tcl_blend import TCLBlend, standardize, tcl_proposal_scores
+from globallocal.methods.tcl import TCLHead
+from globallocal.methods.tcl.blend import TCLBlend, standardize, tcl_proposal_scores
+from globallocal.methods.tcl.method import TCL, TCLResult, TCLSettings, phrase_text_embeddings, threshold_mask
+from globallocal.models.text import parse_phrase
 from globallocal.proposals import Proposals, projection_boxes
-from globallocal.tcl import TCLHead
-from globallocal.text import parse_phrase
 
 
 def fake_encode(dim: int = 32):

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU, ResidualAttentionBlock
 from PIL import Image
 
-from globallocal.tcl import TCLHead, TCLModel, layout, pamr_affinity, pamr_refine, patch_padding, slide_windows
-from globallocal.tcl.inputs import eval_size, resized_size, tcl_input
-from globallocal.tcl.network import self_only_attention, self_only_block
-from globallocal.tcl.pamr import pamr_offsets
-from globallocal.tcl.windows import Padding, Window
+from globallocal.methods.tcl import TCLHead, TCLModel, layout, pamr_affinity, pamr_refine, patch_padding, slide_windows
+from globallocal.methods.tcl.inputs import eval_size, resized_size, tcl_input
+from globallocal.methods.tcl.network import self_only_attention, self_only_block
+from globallocal.methods.tcl.pamr import pamr_offsets
+from globallocal.methods.tcl.windows import Padding, Window
 
 # -- the self-only last block ----------------------------------------------------------------
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from globallocal.errors import WeightsError
-from globallocal.tcl import TCL_URL, WEIGHTS_ENV, TCLHead, load_tcl_head, resolve_tcl_weights
-from globallocal.tcl import weights as tcl_weights
-from globallocal.tcl.weights import checkpoint_key
+from globallocal.methods.tcl import TCL_URL, WEIGHTS_ENV, TCLHead, load_tcl_head, resolve_tcl_weights
+from globallocal.methods.tcl import weights as tcl_weights
+from globallocal.methods.tcl.weights import checkpoint_key
 
 MANIFEST = Path(__file__).with_name("tcl_state_dict_manifest.json")
 TINY = {"width": 64, "heads": 2, "embed_dim": 32}

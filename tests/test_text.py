@@ -10,7 +10,7 @@ from spacy.lang.en import English
 from spacy.tokens import Doc
 
 from globallocal.errors import InputError
-from globallocal.text import encode_texts, noun_phrase_of, parse_phrase, prepare_expression, tokenize
+from globallocal.models.text import encode_texts, noun_phrase_of, parse_phrase, prepare_expression, tokenize
 
 # (phrase, expected target noun phrase) for the installed en_core_web_sm 3.8 parse, worked out by the rule:
 # the root's chunk; else the chunk of the root's first child; else the whole expression.
@@ -132,7 +132,7 @@ def test_text_features_stop_at_the_end_token_without_changing_them(tiny_vit):
 
 
 def test_spacy_install_hint_uses_spacys_downloader():
-    from globallocal.text import load_parser
+    from globallocal.models.text import load_parser
 
     with pytest.raises(InputError, match=r"`python -m spacy download en_core_web_xx`") as error:
         load_parser("en_core_web_xx")

@@ -8,15 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from globallocal.proposals import Proposals, projection_boxes
-from globallocal.visual import (
+from globallocal.methods.global_local.visual import (
     crop_boxes,
     local_crops,
     local_features,
     resnet_global_features,
-    soft_masks,
     vit_global_features,
 )
+from globallocal.models.vit import soft_masks
+from globallocal.proposals import Proposals, projection_boxes
 
 
 def _image(clip, seed=0):
@@ -194,7 +194,7 @@ def test_global_features_chunked_equal_unchunked(tiny_clip):
 
 @torch.inference_mode()
 def test_masked_attention_pool_equals_clips_pool_on_masked_maps(tiny_resnet):
-    from globallocal.visual import masked_attention_pool
+    from globallocal.methods.global_local.visual import masked_attention_pool
 
     generator = torch.Generator().manual_seed(9)
     pool = tiny_resnet.visual.attnpool

@@ -30,9 +30,9 @@ __all__ = [
 
 # name -> module defining SPEC; the first is the default.
 _MODULES = {
-    "global-local": "globallocal.methods.global_local",
-    "hybridgl": "globallocal.methods.hybridgl",
-    "tcl": "globallocal.methods.tcl",
+    "global-local": "globallocal.methods.global_local.method",
+    "hybridgl": "globallocal.methods.hybridgl.method",
+    "tcl": "globallocal.methods.tcl.method",
 }
 DEFAULT_METHOD = "global-local"
 
@@ -59,6 +59,17 @@ class MethodSpec:
     section 2) rather than best predicted IoU first."""
     build: Callable[..., Method] | None = None
     """Builder ``(clip, nlp, settings, **options) -> Method`` when the class alone is not enough (extra weights)."""
+    display_name: str = ""
+    """The method's name in prose ("HybridGL"); the registry name when empty."""
+    sweep_module: str | None = None
+    """The module that replays the method's runs from a feature cache (``globallocal sweep``): it defines
+    ``sweep(run, axes, out_dir, started)`` and ``format_table(result)``; None: its runs cannot be swept."""
+    sweep_settings: tuple[str, ...] = ()
+    """The settings such a sweep can vary (its axes)."""
+
+    @property
+    def display(self) -> str:
+        return self.display_name or self.name
 
     def preset_names(self) -> list[str]:
         return [*self.presets, *self.preset_aliases]
@@ -76,6 +87,20 @@ class MethodSpec:
     def preset_for(self, dataset: str | None) -> str:
         """The preset of the paper's setting for a dataset."""
         return self.dataset_presets.get(dataset or "", self.default_preset)
+
+
+# Names of one method's module that the rest of the package uses, imported on first use (PEP 562): the
+# registry is the one place outside a method's folder that knows where its code lives.
+_LAZY_EXPORTS = {
+    "GlobalLocalSettings": "globallocal.methods.global_local.method",
+    "TCLOptions": "globallocal.methods.tcl.options",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY_EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
 
 
 def available_methods() -> list[str]:

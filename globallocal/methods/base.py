@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
+from ..models.text import ParsedPhrase, count_tokens
 from ..proposals import Proposals
-from ..text import ParsedPhrase, count_tokens
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]
 """Raw CLIP text features (len(texts), D), float32, through the segmenter's cache."""
@@ -127,6 +127,13 @@ class Method(ABC):
     @abstractmethod
     def answer(self, image: ImageFeatures, parsed: Sequence[ParsedPhrase], encode: TextEncoder) -> list[SegmentResult]:
         """The answers to several parsed phrases about one image."""
+
+    def score_parts(
+        self, image: ImageFeatures, parsed: Sequence[ParsedPhrase], encode: TextEncoder
+    ) -> list[dict[str, torch.Tensor]]:
+        """Per phrase, named parts of every proposal's score that add up to it (the page shows them); none by
+        default."""
+        return [{} for _ in parsed]
 
     def text_strings(self, parsed: ParsedPhrase) -> list[str]:
         """The strings whose CLIP text features :meth:`answer` encodes for this phrase (cache seeding)."""

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from ..coco_masks import checked_rle, decode, polygon_rles
+from ..data.coco_masks import checked_rle, decode, polygon_rles
+from ..data.images import load_mask, save_mask_png, save_text, umask_mode
 from ..errors import ImageError, InputError
-from ..images import load_mask, save_mask_png, save_text, umask_mode
-from ..outputs import box_json, size_json
+from ..outputs.answers import box_json, size_json
 from . import Proposals
 
 INDEX_FILE = "proposals.json"

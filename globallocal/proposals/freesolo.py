@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..data.images import ImageInput, load_image, x800
 from ..errors import InputError, WeightsError
-from ..hub import cached_hub_file, download_hub_file, weights_folders
-from ..images import ImageInput, load_image, x800
-from ..weights import load_checkpoint_tensors, weights_identity
+from ..models.hub import cached_hub_file, download_hub_file, weights_folders
+from ..models.weights import load_checkpoint_tensors, weights_identity
 from . import Proposals, projection_boxes
 from .solov2 import SIZE_DIVISIBILITY, FreeSOLONet, HeadOutputs, resize_masks, select_instances
 

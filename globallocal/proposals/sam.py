@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..data.images import ImageInput, load_image
 from ..errors import InputError, WeightsError
-from ..hub import cached_hub_file, require_hub_files, weights_folders
-from ..images import ImageInput, load_image
-from ..weights import load_checkpoint_tensors
+from ..models.hub import cached_hub_file, require_hub_files, weights_folders
+from ..models.weights import load_checkpoint_tensors
 from . import Proposals, postprocess
 
 if TYPE_CHECKING:

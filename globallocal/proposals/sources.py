@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 import torch
 
+from ..data.images import ImageInput
 from ..errors import InputError
-from ..images import ImageInput
 from . import Proposals
 from .sam import (
     DEFAULT_SAM2_MODEL,
@@ -127,7 +127,7 @@ def proposal_cache_key(
     Weights given as a file (or found at their default place) are identified
     by content; SAM 2 weights taken from the hub by their hub model name.
     """
-    from ..cache import proposal_source_key
+    from ..runs.cache import proposal_source_key
 
     settings = dict(generator.settings)
     path = proposal_weights_file(kind, generator, weights)

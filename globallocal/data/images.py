@@ -1,0 +1,229 @@
+"""Reading images and masks, the shared input tensor, and atomic PNG output."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import ImageError, InputError
+
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Decompression bombs: a small file can declare a huge picture. A 100 MP photo
+# is legitimate here, so the limit is high but finite, and it is checked on the
+# header, before any pixel is decoded (Pillow's own check only warns below
+# twice its limit).
+MAX_PIXELS = 400_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def open_checked(
+    source: Path | io.BytesIO, name: str | Path, what: str = "image", size: tuple[int, int] | None = None
+) -> Image.Image:
+    """``Image.open`` refusing, by the header alone, a picture over MAX_PIXELS or (``size``: (H, W)) of another size.
+
+    ``name`` is the file named in messages. Nothing is decoded yet: the
+    caller decodes (``load()``), closes it, and handles Pillow's own errors
+    for files that are not images.
+    """
+    with warnings.catch_warnings():
+        # Pillow only warns between its limit and twice it; the check below refuses.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(source)
+        except Image.DecompressionBombError as error:
+            raise ImageError(f"{what} {name}: {error}; more than {MAX_PIXELS} pixels, refusing to decode it") from None
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        image.close()
+        raise ImageError(f"{what} {name} is {width}x{height}, more than {MAX_PIXELS} pixels; refusing to decode it")
+    if size is not None and (height, width) != tuple(size):
+        image.close()
+        raise ImageError(
+            f"{what} {Path(name).name} is {width}x{height} but the image is {size[1]}x{size[0]}; "
+            "masks must be at the image's size"
+        )
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any Pillow mode (grey, palette, RGBA, CMYK, 16-bit, float)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit (or 32-bit integer) grey: scale the full range of the file's
+        # values to 8 bits rather than clipping at 255.
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        array = np.clip(np.round(array * (255.0 / peak)), 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        lo, hi = float(array.min(initial=0.0)), float(array.max(initial=0.0))
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        array = np.round((array - lo) * scale).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def load_image(source: ImageInput) -> Image.Image:
+    """Decode an image to 8-bit RGB with its EXIF orientation applied.
+
+    Accepts a path, a Pillow image, or a uint8 array (H, W), (H, W, 3) or
+    (H, W, 4). Raises :class:`ImageError` with a one-line reason otherwise.
+    """
+    if isinstance(source, Image.Image):
+        return _to_rgb(ImageOps.exif_transpose(source))
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim not in (2, 3):
+            raise ImageError(
+                f"image array must be uint8 of shape (H, W) or (H, W, 3|4), got {source.dtype} {source.shape}"
+            )
+        if source.ndim == 3 and source.shape[2] not in (3, 4):
+            raise ImageError(f"image array must have 3 or 4 channels, got shape {source.shape}")
+        return _to_rgb(Image.fromarray(source))
+    path = Path(source)
+    if not path.is_file():
+        raise ImageError(f"image not found: {path}")
+    data = path.read_bytes()
+    if not data:
+        raise ImageError(f"image file is empty (0 bytes): {path}")
+    try:
+        with open_checked(io.BytesIO(data), path) as image:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            rgb = _to_rgb(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageError(f"cannot decode image {path}: {error}; is it a complete JPEG/PNG/WebP/TIFF file?") from None
+    if rgb.width < 1 or rgb.height < 1:
+        raise ImageError(f"image has no pixels: {path}")
+    return rgb
+
+
+def to_normalized_tensor(image: Image.Image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """(3, H, W) float32 tensor of an RGB image in [0, 1], normalised by mean/std."""
+    array = np.asarray(image, dtype=np.uint8)
+    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (tensor - mean_t) / std_t
+
+
+def short_side_size(height: int, width: int, short: int = 800) -> tuple[int, int]:
+    """(H, W) with the short side ``short`` and the long side floor(short * long / short_side)."""
+    if height <= width:
+        return short, (short * width) // height
+    return (short * height) // width, short
+
+
+def x800(image: Image.Image, short: int = 800, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """SPEC section 1: the normalised tensor shared by FreeSOLO and CLIP.
+
+    The short side becomes ``short`` (PIL bilinear on the 8-bit image, no cap
+    on the long side), then the tensor is normalised with ``mean``/``std``.
+    """
+    height, width = short_side_size(image.height, image.width, short)
+    resized = image.resize((width, height), Image.BILINEAR)
+    return to_normalized_tensor(resized, mean, std)
+
+
+def load_mask(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A bool mask from a PNG (or any single-image file): non-zero pixels are in.
+
+    ``size`` (H, W): refuse, before decoding, a mask of another size.
+    """
+    path = Path(path)
+    try:
+        with open_checked(path, path, "mask", size) as mask:
+            mask.load()
+            if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
+                array = np.asarray(mask.convert("RGBA"))
+                # A cut-out: the opaque pixels are the object.
+                return array[..., 3] > 0 if array[..., 3].min() < 255 else array[..., :3].max(axis=2) > 0
+            array = np.asarray(mask if mask.mode in ("1", "L", "I", "I;16", "F") else mask.convert("L"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"cannot decode mask {path}: {error}") from None
+    return array > 0
+
+
+def check_writable_folder(path: str | os.PathLike, what: str) -> Path:
+    """Create the folder ``path`` if needed and check a file can be written there; ``what`` names the option.
+
+    Run before any model loads, so that a typo or a read-only disk fails in a second, not after minutes.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what} {path} is an existing file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=path)
+        os.close(fd)
+        Path(probe).unlink(missing_ok=True)  # a run cleaning orphans in this folder may have removed it
+    except OSError as error:
+        raise InputError(f"{what} {path} is not writable ({error.strerror}); choose another folder") from None
+    return path
+
+
+def umask_mode(base: int = 0o666) -> int:
+    """``base`` minus the process umask: what ``open()`` (0666) or ``mkdir`` (0777) would give.
+
+    mkstemp and mkdtemp create private files and folders (0600, 0700); outputs
+    written through them are given this mode so colleagues can read them.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
+def atomic_write(path: str | os.PathLike, write, sync: bool = True) -> None:
+    """Call ``write(handle)`` on a temporary file next to ``path``, then rename it into place.
+
+    A reader never sees a half-written file, and an interrupted write leaves
+    any previous file at ``path`` untouched. The file gets the usual
+    permissions (0666 minus the umask), so outputs and caches can be shared.
+    ``sync``: fsync before the rename (durable across a power cut).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            if sync:
+                os.fsync(handle.fileno())
+        os.chmod(tmp, umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a uint8 (H, W) or (H, W, 3) array as PNG, atomically (see :func:`atomic_write`)."""
+    image = Image.fromarray(np.ascontiguousarray(array))
+    atomic_write(path, lambda handle: image.save(handle, format="PNG"))
+
+
+def save_mask_png(mask: np.ndarray | torch.Tensor, path: str | os.PathLike) -> None:
+    """A bool mask as an 8-bit grey PNG, 0 outside and 255 inside."""
+    if isinstance(mask, torch.Tensor):
+        mask = mask.cpu().numpy()
+    save_png(mask.astype(np.uint8) * 255, path)
+
+
+def save_text(text: str, path: str | os.PathLike) -> None:
+    """Write UTF-8 text atomically."""
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))

@@ -1,0 +1,187 @@
+"""Reading a batch manifest: (photo, phrase) pairs as JSON lines or CSV.
+
+One line (a JSON object, or a CSV row under a header) names::
+
+    image     the photo; a relative path is relative to the manifest's folder
+    phrase    one referring expression, or
+    phrases   several (JSON: a list; CSV: a JSON list in the cell)
+    id        optional: the output's name (default: the line number)
+    masks     optional: mask proposals for this photo (a folder of PNGs, a PNG, or an RLE .json)
+
+Each phrase is one output, named by the line's ``id`` when the line has one
+phrase and ``<id>_<k>`` (k = 1, 2, ...) when it has several, as ``segment``
+numbers its outputs. A line that cannot be used (not an object, no image, an
+empty phrase, an id used before, ...) becomes a :class:`LineError` and the
+others go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+__all__ = ["MANIFEST_SUFFIXES", "BatchLine", "LineError", "Manifest", "read_manifest"]
+
+MANIFEST_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
+_COLUMNS = ("image", "phrase", "phrases", "id", "masks")
+
+
+@dataclass(frozen=True)
+class BatchLine:
+    """A usable manifest line: its outputs are ``zip(output_ids, phrases)``."""
+
+    line: int
+    id: str
+    image: Path
+    phrases: tuple[str, ...]
+    masks: Path | None
+
+    @property
+    def output_ids(self) -> tuple[str, ...]:
+        if len(self.phrases) == 1:
+            return (self.id,)
+        return tuple(f"{self.id}_{k}" for k in range(1, len(self.phrases) + 1))
+
+
+@dataclass(frozen=True)
+class LineError:
+    line: int
+    reason: str
+    id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"line": self.line, "id": self.id, "error": self.reason}
+
+
+@dataclass
+class Manifest:
+    path: Path
+    lines: list[BatchLine]
+    errors: list[LineError]
+
+    @property
+    def line_count(self) -> int:
+        return len(self.lines) + len(self.errors)
+
+
+def _rows(path: Path) -> list[tuple[int, Any]]:
+    """(line number, raw row) of every non-blank line; a raw row is a dict, or a str saying what is wrong."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputError(f"manifest {path} is not UTF-8 text: {error}") from None
+    if MANIFEST_SUFFIXES[path.suffix.lower()] == "csv":
+        reader = csv.DictReader(text.splitlines())
+        header = reader.fieldnames or []
+        unknown = [name for name in header if name not in _COLUMNS]
+        if "image" not in header or not {"phrase", "phrases"} & set(header) or unknown:
+            raise InputError(
+                f"manifest {path}: the CSV header must name image and phrase (or phrases), and may add id and "
+                f"masks; got {', '.join(header) or 'nothing'}"
+            )
+        rows = []
+        for row in reader:
+            # Empty cells are absent values; a row with more cells than the header is malformed.
+            if None in row:
+                rows.append((reader.line_num, "more cells than the header has columns"))
+                continue
+            rows.append((reader.line_num, {key: value for key, value in row.items() if value not in ("", None)}))
+        return rows
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((number, json.loads(line)))
+        except json.JSONDecodeError as error:
+            rows.append((number, f"not valid JSON ({error.msg})"))
+    return rows
+
+
+def _phrases(raw: dict[str, Any], from_csv: bool) -> tuple[str, ...]:
+    if ("phrase" in raw) == ("phrases" in raw):
+        raise ValueError("give either phrase or phrases")
+    if "phrase" in raw:
+        phrases = [raw["phrase"]]
+    else:
+        phrases = raw["phrases"]
+        if from_csv:
+            try:
+                phrases = json.loads(phrases)
+            except json.JSONDecodeError:
+                raise ValueError('phrases must be a JSON list in CSV, e.g. ["the cat", "the dog"]') from None
+        if not isinstance(phrases, list) or not phrases:
+            raise ValueError("phrases must be a non-empty list")
+    if not all(isinstance(phrase, str) for phrase in phrases):
+        raise ValueError("a phrase must be a string")
+    if not all(phrase.strip() for phrase in phrases):
+        raise ValueError("a phrase is empty; describe the object, e.g. \"the man on the right\"")
+    return tuple(phrases)
+
+
+def _identifier(raw: dict[str, Any], number: int) -> str:
+    if "id" not in raw:
+        return str(number)
+    value = raw["id"]
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError("id must be a string or an integer")
+    value = str(value)
+    if not value.strip() or "/" in value or "\\" in value or value.startswith("."):
+        raise ValueError(f"id {value!r} cannot name a mask file (empty, a path, or starting with '.')")
+    return value
+
+
+def _path(value: Any, key: str, folder: Path) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{key} must be a path")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else folder / path
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Every line of a manifest, usable or not. Raises :class:`InputError` only for the file as a whole."""
+    path = Path(path)
+    if path.suffix.lower() not in MANIFEST_SUFFIXES:
+        raise InputError(f"manifest {path} must end in .jsonl (JSON lines) or .csv")
+    if not path.is_file():
+        raise InputError(f"manifest not found: {path}")
+    folder = path.resolve().parent
+    from_csv = MANIFEST_SUFFIXES[path.suffix.lower()] == "csv"
+    lines: list[BatchLine] = []
+    errors: list[LineError] = []
+    owners: dict[str, int] = {}
+    for number, raw in _rows(path):
+        if isinstance(raw, str) or not isinstance(raw, dict):
+            errors.append(LineError(number, raw if isinstance(raw, str) else "not a JSON object"))
+            continue
+        identifier = None
+        try:
+            identifier = _identifier(raw, number)
+            unknown = sorted(set(raw) - set(_COLUMNS))
+            if unknown:
+                raise ValueError(f"unknown key {unknown[0]!r}; use {', '.join(_COLUMNS)}")
+            if "image" not in raw:
+                raise ValueError("no image")
+            item = BatchLine(
+                line=number,
+                id=identifier,
+                image=_path(raw["image"], "image", folder),
+                phrases=_phrases(raw, from_csv),
+                masks=_path(raw["masks"], "masks", folder) if "masks" in raw else None,
+            )
+            taken = [output for output in item.output_ids if output in owners]
+            if taken:
+                raise ValueError(f"duplicate id: {taken[0]!r} is already the output of line {owners[taken[0]]}")
+        except ValueError as error:
+            errors.append(LineError(number, str(error), identifier))
+            continue
+        owners.update(dict.fromkeys(item.output_ids, number))
+        lines.append(item)
+    if not lines and not errors:
+        raise InputError(f"manifest {path} has no lines")
+    return Manifest(path, lines, errors)

@@ -1,0 +1,205 @@
+"""Alpha x beta sweeps of a finished, cached Global-Local run, without the models.
+
+A run made with a feature cache holds everything the choice of proposal
+depends on: the cache has every proposal's unblended global and local
+features and the raw text features of every expression and noun phrase, and
+each sentence record has its expression, noun phrase, ground-truth area and
+the intersection of every proposal with the ground truth. For another alpha
+or beta, the scores are computed again, the best proposal picked, and its
+I = overlap and U = area + |gt| - I summed: the metrics of that setting, with
+no image decoded and no model run.
+
+The scoring calls the method's own rules (:mod:`.method`) one sentence at a
+time, as the run scored them, so at the run's own alpha and beta it picks the
+run's proposals bit for bit; the sweep checks that and warns when it does not
+(features replayed on another device or library version than the run's).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.table import Table
+
+from ...data.images import save_png, save_text
+from ...runs.cache import ImageEntry, TextStore, VisualStore
+from ...runs.evaluate import CompletedImage, read_records, referent
+from ...runs.metrics import PRECISION_THRESHOLDS, MetricAccumulator
+from ...runs.sweep import SWEEP_JSON, SWEEP_MD, SWEEP_PNG, CachedRun, add_unanswered, load_entry, load_texts, one_thread
+from .method import SWEPT_SETTINGS, proposal_scores, scoring_visual, text_blend, visual_blend
+from .sweep_heatmap import draw_heatmap, grid_value, is_run_point
+
+__all__ = ["SWEPT_SETTINGS", "format_table", "sweep"]
+
+class _Replay:
+    """The run's choices made again at every (alpha, beta) point, image by image, with the metrics summed."""
+
+    def __init__(
+        self,
+        visual: VisualStore,
+        texts: TextStore,
+        points: list[tuple[float, float]],
+        run_point: tuple[float, float],
+        feature_norm: str,
+        family: str,
+    ) -> None:
+        self.visual, self.texts = visual, texts
+        self.run_point, self.feature_norm, self.family = run_point, feature_norm, family
+        self.totals = {point: MetricAccumulator() for point in points}
+        self.checked = self.differing = 0  # sentences replayed at the run's point, and picks unlike the run's
+        self._text_features: dict[str, torch.Tensor] = {}  # short phrases and noun phrases recur across images
+
+    def add_image(self, done: CompletedImage) -> None:
+        records = done.records
+        if records[0]["no_proposals"]:
+            # No choice to replay: the empty prediction the run scored, at every setting.
+            for total in self.totals.values():
+                add_unanswered(total, records)
+            return
+        entry = load_entry(self.visual, done)
+        strings = [s for r in records for s in (r["expression"], r["noun_phrase"])]
+        load_texts(self.texts, self._text_features, strings)
+        for point, total in self.totals.items():
+            picks = self._picks(records, entry, *point)
+            for record, index in zip(records, picks):
+                intersection = record["overlaps"][index]
+                union = int(entry.areas[index]) + record["gt_area"] - intersection
+                total.add(intersection, union, ref_id=referent(record), image_id=record["image_id"])
+            if point == self.run_point:
+                self.checked += len(records)
+                self.differing += sum(index != record["index"] for record, index in zip(records, picks))
+
+    def _picks(self, records: list[dict[str, Any]], entry: ImageEntry, alpha: float, beta: float) -> list[int]:
+        """The proposal each sentence of one image picks at (alpha, beta)."""
+        norm, family = self.feature_norm, self.family
+        visual = scoring_visual(visual_blend(entry.tensors["global"], entry.tensors["local"], alpha, norm, family),
+                                norm, family)
+        picks = []
+        for record in records:
+            # One sentence at a time, stacked as Segmenter.text_features stacks a single phrase: the same bits.
+            expression = torch.stack([self._text_features[record["expression"]]])
+            noun_phrase = torch.stack([self._text_features[record["noun_phrase"]]])
+            text = text_blend(expression, noun_phrase, beta, norm, family)
+            picks.append(int(torch.argmax(proposal_scores(text, visual, norm, family)[0])))
+        return picks
+
+
+def sweep(
+    run: CachedRun, axes: dict[str, list[float] | None], out_dir: str | Path | None = None,
+    started: float | None = None,
+) -> dict[str, Any]:
+    """The metrics of a Global-Local run at every (alpha, beta) of ``axes`` (None or absent: the run's value);
+    writes sweep.json, sweep.md and the heat map sweep.png."""
+    started = time.perf_counter() if started is None else started
+    alphas, betas = axes.get("alpha"), axes.get("beta")
+    run_dir, scoring, family = run.directory, run.scoring, run.config["cache"]["family"]
+    feature_norm = scoring["feature_norm"]
+    run_point = (scoring["alpha"], scoring["beta"])
+    alphas = alphas or [run_point[0]]
+    betas = betas or [run_point[1]]
+    visual, texts = run.visual, run.texts
+
+    grid = [(alpha, beta) for alpha in alphas for beta in betas]
+    points = grid if run_point in grid else [*grid, run_point]
+    replay = _Replay(visual, texts, points, run_point, feature_norm, family)
+    with one_thread():
+        for done in read_records(run_dir):
+            replay.add_image(done)
+    if replay.differing:
+        warnings.warn(
+            f"at the run's own alpha {run_point[0]} and beta {run_point[1]}, {replay.differing} of {replay.checked} "
+            "sentences pick another proposal than the run did (were the features made on another device or library "
+            "version?); the sweep's numbers are approximate",
+            stacklevel=2,
+        )
+
+    results = [{"alpha": a, "beta": b, "metrics": replay.totals[(a, b)].summary()} for a, b in grid]
+    best = {}
+    for metric in ("oIoU", "mIoU"):
+        top = max(results, key=lambda item, metric=metric: item["metrics"][metric])
+        best[metric] = {"alpha": top["alpha"], "beta": top["beta"], "value": top["metrics"][metric]}
+    result = {
+        "run_dir": str(run_dir),
+        "dataset": run.dataset,
+        "alphas": list(alphas),
+        "betas": list(betas),
+        "results": results,
+        "best": best,
+        "run": {
+            "alpha": run_point[0],
+            "beta": run_point[1],
+            "metrics": replay.totals[run_point].summary(),
+            "sentences_checked": replay.checked,
+            "sentences_differing": replay.differing,
+        },
+        "seconds": time.perf_counter() - started,
+    }
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "sweep"
+    save_text(json.dumps(result, indent=2) + "\n", out_dir / SWEEP_JSON)
+    save_text(_markdown(result), out_dir / SWEEP_MD)
+    save_png(np.asarray(draw_heatmap(result)), out_dir / SWEEP_PNG)
+    result["files"] = {name: str(out_dir / name) for name in (SWEEP_JSON, SWEEP_MD, SWEEP_PNG)}
+    return result
+
+
+# -- output ------------------------------------------------------------------
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    run = result["run"]
+    lines = [
+        f"# alpha x beta sweep: {result['dataset']}",
+        "",
+        f"Run `{result['run_dir']}`, evaluated at alpha {run['alpha']:g}, beta {run['beta']:g} (marked *): "
+        f"oIoU {run['metrics']['oIoU']:.2f}, mIoU {run['metrics']['mIoU']:.2f}; the sweep reproduces "
+        f"{run['sentences_checked'] - run['sentences_differing']} of its {run['sentences_checked']} picks. "
+        "Best values in bold.",
+    ]
+    for metric in ("oIoU", "mIoU"):
+        best = result["best"][metric]
+        lines += ["", f"## {metric}", "", "| alpha \\ beta | " + " | ".join(f"{b:g}" for b in result["betas"]) + " |"]
+        lines.append("| --- |" + " ---: |" * len(result["betas"]))
+        for alpha in result["alphas"]:
+            cells = []
+            for beta in result["betas"]:
+                text = f"{grid_value(result, alpha, beta, metric):.2f}"
+                if (alpha, beta) == (best["alpha"], best["beta"]):
+                    text = f"**{text}**"
+                cells.append(text + ("*" if is_run_point(result, alpha, beta) else ""))
+            lines.append(f"| {alpha:g} | " + " | ".join(cells) + " |")
+    thresholds = [f"{t:.1f}" for t in PRECISION_THRESHOLDS]
+    header = ["alpha", "beta", "oIoU", "mIoU", *(f"P@{t}" for t in thresholds)]
+    lines += ["", "## All metrics", "", "| " + " | ".join(header) + " |", "|" + " ---: |" * len(header)]
+    for item in result["results"]:
+        metrics = item["metrics"]
+        values = [metrics["oIoU"], metrics["mIoU"], *(metrics["precision"][t] for t in thresholds)]
+        lines.append(f"| {item['alpha']:g} | {item['beta']:g} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+    lines += ["", f"Computed in {result['seconds']:.1f} s from the run's records and feature cache."]
+    return "\n".join(lines) + "\n"
+
+
+def format_table(result: dict[str, Any]) -> Table:
+    """Every (alpha, beta) with all metrics; the best oIoU and mIoU in bold, the run's own setting marked."""
+    thresholds = [f"{t:.1f}" for t in PRECISION_THRESHOLDS]
+    table = Table(title=f"alpha x beta sweep: {result['dataset']}")
+    for name in ("alpha", "beta", "oIoU", "mIoU", *(f"P@{t}" for t in thresholds)):
+        table.add_column(name, justify="right")
+    table.add_column("", no_wrap=True)
+    best = result["best"]
+    for item in result["results"]:
+        alpha, beta, metrics = item["alpha"], item["beta"], item["metrics"]
+
+        def cell(metric: str, alpha: float = alpha, beta: float = beta, metrics: dict = metrics) -> str:
+            text = f"{metrics[metric]:.2f}"
+            return f"[bold]{text}[/]" if (best[metric]["alpha"], best[metric]["beta"]) == (alpha, beta) else text
+
+        note = "< run" if is_run_point(result, alpha, beta) else ""
+        table.add_row(f"{alpha:g}", f"{beta:g}", cell("oIoU"), cell("mIoU"),
+                      *(f"{metrics['precision'][t]:.2f}" for t in thresholds), note)
+    return table

@@ -1,0 +1,347 @@
+"""HybridGL (Liu and Li, CVPR 2025): hybrid global-local features with spatial guidance.
+
+Each SAM proposal gets one CLIP feature that mixes a "blurred context" view
+of the image with a "masked region" view inside CLIP's last blocks. The
+proposals CLIP scores highest against the expression (mixed with its target
+noun phrase) are the candidates; among them, the answer is decided by a mix
+of two guidances: how the candidates' boxes relate to the other objects the
+expression names ("left of", "behind", "bigger"), and how much of a GEM heat
+map of the target noun phrase, tilted towards the named direction, falls
+inside each mask. The answer without guidance is reported too ("pure").
+
+``hybridgl-paper`` reproduces the authors' code, quirks included
+(SPEC-hybridgl section 11); each quirk is a settings field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ...models.text import ParsedPhrase
+from ...proposals import Proposals
+from .. import MethodSpec
+from ..base import ImageFeatures, Method, MethodSettings, SegmentResult, TextEncoder
+from .gem import gem_input, gem_tokens
+from .text import (
+    TextAnalysis,
+    analyse_text,
+    clip_scores,
+    gem_k,
+    guided_answer,
+    heat_map_region_means,
+)
+from .visual import FUSION_MODES, blurred, clip_inputs, hybrid_features
+
+NEGATIVE_PROMPT = "a photo of {}"
+"""The other noun phrases' prompt (no article added: "a photo of the plant")."""
+
+
+@dataclass(frozen=True)
+class HybridGLSettings(MethodSettings):
+    """Everything that decides a HybridGL answer, apart from the models themselves."""
+
+    fusion_mode: str = "G2L"
+    """How the global and local streams meet in the hybrid blocks: G2L, L2G or G2L&L2G (section 4)."""
+    beta: float = 0.5
+    """Weight of the whole-expression text feature (1 - beta: noun phrase), raw features mixed."""
+    masking_block: int = 9
+    """The first hybrid block (blocks masking_block .. last)."""
+    hybrid_weight: float = 2.0
+    """The factor of the other stream added in a hybrid block (x + 2 tm(g))."""
+    top_k: int = 3
+    """K1: candidates by CLIP score (capped at the number of proposals)."""
+    negative_k: int = 6
+    """K2: partners by other-noun score (capped at the number of proposals)."""
+    relation_weight: float = 0.4
+    """Weight of the relation term in the final mix (1 - it: the GEM score)."""
+    gem_k_big: float = 1.95
+    """k of the GEM score when the relation flag is "big"."""
+    gem_k_small: float = 1.5
+    """k of the GEM score when the relation flag is "small"."""
+    gem_k_other: float = 1.8
+    """k of the GEM score otherwise."""
+    gem_depth: int = 7
+    """GEM's self-self attention runs in the last gem_depth - 1 blocks."""
+    gem_iterations: int = 1
+    """Self-self attention iterations in GEM."""
+    gem_size: int = 448
+    """GEM's square input size."""
+    gem_prompt: str = "a photo of a {}."
+    """Quirk Q-gem-prompt: GEM's text, with "a " before the noun phrase, which usually has its own article."""
+    input_normalization: str = "imagenet"
+    """Quirk Q-imagenet-stats: the hybrid inputs use ImageNet mean/std; "clip" uses CLIP's."""
+    local_fill: str = "paper"
+    """Quirk Q-fill: the local image's outside is CLIP's mean numbers in an ImageNet-normalised tensor
+    ("paper"); "mean" fills with the normalisation's own mean (0)."""
+    mask_antialias: bool = False
+    """Quirk Q-mask-grid: the 14 x 14 token mask is resized without antialias (point-sampled)."""
+    right_relation: bool = False
+    """Quirk Q-right-never: "right"/"east" never set the relation flag; True lets them."""
+    vertical_masks: bool = False
+    """Quirk Q-vertical-off: up/down give no position mask; True applies a vertical ramp."""
+    fallback_target_chunk: str = "other"
+    """Quirk Q-np-fallback: when the noun phrase falls back to the whole expression every chunk is an
+    other noun ("other"); "leading" drops a chunk that starts the expression (the target's own)."""
+    double_minmax: bool = True
+    """Quirk Q-double-minmax: the heat map is min-max normalised again after its resize; False skips it."""
+    nan_wins: bool = True
+    """Quirk Q-gem-empty: a NaN final score (empty or full-frame mask) wins, as PyTorch's argmax ranks
+    NaN highest; False ranks it lowest."""
+    within_guard: bool = False
+    """Quirk Q-within-zero: a zero-area box divides by zero in the "within" term; True makes its term 0."""
+    sticky_topk: bool = False
+    """Quirk Q-sticky-k: K1, K2 become min(K, the smallest proposal count seen so far) across calls,
+    as the authors' split loop; off: min(K, this image's count)."""
+    chunk_size: int | None = None
+    """Proposals per batch through CLIP's blocks (bounds memory); None: 8 on the CPU, 32 on CUDA."""
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            (self.fusion_mode in FUSION_MODES, f"fusion mode must be one of {', '.join(FUSION_MODES)}, "
+                                               f"got {self.fusion_mode!r}"),
+            (0.0 <= self.beta <= 1.0, f"beta must be in [0, 1], got {self.beta}"),
+            (0.0 <= self.relation_weight <= 1.0, f"relation weight must be in [0, 1], got {self.relation_weight}"),
+            (self.masking_block >= 0, f"masking block must be >= 0, got {self.masking_block}"),
+            (self.top_k >= 1 and self.negative_k >= 1, f"top k and negative k must be >= 1, got {self.top_k}, "
+                                                       f"{self.negative_k}"),
+            (self.gem_depth >= 1, f"GEM depth must be >= 1, got {self.gem_depth}"),
+            (self.gem_iterations >= 1, f"GEM iterations must be >= 1, got {self.gem_iterations}"),
+            (self.gem_size >= 32, f"GEM size must be >= 32, got {self.gem_size}"),
+            ("{}" in self.gem_prompt, f"the GEM prompt must contain {{}} for the noun phrase, got {self.gem_prompt!r}"),
+            (self.input_normalization in ("imagenet", "clip"), "input_normalization must be 'imagenet' or 'clip'"),
+            (self.local_fill in ("paper", "mean"), "local_fill must be 'paper' or 'mean'"),
+            (self.fallback_target_chunk in ("other", "leading"), "fallback_target_chunk must be 'other' or 'leading'"),
+            (self.chunk_size is None or self.chunk_size >= 1, f"chunk size must be >= 1, got {self.chunk_size}"),
+        ]
+
+
+_PAPER = HybridGLSettings()
+PRESETS: dict[str, HybridGLSettings] = {
+    "hybridgl-paper": _PAPER,
+    # Every quirk off, for ablations; not validated to score better.
+    "hybridgl-no-quirks": replace(
+        _PAPER, gem_prompt="a photo of {}.", input_normalization="clip", local_fill="mean", mask_antialias=True,
+        right_relation=True, vertical_masks=True, fallback_target_chunk="leading", double_minmax=False,
+        nan_wins=False, within_guard=True,
+    ),
+}
+
+
+def xywh_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """SAM's ``bbox`` of each mask, float32 (N, 4): x = min column, y = min row, w, h = max - min
+    (inclusive extremes, so a one-pixel-wide mask has w = 0); an empty mask gives (0, 0, 0, 0)."""
+    n = masks.shape[0]
+    boxes = torch.zeros((n, 4), dtype=torch.float32)
+    columns, rows = masks.any(dim=1).cpu(), masks.any(dim=2).cpu()
+    for i in range(n):
+        xs, ys = torch.nonzero(columns[i]).flatten(), torch.nonzero(rows[i]).flatten()
+        if len(xs):
+            boxes[i] = torch.tensor([xs[0], ys[0], xs[-1] - xs[0], ys[-1] - ys[0]], dtype=torch.float32)
+    return boxes
+
+
+def _json_floats(values: torch.Tensor) -> list[float | None]:
+    """Full-precision floats, NaN written as null (JSON has no NaN)."""
+    return [None if value != value else float(value) for value in values.tolist()]
+
+
+@dataclass
+class HybridGLResult(SegmentResult):
+    """A HybridGL answer: the guided answer (``index``), the pure one, and what decided between them."""
+
+    pure_index: int = 0
+    """The answer without spatial guidance: the best CLIP score."""
+    gem: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    """gem_i of every proposal (N,), NaN for an empty or full-frame mask."""
+    candidates: list[int] = field(default_factory=list)
+    """The top-K1 proposals by CLIP score, best first."""
+    relation: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    """rho per candidate (K1,)."""
+    final: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    """The final score per candidate (K1,)."""
+    other_noun_phrases: list[str] = field(default_factory=list)
+    direction: str = "none"
+    relation_flag: str = "none"
+    k1: int = 0
+    """K1 as applied: top_k capped at the proposal count (with Q-sticky-k, the smallest count so far)."""
+    k2: int = 0
+    """K2 as applied, likewise."""
+
+    def other_answers(self) -> dict[str, int]:
+        return {"pure": self.pure_index}
+
+    def record_fields(self) -> dict[str, Any]:
+        # The text analysis and the K's as applied: with the cached features, all a sweep needs to replay
+        # this answer at other weights, in any image order (Q-sticky-k included) and without spaCy.
+        return {
+            "other_noun_phrases": list(self.other_noun_phrases),
+            "direction": self.direction,
+            "relation_flag": self.relation_flag,
+            "k1": self.k1,
+            "k2": self.k2,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **super().to_json(),
+            "scores": _json_floats(self.scores),
+            "pure_index": self.pure_index,
+            "gem": _json_floats(self.gem),
+            "candidates": list(self.candidates),
+            "relation": _json_floats(self.relation),
+            "final": _json_floats(self.final),
+            "other_noun_phrases": list(self.other_noun_phrases),
+            "direction": self.direction,
+            "relation_flag": self.relation_flag,
+        }
+
+
+class HybridGL(Method):
+    """HybridGL scoring of mask proposals (SPEC-hybridgl)."""
+
+    name = "hybridgl"
+    visual_settings = ("fusion_mode", "masking_block", "hybrid_weight", "input_normalization", "local_fill",
+                       "mask_antialias", "gem_depth", "gem_iterations", "gem_size", "chunk_size")
+    settings: HybridGLSettings
+
+    def __init__(self, clip, nlp, settings: HybridGLSettings) -> None:
+        super().__init__(clip, nlp, settings)
+        self.smallest_count: int | None = None
+        """Q-sticky-k: the fewest proposals any image had so far (with ``sticky_topk``)."""
+        self.analyse = lru_cache(maxsize=4096)(self._analyse)
+
+    @property
+    def chunk(self) -> int:
+        return self.settings.chunk_size or (32 if self.device.type == "cuda" else 8)
+
+    def image_features(self, image: Image.Image, proposals: Proposals | None) -> dict[str, torch.Tensor]:
+        """Every proposal's hybrid feature (sections 1, 3, 4), GEM's patch tokens (section 8), SAM boxes."""
+        assert proposals is not None
+        s, visual = self.settings, self.clip.visual
+        masks, blur = proposals.masks.to(self.device), blurred(np.asarray(image))
+        features = []
+        # The inputs of a few proposals at a time: each is two 224 x 224 images, whatever the photo's size.
+        for start in range(0, len(masks), self.chunk):
+            global_views, local_views, token_masks = clip_inputs(
+                image, masks, blur=blur, size=self.clip.image_size, grid=visual.grid_size[0],
+                input_normalization=s.input_normalization, local_fill=s.local_fill, mask_antialias=s.mask_antialias,
+                chunk=range(start, start + self.chunk),
+            )
+            features.append(hybrid_features(
+                self.clip, global_views, local_views, token_masks, fusion_mode=s.fusion_mode,
+                masking_block=s.masking_block, hybrid_weight=s.hybrid_weight, chunk_size=self.chunk,
+            ))
+        pixels = gem_input(image, size=s.gem_size).to(self.device)
+        tokens = gem_tokens(self.clip, pixels, depth=s.gem_depth, iterations=s.gem_iterations)
+        return {"features": torch.cat(features), "gem_tokens": tokens, "boxes_xywh": xywh_boxes(proposals.masks)}
+
+    @property
+    def tau(self) -> torch.Tensor:
+        """CLIP's learned temperature exp(logit_scale), float32, that multiplies every CLIP score."""
+        return self.clip.model.logit_scale.exp().float()
+
+    def describe(self) -> dict[str, Any]:
+        # tau comes with the weights, not the settings; a run records it so that a sweep can replay the scores.
+        return {**super().describe(), "tau": float(self.tau)}
+
+    def _analyse(self, expression: str) -> TextAnalysis:
+        s = self.settings
+        return analyse_text(self.nlp(expression), right_relation=s.right_relation,
+                            fallback_target_chunk=s.fallback_target_chunk)
+
+    def negative_prompts(self, analysis: TextAnalysis) -> list[str]:
+        return [NEGATIVE_PROMPT.format(other) for other in analysis.other_noun_phrases]
+
+    def gem_prompt(self, analysis: TextAnalysis) -> str:
+        return self.settings.gem_prompt.format(analysis.noun_phrase)
+
+    def text_strings(self, parsed: ParsedPhrase) -> list[str]:
+        analysis = self.analyse(parsed.expression)
+        return [parsed.expression, analysis.noun_phrase, *self.negative_prompts(analysis), self.gem_prompt(analysis)]
+
+    def candidate_counts(self, count: int) -> tuple[int, int]:
+        """K1, K2 for an image with ``count`` proposals (Q-sticky-k: the smallest count so far)."""
+        if self.settings.sticky_topk:
+            self.smallest_count = count if self.smallest_count is None else min(self.smallest_count, count)
+            count = self.smallest_count
+        return min(self.settings.top_k, count), min(self.settings.negative_k, count)
+
+    def answer(self, image: ImageFeatures, parsed: Sequence[ParsedPhrase], encode: TextEncoder) -> list[SegmentResult]:
+        assert image.proposals is not None
+        device = self.device
+        masks = image.proposals.masks.to(device)
+        features = F.normalize(image.tensors["features"].to(device).float(), dim=-1)
+        tokens = image.tensors["gem_tokens"].to(device)
+        boxes = image.tensors["boxes_xywh"].to(device)
+        k1, k2 = self.candidate_counts(len(masks))
+        tau = self.tau
+        return [self._answer_one(item, masks, features, tokens, boxes, k1, k2, tau, encode) for item in parsed]
+
+    def _answer_one(self, item: ParsedPhrase, masks: torch.Tensor, features: torch.Tensor, tokens: torch.Tensor,
+                    boxes: torch.Tensor, k1: int, k2: int, tau: torch.Tensor, encode: TextEncoder) -> HybridGLResult:
+        s = self.settings
+        analysis = self.analyse(item.expression)
+        device = features.device
+        expression, noun_phrase = encode([item.expression, analysis.noun_phrase]).to(device)
+        scores = clip_scores(features, s.beta * expression + (1 - s.beta) * noun_phrase, tau)
+        negative_scores = None
+        if analysis.other_noun_phrases:
+            negatives = encode(self.negative_prompts(analysis)).to(device)
+            negative_scores = clip_scores(features, negatives.sum(dim=0) / len(negatives), tau)
+        gem_text = encode([self.gem_prompt(analysis)]).to(device)[0]
+        inside, outside = heat_map_region_means(tokens, gem_text, masks, analysis.direction, gem_size=s.gem_size,
+                                                double_minmax=s.double_minmax, vertical=s.vertical_masks)
+        guided = guided_answer(
+            scores, negative_scores, boxes, inside, outside, analysis.relation, top_k=k1, negative_k=k2,
+            relation_weight=s.relation_weight, k=gem_k(analysis.relation, s.gem_k_big, s.gem_k_small, s.gem_k_other),
+            within_guard=s.within_guard, nan_wins=s.nan_wins,
+        )
+        texts = [item.expression, *self.negative_prompts(analysis), self.gem_prompt(analysis)]
+        return HybridGLResult(
+            phrase=item.phrase,
+            expression=item.expression,
+            noun_phrase=analysis.noun_phrase,
+            index=guided.index,
+            mask=masks[guided.index].cpu(),
+            scores=scores.cpu(),
+            truncated=self.truncated(texts),
+            has_noun=item.has_noun,
+            pure_index=guided.pure_index,
+            gem=guided.gem.cpu(),
+            candidates=[int(i) for i in guided.candidates],
+            relation=guided.relation.cpu(),
+            final=guided.final.cpu(),
+            other_noun_phrases=list(analysis.other_noun_phrases),
+            direction=analysis.direction,
+            relation_flag=analysis.relation,
+            k1=k1,
+            k2=k2,
+        )
+
+
+SWEPT_SETTINGS = ("beta", "relation_weight", "gem_k_big", "gem_k_small", "gem_k_other")
+"""The HybridGL settings a sweep can vary without the models (:mod:`.sweep`)."""
+
+SPEC = MethodSpec(
+    name="hybridgl",
+    summary="HybridGL (Liu and Li, CVPR 2025): hybrid global-local CLIP features with spatial guidance",
+    method_class=HybridGL,
+    presets=PRESETS,
+    default_preset="hybridgl-paper",
+    preset_aliases={"paper": "hybridgl-paper", "no-quirks": "hybridgl-no-quirks"},
+    default_clip_model="ViT-B-16",
+    default_proposals="sam",
+    default_proposal_settings="hybridgl",
+    keep_proposal_order=True,
+    display_name="HybridGL",
+    sweep_module="globallocal.methods.hybridgl.sweep",
+    sweep_settings=SWEPT_SETTINGS,
+)

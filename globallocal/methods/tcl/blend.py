@@ -1,0 +1,189 @@
+"""A proposal method's score blended with TCL's proposal score (SPEC-tcl 9 b; globallocal's design).
+
+TCL's score of proposal i is the mean of the phrase's soft mask S inside the
+proposal minus its mean outside (an empty set's mean is 0; an empty proposal
+is not scored: NaN, and standardised as 0). Both scores are standardised over
+the image's proposals (population std; all 0 when the std is 0 or there is
+one proposal) and mixed: (1 - lambda) z(method) + lambda z(TCL); the answer
+is the argmax. :class:`TCLBlend` wraps any proposal method, so the
+segmenter drives it like any other: image features are the inner method's
+plus TCL's (prefixed ``tcl.``), answers are the inner method's re-ranked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from ...errors import InputError
+from ...models.clip import ClipBundle, load_clip
+from ...models.text import ParsedPhrase, encode_texts
+from ...proposals import Proposals
+from ..base import ImageFeatures, Method, SegmentResult, TextEncoder
+from .method import TCL, TCLSettings, build_tcl
+
+TCL_CLIP_MODEL = "ViT-B-16-quickgelu"
+PREFIX = "tcl."
+
+
+def tcl_proposal_scores(soft: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(N, P) float64: mean of each soft mask (N, H, W) inside each proposal (P, H, W) minus its mean outside."""
+    soft = soft.double().flatten(1)
+    inside = masks.flatten(1).to(soft.device, torch.float64)
+    area = inside.sum(dim=1)
+    pixels = inside.shape[1]
+    inside_sum = soft @ inside.T
+    outside_sum = soft.sum(dim=1, keepdim=True) - inside_sum
+    inside_mean = torch.where(area > 0, inside_sum / area.clamp_min(1), 0.0)
+    outside_mean = torch.where(area < pixels, outside_sum / (pixels - area).clamp_min(1), 0.0)
+    scores = inside_mean - outside_mean
+    return torch.where(area > 0, scores, float("nan"))
+
+
+def standardize(scores: torch.Tensor) -> torch.Tensor:
+    """z-scores over the finite entries (population std); 0 where not finite, or when the std is 0."""
+    scores = scores.double()
+    finite = torch.isfinite(scores)
+    z = torch.zeros_like(scores)
+    if int(finite.sum()) < 2:
+        return z
+    values = scores[finite]
+    std = values.std(correction=0)
+    if float(std) > 0:
+        z[finite] = (values - values.mean()) / std
+    return z
+
+
+def blend_choice(method_scores: torch.Tensor, tcl_scores: torch.Tensor, weight: float) -> tuple[int, torch.Tensor]:
+    """(answer, blended scores) for one phrase.
+
+    At weight 0 (1) the answer is the method's (TCL's) own argmax: z-scores
+    rank as the raw scores do, but rounding could tie two close ones.
+    """
+    blended = (1 - weight) * standardize(method_scores) + weight * standardize(tcl_scores)
+    if weight == 0:
+        return int(torch.argmax(method_scores)), blended
+    if weight == 1:
+        return int(torch.argmax(torch.nan_to_num(tcl_scores, nan=float("-inf")))), blended
+    return int(torch.argmax(blended)), blended
+
+
+@dataclass
+class BlendResult(SegmentResult):
+    """The inner method's answer re-ranked with TCL: ``scores`` are the blended ones."""
+
+    inner: SegmentResult
+    """The inner method's own answer."""
+    tcl_scores: torch.Tensor
+    """TCL's score of every proposal, float64 (NaN: empty proposal)."""
+    tcl_weight: float
+    soft_mask: torch.Tensor
+    """TCL's soft mask S, float32 (H, W) at the photo's size."""
+
+    def other_answers(self) -> dict[str, int]:
+        own = {} if self.inner.index is None else {"without-tcl": self.inner.index}
+        return {**self.inner.other_answers(), **own}
+
+    def to_json(self) -> dict[str, Any]:
+        inner = self.inner.to_json()
+        return {
+            **inner,
+            **super().to_json(),
+            "method_index": self.inner.index,
+            "method_scores": inner["scores"],
+            "tcl_scores": [None if value != value else float(value) for value in self.tcl_scores],
+            "tcl_weight": self.tcl_weight,
+        }
+
+
+class TCLBlend(Method):
+    """``inner``'s proposal scores blended with TCL's (weight lambda in [0, 1])."""
+
+    uses_proposals = True
+
+    def __init__(self, inner: Method, tcl: TCL, weight: float) -> None:
+        if not inner.uses_proposals:
+            raise InputError(f"--tcl-weight blends a proposal method's scores; {inner.name} has no proposals")
+        if not 0.0 <= weight <= 1.0:
+            raise InputError(f"TCL weight must be in [0, 1], got {weight}")
+        self.inner, self.tcl, self.weight = inner, tcl, weight
+        super().__init__(inner.clip, inner.nlp, inner.settings)
+        self.name = f"{inner.name}+tcl"
+        self.shares_clip = tcl.clip is inner.clip
+        self._tcl_texts: dict[str, torch.Tensor] = {}
+
+    @property
+    def settings(self):
+        """The inner method's settings: assigning a changed copy re-ranks as it would without the blend."""
+        return self.inner.settings
+
+    @settings.setter
+    def settings(self, settings) -> None:
+        self.inner.settings = settings
+
+    def visual_identity(self) -> dict[str, Any]:
+        return {"method": self.name, "inner": self.inner.visual_identity(), "tcl": self.tcl.visual_identity()}
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.inner.describe(), "tcl_weight": self.weight, "tcl": self.tcl.describe()}
+
+    def image_features(self, image, proposals: Proposals | None) -> dict[str, torch.Tensor]:
+        tcl = {PREFIX + key: value for key, value in self.tcl.image_features(image, None).items()}
+        return {**self.inner.image_features(image, proposals), **tcl}
+
+    def text_strings(self, parsed: ParsedPhrase) -> list[str]:
+        own = self.tcl.text_strings(parsed) if self.shares_clip else []
+        return [*self.inner.text_strings(parsed), *own]
+
+    def _tcl_encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """TCL's own CLIP's raw text features, when it is not the inner method's (cached per string)."""
+        missing = [text for text in dict.fromkeys(texts) if text not in self._tcl_texts]
+        if missing:
+            self._tcl_texts.update(zip(missing, encode_texts(missing, self.tcl.clip).cpu()))
+        return torch.stack([self._tcl_texts[text] for text in texts])
+
+    def split(self, image: ImageFeatures) -> tuple[ImageFeatures, ImageFeatures]:
+        """The inner method's and TCL's views of the image features."""
+        inner = {key: value for key, value in image.tensors.items() if not key.startswith(PREFIX)}
+        tcl = {key[len(PREFIX) :]: value for key, value in image.tensors.items() if key.startswith(PREFIX)}
+        return ImageFeatures(image.image, image.proposals, inner), ImageFeatures(image.image, None, tcl)
+
+    def answer(self, image: ImageFeatures, parsed: Sequence[ParsedPhrase], encode: TextEncoder) -> list[SegmentResult]:
+        assert image.proposals is not None
+        inner_image, tcl_image = self.split(image)
+        inner_results = self.inner.answer(inner_image, parsed, encode)
+        soft = self.tcl.soft_masks(tcl_image, parsed, encode if self.shares_clip else self._tcl_encode)
+        all_tcl_scores = tcl_proposal_scores(soft, image.proposals.masks)
+        results: list[SegmentResult] = []
+        for inner, soft_mask, tcl_scores in zip(inner_results, soft, all_tcl_scores):
+            index, blended = blend_choice(inner.scores, tcl_scores, self.weight)
+            base = {f.name: getattr(inner, f.name) for f in fields(SegmentResult)}
+            base.update(index=index, mask=image.proposals.masks[index], scores=blended)
+            results.append(
+                BlendResult(**base, inner=inner, tcl_scores=tcl_scores, tcl_weight=self.weight, soft_mask=soft_mask)
+            )
+        return results
+
+
+def tcl_clip_for(inner: Method) -> ClipBundle:
+    """TCL's CLIP: the inner method's when it is OpenAI's ViT-B/16, else that model loaded beside it."""
+    clip = inner.clip
+    if clip.name.removesuffix("-quickgelu") == "ViT-B-16" and clip.weights == "openai":
+        return clip
+    precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(clip.dtype, "fp32")
+    return load_clip(TCL_CLIP_MODEL, "openai", device=clip.device, precision=precision)
+
+
+def blend_with_tcl(
+    inner: Method,
+    weight: float,
+    settings: TCLSettings | None = None,
+    weights: str | None = None,
+    clip: ClipBundle | None = None,
+) -> TCLBlend:
+    """``inner`` blended with TCL at ``weight``; TCL's head from ``weights`` (found or downloaded)."""
+    tcl = build_tcl(clip or tcl_clip_for(inner), inner.nlp, settings or TCLSettings(), weights)
+    return TCLBlend(inner, tcl, weight)

@@ -1,0 +1,341 @@
+"""CLIP models through open_clip: a registry of architectures and a factory.
+
+Two image-tower families are supported because the global feature needs a
+hook inside the tower: open_clip's ModifiedResNet (RN50, RN101, RN50x4, ...;
+masked attention pooling) and its VisionTransformer with class-token pooling
+(ViT-B-32, ViT-B-16, ViT-L-14, ...; masked tokens in the last k blocks).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.transformer import QuickGELU
+
+from ..errors import InputError, WeightsError, first_line
+from .hub import cached_hub_file, require_hub_files
+from .weights import unsafe_checkpoint, unsafe_message
+
+# The architectures whose OpenAI weights the paper used or that are natural
+# drop-ins; any other open_clip CLIP with a supported image tower works too.
+OPENAI_ARCHITECTURES = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B-32", "ViT-B-16", "ViT-L-14")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class ClipBundle:
+    """A CLIP model with what the pipeline needs to know about it."""
+
+    model: open_clip.CLIP
+    tokenizer: Callable[..., torch.Tensor]
+    name: str
+    weights: str
+    family: str  # "resnet" or "vit"
+    context_length: int
+
+    @property
+    def visual(self) -> torch.nn.Module:
+        return self.model.visual
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def uses_quick_gelu(self) -> bool:
+        return any(isinstance(module, QuickGELU) for module in self.model.modules())
+
+
+@torch.no_grad()
+def fold_batchnorm(tower: torch.nn.Module) -> torch.nn.Module:
+    """Fold each eval-mode BatchNorm2d of a ModifiedResNet into the convolution before it.
+
+    In inference a batch norm is a per-channel affine map, so conv + BN is one
+    conv with scaled weights and a bias: a pass over every activation saved.
+    Outputs change by float rounding only. The tower is for inference after this.
+    """
+    pairs = [(f"conv{i}", f"bn{i}") for i in (1, 2, 3)] + [("0", "1")]  # blocks and stem; downsample
+    for module in tower.modules():
+        for conv_name, norm_name in pairs:
+            conv, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(norm, torch.nn.BatchNorm2d):
+                scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+                bias = norm.bias - norm.running_mean * scale
+                if conv.bias is not None:
+                    bias = bias + conv.bias * scale
+                conv.weight.mul_(scale.view(-1, 1, 1, 1))
+                conv.bias = torch.nn.Parameter(bias, requires_grad=False)
+                setattr(module, norm_name, torch.nn.Identity())
+    return tower
+
+
+def _architecture_config(name: str) -> dict[str, Any]:
+    """open_clip's config for a built-in name, or the contents of a config JSON file."""
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise InputError(f"CLIP model config file not found: {path}")
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise InputError(f"cannot read CLIP model config {path}: {error}") from None
+        config = config.get("model_cfg", config)
+    else:
+        config = open_clip.get_model_config(name)
+        if config is None:
+            known = ", ".join(OPENAI_ARCHITECTURES)
+            raise InputError(
+                f"unknown CLIP model '{name}'; use an open_clip name (e.g. {known}) or a model-config .json file"
+            )
+        config = copy.deepcopy(config)
+    if not isinstance(config, dict) or "vision_cfg" not in config or "text_cfg" not in config:
+        raise InputError(f"'{name}' is not an open_clip model config (needs vision_cfg and text_cfg)")
+    return config
+
+
+def image_tower_family(config: dict[str, Any]) -> str:
+    """'resnet' or 'vit' for a supported image tower; InputError otherwise."""
+    vision, text = config["vision_cfg"], config["text_cfg"]
+    unsupported = (
+        "timm_model_name" in vision
+        or "hf_model_name" in text
+        or config.get("custom_text")
+        or "multimodal_cfg" in config
+        or vision.get("attentional_pool")
+        or vision.get("pool_type", "tok") != "tok"
+        or vision.get("final_ln_after_pool")
+    )
+    if unsupported:
+        raise InputError(
+            "this CLIP variant is not supported: globallocal needs open_clip's ModifiedResNet or a "
+            "class-token VisionTransformer image tower with the standard text tower"
+        )
+    return "resnet" if isinstance(vision["layers"], (list, tuple)) else "vit"
+
+
+def _weights_fix(name: str, tag: str, repo_id: str, filename: str) -> str:
+    """How to provide a pretrained tag's file by hand; OpenAI weights need the QuickGELU architecture."""
+    where = f"https://huggingface.co/{repo_id}/resolve/main/{filename}" if repo_id else "the weights file"
+    base = name.removesuffix("-quickgelu")
+    architecture = f"{base}-quickgelu" if tag == "openai" else name
+    return (
+        f"run once with network access to cache it, or download {where} and pass "
+        f"--clip-model {architecture} --clip-weights PATH"
+    )
+
+
+def load_clip(
+    name: str = "ViT-B-32",
+    weights: str = "openai",
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+) -> ClipBundle:
+    """Build an open_clip CLIP model for the pipeline, in eval mode.
+
+    ``name``: an open_clip architecture name or a path to an open_clip model
+    config JSON. ``weights``: ``"openai"`` (or another open_clip pretrained
+    tag, fetched through the Hugging Face hub), a path to a local open_clip
+    checkpoint, or ``"random"`` (random initialisation: tests, benchmarks).
+    ``device``: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+
+    OpenAI's CLIP uses QuickGELU, and features differ by ~1% without it, so
+    ``weights="openai"`` always builds the model with QuickGELU. For a local
+    file the architecture name decides: use open_clip's ``-quickgelu`` names
+    (e.g. ``ViT-B-32-quickgelu``) for OpenAI weights.
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
+    device = torch.device(resolve_device(str(device)))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if precision != "fp32" and device.type != "cuda":
+        raise InputError(f"precision {precision} is for CUDA; on the CPU use fp32")
+    config = _architecture_config(name)
+    family = image_tower_family(config)
+
+    if weights == "random" or os.path.isfile(weights):
+        model = open_clip.model.CLIP(**config)
+        if weights != "random":
+            _load_file(model, weights, name)
+    elif name.endswith(".json"):
+        raise WeightsError(f"CLIP weights file not found: {weights}; a model-config .json needs a weights file")
+    else:
+        model = _load_pretrained_tag(name, weights, config)
+    model.eval()
+    if family == "resnet":
+        fold_batchnorm(model.visual)  # in float32, before any cast to half precision
+    model = model.to(device=device, dtype=PRECISIONS[precision])
+    if family == "resnet":
+        # Convolutions in channels-last layout run about 1.3x faster on the CPU (oneDNN) and on tensor cores.
+        model.visual.to(memory_format=torch.channels_last)
+    model.requires_grad_(False)
+    context_length = int(config["text_cfg"].get("context_length", 77))
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+    return ClipBundle(model, tokenizer, Path(name).stem if name.endswith(".json") else name, weights, family,
+                      context_length)
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"``: ``"cuda"`` when a CUDA GPU is available, else ``"cpu"``; any other name as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _load_file(model: open_clip.CLIP, path: str | os.PathLike[str], name: str) -> None:
+    """Load a checkpoint file into ``model`` strictly; a file of another architecture is named as such."""
+    try:
+        open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
+    except Exception as error:  # torch and open_clip raise many types for a bad file
+        if unsafe_checkpoint(error, path):
+            raise WeightsError(unsafe_message(path, error, "use an open_clip checkpoint of tensors")) from None
+        reason = _mismatch(model, path) or first_line(error)
+        raise WeightsError(f"cannot load CLIP weights {path} into {name}: {reason}") from None
+
+
+def _named(keys: list[str], limit: int = 3) -> str:
+    return ", ".join(keys[:limit]) + (f", ... {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _mismatch(model: open_clip.CLIP, path: str | os.PathLike[str]) -> str | None:
+    """Which keys of the file do not fit ``model`` and what architecture the file looks like; None if unreadable."""
+    try:
+        state = open_clip.factory.load_state_dict(str(path), weights_only=True)
+    except Exception:  # unreadable: the loader's own message says why
+        return None
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        return None
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    shaped = [
+        f"{key} {tuple(state[key].shape)} instead of {tuple(expected[key].shape)}"
+        for key in state
+        if key in expected and state[key].shape != expected[key].shape
+    ]
+    parts = [
+        f"{len(keys)} {what} ({_named(keys)})"
+        for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (shaped, "of another shape"))
+        if keys
+    ]
+    if not parts:
+        return None
+    guesses = guess_architectures(state)
+    likely = f"; the file looks like {' or '.join(guesses)}: pass that as --clip-model" if guesses else ""
+    return "; ".join(parts) + likely
+
+
+def _count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:
+    indices = {key[len(prefix):].split(".")[0] for key in state if key.startswith(prefix)}
+    return len(indices)
+
+
+def _image_tower_shape(state: dict[str, torch.Tensor]) -> dict[str, Any] | None:
+    """The image tower's size, read off a CLIP state dict's tensors (None if it is not open_clip's CLIP)."""
+    try:
+        projection = state["text_projection"]
+        text = {"embed_dim": int(projection.shape[1]), "text_width": int(projection.shape[0])}
+        if "visual.attnpool.positional_embedding" in state:
+            grid = round((state["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+            return {
+                "family": "resnet",
+                **text,
+                "width": int(state["visual.conv1.weight"].shape[0]) * 2,
+                "layers": [_count_blocks(state, f"visual.layer{i}.") for i in (1, 2, 3, 4)],
+                "image_size": grid * 32,
+            }
+        conv = state["visual.conv1.weight"]
+        grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        return {
+            "family": "vit",
+            **text,
+            "width": int(conv.shape[0]),
+            "layers": _count_blocks(state, "visual.transformer.resblocks."),
+            "patch_size": int(conv.shape[-1]),
+            "image_size": grid * int(conv.shape[-1]),
+        }
+    except (KeyError, IndexError):
+        return None
+
+
+def guess_architectures(state: dict[str, torch.Tensor], limit: int = 3) -> list[str]:
+    """open_clip names whose image tower and embedding size match a state dict's (plain names first)."""
+    shape = _image_tower_shape(state)
+    if shape is None:
+        return []
+    found = []
+    for name in open_clip.list_models():
+        config = open_clip.get_model_config(name) or {}
+        try:
+            image_tower_family(config)
+        except (InputError, KeyError):
+            continue
+        vision = config["vision_cfg"]
+        size, layers = vision.get("image_size"), vision.get("layers")
+        candidate = {
+            "family": "resnet" if isinstance(layers, (list, tuple)) else "vit",
+            "embed_dim": config.get("embed_dim"),
+            "width": vision.get("width"),
+            "layers": list(layers) if isinstance(layers, (list, tuple)) else layers,
+            "image_size": size[0] if isinstance(size, (list, tuple)) else size,
+            "text_width": config["text_cfg"].get("width"),
+        }
+        if shape["family"] == "vit":
+            candidate["patch_size"] = vision.get("patch_size")
+        if candidate == shape:
+            found.append(name)
+    found.sort(key=lambda name: (name.endswith("-quickgelu"), len(name)))
+    return found[:limit]
+
+
+def _load_pretrained_tag(name: str, tag: str, config: dict[str, Any]) -> open_clip.CLIP:
+    """The model with an open_clip pretrained tag's weights: the cached hub file if there is one, else open_clip's."""
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if tag not in tags:
+        looks_like_path = os.sep in tag or tag.endswith((".pt", ".pth", ".bin", ".safetensors"))
+        if looks_like_path:
+            raise WeightsError(f"CLIP weights file not found: {tag}")
+        raise WeightsError(
+            f"no pretrained weights '{tag}' for {name}; known tags: {', '.join(tags) or 'none'}, or give a file path"
+        )
+    pretrained_cfg = open_clip.get_pretrained_cfg(name, tag)
+    hub_id = pretrained_cfg.get("hf_hub", "")
+    # open_clip writes "org/repo/" for the default file name, "org/repo/file" otherwise.
+    repo_id, filename = os.path.split(hub_id)
+    candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    fix = _weights_fix(name, tag, repo_id, candidates[0])
+    # OpenAI trained with QuickGELU; open_clip's plain configs use nn.GELU.
+    quick_gelu = tag == "openai"
+    if hub_id:
+        cached = cached_hub_file(repo_id, candidates)
+        if cached is not None:
+            # Loaded from the cache's path, so open_clip does not ask the hub for a newer revision (which,
+            # with the network down and HF_HUB_OFFLINE unset, costs a long series of retries).
+            model = open_clip.model.CLIP(**{**config, "quick_gelu": config.get("quick_gelu") or quick_gelu})
+            _load_file(model, cached, name)
+            model.visual.image_mean = pretrained_cfg.get("mean") or OPENAI_DATASET_MEAN
+            model.visual.image_std = pretrained_cfg.get("std") or OPENAI_DATASET_STD
+            return model
+        require_hub_files(repo_id, candidates, f"CLIP weights {name}/{tag} ({repo_id})", fix)
+    try:
+        return open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick_gelu)
+    except Exception as error:
+        raise WeightsError(f"cannot load CLIP weights {name}/{tag}: {first_line(error)}; {fix}") from None

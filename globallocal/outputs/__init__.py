@@ -1,0 +1,1 @@
+"""Files written for a person or a program: the JSON of answers, pictures, heat maps."""

@@ -1,0 +1,253 @@
+"""Segmenting every (photo, phrase) pair of a manifest: grouped by photo, resumable, bad lines set aside.
+
+Lines naming the same photo (with the same ``masks``) form one *unit*:
+its proposals and visual features are computed once, then every phrase of
+those lines is answered. Units go through a :class:`~globallocal.runs.runfolder.RunFolder`
+like ``evaluate``'s images: one record per output, then a unit-done marker,
+fsynced; a run killed at any moment (SIGKILL included) redoes at most the
+unit it was in, and a resumed run writes exactly what an uninterrupted one
+does. The manifest's content is part of the run's configuration, so a
+changed manifest is refused instead of mixed in.
+
+Outputs under ``OUT_DIR``::
+
+    masks/<id>.png      0/255 at the photo's size
+    overlays/<id>.png   with ``overlays``: the photo with the mask tinted
+    results.jsonl       one line per output: id, line, image, phrase, noun_phrase, index, score, mask (, rle)
+    errors.jsonl        one line per failed output or unusable manifest line: line, id, error
+    records.jsonl, config.json, run.lock: the run folder
+
+results.jsonl and errors.jsonl are written (atomically) from the records
+when the run finishes, in manifest order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as coco_mask
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..data.images import load_image, save_mask_png, save_png, save_text
+from ..data.manifest import BatchLine, Manifest, read_manifest
+from ..errors import GlobalLocalError, NoProposalsError
+from ..models.text import parse_phrase
+from ..models.weights import weights_change, weights_identity
+from ..outputs.drawing import overlay_picture
+from ..proposals import Proposals
+from ..proposals.files import load_proposals
+from .progress import RateColumn, RemainingColumn
+from .runfolder import RunFolder, UnitLayout
+
+__all__ = ["ERRORS_FILE", "RESULTS_FILE", "BatchStopped", "Unit", "group_units", "run_batch"]
+
+RESULTS_FILE = "results.jsonl"
+ERRORS_FILE = "errors.jsonl"
+PHOTO_UNITS = UnitLayout(marker="unit_done", member="unit", count="outputs")
+_FORMAT = 1
+
+ProposalSource = Callable[[Image.Image], Proposals]
+
+
+class BatchStopped(KeyboardInterrupt):
+    """Raised by the ``stop_after_units`` hook; behaves like Ctrl-C for callers."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """The lines that share a photo and its proposals, in manifest order."""
+
+    number: int
+    image: Path
+    masks: Path | None
+    lines: tuple[BatchLine, ...]
+
+    @property
+    def outputs(self) -> int:
+        return sum(len(line.phrases) for line in self.lines)
+
+
+def group_units(manifest: Manifest, masks: Path | None = None) -> list[Unit]:
+    """Lines grouped by (photo, masks), numbered by first appearance; ``masks`` is for lines without their own."""
+    groups: dict[tuple[Path, Path | None], list[BatchLine]] = {}
+    for line in manifest.lines:
+        source = line.masks or masks
+        groups.setdefault((line.image.resolve(), source.resolve() if source else None), []).append(line)
+    return [Unit(number, image, masks, tuple(lines)) for number, ((image, masks), lines) in enumerate(groups.items())]
+
+
+def _rle(mask: np.ndarray) -> dict[str, Any]:
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(size) for size in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _failed(unit: Unit, line: BatchLine, output: str, reason: str) -> dict[str, Any]:
+    return {"unit": unit.number, "line": line.line, "id": output, "error": reason}
+
+
+class _Writer:
+    """Answers the outputs of one unit and writes their files."""
+
+    def __init__(
+        self, out_dir: Path, segmenter: Any, proposal_source: ProposalSource | None, rle: bool, overlays: bool,
+        allow_no_noun: bool,
+    ) -> None:
+        self.out_dir, self.segmenter, self.proposal_source = out_dir, segmenter, proposal_source
+        self.rle, self.overlays, self.allow_no_noun = rle, overlays, allow_no_noun
+
+    def proposals(self, unit: Unit, picture: Image.Image) -> Proposals:
+        if unit.masks is not None:
+            return load_proposals(unit.masks, (picture.height, picture.width))
+        if self.proposal_source is None:
+            raise NoProposalsError("no mask proposals: give the line masks, or run with a proposal source")
+        return self.proposal_source(picture)
+
+    def unit_records(self, unit: Unit) -> list[dict[str, Any]]:
+        """One record per output: its result, or why it failed (a bad photo or masks fail the whole unit)."""
+        outputs = [
+            (line, output, phrase) for line in unit.lines for output, phrase in zip(line.output_ids, line.phrases)
+        ]
+        try:
+            picture = load_image(unit.image)
+            # A method that draws its own mask (TCL) takes no proposals.
+            proposals = self.proposals(unit, picture) if self.segmenter.method.uses_proposals else None
+            if proposals is not None and len(proposals) == 0:
+                raise NoProposalsError(f"no mask proposals for {unit.image}")
+        except GlobalLocalError as error:
+            return [_failed(unit, line, output, str(error)) for line, output, _ in outputs]
+        self.segmenter.set_image(picture, proposals)
+        records: list[dict[str, Any] | None] = [None] * len(outputs)
+        answerable = []
+        for position, (line, output, phrase) in enumerate(outputs):
+            if not self.allow_no_noun and not parse_phrase(phrase, self.segmenter.nlp).has_noun:
+                reason = f"no noun found in the phrase {phrase!r}; name the object, or run with --allow-no-noun"
+                records[position] = _failed(unit, line, output, reason)
+            else:
+                answerable.append(position)
+        results = self.segmenter.predict_many([outputs[position][2] for position in answerable]) if answerable else []
+        for position, result in zip(answerable, results):
+            line, output, phrase = outputs[position]
+            mask = result.mask.numpy()
+            record = {
+                "unit": unit.number, "line": line.line, "id": output, "image": str(unit.image), "phrase": phrase,
+                "noun_phrase": result.noun_phrase, "index": result.index, "score": result.score,
+                "mask": f"masks/{output}.png",
+            }
+            save_mask_png(mask, self.out_dir / record["mask"])
+            if self.overlays:
+                record["overlay"] = f"overlays/{output}.png"
+                save_png(overlay_picture(picture, mask), self.out_dir / record["overlay"])
+            if self.rle:
+                record["rle"] = _rle(mask)
+            records[position] = record
+        return [record for record in records if record is not None]
+
+
+def _manifest_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_outputs(out_dir: Path, manifest: Manifest, records: list[dict[str, Any]]) -> tuple[int, int, int]:
+    """results.jsonl and errors.jsonl in manifest order; (results, failed outputs, failed lines)."""
+    results = [{k: v for k, v in r.items() if k != "unit"} for r in records if "error" not in r]
+    failures = [{k: v for k, v in r.items() if k != "unit"} for r in records if "error" in r]
+    failures += [error.to_json() for error in manifest.errors]
+    results.sort(key=lambda r: r["line"])
+    failures.sort(key=lambda r: r["line"])
+    save_text("".join(json.dumps(r) + "\n" for r in results), out_dir / RESULTS_FILE)
+    save_text("".join(json.dumps(r) + "\n" for r in failures), out_dir / ERRORS_FILE)
+    return len(results), len(failures), len({failure["line"] for failure in failures})
+
+
+def run_batch(
+    manifest: Manifest | str | Path,
+    out_dir: str | Path,
+    segmenter: Any,
+    proposal_source: ProposalSource | None = None,
+    *,
+    masks: str | Path | None = None,
+    settings: dict[str, Any] | None = None,
+    weights: dict[str, str | Path] | None = None,
+    rle: bool = False,
+    overlays: bool = False,
+    allow_no_noun: bool = False,
+    progress: bool = True,
+    stop_after_units: int | None = None,
+) -> dict[str, Any]:
+    """Segment every pair of the manifest into ``out_dir``, resuming a run of the same configuration there.
+
+    ``segmenter``: ``set_image(image, proposals)``, ``predict_many(phrases)``
+    and ``nlp``. ``masks``: the proposals of lines without their own;
+    ``proposal_source``: ``image -> Proposals`` for lines with neither
+    (None: such lines fail). ``settings`` (model, preset,
+    proposal options, ...) and ``weights`` (``{role: path}``, identified by
+    content) are part of the configuration a resume must match.
+
+    Returns the summary (lines, outputs, results, failed outputs and lines).
+    ``stop_after_units`` raises :class:`BatchStopped` once that many units
+    are recorded in this call and more remain, as an interruption would.
+    """
+    manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    out_dir = Path(out_dir)
+    masks = Path(masks) if masks is not None else None
+    units = group_units(manifest, masks)
+    weights = dict(weights or {})
+    identity = json.loads(json.dumps({
+        "format": _FORMAT,
+        "manifest": str(manifest.path.resolve()),
+        "manifest_sha256": _manifest_digest(manifest.path),
+        "masks": str(masks.resolve()) if masks else None,
+        "settings": settings or {},
+        "weights": {role: weights_identity(path) for role, path in sorted(weights.items())},
+        "rle": rle,
+        "overlays": overlays,
+        "allow_no_noun": allow_no_noun,
+    }, sort_keys=True, default=str))
+
+    def explain(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
+        if stored.get("manifest_sha256") != current["manifest_sha256"]:
+            return f"another manifest (the content of {manifest.path} changed since)"
+        return weights_change(stored.get("weights"), current.get("weights"), weights)
+
+    writer = _Writer(out_dir, segmenter, proposal_source, rle, overlays, allow_no_noun)
+    with RunFolder(out_dir, PHOTO_UNITS) as folder:
+        folder.check_config(identity, explain=explain)
+        folder.open_records()
+        done = {unit.marker["unit_done"] for unit in folder.read_completed()}
+        todo = [unit for unit in units if unit.number not in done]
+        columns = (
+            TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+            TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(), RemainingColumn(),
+        )
+        with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+            resumed = len(units) - len(todo)  # the rate and ETA count this session's photos only
+            task = bar.add_task("batch", total=len(units), completed=resumed, resumed_at=resumed, failed=0)
+            failed = 0
+            for count, unit in enumerate(todo, start=1):
+                started = time.perf_counter()
+                records = writer.unit_records(unit)
+                failed += sum("error" in record for record in records)
+                folder.append(records, {"unit_done": unit.number, "seconds": time.perf_counter() - started})
+                bar.update(task, advance=1, failed=failed)
+                if stop_after_units is not None and count >= stop_after_units and count < len(todo):
+                    raise BatchStopped(f"stopped after {count} photos")
+        records = [record for unit in folder.read_completed() for record in unit.records]
+    results, failed_outputs, failed_lines = _write_outputs(out_dir, manifest, records)
+    return {
+        "lines": manifest.line_count,
+        "photos": len(units),
+        "results": results,
+        "failed_outputs": failed_outputs,
+        "failed_lines": failed_lines,
+        "results_file": str(out_dir / RESULTS_FILE),
+        "errors_file": str(out_dir / ERRORS_FILE),
+    }

@@ -1,0 +1,371 @@
+"""A disk cache of what the models compute: proposals and visual features per image, text features per string.
+
+Layout under the cache root::
+
+    visual-<key>/identity.json              what <key> was made from
+    visual-<key>/<image_id>-<digest>.npz     one image: proposals (RLE masks, boxes, scores,
+                                             areas) and the method's image features (named tensors,
+                                             e.g. Global-Local's unblended global and local features)
+    text-<key>/identity.json
+    text-<key>/<ab>/<sha256 of the text>.npz raw text features of one string
+
+The keys name everything that decides the stored values, so a hit can be used
+as is:
+
+- model: the architecture (an open_clip name, or the content of a model-config
+  file), the weights (a pretrained tag, or a fingerprint of the file's
+  content: moving or copying it keeps the cache valid), precision, device type
+  and the torch / open_clip versions (kernels change the last bits between
+  versions and devices, and cached and fresh runs must agree exactly);
+- the method and its visual settings (visual key only: the settings the image
+  features depend on, :attr:`Method.visual_settings`; for Global-Local
+  clip_normalization, antialias, crop_fill, crop_box, short_side,
+  masked_blocks, and chunk_size, the crop batch size, which can change the
+  last bits of the local features). Not alpha, beta or feature_norm: they are
+  applied when scoring, so one cache serves every value of them;
+- per image: the decoded pixels, and either the proposal source's key (a
+  deterministic, expensive source such as FreeSOLO, whose proposals are then
+  cached too) or, for a source without one, the proposals' content (the
+  source is called every time and only the image tower is saved).
+
+Files are written to a temporary name and renamed into place, so a reader
+never sees a half-written entry. They are not fsynced: an entry damaged by a
+crash fails to load (the .npz zip format checks a CRC-32 per array) and is
+simply recomputed, which is cheaper than an fsync per text string. A visual
+entry stores its own name and a text entry its string, so a file copied or
+renamed to another key is a miss. Temporary files a killed writer left are
+removed when the cache is next prepared, once they are an hour old (younger
+ones may be a concurrent run's writes in progress).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as coco_mask
+
+from ..data.images import atomic_write, save_text
+from ..errors import InputError
+from ..models.clip import ClipBundle
+from ..models.weights import weights_identity
+from ..proposals import Proposals
+
+if TYPE_CHECKING:
+    from ..methods import Method
+    from ..segmenter import Segmenter
+
+__all__ = [
+    "FeatureCache",
+    "ImageEntry",
+    "TextStore",
+    "VisualStore",
+    "clip_identity",
+    "image_digest",
+    "proposal_source_key",
+    "proposals_digest",
+    "remove_orphans",
+]
+
+# Bumped when an entry's layout or meaning changes; part of every key.
+# 2: whole-file weights identity, entries store their own name; 3: named tensors of any method.
+_FORMAT = 3
+
+# Stored arrays holding the method's tensors are named with this prefix.
+_TENSOR_PREFIX = "tensor_"
+
+IDENTITY_FILE = "identity.json"
+
+# Temporary files older than this are orphans of a killed writer (see remove_orphans).
+ORPHAN_AGE_S = 3600.0
+
+# Errors np.load raises on a truncated, damaged or foreign file.
+_BAD_ENTRY = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _digest(value: Any) -> str:
+    return _sha256(json.dumps(value, sort_keys=True).encode("utf-8"))
+
+
+def _library_versions() -> dict[str, str]:
+    return {name: metadata.version(name) for name in ("torch", "open_clip_torch")}
+
+
+def clip_identity(clip: ClipBundle, clip_model: str) -> dict[str, Any]:
+    """What identifies a loaded CLIP's outputs; ``clip_model`` is the name or config file it was built from."""
+    if clip_model.endswith(".json"):
+        architecture: dict[str, Any] = {"config_sha256": _sha256(Path(clip_model).read_bytes())}
+    else:
+        architecture = {"name": clip_model}
+    if clip.weights == "random":
+        raise InputError("random CLIP weights cannot be cached: every load draws new ones")
+    if os.path.isfile(clip.weights):
+        weights: dict[str, Any] = {"file": weights_identity(clip.weights)}
+    else:
+        weights = {"tag": clip.weights}
+    return {
+        "architecture": architecture,
+        "weights": weights,
+        "quick_gelu": clip.uses_quick_gelu,
+        "dtype": str(clip.dtype).removeprefix("torch."),
+        "device": clip.device.type,
+        **_library_versions(),
+    }
+
+
+def proposal_source_key(
+    source: str, weights: str | os.PathLike[str], options: dict[str, Any], device: str
+) -> dict[str, Any]:
+    """The cache key of a deterministic proposal generator (e.g. FreeSOLO): its weights, options and device type."""
+    return {
+        "source": source,
+        "weights": weights_identity(weights),
+        "options": options,
+        "device": torch.device(device).type,
+        **_library_versions(),
+    }
+
+
+def image_digest(image: Image.Image) -> str:
+    """SHA-256 of the decoded pixels (what the features depend on, whatever file they came from)."""
+    pixels = np.ascontiguousarray(np.asarray(image))
+    return _sha256(repr(pixels.shape).encode() + pixels.tobytes())
+
+
+def proposals_digest(proposals: Proposals) -> str:
+    """SHA-256 of the masks, boxes and scores."""
+    masks = proposals.masks.numpy()
+    digest = hashlib.sha256(repr(masks.shape).encode())
+    digest.update(np.packbits(masks).tobytes())
+    digest.update(proposals.boxes.numpy().tobytes())
+    digest.update(proposals.scores.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def remove_orphans(directory: Path, min_age_s: float = ORPHAN_AGE_S) -> int:
+    """Delete the ``.*.tmp`` files under ``directory`` older than ``min_age_s``; return how many.
+
+    The cache is shared by concurrent runs, so a young temporary file may be
+    another process's write in progress: only those no write could still be
+    using (an entry is written in well under a second) are removed.
+    """
+    removed = 0
+    cutoff = time.time() - min_age_s
+    for path in directory.rglob(".*.tmp"):
+        try:
+            if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:  # its writer renamed it, or another run removed it
+            pass
+    return removed
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write arrays as .npz under a temporary name, then rename it into place (no fsync: a cache can be rebuilt)."""
+    atomic_write(path, lambda handle: np.savez(handle, **arrays), sync=False)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray] | None:
+    """Every array of an .npz (CRC-checked), or None when it is missing or damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except _BAD_ENTRY:  # FileNotFoundError included
+        return None
+
+
+def _encode_masks(masks: torch.Tensor) -> list[bytes]:
+    if len(masks) == 0:
+        return []
+    fortran = np.asfortranarray(masks.permute(1, 2, 0).numpy().astype(np.uint8))
+    return [rle["counts"] for rle in coco_mask.encode(fortran)]
+
+
+def _decode_masks(counts: list[bytes], height: int, width: int) -> torch.Tensor:
+    if not counts:
+        return torch.zeros((0, height, width), dtype=torch.bool)
+    with warnings.catch_warnings():
+        # pycocotools' own array wrapper trips NumPy 2's copy=False deprecation.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pycocotools\.")
+        masks = coco_mask.decode([{"size": [height, width], "counts": c} for c in counts])
+    return torch.from_numpy(masks).permute(2, 0, 1).contiguous().bool()
+
+
+@dataclass
+class ImageEntry:
+    """One image's cached proposals and the method's image features (float32, CPU)."""
+
+    image_size: tuple[int, int]
+    rle_counts: list[bytes]
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    areas: np.ndarray
+    tensors: dict[str, torch.Tensor]
+
+    def proposals(self) -> Proposals:
+        """The proposals, masks decoded."""
+        return Proposals(_decode_masks(self.rle_counts, *self.image_size), self.boxes, self.scores)
+
+
+class VisualStore:
+    """Per-image entries of one visual key's folder."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def path(self, name: str) -> Path:
+        return self.directory / f"{name}.npz"
+
+    def load(self, name: str) -> ImageEntry | None:
+        """The entry, or None when it is absent, damaged or inconsistent."""
+        data = _read_npz(self.path(name))
+        if data is None:
+            return None
+        try:
+            height, width = (int(v) for v in data["image_size"])
+            lengths = data["rle_lengths"].astype(np.int64)
+            blob = data["rle"].tobytes()
+            n = len(lengths)
+            tensors = {
+                key.removeprefix(_TENSOR_PREFIX): value for key, value in data.items() if key.startswith(_TENSOR_PREFIX)
+            }
+            consistent = (
+                # The stored name guards against an entry copied or renamed to another image's name.
+                data["key"].tobytes() == name.encode("utf-8")
+                and height > 0
+                and width > 0
+                and int(lengths.sum()) == len(blob)
+                and data["boxes"].shape == (n, 4)
+                and data["scores"].shape == (n,)
+                and data["areas"].shape == (n,)
+                and all(value.dtype == np.float32 for value in tensors.values())
+            )
+        except (KeyError, ValueError, TypeError):
+            return None
+        if not consistent:
+            return None
+        ends = np.cumsum(lengths)
+        counts = [blob[end - length : end] for length, end in zip(lengths, ends)]
+        return ImageEntry(
+            image_size=(height, width),
+            rle_counts=counts,
+            boxes=torch.from_numpy(data["boxes"]),
+            scores=torch.from_numpy(data["scores"]),
+            areas=data["areas"].astype(np.int64),
+            tensors={key: torch.from_numpy(value) for key, value in tensors.items()},
+        )
+
+    def save(self, name: str, proposals: Proposals, tensors: dict[str, torch.Tensor]) -> None:
+        counts = _encode_masks(proposals.masks)
+        _write_npz(
+            self.path(name),
+            {
+                "key": np.frombuffer(name.encode("utf-8"), dtype=np.uint8),
+                "image_size": np.array(proposals.image_size, dtype=np.int64),
+                "rle": np.frombuffer(b"".join(counts), dtype=np.uint8),
+                "rle_lengths": np.array([len(c) for c in counts], dtype=np.int64),
+                "boxes": proposals.boxes.numpy(),
+                "scores": proposals.scores.numpy(),
+                "areas": proposals.masks.flatten(1).sum(dim=1).numpy().astype(np.int64),
+                **{
+                    _TENSOR_PREFIX + key: value.detach().float().cpu().numpy()
+                    for key, value in tensors.items()
+                },
+            },
+        )
+
+
+class TextStore:
+    """Raw text features of one text key's folder, one file per string."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def path(self, text: str) -> Path:
+        digest = _sha256(text.encode("utf-8"))
+        return self.directory / digest[:2] / f"{digest}.npz"
+
+    def load(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """The features (D,) of those ``texts`` that are cached and intact."""
+        found = {}
+        for text in texts:
+            data = _read_npz(self.path(text))
+            # The stored string guards against a file copied to the wrong name.
+            if (
+                data is not None
+                and set(data) == {"text", "feature"}
+                and data["text"].tobytes() == text.encode("utf-8")
+                and data["feature"].ndim == 1
+                and data["feature"].dtype == np.float32
+            ):
+                found[text] = torch.from_numpy(data["feature"])
+        return found
+
+    def save(self, text: str, feature: torch.Tensor) -> None:
+        _write_npz(
+            self.path(text),
+            {
+                "text": np.frombuffer(text.encode("utf-8"), dtype=np.uint8),
+                "feature": feature.detach().float().cpu().numpy(),
+            },
+        )
+
+
+class FeatureCache:
+    """The cache folders of one CLIP model and the visual settings of one method (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike[str], clip: dict[str, Any], family: str, method: Method) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.family = family
+        self.text_identity = {"format": _FORMAT, "clip": clip}
+        self.visual_identity = {
+            "format": _FORMAT,
+            "clip": clip,
+            "family": family,
+            "settings": method.visual_identity(),
+        }
+        self.visual = VisualStore(self.root / f"visual-{_digest(self.visual_identity)[:16]}")
+        self.text = TextStore(self.root / f"text-{_digest(self.text_identity)[:16]}")
+
+    @classmethod
+    def for_segmenter(cls, root: str | os.PathLike[str], segmenter: Segmenter, clip_model: str) -> FeatureCache:
+        """The cache of a :class:`~globallocal.Segmenter`; ``clip_model`` is the name or config file it loaded."""
+        return cls(root, clip_identity(segmenter.clip, clip_model), segmenter.clip.family, segmenter.method)
+
+    def prepare(self) -> None:
+        """Create the folders and their identity.json, and remove temporary files killed writers left."""
+        for store, identity in ((self.visual, self.visual_identity), (self.text, self.text_identity)):
+            path = store.directory / IDENTITY_FILE
+            if not path.exists():
+                save_text(json.dumps(identity, indent=2, sort_keys=True) + "\n", path)
+            remove_orphans(store.directory)
+
+    def describe(self) -> dict[str, Any]:
+        """Where the cache is, as a run's configuration records it."""
+        return {
+            "dir": str(self.root),
+            "visual": self.visual.directory.name,
+            "text": self.text.directory.name,
+            "family": self.family,
+        }
+
+    @staticmethod
+    def entry_name(image_id: int, pixels: str, proposal_key: dict[str, Any]) -> str:
+        """The entry of an image (its pixel digest) under a proposal key."""
+        return f"{image_id}-{_digest({'pixels': pixels, 'proposals': proposal_key})[:32]}"

@@ -1,0 +1,278 @@
+"""The evaluation loop over a REFER split: resumable, image by image.
+
+Work is grouped by image: the proposals are computed and the segmenter's
+``set_image`` is paid once per image, then every sentence of every ref on it
+is answered with ``predict``. One JSON line per sentence goes to
+``<out>/records.jsonl`` as it is produced, followed by an image-done marker
+line; the file is fsynced after each marker. A run killed at any moment
+therefore loses at most the image it was working on: on restart the file is
+cut back to the last marker (dropping a half-written line and the records of
+an unfinished image) and the loop continues with the next image. The final
+metrics are computed from the records file alone, so a resumed run reports
+exactly what an uninterrupted one does.
+
+Every sentence record also keeps, for every proposal of its image, the
+intersection with the ground truth ("overlaps", with "gt_area"), so any
+other choice of proposal can be scored again without the masks: this is what
+:mod:`globallocal.runs.sweep` does with the features of a ``cache``
+(:class:`~globallocal.runs.cache.FeatureCache`). With a cache the image's
+proposals and features, and the text features, are read from it when present
+and written to it otherwise; the records are identical either way.
+
+Under torchrun (``distributed``) the images are dealt round-robin to the
+processes; each appends to its own ``records.rank<R>.jsonl`` with the same
+resume logic, reads the others' files to skip what any session finished, and
+rank 0 merges all files into the report. A run may be resumed with another
+number of processes.
+
+Without a cache the segmenter is duck-typed (``set_image(image, proposals)``
+and ``predict(phrase)`` returning an object with ``mask``, ``index``,
+``scores``, ``noun_phrase``, ``expression`` and ``truncated``); with one it
+must be a :class:`~globallocal.Segmenter`. The proposal source is any
+callable ``(image, record) -> Proposals``.
+"""
+
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from ..data.datasets import EvaluationDataset, open_dataset
+from ..data.images import save_text
+from ..data.refer import ImageGroup, ImageRecord
+from ..errors import InputError
+from ..models.weights import weights_change
+from ..proposals import Proposals
+from .cache import FeatureCache
+from .distributed import Distributed
+from .evaluation_config import EvaluationConfig, check_evaluation_inputs, run_identity
+from .evaluation_records import IMAGE_UNITS, CompletedImage, add_record, read_records, referent
+from .evaluation_report import REPORT_JSON, REPORT_MD, build_report, report_markdown
+from .evaluation_step import ProposalSource, evaluate_image
+from .metrics import MetricAccumulator
+from .progress import RateColumn, RemainingColumn
+from .runfolder import (
+    CONFIG_FILE,
+    RECORDS_FILE,
+    RunFolder,
+    records_file,
+)
+
+__all__ = [
+    "CONFIG_FILE",
+    "RECORDS_FILE",
+    "REPORT_JSON",
+    "REPORT_MD",
+    "CompletedImage",
+    "EvaluationConfig",
+    "EvaluationStopped",
+    "ProposalSource",
+    "check_evaluation_inputs",
+    "read_records",
+    "records_file",
+    "referent",
+    "run_evaluation",
+]
+
+
+class EvaluationStopped(KeyboardInterrupt):
+    """Raised by the ``stop_after_images`` hook; behaves like Ctrl-C for callers."""
+
+
+def _ground_truth_source(dataset: EvaluationDataset) -> ProposalSource:
+    def source(image: Image.Image, record: ImageRecord) -> Proposals:
+        return dataset.instance_masks(record.image_id)
+
+    return source
+
+
+def run_evaluation(
+    config: EvaluationConfig,
+    segmenter: Any,
+    proposal_source: ProposalSource | str | None,
+    progress: bool = True,
+    stop_after_images: int | None = None,
+    *,
+    cache: FeatureCache | None = None,
+    proposal_key: dict[str, Any] | None = None,
+    distributed: Distributed | None = None,
+) -> dict[str, Any]:
+    """Evaluate a split, resuming from ``config.out_dir`` if it holds a run of the same config.
+
+    ``proposal_source`` is a callable ``(image, record) -> Proposals``,
+    ``"gt"``: the image's ground-truth instance masks from instances.json
+    (the oracle setting papers report as an upper bound), or None for a
+    method that draws its own mask (``method.uses_proposals`` false).
+
+    ``cache``: read and write proposals and features there (the segmenter
+    must then be a :class:`~globallocal.Segmenter`). ``proposal_key``: the
+    source's cache key (:func:`~globallocal.runs.cache.proposal_source_key`), for
+    a deterministic source worth caching; without one the source is called
+    for every image and the cache entry is found by the proposals' content.
+
+    ``distributed``: this process's place under torchrun; every process must
+    call this with the same arguments. Only rank 0 shows progress.
+
+    Returns the report (also written to report.json / report.md).
+    ``stop_after_images`` raises :class:`EvaluationStopped` once that many
+    images have been completed in this call and more remain, leaving the out
+    dir exactly as an interruption would (used to test resuming).
+    """
+    place = distributed or Distributed()
+    if place.is_main:
+        check_evaluation_inputs(config, main=True)
+    identity = run_identity(config, segmenter, cache, proposal_key)
+    dataset = open_dataset(
+        config.dataset,
+        config.split,
+        config.data_root,
+        split_by=identity["split_by"],
+        images_dir=config.images_dir,
+        overlap=config.overlap,
+        subset=config.subset,
+    )
+    if proposal_source == "gt":
+        proposal_source = _ground_truth_source(dataset)
+    elif proposal_source is None:
+        if getattr(getattr(segmenter, "method", None), "uses_proposals", True):
+            raise InputError("this method needs mask proposals; give a proposal source")
+    elif isinstance(proposal_source, str):
+        raise InputError(f"unknown proposal source '{proposal_source}'")
+    every_group = dataset.images()
+    groups = every_group[: config.limit]
+    missing = dataset.missing_images(groups)
+    if missing:
+        raise InputError(
+            f"{len(missing)} of {len(groups)} images are missing from {missing[0].parent}, e.g. {missing[0]}"
+        )
+
+    out_dir = Path(config.out_dir)
+    # Rank 0 locks the folder and writes config.json; the others check it once it is there.
+
+    def explain(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
+        return weights_change(stored.get("weights"), current.get("weights"), config.weights)
+
+    folder = RunFolder(out_dir, IMAGE_UNITS, rank=place.rank, world_size=place.world_size, main=place.is_main)
+    with folder:
+        if place.is_main:
+            folder.check_config(identity, explain=explain)
+            if cache is not None:
+                cache.prepare()
+        place.barrier()
+        if not place.is_main:
+            folder.check_config(identity, explain=explain)
+        folder.open_records()
+        report = _evaluate_share(
+            folder, config, identity, dataset, groups, every_group, segmenter, proposal_source, place, progress,
+            stop_after_images, cache, proposal_key,
+        )
+    return report
+
+
+def _evaluate_share(
+    folder: RunFolder,
+    config: EvaluationConfig,
+    identity: dict[str, Any],
+    dataset: EvaluationDataset,
+    groups: list[ImageGroup],
+    every_group: list[ImageGroup],
+    segmenter: Any,
+    proposal_source: ProposalSource,
+    place: Distributed,
+    progress: bool,
+    stop_after_images: int | None,
+    cache: FeatureCache | None,
+    proposal_key: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """This process's images not yet recorded, then (rank 0) the report of every file's records.
+
+    ``groups`` are the images to evaluate (the first ``limit``), ``every_group`` the split's: images past the
+    limit may be recorded by an earlier run with a larger one; they are kept, not reported.
+    """
+    out_dir = folder.directory
+    completed = folder.read_completed()
+    expected = {group.image.image_id: group.sentence_count for group in every_group}
+    for done in completed:
+        if expected.get(done.marker["image_done"]) != done.marker["sentences"]:
+            raise InputError(
+                f"the records in {out_dir} do not match the dataset (image {done.marker['image_done']}); "
+                "use another --out or delete that directory"
+            )
+    in_limit = {group.image.image_id for group in groups}
+    completed = [done for done in completed if done.marker["image_done"] in in_limit]
+    done_ids = {done.marker["image_done"] for done in completed}
+    share = place.shard(groups)
+    todo = [group for group in share if group.image.image_id not in done_ids]
+    save_masks = Path(config.save_masks) if config.save_masks is not None else None
+
+    running = MetricAccumulator()
+    for done in completed:
+        for record in done.records:
+            add_record(running, record)
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TextColumn("{task.fields[sentences]} sentences"),
+        TextColumn("oIoU {task.fields[oiou]:.2f}  mIoU {task.fields[miou]:.2f}"),
+        TimeElapsedColumn(),
+        RemainingColumn(),
+    )
+    description = f"{config.dataset} {config.split}"
+    if place.world_size > 1:
+        description += f" (rank 0's share of {place.world_size})"
+    with Progress(*columns, console=Console(stderr=True), disable=not (progress and place.is_main)) as bar:
+        task = bar.add_task(
+            description,
+            total=len(share),
+            completed=len(share) - len(todo),
+            resumed_at=len(share) - len(todo),
+            sentences=running.sentences,
+            oiou=running.oiou,
+            miou=running.miou,
+        )
+        for count, group in enumerate(todo, start=1):
+            started = time.perf_counter()
+            records, entry = evaluate_image(
+                group, dataset, segmenter, proposal_source, save_masks, cache, proposal_key
+            )
+            for record in records:
+                add_record(running, record)
+            marker = {"image_done": group.image.image_id, "seconds": time.perf_counter() - started}
+            if entry is not None:
+                marker["cache_entry"] = entry
+            folder.append(records, marker)
+            bar.update(task, advance=1, sentences=running.sentences, oiou=running.oiou, miou=running.miou)
+            if stop_after_images is not None and count >= stop_after_images and count < len(todo):
+                raise EvaluationStopped(f"stopped after {count} images")
+
+    # Every process has recorded its share before rank 0 reads them all.
+    place.barrier()
+    if place.is_main:
+        order = {group.image.image_id: index for index, group in enumerate(groups)}
+        completed = sorted(
+            (done for done in read_records(out_dir) if done.marker["image_done"] in order),
+            key=lambda done: order[done.marker["image_done"]],
+        )
+        report = build_report(completed, identity, out_dir, len(groups), place.world_size, dataset.report_notes())
+        save_text(json.dumps(report, indent=2) + "\n", out_dir / REPORT_JSON)
+        save_text(report_markdown(report), out_dir / REPORT_MD)
+    place.barrier()
+    if not place.is_main:
+        report = json.loads((out_dir / REPORT_JSON).read_text(encoding="utf-8"))
+    return report

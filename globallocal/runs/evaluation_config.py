@@ -1,0 +1,147 @@
+"""What an evaluation run is: its configuration, the identity a resume is checked against, and the
+checks that run before any model loads."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data.datasets import check_dataset, dataset_files
+from ..data.images import check_writable_folder
+from ..data.phrasecut import PHRASECUT
+from ..data.refer import OVERLAP_RULES
+from ..errors import InputError
+from ..models.weights import weights_identity
+from .cache import FeatureCache
+from .distributed import from_environment
+from .runfolder import check_free
+
+# Bumped when the records or config layout changes, so that an old out dir is
+# refused instead of misread. 2: per-proposal overlaps, cache, rank files. 3: weights by content.
+_FORMAT = 3
+
+
+@dataclass
+class EvaluationConfig:
+    """What is evaluated and where results go.
+
+    ``split_by`` defaults per dataset (unc, unc, umd). ``limit`` keeps the
+    first N images of the split (by image_id). ``save_masks`` is a folder for
+    one PNG per sentence. ``overlap`` is the ground-truth rule of
+    :func:`globallocal.data.refer.decode_segmentation`. ``settings`` (model,
+    alpha, beta, preset, parser model, ...) is copied into the report
+    verbatim and takes part in the resume check; it must be
+    JSON-serialisable (other values are stored as their ``str``).
+    ``weights`` names every weights file used (``{"clip": path,
+    "freesolo": path, ...}``): they are identified by content
+    (:func:`~globallocal.models.weights.weights_identity`), and a resume with other
+    content is refused.
+
+    PhraseCut (``dataset="phrasecut"``): ``images_dir`` defaults to
+    ``data_root/images``, ``subset`` is all, unseen or seen, and ``overlap``
+    does not apply (its ground truth is the union of its polygons).
+    """
+
+    dataset: str
+    split: str
+    data_root: str | Path
+    images_dir: str | Path | None
+    out_dir: str | Path
+    split_by: str | None = None
+    limit: int | None = None
+    save_masks: str | Path | None = None
+    overlap: str = "paper"
+    settings: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, str | Path] = field(default_factory=dict)
+    subset: str = "all"
+
+    def images_folder(self) -> Path | None:
+        """Where the photos are: ``images_dir``, by default ``data_root/images`` for PhraseCut."""
+        if self.images_dir is None and self.dataset == PHRASECUT:
+            return Path(self.data_root) / "images"
+        return None if self.images_dir is None else Path(self.images_dir)
+
+    def identity(self) -> dict[str, Any]:
+        """The configuration as stored in config.json and compared on resume.
+
+        The out dir itself is left out (moving a run directory is harmless);
+        paths are made absolute so the same data named from another working
+        directory still matches; split_by is resolved to its default. The
+        limit is left out too: a run of the first N images is extended by
+        running it again with a larger limit or none.
+        """
+
+        def absolute(path: str | Path | None) -> str | None:
+            return None if path is None else str(Path(path).expanduser().resolve())
+
+        identity = {
+            "format": _FORMAT,
+            "dataset": self.dataset,
+            "split": self.split,
+            "split_by": check_dataset(self.dataset, self.split, self.split_by, self.subset),
+            "data_root": absolute(self.data_root),
+            "images_dir": absolute(self.images_folder()),
+            "save_masks": absolute(self.save_masks),
+            "overlap": self.overlap,
+            "settings": self.settings,
+            # By content, not path: moved weights still resume, other weights at the same path do not.
+            "weights": {role: weights_identity(path) for role, path in sorted(self.weights.items())},
+        }
+        if self.dataset == PHRASECUT:
+            identity.update(overlap=None, subset=self.subset)
+        # Round-trip so that tuples/lists and key order compare as stored.
+        return json.loads(json.dumps(identity, sort_keys=True, default=str))
+
+
+def run_identity(
+    config: EvaluationConfig, segmenter: Any, cache: FeatureCache | None, proposal_key: dict[str, Any] | None
+) -> dict[str, Any]:
+    """config.json: the configuration, plus where the cache is and what a sweep needs to replay the scores."""
+    identity = config.identity()
+    if cache is not None:
+        identity["cache"] = {
+            **cache.describe(),
+            "proposals": "content" if proposal_key is None else proposal_key,
+            "scoring": segmenter.method.describe(),
+        }
+    else:
+        identity["cache"] = None
+    return json.loads(json.dumps(identity, sort_keys=True, default=str))
+
+
+def check_evaluation_inputs(config: EvaluationConfig, main: bool | None = None) -> None:
+    """What can be checked in a second, before any model loads (seconds to minutes): options, paths, the run folder.
+
+    Refuses a bad --limit, an unknown dataset, split or overlap rule, a data
+    root without the split's files, a missing images folder, a run folder
+    that is a file, read-only or in use, and a --save-masks folder that
+    cannot be written. The run folder's lock is only probed by the main
+    process (``main``; default: rank 0 of torchrun's environment), which
+    takes it later.
+    """
+    if config.limit is not None and config.limit < 1:
+        raise InputError(f"--limit must be at least 1, got {config.limit}")
+    if config.overlap not in OVERLAP_RULES:
+        raise InputError(f"unknown overlap rule {config.overlap!r}; use one of {', '.join(OVERLAP_RULES)}")
+    split_by = check_dataset(config.dataset, config.split, config.split_by, config.subset)
+    images_dir = config.images_folder()
+    if images_dir is None:
+        raise InputError(f"--images is required for {config.dataset}: the COCO train2014 image folder")
+    layout = "VGPhraseCut_v0 folder" if config.dataset == PHRASECUT else f"REFER folder holding {config.dataset}/"
+    if not Path(config.data_root).is_dir():
+        raise InputError(f"data root not found: {config.data_root}; give the {layout}")
+    for path in dataset_files(config.dataset, config.split, config.data_root, split_by):
+        if not path.is_file():
+            raise InputError(f"{path} not found; is {config.data_root} the {layout}?")
+    if not images_dir.is_dir():
+        raise InputError(f"images folder not found: {images_dir}")
+    if main is None:
+        main = from_environment().is_main
+    if main:
+        check_free(config.out_dir)
+    else:
+        check_writable_folder(config.out_dir, "run folder")
+    if config.save_masks is not None:
+        check_writable_folder(config.save_masks, "--save-masks")

@@ -1,0 +1,37 @@
+"""The records of an evaluation run: one JSON line per sentence, grouped by image-done markers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .metrics import MetricAccumulator
+from .runfolder import (
+    CompletedUnit,
+    UnitLayout,
+    read_completed,
+)
+
+# An image and all its sentences: the unit of work, recorded with an image-done marker.
+IMAGE_UNITS = UnitLayout(marker="image_done", member="image_id", count="sentences")
+CompletedImage = CompletedUnit
+
+
+def read_records(out_dir: str | Path) -> list[CompletedImage]:
+    """The fully recorded images of every records file of a run folder (read only)."""
+    return read_completed(out_dir, IMAGE_UNITS)
+
+
+def referent(record: dict[str, Any]) -> Any:
+    """The id of what a sentence record refers to: a REFER ref_id or a PhraseCut task_id."""
+    return record["task_id"] if "task_id" in record else record["ref_id"]
+
+
+def add_record(accumulator: MetricAccumulator, record: dict[str, Any]) -> None:
+    accumulator.add(
+        record["I"],
+        record["U"],
+        ref_id=referent(record),
+        image_id=record["image_id"],
+        no_proposals=record["no_proposals"],
+    )

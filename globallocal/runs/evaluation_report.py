@@ -1,0 +1,139 @@
+"""The report of an evaluation run, from its records alone: metrics, subsets, versions, and its Markdown."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ..data.datasets import dataset_label
+from ..data.phrasecut import BREAKDOWN
+from .evaluation_records import CompletedImage, add_record
+from .metrics import PRECISION_THRESHOLDS, MetricAccumulator
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+_VERSIONED_PACKAGES = ("torch", "open_clip_torch", "spacy", "numpy", "pycocotools", "globallocal")
+
+
+def _package_versions() -> dict[str, str]:
+    versions = {}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _subset_order(name: str) -> tuple[int, str]:
+    return (BREAKDOWN.index(name) if name in BREAKDOWN else len(BREAKDOWN), name)
+
+
+def build_report(
+    completed: list[CompletedImage],
+    identity: dict[str, Any],
+    out_dir: Path,
+    total_images: int,
+    processes: int,
+    notes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The report, from the records alone (and the dataset's ``notes`` on its selection).
+
+    Records that name ``subsets`` (PhraseCut's) also give the metrics of
+    each subset. Wall time is the sum of the per-image times over all
+    sessions and processes: model loading and work lost to interruptions are
+    not in it, so resumed and uninterrupted runs are comparable.
+    """
+    accumulator = MetricAccumulator()
+    by_subset: dict[str, MetricAccumulator] = {}
+    names = {name for done in completed for record in done.records for name in record.get("other_answers", {})}
+    others = {name: MetricAccumulator() for name in sorted(names)}
+    truncated = 0
+    for done in completed:
+        for record in done.records:
+            add_record(accumulator, record)
+            for name in record.get("subsets", ()):
+                add_record(by_subset.setdefault(name, MetricAccumulator()), record)
+            truncated += bool(record.get("truncated"))
+            # A sentence without proposals has no answer of any kind: IoU 0 in every table.
+            for name, total in others.items():
+                add_record(total, {**record, **record.get("other_answers", {}).get(name, {})})
+    wall = sum(float(done.marker.get("seconds", 0.0)) for done in completed)
+    extra: dict[str, Any] = {}
+    if notes:
+        extra["selection"] = notes
+    if by_subset:
+        extra["subsets"] = {
+            name: {"mIoU": by_subset[name].miou, "oIoU": by_subset[name].oiou, "sentences": by_subset[name].sentences}
+            for name in sorted(by_subset, key=_subset_order)
+        }
+    return {
+        "metrics": accumulator.summary(),
+        **extra,
+        "other_answers": {name: total.summary() for name, total in others.items()},
+        "truncated_sentences": truncated,
+        "images_total": total_images,
+        "wall_time_s": wall,
+        "images_per_second": len(completed) / wall if wall > 0 else None,
+        "processes": processes,
+        "config": identity,
+        "out_dir": str(out_dir),
+        "versions": _package_versions(),
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    config, metrics = report["config"], report["metrics"]
+    thresholds = [f"{t:.1f}" for t in PRECISION_THRESHOLDS]
+    header = ["answer", "oIoU", "mIoU", *(f"P@{t}" for t in thresholds)]
+    answers = {"final": metrics, **report.get("other_answers", {})}
+    method = config.get("settings", {}).get("method", "global-local")
+    lines = [
+        f"# {method} evaluation: {dataset_label(config)}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+    ]
+    for name, answer in answers.items():
+        values = [answer["oIoU"], answer["mIoU"], *(answer["precision"][t] for t in thresholds)]
+        lines.append(f"| {name} | " + " | ".join(f"{value:.2f}" for value in values) + " |")
+    lines += [
+        "",
+        f"- images: {metrics['images']}, refs: {metrics['refs']}, sentences: {metrics['sentences']}",
+        f"- images without proposals: {metrics['no_proposal_images']} ({metrics['no_proposal_refs']} refs, "
+        f"{metrics['no_proposal_sentences']} sentences, scored as IoU 0)",
+        f"- expressions truncated to CLIP's 77 tokens: {report['truncated_sentences']}",
+        f"- cumulative I / U: {metrics['sum_intersection']} / {metrics['sum_union']}",
+        f"- wall time: {report['wall_time_s']:.1f} s",
+    ]
+    if "selection" in report:
+        selection = report["selection"]
+        dropped = selection["dropped_by_reason"].items()
+        reasons = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in dropped)
+        lines.append(
+            f"- subset {selection['subset']}: {selection['tasks']} of {selection['tasks_in_files']} tasks, "
+            f"{selection['tasks_dropped']} dropped ({reasons})"
+        )
+    if "subsets" in report:
+        lines += ["", "## mIoU by subset", "", "| subset | mIoU | oIoU | sentences |", "| --- | --- | --- | --- |"]
+        lines += [
+            f"| {name} | {values['mIoU']:.2f} | {values['oIoU']:.2f} | {values['sentences']} |"
+            for name, values in report["subsets"].items()
+        ]
+    lines += [
+        "",
+        "## Configuration",
+        "",
+        "| key | value |",
+        "| --- | --- |",
+    ]
+    flat = {key: value for key, value in config.items() if key != "settings"}
+    flat.update({f"settings.{key}": value for key, value in config.get("settings", {}).items()})
+    lines += [f"| {key} | {json.dumps(value)} |" for key, value in sorted(flat.items())]
+    lines += ["", "## Versions", "", "| package | version |", "| --- | --- |"]
+    lines += [f"| {name} | {version} |" for name, version in report["versions"].items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,170 @@
+"""One image of an evaluation: its proposals and features (from the cache when it has them), then
+every sentence answered and recorded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.datasets import EvaluationDataset
+from ..data.images import save_mask_png
+from ..data.refer import ImageGroup, ImageRecord, Sentence
+from ..errors import GlobalLocalError, InputError
+from ..models.text import encode_texts
+from ..proposals import Proposals
+from .cache import FeatureCache, TextStore, image_digest, proposals_digest
+from .metrics import intersection_union, sentence_iou
+
+ProposalSource = Callable[[Image.Image, ImageRecord], Proposals]
+
+
+@contextmanager
+def _about(label: str, sentence: Sentence) -> Iterator[None]:
+    """Name the sentence in an error: over thousands of them the bare reason is not enough."""
+    try:
+        yield
+    except GlobalLocalError as error:
+        raise type(error)(f"{label} ({sentence.raw!r}): {error}") from None
+
+
+def _check_size(proposals: Proposals, image: ImageRecord) -> None:
+    size = (image.height, image.width)
+    if len(proposals) > 0 and proposals.image_size != size:
+        raise InputError(f"proposals for image {image.image_id} are {proposals.image_size}, the image is {size}")
+
+
+def _set_image(
+    image: Image.Image,
+    record: ImageRecord,
+    segmenter: Any,
+    proposal_source: ProposalSource | None,
+    cache: FeatureCache | None,
+    proposal_key: dict[str, Any] | None,
+) -> tuple[Proposals | None, str | None]:
+    """The image's proposals (None for a method without), with the segmenter set on the image; the cache entry used.
+
+    The segmenter is set only when there is something to choose from. With a
+    cache the entry is looked up by the proposal source's key before calling
+    the source, or, for a source without a key, by the content of the
+    proposals it returned; on a miss the features are computed and stored.
+    """
+    if proposal_source is None:  # the method draws its own mask
+        segmenter.set_image(image)
+        return None, None
+    if cache is None:
+        proposals = proposal_source(image, record)
+        _check_size(proposals, record)
+        if len(proposals) > 0:
+            segmenter.set_image(image, proposals)
+        return proposals, None
+    pixels = image_digest(image)
+    entry = None
+    if proposal_key is not None:
+        name = cache.entry_name(record.image_id, pixels, proposal_key)
+        entry = cache.visual.load(name)
+    if entry is not None:
+        proposals = entry.proposals()
+    else:
+        proposals = proposal_source(image, record)
+        if proposal_key is None:
+            name = cache.entry_name(record.image_id, pixels, {"content": proposals_digest(proposals)})
+            entry = cache.visual.load(name)
+    _check_size(proposals, record)
+    if entry is not None:
+        if len(proposals) > 0:
+            segmenter.set_features(image, proposals, entry.tensors)
+    elif len(proposals) > 0:
+        segmenter.set_image(image, proposals)
+        cache.visual.save(name, proposals, segmenter.image_state.tensors)
+    else:
+        # Cached too, so that a source with a key is not asked again.
+        cache.visual.save(name, proposals, {})
+    return proposals, name
+
+
+def _seed_text_features(segmenter: Any, texts: TextStore, phrase: str) -> None:
+    """Give the segmenter the phrase's text features from the cache, encoding and storing the missing ones.
+
+    Each missing string is encoded on its own, as ``predict`` encodes a
+    phrase, so that cached features are bit-identical to fresh ones.
+    """
+    strings = list(dict.fromkeys(segmenter.method.text_strings(segmenter.parse(phrase))))
+    found = texts.load(strings)
+    for text in strings:
+        if text not in found:
+            found[text] = encode_texts([text], segmenter.clip)[0].cpu()
+            texts.save(text, found[text])
+    segmenter.add_text_features(strings, torch.stack([found[text] for text in strings]))
+
+
+def evaluate_image(
+    group: ImageGroup,
+    dataset: EvaluationDataset,
+    segmenter: Any,
+    proposal_source: ProposalSource | None,
+    save_masks: Path | None,
+    cache: FeatureCache | None,
+    proposal_key: dict[str, Any] | None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The records of every sentence on one image (proposals and features paid once), and its cache entry."""
+    image = dataset.load_image(group.image)
+    proposals, entry = _set_image(image, group.image, segmenter, proposal_source, cache, proposal_key)
+    answerable = proposals is None or len(proposals) > 0
+    masks = proposals.masks.numpy() if proposals is not None else None
+    records = []
+    for ref in group.refs:
+        gt = dataset.gt_mask(ref)
+        # |proposal AND gt| for every proposal: enough to score any choice later (U = area + |gt| - I).
+        overlaps = np.count_nonzero(masks[:, gt], axis=1).tolist() if masks is not None else None
+        for sentence in ref.sentences:
+            record: dict[str, Any] = {
+                "image_id": group.image.image_id,
+                **dataset.sentence_fields(ref, sentence),
+                "phrase": sentence.raw,
+            }
+            if answerable:
+                with _about(dataset.sentence_label(ref, sentence), sentence):
+                    if cache is not None:
+                        _seed_text_features(segmenter, cache.text, sentence.raw)
+                    result = segmenter.predict(sentence.raw)
+                pred = result.mask
+                intersection, union = intersection_union(pred, gt)
+                record.update(
+                    index=result.index,
+                    score=result.score,
+                    noun_phrase=result.noun_phrase,
+                    expression=result.expression,
+                    truncated=bool(result.truncated),
+                    **result.record_fields(),
+                )
+                # Further answers of the method (HybridGL's "pure" one), each scored as the main answer is.
+                others = {}
+                for name, index in result.other_answers().items():
+                    other_i, other_u = intersection_union(proposals.masks[index], gt)
+                    others[name] = {"index": int(index), "I": other_i, "U": other_u}
+                if others:
+                    record["other_answers"] = others
+            else:
+                # No proposal to choose: an empty prediction, IoU 0 (never skipped).
+                pred = None
+                intersection, union = 0, int(gt.sum())
+                record.update(index=None, score=None, noun_phrase=None, expression=None, truncated=False)
+            record.update(
+                I=intersection,
+                U=union,
+                IoU=sentence_iou(intersection, union),
+                no_proposals=not answerable,
+                gt_area=int(gt.sum()),
+                overlaps=overlaps,
+            )
+            if save_masks is not None:
+                path = save_masks / dataset.mask_name(ref, sentence)
+                save_mask_png(np.zeros_like(gt) if pred is None else pred, path)
+            records.append(record)
+    return records, entry

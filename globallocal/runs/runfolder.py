@@ -1,0 +1,330 @@
+"""A run folder: resumable, append-only records that one run at a time may write.
+
+The layout shared by ``evaluate`` and ``batch``::
+
+    <run>/run.lock                  held (flock) by the run's main process; names the holder
+    <run>/config.json               what the run computes, compared on every resume
+    <run>/records.jsonl             one JSON line per result, then a unit-done marker line
+    <run>/records.rank<R>.jsonl     the same, one file per process under torchrun
+
+Work is done in *units* (an image and all its phrases): the unit's records
+are appended, then a marker line such as ``{"image_done": 42, "sentences":
+3, ...}``, and the file is fsynced. A run killed at any moment loses at most
+the unit it was working on: on reopening, the file is cut back to its last
+marker. A damaged line *before* the last marker is not something an
+interruption produces, so it is refused rather than repaired.
+
+Two runs on one folder would both do all the work and then find every unit
+twice; so the main process takes an exclusive ``flock`` on ``run.lock`` (the
+kernel releases it when the process dies, however it dies, so a killed run
+never blocks the next) and every process also locks its own records file. A
+second run is refused at once, naming the holder's pid, host and start time.
+Records files are opened without following symbolic links, and temporary
+files that a killed run left from atomic writes (``.<name>.*.tmp``) are
+removed when the folder is opened under the lock.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import fcntl
+import json
+import os
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ..data.images import check_writable_folder, save_text
+from ..errors import InputError
+
+__all__ = [
+    "CONFIG_FILE",
+    "LOCK_FILE",
+    "RECORDS_FILE",
+    "CompletedUnit",
+    "RunFolder",
+    "UnitLayout",
+    "check_free",
+    "read_completed",
+    "records_file",
+]
+
+RECORDS_FILE = "records.jsonl"
+CONFIG_FILE = "config.json"
+LOCK_FILE = "run.lock"
+_RECORDS_NAME = re.compile(r"records(\.rank\d+)?\.jsonl")
+# What save_text / save_png leave behind when killed between creating and renaming their temporary file.
+_ORPHAN = re.compile(r"\..+\.[^.]+\.tmp")
+_FIX = "use another --out or delete that directory"
+
+
+@dataclass(frozen=True)
+class UnitLayout:
+    """How a unit's marker line names the unit and counts its records.
+
+    ``marker``: the key of the marker line holding the unit's key (e.g.
+    ``image_done``); ``member``: the key every record of the unit carries
+    with the same value (e.g. ``image_id``); ``count``: the marker's key for
+    the number of records (e.g. ``sentences``).
+    """
+
+    marker: str
+    member: str
+    count: str
+
+
+@dataclass
+class CompletedUnit:
+    """One fully recorded unit: its marker line and its records."""
+
+    marker: dict[str, Any]
+    records: list[dict[str, Any]]
+
+
+def records_file(rank: int = 0, world_size: int = 1) -> str:
+    """The records file one process appends to: records.jsonl alone, records.rank<R>.jsonl under torchrun."""
+    return RECORDS_FILE if world_size == 1 else f"records.rank{rank}.jsonl"
+
+
+def _records_paths(directory: Path) -> list[Path]:
+    """Every records file of a run folder (its sessions may have used different numbers of processes)."""
+    return sorted(path for path in directory.iterdir() if _RECORDS_NAME.fullmatch(path.name))
+
+
+def _open_nofollow(path: Path, flags: int) -> int:
+    """``os.open`` that refuses a symbolic link (its target would be truncated and overwritten)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise InputError(f"{path} is a symbolic link; refusing to follow it; {_FIX}") from None
+        raise
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        fd = _open_nofollow(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return b""
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def _parse(data: bytes, path: Path, layout: UnitLayout) -> tuple[list[CompletedUnit], int]:
+    """The complete units of a records file's bytes, and the byte offset just after the last marker."""
+    completed: list[CompletedUnit] = []
+    seen: set[Any] = set()
+    pending: list[dict[str, Any] | None] = []
+    keep = position = 0
+    for number, line in enumerate(data.split(b"\n")[:-1], start=1):
+        position += len(line) + 1
+        try:
+            entry = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            entry = None
+        if isinstance(entry, dict) and layout.marker in entry:
+            key = entry[layout.marker]
+            if (
+                any(record is None for record in pending)
+                or len(pending) != entry.get(layout.count)
+                or any(record.get(layout.member) != key for record in pending)
+                or not isinstance(key, (int, str))
+                or key in seen
+            ):
+                raise InputError(f"{path} is damaged before line {number}; {_FIX}")
+            seen.add(key)
+            completed.append(CompletedUnit(entry, [record for record in pending if record is not None]))
+            pending = []
+            keep = position
+        else:
+            pending.append(entry if isinstance(entry, dict) else None)
+    return completed, keep
+
+
+def read_completed(directory: str | Path, layout: UnitLayout) -> list[CompletedUnit]:
+    """The complete units of every records file of a run folder, read only (no lock, nothing cut).
+
+    What follows a file's last marker is ignored (its owner may be appending
+    to it right now). A unit recorded twice means two runs shared the folder
+    at once, which is refused.
+    """
+    directory = Path(directory)
+    completed: list[CompletedUnit] = []
+    seen: dict[Any, Path] = {}
+    for path in _records_paths(directory):
+        found, _ = _parse(_read_bytes(path), path, layout)
+        for unit in found:
+            key = unit.marker[layout.marker]
+            if key in seen:
+                raise InputError(f"{layout.marker} {key} is recorded in both {seen[key].name} and {path.name}; {_FIX}")
+            seen[key] = path
+        completed += found
+    return completed
+
+
+def _holder(lock_path: Path) -> str:
+    """Who holds the lock, as the holder wrote it into the lock file."""
+    try:
+        info = json.loads(lock_path.read_text(encoding="utf-8"))
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _lock(fd: int, path: Path, what: str) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise InputError(
+            f"{what} is in use by another run ({_holder(path)}); wait for it to finish or use another --out"
+        ) from None
+
+
+def check_free(directory: str | Path) -> None:
+    """Before any model loads: the run folder is a writable folder that no other run holds."""
+    directory = check_writable_folder(directory, "run folder")
+    path = directory / LOCK_FILE
+    if not path.exists():
+        return
+    fd = _open_nofollow(path, os.O_RDONLY)
+    _lock(fd, path, f"run folder {directory}")
+    os.close(fd)
+
+
+def _differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """'key: run VALUE, now VALUE' for every differing key, nested settings named by their dotted path."""
+    missing = "(not set)"
+    found = []
+    for key in sorted(set(stored) | set(current)):
+        old, new = stored.get(key, missing), current.get(key, missing)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += _differences(old, new, f"{prefix}{key}.")
+        else:
+            found.append(f"{prefix}{key}: run {json.dumps(old)}, now {json.dumps(new)}")
+    return found
+
+
+class RunFolder:
+    """One process's handle on a run folder (see the module docstring).
+
+    ``main`` (rank 0, or the only process) takes the folder lock, removes
+    orphan temporary files and writes config.json; every process locks and
+    appends to its own records file (``rank``, ``world_size``). Use as a
+    context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self, directory: str | Path, layout: UnitLayout, *, rank: int = 0, world_size: int = 1, main: bool = True
+    ) -> None:
+        self.directory = Path(directory)
+        self.layout = layout
+        self.main = main
+        self.records_path = self.directory / records_file(rank, world_size)
+        self._lock_fd: int | None = None
+        self._records: BinaryIO | None = None
+        if main:
+            self._take_folder_lock()
+
+    def _take_folder_lock(self) -> None:
+        if self.directory.exists() and not self.directory.is_dir():
+            raise InputError(f"run folder {self.directory} is a file; give a folder")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / LOCK_FILE
+        fd = _open_nofollow(path, os.O_RDWR | os.O_CREAT)
+        _lock(fd, path, f"run folder {self.directory}")
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}) + "\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode("utf-8"), 0)
+        self._lock_fd = fd
+        self._remove_orphans()
+
+    def _remove_orphans(self) -> None:
+        """Temporary files of atomic writes a killed run left (nobody else writes here while the lock is held)."""
+        for path in self.directory.iterdir():
+            if _ORPHAN.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+
+    def check_config(
+        self, identity: dict[str, Any], explain: Callable[[dict[str, Any], dict[str, Any]], str | None] | None = None
+    ) -> None:
+        """Refuse a folder of another configuration; the main process writes config.json when there is none.
+
+        ``explain(stored, identity)`` may give a more precise reason than the
+        list of differing keys (e.g. which weights file changed, and how).
+        """
+        path = self.directory / CONFIG_FILE
+        if path.exists():
+            try:
+                stored = json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                stored = None
+            if stored == identity:
+                return
+            if not isinstance(stored, dict):
+                raise InputError(f"{path} is unreadable; {_FIX}")
+            reason = explain(stored, identity) if explain is not None else None
+            if reason is None:
+                reason = f"a different configuration ({'; '.join(_differences(stored, identity))})"
+            raise InputError(f"{self.directory} holds a run with {reason}; {_FIX}")
+        if _records_paths(self.directory):
+            raise InputError(f"{self.directory} holds records but no {CONFIG_FILE}; {_FIX}")
+        if not self.main:
+            raise InputError(f"{path} is missing although rank 0 should have written it")
+        save_text(json.dumps(identity, indent=2, sort_keys=True) + "\n", path)
+
+    def open_records(self) -> list[CompletedUnit]:
+        """Lock this process's records file, cut it back to its last marker, and return its complete units."""
+        fd = _open_nofollow(self.records_path, os.O_RDWR | os.O_CREAT)
+        _lock(fd, self.records_path, f"{self.records_path}")
+        handle = os.fdopen(fd, "r+b")
+        data = handle.read()
+        completed, keep = _parse(data, self.records_path, self.layout)
+        if keep != len(data):
+            handle.truncate(keep)
+            handle.flush()
+            os.fsync(handle.fileno())
+        handle.seek(keep)
+        self._records = handle
+        return completed
+
+    def read_completed(self) -> list[CompletedUnit]:
+        """The complete units of every records file (this process's file must be open: it is cut back first)."""
+        if self._records is None:
+            raise RuntimeError("open_records() first")
+        return read_completed(self.directory, self.layout)
+
+    def append(self, records: list[dict[str, Any]], marker: dict[str, Any]) -> None:
+        """Append a unit's records and its marker (the key and count are added), then fsync."""
+        if self._records is None:
+            raise RuntimeError("open_records() first")
+        key = marker[self.layout.marker]
+        if any(record.get(self.layout.member) != key for record in records):
+            raise ValueError(f"every record of unit {key} must carry {self.layout.member}={key!r}")
+        lines = [json.dumps(record) for record in records]
+        lines.append(json.dumps({**marker, self.layout.count: len(records)}))
+        self._records.write(("\n".join(lines) + "\n").encode("utf-8"))
+        self._records.flush()
+        os.fsync(self._records.fileno())
+
+    def close(self) -> None:
+        """Close the records file and release the locks (the kernel does both if the process dies)."""
+        if self._records is not None:
+            self._records.close()
+            self._records = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
