@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 import typer
 from PIL import Image
+from test_cli_tcl import tcl_checkpoint  # noqa: F401 - the fixture: a tiny TCL head under the released names
 
 import cli
 import globallocal
+from globallocal.methods.tcl import blend as tcl_blend
 from globallocal.proposals import sources
 from globallocal.proposals.files import load_proposals
 from globallocal.segmenter import Segmenter
@@ -30,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 PAGE_IDS = [str(page.relative_to(REPO)) for page in PAGES]
 # The ```python blocks each page holds: a block lost (or fenced by mistake) fails here.
-PYTHON_BLOCKS = {"README.md": 1, "docs/api.md": 3, "docs/global-local.md": 1, "docs/hybridgl.md": 1}
+PYTHON_BLOCKS = {"README.md": 1, "docs/api.md": 3, "docs/global-local.md": 1, "docs/hybridgl.md": 1, "docs/tcl.md": 1}
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>\w*)\n(?P<body>.*?)^(?P=indent)```[ \t]*$", re.M | re.S)
 
@@ -66,31 +68,44 @@ def check_readme(namespace: dict, example: dict) -> None:
 def check_api(namespace: dict, example: dict) -> None:
     assert namespace["result"].mask.shape == example["size"]
     assert [r.phrase for r in namespace["results"]] == ["the dog", "the red car"]
+    assert namespace["segmenter"].clip.name.startswith("tiny-resnet")  # "RN50" was asked for
+
+
+def check_tcl(namespace: dict, example: dict) -> None:
+    assert namespace["tcl"].method.name == "tcl"
+    result = namespace["result"]
+    assert result.inner.index is not None and result.tcl_weight == 0.3
+    assert result.tcl_scores.shape == (len(example["masks"]),) and result.soft_mask.shape == example["size"]
 
 
 # What a page's blocks must have left behind; pages whose blocks assert for themselves have none.
-CHECKS = {"README.md": check_readme, "docs/api.md": check_api}
+CHECKS = {"README.md": check_readme, "docs/api.md": check_api, "docs/tcl.md": check_tcl}
 
 
 @pytest.mark.parametrize("page", sorted(PYTHON_BLOCKS))
-def test_python_blocks_run(page, example, tiny_vit, nlp, tmp_path, monkeypatch):
+def test_python_blocks_run(page, example, tiny_config_paths, tiny_checkpoints, request, tmp_path, monkeypatch):
+    """The tiny models stand in for the downloaded CLIP (RN... names: the tiny ResNet) and TCL head, a mask
+    folder for FreeSOLO; everything else (presets, methods, options) is the real code."""
     monkeypatch.chdir(tmp_path)
     shutil.copy(example["image"], tmp_path / "photo.jpg")
+    shutil.copy(request.getfixturevalue("tcl_checkpoint"), tmp_path / "tcl.pth")
     (tmp_path / "photo_masks").mkdir()
     for i, mask in enumerate(example["masks"]):
         Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "photo_masks" / f"{i:03d}.png")
 
     class MaskFolder:
-        """Stands in for FreeSOLO (whose weights are not here): the photo's masks from a folder."""
-
         def generate(self, image):
             return load_proposals(tmp_path / "photo_masks", example["size"])
 
-    def tiny_segmenter(*args, proposal_source=None, **kwargs):
-        return Segmenter(tiny_vit, nlp, proposal_source=proposal_source or MaskFolder().generate)
+    pretrained = Segmenter.from_pretrained
 
-    monkeypatch.setattr(Segmenter, "from_pretrained", staticmethod(tiny_segmenter))
+    def tiny_pretrained(clip_model=None, clip_weights="openai", *args, **kwargs):
+        kind = "resnet" if (clip_model or "").startswith("RN") else "vit"
+        return pretrained(str(tiny_config_paths[kind]), str(tiny_checkpoints[kind]), *args, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "from_pretrained", staticmethod(tiny_pretrained))
     monkeypatch.setattr(sources, "build_proposal_generator", lambda *args, **kwargs: MaskFolder())
+    monkeypatch.setattr(tcl_blend, "tcl_clip_for", lambda inner: inner.clip)  # the tiny ViT as TCL's CLIP
     namespace: dict = {}
     for block in blocks(REPO / page, "python"):
         exec(compile(block, page, "exec"), namespace)  # noqa: S102 - the page's own code
