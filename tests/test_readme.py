@@ -113,13 +113,13 @@ def test_python_blocks_run(page, example, tiny_config_paths, tiny_checkpoints, r
     assert globallocal.Segmenter is Segmenter
 
 
-def command_lines(page: Path) -> list[list[str]]:
+def command_lines(page: Path, program: str = "globallocal") -> list[list[str]]:
     """Every `globallocal ...` line of a page's shell blocks, continuations joined, split as the shell would."""
     lines = []
     for block in blocks(page, "sh"):
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
-            if words[:1] == ["globallocal"]:
+            if words[:1] == [program]:
                 lines.append(words[1:])
     return lines
 
@@ -127,6 +127,14 @@ def command_lines(page: Path) -> list[list[str]]:
 def test_command_lines_are_found():
     assert len(command_lines(REPO / "README.md")) >= 7
     assert ["report", "runs/*"] in command_lines(REPO / "README.md")
+    assert ["demo"] in command_lines(REPO / "README.md", "make")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
+def test_make_targets_exist(page):
+    targets = set(re.findall(r"^([\w-]+):", (REPO / "Makefile").read_text(), flags=re.M))
+    for words in command_lines(page, "make"):
+        assert set(words) <= targets, f"{page.name}: make {' '.join(words)}"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
