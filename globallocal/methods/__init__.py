@@ -33,6 +33,7 @@ _MODULES = {
     "global-local": "globallocal.methods.global_local.method",
     "hybridgl": "globallocal.methods.hybridgl.method",
     "tcl": "globallocal.methods.tcl.method",
+    "sam3": "globallocal.methods.sam3.method",
 }
 DEFAULT_METHOD = "global-local"
 
