@@ -33,7 +33,8 @@ from .methods import DEFAULT_METHOD, ImageFeatures, Method, MethodSettings, Segm
 from .models.clip import ClipBundle, load_clip
 from .models.text import ParsedPhrase, encode_texts, load_parser, parse_phrase
 from .proposals import Proposals, check_image_size
-from .proposals.concepts import ConceptAnswer, ConceptImage, ConceptQuery, ConceptSource, is_phrase_dependent
+from .proposals.concepts import ConceptImage, ConceptSource, is_phrase_dependent
+from .proposals.sam3 import ConceptAnswer, ConceptQuery
 
 ProposalSource = Callable[[Image.Image], Proposals]
 

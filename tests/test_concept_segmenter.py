@@ -19,7 +19,7 @@ from globallocal.methods import build_method
 from globallocal.methods.tcl import TCLHead
 from globallocal.methods.tcl.blend import TCLBlend
 from globallocal.methods.tcl.method import TCL, TCLSettings
-from globallocal.proposals.concepts import ConceptQuery, parse_fallback
+from globallocal.proposals.sam3 import ConceptQuery
 from globallocal.segmenter import Segmenter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -188,22 +188,3 @@ def test_concept_entries_need_an_image_without_proposals_of_its_own(clips, nlp, 
     segmenter.set_features(photo, None, {})
     with pytest.raises(InputError, match="has proposals of its own"):
         segmenter.concept_entry(ConceptQuery("man", None))
-
-
-@pytest.mark.parametrize(("text", "steps"), [
-    (None, ()), ("none", ()), ("head-noun", ("head-noun",)),
-    ("head-noun,below-threshold,sam2", ("head-noun", "below-threshold", "sam2")),
-    (" below-threshold ", ("below-threshold",)),
-])
-def test_fallback_chains(text, steps):
-    assert parse_fallback(text) == steps
-
-
-@pytest.mark.parametrize(("text", "message"), [
-    ("head", "unknown --sam3-fallback step 'head'"),
-    ("below-threshold,head-noun", "in the order head-noun,below-threshold,sam2"),
-    ("sam2,sam2", "once each"),
-])
-def test_bad_fallback_chains_are_refused(text, message):
-    with pytest.raises(InputError, match=message):
-        parse_fallback(text)

@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..models.text import ParsedPhrase, count_tokens, head_noun
+from ..models.text import ParsedPhrase, count_tokens
 from ..proposals import Proposals
-from ..proposals.concepts import ConceptAnswer, ConceptQuery
+from ..proposals.sam3 import ConceptAnswer, ConceptQuery, head_noun
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]
 """Raw CLIP text features (len(texts), D), float32, through the segmenter's cache."""
@@ -168,9 +168,10 @@ class Method(ABC):
         return parsed.noun_phrase
 
     def concept_query(self, parsed: ParsedPhrase) -> ConceptQuery:
-        """What a phrase asks a phrase-dependent source: :meth:`local_noun_phrase` and its head noun."""
+        """What a phrase asks a phrase-dependent source: :meth:`local_noun_phrase` and its head noun (none
+        when spaCy found no noun, as :func:`~globallocal.proposals.sam3.concept_query` does)."""
         noun_phrase = self.local_noun_phrase(parsed)
-        return ConceptQuery(noun_phrase, head_noun(noun_phrase, self.nlp))
+        return ConceptQuery(noun_phrase, head_noun(noun_phrase, self.nlp) if parsed.has_noun else None)
 
     @abstractmethod
     def answer(self, image: ImageFeatures, parsed: Sequence[ParsedPhrase], encode: TextEncoder) -> list[SegmentResult]:

@@ -107,24 +107,6 @@ def target_noun_phrase(expression: str, nlp: spacy.Language) -> tuple[str, bool]
     return noun_phrase_of(nlp(expression))
 
 
-def head_noun(noun_phrase: str, nlp: spacy.Language) -> str | None:
-    """The head of a noun phrase ("man" for "the tall man in red"), the fallback a concept source asks when
-    the whole noun phrase finds nothing; None when the head is the whole phrase or no noun heads it.
-
-    The head is the parse's root when it is a noun, else the root of its last noun chunk.
-    """
-    doc = nlp(noun_phrase)
-    roots = [token for token in doc if token.head.i == token.i]
-    chunks = list(doc.noun_chunks)
-    if roots and roots[-1].pos_ in NOUN_POS:
-        head = roots[-1]
-    elif chunks:
-        head = chunks[-1].root
-    else:
-        return None
-    return None if head.text == noun_phrase.strip() else head.text
-
-
 def parse_phrase(phrase: str, nlp: spacy.Language) -> ParsedPhrase:
     """Validate and parse one phrase; empty phrases are an InputError."""
     if not isinstance(phrase, str) or not phrase.strip():

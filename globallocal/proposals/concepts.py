@@ -1,4 +1,4 @@
-"""Proposals that depend on the phrase: what a concept source (SAM 3) is asked and answers.
+"""Proposals that depend on the phrase: a concept source (SAM 3), and what the segmenter keeps per image.
 
 A class-agnostic source (FreeSOLO, SAM) proposes the same masks whatever the
 phrase; a concept source is asked for the instances of a noun phrase, so a
@@ -6,51 +6,27 @@ phrase's candidates are the instances of its own noun phrase. The
 :class:`~globallocal.Segmenter` drives any source with ``phrase_dependent``
 set: the image is given once (:meth:`ConceptSource.set_image`), then the
 distinct noun phrases of the phrases asked are sent as one batch
-(:meth:`ConceptSource.answer`).
+(:meth:`ConceptSource.answer`, queries and answers as
+:mod:`globallocal.proposals.sam3` defines them); :class:`ConceptImage` keeps
+the answers and every mask's features for the current image.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from PIL import Image
 
-from ..errors import InputError
 from . import Proposals, check_image_size
+from .sam3 import ConceptAnswer, ConceptQuery
 
 if TYPE_CHECKING:
     from ..methods import Method
 
-FALLBACK_STEPS = ("head-noun", "below-threshold", "sam2")
-"""The steps a source may take, in this order, when the noun phrase gets no instance above the threshold."""
-ANSWER_STEPS = ("noun-phrase", *FALLBACK_STEPS, "none")
-"""What answered a query: the noun phrase itself, a fallback step, or nothing ("none": no candidate)."""
 _UNSET = object()  # ConceptImage's context before it is computed (a method's context may be None)
-
-
-@dataclass(frozen=True)
-class ConceptQuery:
-    """What a phrase asks a concept source: its target noun phrase and that phrase's head noun."""
-
-    noun_phrase: str
-    head_noun: str | None
-    """The noun phrase's head ("man" for "tall man in red"); None when it is the whole noun phrase."""
-
-
-@dataclass
-class ConceptAnswer:
-    """A source's instances for one query."""
-
-    proposals: Proposals
-    """The candidates, masks at the image's size; scores are the source's own (JSON ``proposal_score``)."""
-    step: str
-    """Which step answered: one of :data:`ANSWER_STEPS`."""
-    prompt: str
-    """The text the answering step sent ("" when none did)."""
 
 
 class ConceptSource(Protocol):
@@ -67,22 +43,6 @@ class ConceptSource(Protocol):
 def is_phrase_dependent(source: object) -> bool:
     """Whether a proposal source answers per noun phrase (has ``phrase_dependent`` set)."""
     return bool(getattr(source, "phrase_dependent", False))
-
-
-def parse_fallback(text: str | None) -> tuple[str, ...]:
-    """``--sam3-fallback`` as a tuple of steps ("" or "none": no fallback), in :data:`FALLBACK_STEPS` order."""
-    if text is None:
-        return ()
-    steps = tuple(part.strip() for part in text.split(",") if part.strip())
-    if steps in ((), ("none",)):
-        return ()
-    unknown = [step for step in steps if step not in FALLBACK_STEPS]
-    if unknown:
-        raise InputError(f"unknown --sam3-fallback step {unknown[0]!r}; use some of {','.join(FALLBACK_STEPS)} "
-                         "in that order, or none")
-    if list(steps) != sorted(set(steps), key=FALLBACK_STEPS.index):
-        raise InputError(f"--sam3-fallback steps go once each, in the order {','.join(FALLBACK_STEPS)}; got {text!r}")
-    return steps
 
 
 def mask_digests(proposals: Proposals) -> list[str]:
@@ -206,5 +166,5 @@ def _candidates(image: Image.Image, answer: ConceptAnswer) -> ConceptAnswer:
         check_image_size(image, proposals)
     kept = proposals.drop_empty()
     if len(kept) == 0:
-        return ConceptAnswer(kept, "none", answer.prompt)
+        return ConceptAnswer(kept, "none", "")
     return answer if len(kept) == len(proposals) else ConceptAnswer(kept, answer.step, answer.prompt)
