@@ -79,6 +79,11 @@ class SegmentResult:
     def score(self) -> float | None:
         return None if self.index is None else float(self.scores[self.index])
 
+    def among(self, proposals: Proposals | None) -> Proposals | None:
+        """The proposals ``index`` and ``scores`` number: this phrase's own candidates with phrase-dependent
+        proposals, else the image's ``proposals``."""
+        return self.concept.proposals if self.concept is not None else proposals
+
     def candidate_fields(self) -> dict[str, Any]:
         """With phrase-dependent proposals: the source's score of every candidate and of the chosen one, the
         step that answered and its prompt (in the JSON and in evaluation records); nothing otherwise."""

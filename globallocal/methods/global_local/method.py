@@ -88,6 +88,8 @@ PRESETS: dict[str, GlobalLocalSettings] = {
     "paper-refcoco": _PAPER,
     "paper-refcoco+": _PAPER,
     "paper-refcocog": replace(_PAPER, alpha=0.85),
+    # The paper's scoring among SAM 3's instances of the noun phrase (its default proposals: SPEC below).
+    "global-local-sam3": _PAPER,
     # Every quirk off, for ablations; not validated to score better.
     "no-quirks": replace(
         _PAPER, clip_normalization="clip", antialias=True, crop_fill="mean", crop_box="tight", feature_norm="unit"
@@ -282,6 +284,7 @@ SPEC = MethodSpec(
     preset_aliases={"paper": "paper-refcoco"},
     default_clip_model="ViT-B-32",
     default_proposals="freesolo",
+    preset_proposals={"global-local-sam3": "sam3"},
     dataset_presets={"refcoco": "paper-refcoco", "refcoco+": "paper-refcoco+", "refcocog": "paper-refcocog"},
     sweep_module="globallocal.methods.global_local.sweep",
     sweep_settings=SWEPT_SETTINGS,
