@@ -141,13 +141,13 @@ def test_json_says_which_step_answered_and_the_sources_scores(clips, nlp, photo)
     segmenter.set_image(photo)
     own, fallback, nothing = segmenter.predict_many(["the wooden chair", "the tall chair", "a purple giraffe"])
     answer = own.to_json()
-    assert answer["step"] == "noun-phrase" and answer["prompt"] == "the wooden chair"
+    assert answer["sam3_step"] == "noun-phrase" and answer["sam3_prompt"] == "the wooden chair"
     assert answer["proposal_scores"] == [float(s) for s in own.concept.proposals.scores] == [
         float(np.float32(0.9)), float(np.float32(0.8))]
     assert answer["proposal_score"] == answer["proposal_scores"][own.index]
-    assert fallback.to_json()["step"] == "head-noun" and fallback.to_json()["prompt"] == "chair"
+    assert fallback.to_json()["sam3_step"] == "head-noun" and fallback.to_json()["sam3_prompt"] == "chair"
     empty = nothing.to_json()
-    assert (empty["index"], empty["score"], empty["scores"], empty["step"], empty["proposal_score"]) == (
+    assert (empty["index"], empty["score"], empty["scores"], empty["sam3_step"], empty["proposal_score"]) == (
         None, None, [], "none", None)
     assert nothing.noun_phrase == "a purple giraffe" and not nothing.mask.any() and nothing.mask.shape == SIZE
 

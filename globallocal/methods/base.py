@@ -91,8 +91,9 @@ class SegmentResult:
             return {}
         scores = [float(value) for value in self.concept.proposals.scores]
         return {
-            "step": self.concept.step,
-            "prompt": self.concept.prompt,
+            # Named as --method sam3 names them, so both kinds of run record the fallback step alike.
+            "sam3_step": self.concept.step,
+            "sam3_prompt": self.concept.prompt,
             "proposal_scores": scores,
             "proposal_score": None if self.index is None else scores[self.index],
         }
