@@ -164,8 +164,13 @@ class ProposalArgs:
         return self.kind == "sam3"
 
     def check(self) -> None:
-        """What can be refused before any model loads: SAM 3's threshold, fallback chain and weights folder."""
+        """What can be refused before any model loads: SAM 3's options without SAM 3, its threshold, fallback
+        chain and weights folder."""
+        own = [f"--{name.replace('_', '-')}" for name in ("sam3_weights", "sam3_threshold", "sam3_fallback")
+               if getattr(self, name) is not None]
         if self.kind != "sam3":
+            if own:
+                raise InputError(f"{own[0]} applies to --proposals sam3, not {self.kind or 'this method'}")
             return
         from globallocal.proposals.sam3 import (
             DEFAULT_BELOW_THRESHOLD_K,
