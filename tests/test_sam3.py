@@ -236,6 +236,8 @@ def test_a_folder_of_another_model_is_refused(tmp_path, sam3_folder):
     assert "tokenizer.json" in str(caught.value)
     with pytest.raises(WeightsError, match="does not exist"):
         load_sam3(tmp_path / "nowhere")
+    with pytest.raises(InputError, match="precision fp16 is for CUDA; on the CPU use fp32"):
+        load_sam3(sam3_folder, precision="fp16")
     assert json.loads((sam3_folder / "config.json").read_text())["model_type"] == "sam3"
 
 
