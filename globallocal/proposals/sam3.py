@@ -32,7 +32,7 @@ from PIL import Image
 from ..data.images import ImageInput, load_image
 from ..errors import InputError
 from . import Proposals, postprocess
-from .sam3_weights import Sam3Weights
+from .sam3_weights import Sam3Weights, load_sam3
 
 if TYPE_CHECKING:
     import spacy
@@ -50,6 +50,7 @@ __all__ = [
     "check_sam3_settings",
     "concept_query",
     "head_noun",
+    "load_sam3",  # its home is .sam3_weights
     "parse_fallback",
     "sam3_checks",
 ]
