@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 
 import numpy as np
@@ -269,3 +270,15 @@ def test_the_registry_refuses_options_of_other_sources(sam3_folder):
         build_proposal_generator("freesolo", sam3_threshold=0.3)
     with pytest.raises(InputError, match="threshold must be in"):  # refused before SAM 3 loads
         build_proposal_generator("sam3", weights="/nowhere", sam3_threshold=2.0)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sam2") is None, reason="sam2 is not installed (optional [sam] extra)")
+def test_the_sam2_fallback_step_gets_its_own_generator(sam3_folder):
+    from globallocal.proposals.sam import SAM2Generator
+    from globallocal.proposals.sources import build_proposal_generator, proposal_cache_key
+
+    built = build_proposal_generator("sam3", weights=sam3_folder, model="tiny", sam2_weights="random",
+                                     sam3_fallback="head-noun,sam2", points_per_side=4)
+    assert isinstance(built.sam2, SAM2Generator) and built.fallback == ("head-noun", "sam2")
+    key = proposal_cache_key("sam3", built, sam3_folder, "cpu")
+    assert key["options"]["sam2"]["model"] == "tiny" and key["options"]["sam2"]["points_per_side"] == 4
