@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 
 import numpy as np
@@ -53,23 +54,32 @@ def best_scores(sam3, photo) -> dict[str, float]:
     return {prompt: float(answer.proposals.scores.max()) for prompt, answer in zip(PROMPTS, answers)}
 
 
-def test_the_source_equals_transformers_own_call_sequence(sam3, photo):
-    prompts = ["tall man in red", "car"]
-    threshold = 0.12  # some, not all, of each prompt's instances score above it
-    inputs = sam3.processor(images=[photo, photo], text=prompts, return_tensors="pt")
+def by_hand(sam3, photo, prompts: list[str], threshold: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """transformers' own call sequence (one image per prompt, no cached vision features): per prompt the
+    non-empty bool masks and their scores, best first."""
+    inputs = sam3.processor(images=[photo] * len(prompts), text=prompts, return_tensors="pt")
     with torch.inference_mode():
         outputs = sam3.model(**inputs)
     expected = sam3.processor.post_process_instance_segmentation(
-        outputs, threshold=threshold, mask_threshold=0.5, target_sizes=[(60, 80)] * 2)
-    answers = source(sam3, threshold=threshold, fallback=()).generate_for(photo, prompts)
-    for want, got, prompt in zip(expected, answers, prompts):
+        outputs, threshold=threshold, mask_threshold=0.5, target_sizes=[(photo.height, photo.width)] * len(prompts))
+    instances = []
+    for want in expected:
         masks = want["masks"].bool()
         keep = masks.flatten(1).any(dim=1)
         order = torch.argsort(want["scores"][keep], descending=True, stable=True)
-        assert 0 < len(order) < outputs.pred_logits.shape[1]
+        instances.append((masks[keep][order], want["scores"][keep][order]))
+    return instances
+
+
+def test_the_source_equals_transformers_own_call_sequence(sam3, photo):
+    prompts = ["tall man in red", "car"]
+    threshold = 0.12  # some, not all, of each prompt's instances score above it
+    answers = source(sam3, threshold=threshold, fallback=()).generate_for(photo, prompts)
+    for (masks, scores), got, prompt in zip(by_hand(sam3, photo, prompts, threshold), answers, prompts):
+        assert 0 < len(scores) < 8  # of the tiny model's 8 queries
         assert got.step == "noun-phrase" and got.prompt == prompt
-        assert torch.equal(got.proposals.masks, masks[keep][order])
-        torch.testing.assert_close(got.proposals.scores, want["scores"][keep][order], rtol=0, atol=1e-6)
+        assert torch.equal(got.proposals.masks, masks)
+        torch.testing.assert_close(got.proposals.scores, scores, rtol=0, atol=1e-6)
         assert got.proposals.masks.shape[1:] == (60, 80)
 
 
@@ -117,8 +127,9 @@ def test_the_fallback_chain_runs_in_order(sam3, photo):
     assert bool((second.proposals.scores > (scores[phrase] + scores[head]) / 2).all())
     third = answer(min(top + 1e-3, 1.0))
     assert (third.step, third.prompt) == ("below-threshold", phrase)
-    assert len(third.proposals) == 2
-    torch.testing.assert_close(float(third.proposals.scores[0]), scores[phrase], rtol=0, atol=1e-6)
+    [(masks, every)] = by_hand(sam3, photo, [phrase], -1.0)
+    assert torch.equal(third.proposals.masks, masks[:2])  # the phrase's two best, whatever their score
+    torch.testing.assert_close(third.proposals.scores, every[:2], rtol=0, atol=1e-6)
     fourth = answer(min(top + 1e-3, 1.0), fallback=("head-noun",))
     assert (fourth.step, fourth.prompt, len(fourth.proposals)) == ("none", "", 0)
     assert fourth.proposals.masks.shape == (0, 60, 80)
@@ -226,6 +237,8 @@ def test_a_folder_of_another_model_is_refused(tmp_path, sam3_folder):
     assert "tokenizer.json" in str(caught.value)
     with pytest.raises(WeightsError, match="does not exist"):
         load_sam3(tmp_path / "nowhere")
+    with pytest.raises(InputError, match="precision fp16 is for CUDA; on the CPU use fp32"):
+        load_sam3(sam3_folder, precision="fp16")
     assert json.loads((sam3_folder / "config.json").read_text())["model_type"] == "sam3"
 
 
@@ -257,3 +270,15 @@ def test_the_registry_refuses_options_of_other_sources(sam3_folder):
         build_proposal_generator("freesolo", sam3_threshold=0.3)
     with pytest.raises(InputError, match="threshold must be in"):  # refused before SAM 3 loads
         build_proposal_generator("sam3", weights="/nowhere", sam3_threshold=2.0)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sam2") is None, reason="sam2 is not installed (optional [sam] extra)")
+def test_the_sam2_fallback_step_gets_its_own_generator(sam3_folder):
+    from globallocal.proposals.sam import SAM2Generator
+    from globallocal.proposals.sources import build_proposal_generator, proposal_cache_key
+
+    built = build_proposal_generator("sam3", weights=sam3_folder, model="tiny", sam2_weights="random",
+                                     sam3_fallback="head-noun,sam2", points_per_side=4)
+    assert isinstance(built.sam2, SAM2Generator) and built.fallback == ("head-noun", "sam2")
+    key = proposal_cache_key("sam3", built, sam3_folder, "cpu")
+    assert key["options"]["sam2"]["model"] == "tiny" and key["options"]["sam2"]["points_per_side"] == 4

@@ -129,3 +129,31 @@ def test_changed_settings_apply_without_encoding_the_image_again(nlp, sam3_folde
     seg.predict("a dog")
     seg.predict("a cat")
     assert calls == [1, 1]
+
+
+def test_an_evaluation_of_sam3_resumes_to_identical_records(nlp, sam3_folder, tmp_path, tiny_vit):
+    from refer_fixtures import build_refer
+
+    from globallocal.runs.evaluate import EvaluationConfig, EvaluationStopped, read_records, run_evaluation
+
+    refer = build_refer(tmp_path / "dataset")
+
+    def evaluate(out_name: str, stop: int | None = None) -> dict:
+        config = EvaluationConfig(dataset="refcoco", split="val", data_root=refer.data_root,
+                                  images_dir=refer.images_dir, out_dir=tmp_path / out_name,
+                                  settings={"method": "sam3"})
+        seg = segmenter(nlp, sam3_folder, clip=tiny_vit, threshold=0.15)
+        return run_evaluation(config, seg, None, progress=False, stop_after_images=stop)
+
+    def records(out_name: str) -> list[tuple]:
+        return [(r["sent_id"], r["I"], r["U"], r["sam3_step"]) for image in read_records(tmp_path / out_name)
+                for r in image.records]
+
+    full = evaluate("full")
+    with pytest.raises(EvaluationStopped):
+        evaluate("resumed", stop=1)
+    resumed = evaluate("resumed")
+    assert resumed["metrics"] == full["metrics"]
+    assert records("resumed") == records("full")
+    assert {step for *_, step in records("full")} <= {"noun-phrase", "head-noun", "below-threshold"}
+    assert full["metrics"]["sentences"] == len(records("full")) > 0

@@ -32,7 +32,7 @@ from PIL import Image
 from ..data.images import ImageInput, load_image
 from ..errors import InputError
 from . import Proposals, postprocess
-from .sam3_weights import Sam3Weights
+from .sam3_weights import Sam3Weights, load_sam3
 
 if TYPE_CHECKING:
     import spacy
@@ -50,6 +50,7 @@ __all__ = [
     "check_sam3_settings",
     "concept_query",
     "head_noun",
+    "load_sam3",  # its home is .sam3_weights
     "parse_fallback",
     "sam3_checks",
 ]
@@ -148,7 +149,7 @@ def concept_query(parsed: ParsedPhrase, nlp: spacy.Language, prompt: str = "noun
 @dataclass
 class _Decoded:
     above: Proposals
-    below: Proposals | None  # the best instances below the threshold (None: not asked for)
+    below: Proposals | None  # when nothing is above: the best instances below the threshold (None: not asked for)
 
 
 class Sam3ConceptSource:
@@ -179,6 +180,7 @@ class Sam3ConceptSource:
         """``{"size", "sha256"}`` of the weights (empty: a model given in memory)."""
         self.weights_file: Path | None = None
         """The safetensors file the model was loaded from (set by :meth:`from_loaded`)."""
+        self._transformers = metadata.version("transformers")
         self.configure(threshold=threshold, max_proposals=max_proposals, fallback=fallback,
                        below_threshold_k=below_threshold_k)
         self.image: Image.Image | None = None
@@ -214,7 +216,7 @@ class Sam3ConceptSource:
             "below_threshold_k": below_threshold_k,
             "sam2": dict(self.sam2.settings) if self.sam2 is not None else None,
             "weights": self.weights,
-            "transformers": metadata.version("transformers"),
+            "transformers": self._transformers,
         }
         if settings == getattr(self, "settings", None):
             return
@@ -265,26 +267,45 @@ class Sam3ConceptSource:
         )
         outputs = self.model(vision_embeds=vision, input_ids=text["input_ids"], attention_mask=text["attention_mask"])
         image = self._require_image()
-        sizes = [(image.height, image.width)] * n
+        size = (image.height, image.width)
         kept = self.processor.post_process_instance_segmentation(
-            outputs, threshold=self.threshold, mask_threshold=MASK_THRESHOLD, target_sizes=sizes)
-        every = (self.processor.post_process_instance_segmentation(
-            outputs, threshold=-1.0, mask_threshold=MASK_THRESHOLD, target_sizes=sizes) if below else [None] * n)
-        for prompt, above, alls in zip(prompts, kept, every):
+            outputs, threshold=self.threshold, mask_threshold=MASK_THRESHOLD, target_sizes=[size] * n)
+        for row, (prompt, above) in enumerate(zip(prompts, kept)):
             found = self._proposals(above, self.max_proposals)
-            rest = None
-            if alls is not None:
-                k = min(self.below_threshold_k, self.max_proposals or self.below_threshold_k)
-                rest = self._proposals(alls, k)
+            rest = self._below_threshold(outputs, row, size) if below and not len(found) else None
             self._decoded[prompt] = _Decoded(found, rest)
 
-    def _proposals(self, result: dict[str, torch.Tensor] | None, limit: int | None) -> Proposals:
+    def _below_threshold(self, outputs: Any, row: int, size: tuple[int, int]) -> Proposals:
+        """The best ``below_threshold_k`` instances of one prompt, whatever their score (empty masks dropped).
+
+        Only those k masks are resized to the image (SAM 3 has 200 queries), by transformers' own
+        post-processing on the outputs cut to them; the queries are ranked by its detection scores.
+        """
+        from transformers.models.sam3.modeling_sam3 import Sam3ImageSegmentationOutput
+
+        def cut(rows: slice, queries: Any = slice(None)) -> Sam3ImageSegmentationOutput:
+            return Sam3ImageSegmentationOutput(
+                pred_logits=outputs.pred_logits[rows][:, queries], pred_boxes=outputs.pred_boxes[rows][:, queries],
+                pred_masks=outputs.pred_masks[rows][:, queries], presence_logits=outputs.presence_logits[rows])
+
+        one = slice(row, row + 1)
+        [scored] = self.processor.post_process_object_detection(cut(one), threshold=-1.0)  # every query, in order
+        k = min(self.below_threshold_k, self.max_proposals or self.below_threshold_k, len(scored["scores"]))
+        best = torch.topk(scored["scores"], k).indices
+        [result] = self.processor.post_process_instance_segmentation(
+            cut(one, best), threshold=-1.0, mask_threshold=MASK_THRESHOLD, target_sizes=[size])
+        return self._proposals(result, k)
+
+    def _proposals(self, result: dict[str, torch.Tensor], limit: int | None) -> Proposals:
         masks = result["masks"].bool().cpu()
         return postprocess(Proposals.from_masks(masks, result["scores"].float().cpu()), limit)
 
     def _ensure(self, prompts: Sequence[str], below: bool) -> None:
-        missing = [p for p in dict.fromkeys(prompts)
-                   if p not in self._decoded or (below and self._decoded[p].below is None)]
+        def known(prompt: str) -> bool:
+            entry = self._decoded.get(prompt)
+            return entry is not None and not (below and not len(entry.above) and entry.below is None)
+
+        missing = [prompt for prompt in dict.fromkeys(prompts) if not known(prompt)]
         if missing:
             self._decode(missing, below)
 
