@@ -175,3 +175,14 @@ def test_batch_takes_sam3_candidates_per_phrase(cli, photo, sam3_folder, tmp_pat
     for record in results:
         assert record["proposal_score"] == record["proposal_scores"][record["index"]]
         assert record["sam3_step"] in ("noun-phrase", "head-noun", "below-threshold")
+
+
+def test_the_python_api_takes_the_sam3_source(photo, sam3_folder, tiny_config_paths, tiny_checkpoints):
+    source = build_proposal_generator("sam3", weights=sam3_folder, sam3_threshold=float(THRESHOLD))
+    segmenter = Segmenter.from_pretrained(str(tiny_config_paths["vit12"]), str(tiny_checkpoints["vit12"]),
+                                          "hybridgl-sam3", method="hybridgl", proposal_source=source)
+    assert segmenter.phrase_dependent
+    segmenter.set_image(photo)
+    left, right = segmenter.predict_many(["the dog on the left", "the dog on the right"])
+    assert left.concept is right.concept  # one noun phrase, one decode
+    assert left.to_json()["sam3_step"] == left.concept.step and left.index in left.candidates
