@@ -10,11 +10,17 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..errors import InputError
+from ..models.devices import check_device, check_precision
+from ..proposals import PROPOSAL_KINDS
+from .common import check_image_file
+
+if TYPE_CHECKING:
+    from ..methods import MethodSpec
 
 CLIP_MODEL_HELP = (
     "open_clip architecture (RN50, RN101, ViT-B-32, ViT-B-16, ViT-L-14, ...) or an open_clip model-config .json. "
@@ -41,13 +47,26 @@ def setting_overrides(**values) -> dict:
     return {name: value for name, value in values.items() if value is not None}
 
 
-def check_applicable(spec, overrides: dict, source: ProposalArgs, masks: Path | None = None) -> None:
-    """Refuse, naming it, an option the method does not use: a setting it lacks, proposals it does not take."""
+def check_models(spec: MethodSpec, clip_model: str | None, clip_weights: str, device: str, precision: str) -> str:
+    """What can be checked of the models without torch: the device and precision names, the CLIP architecture
+    (and that it fits the method), the weights path. Returns the architecture to load."""
+    check_device(device)
+    check_precision(precision)
+    return spec.check_clip(clip_model, clip_weights)
+
+
+def check_applicable(spec, overrides: dict, source: ProposalArgs, masks: Path | None = None,
+                     extra_kinds: tuple[str, ...] = ()) -> None:
+    """Refuse, naming it, an option the method does not use: a setting it lacks, proposals it does not take;
+    and an unknown proposal source (``extra_kinds``: the command's own, such as evaluate's ``gt``)."""
     known = {field.name for field in fields(spec.settings())}
     for name in overrides:
         if name not in known:
             raise InputError(f"--{name.replace('_', '-')} does not apply to --method {spec.name}")
-    if not spec.method_class.uses_proposals:
+    kinds = (*PROPOSAL_KINDS, *extra_kinds)
+    if source.kind is not None and source.kind not in kinds:
+        raise InputError(f"unknown --proposals '{source.kind}'; use {', '.join(kinds)}")
+    if not spec.uses_proposals:
         given = [*source.given(), *(["--masks"] if masks is not None else [])]
         if given:
             raise InputError(f"{given[0]} does not apply to --method {spec.name}: it draws its own mask")
@@ -183,8 +202,7 @@ def check_phrases(image: Path, phrases: list[str]) -> None:
                 f"the phrase {phrase!r} is a file: segment takes one image, then phrases; for several images "
                 f"use `globallocal batch` or run `globallocal segment` once per image"
             )
-    if not image.is_file():
-        raise InputError(f"image not found: {image}")
+    check_image_file(image)
     if len(phrases) > 2 and all(" " not in phrase.strip() for phrase in phrases):
         warnings.warn(
             f"{len(phrases)} one-word phrases; if they are one phrase, quote it: \"{' '.join(phrases)}\"",

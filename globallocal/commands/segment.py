@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from ..errors import InputError
-from .common import check_output, numbered, stderr
+from ..outputs.paths import check_output, check_soft_outputs
+from .common import numbered, stderr
 from .options import (
     CLIP_MODEL_HELP,
     CLIP_WEIGHTS_HELP,
@@ -39,6 +40,7 @@ from .options import (
     TCLWeightsOpt,
     TCLWindowOpt,
     check_applicable,
+    check_models,
     check_phrases,
     no_noun,
     setting_overrides,
@@ -139,20 +141,15 @@ def segment(
     outputs = [numbered(output, i, count) for i in range(count)]
     overlays = [numbered(overlay, i, count) for i in range(count)] if overlay else []
     top_k_pictures = [numbered(top_k_picture, i, count) for i in range(count)] if top_k_picture else []
-    extra = [path for path in (json_path, overlay_all) if path is not None]
-    for path in [*outputs, *overlays, *top_k_pictures, *extra]:
-        check_output(path)
+    named = {"--output": outputs, "--overlay": overlays, "--top-k-picture": top_k_pictures,
+             "--json": [json_path] if json_path else [], "--overlay-all": [overlay_all] if overlay_all else []}
+    for flag, paths in named.items():
+        for path in paths:
+            check_output(path, flag)
     if top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {top_k}")
 
-    from globallocal.data.images import load_image, save_mask_png
-    from globallocal.methods import TCLOptions, get_method
-    from globallocal.models.clip import resolve_device
-    from globallocal.models.text import parse_phrase
-    from globallocal.outputs.answers import StageTimer, caption, write_json, write_pictures
-    from globallocal.outputs.heatmap import check_soft_outputs, save_soft_outputs
-    from globallocal.proposals.files import load_proposals
-    from globallocal.segmenter import Segmenter
+    from globallocal.methods import TCLOptions, get_method  # torch-free, like every check below
 
     spec = get_method(method)
     tcl = TCLOptions(tcl_window, tcl_pamr, tcl_templates, tcl_kp_weight, tcl_threshold, tcl_weights, tcl_weight)
@@ -174,10 +171,20 @@ def segment(
     proposals = proposals or spec.default_proposals
     sam_settings = sam_settings or spec.default_proposal_settings
     source = ProposalArgs.from_arguments(locals())
-    if top_k_picture and not spec.method_class.uses_proposals:
+    if top_k_picture and not spec.uses_proposals:
         raise InputError(f"--top-k-picture shows ranked proposals; --method {method} takes none")
-    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    spec.settings(preset, **overrides)
+    clip_model = check_models(spec, clip_model, clip_weights, device, precision)
     check_soft_outputs(soft_mask, heatmap, tcl.uses_tcl(method), f"--method {method}")
+
+    from globallocal.data.images import load_image, save_mask_png
+    from globallocal.models.clip import resolve_device
+    from globallocal.models.text import parse_phrase
+    from globallocal.outputs.answers import StageTimer, caption, write_json, write_pictures
+    from globallocal.outputs.heatmap import save_soft_outputs
+    from globallocal.proposals.files import load_proposals
+    from globallocal.segmenter import Segmenter
+
     timer = StageTimer()
     device = resolve_device(device)
     picture = load_image(image)

@@ -33,14 +33,15 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from ..errors import InputError
-from ..proposals import Proposals
+
+if TYPE_CHECKING:
+    from ..proposals import Proposals
 from .refer import ImageGroup, ImageRecord, Sentence, load_dataset_image, missing_images
 
 __all__ = [
@@ -307,9 +308,9 @@ class PhraseCutDataset:
                 mask = rasterize_polygons(instance, image.height, image.width)
                 if mask.any() and not any(np.array_equal(mask, other) for other in masks):
                     masks.append(mask)
-        if not masks:
-            return Proposals.from_masks(torch.zeros((0, image.height, image.width), dtype=torch.bool))
-        return Proposals.from_masks(torch.from_numpy(np.stack(masks)))
+        from ..proposals import Proposals  # on first use: reading a dataset (and `report`) needs no torch
+
+        return Proposals.from_arrays(masks, image.height, image.width)
 
     def subsets(self, task: PhraseCutTask) -> list[str]:
         """The task's subsets among :data:`BREAKDOWN`, by PhraseCut's rules (utils/subset.py)."""

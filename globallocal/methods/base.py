@@ -12,42 +12,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 
-from ..errors import InputError
 from ..models.text import ParsedPhrase, count_tokens
 from ..proposals import Proposals
+from .settings import MethodSettings
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]
 """Raw CLIP text features (len(texts), D), float32, through the segmenter's cache."""
-
-
-class MethodSettings:
-    """Mixin for a method's frozen settings dataclass: validation, overrides, a plain dict."""
-
-    def checks(self) -> list[tuple[bool, str]]:
-        """(condition, message) pairs; a false condition is refused with its message."""
-        return []
-
-    def __post_init__(self) -> None:
-        for ok, message in self.checks():
-            if not ok:
-                raise InputError(message)
-
-    def with_overrides(self, **overrides: Any):
-        """A copy with the given fields changed; ``None`` values are ignored, unknown names refused."""
-        names = {field.name for field in fields(self)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise InputError(f"unknown setting(s) for this method: {', '.join(unknown)}")
-        return replace(self, **{key: value for key, value in overrides.items() if value is not None})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

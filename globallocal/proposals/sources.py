@@ -17,7 +17,7 @@ import torch
 
 from ..data.images import ImageInput
 from ..errors import InputError
-from . import Proposals
+from . import PROPOSAL_KINDS, Proposals
 from .sam import (
     DEFAULT_SAM2_MODEL,
     DEFAULT_SAM_MODEL,
@@ -32,8 +32,6 @@ from .sam import (
     load_sam,
     load_sam2,
 )
-
-PROPOSAL_KINDS = ("freesolo", "sam2", "sam")
 
 
 class ProposalGenerator(Protocol):

@@ -32,7 +32,8 @@ from ...runs.cache import ImageEntry, TextStore, VisualStore
 from ...runs.evaluate import CompletedImage, read_records, referent
 from ...runs.metrics import PRECISION_THRESHOLDS, MetricAccumulator
 from ...runs.sweep import SWEEP_JSON, SWEEP_MD, SWEEP_PNG, CachedRun, add_unanswered, load_entry, load_texts, one_thread
-from .method import SWEPT_SETTINGS, proposal_scores, scoring_visual, text_blend, visual_blend
+from .method import proposal_scores, scoring_visual, text_blend, visual_blend
+from .settings import SWEPT_SETTINGS
 from .sweep_heatmap import draw_heatmap, grid_value, is_run_point
 
 __all__ = ["SWEPT_SETTINGS", "format_table", "sweep"]

@@ -23,7 +23,8 @@ from ...models.clip import ClipBundle, load_clip
 from ...models.text import ParsedPhrase, encode_texts
 from ...proposals import Proposals
 from ..base import ImageFeatures, Method, SegmentResult, TextEncoder
-from .method import TCL, TCLSettings, build_tcl
+from .method import TCL, build_tcl
+from .settings import TCLSettings
 
 TCL_CLIP_MODEL = "ViT-B-16-quickgelu"
 PREFIX = "tcl."

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import InputError
 from .. import MethodSpec
-from ..base import Method
+
+if TYPE_CHECKING:
+    from ..base import Method
 
 TCL_METHOD = "tcl"
 
@@ -70,7 +72,7 @@ class TCLOptions:
         self.tcl_settings()  # bad values fail before any model loads
 
     def tcl_settings(self):
-        from .method import TCLSettings
+        from .settings import TCLSettings
 
         return TCLSettings().with_overrides(**self.settings_overrides())
 
