@@ -100,19 +100,29 @@ class MethodSpec:
         weights path checked (:func:`~globallocal.models.architectures.check_clip_weights`). Loads nothing."""
         name = clip_model or self.default_clip_model
         check_clip_weights(clip_weights, name)
-        family = image_tower_family(architecture_config(name))
-        if self.image_tower == "vit" and family != "vit":
+        if not self._tower_fits(name):
             raise InputError(
                 f"--method {self.name} needs a ViT CLIP (it works on the image tower's patch tokens); "
                 f"--clip-model {name} is a ResNet: use {self.default_clip_model} (the paper's), ViT-B-32 or ViT-L-14"
             )
-        if self.built_on and not same_architecture(name, self.built_on):
+        if not self._trained_on(name):
             warnings.warn(
                 f"{self.display} was trained on CLIP {self.built_on}; with --clip-model {name} its weights see "
                 f"features they were not trained on: use --clip-model {self.default_clip_model}",
                 stacklevel=1,  # one location: the command line's early check and the loader's warn once
             )
         return name
+
+    def runs_on(self, clip_model: str) -> bool:
+        """Whether the method runs on CLIP ``clip_model`` as it was meant to: its image tower and, for a method
+        with weights of its own (TCL), the architecture they were trained on."""
+        return self._tower_fits(clip_model) and self._trained_on(clip_model)
+
+    def _tower_fits(self, name: str) -> bool:
+        return self.image_tower is None or image_tower_family(architecture_config(name)) == self.image_tower
+
+    def _trained_on(self, name: str) -> bool:
+        return self.built_on is None or same_architecture(name, self.built_on)
 
     def preset_names(self) -> list[str]:
         return [*self.presets, *self.preset_aliases]

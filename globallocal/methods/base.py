@@ -47,9 +47,21 @@ class SegmentResult:
     has_noun: bool
     """Whether spaCy found a noun in the phrase."""
 
+    ranking_label: ClassVar[str] = "score"
+    """What :meth:`ranking`'s values are called in captions ("final score" for HybridGL)."""
+
     @property
     def score(self) -> float | None:
         return None if self.index is None else float(self.scores[self.index])
+
+    def ranking(self) -> list[tuple[int, float]]:
+        """(proposal, value) by the score the method chose with, the answer first, then best first; empty for
+        a method that draws its own mask. Pictures and the page rank and caption by it."""
+        if self.index is None:
+            return []
+        values = [float(value) for value in self.scores]
+        others = sorted((i for i in range(len(values)) if i != self.index), key=lambda i: -values[i])
+        return [(i, values[i]) for i in (self.index, *others)]
 
     def other_answers(self) -> dict[str, int]:
         """Further answers a method reports beside its own (HybridGL: "pure", without spatial guidance)."""

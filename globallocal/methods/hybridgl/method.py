@@ -15,10 +15,11 @@ inside each mask. The answer without guidance is reported too ("pure").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -84,8 +85,17 @@ class HybridGLResult(SegmentResult):
     k2: int = 0
     """K2 as applied, likewise."""
 
+    ranking_label: ClassVar[str] = "final score"
+
     def other_answers(self) -> dict[str, int]:
         return {"pure": self.pure_index}
+
+    def ranking(self) -> list[tuple[int, float]]:
+        """The K1 candidates by final score, the answer first (NaN scores after the numbers): what decided."""
+        final = dict(zip(self.candidates, (float(value) for value in self.final)))
+        others = sorted((i for i in final if i != self.index),
+                        key=lambda i: (math.isnan(final[i]), 0.0 if math.isnan(final[i]) else -final[i]))
+        return [(i, final[i]) for i in (self.index, *others)]
 
     def record_fields(self) -> dict[str, Any]:
         # The text analysis and the K's as applied: with the cached features, all a sweep needs to replay
