@@ -32,12 +32,15 @@ from .options import (
     ShortSideOpt,
     StabilityOpt,
     StickyTopkOpt,
+    TCLBlendOpt,
+    TCLCheckpointOpt,
+    TCLClipWeightsOpt,
     TCLKpWeightOpt,
     TCLPamrOpt,
     TCLTemplatesOpt,
     TCLThresholdOpt,
-    TCLWeightOpt,
-    TCLWeightsOpt,
+    TCLWeightOldOpt,
+    TCLWeightsOldOpt,
     TCLWindowOpt,
     check_applicable,
     check_models,
@@ -113,8 +116,11 @@ def evaluate(
     tcl_templates: TCLTemplatesOpt = None,
     tcl_kp_weight: TCLKpWeightOpt = None,
     tcl_threshold: TCLThresholdOpt = None,
-    tcl_weights: TCLWeightsOpt = None,
-    tcl_weight: TCLWeightOpt = None,
+    tcl_checkpoint: TCLCheckpointOpt = None,
+    tcl_blend: TCLBlendOpt = None,
+    tcl_clip_weights: TCLClipWeightsOpt = None,
+    tcl_weights: TCLWeightsOldOpt = None,
+    tcl_weight: TCLWeightOldOpt = None,
     cache: Path | None = typer.Option(
         None, help="Feature cache folder: proposals and CLIP features per image, text features per phrase, keyed by "
         "model, weights and visual settings (not alpha/beta). Later runs sharing images skip the models; "
@@ -132,7 +138,7 @@ def evaluate(
     from globallocal.runs.evaluation_config import EvaluationConfig, check_evaluation_inputs
 
     spec = get_method(method)
-    tcl = TCLOptions(tcl_window, tcl_pamr, tcl_templates, tcl_kp_weight, tcl_threshold, tcl_weights, tcl_weight)
+    tcl = TCLOptions.from_arguments(locals())
     tcl.check(spec)
     proposals = proposals or spec.default_proposals
     preset = preset or spec.preset_for(dataset)

@@ -121,12 +121,33 @@ TCLKpWeightOpt = Annotated[float | None, typer.Option(
     "--tcl-kp-weight", help="TCL: weight of the KP branch (default 0.3; 0 switches it off).")]
 TCLThresholdOpt = Annotated[float | None, typer.Option(
     "--tcl-threshold", help="--method tcl: the answer is soft mask > this (default 0.4 with PAMR, 0.5 without).")]
-TCLWeightsOpt = Annotated[Path | None, typer.Option(
-    "--tcl-weights", help="TCL checkpoint (default: $GLOBALLOCAL_TCL_WEIGHTS, else tcl_weights/tcl.pth, "
-    "downloaded when absent).")]
-TCLWeightOpt = Annotated[float | None, typer.Option(
-    "--tcl-weight", help="Blend TCL's proposal score into a proposal method's: (1 - LAMBDA) z(method) + "
-    "LAMBDA z(TCL); 0 gives exactly the method's answer.", metavar="LAMBDA")]
+TCLCheckpointOpt = Annotated[Path | None, typer.Option(
+    "--tcl-checkpoint", help="TCL's own checkpoint, tcl.pth (default: $GLOBALLOCAL_TCL_WEIGHTS, else "
+    "tcl_weights/tcl.pth, downloaded when absent). Formerly --tcl-weights.", metavar="PATH")]
+TCLBlendOpt = Annotated[float | None, typer.Option(
+    "--tcl-blend", help="Blend TCL's proposal score into a proposal method's: (1 - LAMBDA) z(method) + "
+    "LAMBDA z(TCL); 0 gives exactly the method's answer. Formerly --tcl-weight.", metavar="LAMBDA")]
+TCLClipWeightsOpt = Annotated[Path | None, typer.Option(
+    "--tcl-clip-weights", help="--tcl-blend: a local file of OpenAI's CLIP ViT-B/16, which TCL runs on (default: "
+    "the method's CLIP when it is that model, else 'openai' through the Hugging Face hub).", metavar="PATH")]
+
+
+def _renamed(old: str, new: str):
+    """A callback for an option's old spelling: it still works, with a note naming the new one."""
+
+    def note(value):
+        if value is not None:
+            warnings.warn(f"{old} is now called {new} (the old name still works)", stacklevel=1)
+        return value
+
+    return note
+
+
+# The old spellings, hidden from --help: --tcl-weight and --tcl-weights differed by one letter.
+TCLWeightOldOpt = Annotated[float | None, typer.Option(
+    "--tcl-weight", hidden=True, callback=_renamed("--tcl-weight", "--tcl-blend"))]
+TCLWeightsOldOpt = Annotated[Path | None, typer.Option(
+    "--tcl-weights", hidden=True, callback=_renamed("--tcl-weights", "--tcl-checkpoint"))]
 
 
 @dataclass

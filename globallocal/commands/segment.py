@@ -32,12 +32,15 @@ from .options import (
     ScoreThresholdOpt,
     ShortSideOpt,
     StabilityOpt,
+    TCLBlendOpt,
+    TCLCheckpointOpt,
+    TCLClipWeightsOpt,
     TCLKpWeightOpt,
     TCLPamrOpt,
     TCLTemplatesOpt,
     TCLThresholdOpt,
-    TCLWeightOpt,
-    TCLWeightsOpt,
+    TCLWeightOldOpt,
+    TCLWeightsOldOpt,
     TCLWindowOpt,
     check_applicable,
     check_models,
@@ -120,10 +123,13 @@ def segment(
     tcl_templates: TCLTemplatesOpt = None,
     tcl_kp_weight: TCLKpWeightOpt = None,
     tcl_threshold: TCLThresholdOpt = None,
-    tcl_weights: TCLWeightsOpt = None,
-    tcl_weight: TCLWeightOpt = None,
+    tcl_checkpoint: TCLCheckpointOpt = None,
+    tcl_blend: TCLBlendOpt = None,
+    tcl_clip_weights: TCLClipWeightsOpt = None,
+    tcl_weights: TCLWeightsOldOpt = None,
+    tcl_weight: TCLWeightOldOpt = None,
     soft_mask: Path | None = typer.Option(
-        None, "--soft-mask", help="TCL (--method tcl or --tcl-weight): also write the soft mask as a float32 (H, W) "
+        None, "--soft-mask", help="TCL (--method tcl or --tcl-blend): also write the soft mask as a float32 (H, W) "
         ".npy array at the photo's size. Several phrases: OUT_0.npy, OUT_1.npy, ..."
     ),
     heatmap: Path | None = typer.Option(
@@ -152,7 +158,7 @@ def segment(
     from globallocal.methods import TCLOptions, get_method  # torch-free, like every check below
 
     spec = get_method(method)
-    tcl = TCLOptions(tcl_window, tcl_pamr, tcl_templates, tcl_kp_weight, tcl_threshold, tcl_weights, tcl_weight)
+    tcl = TCLOptions.from_arguments(locals())
     tcl.check(spec)
     overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,

@@ -27,7 +27,7 @@ def check_soft_outputs(soft_mask: Path | None, heatmap_path: Path | None, availa
             continue
         if not available:
             raise InputError(f"{flag} needs TCL's soft mask, which {method} does not give: "
-                             "use --method tcl, or add --tcl-weight to blend TCL in")
+                             "use --method tcl, or add --tcl-blend to blend TCL in")
         if path.suffix.lower() != suffix:
             raise InputError(f"{flag} {path} must end in {suffix}")
         if path.is_dir():
