@@ -7,12 +7,15 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError, InputError
+
+if TYPE_CHECKING:
+    import torch
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -114,6 +117,8 @@ def load_image(source: ImageInput) -> Image.Image:
 
 def to_normalized_tensor(image: Image.Image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """(3, H, W) float32 tensor of an RGB image in [0, 1], normalised by mean/std."""
+    import torch  # here: checking and writing files (run folders, `report`) needs no torch
+
     array = np.asarray(image, dtype=np.uint8)
     tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
@@ -219,7 +224,7 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
 
 def save_mask_png(mask: np.ndarray | torch.Tensor, path: str | os.PathLike) -> None:
     """A bool mask as an 8-bit grey PNG, 0 outside and 255 inside."""
-    if isinstance(mask, torch.Tensor):
+    if hasattr(mask, "cpu"):  # a torch tensor
         mask = mask.cpu().numpy()
     save_png(mask.astype(np.uint8) * 255, path)
 

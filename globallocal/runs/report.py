@@ -21,7 +21,7 @@ from rich.text import Text
 
 from ..data.datasets import dataset_label
 from ..errors import InputError
-from .evaluate import REPORT_JSON
+from .evaluation_report import REPORT_JSON
 from .metrics import PRECISION_THRESHOLDS
 
 FORMATS = ("table", "markdown", "csv", "latex")
