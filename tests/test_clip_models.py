@@ -63,9 +63,12 @@ def test_unknown_tag_and_missing_file(tmp_path):
         load_clip("RN50", str(tmp_path / "w.pt"))
 
 
-def test_precision_needs_cuda():
-    with pytest.raises(InputError, match="fp16 is for CUDA"):
+@pytest.mark.skipif(torch.cpu._is_amx_fp16_supported(), reason="this CPU has float16 matrix units")
+def test_fp16_on_a_cpu_without_float16_units_is_refused():
+    with pytest.raises(InputError, match="precision fp16 has no fast kernels on this CPU .* use bf16 or fp32"):
         load_clip("RN50", "random", precision="fp16")
+    with pytest.raises(InputError, match="unknown precision 'fp8'; use one of fp32, fp16, bf16"):
+        load_clip("RN50", "random", precision="fp8")
 
 
 def test_resnet_batchnorm_is_folded_without_changing_features(tmp_path):
