@@ -69,7 +69,7 @@ def peak_flops(device: str, precision: str, quick: bool = False) -> float:
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     a @ b  # warm-up: kernel selection, first-touch of the output
-    repeats = 20 if device.startswith("cuda") else 3
+    repeats = 20 if device.startswith("cuda") else 5
     return 2 * size**3 / seconds(lambda: a @ b, device, repeats)
 
 

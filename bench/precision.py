@@ -116,7 +116,7 @@ def main() -> None:
         for precision in chosen[1:]:
             relative, changed, iou = compared(results["fp32"], results[precision])
             rows.append([label, precision, f"{relative:.2e}", f"{100 * changed:.0f}% of {len(results['fp32'])}", iou])
-            print(f"{label} {precision}: max rel. diff {relative:.2e}, answers changed {100 * changed:.0f}%",
+            print(f"row: {label} {precision}: max rel. diff {relative:.2e}, answers changed {100 * changed:.0f}%",
                   flush=True)
     print(f"\n{len(photos)} photos x {len(sentences)} sentences, {count} blob proposals, random weights, "
           f"{args.device}; {load_average()}\n")

@@ -333,7 +333,7 @@ def main() -> None:
                 errors = "; ".join(r["error"] for r in (ref, *ours.values()) if "error" in r)
                 row += [gigabytes(ref), gigabytes(ours["fp32"]), "; ".join(filter(None, [note, errors]))]
                 rows.append(row)
-                print(" | ".join(map(str, row)), flush=True)
+                print("row:", " | ".join(map(str, row)), flush=True)
     print(f"\nEvaluation throughput, {args.images} images x 3 refs x 3 sentences, 480x640, "
           f"{device_name(args.device)}; {load_average()}\n")
     print(markdown(header, rows))
