@@ -190,6 +190,11 @@ def load_clip(
                       context_length)
 
 
+def cpu_has_fp16_units() -> bool:
+    """Whether this CPU has float16 matrix instructions (AMX-FP16), as torch reports (False if it cannot say)."""
+    return bool(getattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)())
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     """Refuse a precision the device cannot run at speed: fp32 and bf16 run anywhere, fp16 on CUDA only.
 
@@ -200,7 +205,7 @@ def check_precision(precision: str, device: torch.device) -> None:
     """
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
-    if precision == "fp16" and device.type == "cpu" and not torch.cpu._is_amx_fp16_supported():
+    if precision == "fp16" and device.type == "cpu" and not cpu_has_fp16_units():
         raise InputError("precision fp16 has no fast kernels on this CPU (no AMX-FP16); use bf16 or fp32 on the "
                          "CPU, fp16 on CUDA")
 
