@@ -105,7 +105,7 @@ def test_python_blocks_run(page, example, tiny_config_paths, tiny_checkpoints, r
 
     monkeypatch.setattr(Segmenter, "from_pretrained", staticmethod(tiny_pretrained))
     monkeypatch.setattr(sources, "build_proposal_generator", lambda *args, **kwargs: MaskFolder())
-    monkeypatch.setattr(tcl_blend, "tcl_clip_for", lambda inner: inner.clip)  # the tiny ViT as TCL's CLIP
+    monkeypatch.setattr(tcl_blend, "tcl_clip_for", lambda inner, *_: inner.clip)  # the tiny ViT as TCL's CLIP
     namespace: dict = {}
     for block in blocks(REPO / page, "python"):
         exec(compile(block, page, "exec"), namespace)  # noqa: S102 - the page's own code

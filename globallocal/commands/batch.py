@@ -22,6 +22,7 @@ from .options import (
     MinAreaOpt,
     MinRegionAreaOpt,
     PointsPerSideOpt,
+    PrecisionOpt,
     PredIouOpt,
     ProposalArgs,
     ProposalsOpt,
@@ -60,7 +61,7 @@ def batch(
     chunk_size: int | None = typer.Option(None, help="Masked crops per image-tower batch (memory bound)."),
     fusion_mode: FusionModeOpt = None,
     device: DeviceOpt = "auto",
-    precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
+    precision: PrecisionOpt = "fp32",
     spacy_model: str | None = typer.Option(None, help="spaCy pipeline for the noun phrase."),
     require_noun: bool = typer.Option(
         False, help="Set aside (in errors.jsonl) a line whose phrase has no noun; by default it is answered, the "

