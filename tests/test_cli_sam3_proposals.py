@@ -186,3 +186,23 @@ def test_the_python_api_takes_the_sam3_source(photo, sam3_folder, tiny_config_pa
     left, right = segmenter.predict_many(["the dog on the left", "the dog on the right"])
     assert left.concept is right.concept  # one noun phrase, one decode
     assert left.to_json()["sam3_step"] == left.concept.step and left.index in left.candidates
+
+
+def test_a_phrase_without_candidates_gets_an_empty_mask_and_a_warning(cli, example, tmp_path, tiny_config_paths,
+                                                                      tiny_checkpoints, monkeypatch):
+    from concept_fixtures import FakeConceptSource, table_masks
+
+    from globallocal.commands.options import ProposalArgs
+
+    source = FakeConceptSource(table_masks({"the wooden chair": example["masks"][:2]}))
+    monkeypatch.setattr(ProposalArgs, "build", lambda self, device, keep_order=False: source)
+    report = tmp_path / "out.json"
+    result = cli("segment", example["image"], "the wooden chair", "a purple giraffe",
+                 *_clip_args("global-local", tiny_config_paths, tiny_checkpoints), "--proposals", "sam3",
+                 "-o", tmp_path / "m.png", "--json", report, "--top-k-picture", tmp_path / "top.png")
+    assert result.code == 0, result.err
+    assert "found no instance of 'a purple giraffe'" in result.err
+    chair, giraffe = json.loads(report.read_text())["results"]
+    assert chair["sam3_step"] == "noun-phrase" and chair["index"] in (0, 1) and "box" in chair
+    assert (giraffe["index"], giraffe["sam3_step"], giraffe["area"]) == (None, "none", 0)
+    assert not load_mask(tmp_path / "m_1.png").any() and (tmp_path / "top_1.png").is_file()
