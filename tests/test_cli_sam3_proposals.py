@@ -206,3 +206,34 @@ def test_a_phrase_without_candidates_gets_an_empty_mask_and_a_warning(cli, examp
     assert chair["sam3_step"] == "noun-phrase" and chair["index"] in (0, 1) and "box" in chair
     assert (giraffe["index"], giraffe["sam3_step"], giraffe["area"]) == (None, "none", 0)
     assert not load_mask(tmp_path / "m_1.png").any() and (tmp_path / "top_1.png").is_file()
+
+
+def test_report_puts_the_baseline_the_combinations_and_a_paper_preset_side_by_side(
+    tmp_path, sam3_folder, nlp, tiny_config_paths, tiny_checkpoints
+):
+    from globallocal.runs.evaluate import EvaluationConfig, run_evaluation
+
+    refer = build_refer(tmp_path / "dataset")
+    runs = []
+    for method, preset in [("sam3", "sam3"), ("global-local", "global-local-sam3"), ("hybridgl", "hybridgl-sam3"),
+                           ("global-local", "paper-refcoco")]:
+        family = CLIPS.get(method, "vit")
+        clip = load_clip(str(tiny_config_paths[family]), str(tiny_checkpoints[family]))
+        options = {"weights": str(sam3_folder)} if method == "sam3" else None
+        built = build_method(method, clip, nlp, preset, options, **({"threshold": 0.1} if method == "sam3" else {}))
+        proposals = "none" if method == "sam3" else "gt" if preset.startswith("paper") else "sam3"
+        source = build_proposal_generator("sam3", weights=sam3_folder, sam3_threshold=0.1) if proposals == "sam3" \
+            else None
+        segmenter = Segmenter(clip, nlp, proposal_source=source, method=built)
+        out = tmp_path / preset
+        config = EvaluationConfig(dataset="refcoco", split="val", data_root=refer.data_root,
+                                  images_dir=refer.images_dir, out_dir=out,
+                                  settings={**built.describe(), "preset": preset, "proposals": proposals})
+        run_evaluation(config, segmenter, "gt" if proposals == "gt" else None, progress=False)
+        runs.append(out)
+    lines = format_report_text(runs, "markdown").splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert {"method", "preset", "proposals", "mIoU"} <= set(header)
+    column = header.index("preset")
+    assert [row.strip("|").split("|")[column].strip() for row in lines[2:]] == [
+        "sam3", "global-local-sam3", "hybridgl-sam3", "paper-refcoco"]
