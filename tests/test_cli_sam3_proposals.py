@@ -237,3 +237,8 @@ def test_report_puts_the_baseline_the_combinations_and_a_paper_preset_side_by_si
     column = header.index("preset")
     assert [row.strip("|").split("|")[column].strip() for row in lines[2:]] == [
         "sam3", "global-local-sam3", "hybridgl-sam3", "paper-refcoco"]
+
+
+def test_the_proposals_command_refuses_a_per_phrase_source(run, photo, tmp_path):
+    code, err = run("proposals", photo, "-o", tmp_path / "p", "--proposals", "sam3")
+    assert code == 2 and "sam3 proposes per phrase, not per photo" in err and not (tmp_path / "p").exists()
