@@ -46,6 +46,8 @@ class ImageState:
     image: Image.Image
     proposals: Proposals | None
     tensors: dict[str, torch.Tensor]
+    concepts: ConceptImage | None = None
+    """With a phrase-dependent source and no proposals of its own: the candidates and features per query."""
 
 
 class Segmenter:
@@ -75,7 +77,6 @@ class Segmenter:
         self.method = method
         self.proposal_source = proposal_source
         self._state: ImageState | None = None
-        self._concepts: ConceptImage | None = None
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._text_cache_size = text_cache_size
 
@@ -140,13 +141,13 @@ class Segmenter:
         for a caller that may hold every answer already, see :meth:`add_concept`)
         and each phrase's candidates when it is asked.
         """
-        self._state, self._concepts = None, None
+        self._state = None
         rgb = load_image(image)
         if proposals is None and self.phrase_dependent:
-            self._concepts = ConceptImage(rgb, self.proposal_source, self.method)
+            concepts = ConceptImage(rgb, self.proposal_source, self.method)
             if not lazy:
-                self._concepts.prepare()
-            self._state = ImageState(rgb, None, {})
+                concepts.prepare()
+            self._state = ImageState(rgb, None, {}, concepts)
             return
         if self.method.uses_proposals:
             if proposals is None:
@@ -162,7 +163,7 @@ class Segmenter:
         The image tower is not run: ``tensors`` must be the ``image_state``
         tensors of this image, proposals, model and method settings.
         """
-        self._state, self._concepts = None, None
+        self._state = None
         rgb = load_image(image)
         if proposals is not None:
             check_image_size(rgb, proposals)
@@ -181,12 +182,16 @@ class Segmenter:
         """What ``phrase`` asks a phrase-dependent source (the method's noun phrase and its head noun)."""
         return self.method.concept_query(self.parse(phrase))
 
+    def restore(self, state: ImageState) -> None:
+        """Make an earlier ``image_state`` (of this segmenter) current again: nothing is computed."""
+        self._state = state
+
     def _concept_image(self) -> ConceptImage:
-        self.image_state  # noqa: B018 -- refuses when no image is set
-        if self._concepts is None:
+        concepts = self.image_state.concepts
+        if concepts is None:
             raise InputError("the current image has proposals of its own; phrase-dependent candidates need "
                              "set_image() without proposals and a phrase-dependent proposal source")
-        return self._concepts
+        return concepts
 
     def add_concept(self, query: ConceptQuery, answer: ConceptAnswer, tensors: Mapping[str, torch.Tensor]) -> None:
         """Give the current image a query's candidates and their features as :meth:`concept_entry` returned
@@ -233,14 +238,13 @@ class Segmenter:
                     raise InputError(
                         f"no noun found in the phrase {item.phrase!r}; name the object, e.g. \"the red car\""
                     )
-        if self._concepts is not None:
-            return self._answer_concepts(parsed)
+        if state.concepts is not None:
+            return self._answer_concepts(state.concepts, parsed)
         features = ImageFeatures(state.image, state.proposals, state.tensors)
         return self.method.answer(features, parsed, self.encode)
 
-    def _answer_concepts(self, parsed: Sequence[ParsedPhrase]) -> list[SegmentResult]:
+    def _answer_concepts(self, concepts: ConceptImage, parsed: Sequence[ParsedPhrase]) -> list[SegmentResult]:
         """Each phrase answered among its own noun phrase's candidates; phrases that share it share them."""
-        concepts = self._concepts
         queries = [self.method.concept_query(item) for item in parsed]
         distinct = list(dict.fromkeys(queries))
         results: list[SegmentResult | None] = [None] * len(parsed)

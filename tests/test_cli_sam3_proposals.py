@@ -186,3 +186,59 @@ def test_the_python_api_takes_the_sam3_source(photo, sam3_folder, tiny_config_pa
     left, right = segmenter.predict_many(["the dog on the left", "the dog on the right"])
     assert left.concept is right.concept  # one noun phrase, one decode
     assert left.to_json()["sam3_step"] == left.concept.step and left.index in left.candidates
+
+
+def test_a_phrase_without_candidates_gets_an_empty_mask_and_a_warning(cli, example, tmp_path, tiny_config_paths,
+                                                                      tiny_checkpoints, monkeypatch):
+    from concept_fixtures import FakeConceptSource, table_masks
+
+    from globallocal.commands.options import ProposalArgs
+
+    source = FakeConceptSource(table_masks({"the wooden chair": example["masks"][:2]}))
+    monkeypatch.setattr(ProposalArgs, "build", lambda self, device, keep_order=False: source)
+    report = tmp_path / "out.json"
+    result = cli("segment", example["image"], "the wooden chair", "a purple giraffe",
+                 *_clip_args("global-local", tiny_config_paths, tiny_checkpoints), "--proposals", "sam3",
+                 "-o", tmp_path / "m.png", "--json", report, "--top-k-picture", tmp_path / "top.png")
+    assert result.code == 0, result.err
+    assert "found no instance of 'a purple giraffe'" in result.err
+    chair, giraffe = json.loads(report.read_text())["results"]
+    assert chair["sam3_step"] == "noun-phrase" and chair["index"] in (0, 1) and "box" in chair
+    assert (giraffe["index"], giraffe["sam3_step"], giraffe["area"]) == (None, "none", 0)
+    assert not load_mask(tmp_path / "m_1.png").any() and (tmp_path / "top_1.png").is_file()
+
+
+def test_report_puts_the_baseline_the_combinations_and_a_paper_preset_side_by_side(
+    tmp_path, sam3_folder, nlp, tiny_config_paths, tiny_checkpoints
+):
+    from globallocal.runs.evaluate import EvaluationConfig, run_evaluation
+
+    refer = build_refer(tmp_path / "dataset")
+    runs = []
+    for method, preset in [("sam3", "sam3"), ("global-local", "global-local-sam3"), ("hybridgl", "hybridgl-sam3"),
+                           ("global-local", "paper-refcoco")]:
+        family = CLIPS.get(method, "vit")
+        clip = load_clip(str(tiny_config_paths[family]), str(tiny_checkpoints[family]))
+        options = {"weights": str(sam3_folder)} if method == "sam3" else None
+        built = build_method(method, clip, nlp, preset, options, **({"threshold": 0.1} if method == "sam3" else {}))
+        proposals = "none" if method == "sam3" else "gt" if preset.startswith("paper") else "sam3"
+        source = build_proposal_generator("sam3", weights=sam3_folder, sam3_threshold=0.1) if proposals == "sam3" \
+            else None
+        segmenter = Segmenter(clip, nlp, proposal_source=source, method=built)
+        out = tmp_path / preset
+        config = EvaluationConfig(dataset="refcoco", split="val", data_root=refer.data_root,
+                                  images_dir=refer.images_dir, out_dir=out,
+                                  settings={**built.describe(), "preset": preset, "proposals": proposals})
+        run_evaluation(config, segmenter, "gt" if proposals == "gt" else None, progress=False)
+        runs.append(out)
+    lines = format_report_text(runs, "markdown").splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert {"method", "preset", "proposals", "mIoU"} <= set(header)
+    column = header.index("preset")
+    assert [row.strip("|").split("|")[column].strip() for row in lines[2:]] == [
+        "sam3", "global-local-sam3", "hybridgl-sam3", "paper-refcoco"]
+
+
+def test_the_proposals_command_refuses_a_per_phrase_source(run, photo, tmp_path):
+    code, err = run("proposals", photo, "-o", tmp_path / "p", "--proposals", "sam3")
+    assert code == 2 and "sam3 proposes per phrase, not per photo" in err and not (tmp_path / "p").exists()

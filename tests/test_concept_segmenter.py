@@ -188,3 +188,15 @@ def test_concept_entries_need_an_image_without_proposals_of_its_own(clips, nlp, 
     segmenter.set_features(photo, None, {})
     with pytest.raises(InputError, match="has proposals of its own"):
         segmenter.concept_entry(ConceptQuery("man", None))
+
+
+def test_a_phrase_without_candidates_gets_a_picture_and_a_caption(clips, nlp, photo):
+    from globallocal.outputs.answers import caption
+    from globallocal.outputs.drawing import top_k_picture
+
+    segmenter, _ = _segmenter("global-local", clips, nlp)
+    segmenter.set_image(photo)
+    (nothing,) = segmenter.predict_many(["a purple giraffe"])
+    assert caption(nothing) == "'a purple giraffe': no candidate"
+    picture = top_k_picture(photo, nothing.among(None).masks.numpy(), nothing.scores.tolist(), nothing.phrase)
+    assert picture.shape[1] == 320 and picture.shape[0] > round(SIZE[0] * 320 / SIZE[1])

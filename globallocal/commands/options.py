@@ -195,7 +195,8 @@ class ProposalArgs:
     def from_arguments(cls, arguments: dict) -> ProposalArgs:
         """The proposal options among a command's arguments (its ``locals()``; ``proposals`` is the kind)."""
         names = [field.name for field in fields(cls) if field.name != "kind"]
-        return cls(arguments["proposals"], **{name: arguments[name] for name in names})
+        # A command without SAM 3's options (proposals: per-image masks only) leaves them at their defaults.
+        return cls(arguments["proposals"], **{name: arguments[name] for name in names if name in arguments})
 
     @property
     def weights(self) -> Path | None:

@@ -113,6 +113,7 @@ def serve(
     device = resolve_device(device)
     source = ProposalArgs.from_arguments(locals())
     shared_file = Path(clip_weights).is_file()
+    replace(source, kind="sam3").check()  # SAM 3's options, whichever source the page starts with
 
     def load_segmenter(name: str) -> Segmenter:
         # The command's model options are the served method's; another method starts from its own defaults,

@@ -129,7 +129,8 @@ def write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pi
         save_png(picture_k, path)
 
 
-def _boxes(proposals) -> torch.Tensor | None:
+def proposal_boxes(proposals) -> torch.Tensor | None:
+    """The boxes of proposals (None: none), for :func:`result_json`."""
     return None if proposals is None else proposals.boxes
 
 
@@ -143,7 +144,7 @@ def write_json(path, image, picture, segmenter, results, outputs, candidates, so
         method=segmenter.method.name,
         # every setting (with TCL's, for a blend), as a run's configuration records them
         settings={key: value for key, value in segmenter.method.describe().items() if key != "method"},
-        results=[result_json(r, _boxes(r.among(candidates)), str(out)) for r, out in zip(results, outputs)],
+        results=[result_json(r, proposal_boxes(r.among(candidates)), str(out)) for r, out in zip(results, outputs)],
         seconds=seconds,
     )
     text = json.dumps(report, indent=1) + "\n"

@@ -14,6 +14,7 @@ the answers and every mask's features for the current image.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from ..methods import Method
 
 _UNSET = object()  # ConceptImage's context before it is computed (a method's context may be None)
+_SHOWN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per concept source, the ConceptImage whose photo it holds now."""
 
 
 class ConceptSource(Protocol):
@@ -97,7 +100,6 @@ class ConceptImage:
         self.image, self.source, self.method = image, source, method
         self.answers: dict[ConceptQuery, ConceptAnswer] = {}
         self.masks = MaskFeatures()
-        self._seen_by_source = False
         self._context: Any = _UNSET
         self._shared: dict[str, torch.Tensor] | None = None
 
@@ -107,9 +109,11 @@ class ConceptImage:
         self.shared()
 
     def _show_source(self) -> None:
-        if not self._seen_by_source:
+        # A source holds one image: it is set again when another ConceptImage (another photo, e.g. another
+        # browser session's) has set it since.
+        if _SHOWN.get(self.source) is not self:
             self.source.set_image(self.image)
-            self._seen_by_source = True
+            _SHOWN[self.source] = self
 
     def context(self) -> Any:
         if self._context is _UNSET:
