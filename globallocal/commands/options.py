@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from ..data.phrases import clean_phrase
 from ..errors import InputError
 
 CLIP_MODEL_HELP = (
@@ -173,12 +174,19 @@ class ProposalArgs:
         return {self.kind: dict(generator.settings)}
 
 
-def check_phrases(image: Path, phrases: list[str]) -> None:
-    """Refuse an empty phrase and a phrase that is a file (several images given); hint at missing quotes."""
+def _names_a_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except OSError:  # too long to be a file name
+        return False
+
+
+def check_phrases(image: Path, phrases: list[str]) -> list[str]:
+    """The phrases cleaned (:func:`~globallocal.data.phrases.clean_phrase`); refuse a phrase that is a file
+    (several images given); hint at missing quotes."""
+    phrases = [clean_phrase(phrase) for phrase in phrases]
     for phrase in phrases:
-        if not phrase.strip():
-            raise InputError("a phrase is empty; describe the object, e.g. \"the man on the right\"")
-        if Path(phrase).suffix and Path(phrase).is_file():
+        if Path(phrase).suffix and _names_a_file(phrase):
             raise InputError(
                 f"the phrase {phrase!r} is a file: segment takes one image, then phrases; for several images "
                 f"use `globallocal batch` or run `globallocal segment` once per image"
@@ -190,6 +198,7 @@ def check_phrases(image: Path, phrases: list[str]) -> None:
             f"{len(phrases)} one-word phrases; if they are one phrase, quote it: \"{' '.join(phrases)}\"",
             stacklevel=2,
         )
+    return phrases
 
 
 def no_noun(phrase: str, phrases: list[str], require_noun: bool) -> None:

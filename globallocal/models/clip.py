@@ -9,8 +9,8 @@ masked attention pooling) and its VisionTransformer with class-token pooling
 from __future__ import annotations
 
 import copy
-import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transformer import QuickGELU
 
+from ..data.bounded import read_json
 from ..errors import InputError, WeightsError, first_line
 from .hub import cached_hub_file, require_hub_files
 from .weights import unsafe_checkpoint, unsafe_message
@@ -91,13 +92,11 @@ def _architecture_config(name: str) -> dict[str, Any]:
     """open_clip's config for a built-in name, or the contents of a config JSON file."""
     if name.endswith(".json"):
         path = Path(name)
-        if not path.is_file():
+        if not path.exists():
             raise InputError(f"CLIP model config file not found: {path}")
-        try:
-            config = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise InputError(f"cannot read CLIP model config {path}: {error}") from None
-        config = config.get("model_cfg", config)
+        config = read_json(path, what="CLIP model config", max_bytes=1 << 20)
+        config = config.get("model_cfg", config) if isinstance(config, dict) else config
+        _check_sizes(config, path)
     else:
         config = open_clip.get_model_config(name)
         if config is None:
@@ -109,6 +108,28 @@ def _architecture_config(name: str) -> dict[str, Any]:
     if not isinstance(config, dict) or "vision_cfg" not in config or "text_cfg" not in config:
         raise InputError(f"'{name}' is not an open_clip model config (needs vision_cfg and text_cfg)")
     return config
+
+
+# The largest sizes a config file may ask for: beyond every published CLIP (ViT-bigG: width 1664, 48 blocks),
+# so a typo or a hostile file is refused instead of allocating terabytes.
+_SIZE_LIMITS = {"embed_dim": 4096, "width": 4096, "layers": 96, "heads": 64, "image_size": 1024, "patch_size": 64,
+                "context_length": 1024, "vocab_size": 1 << 20, "head_width": 1024, "mlp_ratio": 16}
+
+
+def _check_sizes(config: Any, path: Path) -> None:
+    """A config file's sizes, positive and within :data:`_SIZE_LIMITS` (a ResNet's layers are a list)."""
+    if not isinstance(config, dict):
+        raise InputError(f"'{path}' is not an open_clip model config (a JSON object with vision_cfg and text_cfg)")
+    towers = [("", config)] + [(f"{name}.", config[name]) for name in ("vision_cfg", "text_cfg")
+                                if isinstance(config.get(name), dict)]
+    for prefix, tower in towers:
+        for key, limit in _SIZE_LIMITS.items():
+            value = tower.get(key)
+            for number in value if isinstance(value, list) else [value]:
+                if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))
+                                           or not 0 < number <= limit):
+                    raise InputError(f"CLIP model config {path}: {prefix}{key} is {number!r}; it must be a number "
+                                     f"from 1 to {limit}")
 
 
 def image_tower_family(config: dict[str, Any]) -> str:
@@ -193,8 +214,14 @@ def load_clip(
                       context_length)
 
 
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 def resolve_device(device: str) -> str:
-    """``"auto"``: ``"cuda"`` when a CUDA GPU is available, else ``"cpu"``; any other name as given."""
+    """``"auto"``: ``"cuda"`` when a CUDA GPU is available, else ``"cpu"``; any other device name as given, and
+    what is not a device name refused in one line (torch would raise deep inside a model)."""
+    if not _DEVICE.fullmatch(device):
+        raise InputError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
