@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -24,6 +25,20 @@ def check_output(path: Path) -> None:
         raise InputError(f"output {path} is a folder; give a file name such as {path / 'mask.png'}")
     if path.suffix.lower() != ".png" and path.suffix.lower() != ".json":
         raise InputError(f"output {path} must end in .png (masks, overlays) or .json (scores)")
+    check_output_path(path)
+
+
+def check_output_path(path: str | Path, what: str = "output") -> None:
+    """Before any work: a file can be written at ``path`` (no file where a folder must be, the nearest existing
+    folder writable), so a command never fails after writing some of its outputs."""
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"{what} {path}: {folder} is a file, not a folder; choose another location")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {path}: the folder {folder} is not writable; choose another location")
 
 
 def default_run_dir(

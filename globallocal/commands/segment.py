@@ -133,7 +133,7 @@ def segment(
     Example: globallocal segment photo.jpg "the man on the right" -o man.png --overlay man_overlay.png
     """
     # Everything cheap is checked before the heavy libraries are imported and any model loads.
-    check_phrases(image, phrases)
+    phrases = check_phrases(image, phrases)
     output = output or Path(f"{image.stem}_mask.png")
     count = len(phrases)
     outputs = [numbered(output, i, count) for i in range(count)]
@@ -145,7 +145,7 @@ def segment(
     if top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {top_k}")
 
-    from globallocal.data.images import load_image, save_mask_png
+    from globallocal.data.images import all_or_none, load_image, save_mask_png
     from globallocal.methods import TCLOptions, get_method
     from globallocal.models.clip import resolve_device
     from globallocal.models.text import parse_phrase
@@ -205,13 +205,14 @@ def segment(
         with timer("answer"):
             results = segmenter.predict_many(phrases)
 
-    with timer("write"):
-        for result, path in zip(results, outputs):
-            save_mask_png(result.mask, path)
-        write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pictures, top_k)
-        save_soft_outputs(picture, results, soft_mask, heatmap, numbered)
-    if json_path:
-        source_name = f"masks:{masks}" if masks else proposals
-        write_json(json_path, image, picture, segmenter, results, outputs, candidates, source_name, timer.seconds)
+    with all_or_none():  # an output that cannot be written leaves none of the others behind
+        with timer("write"):
+            for result, path in zip(results, outputs):
+                save_mask_png(result.mask, path)
+            write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pictures, top_k)
+            save_soft_outputs(picture, results, soft_mask, heatmap, numbered)
+        if json_path:
+            source_name = f"masks:{masks}" if masks else proposals
+            write_json(json_path, image, picture, segmenter, results, outputs, candidates, source_name, timer.seconds)
     for result, path in zip(results, outputs):
         stderr.print(f"{caption(result)}, noun phrase {result.noun_phrase!r}: {path}")

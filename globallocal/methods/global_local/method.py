@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
-from ...data.images import IMAGENET_MEAN, IMAGENET_STD, x800
+from ...data.images import IMAGENET_MEAN, IMAGENET_STD, MAX_SHORT_SIDE, x800
 from ...models.text import ParsedPhrase
 from ...proposals import Proposals
 from .. import MethodSpec
@@ -68,7 +68,8 @@ class GlobalLocalSettings(MethodSettings):
             (self.crop_fill in ("paper", "mean"), "crop_fill must be 'paper' or 'mean'"),
             (self.crop_box in ("projection", "tight"), "crop_box must be 'projection' or 'tight'"),
             (self.feature_norm in ("paper", "unit"), "feature_norm must be 'paper' or 'unit'"),
-            (self.short_side >= 32, f"short side must be >= 32, got {self.short_side}"),
+            (32 <= self.short_side <= MAX_SHORT_SIDE,
+             f"short side must be from 32 to {MAX_SHORT_SIDE} (memory grows with its square), got {self.short_side}"),
             (self.chunk_size is None or self.chunk_size >= 1, f"chunk size must be >= 1, got {self.chunk_size}"),
         ]
 
