@@ -152,3 +152,11 @@ def test_serve_without_gradio_says_how_to_install_it(run, monkeypatch):
     assert code == 2
     assert err.strip() == ("error: serve needs Gradio, which is not installed; install it with: "
                            "pip install 'globallocal[demo]' (make install does)")
+
+
+def test_invisible_and_huge_phrases_on_the_page(page, example):
+    out = _segment(page, example, phrases="\u200b\u200d")
+    assert "the phrase is empty" in out[page.status]
+    with pytest.warns(UserWarning, match="was cut to its first 2000"):
+        out = _segment(page, example, phrases="the wooden chair " * 120_000)  # over spaCy's 1,000,000 characters
+    assert out[page.status] == ""
