@@ -70,7 +70,7 @@ def test_a_file_is_bounded_before_it_is_read(tmp_path, monkeypatch):
     with open(sparse, "wb") as handle:
         handle.truncate(7 << 30)  # 7 GiB that take no disk (and must not be read)
     monkeypatch.setattr(os, "read", lambda *a: pytest.fail("read"))
-    with pytest.raises(InputError, match=r"manifest .*huge.json is 7 GiB, more than the 2 GiB allowed"):
+    with pytest.raises(InputError, match=r"manifest .*huge.json is 7 GiB, more than the 1 GiB allowed"):
         read_json(sparse, what="manifest")
     with pytest.raises(InputError, match=r"is 7 GiB, more than the 1 KiB allowed; raise it with X"):
         read_regular(sparse, 1024, what="photo", hint="; raise it with X")

@@ -2,7 +2,8 @@
 
 Every JSON and JSON-lines file the tool reads (mask indexes and COCO files,
 manifests, instances.json and PhraseCut files, run-folder config and records,
-report.json, cache identities, uploads) goes through :func:`parse_json`:
+report.json, the weights memo, uploads, CLIP config files) goes through
+:func:`parse_json`:
 
 - the file is opened without blocking and refused unless it is a regular
   file (a FIFO would hang the reader forever), and its size is bounded
@@ -36,7 +37,10 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_JSON_BYTES",
     "MAX_LINE_BYTES",
+    "NUMBER",
     "JsonError",
+    "Shape",
+    "check_shape",
     "iter_json_lines",
     "key_path",
     "open_regular",
@@ -49,8 +53,9 @@ __all__ = [
 MAX_DEPTH = 32
 # Ids, sizes and counts are int64 everywhere downstream (numpy, pycocotools, torch).
 _INT_RANGE = range(-(2**63), 2**63)
-# instances.json of RefCOCOg is about 120 MB and PhraseCut's refer_test.json about 100 MB.
-MAX_JSON_BYTES = 2 << 30
+# The largest files read (a dataset's instances.json, PhraseCut's refer_test.json) are a few hundred MB; Python
+# holds parsed JSON in several times its size.
+MAX_JSON_BYTES = 1 << 30
 # A manifest or records line: a photo, a few phrases and paths, or one result.
 MAX_LINE_BYTES = 1 << 20
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -127,10 +132,10 @@ def _problem(value: Any) -> str | None:
 
 def _check(value: Any, max_depth: int) -> tuple[str, tuple[Any, ...]] | None:
     """(problem, key path) of the first value outside the bounds, walked without recursion."""
+    if type(value) is not dict and type(value) is not list:
+        problem = _problem(value)
+        return (problem, ()) if problem else None
     stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
-    problem = _problem(value)
-    if problem:
-        return problem, ()
     while stack:
         node, keys = stack.pop()
         if len(keys) >= max_depth:
@@ -163,7 +168,7 @@ def parse_json(text: str | bytes, where: str, *, max_depth: int = MAX_DEPTH) -> 
         raise JsonError(f"{where} nests containers more than {max_depth} levels deep") from None
     except ValueError:  # an integer of over 4300 digits
         raise JsonError(f"{where} holds an integer of thousands of digits; integers must fit in 64 bits") from None
-    found = _check(value, max_depth) if isinstance(value, (dict, list)) else _problem(value) and (_problem(value), ())
+    found = _check(value, max_depth)
     if found:
         problem, keys = found
         raise JsonError(f"{where} {problem} at {key_path(keys)}")
