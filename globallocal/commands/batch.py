@@ -25,6 +25,9 @@ from .options import (
     PredIouOpt,
     ProposalArgs,
     ProposalsOpt,
+    Sam3FallbackOpt,
+    Sam3ThresholdOpt,
+    Sam3WeightsOpt,
     SamModelOpt,
     SamSettingsOpt,
     SamWeightsOpt,
@@ -77,6 +80,9 @@ def batch(
     min_region_area: MinRegionAreaOpt = None,
     box_nms_thresh: BoxNmsOpt = None,
     crop_layers: CropLayersOpt = None,
+    sam3_weights: Sam3WeightsOpt = None,
+    sam3_threshold: Sam3ThresholdOpt = None,
+    sam3_fallback: Sam3FallbackOpt = None,
 ) -> None:
     """Segment every (photo, phrase) pair of a manifest; photos named by several lines are processed once.
 
@@ -103,10 +109,11 @@ def batch(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
         fusion_mode=fusion_mode,
     )
-    proposals = proposals or spec.default_proposals
+    proposals = proposals or spec.proposals_for(preset)
     sam_settings = sam_settings or spec.default_proposal_settings
     source_args = ProposalArgs.from_arguments(locals())
     check_applicable(spec, overrides, source_args, masks)
+    source_args.check()
     spec.settings(preset, **overrides)  # bad settings fail before any model loads
     clip_model = clip_model or spec.default_clip_model
     if masks is not None and not masks.exists():
@@ -129,6 +136,9 @@ def batch(
 
         def source(picture):
             return generator.generate(picture)
+
+        if source_args.phrase_dependent:
+            segmenter.proposal_source, source = generator, None  # asked per phrase by the segmenter
 
     run_settings = {
         "clip_model": clip_model,

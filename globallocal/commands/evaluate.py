@@ -26,6 +26,9 @@ from .options import (
     PointsPerSideOpt,
     PredIouOpt,
     ProposalArgs,
+    Sam3FallbackOpt,
+    Sam3ThresholdOpt,
+    Sam3WeightsOpt,
     SamModelOpt,
     SamSettingsOpt,
     SamWeightsOpt,
@@ -65,8 +68,8 @@ def evaluate(
     ),
     method: MethodOpt = "global-local",
     proposals: str | None = typer.Option(
-        None, help="freesolo (the paper's), sam2, sam, or gt (ground-truth instance masks: the oracle). "
-        "Default: the method's."
+        None, help="freesolo (the paper's), sam2, sam, sam3 (SAM 3's instances of each sentence's noun phrase), or "
+        "gt (ground-truth instance masks: the oracle). Default: the method's or the preset's."
     ),
     out: Path | None = typer.Option(
         None, help="Run folder for records.jsonl and the report (default: runs/DATASET_SPLIT[_SUBSET]_METHOD_"
@@ -108,6 +111,9 @@ def evaluate(
     min_region_area: MinRegionAreaOpt = None,
     box_nms_thresh: BoxNmsOpt = None,
     crop_layers: CropLayersOpt = None,
+    sam3_weights: Sam3WeightsOpt = None,
+    sam3_threshold: Sam3ThresholdOpt = None,
+    sam3_fallback: Sam3FallbackOpt = None,
     tcl_window: TCLWindowOpt = None,
     tcl_pamr: TCLPamrOpt = None,
     tcl_templates: TCLTemplatesOpt = None,
@@ -139,10 +145,10 @@ def evaluate(
     spec = get_method(method)
     tcl = TCLOptions(tcl_window, tcl_pamr, tcl_templates, tcl_kp_weight, tcl_threshold, tcl_weights, tcl_weight)
     tcl.check(spec)
-    proposals = proposals or spec.default_proposals
-    if proposals not in ("freesolo", "sam2", "sam", "gt", None):
-        raise InputError(f"unknown --proposals '{proposals}'; use freesolo, sam2, sam or gt")
     preset = preset or spec.preset_for(dataset)
+    proposals = proposals or spec.proposals_for(preset)
+    if proposals not in ("freesolo", "sam2", "sam", "sam3", "gt", None):
+        raise InputError(f"unknown --proposals '{proposals}'; use freesolo, sam2, sam, sam3 or gt")
     sam_settings = sam_settings or spec.default_proposal_settings
     overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
@@ -151,6 +157,7 @@ def evaluate(
     device = resolve_device(device)
     source_args = ProposalArgs.from_arguments(locals())
     check_applicable(spec, overrides, source_args)
+    source_args.check()
     spec.settings(preset, **overrides)  # bad settings fail before any model loads
     clip_model = clip_model or spec.default_clip_model
     selection = split if subset == "all" else f"{split}_{subset}"
@@ -187,6 +194,9 @@ def evaluate(
 
             def source(image, record):
                 return generator.generate(image)
+
+            if source_args.phrase_dependent:
+                segmenter.proposal_source, source = generator, None  # asked per sentence by the segmenter
 
         settings = {
             "clip_model": clip_model,

@@ -25,6 +25,9 @@ from .options import (
     PredIouOpt,
     ProposalArgs,
     ProposalsOpt,
+    Sam3FallbackOpt,
+    Sam3ThresholdOpt,
+    Sam3WeightsOpt,
     SamModelOpt,
     SamSettingsOpt,
     SamWeightsOpt,
@@ -39,6 +42,7 @@ from .options import (
     TCLWeightsOpt,
     TCLWindowOpt,
     check_applicable,
+    check_candidates,
     check_phrases,
     no_noun,
     setting_overrides,
@@ -113,6 +117,9 @@ def segment(
     min_region_area: MinRegionAreaOpt = None,
     box_nms_thresh: BoxNmsOpt = None,
     crop_layers: CropLayersOpt = None,
+    sam3_weights: Sam3WeightsOpt = None,
+    sam3_threshold: Sam3ThresholdOpt = None,
+    sam3_fallback: Sam3FallbackOpt = None,
     tcl_window: TCLWindowOpt = None,
     tcl_pamr: TCLPamrOpt = None,
     tcl_templates: TCLTemplatesOpt = None,
@@ -171,9 +178,10 @@ def segment(
                              "drop them or drop --masks")
         if not masks.exists():
             raise InputError(f"mask source not found: {masks}; give a folder of PNG masks or an RLE .json file")
-    proposals = proposals or spec.default_proposals
+    proposals = proposals or spec.proposals_for(preset)
     sam_settings = sam_settings or spec.default_proposal_settings
     source = ProposalArgs.from_arguments(locals())
+    source.check()
     if top_k_picture and not spec.method_class.uses_proposals:
         raise InputError(f"--top-k-picture shows ranked proposals; --method {method} takes none")
     spec.settings(preset, **overrides)  # bad settings fail before any model loads
@@ -196,14 +204,19 @@ def segment(
     if candidates is None and segmenter.method.uses_proposals:
         with timer("load_proposal_model"):
             generator = source.build(device, keep_order=spec.keep_proposal_order)
-        with timer("proposals"), stderr.status(f"{proposals} proposals..."):
-            candidates = generator.generate(picture)
-    what = f"scoring {len(candidates)} proposals" if candidates is not None else f"{method} masks"
+        if source.phrase_dependent:
+            segmenter.proposal_source = generator  # asked per phrase: predict_many batches the noun phrases
+        else:
+            with timer("proposals"), stderr.status(f"{proposals} proposals..."):
+                candidates = generator.generate(picture)
+    what = (f"scoring {len(candidates)} proposals" if candidates is not None
+            else f"{proposals} candidates per phrase" if segmenter.phrase_dependent else f"{method} masks")
     with stderr.status(f"{what}..."):
         with timer("image_features"):
             segmenter.set_image(picture, candidates)
         with timer("answer"):
             results = segmenter.predict_many(phrases)
+    check_candidates(results, proposals, image)
 
     with all_or_none():  # an output that cannot be written leaves none of the others behind
         with timer("write"):

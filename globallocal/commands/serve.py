@@ -24,6 +24,9 @@ from .options import (
     PredIouOpt,
     ProposalArgs,
     ProposalsOpt,
+    Sam3FallbackOpt,
+    Sam3ThresholdOpt,
+    Sam3WeightsOpt,
     SamModelOpt,
     SamSettingsOpt,
     SamWeightsOpt,
@@ -69,6 +72,9 @@ def serve(
     min_region_area: MinRegionAreaOpt = None,
     box_nms_thresh: BoxNmsOpt = None,
     crop_layers: CropLayersOpt = None,
+    sam3_weights: Sam3WeightsOpt = None,
+    sam3_threshold: Sam3ThresholdOpt = None,
+    sam3_fallback: Sam3FallbackOpt = None,
     max_megapixels: float = typer.Option(40.0, help="Refuse uploaded photos larger than this."),
     top_k: int = typer.Option(8, help="Proposals shown in the ranked gallery."),
     examples: Path | None = typer.Option(None, help="Folder of example photos (default: the repository's)."),
@@ -94,7 +100,7 @@ def serve(
     spec = get_method(method)
     spec.settings(preset, **overrides)  # bad settings fail before any model loads
     # The page's starting source; the proposal options apply to whichever source the page then uses.
-    proposals = proposals or spec.default_proposals or "freesolo"
+    proposals = proposals or spec.proposals_for(preset) or "freesolo"
     sam_settings = sam_settings or spec.default_proposal_settings
     from globallocal.models.clip import resolve_device
 

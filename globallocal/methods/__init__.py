@@ -33,6 +33,7 @@ _MODULES = {
     "global-local": "globallocal.methods.global_local.method",
     "hybridgl": "globallocal.methods.hybridgl.method",
     "tcl": "globallocal.methods.tcl.method",
+    "sam3": "globallocal.methods.sam3.method",
 }
 DEFAULT_METHOD = "global-local"
 
@@ -66,6 +67,8 @@ class MethodSpec:
     ``sweep(run, axes, out_dir, started)`` and ``format_table(result)``; None: its runs cannot be swept."""
     sweep_settings: tuple[str, ...] = ()
     """The settings such a sweep can vary (its axes)."""
+    preset_proposals: Mapping[str, str] = field(default_factory=dict)
+    """Presets that bring their own default proposal source (``global-local-sam3``: ``sam3``)."""
 
     @property
     def display(self) -> str:
@@ -83,6 +86,11 @@ class MethodSpec:
                 f"unknown preset '{name}' for method {self.name}; choose one of {', '.join(self.preset_names())}"
             )
         return self.presets[key].with_overrides(**overrides)
+
+    def proposals_for(self, preset: str | None) -> str | None:
+        """The proposal source used when none is named: the preset's own, else the method's."""
+        name = preset or self.default_preset
+        return self.preset_proposals.get(self.preset_aliases.get(name, name), self.default_proposals)
 
     def preset_for(self, dataset: str | None) -> str:
         """The preset of the paper's setting for a dataset."""

@@ -8,7 +8,7 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["Proposals", "postprocess", "projection_boxes"]
+__all__ = ["Proposals", "check_image_size", "postprocess", "projection_boxes"]
 
 
 @dataclass
@@ -55,6 +55,15 @@ class Proposals:
     def drop_empty(self) -> Proposals:
         """The proposals whose mask has at least one pixel."""
         return self.select(self.masks.flatten(1).any(dim=1))
+
+
+def check_image_size(image, proposals: Proposals) -> None:
+    """Refuse masks that are not at the PIL ``image``'s size."""
+    if proposals.image_size != (image.height, image.width):
+        h, w = proposals.image_size
+        raise InputError(
+            f"masks are {w}x{h} but the image is {image.width}x{image.height}; masks must be at the image's size"
+        )
 
 
 def projection_boxes(masks: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,11 @@ as is:
 - per image: the decoded pixels, and either the proposal source's key (a
   deterministic, expensive source such as FreeSOLO, whose proposals are then
   cached too) or, for a source without one, the proposals' content (the
-  source is called every time and only the image tower is saved).
+  source is called every time and only the image tower is saved);
+- with a phrase-dependent source (SAM 3's concepts), one entry per image and
+  query: the source's key (its settings and weights) and the query (noun
+  phrase and head noun), holding that query's candidates, the step that found
+  them, and the method's features of them.
 
 Files are written to a temporary name and renamed into place, so a reader
 never sees a half-written entry. They are not fsynced: an entry damaged by a
@@ -46,7 +50,7 @@ import os
 import time
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -217,6 +221,8 @@ class ImageEntry:
     scores: torch.Tensor
     areas: np.ndarray
     tensors: dict[str, torch.Tensor]
+    info: dict[str, Any] = field(default_factory=dict)
+    """What else the source said of these proposals (phrase-dependent ones: the step that found them, its prompt)."""
 
     def proposals(self) -> Proposals:
         """The proposals, masks decoded."""
@@ -256,6 +262,7 @@ class VisualStore:
                 and data["areas"].shape == (n,)
                 and all(value.dtype == np.float32 for value in tensors.values())
             )
+            info = json.loads(data["info"].tobytes()) if "info" in data else {}
         except (KeyError, ValueError, TypeError):
             return None
         if not consistent:
@@ -269,10 +276,15 @@ class VisualStore:
             scores=torch.from_numpy(data["scores"]),
             areas=data["areas"].astype(np.int64),
             tensors={key: torch.from_numpy(value) for key, value in tensors.items()},
+            info=info,
         )
 
-    def save(self, name: str, proposals: Proposals, tensors: dict[str, torch.Tensor]) -> None:
+    def save(
+        self, name: str, proposals: Proposals, tensors: dict[str, torch.Tensor], info: dict[str, Any] | None = None
+    ) -> None:
         counts = _encode_masks(proposals.masks)
+        text = json.dumps(info, sort_keys=True).encode("utf-8")
+        extra = {"info": np.frombuffer(text, dtype=np.uint8)} if info else {}
         _write_npz(
             self.path(name),
             {
@@ -287,6 +299,7 @@ class VisualStore:
                     _TENSOR_PREFIX + key: value.detach().float().cpu().numpy()
                     for key, value in tensors.items()
                 },
+                **extra,
             },
         )
 

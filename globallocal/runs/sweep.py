@@ -74,16 +74,27 @@ def add_unanswered(total: MetricAccumulator, records: list[dict[str, Any]]) -> N
         total.add(record["I"], record["U"], ref_id=referent(record), image_id=record["image_id"], no_proposals=True)
 
 
-def load_entry(visual: VisualStore, done: CompletedImage) -> ImageEntry:
-    """The cache entry of a recorded image, refused when it is missing or not the one the run scored."""
-    name = done.marker.get("cache_entry")
-    entry = visual.load(name) if name else None
-    if entry is None or any(len(record["overlaps"]) != len(entry.areas) for record in done.records):
-        raise InputError(
-            f"the cache entry of image {done.marker['image_done']} ({name}) in {visual.directory} is "
-            "missing, damaged or not this run's; evaluate again with the same --cache"
-        )
-    return entry
+def entry_groups(visual: VisualStore, done: CompletedImage) -> Iterator[tuple[ImageEntry | None, list[dict[str, Any]]]]:
+    """A recorded image's sentences by the cache entry they were answered from: the image's (its marker's), or
+    with phrase-dependent proposals each sentence's own; sentences without proposals come with None.
+
+    An entry is refused when it is missing or not the one the run scored (its proposal count differs).
+    """
+    unanswered = [record for record in done.records if record["no_proposals"]]
+    if unanswered:
+        yield None, unanswered
+    groups: dict[str | None, list[dict[str, Any]]] = {}
+    for record in done.records:
+        if not record["no_proposals"]:
+            groups.setdefault(record.get("cache_entry", done.marker.get("cache_entry")), []).append(record)
+    for name, records in groups.items():
+        entry = visual.load(name) if name else None
+        if entry is None or any(len(record["overlaps"]) != len(entry.areas) for record in records):
+            raise InputError(
+                f"the cache entry of image {done.marker['image_done']} ({name}) in {visual.directory} is "
+                "missing, damaged or not this run's; evaluate again with the same --cache"
+            )
+        yield entry, records
 
 
 def load_texts(texts: TextStore, known: dict[str, torch.Tensor], strings: list[str]) -> None:

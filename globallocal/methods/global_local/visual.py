@@ -34,8 +34,19 @@ def resnet_global_features(
     :func:`masked_attention_pool`, which gives the same numbers as running
     the pool on every masked map, at a fraction of the cost.
     """
+    return resnet_masked_features(clip, resnet_trunk(clip, image), masks, chunk_size, antialias)
+
+
+def resnet_trunk(clip: ClipBundle, image: torch.Tensor) -> torch.Tensor:
+    """The part of :func:`resnet_global_features` no mask changes: the layer4 map, L2-normalised over channels."""
     feature_map = resnet_feature_map(clip, image)
-    feature_map = feature_map / feature_map.norm(dim=1, keepdim=True)
+    return feature_map / feature_map.norm(dim=1, keepdim=True)
+
+
+def resnet_masked_features(
+    clip: ClipBundle, feature_map: torch.Tensor, masks: torch.Tensor, chunk_size: int = 256, antialias: bool = False
+) -> torch.Tensor:
+    """The masks' pooled features (N, D) from :func:`resnet_trunk`'s map; each row depends on its mask alone."""
     grid = feature_map.shape[-1]
     weights = soft_masks(masks, grid, antialias).to(feature_map.device, feature_map.dtype)
     outputs = [
@@ -91,24 +102,43 @@ def vit_global_features(
 ) -> torch.Tensor:
     """Masked tokens in the last k blocks (SPEC 3, ViT): (N, D) features, not normalised.
 
-    The stem and the first L-k blocks run once; before each of the last k
-    blocks every patch token is multiplied by its soft mask value (the class
-    token is left alone), with no attention mask. With k = 0 every mask gets
-    CLIP's own image feature.
+    The stem and the first L-k blocks run once (:func:`vit_trunk`); before
+    each of the last k blocks every patch token is multiplied by its soft
+    mask value (the class token is left alone), with no attention mask
+    (:func:`vit_masked_features`). With k = 0 every mask gets CLIP's own
+    image feature.
     """
-    visual = clip.visual
+    tokens = vit_trunk(clip, image, masked_blocks)
+    return vit_masked_features(clip, tokens, masks, masked_blocks, chunk_size, antialias)
+
+
+def vit_trunk(clip: ClipBundle, image: torch.Tensor, masked_blocks: int) -> torch.Tensor:
+    """The tokens (1, 1 + g*g, width) after the stem and the first L-k blocks, which no mask changes."""
     blocks = vit_blocks(clip)
     if not 0 <= masked_blocks <= len(blocks):
         raise InputError(f"masked blocks k={masked_blocks} must be between 0 and {len(blocks)} for {clip.name}")
-    tokens = visual._embeds(image.to(clip.dtype))  # (1, 1 + g*g, width), after ln_pre
-    first = len(blocks) - masked_blocks
-    tokens = run_blocks(clip, blocks[:first], tokens)
+    tokens = clip.visual._embeds(image.to(clip.dtype))  # after ln_pre
+    return run_blocks(clip, blocks[: len(blocks) - masked_blocks], tokens)
+
+
+def vit_masked_features(
+    clip: ClipBundle,
+    tokens: torch.Tensor,
+    masks: torch.Tensor,
+    masked_blocks: int,
+    chunk_size: int = 256,
+    antialias: bool = False,
+) -> torch.Tensor:
+    """The masks' features (N, D) from :func:`vit_trunk`'s tokens: the last k blocks per mask, each row
+    depending on its mask alone."""
+    visual = clip.visual
+    blocks = vit_blocks(clip)
     grid = int(round((tokens.shape[1] - 1) ** 0.5))
     weights = soft_masks(masks, grid, antialias).flatten(1).to(tokens.device, tokens.dtype)
     outputs = []
     for chunk in weights.split(chunk_size):
         x = tokens.expand(chunk.shape[0], -1, -1)
-        for block in blocks[first:]:
+        for block in blocks[len(blocks) - masked_blocks :]:
             x = torch.cat([x[:, :1], x[:, 1:] * chunk[:, :, None]], dim=1)
             x = run_blocks(clip, [block], x)
         pooled, _ = visual._pool(x)
