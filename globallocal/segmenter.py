@@ -100,9 +100,10 @@ class Segmenter:
         settings; ``method_options`` go to the method's builder (extra weights).
         """
         spec = get_method(method)
-        spec.settings(preset, **overrides)  # bad settings fail before any model loads
+        spec.settings(preset, **overrides)  # bad settings and a CLIP that does not fit fail before any model loads
+        clip_model = spec.check_clip(clip_model, clip_weights)
         nlp = load_parser(spacy_model)
-        clip = load_clip(clip_model or spec.default_clip_model, clip_weights, device=device, precision=precision)
+        clip = load_clip(clip_model, clip_weights, device=device, precision=precision)
         built = build_method(method, clip, nlp, preset, method_options, **overrides)
         return cls(clip, nlp, proposal_source=proposal_source, method=built)
 

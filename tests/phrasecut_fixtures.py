@@ -1,25 +1,21 @@
-"""A synthetic dataset in the VGPhraseCut_v0 layout, and an independent rasteriser, for tests.
+"""A synthetic dataset in the VGPhraseCut_v0 layout, and the dataset's own ground-truth rule, for tests.
 
-The independent rule (:func:`closed_polygon_mask`): after truncating the
-points to int, a pixel belongs to a polygon when its integer point lies
-inside the closed polygon or on its boundary (a plain even-odd test), or on
-the Bresenham line of one of its edges. That is Pillow's fill plus outline
-for simple polygons: for horizontal, vertical and 45-degree edges both parts
-are the lattice points of the closed polygon; for sloped edges the outline
-adds a few pixels just outside it, which Pillow's fill misses (the sloped
-polygons here show that). Points carry fractions, some negative, so that
+The reference (:func:`expected_gt`) is the dataset's evaluation code as its
+README and source describe it: points truncated to int, polygons of fewer
+than two points skipped, every other polygon drawn on a canvas of its own by
+one ``ImageDraw.polygon(points, outline=1, fill=1)`` call, the canvases
+summed and thresholded at > 0. Points carry fractions, some negative, so that
 truncation towards zero is exercised; some lie off the image.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 # image_id -> (height, width, split)
 IMAGES = {
@@ -109,51 +105,14 @@ def build_phrasecut(root: Path) -> PhraseCutFixture:
     return fixture
 
 
-def closed_polygon_mask(points: list[list[float]], height: int, width: int) -> np.ndarray:
-    """The pixels of the polygon by the independent rule of this module's docstring."""
-    vertices = [(math.trunc(x), math.trunc(y)) for x, y in points]
-    ys, xs = np.mgrid[0:height, 0:width]
-    inside = np.zeros((height, width), dtype=bool)
-    boundary = np.zeros((height, width), dtype=bool)
-    for (x0, y0), (x1, y1) in zip(vertices, vertices[1:] + vertices[:1]):
-        cross = (x1 - x0) * (ys - y0) - (y1 - y0) * (xs - x0)
-        within = (np.minimum(x0, x1) <= xs) & (xs <= np.maximum(x0, x1))
-        within &= (np.minimum(y0, y1) <= ys) & (ys <= np.maximum(y0, y1))
-        boundary |= (cross == 0) & within
-        # Even-odd crossing test of a ray towards +x.
-        if y0 != y1:
-            straddles = (y0 > ys) != (y1 > ys)
-            crossing_x = x0 + (ys - y0) * (x1 - x0) / (y1 - y0)
-            inside ^= straddles & (xs < crossing_x)
-    outline = np.zeros((height, width), dtype=bool)
-    for start, end in zip(vertices, vertices[1:] + vertices[:1]):
-        for x, y in _bresenham(start, end):
-            if 0 <= x < width and 0 <= y < height:
-                outline[y, x] = True
-    return inside | boundary | outline
-
-
-def _bresenham(start: tuple[int, int], end: tuple[int, int]) -> list[tuple[int, int]]:
-    """The pixels of the segment by Bresenham's integer algorithm (every octant)."""
-    (x, y), (x1, y1) = start, end
-    dx, dy = abs(x1 - x), -abs(y1 - y)
-    step_x, step_y = (1 if x < x1 else -1), (1 if y < y1 else -1)
-    error, points = dx + dy, []
-    while True:
-        points.append((x, y))
-        if (x, y) == (x1, y1):
-            return points
-        doubled = 2 * error
-        if doubled >= dy:
-            error, x = error + dy, x + step_x
-        if doubled <= dx:
-            error, y = error + dx, y + step_y
-
-
 def expected_gt(task: dict, height: int, width: int) -> np.ndarray:
-    """The union of every polygon of every instance, by :func:`closed_polygon_mask`."""
-    mask = np.zeros((height, width), dtype=bool)
+    """Every polygon of every instance, drawn as PhraseCut's ``polygons_to_mask`` does (module docstring)."""
+    total = np.zeros((height, width))
     for instance in task["Polygons"]:
         for polygon in instance:
-            mask |= closed_polygon_mask(polygon, height, width)
-    return mask
+            if len(polygon) < 2:
+                continue
+            canvas = Image.new("L", (width, height), 0)
+            ImageDraw.Draw(canvas).polygon([(int(x), int(y)) for x, y in polygon], outline=1, fill=1)
+            total += np.array(canvas)
+    return total > 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -49,7 +50,7 @@ def photo(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny(tiny_config_paths, tiny_checkpoints, tcl_checkpoint) -> list:
     return ["--clip-model", tiny_config_paths["vit"], "--clip-weights", tiny_checkpoints["vit"],
-            "--tcl-weights", tcl_checkpoint]
+            "--tcl-checkpoint", tcl_checkpoint]
 
 
 @pytest.fixture
@@ -97,13 +98,14 @@ def test_segment_tcl_writes_mask_soft_mask_heatmap_and_json(cli, tmp_path, tiny,
 def test_tcl_weight_zero_keeps_the_answer_and_reports_tcl_scores(cli, tmp_path, tiny, example, monkeypatch):
     from globallocal.methods.tcl import blend as tcl_blend
 
-    monkeypatch.setattr(tcl_blend, "tcl_clip_for", lambda inner: inner.clip)  # the tiny ViT stands in for ViT-B/16
+    # The tiny ViT stands in for ViT-B/16.
+    monkeypatch.setattr(tcl_blend, "tcl_clip_for", lambda inner, clip_weights=None: inner.clip)
     clip, tcl = tiny[:4], tiny[4:]
     common = ["segment", example["image"], "the wooden chair", *clip, "--masks", example["mask_dir"]]
     plain, blended = tmp_path / "plain.json", tmp_path / "blend.json"
     done = cli(*common, "-o", tmp_path / "a.png", "--json", plain)
     assert done.code == 0, done.err
-    done = cli(*common, *tcl, "--tcl-weight", "0", "--tcl-window", "demo", "-o", tmp_path / "b.png",
+    done = cli(*common, *tcl, "--tcl-blend", "0", "--tcl-window", "demo", "-o", tmp_path / "b.png",
                "--json", blended, "--soft-mask", tmp_path / "b.npy")
     assert done.code == 0, done.err
 
@@ -119,8 +121,10 @@ def test_offline_without_weights_is_one_line_within_seconds(cli, tiny, photo, no
     start = time.monotonic()
     done = cli("segment", photo, PHRASE, "--method", "tcl", *tiny[:-2], "-o", "m.png")
     assert done.code == 2 and time.monotonic() - start < 20
-    message = done.err.strip()
-    assert message.startswith("error:") and "\n" not in message
+    # The tiny ViT stands in for ViT-B/16, which TCL's head was trained on: that is warned about, once.
+    warned, message = done.err.strip().split("\n")
+    assert warned.startswith("warning: TCL was trained on CLIP ViT-B-16; with --clip-model ")
+    assert message.startswith("error:")
     assert "tcl.pth" in message and str(no_tcl_weights) in message and TCL_URL in message
     assert not Path("m.png").exists()
 
@@ -131,11 +135,11 @@ def test_offline_without_weights_is_one_line_within_seconds(cli, tiny, photo, no
         (["--soft-mask", "s.npy"], "--soft-mask needs TCL's soft mask, which --method global-local does not give"),
         (["--heatmap", "h.png"], "--heatmap needs TCL's soft mask"),
         (["--method", "tcl", "--soft-mask", "s.png"], "--soft-mask s.png must end in .npy"),
-        (["--tcl-window", "whole"], "--tcl-window applies to --method tcl or with --tcl-weight"),
+        (["--tcl-window", "whole"], "--tcl-window applies to --method tcl or with --tcl-blend"),
         (["--no-tcl-pamr"], "--tcl-pamr/--no-tcl-pamr applies to --method tcl"),
-        (["--method", "tcl", "--tcl-weight", "0.5"], "--tcl-weight blends TCL into a proposal method"),
-        (["--tcl-weight", "0.5", "--tcl-threshold", "0.3"], "--tcl-threshold cuts TCL's own answer"),
-        (["--tcl-weight", "1.5"], "--tcl-weight must be in [0, 1], got 1.5"),
+        (["--method", "tcl", "--tcl-blend", "0.5"], "--tcl-blend blends TCL into a proposal method"),
+        (["--tcl-blend", "0.5", "--tcl-threshold", "0.3"], "--tcl-threshold cuts TCL's own answer"),
+        (["--tcl-blend", "1.5"], "--tcl-blend must be in [0, 1], got 1.5"),
         (["--method", "tcl", "--tcl-window", "tiles"], "TCL window must be one of slide, whole, demo"),
         (["--method", "tcl", "--alpha", "0.9"], "--alpha does not apply to --method tcl"),
         (["--method", "tcl", "--masks", "masks"], "--masks does not apply to --method tcl: it draws its own mask"),
@@ -171,3 +175,48 @@ def test_evaluate_tcl_without_proposals_records_settings_and_weights(cli, tmp_pa
     done = cli("evaluate", "--dataset", "refcoco", "--split", "val", "--data-root", refer.data_root,
                "--images", refer.images_dir, "--method", "tcl", "--proposals", "gt", *tiny)
     assert done.code == 2 and "--proposals does not apply to --method tcl" in done.err
+
+
+def test_the_old_spellings_still_work_with_a_note(cli, photo, no_tcl_weights):
+    done = cli("segment", photo, PHRASE, "--method", "tcl", "--tcl-weight", "0.5", "-o", "m.png")
+    warned, refused = done.err.strip().split("\n")
+    assert warned == "warning: --tcl-weight is now called --tcl-blend (the old name still works)"
+    assert done.code == 2 and refused.startswith("error: --tcl-blend blends TCL into a proposal method")
+    done = cli("segment", photo, PHRASE, "--tcl-weights", "x.pth", "-o", "m.png")
+    assert "--tcl-weights is now called --tcl-checkpoint" in done.err
+    assert "error: --tcl-checkpoint applies to --method tcl or with --tcl-blend" in done.err
+
+
+def _inner(name, weights, quick_gelu=True):
+    clip = SimpleNamespace(name=name, weights=str(weights), uses_quick_gelu=quick_gelu, dtype=torch.float32,
+                           device=torch.device("cpu"))
+    return SimpleNamespace(clip=clip)
+
+
+def test_tcl_runs_on_a_local_vit_b16_file_or_the_one_named(tmp_path, monkeypatch):
+    from globallocal.errors import WeightsError
+    from globallocal.methods.tcl import blend as tcl_blend
+
+    local = tmp_path / "clip_vitb16.pt"
+    local.write_bytes(b"weights")
+    loads = []
+
+    def offline(name, weights, **kwargs):
+        loads.append((name, weights))
+        if weights == "openai":
+            raise WeightsError("CLIP weights ViT-B-16-quickgelu/openai (timm/vit_base_patch16_clip_224.openai) is not "
+                               "available locally and could not be downloaded; run once with network access to cache "
+                               "it, or download URL and pass --clip-model ViT-B-16-quickgelu --clip-weights PATH")
+        return f"loaded {weights}"
+
+    monkeypatch.setattr(tcl_blend, "load_clip", offline)
+    # The method's own CLIP is OpenAI's ViT-B/16 from a file (QuickGELU name): TCL shares it, nothing loads.
+    inner = _inner("ViT-B-16-quickgelu", local)
+    assert tcl_blend.tcl_clip_for(inner) is inner.clip and loads == []
+    # Another CLIP, offline: the message names the option that supplies TCL's, and only that one.
+    with pytest.raises(WeightsError) as missing:
+        tcl_blend.tcl_clip_for(_inner("ViT-B-32-quickgelu", local))
+    assert "pass its file with --tcl-clip-weights PATH" in str(missing.value)
+    assert "--clip-weights PATH" not in str(missing.value).replace("--tcl-clip-weights PATH", "")
+    assert tcl_blend.tcl_clip_for(_inner("ViT-B-32-quickgelu", local), str(local)) == f"loaded {local}"
+    assert loads[-1] == (tcl_blend.TCL_CLIP_MODEL, str(local))

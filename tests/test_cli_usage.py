@@ -141,12 +141,20 @@ def test_no_noun_is_answered_with_a_warning_unless_required(run, example, tiny_a
     assert not out.exists()
 
 
-def test_an_unquoted_phrase_gets_a_hint_at_the_quotes(run, example, tiny_args, tmp_path):
-    code, err = run("segment", example["image"], "the", "man", "on", "--masks", example["mask_dir"],
+def test_an_unquoted_phrase_is_refused_with_the_quotes_unless_split_on_purpose(run, example, tiny_args, tmp_path):
+    args = ["segment", example["image"], "the", "man", "on", "--masks", example["mask_dir"],
+            "-o", tmp_path / "m.png", *tiny_args]
+    _one_error_line(*run(*args), "3 one-word phrases; if they are one phrase, quote it: \"the man on\"")
+    assert not list(tmp_path.glob("m*.png"))
+    code, err = run(*args, "--allow-split-phrases", "--require-noun")
+    assert code == 2 and "quote the whole phrase" in err
+
+
+def test_a_foreign_phrase_is_told_the_tools_read_english(run, example, tiny_args, tmp_path):
+    code, err = run("segment", example["image"], "左边", "à côté", "--masks", example["mask_dir"],
                     "-o", tmp_path / "m.png", "--require-noun", *tiny_args)
-    assert code == 2
-    assert "quote it: \"the man on\"" in err
-    assert "quote the whole phrase" in err
+    _one_error_line(code, err, "the noun-phrase parser and CLIP read English: describe the object in English")
+    assert "quote" not in err
 
 
 def test_masks_with_generator_options_are_refused(run, example, tmp_path):

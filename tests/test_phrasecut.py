@@ -53,7 +53,7 @@ def test_coco_category_names_are_cocos_80():
     assert not {"table", "people", "tvmonitor", "motorbike", "sofa"} & COCO_CATEGORY_NAMES
 
 
-def test_ground_truth_matches_an_independent_rasterisation(phrasecut):
+def test_ground_truth_matches_the_datasets_rule(phrasecut):
     dataset = PhraseCutDataset(phrasecut.root, "val")
     tasks = [task for group in dataset.images() for task in group.refs]
     assert len(tasks) == VAL_COUNTS["all"]
@@ -63,20 +63,27 @@ def test_ground_truth_matches_an_independent_rasterisation(phrasecut):
         assert gt.shape == (height, width) and gt.dtype == bool
         np.testing.assert_array_equal(gt, expected_gt(phrasecut.task(task.task_id), height, width), task.task_id)
 
-    # The outline matters: with the dataset's single call, today's Pillow leaves out outline pixels of sloped edges.
-    for task_id in ("101__1", "101__2__3"):
-        task = phrasecut.task(task_id)
-        single = Image.new("L", (40, 30), 0)
-        for polygon in (p for instance in task["Polygons"] for p in instance):
-            ImageDraw.Draw(single).polygon([(int(x), int(y)) for x, y in polygon], fill=1, outline=1)
-        assert (np.asarray(single) > 0).sum() < expected_gt(task, 30, 40).sum()
-
-    # By hand: truncated to x 2..10, y 3..8, outline included: 9 x 6 pixels (pycocotools would give 8 x 5).
+    # By hand: truncated to x 2..10, y 3..8, the lattice points of the closed rectangle: 9 x 6 pixels.
     box = rasterize_polygons([tuple((int(x), int(y)) for x, y in rectangle(2.9, 3.2, 10.7, 8.99))], 30, 40)
     assert box.sum() == 54 and box[3:9, 2:11].all()
     # The off-image part is clipped: the top rows are in, whole.
     sky = dataset.gt_mask(next(task for task in tasks if task.task_id == "101__4"))
     assert sky[:5, :].all() and sky[10, 0] and not sky[11:, :].any()
+
+
+def test_ground_truth_is_the_official_single_call_without_an_outline_pass():
+    # PhraseCut's polygons_to_mask draws polygon(points, outline=1, fill=1) once; Pillow then skips the
+    # outline (same colour as the fill), so its masks are the fill alone: 1060 pixels for this quadrilateral,
+    # where a separate outline pass would add 25 pixels of its sloped edges.
+    quadrilateral = ((21, 3), (44, 10), (58, 22), (5, 45))
+    official = rasterize_polygons([quadrilateral], 60, 60)
+    assert official.sum() == 1060
+    outlined = Image.fromarray(official.astype(np.uint8))
+    ImageDraw.Draw(outlined).polygon(quadrilateral, outline=1)
+    assert (np.asarray(outlined) > 0).sum() == 1085
+    # Points are truncated towards zero; polygons of fewer than two points are skipped, as there.
+    fractional = tuple((x + 0.9, y + 0.6) for x, y in quadrilateral)
+    np.testing.assert_array_equal(rasterize_polygons([fractional, ((7.5, 7.5),), ()], 60, 60), official)
 
 
 def test_instances_are_the_gt_oracle(phrasecut):

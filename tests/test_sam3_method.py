@@ -106,7 +106,7 @@ def test_presets_and_settings():
     assert spec.settings().answer == "top" and spec.settings().prompt == "noun-phrase"
     assert spec.settings("sam3-union").answer == "union"
     assert spec.preset_for("phrasecut") == "sam3-union" and spec.preset_for("refcoco") == "sam3"
-    assert not spec.method_class.uses_proposals
+    assert not spec.uses_proposals and not spec.method_class.uses_proposals
     with pytest.raises(InputError, match="SAM 3 answer must be one of top, union"):
         spec.settings(answer="all")
     with pytest.raises(InputError, match="unknown SAM 3 fallback step 'sam4'"):

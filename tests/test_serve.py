@@ -160,3 +160,38 @@ def test_invisible_and_huge_phrases_on_the_page(page, example):
     with pytest.warns(UserWarning, match="was cut to its first 2000"):
         out = _segment(page, example, phrases="the wooden chair " * 120_000)  # over spaCy's 1,000,000 characters
     assert out[page.status] == ""
+def test_sliders_before_any_answer_change_nothing_and_raise_nothing(page):
+    # Gradio reads {} as missing output values and logs a traceback per slider move.
+    for unchanged in (page.rerank(None, "global-local", 0.5, 0.5, 0.0, 0.0), page.show(None, "the dog")):
+        assert list(unchanged) == [page.status] and unchanged[page.status] == {"__type__": "update"}
+
+
+def test_the_page_offers_only_methods_the_served_weights_can_run(capsys, tiny_config_paths, tiny_checkpoints):
+    from globallocal.commands.serve import servable_methods
+
+    vit, weights = str(tiny_config_paths["vit"]), str(tiny_checkpoints["vit"])
+    assert servable_methods("global-local", vit, weights) == ["global-local", "hybridgl"]
+    note = capsys.readouterr().err
+    assert "does not offer tcl" in note and "restart with --method tcl --clip-model ViT-B-16-quickgelu" in note
+    resnet = str(tiny_config_paths["resnet"])
+    assert servable_methods("global-local", resnet, str(tiny_checkpoints["resnet"])) == ["global-local"]
+    # A pretrained tag: every method loads its own default CLIP.
+    assert servable_methods("tcl", "ViT-B-16-quickgelu", "openai") == ["tcl", "global-local", "hybridgl"]
+
+
+def test_a_port_in_use_is_refused_before_the_models_load(run, monkeypatch):
+    import socket
+
+    from globallocal import segmenter
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the models were loaded")
+
+    monkeypatch.setattr(segmenter.Segmenter, "from_pretrained", loaded)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, err = run("serve", "--port", port)
+    assert code == 2 and err.strip() == (f"error: cannot listen on 127.0.0.1:{port} (Address already in use); "
+                                         "pick another --port or --host")

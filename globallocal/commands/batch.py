@@ -35,6 +35,7 @@ from .options import (
     ShortSideOpt,
     StabilityOpt,
     check_applicable,
+    check_models,
     setting_overrides,
 )
 
@@ -91,16 +92,12 @@ def batch(
 
     Example: globallocal batch pairs.jsonl -o out/
     """
+    # Everything cheap is checked before torch is imported and any model loads.
     from globallocal.data.images import check_writable_folder
     from globallocal.data.manifest import read_manifest
     from globallocal.methods import get_method
-    from globallocal.models.clip import resolve_device
-    from globallocal.models.text import parser_label
-    from globallocal.runs.batch import run_batch
     from globallocal.runs.runfolder import check_free
-    from globallocal.segmenter import Segmenter
 
-    # Everything cheap is checked before any model loads.
     manifest = read_manifest(pairs)
     check_free(out)
     check_writable_folder(out / "masks", "output")
@@ -114,10 +111,16 @@ def batch(
     source_args = ProposalArgs.from_arguments(locals())
     check_applicable(spec, overrides, source_args, masks)
     source_args.check()
-    spec.settings(preset, **overrides)  # bad settings fail before any model loads
-    clip_model = clip_model or spec.default_clip_model
+    spec.settings(preset, **overrides)
+    clip_model = check_models(spec, clip_model, clip_weights, device, precision)
     if masks is not None and not masks.exists():
         raise InputError(f"mask source not found: {masks}; give a folder of PNG masks or an RLE .json file")
+
+    from globallocal.models.clip import resolve_device
+    from globallocal.models.text import parser_label
+    from globallocal.runs.batch import run_batch
+    from globallocal.segmenter import Segmenter
+
     device = resolve_device(device)
     segmenter = Segmenter.from_pretrained(
         clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
@@ -126,7 +129,7 @@ def batch(
     weights = {"clip": clip_weights} if Path(clip_weights).is_file() else {}
     proposal_settings: dict = {}
     source = None
-    if spec.method_class.uses_proposals and masks is None and any(line.masks is None for line in manifest.lines):
+    if spec.uses_proposals and masks is None and any(line.masks is None for line in manifest.lines):
         from globallocal.proposals.sources import proposal_weights_file
 
         generator = source_args.build(device)

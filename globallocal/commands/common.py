@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from rich.console import Console
 
 from ..errors import InputError
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 """Messages, progress and warnings go to the standard error; the standard output carries data (``--json -``)."""
@@ -18,27 +19,14 @@ def numbered(path: Path, index: int, count: int) -> Path:
     return path if count == 1 else path.with_name(f"{path.stem}_{index}{path.suffix}")
 
 
-def check_output(path: Path) -> None:
-    if str(path) == "-":
-        return
-    if path.exists() and path.is_dir():
-        raise InputError(f"output {path} is a folder; give a file name such as {path / 'mask.png'}")
-    if path.suffix.lower() != ".png" and path.suffix.lower() != ".json":
-        raise InputError(f"output {path} must end in .png (masks, overlays) or .json (scores)")
-    check_output_path(path)
-
-
-def check_output_path(path: str | Path, what: str = "output") -> None:
-    """Before any work: a file can be written at ``path`` (no file where a folder must be, the nearest existing
-    folder writable), so a command never fails after writing some of its outputs."""
-    path = Path(path)
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise InputError(f"{what} {path}: {folder} is a file, not a folder; choose another location")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"{what} {path}: the folder {folder} is not writable; choose another location")
+def check_image_file(image: Path) -> None:
+    """Refuse a photo argument that is a folder or missing, saying which."""
+    if image.is_dir():
+        photos = sorted(child.name for child in image.iterdir() if child.suffix.lower() in PHOTO_SUFFIXES)
+        example = f" (e.g. {image / photos[0]})" if photos else ""
+        raise InputError(f"{image} is a folder; give one photo{example}, or use `globallocal batch` for several")
+    if not image.is_file():
+        raise InputError(f"image not found: {image}")
 
 
 def default_run_dir(

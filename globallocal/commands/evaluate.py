@@ -8,7 +8,6 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ..errors import InputError
 from .common import default_run_dir, stderr
 from .options import (
     CLIP_MODEL_HELP,
@@ -36,14 +35,18 @@ from .options import (
     ShortSideOpt,
     StabilityOpt,
     StickyTopkOpt,
+    TCLBlendOpt,
+    TCLCheckpointOpt,
+    TCLClipWeightsOpt,
     TCLKpWeightOpt,
     TCLPamrOpt,
     TCLTemplatesOpt,
     TCLThresholdOpt,
-    TCLWeightOpt,
-    TCLWeightsOpt,
+    TCLWeightOldOpt,
+    TCLWeightsOldOpt,
     TCLWindowOpt,
     check_applicable,
+    check_models,
     setting_overrides,
 )
 
@@ -119,8 +122,11 @@ def evaluate(
     tcl_templates: TCLTemplatesOpt = None,
     tcl_kp_weight: TCLKpWeightOpt = None,
     tcl_threshold: TCLThresholdOpt = None,
-    tcl_weights: TCLWeightsOpt = None,
-    tcl_weight: TCLWeightOpt = None,
+    tcl_checkpoint: TCLCheckpointOpt = None,
+    tcl_blend: TCLBlendOpt = None,
+    tcl_clip_weights: TCLClipWeightsOpt = None,
+    tcl_weights: TCLWeightsOldOpt = None,
+    tcl_weight: TCLWeightOldOpt = None,
     cache: Path | None = typer.Option(
         None, help="Feature cache folder: proposals and CLIP features per image, text features per phrase, keyed by "
         "model, weights and visual settings (not alpha/beta). Later runs sharing images skip the models; "
@@ -134,31 +140,23 @@ def evaluate(
     Runs under torchrun too (e.g. torchrun --nproc_per_node 4 -m cli evaluate ...):
     images are shared out between the processes and rank 0 writes the report.
     """
-    from globallocal.methods import TCLOptions, get_method
-    from globallocal.models.clip import resolve_device
-    from globallocal.models.text import parser_label
-    from globallocal.runs.cache import FeatureCache
-    from globallocal.runs.distributed import distributed_session
-    from globallocal.runs.evaluate import EvaluationConfig, check_evaluation_inputs, run_evaluation
-    from globallocal.segmenter import Segmenter
+    from globallocal.methods import TCLOptions, get_method  # torch-free, like every check below
+    from globallocal.runs.evaluation_config import EvaluationConfig, check_evaluation_inputs
 
     spec = get_method(method)
-    tcl = TCLOptions(tcl_window, tcl_pamr, tcl_templates, tcl_kp_weight, tcl_threshold, tcl_weights, tcl_weight)
+    tcl = TCLOptions.from_arguments(locals())
     tcl.check(spec)
     preset = preset or spec.preset_for(dataset)
     proposals = proposals or spec.proposals_for(preset)
-    if proposals not in ("freesolo", "sam2", "sam", "sam3", "gt", None):
-        raise InputError(f"unknown --proposals '{proposals}'; use freesolo, sam2, sam, sam3 or gt")
     sam_settings = sam_settings or spec.default_proposal_settings
     overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
         fusion_mode=fusion_mode, sticky_topk=sticky_topk,
     ) | tcl.method_overrides(method)
-    device = resolve_device(device)
     source_args = ProposalArgs.from_arguments(locals())
-    check_applicable(spec, overrides, source_args)
+    check_applicable(spec, overrides, source_args, extra_kinds=("gt",))
     source_args.check()
-    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    spec.settings(preset, **overrides)
     clip_model = clip_model or spec.default_clip_model
     selection = split if subset == "all" else f"{split}_{subset}"
     out = out or default_run_dir(
@@ -168,6 +166,16 @@ def evaluate(
         dataset=dataset, split=split, data_root=data_root, images_dir=images, out_dir=out, split_by=split_by,
         limit=limit, save_masks=save_masks, overlap=overlap, subset=subset,
     ))
+    check_models(spec, clip_model, clip_weights, device, precision)
+
+    from globallocal.models.clip import resolve_device
+    from globallocal.models.text import parser_label
+    from globallocal.runs.cache import FeatureCache
+    from globallocal.runs.distributed import distributed_session
+    from globallocal.runs.evaluate import run_evaluation
+    from globallocal.segmenter import Segmenter
+
+    device = resolve_device(device)
     tcl = tcl.with_weights_found(method)  # before any model loads: offline, a missing checkpoint fails in seconds
     with distributed_session(device) as place:
         local_device = place.device(device)

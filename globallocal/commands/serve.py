@@ -33,6 +33,7 @@ from .options import (
     ScoreThresholdOpt,
     ShortSideOpt,
     StabilityOpt,
+    check_models,
     setting_overrides,
 )
 
@@ -83,42 +84,75 @@ def serve(
 
     Example: globallocal serve --proposals sam2, then open http://127.0.0.1:7860
     """
-    from dataclasses import replace
-
-    from globallocal.serve import Engine, example_photos, require_gradio
-    from globallocal.serve import serve as serve_page
+    from globallocal.methods import get_method  # torch-free, like every check below
+    from globallocal.serve import check_port, require_gradio
 
     require_gradio()
     if max_megapixels <= 0 or top_k < 1:
         raise InputError("--max-megapixels must be positive and --top-k at least 1")
-    from globallocal.methods import get_method
-    from globallocal.segmenter import Segmenter
-
     overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
     )
     spec = get_method(method)
-    spec.settings(preset, **overrides)  # bad settings fail before any model loads
+    spec.settings(preset, **overrides)
+    clip_model = check_models(spec, clip_model, clip_weights, device, precision)
+    check_port(host, port)
+    offered = servable_methods(method, clip_model, clip_weights)
     # The page's starting source; the proposal options apply to whichever source the page then uses.
     proposals = proposals or spec.proposals_for(preset) or "freesolo"
     sam_settings = sam_settings or spec.default_proposal_settings
+
+    from dataclasses import replace
+
     from globallocal.models.clip import resolve_device
+    from globallocal.segmenter import Segmenter
+    from globallocal.serve import Engine, example_photos
+    from globallocal.serve import serve as serve_page
 
     device = resolve_device(device)
     source = ProposalArgs.from_arguments(locals())
+    shared_file = Path(clip_weights).is_file()
 
     def load_segmenter(name: str) -> Segmenter:
-        # The command's model options are the served method's; another method starts from its own defaults.
+        # The command's model options are the served method's; another method starts from its own defaults,
+        # except that a weights file fits one architecture, which every offered method then runs on.
         ours = name == method
         return Segmenter.from_pretrained(
-            clip_model if ours else None, clip_weights, preset if ours else None, device=device,
+            clip_model if ours or shared_file else None, clip_weights, preset if ours else None, device=device,
             precision=precision, spacy_model=spacy_model, method=name, **(overrides if ours else {}),
         )
 
     engine = Engine(load_segmenter, lambda kind: replace(source, kind=kind).build(device), method,
-                    max_megapixels=max_megapixels, allow_no_noun=not require_noun)
+                    max_megapixels=max_megapixels, allow_no_noun=not require_noun, methods=offered)
     with stderr.status("loading the models..."):
         engine.segmenter()
     if host not in ("127.0.0.1", "localhost", "::1"):
         stderr.print(f"[yellow]warning:[/] serving on {host}: anyone who can reach this computer can use the page")
     serve_page(engine, host, port, example_photos(examples), proposals, top_k)
+
+
+def servable_methods(served: str, clip_model: str, clip_weights: str) -> list[str]:
+    """The methods the page offers, the served one first, and a note for each one left out.
+
+    With a pretrained tag (``openai``) each method loads its own default CLIP. A weights file fits one
+    architecture, so another method is offered only if it runs on that one (HybridGL and TCL need a ViT,
+    TCL's head ViT-B-16); a method with a model of its own (SAM 3) only when it is the one served. The note
+    says what to restart with to serve it.
+    """
+    from globallocal.methods import available_methods, get_method
+
+    offered = [served]
+    for name in available_methods():
+        spec = get_method(name)
+        if name == served:
+            continue
+        if not spec.offered_beside_others:
+            stderr.print(f"[yellow]note:[/] the page does not offer {name}, which loads a model of its own; to "
+                         f"serve it, restart with --method {name}")
+        elif not Path(clip_weights).is_file() or spec.runs_on(clip_model):
+            offered.append(name)
+        else:
+            stderr.print(f"[yellow]note:[/] the page does not offer {name}, which does not run on {clip_model}; "
+                         f"to serve it, restart with --method {name} --clip-model {spec.default_clip_model} "
+                         "--clip-weights PATH")
+    return offered

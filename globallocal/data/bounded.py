@@ -37,6 +37,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_JSON_BYTES",
     "MAX_LINE_BYTES",
+    "MAX_SHORT_SIDE",
     "NUMBER",
     "JsonError",
     "Shape",
@@ -59,6 +60,8 @@ MAX_JSON_BYTES = 1 << 30
 # A manifest or records line: a photo, a few phrases and paths, or one result.
 MAX_LINE_BYTES = 1 << 20
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# The largest short side a photo is resized to (--short-side; the paper's is 800): memory grows with its square.
+MAX_SHORT_SIDE = 2048
 
 
 class JsonError(InputError):

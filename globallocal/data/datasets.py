@@ -11,15 +11,17 @@ a sentence in a record, an error and a mask file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from ..proposals import Proposals
 from .phrasecut import IMAGES_FILE, PHRASECUT, SUBSETS, PhraseCutDataset, check_phrasecut_split
 from .refer import DEFAULT_SPLIT_BY, ImageGroup, ImageRecord, ReferDataset, resolve_split
+
+if TYPE_CHECKING:
+    from ..proposals import Proposals
 
 __all__ = ["DATASETS", "EvaluationDataset", "check_dataset", "dataset_files", "dataset_label", "open_dataset"]
 

@@ -10,13 +10,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError, InputError
 from .bounded import read_regular
+
+if TYPE_CHECKING:
+    import torch
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 # Renames that all_or_none() holds back until its block succeeds (None: rename at once).
@@ -36,9 +39,8 @@ MAX_PIXELS = int(os.environ.get(PIXELS_VARIABLE, "") or 25_000_000)
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 # A compressed file is smaller than its pixels (16-bit RGBA: 8 bytes each), plus room for metadata.
 _BYTES_PER_PIXEL = 8
-# The resized input (FreeSOLO's and CLIP's): the short side is bounded, and so is the long side of an elongated
-# photo (a 4000x4 strip would become 800x800000); the long-side cap is 8 times the paper's short side.
-MAX_SHORT_SIDE = 2048
+# The resized input (FreeSOLO's and CLIP's): the short side is bounded (data.bounded.MAX_SHORT_SIDE), and so is
+# the long side of an elongated photo (a 4000x4 strip would become 800x800000): 8 times the paper's short side.
 MAX_INPUT_SIDE = 6400
 
 
@@ -138,6 +140,8 @@ def load_image(source: ImageInput) -> Image.Image:
 
 def to_normalized_tensor(image: Image.Image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """(3, H, W) float32 tensor of an RGB image in [0, 1], normalised by mean/std."""
+    import torch  # here: checking and writing files (run folders, `report`) needs no torch
+
     array = np.asarray(image, dtype=np.uint8)
     tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
@@ -277,7 +281,7 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
 
 def save_mask_png(mask: np.ndarray | torch.Tensor, path: str | os.PathLike) -> None:
     """A bool mask as an 8-bit grey PNG, 0 outside and 255 inside."""
-    if isinstance(mask, torch.Tensor):
+    if hasattr(mask, "cpu"):  # a torch tensor
         mask = mask.cpu().numpy()
     save_png(mask.astype(np.uint8) * 255, path)
 

@@ -7,20 +7,19 @@ Layout, as the dataset's downloader writes it::
     <root>/images/<image_id>.jpg     Visual Genome photos
 
 A task is one phrase and the region it describes: ``Polygons`` holds, per
-referred instance, a list of polygons of ``[x, y]`` points. Ground truth
-follows the dataset's own code (``utils/data_transfer.py polygons_to_mask``,
-also used by Seonghoon-Yu/Zero-shot-RIS): each point is truncated to int,
-every polygon of every instance is drawn by Pillow's ``ImageDraw.polygon``
-filled *and* outlined (so the outline pixels belong to the region, unlike
-pycocotools' half-open rasterisation), and the drawings are OR-ed. A polygon
-of fewer than two points is skipped, as there (Pillow cannot draw it).
+referred instance, a list of polygons of ``[x, y]`` points. Ground truth is
+drawn exactly as the dataset's own evaluation code draws it
+(``utils/data_transfer.py polygons_to_mask``, also used by
+Seonghoon-Yu/Zero-shot-RIS): each point is truncated to int, a polygon of
+fewer than two points is skipped, each other polygon of every instance is
+drawn on its own blank canvas by one ``ImageDraw.polygon(points, outline=1,
+fill=1)`` call, and the canvases are summed and thresholded at > 0.
 
-The fill and the outline are drawn by separate calls. The dataset's code
-asks for both in one call; recent Pillow then skips the outline, as it has
-the fill's colour (``ink != fill_ink`` in ``ImageDraw.polygon``), and the
-fill alone misses a few outline pixels of every sloped edge (4 to 8 on a
-triangle of ~15 pixels a side, measured with Pillow 12.3). Two calls give
-the region with its outline under any Pillow.
+That one call draws no separate outline: Pillow (7.2 as well as 12) skips
+the outline when its colour equals the fill's (``ink != fill_ink`` in
+``ImageDraw.polygon``), so the official masks are Pillow's fill alone, which
+leaves out a few outline pixels of sloped edges (a 4-point polygon of ~1000
+pixels: 1060, where fill plus a separate outline pass would give 1085).
 
 Split ``a_b`` reads ``refer_a.json`` and ``refer_b.json`` and keeps tasks on
 images whose split is ``a`` or ``b``, as the dataset's ``RefVGLoader`` does;
@@ -33,15 +32,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from ..errors import InputError
-from ..proposals import Proposals
 from .bounded import read_json
+
+if TYPE_CHECKING:
+    from ..proposals import Proposals
 from .refer import ImageGroup, ImageRecord, Sentence, load_dataset_image, missing_images
 
 __all__ = [
@@ -108,16 +108,16 @@ class PhraseCutTask:
 
 
 def rasterize_polygons(polygons: list[Polygon] | tuple[Polygon, ...], height: int, width: int) -> np.ndarray:
-    """OR of the polygons, each filled with its outline by Pillow, as bool (H, W)."""
-    canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
+    """The polygons as the dataset's ``polygons_to_mask`` draws them, bool (H, W) (see the module docstring)."""
+    total = np.zeros((height, width), dtype=np.int32)
     for polygon in polygons:
-        if len(polygon) >= 2:
-            # Two calls: recent Pillow's polygon(fill=1, outline=1) skips an outline of the fill's own
-            # colour, and the fill alone leaves out some outline pixels of a sloped edge.
-            draw.polygon(list(polygon), fill=1)
-            draw.polygon(list(polygon), outline=1)
-    return np.asarray(canvas) > 0
+        if len(polygon) < 2:
+            continue  # Pillow cannot draw it; the dataset's code skips it too
+        canvas = Image.new("L", (width, height), 0)
+        # One call with outline == fill: Pillow then draws the fill only, and so do the official masks.
+        ImageDraw.Draw(canvas).polygon([(int(x), int(y)) for x, y in polygon], outline=1, fill=1)
+        total += np.asarray(canvas)
+    return total > 0
 
 
 def check_phrasecut_split(split: str) -> None:
@@ -291,7 +291,7 @@ class PhraseCutDataset:
         return missing_images(self.image_path, self._groups if groups is None else groups)
 
     def gt_mask(self, task: PhraseCutTask) -> np.ndarray:
-        """Every polygon of every instance, filled with its outline and OR-ed, bool (H, W)."""
+        """Every polygon of every instance, drawn as the dataset's code draws them, bool (H, W)."""
         image = self._images[task.image_id]
         return rasterize_polygons([p for instance in task.instances for p in instance], image.height, image.width)
 
@@ -304,9 +304,9 @@ class PhraseCutDataset:
                 mask = rasterize_polygons(instance, image.height, image.width)
                 if mask.any() and not any(np.array_equal(mask, other) for other in masks):
                     masks.append(mask)
-        if not masks:
-            return Proposals.from_masks(torch.zeros((0, image.height, image.width), dtype=torch.bool))
-        return Proposals.from_masks(torch.from_numpy(np.stack(masks)))
+        from ..proposals import Proposals  # on first use: reading a dataset (and `report`) needs no torch
+
+        return Proposals.from_arrays(masks, image.height, image.width)
 
     def subsets(self, task: PhraseCutTask) -> list[str]:
         """The task's subsets among :data:`BREAKDOWN`, by PhraseCut's rules (utils/subset.py)."""

@@ -22,18 +22,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageError, InputError
-from ..proposals import Proposals
 from .bounded import read_json
 from .coco_masks import checked_rle, decode, polygon_rles
 from .images import open_checked
 from .plain_pickle import load_refs_pickle
+
+if TYPE_CHECKING:
+    from ..proposals import Proposals
 
 __all__ = [
     "DEFAULT_SPLIT_BY",
@@ -395,9 +396,9 @@ class ReferDataset:
             if self.include_crowd or not ann.get("iscrowd", 0)
         ]
         masks = [mask for mask in masks if mask.any()]
-        if not masks:
-            return Proposals.from_masks(torch.zeros((0, image.height, image.width), dtype=torch.bool))
-        return Proposals.from_masks(torch.from_numpy(np.stack(masks)))
+        from ..proposals import Proposals  # on first use: reading a dataset (and `report`) needs no torch
+
+        return Proposals.from_arrays(masks, image.height, image.width)
 
     def sentence_fields(self, ref: Ref, sentence: Sentence) -> dict[str, Any]:
         return {"ref_id": ref.ref_id, "sent_id": sentence.sent_id}

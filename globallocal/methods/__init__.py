@@ -1,19 +1,27 @@
-"""The registry of scoring methods: one module per method, built by name.
+"""The registry of scoring methods: one folder per method, built by name.
 
-Each method module defines ``SPEC``, a :class:`MethodSpec` with its method
-class, settings class, named presets and defaults. Modules are imported when
-a method is asked for, so listing the methods (``--help``) costs nothing.
+Each method folder's ``settings.py`` defines ``SPEC``, a :class:`MethodSpec`
+with its settings class, named presets, defaults and where its code lives;
+its ``method.py`` holds that code. ``settings.py`` imports nothing heavy, so
+the command line checks a method's name, preset, settings and CLIP model
+before torch is imported; the code is imported when a method is built.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from .base import ImageFeatures, Method, MethodSettings, SegmentResult, TextEncoder
+from ..lazy import lazy_exports
+from ..models.architectures import architecture_config, check_clip_weights, image_tower_family, same_architecture
+from .settings import MethodSettings
+
+if TYPE_CHECKING:
+    from .base import Method
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -28,12 +36,12 @@ __all__ = [
     "get_method",
 ]
 
-# name -> module defining SPEC; the first is the default.
+# name -> module defining SPEC (torch-free); the first is the default.
 _MODULES = {
-    "global-local": "globallocal.methods.global_local.method",
-    "hybridgl": "globallocal.methods.hybridgl.method",
-    "tcl": "globallocal.methods.tcl.method",
-    "sam3": "globallocal.methods.sam3.method",
+    "global-local": "globallocal.methods.global_local.settings",
+    "hybridgl": "globallocal.methods.hybridgl.settings",
+    "tcl": "globallocal.methods.tcl.settings",
+    "sam3": "globallocal.methods.sam3.settings",
 }
 DEFAULT_METHOD = "global-local"
 
@@ -44,7 +52,8 @@ class MethodSpec:
 
     name: str
     summary: str
-    method_class: type[Method]
+    implementation: str
+    """``module:Class`` of the method's code, imported when it is built."""
     presets: Mapping[str, MethodSettings]
     default_preset: str
     default_clip_model: str
@@ -58,10 +67,18 @@ class MethodSpec:
     keep_proposal_order: bool = False
     """Whether the method takes SAM's proposals in the order the generator returns them (HybridGL's
     section 2) rather than best predicted IoU first."""
-    build: Callable[..., Method] | None = None
-    """Builder ``(clip, nlp, settings, **options) -> Method`` when the class alone is not enough (extra weights)."""
+    builder: str | None = None
+    """``module:function`` of a builder ``(clip, nlp, settings, **options) -> Method`` when the class alone is
+    not enough (extra weights)."""
+    image_tower: str | None = None
+    """The CLIP image tower family the method needs ("vit": patch tokens); None: any supported one."""
+    built_on: str | None = None
+    """The CLIP architecture the method's own weights were trained on (TCL: ViT-B-16); others are warned."""
     display_name: str = ""
     """The method's name in prose ("HybridGL"); the registry name when empty."""
+    offered_beside_others: bool = True
+    """Whether ``serve`` offers the method on a page that serves another one (False: it loads a model of its
+    own that the page's options do not name, e.g. SAM 3's weights)."""
     sweep_module: str | None = None
     """The module that replays the method's runs from a feature cache (``globallocal sweep``): it defines
     ``sweep(run, axes, out_dir, started)`` and ``format_table(result)``; None: its runs cannot be swept."""
@@ -73,6 +90,46 @@ class MethodSpec:
     @property
     def display(self) -> str:
         return self.display_name or self.name
+
+    @property
+    def method_class(self) -> type[Method]:
+        return _load(self.implementation)
+
+    @property
+    def uses_proposals(self) -> bool:
+        """Whether the method ranks mask proposals: such a method names its default source."""
+        return self.default_proposals is not None
+
+    def check_clip(self, clip_model: str | None, clip_weights: str = "openai") -> str:
+        """The CLIP architecture to load (default: the method's), refused when its image tower does not fit
+        the method and warned about when it is not the one the method's weights were trained on; the
+        weights path checked (:func:`~globallocal.models.architectures.check_clip_weights`). Loads nothing."""
+        name = clip_model or self.default_clip_model
+        architecture_config(name)  # an unknown name is refused here, not after torch loads
+        check_clip_weights(clip_weights, name)
+        if not self._tower_fits(name):
+            raise InputError(
+                f"--method {self.name} needs a ViT CLIP (it works on the image tower's patch tokens); "
+                f"--clip-model {name} is a ResNet: use {self.default_clip_model} (the paper's), ViT-B-32 or ViT-L-14"
+            )
+        if not self._trained_on(name):
+            warnings.warn(
+                f"{self.display} was trained on CLIP {self.built_on}; with --clip-model {name} its weights see "
+                f"features they were not trained on: use --clip-model {self.default_clip_model}",
+                stacklevel=1,  # one location: the command line's early check and the loader's warn once
+            )
+        return name
+
+    def runs_on(self, clip_model: str) -> bool:
+        """Whether the method runs on CLIP ``clip_model`` as it was meant to: its image tower and, for a method
+        with weights of its own (TCL), the architecture they were trained on."""
+        return self._tower_fits(clip_model) and self._trained_on(clip_model)
+
+    def _tower_fits(self, name: str) -> bool:
+        return self.image_tower is None or image_tower_family(architecture_config(name)) == self.image_tower
+
+    def _trained_on(self, name: str) -> bool:
+        return self.built_on is None or same_architecture(name, self.built_on)
 
     def preset_names(self) -> list[str]:
         return [*self.presets, *self.preset_aliases]
@@ -100,15 +157,23 @@ class MethodSpec:
 # Names of one method's module that the rest of the package uses, imported on first use (PEP 562): the
 # registry is the one place outside a method's folder that knows where its code lives.
 _LAZY_EXPORTS = {
-    "GlobalLocalSettings": "globallocal.methods.global_local.method",
+    "GlobalLocalSettings": "globallocal.methods.global_local.settings",
     "TCLOptions": "globallocal.methods.tcl.options",
+    # The interface every method implements: torch, so imported on first use too.
+    "ImageFeatures": "globallocal.methods.base",
+    "Method": "globallocal.methods.base",
+    "SegmentResult": "globallocal.methods.base",
+    "TextEncoder": "globallocal.methods.base",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY_EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
+def _load(reference: str) -> Any:
+    """The object a ``module:name`` reference names."""
+    module, _, name = reference.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+__getattr__ = lazy_exports(__name__, _LAZY_EXPORTS)
 
 
 def available_methods() -> list[str]:
@@ -129,8 +194,8 @@ def build_method(
     """A ready method: ``preset`` (default the method's) with ``overrides``; ``options`` go to its builder."""
     spec = get_method(name)
     settings = spec.settings(preset, **overrides)
-    if spec.build is not None:
-        return spec.build(clip, nlp, settings, **(options or {}))
+    if spec.builder is not None:
+        return _load(spec.builder)(clip, nlp, settings, **(options or {}))
     if options:
         raise InputError(f"method {name} takes no options ({', '.join(options)})")
     return spec.method_class(clip, nlp, settings)

@@ -12,43 +12,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 
-from ..errors import InputError
 from ..models.text import ParsedPhrase, count_tokens
 from ..proposals import Proposals
 from ..proposals.sam3 import ConceptAnswer, ConceptQuery, head_noun
+from .settings import MethodSettings
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]
 """Raw CLIP text features (len(texts), D), float32, through the segmenter's cache."""
-
-
-class MethodSettings:
-    """Mixin for a method's frozen settings dataclass: validation, overrides, a plain dict."""
-
-    def checks(self) -> list[tuple[bool, str]]:
-        """(condition, message) pairs; a false condition is refused with its message."""
-        return []
-
-    def __post_init__(self) -> None:
-        for ok, message in self.checks():
-            if not ok:
-                raise InputError(message)
-
-    def with_overrides(self, **overrides: Any):
-        """A copy with the given fields changed; ``None`` values are ignored, unknown names refused."""
-        names = {field.name for field in fields(self)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise InputError(f"unknown setting(s) for this method: {', '.join(unknown)}")
-        return replace(self, **{key: value for key, value in overrides.items() if value is not None})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -75,6 +51,9 @@ class SegmentResult:
     """With phrase-dependent proposals (SAM 3): the candidates of this phrase's noun phrase, which ``index``
     numbers, and the step that found them; None with proposals of the image."""
 
+    ranking_label: ClassVar[str] = "score"
+    """What :meth:`ranking`'s values are called in captions ("final score" for HybridGL)."""
+
     @property
     def score(self) -> float | None:
         return None if self.index is None else float(self.scores[self.index])
@@ -97,6 +76,14 @@ class SegmentResult:
             "proposal_scores": scores,
             "proposal_score": None if self.index is None else scores[self.index],
         }
+    def ranking(self) -> list[tuple[int, float]]:
+        """(proposal, value) by the score the method chose with, the answer first, then best first; empty for
+        a method that draws its own mask. Pictures and the page rank and caption by it."""
+        if self.index is None:
+            return []
+        values = [float(value) for value in self.scores]
+        others = sorted((i for i in range(len(values)) if i != self.index), key=lambda i: -values[i])
+        return [(i, values[i]) for i in (self.index, *others)]
 
     def other_answers(self) -> dict[str, int]:
         """Further answers a method reports beside its own (HybridGL: "pure", without spatial guidance)."""

@@ -8,9 +8,7 @@ masked attention pooling) and its VisionTransformer with class-token pooling
 
 from __future__ import annotations
 
-import copy
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +19,13 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transformer import QuickGELU
 
-from ..data.bounded import read_json
 from ..errors import InputError, WeightsError, first_line
+from .architectures import architecture_config, image_tower_family
+from .devices import PRECISION_NAMES, check_device, check_precision
 from .hub import cached_hub_file, require_hub_files
 from .weights import unsafe_checkpoint, unsafe_message
 
-# The architectures whose OpenAI weights the paper used or that are natural
-# drop-ins; any other open_clip CLIP with a supported image tower works too.
-OPENAI_ARCHITECTURES = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B-32", "ViT-B-16", "ViT-L-14")
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
 
 
 @dataclass
@@ -88,70 +84,6 @@ def fold_batchnorm(tower: torch.nn.Module) -> torch.nn.Module:
     return tower
 
 
-def _architecture_config(name: str) -> dict[str, Any]:
-    """open_clip's config for a built-in name, or the contents of a config JSON file."""
-    if name.endswith(".json"):
-        path = Path(name)
-        if not path.exists():
-            raise InputError(f"CLIP model config file not found: {path}")
-        config = read_json(path, what="CLIP model config", max_bytes=1 << 20)
-        config = config.get("model_cfg", config) if isinstance(config, dict) else config
-        _check_sizes(config, path)
-    else:
-        config = open_clip.get_model_config(name)
-        if config is None:
-            known = ", ".join(OPENAI_ARCHITECTURES)
-            raise InputError(
-                f"unknown CLIP model '{name}'; use an open_clip name (e.g. {known}) or a model-config .json file"
-            )
-        config = copy.deepcopy(config)
-    if not isinstance(config, dict) or "vision_cfg" not in config or "text_cfg" not in config:
-        raise InputError(f"'{name}' is not an open_clip model config (needs vision_cfg and text_cfg)")
-    return config
-
-
-# The largest sizes a config file may ask for: beyond every published CLIP (ViT-bigG: width 1664, 48 blocks),
-# so a typo or a hostile file is refused instead of allocating terabytes.
-_SIZE_LIMITS = {"embed_dim": 4096, "width": 4096, "layers": 96, "heads": 64, "image_size": 1024, "patch_size": 64,
-                "context_length": 1024, "vocab_size": 1 << 20, "head_width": 1024, "mlp_ratio": 16}
-
-
-def _check_sizes(config: Any, path: Path) -> None:
-    """A config file's sizes, positive and within :data:`_SIZE_LIMITS` (a ResNet's layers are a list)."""
-    if not isinstance(config, dict):
-        raise InputError(f"'{path}' is not an open_clip model config (a JSON object with vision_cfg and text_cfg)")
-    towers = [("", config)] + [(f"{name}.", config[name]) for name in ("vision_cfg", "text_cfg")
-                                if isinstance(config.get(name), dict)]
-    for prefix, tower in towers:
-        for key, limit in _SIZE_LIMITS.items():
-            value = tower.get(key)
-            for number in value if isinstance(value, list) else [value]:
-                if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))
-                                           or not 0 < number <= limit):
-                    raise InputError(f"CLIP model config {path}: {prefix}{key} is {number!r}; it must be a number "
-                                     f"from 1 to {limit}")
-
-
-def image_tower_family(config: dict[str, Any]) -> str:
-    """'resnet' or 'vit' for a supported image tower; InputError otherwise."""
-    vision, text = config["vision_cfg"], config["text_cfg"]
-    unsupported = (
-        "timm_model_name" in vision
-        or "hf_model_name" in text
-        or config.get("custom_text")
-        or "multimodal_cfg" in config
-        or vision.get("attentional_pool")
-        or vision.get("pool_type", "tok") != "tok"
-        or vision.get("final_ln_after_pool")
-    )
-    if unsupported:
-        raise InputError(
-            "this CLIP variant is not supported: globallocal needs open_clip's ModifiedResNet or a "
-            "class-token VisionTransformer image tower with the standard text tower"
-        )
-    return "resnet" if isinstance(vision["layers"], (list, tuple)) else "vit"
-
-
 def _weights_fix(name: str, tag: str, repo_id: str, filename: str) -> str:
     """How to provide a pretrained tag's file by hand; OpenAI weights need the QuickGELU architecture."""
     where = f"https://huggingface.co/{repo_id}/resolve/main/{filename}" if repo_id else "the weights file"
@@ -184,7 +116,7 @@ def load_clip(
     """
     device = torch.device(resolve_device(str(device)))
     dtype = precision_dtype(precision, device)
-    config = _architecture_config(name)
+    config = architecture_config(name)
     family = image_tower_family(config)
 
     if weights == "random" or os.path.isfile(weights):
@@ -211,8 +143,7 @@ def load_clip(
 
 def precision_dtype(precision: str, device: str | torch.device) -> torch.dtype:
     """The dtype of a precision name; refused (one line) when unknown, or half precision off CUDA."""
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     device = torch.device(resolve_device(str(device)))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
@@ -221,14 +152,9 @@ def precision_dtype(precision: str, device: str | torch.device) -> torch.dtype:
     return PRECISIONS[precision]
 
 
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-
-
 def resolve_device(device: str) -> str:
-    """``"auto"``: ``"cuda"`` when a CUDA GPU is available, else ``"cpu"``; any other device name as given, and
-    what is not a device name refused in one line (torch would raise deep inside a model)."""
-    if not _DEVICE.fullmatch(device):
-        raise InputError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N")
+    """``"auto"``: ``"cuda"`` when a CUDA GPU is available, else ``"cpu"``; any other name as given."""
+    check_device(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device

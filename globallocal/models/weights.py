@@ -37,8 +37,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..data.bounded import read_json
 from ..data.images import save_text
 from ..errors import InputError, WeightsError, first_line
@@ -159,6 +157,8 @@ def load_checkpoint_tensors(path: Path, what: str, fix: str) -> Any:
 
     ``what`` names the weights ("FreeSOLO", "SAM 2 tiny"), ``fix`` says what to use instead.
     """
+    import torch  # here: identifying weights files by hash needs no torch
+
     try:
         with warnings.catch_warnings():
             # torch's advice about pickle protocols, for a file about to be refused or read anyway.

@@ -113,7 +113,8 @@ def caption(result) -> str:
         return f"{result.phrase!r}: no candidate"
     if result.index is None:
         return f"{result.phrase!r}: {int(result.mask.sum())} pixels"
-    return f"{result.phrase!r}: proposal {result.index}, score {result.score:.4f}"
+    index, value = result.ranking()[0]
+    return f"{result.phrase!r}: proposal {index}, {result.ranking_label} {value:.4f}"
 
 
 def write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pictures, top_k) -> None:
@@ -123,8 +124,9 @@ def write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pi
         chosen = [result.mask.numpy() for result in results]
         save_png(answers_picture(picture, chosen, [caption(result) for result in results]), overlay_all)
     for result, path in zip(results, top_k_pictures):
-        masks = result.among(candidates).masks.numpy()
-        save_png(top_k_picture(picture, masks, result.scores.tolist(), result.phrase, top_k), path)
+        picture_k = top_k_picture(picture, result.among(candidates).masks.numpy(), result.ranking(), result.phrase,
+                                  top_k, result.ranking_label)
+        save_png(picture_k, path)
 
 
 def _boxes(proposals) -> torch.Tensor | None:

@@ -86,23 +86,25 @@ def answers_picture(image: Image.Image, masks: Sequence[np.ndarray], captions: S
 
 
 def top_k_picture(
-    image: Image.Image, masks: np.ndarray, scores: Sequence[float], phrase: str, k: int = 5, tile_width: int = 320
+    image: Image.Image, masks: np.ndarray, ranking: Sequence[tuple[int, float]], phrase: str, k: int = 5,
+    label: str = "score", tile_width: int = 320,
 ) -> np.ndarray:
-    """The ``k`` best-scoring proposals side by side, best first, each captioned with its number and score.
+    """The first ``k`` proposals of a result's ranking (the answer first) side by side, each captioned with its
+    number and ``label`` value (the score the method chose with).
 
     Shows why the answer won: how close the runners-up scored and what they cover.
     """
-    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))[:k]
+    order = list(ranking[:k])
     scale = tile_width / image.width
     size = (tile_width, max(1, round(image.height * scale)))
     small = image.resize(size, Image.BILINEAR)
     tiles = []
-    for rank, index in enumerate(order):
+    for rank, (index, value) in enumerate(order):
         rgb = np.asarray(small, dtype=np.float32).copy()
         mask = np.asarray(Image.fromarray(masks[index]).resize(size, Image.NEAREST))
         tint(rgb, mask, PALETTE[0] if rank == 0 else PALETTE[2])
-        label = f"{'answer: ' if rank == 0 else ''}proposal {index}, score {float(scores[index]):.4f}"
-        tiles.append(_with_caption(np.round(rgb).astype(np.uint8), [(label, None)]))
+        caption = f"{'answer: ' if rank == 0 else ''}proposal {index}, {label} {value:.4f}"
+        tiles.append(_with_caption(np.round(rgb).astype(np.uint8), [(caption, None)]))
     gap = np.full((tiles[0].shape[0], 8, 3), 255, dtype=np.uint8)
     row = np.concatenate([part for tile in tiles for part in (tile, gap)][:-1], axis=1)
-    return _with_caption(row, [(f"{phrase!r}: top {len(order)} of {len(scores)} proposals", None)])
+    return _with_caption(row, [(f"{phrase!r}: top {len(order)} of {len(masks)} proposals", None)])

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..data.images import atomic_write, save_png
-from ..errors import InputError
+from .paths import check_soft_outputs
 
 # A perceptually ordered dark-blue -> green -> yellow scale (viridis's end and middle points).
 _STOPS = np.array(
@@ -61,20 +61,6 @@ def save_soft_mask(soft: np.ndarray | torch.Tensor, path: str | os.PathLike) -> 
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(soft, dtype=np.float32))
     atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
-
-
-def check_soft_outputs(soft_mask: Path | None, heatmap_path: Path | None, available: bool, method: str) -> None:
-    """Refuse --soft-mask / --heatmap before any work: ``method`` (a label) gives no soft mask, or a bad name."""
-    for path, flag, suffix in ((soft_mask, "--soft-mask", ".npy"), (heatmap_path, "--heatmap", ".png")):
-        if path is None:
-            continue
-        if not available:
-            raise InputError(f"{flag} needs TCL's soft mask, which {method} does not give: "
-                             "use --method tcl, or add --tcl-weight to blend TCL in")
-        if path.suffix.lower() != suffix:
-            raise InputError(f"{flag} {path} must end in {suffix}")
-        if path.is_dir():
-            raise InputError(f"{flag} {path} is a folder; give a file name ending in {suffix}")
 
 
 def save_soft_outputs(

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data.images import MAX_SHORT_SIDE, ImageInput, load_image, x800
+from ..data.bounded import MAX_SHORT_SIDE
+from ..data.images import ImageInput, load_image, x800
 from ..errors import InputError, WeightsError
 from ..models.hub import cached_hub_file, download_hub_file, weights_folders
 from ..models.weights import load_checkpoint_tensors, weights_identity

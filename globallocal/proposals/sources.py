@@ -17,7 +17,7 @@ import torch
 
 from ..data.images import ImageInput
 from ..errors import InputError
-from . import Proposals
+from . import PROPOSAL_KINDS, Proposals
 from .sam import (
     DEFAULT_SAM2_MODEL,
     DEFAULT_SAM_MODEL,
@@ -33,7 +33,6 @@ from .sam import (
     load_sam2,
 )
 
-PROPOSAL_KINDS = ("freesolo", "sam2", "sam", "sam3")
 # SAM 3's own options (see Sam3ConceptSource); SAM 2's options apply to its optional sam2 fallback step.
 SAM3_OPTION_NAMES = frozenset({"sam3_threshold", "sam3_fallback", "sam3_below_k", "sam3_precision", "sam2_weights"})
 

@@ -15,9 +15,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-import torch
-import torch.distributed as dist
-
 from ..errors import InputError
 
 __all__ = ["Distributed", "distributed_session", "from_environment"]
@@ -50,7 +47,7 @@ class Distributed:
 
     def device(self, requested: str) -> str:
         """The device this process uses: under torchrun, CUDA means the GPU of this process's LOCAL_RANK."""
-        if self.world_size > 1 and torch.device(requested).type == "cuda":
+        if self.world_size > 1 and requested.split(":")[0] == "cuda":
             return f"cuda:{self.local_rank}"
         return requested
 
@@ -58,6 +55,8 @@ class Distributed:
         """Wait for every process (nothing to wait for in a single process)."""
         if self.world_size == 1:
             return
+        import torch.distributed as dist  # only several processes need torch here: reading the environment does not
+
         if dist.get_backend() == "nccl":
             dist.barrier(device_ids=[self.local_rank])
         else:
@@ -97,6 +96,9 @@ def distributed_session(device: str = "cpu") -> Iterator[Distributed]:
     if context.world_size == 1:
         yield context
         return
+    import torch
+    import torch.distributed as dist
+
     cuda = torch.device(device).type == "cuda"
     if cuda:
         if not torch.cuda.is_available():

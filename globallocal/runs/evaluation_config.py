@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..data.datasets import check_dataset, dataset_files
 from ..data.images import check_writable_folder
@@ -14,9 +14,11 @@ from ..data.phrasecut import PHRASECUT
 from ..data.refer import OVERLAP_RULES
 from ..errors import InputError
 from ..models.weights import weights_identity
-from .cache import FeatureCache
 from .distributed import from_environment
 from .runfolder import check_free
+
+if TYPE_CHECKING:
+    from .cache import FeatureCache
 
 # Bumped when the records or config layout changes, so that an old out dir is
 # refused instead of misread. 2: per-proposal overlaps, cache, rank files. 3: weights by content.

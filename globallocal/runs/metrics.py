@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["PRECISION_THRESHOLDS", "MetricAccumulator", "intersection_union", "sentence_iou"]
 
@@ -33,7 +36,7 @@ PRECISION_THRESHOLDS = tuple(tenths / 10 for tenths in _THRESHOLD_TENTHS)
 
 
 def _as_bool_array(mask: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(mask, torch.Tensor):
+    if hasattr(mask, "cpu"):  # a torch tensor (duck-typed: reading metrics needs no torch)
         mask = mask.detach().cpu().numpy()
     return np.asarray(mask).astype(bool, copy=False)
 

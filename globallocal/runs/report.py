@@ -22,7 +22,7 @@ from rich.text import Text
 from ..data.bounded import NUMBER, check_shape, read_json
 from ..data.datasets import PHRASECUT, dataset_label
 from ..errors import InputError
-from .evaluate import REPORT_JSON
+from .evaluation_report import REPORT_JSON
 from .metrics import PRECISION_THRESHOLDS
 
 FORMATS = ("table", "markdown", "csv", "latex")

@@ -190,7 +190,7 @@ def run_sweep(
     run = open_cached_run(run_dir, cache_dir)
     method = run.scoring.get("method")
     if "tcl_weight" in run.scoring:
-        raise InputError(f"{run.directory} blends {method} with TCL (--tcl-weight); its scores cannot be "
+        raise InputError(f"{run.directory} blends {method} with TCL (--tcl-blend); its scores cannot be "
                          "replayed from the cache, so it cannot be swept")
     swept = {name: spec.sweep_settings for name, spec in _sweepable_methods().items()}
     if method not in swept:

@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..data.images import load_image, open_checked
 from ..errors import ImageError, InputError
-from ..methods import ImageFeatures, MethodSettings, SegmentResult
+from ..methods import ImageFeatures, MethodSettings, SegmentResult, available_methods
 from ..proposals import Proposals
 from ..proposals.files import load_proposals
 from ..segmenter import ImageState, Segmenter
@@ -94,10 +94,13 @@ class Engine:
         default_method: str,
         max_megapixels: float = 40.0,
         allow_no_noun: bool = False,
+        methods: Sequence[str] | None = None,
     ) -> None:
         self._load_segmenter = load_segmenter
         self._build_generator = build_generator
         self.default_method = default_method
+        self.methods = tuple(methods or available_methods())
+        """The methods the page offers (the command line names those the served models can run)."""
         self.max_megapixels = max_megapixels
         self.allow_no_noun = allow_no_noun
         self._segmenters: dict[str, Segmenter] = {}

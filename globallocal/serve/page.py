@@ -18,7 +18,6 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import GlobalLocalError, first_line
-from ..methods import available_methods
 from .engine import PROPOSAL_LABELS, Answer, Engine, ImageSession, image_key
 from .views import display_overlay, display_photo, ranked_gallery, summary, timing_line, write_downloads
 
@@ -94,7 +93,7 @@ class Page:
                     self.masks = gr.File(label="Uploaded masks: one PNG per mask, or a COCO RLE .json",
                                          file_count="multiple", file_types=[".png", ".json"], type="filepath",
                                          elem_id="masks")
-                    self.method = gr.Dropdown(available_methods(), value=self.engine.default_method,
+                    self.method = gr.Dropdown(list(self.engine.methods), value=self.engine.default_method,
                                               label="Method", elem_id="method")
                 with gr.Column(scale=3):
                     self.overlay = gr.Image(label="Chosen mask", type="numpy", interactive=False, elem_id="overlay")
@@ -170,7 +169,7 @@ class Page:
     def rerank(self, view: SessionView | None, method: str, *weights: float) -> dict:
         """A slider moved: the same phrases under the new weights, from the cached features."""
         if view is None or view.image.method != method:
-            return {}
+            return self._unchanged()  # nothing answered yet (or for another method): nothing to re-rank
         answer = self.engine.answer(view.image, view.phrases, self._weights(method, weights))
         return self._render(view, view.image, view.phrases, answer, 0, tower_ran=False)
 
@@ -178,8 +177,13 @@ class Page:
     def show(self, view: SessionView | None, phrase: str) -> dict:
         """Another phrase picked for the overlay and the gallery."""
         if view is None or phrase not in view.phrases:
-            return {}
+            return self._unchanged()
         return self._render(view, view.image, view.phrases, view.answer, view.phrases.index(phrase), False)
+
+    def _unchanged(self) -> dict:
+        # Gradio reads an empty dict as one missing value per output (and logs a traceback); an update that
+        # changes nothing is an answer it accepts.
+        return {self.status: gr.update()}
 
     def _render(self, view: SessionView | None, image: ImageSession, phrases: list[str], answer: Answer,
                 shown: int, tower_ran: bool) -> dict:

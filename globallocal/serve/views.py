@@ -58,16 +58,16 @@ def thumbnail(image: Image.Image, mask: np.ndarray, margin: float = 0.15) -> np.
 
 
 def ranked_gallery(session: ImageSession, answer: Answer, shown: int, top_k: int) -> list[tuple[np.ndarray, str]]:
-    """The ``top_k`` best proposals for phrase ``shown``: (thumbnail, "rank, proposal, score, parts") best first."""
+    """The first ``top_k`` proposals of phrase ``shown``'s ranking (the answer first, by the score the method chose
+    with): (thumbnail, "rank, proposal, score, parts")."""
     result, parts = answer.results[shown], answer.parts[shown]
     proposals = session.state.proposals
     if proposals is None or result.scores.numel() == 0:
         return []
-    order = torch.argsort(result.scores, descending=True, stable=True)[:top_k]
     masks = proposals.masks
     entries = []
-    for rank, index in enumerate(order.tolist(), start=1):
-        caption = f"#{rank} · proposal {index} · {float(result.scores[index]):.4f}"
+    for rank, (index, value) in enumerate(result.ranking()[:top_k], start=1):
+        caption = f"#{rank} · proposal {index} · {value:.4f}"
         if parts:
             caption += " = " + " + ".join(f"{name} {float(values[index]):.4f}" for name, values in parts.items())
         entries.append((thumbnail(session.state.image, masks[index].cpu().numpy()), caption))
@@ -80,8 +80,9 @@ def summary(session: ImageSession, answer: Answer) -> str:
     count = f" of {len(proposals)}" if proposals is not None else ""
     lines = []
     for result in answer.results:
-        chosen = f"proposal {result.index}{count}, score {result.score:.4f}" if result.index is not None else \
-            f"{int(result.mask.sum())} pixels"
+        chosen = f"{int(result.mask.sum())} pixels"
+        if result.index is not None:
+            chosen = f"proposal {result.index}{count}, {result.ranking_label} {result.ranking()[0][1]:.4f}"
         note = " (cut to CLIP's context length)" if result.truncated else ""
         lines.append(f"- **{_escape(result.phrase)}** → noun phrase *{_escape(result.noun_phrase)}*{note}: {chosen}")
     return "\n".join(lines)

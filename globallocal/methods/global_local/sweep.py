@@ -41,7 +41,8 @@ from ...runs.sweep import (
     load_texts,
     one_thread,
 )
-from .method import SWEPT_SETTINGS, proposal_scores, scoring_visual, text_blend, visual_blend
+from .method import proposal_scores, scoring_visual, text_blend, visual_blend
+from .settings import SWEPT_SETTINGS
 from .sweep_heatmap import draw_heatmap, grid_value, is_run_point
 
 __all__ = ["SWEPT_SETTINGS", "format_table", "sweep"]

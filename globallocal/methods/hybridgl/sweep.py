@@ -38,8 +38,9 @@ from ...runs.cache import ImageEntry
 from ...runs.evaluate import CompletedImage, read_records, referent
 from ...runs.metrics import PRECISION_THRESHOLDS, MetricAccumulator
 from ...runs.sweep import SWEEP_JSON, SWEEP_MD, CachedRun, add_unanswered, entry_groups, load_texts, one_thread
-from .method import NEGATIVE_PROMPT, SWEPT_SETTINGS, HybridGLSettings
+from .method import NEGATIVE_PROMPT
 from .replay import replay, sentence_quantities
+from .settings import SWEPT_SETTINGS, HybridGLSettings
 
 __all__ = ["ANSWERS", "SWEPT_SETTINGS", "format_table", "sweep"]
 

@@ -18,8 +18,8 @@ from ...data.images import IMAGENET_MEAN, IMAGENET_STD
 from ...errors import InputError
 from ...models.clip import ClipBundle
 from ...models.vit import soft_masks
+from .settings import FUSION_MODES
 
-FUSION_MODES = ("G2L", "L2G", "G2L&L2G")
 # Q-imagenet-stats: the reference normalises both CLIP inputs with ImageNet's statistics.
 INPUT_NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)}
 # Q-fill: "paper" writes CLIP's mean numbers into the normalised tensor; "mean" fills with the normalisation's mean (0).

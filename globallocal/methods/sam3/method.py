@@ -15,65 +15,18 @@ result records which step did.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from PIL import Image
 
-from ...data.phrasecut import PHRASECUT
 from ...models.text import ParsedPhrase
 from ...proposals import Proposals
-from ...proposals.sam3 import (
-    DEFAULT_BELOW_THRESHOLD_K,
-    DEFAULT_FALLBACK,
-    DEFAULT_THRESHOLD,
-    PROMPTS,
-    ConceptAnswer,
-    Sam3ConceptSource,
-    concept_query,
-    parse_fallback,
-    sam3_checks,
-)
+from ...proposals.sam3 import ConceptAnswer, Sam3ConceptSource, concept_query
 from ...proposals.sam3_weights import load_sam3
-from .. import MethodSpec
-from ..base import ImageFeatures, Method, MethodSettings, SegmentResult, TextEncoder
-
-ANSWERS = ("top", "union")
-
-
-@dataclass(frozen=True)
-class Sam3Settings(MethodSettings):
-    """Everything that decides SAM 3's answer to a phrase."""
-
-    prompt: str = "noun-phrase"
-    """noun-phrase (the target noun phrase of the parse) or expression (the whole expression)."""
-    answer: str = "top"
-    """top (the best instance) or union (every instance kept, OR-ed)."""
-    threshold: float = DEFAULT_THRESHOLD
-    """Instances scoring (presence x detection) above this are kept."""
-    fallback: str = ",".join(DEFAULT_FALLBACK)
-    """The steps tried, in order, when the prompt finds nothing above the threshold ("" or none: no fallback)."""
-    below_threshold_k: int = DEFAULT_BELOW_THRESHOLD_K
-    """How many of the prompt's best instances the below-threshold step keeps."""
-
-    def checks(self) -> list[tuple[bool, str]]:
-        parse_fallback(self.fallback)  # refuses an unknown step itself, naming it
-        return [
-            (self.prompt in PROMPTS, f"SAM 3 prompt must be one of {', '.join(PROMPTS)}, got {self.prompt!r}"),
-            (self.answer in ANSWERS, f"SAM 3 answer must be one of {', '.join(ANSWERS)}, got {self.answer!r}"),
-            *sam3_checks(self.threshold, self.below_threshold_k),
-        ]
-
-
-_DEFAULT = Sam3Settings()
-PRESETS: dict[str, Sam3Settings] = {
-    "sam3": _DEFAULT,
-    # PhraseCut's phrases name every instance ("the cars"): their union is the answer
-    "sam3-union": replace(_DEFAULT, answer="union"),
-    # The whole expression as the prompt: what SAM 3 does with a referring expression it is not built for
-    "sam3-expression": replace(_DEFAULT, prompt="expression"),
-}
+from ..base import ImageFeatures, Method, SegmentResult, TextEncoder
+from .settings import Sam3Settings
 
 
 @dataclass
@@ -176,17 +129,3 @@ def build_sam3(
             fallback=settings.fallback, below_threshold_k=settings.below_threshold_k, sam2=sam2,
         )
     return Sam3Method(clip, nlp, settings, source)
-
-
-SPEC = MethodSpec(
-    name="sam3",
-    summary="SAM 3 (Meta, 2025) alone: its top instance (or their union) for the noun phrase; no CLIP scoring",
-    method_class=Sam3Method,
-    presets=PRESETS,
-    default_preset="sam3",
-    default_clip_model="ViT-B-16",
-    default_proposals=None,
-    dataset_presets={PHRASECUT: "sam3-union"},
-    build=build_sam3,
-    display_name="SAM 3",
-)

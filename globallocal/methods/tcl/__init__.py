@@ -5,31 +5,34 @@ the image side once per image (:meth:`TCLModel.image_features`), then any
 number of texts in one batch (:meth:`TCLModel.soft_masks`).
 :func:`load_tcl_head` loads the released ``tcl.pth`` strictly and
 :func:`resolve_tcl_weights` finds or downloads it.
+
+The names below are imported on first use (PEP 562), so the torch-free
+``settings`` and ``options`` modules of this folder can be imported without
+torch: the command line checks TCL's options before any heavy import.
 """
 
-from .inputs import PREPROCESSINGS, tcl_input
-from .model import Layout, TCLModel, layout
-from .network import TCLHead
-from .pamr import pamr_affinity, pamr_refine
-from .weights import TCL_FILENAME, TCL_URL, WEIGHTS_ENV, default_weights_dir, load_tcl_head, resolve_tcl_weights
-from .windows import WINDOW_MODES, patch_padding, slide_windows
+from __future__ import annotations
 
-__all__ = [
-    "PREPROCESSINGS",
-    "TCL_FILENAME",
-    "TCL_URL",
-    "WEIGHTS_ENV",
-    "WINDOW_MODES",
-    "Layout",
-    "TCLHead",
-    "TCLModel",
-    "default_weights_dir",
-    "layout",
-    "load_tcl_head",
-    "pamr_affinity",
-    "pamr_refine",
-    "patch_padding",
-    "resolve_tcl_weights",
-    "slide_windows",
-    "tcl_input",
-]
+from ...lazy import lazy_exports
+
+_EXPORTS = {
+    "PREPROCESSINGS": "settings",
+    "WINDOW_MODES": "settings",
+    "tcl_input": "inputs",
+    "Layout": "model",
+    "TCLModel": "model",
+    "layout": "model",
+    "TCLHead": "network",
+    "pamr_affinity": "pamr",
+    "pamr_refine": "pamr",
+    "TCL_FILENAME": "weights",
+    "TCL_URL": "weights",
+    "WEIGHTS_ENV": "weights",
+    "default_weights_dir": "weights",
+    "load_tcl_head": "weights",
+    "resolve_tcl_weights": "weights",
+    "patch_padding": "windows",
+    "slide_windows": "windows",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, {name: f".{module}" for name, module in _EXPORTS.items()})

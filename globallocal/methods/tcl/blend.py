@@ -12,18 +12,20 @@ plus TCL's (prefixed ``tcl.``), answers are the inner method's re-ranked.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
-from ...errors import InputError
+from ...errors import InputError, WeightsError, first_line
 from ...models.clip import ClipBundle, load_clip
 from ...models.text import ParsedPhrase, encode_texts
 from ...proposals import Proposals
 from ..base import ImageFeatures, Method, SegmentResult, TextEncoder
-from .method import TCL, TCLSettings, build_tcl
+from .method import TCL, build_tcl
+from .settings import TCLSettings
 
 TCL_CLIP_MODEL = "ViT-B-16-quickgelu"
 PREFIX = "tcl."
@@ -106,7 +108,7 @@ class TCLBlend(Method):
 
     def __init__(self, inner: Method, tcl: TCL, weight: float) -> None:
         if not inner.uses_proposals:
-            raise InputError(f"--tcl-weight blends a proposal method's scores; {inner.name} has no proposals")
+            raise InputError(f"--tcl-blend blends a proposal method's scores; {inner.name} has no proposals")
         if not 0.0 <= weight <= 1.0:
             raise InputError(f"TCL weight must be in [0, 1], got {weight}")
         self.inner, self.tcl, self.weight = inner, tcl, weight
@@ -181,13 +183,23 @@ class TCLBlend(Method):
         return results
 
 
-def tcl_clip_for(inner: Method) -> ClipBundle:
-    """TCL's CLIP: the inner method's when it is OpenAI's ViT-B/16, else that model loaded beside it."""
+def tcl_clip_for(inner: Method, clip_weights: str | None = None) -> ClipBundle:
+    """TCL's CLIP, OpenAI's ViT-B/16: ``clip_weights`` (a local file) when given; else the inner method's when it
+    is that model (``openai``, or a local file under the QuickGELU name, as OpenAI's weights need); else that
+    model loaded beside it through the hub, a failure naming the option that supplies it offline."""
     clip = inner.clip
-    if clip.name.removesuffix("-quickgelu") == "ViT-B-16" and clip.weights == "openai":
-        return clip
     precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(clip.dtype, "fp32")
-    return load_clip(TCL_CLIP_MODEL, "openai", device=clip.device, precision=precision)
+    if clip_weights is not None:
+        return load_clip(TCL_CLIP_MODEL, clip_weights, device=clip.device, precision=precision)
+    openai_file = os.path.isfile(clip.weights) and clip.uses_quick_gelu
+    if clip.name.removesuffix("-quickgelu") == "ViT-B-16" and (clip.weights == "openai" or openai_file):
+        return clip
+    try:
+        return load_clip(TCL_CLIP_MODEL, "openai", device=clip.device, precision=precision)
+    except WeightsError as error:
+        reason = first_line(error).split("; ")[0]  # the loader's own advice names --clip-weights, not TCL's option
+        raise WeightsError(f"TCL runs on OpenAI's CLIP ViT-B/16: {reason}; run once with network access to cache "
+                           "it, or pass its file with --tcl-clip-weights PATH") from None
 
 
 def blend_with_tcl(
@@ -196,7 +208,9 @@ def blend_with_tcl(
     settings: TCLSettings | None = None,
     weights: str | None = None,
     clip: ClipBundle | None = None,
+    clip_weights: str | None = None,
 ) -> TCLBlend:
-    """``inner`` blended with TCL at ``weight``; TCL's head from ``weights`` (found or downloaded)."""
-    tcl = build_tcl(clip or tcl_clip_for(inner), inner.nlp, settings or TCLSettings(), weights)
+    """``inner`` blended with TCL at ``weight``; TCL's head from ``weights`` (found or downloaded), its CLIP
+    ``clip`` or else :func:`tcl_clip_for` (``clip_weights``: a local file of it)."""
+    tcl = build_tcl(clip or tcl_clip_for(inner, clip_weights), inner.nlp, settings or TCLSettings(), weights)
     return TCLBlend(inner, tcl, weight)

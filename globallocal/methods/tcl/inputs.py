@@ -18,8 +18,8 @@ from PIL import Image
 
 from ...data.images import IMAGENET_MEAN, IMAGENET_STD, short_side_size, to_normalized_tensor
 from ...errors import InputError
+from .settings import PREPROCESSINGS
 
-PREPROCESSINGS = ("eval", "eval-float", "demo")
 EVAL_SHORT, EVAL_LONG = 448, 2048
 DEMO_SHORT = 224
 

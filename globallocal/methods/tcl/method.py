@@ -12,7 +12,7 @@ The blend with a proposal method (SPEC-tcl 9 b) is :mod:`globallocal.methods.tcl
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,80 +22,11 @@ from PIL import Image
 from ...models.text import ParsedPhrase
 from ...models.weights import weights_identity
 from ...proposals import Proposals
-from .. import MethodSpec
-from ..base import ImageFeatures, Method, MethodSettings, SegmentResult, TextEncoder
-from . import PREPROCESSINGS, WINDOW_MODES, TCLHead, TCLModel, load_tcl_head, resolve_tcl_weights
-
-TEMPLATES: dict[str, tuple[str, ...]] = {
-    "identity": ("{}",),
-    # TCL's evaluation set ("custom"), in the authors' order
-    "custom": (
-        "itap of a {}.",
-        "a bad photo of a {}.",
-        "a origami {}.",
-        "a photo of the large {}.",
-        "a {} in a video game.",
-        "art of the {}.",
-        "a photo of the small {}.",
-        "a photo of many {}.",
-        "a photo of {}s.",
-    ),
-}
-THRESHOLD_WITH_PAMR = 0.4
-THRESHOLD_WITHOUT_PAMR = 0.5  # "PAMR tends to reduce the foreground area" (TCL's README)
-
-
-@dataclass(frozen=True)
-class TCLSettings(MethodSettings):
-    """Everything that decides a TCL soft mask and its answer."""
-
-    window: str = "slide"
-    """slide (448 windows, stride 224: the published protocol), whole (one window) or demo (the notebook)."""
-    pamr: bool = True
-    """Refine the masks with PAMR (section 6)."""
-    templates: str = "identity"
-    """identity (the phrase as typed: globallocal's choice for expressions) or custom (TCL's 9 templates)."""
-    kp_weight: float = 0.3
-    """Weight of the KP branch (CLIP's own token similarities); 0 switches it off."""
-    threshold: float | None = None
-    """The answer is S > threshold; None: 0.4 with PAMR, 0.5 without (TCL's background thresholds)."""
-    preprocessing: str | None = None
-    """eval (OpenCV, short side 448), eval-float (a float resize: a named deviation) or demo (PIL bicubic,
-    short side 224); None: demo for the demo window, eval otherwise."""
-
-    def checks(self) -> list[tuple[bool, str]]:
-        return [
-            (self.window in WINDOW_MODES, f"TCL window must be one of {', '.join(WINDOW_MODES)}, got {self.window!r}"),
-            (self.templates in TEMPLATES,
-             f"TCL templates must be one of {', '.join(TEMPLATES)}, got {self.templates!r}"),
-            (0.0 <= self.kp_weight <= 1.0, f"TCL KP weight must be in [0, 1], got {self.kp_weight}"),
-            (self.threshold is None or 0.0 <= self.threshold <= 1.0,
-             f"TCL threshold must be in [0, 1], got {self.threshold}"),
-            (self.preprocessing is None or self.preprocessing in PREPROCESSINGS,
-             f"TCL preprocessing must be one of {', '.join(PREPROCESSINGS)}, got {self.preprocessing!r}"),
-        ]
-
-    @property
-    def mask_threshold(self) -> float:
-        if self.threshold is not None:
-            return self.threshold
-        return THRESHOLD_WITH_PAMR if self.pamr else THRESHOLD_WITHOUT_PAMR
-
-    @property
-    def input_preprocessing(self) -> str:
-        if self.preprocessing is not None:
-            return self.preprocessing
-        return "demo" if self.window == "demo" else "eval"
-
-
-_DEFAULT = TCLSettings()
-PRESETS: dict[str, TCLSettings] = {
-    "default": _DEFAULT,
-    # TCL's own evaluation: the custom template set (the paper's Table 2 protocol otherwise)
-    "paper": replace(_DEFAULT, templates="custom"),
-    "whole": replace(_DEFAULT, window="whole"),
-    "demo": replace(_DEFAULT, window="demo"),
-}
+from ..base import ImageFeatures, Method, SegmentResult, TextEncoder
+from .model import TCLModel
+from .network import TCLHead
+from .settings import TEMPLATES, TCLSettings
+from .weights import load_tcl_head, resolve_tcl_weights
 
 
 def threshold_mask(soft: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -194,15 +125,3 @@ def build_tcl(clip, nlp, settings: TCLSettings, weights: str | None = None) -> T
     path = resolve_tcl_weights(weights)
     head = load_tcl_head(path, clip)
     return TCL(clip, nlp, settings, head, {"file": str(path), **weights_identity(path)})
-
-
-SPEC = MethodSpec(
-    name="tcl",
-    summary="TCL (Cha et al., CVPR 2023): the phrase's text-grounded soft mask, thresholded; no proposals",
-    method_class=TCL,
-    presets=PRESETS,
-    default_preset="default",
-    default_clip_model="ViT-B-16-quickgelu",
-    default_proposals=None,
-    build=build_tcl,
-)

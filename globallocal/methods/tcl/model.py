@@ -22,7 +22,8 @@ from ...models.clip import ClipBundle
 from .inputs import resized_size, tcl_input
 from .network import TCLHead, clip_token_embeddings, clip_tokens
 from .pamr import pamr_affinity, pamr_refine
-from .windows import WINDOW_MODES, Padding, Window, image_windows, patch_padding
+from .settings import WINDOW_MODES
+from .windows import Padding, Window, image_windows, patch_padding
 
 KP_TEMPERATURE = 10.0
 KP_OFFSET = 0.25

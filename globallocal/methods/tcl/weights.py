@@ -33,7 +33,7 @@ def default_weights_dir() -> Path:
 
 
 def _download_fix(folder: Path) -> str:
-    return f"download {TCL_URL} into {folder}/ or pass --tcl-weights PATH (or set {WEIGHTS_ENV})"
+    return f"download {TCL_URL} into {folder}/ or pass --tcl-checkpoint PATH (or set {WEIGHTS_ENV})"
 
 
 def resolve_tcl_weights(path: str | os.PathLike[str] | None = None) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-WINDOW_MODES = ("slide", "whole", "demo")
 SLIDE_SIZE = 448
 SLIDE_STRIDE = 224
 

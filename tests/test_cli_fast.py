@@ -1,0 +1,114 @@
+"""Every refusal of a bad option, name or path, and `report`, answer before torch, open_clip or spaCy load.
+
+The commands run in a fresh interpreter, one after the other; after each the
+heavy libraries must still be absent from ``sys.modules``, which is what makes
+the answers take a fraction of a second (importing torch alone takes seconds).
+The time bounds are generous, for a loaded machine; the module check is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTO = REPO / "examples" / "img_44266.jpg"
+HEAVY = ("torch", "open_clip", "spacy", "torchvision")
+
+RUNNER = r"""
+import contextlib, io, json, sys, time
+sys.argv = ["globallocal"]
+import cli  # the command line's own imports (typer, rich) are part of every answer
+answers = []
+for args in json.load(sys.stdin):
+    sys.argv = ["globallocal", *args]
+    err = io.StringIO()
+    started = time.perf_counter()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()) as out:
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as done:
+            code = done.code or 0
+    answers.append({"args": args, "code": code, "err": err.getvalue(), "out": out.getvalue(),
+                    "seconds": time.perf_counter() - started,
+                    "heavy": [name for name in HEAVY if name in sys.modules]})
+json.dump(answers, sys.stdout)
+""".replace("HEAVY", repr(HEAVY))
+
+
+def run_fresh(cases: list[list[str]], cwd: Path) -> list[dict]:
+    done = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(cases), capture_output=True, text=True,
+                          cwd=cwd, timeout=120, env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PATH": ""})
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.fixture
+def run_folder(tmp_path):
+    """A finished evaluation run, as `report` reads it."""
+    folder = tmp_path / "runs" / "refcoco_val"
+    folder.mkdir(parents=True)
+    precision = {threshold: 10.0 for threshold in ("0.5", "0.6", "0.7", "0.8", "0.9")}
+    (folder / "report.json").write_text(json.dumps({
+        "config": {"dataset": "refcoco", "split": "val", "split_by": "unc", "overlap": "paper",
+                   "settings": {"clip_model": "ViT-B-32", "preset": "paper", "alpha": 0.95, "beta": 0.5}},
+        "metrics": {"oIoU": 24.8, "mIoU": 26.2, "precision": precision, "images": 3, "sentences": 9,
+                    "no_proposal_sentences": 0},
+        "images_total": 3, "truncated_sentences": 0, "wall_time_s": 60.0,
+    }))
+    return folder
+
+
+def test_refusals_and_report_answer_without_the_heavy_libraries(tmp_path, run_folder):
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    (weights_dir / "ViT-B-32.pt").write_bytes(b"not read")
+    image = str(PHOTO)
+    cases = {
+        "unknown method 'bogus'": ["segment", image, "the chair", "--method", "bogus"],
+        "unknown preset 'nope'": ["segment", image, "the chair", "--preset", "nope"],
+        "unknown CLIP model 'ViT-Q-99'": ["segment", image, "the chair", "--clip-model", "ViT-Q-99"],
+        "unknown --proposals 'sam4'": ["segment", image, "the chair", "--proposals", "sam4"],
+        "alpha must be in [0, 1], got 1.5": ["segment", image, "the chair", "--alpha", "1.5"],
+        "chunk size must be >= 1, got 0": ["segment", image, "the chair", "--chunk-size", "0"],
+        "unknown --device 'gpu'": ["segment", image, "the chair", "--device", "gpu"],
+        "unknown precision 'fp64'": ["segment", image, "the chair", "--precision", "fp64"],
+        "--method hybridgl needs a ViT CLIP": ["segment", image, "the chair", "--method", "hybridgl",
+                                               "--clip-model", "RN50-quickgelu"],
+        "--method tcl needs a ViT CLIP": ["segment", image, "the chair", "--method", "tcl", "--clip-model", "RN50"],
+        f"--clip-weights {weights_dir} is a folder; give the checkpoint file itself; it holds ViT-B-32.pt":
+            ["segment", image, "the chair", "--clip-weights", str(weights_dir)],
+        f"{REPO / 'examples'} is a folder; give one photo": ["segment", str(REPO / "examples"), "the chair"],
+        f"--json {tmp_path} is a folder; give a file name such as {tmp_path / 'scores.json'}":
+            ["segment", image, "the chair", "--json", str(tmp_path)],
+        "unknown --proposals 'sam4'; use freesolo, sam2, sam, sam3, gt": [
+            "evaluate", "--dataset", "refcoco", "--split", "val", "--data-root", str(tmp_path),
+            "--proposals", "sam4"],
+        "--alpha does not apply to --method tcl": ["batch", str(tmp_path / "pairs.jsonl"), "-o", str(tmp_path / "b"),
+                                                    "--method", "tcl", "--alpha", "0.5"],
+    }
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"image": image, "phrase": "the chair"}) + "\n")
+    answers = run_fresh([*cases.values(), ["report", str(run_folder)]], tmp_path)
+    for (expected, _), answer in zip(cases.items(), answers):
+        lines = [line for line in answer["err"].splitlines() if line.strip()]
+        assert answer["code"] == 2 and len(lines) == 1 and lines[0].startswith("error: "), answer
+        assert expected in lines[0], answer
+        assert answer["heavy"] == [], answer
+        assert answer["seconds"] < 3, answer
+    report = answers[-1]
+    assert report["code"] == 0 and "24.80" in report["out"] and report["heavy"] == [], report
+
+
+def test_a_held_run_folder_is_refused_before_anything_loads(tmp_path):
+    from globallocal.runs.runfolder import RunFolder, UnitLayout
+
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"image": str(PHOTO), "phrase": "the chair"}) + "\n")
+    with RunFolder(tmp_path / "out", UnitLayout("photo_done", "photo", "lines")):
+        (answer,) = run_fresh([["batch", str(tmp_path / "pairs.jsonl"), "-o", str(tmp_path / "out")]], tmp_path)
+    assert answer["code"] == 2 and "in use by another run" in answer["err"], answer
+    assert answer["heavy"] == [] and answer["seconds"] < 3, answer
