@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..data.phrases import clean_phrase
 from ..errors import InputError
 from ..models.devices import check_device, check_precision
 from ..proposals import PROPOSAL_KINDS
@@ -264,13 +265,20 @@ class ProposalArgs:
         return {self.kind: dict(generator.settings)}
 
 
-def check_phrases(image: Path, phrases: list[str], allow_split: bool = False) -> None:
-    """Refuse an empty phrase, a phrase that is a file (several images given), and three or more one-word
-    phrases (a phrase typed without quotes) unless ``allow_split``."""
+def _names_a_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except OSError:  # too long to be a file name
+        return False
+
+
+def check_phrases(image: Path, phrases: list[str], allow_split: bool = False) -> list[str]:
+    """The phrases cleaned (:func:`~globallocal.data.phrases.clean_phrase`); refuse a phrase that is a file
+    (several images given), and three or more one-word phrases (a phrase typed without quotes) unless
+    ``allow_split``."""
+    phrases = [clean_phrase(phrase) for phrase in phrases]
     for phrase in phrases:
-        if not phrase.strip():
-            raise InputError("a phrase is empty; describe the object, e.g. \"the man on the right\"")
-        if Path(phrase).suffix and Path(phrase).is_file():
+        if Path(phrase).suffix and _names_a_file(phrase):
             raise InputError(
                 f"the phrase {phrase!r} is a file: segment takes one image, then phrases; for several images "
                 f"use `globallocal batch` or run `globallocal segment` once per image"
@@ -281,6 +289,7 @@ def check_phrases(image: Path, phrases: list[str], allow_split: bool = False) ->
             f"{len(phrases)} one-word phrases; if they are one phrase, quote it: \"{' '.join(phrases)}\" "
             "(or pass --allow-split-phrases to answer each word)"
         )
+    return phrases
 
 
 def _foreign(phrase: str) -> bool:

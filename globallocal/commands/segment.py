@@ -153,7 +153,7 @@ def segment(
     Example: globallocal segment photo.jpg "the man on the right" -o man.png --overlay man_overlay.png
     """
     # Everything cheap is checked before the heavy libraries are imported and any model loads.
-    check_phrases(image, phrases, allow_split_phrases)
+    phrases = check_phrases(image, phrases, allow_split_phrases)
     output = output or Path(f"{image.stem}_mask.png")
     count = len(phrases)
     outputs = [numbered(output, i, count) for i in range(count)]
@@ -196,7 +196,7 @@ def segment(
     clip_model = check_models(spec, clip_model, clip_weights, device, precision)
     check_soft_outputs(soft_mask, heatmap, tcl.uses_tcl(method), f"--method {method}")
 
-    from globallocal.data.images import load_image, save_mask_png
+    from globallocal.data.images import all_or_none, load_image, save_mask_png
     from globallocal.models.clip import resolve_device
     from globallocal.models.text import parse_phrase
     from globallocal.outputs.answers import StageTimer, caption, write_json, write_pictures
@@ -236,13 +236,14 @@ def segment(
             results = segmenter.predict_many(phrases)
     check_candidates(results, proposals, image)
 
-    with timer("write"):
-        for result, path in zip(results, outputs):
-            save_mask_png(result.mask, path)
-        write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pictures, top_k)
-        save_soft_outputs(picture, results, soft_mask, heatmap, numbered)
-    if json_path:
-        source_name = f"masks:{masks}" if masks else proposals
-        write_json(json_path, image, picture, segmenter, results, outputs, candidates, source_name, timer.seconds)
+    with all_or_none():  # an output that cannot be written leaves none of the others behind
+        with timer("write"):
+            for result, path in zip(results, outputs):
+                save_mask_png(result.mask, path)
+            write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pictures, top_k)
+            save_soft_outputs(picture, results, soft_mask, heatmap, numbered)
+        if json_path:
+            source_name = f"masks:{masks}" if masks else proposals
+            write_json(json_path, image, picture, segmenter, results, outputs, candidates, source_name, timer.seconds)
     for result, path in zip(results, outputs):
         stderr.print(f"{caption(result)}, noun phrase {result.noun_phrase!r}: {path}")

@@ -11,14 +11,14 @@ error says how to get them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import WeightsError, first_line
+from ..data.bounded import read_json
+from ..errors import InputError, WeightsError, first_line
 from ..models.clip import precision_dtype, resolve_device
 from ..models.hub import require_hub_files
 from ..models.weights import weights_identity
@@ -59,8 +59,8 @@ def check_sam3_folder(folder: Path) -> None:
     config = folder / "config.json"
     if config.is_file():
         try:
-            model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-        except (OSError, ValueError, AttributeError) as error:
+            model_type = read_json(config, what="SAM 3 config", max_bytes=1 << 20).get("model_type")
+        except (OSError, InputError, AttributeError) as error:
             raise WeightsError(f"cannot read {config} ({first_line(error)}); {fix}") from None
         if model_type not in SAM3_MODEL_TYPES:
             raise WeightsError(f"{folder} holds a {model_type or 'model of no model_type'} model, not SAM 3 "

@@ -52,7 +52,8 @@ __all__ = ["ERRORS_FILE", "RESULTS_FILE", "BatchStopped", "Unit", "group_units",
 
 RESULTS_FILE = "results.jsonl"
 ERRORS_FILE = "errors.jsonl"
-PHOTO_UNITS = UnitLayout(marker="unit_done", member="unit", count="outputs")
+PHOTO_UNITS = UnitLayout(marker="unit_done", member="unit", count="outputs",
+                         record={"unit": int, "line": int, "id": str, "error?": str})
 _FORMAT = 1
 
 ProposalSource = Callable[[Image.Image], Proposals]
@@ -160,7 +161,8 @@ class _Writer:
 
 
 def _manifest_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with open(path, "rb") as handle:  # in pieces: a manifest may be far larger than memory allows
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _write_outputs(out_dir: Path, manifest: Manifest, records: list[dict[str, Any]]) -> tuple[int, int, int]:

@@ -60,6 +60,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from ..data.bounded import JsonError, parse_json
 from ..data.images import atomic_write, save_text
 from ..errors import InputError
 from ..models.clip import ClipBundle
@@ -262,8 +263,8 @@ class VisualStore:
                 and data["areas"].shape == (n,)
                 and all(value.dtype == np.float32 for value in tensors.values())
             )
-            info = json.loads(data["info"].tobytes()) if "info" in data else {}
-        except (KeyError, ValueError, TypeError):
+            info = parse_json(data["info"].tobytes(), "cache entry") if "info" in data else {}
+        except (KeyError, ValueError, TypeError, JsonError):  # a damaged or foreign entry is a miss
             return None
         if not consistent:
             return None

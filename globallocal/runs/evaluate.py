@@ -50,6 +50,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from ..data.bounded import read_json
 from ..data.datasets import EvaluationDataset, open_dataset
 from ..data.images import save_text
 from ..data.refer import ImageGroup, ImageRecord
@@ -280,5 +281,5 @@ def _evaluate_share(
         save_text(report_markdown(report), out_dir / REPORT_MD)
     place.barrier()
     if not place.is_main:
-        report = json.loads((out_dir / REPORT_JSON).read_text(encoding="utf-8"))
+        report = read_json(out_dir / REPORT_JSON, what="report")
     return report

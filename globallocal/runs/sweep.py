@@ -11,7 +11,6 @@ sweep module in its registry entry (:attr:`MethodSpec.sweep_module`);
 from __future__ import annotations
 
 import importlib
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,12 +21,15 @@ from typing import Any
 import torch
 from rich.table import Table
 
+from ..data.bounded import check_shape, read_json
 from ..data.datasets import dataset_label
 from ..errors import InputError
 from ..methods import DEFAULT_METHOD, MethodSpec, available_methods, get_method
 from .cache import ImageEntry, TextStore, VisualStore
 from .evaluate import CONFIG_FILE, REPORT_JSON, CompletedImage, referent
 from .metrics import MetricAccumulator
+from .report import check_report
+from .runfolder import read_config
 
 __all__ = [
     "SWEEP_JSON",
@@ -119,13 +121,8 @@ def parse_values(text: str | None, name: str, low: float = 0.0, high: float = 1.
     return values
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise InputError(f"no {what}: {path} is missing")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path} is not valid JSON: {error}") from None
+# What a sweep reads of a cached run's config.json (evaluate writes it; FeatureCache.describe names the stores).
+_CACHE_SHAPE = {"dir": str, "visual": str, "text": str, "scoring": dict, "family": str}
 
 
 @dataclass
@@ -151,11 +148,17 @@ class CachedRun:
 def open_cached_run(run_dir: str | Path, cache_dir: str | Path | None = None) -> CachedRun:
     """A finished cached run, refused with the fix when it is unfinished, uncached or its cache is gone."""
     run_dir = Path(run_dir)
-    config = _read_json(run_dir / CONFIG_FILE, f"evaluation run in {run_dir}")
-    report = _read_json(run_dir / REPORT_JSON, f"finished run in {run_dir} (run the evaluation to the end first)")
+    if not (run_dir / CONFIG_FILE).exists():
+        raise InputError(f"no evaluation run in {run_dir}: {run_dir / CONFIG_FILE} is missing")
+    if not (run_dir / REPORT_JSON).exists():
+        raise InputError(f"no finished run in {run_dir}: {REPORT_JSON} is missing; run the evaluation to the end first")
+    config = read_config(run_dir)
+    report = read_json(run_dir / REPORT_JSON, what="report")
+    check_report(report, run_dir / REPORT_JSON)
     cache_info = config.get("cache")
     if not cache_info:
         raise InputError(f"{run_dir} was evaluated without --cache; run it again with --cache DIR to sweep it")
+    check_shape(config, {"cache": _CACHE_SHAPE}, str(run_dir / CONFIG_FILE), "; evaluate the run again")
     root = Path(cache_dir) if cache_dir is not None else Path(cache_info["dir"])
     visual = VisualStore(root / cache_info["visual"])
     if not visual.directory.is_dir():

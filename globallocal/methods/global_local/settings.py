@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ...data.bounded import MAX_SHORT_SIDE
 from .. import MethodSpec
 from ..settings import MethodSettings
 
@@ -48,7 +49,8 @@ class GlobalLocalSettings(MethodSettings):
             (self.crop_fill in ("paper", "mean"), "crop_fill must be 'paper' or 'mean'"),
             (self.crop_box in ("projection", "tight"), "crop_box must be 'projection' or 'tight'"),
             (self.feature_norm in ("paper", "unit"), "feature_norm must be 'paper' or 'unit'"),
-            (self.short_side >= 32, f"short side must be >= 32, got {self.short_side}"),
+            (32 <= self.short_side <= MAX_SHORT_SIDE,
+             f"short side must be from 32 to {MAX_SHORT_SIDE} (memory grows with its square), got {self.short_side}"),
             (self.chunk_size is None or self.chunk_size >= 1, f"chunk size must be >= 1, got {self.chunk_size}"),
         ]
 
