@@ -33,12 +33,14 @@ def _natural_key(path: Path) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
-def _from_folder(folder: Path, size: tuple[int, int]) -> Proposals:
+def _from_folder(folder: Path, size: tuple[int, int] | None) -> Proposals:
     index = folder / INDEX_FILE
     scores = None
     if index.is_file():
         listing = _read_json(index)
         try:
+            if size is None:  # the photo's size as `globallocal proposals` recorded it
+                size = (int(listing["image_size"]["height"]), int(listing["image_size"]["width"]))
             entries = listing.get("proposals", [])
             files = [folder / str(entry["mask"]) for entry in entries]
             scores = torch.tensor([float(entry.get("score", 1.0)) for entry in entries], dtype=torch.float32)
@@ -49,6 +51,8 @@ def _from_folder(folder: Path, size: tuple[int, int]) -> Proposals:
         files = sorted((p for p in folder.iterdir() if p.suffix.lower() in MASK_SUFFIXES), key=_natural_key)
     if not files:
         raise InputError(f"no mask PNGs found in {folder}; put one PNG per mask there (non-zero pixels = mask)")
+    if size is None:
+        raise InputError(f"no {INDEX_FILE} in {folder} records the photo's size; give image_size=(height, width)")
     return _masks_from_files(files, size, scores, index)
 
 
@@ -108,8 +112,9 @@ def _from_json(path: Path, size: tuple[int, int]) -> Proposals:
     return Proposals.from_masks(torch.from_numpy(np.stack(masks)), torch.tensor(scores, dtype=torch.float32))
 
 
-def load_proposals(source: str | Path, image_size: tuple[int, int]) -> Proposals:
-    """Read user masks for an image of ``image_size`` (H, W).
+def load_proposals(source: str | Path, image_size: tuple[int, int] | None = None) -> Proposals:
+    """Read user masks for an image of ``image_size`` (H, W); None: the size a folder's ``proposals.json``
+    records (``globallocal proposals`` writes it), required otherwise.
 
     ``source`` is a folder of PNG masks (non-zero = inside, natural name
     order; a ``proposals.json`` index written by ``globallocal proposals``
@@ -121,6 +126,8 @@ def load_proposals(source: str | Path, image_size: tuple[int, int]) -> Proposals
     path = Path(source)
     if path.is_dir():
         proposals = _from_folder(path, image_size)
+    elif path.is_file() and image_size is None:
+        raise InputError(f"the size of the photo {path} belongs to is needed: give image_size=(height, width)")
     elif path.is_file() and path.suffix.lower() in MASK_SUFFIXES:
         proposals = _masks_from_files([path], image_size, None)
     elif path.is_file():
