@@ -72,9 +72,9 @@ def evaluate(
         "Default: the method's."
     ),
     out: Path | None = typer.Option(
-        None, help="Run folder for records.jsonl and the report (default: a folder of runs/ named by the dataset, split, subset, "
-        "method, preset, model and proposals joined by _ (the report line names it), plus _aALPHA / _bBETA when "
-        "given). Running the same command again resumes it; so does running it "
+        None, help="Run folder for records.jsonl and the report (default: a folder of runs/ named by the "
+        "dataset, split, subset, method, preset, model and proposals joined by _ (the report line names it), plus "
+        "_aALPHA / _bBETA when given). Running the same command again resumes it; so does running it "
         "with a larger --limit or none."
     ),
     limit: int | None = typer.Option(None, help="Evaluate only the first N images of the split."),
