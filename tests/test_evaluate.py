@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -299,6 +300,15 @@ def test_limit_takes_the_first_images_with_the_progress_bar(refer, tmp_path, cap
     assert report["images_total"] == 2 and report["metrics"]["sentences"] == 11
     bar = capsys.readouterr().err
     assert "2/2" in bar and "11 sentences" in bar and f"oIoU {report['metrics']['oIoU']:.2f}" in bar
+    # Everywhere the run is described, the limit is said: of the split's images, how many, and why.
+    split = report["images_in_split"]
+    assert split > 2 and report["limit"] == 2
+    assert f"- images: 2 of {split} images (--limit 2)," in (tmp_path / "run" / "report.md").read_text()
+    table = io.StringIO()
+    Console(file=table, width=80).print(format_report_table([tmp_path / "run"]))
+    assert f"2/{split} (--limit 2)" in table.getvalue().replace("\n", "")
+    run_evaluation(_config(refer, tmp_path / "run", limit=3), segmenter, source, progress=True)
+    assert "resuming: 2 of 3 images done" in capsys.readouterr().err
     with pytest.raises(InputError, match="at least 1"):
         run_evaluation(_config(refer, tmp_path / "zero", limit=0), segmenter, source, progress=False)
 
