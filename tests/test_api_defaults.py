@@ -30,3 +30,10 @@ def test_a_proposals_folder_knows_its_photo_size(tmp_path, example):
     assert load_proposals(folder).masks.shape == (3, *example["size"])
     with pytest.raises(InputError, match=r"no proposals\.json in .* records the photo's size; give image_size"):
         load_proposals(example["mask_dir"])
+
+
+def test_files_in_a_masks_folder_that_are_not_masks_are_named(tmp_path, example):
+    (example["mask_dir"] / "notes.txt").write_text("not a mask")
+    (example["mask_dir"] / "mask_9.jpg").write_bytes(b"jpeg")
+    with pytest.warns(UserWarning, match=r"2 files that are not PNG masks were left out: mask_9\.jpg, notes\.txt"):
+        assert len(load_proposals(example["mask_dir"], example["size"])) == 3

@@ -49,6 +49,11 @@ def _from_folder(folder: Path, size: tuple[int, int] | None) -> Proposals:
                 from None
     else:
         files = sorted((p for p in folder.iterdir() if p.suffix.lower() in MASK_SUFFIXES), key=_natural_key)
+        others = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in MASK_SUFFIXES)
+        if others:
+            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            warnings.warn(f"{folder}: {len(others)} files that are not PNG masks were left out: {shown}",
+                          stacklevel=2)
     if not files:
         raise InputError(f"no mask PNGs found in {folder}; put one PNG per mask there (non-zero pixels = mask)")
     if size is None:
