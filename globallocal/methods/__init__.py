@@ -99,6 +99,7 @@ class MethodSpec:
         the method and warned about when it is not the one the method's weights were trained on; the
         weights path checked (:func:`~globallocal.models.architectures.check_clip_weights`). Loads nothing."""
         name = clip_model or self.default_clip_model
+        architecture_config(name)  # an unknown name or a bad config file is refused, whatever the method
         check_clip_weights(clip_weights, name)
         if not self._tower_fits(name):
             raise InputError(
