@@ -86,7 +86,7 @@ class Segmenter:
         clip_model: str | None = None,
         clip_weights: str = "openai",
         preset: str | None = None,
-        device: str = "cpu",
+        device: str = "auto",
         precision: str = "fp32",
         spacy_model: str | None = None,
         proposal_source: ProposalSource | ConceptSource | None = None,
@@ -97,8 +97,10 @@ class Segmenter:
         """Load CLIP, the parser and a method by name.
 
         ``clip_model`` defaults to the method's (ViT-B-32 for global-local);
-        ``preset`` to the method's; ``overrides`` change fields of its
-        settings; ``method_options`` go to the method's builder (extra weights).
+        ``preset`` to the method's; ``device`` "auto" (CUDA when available,
+        as on the command line), "cpu", "cuda" or "cuda:N"; ``overrides``
+        change fields of its settings; ``method_options`` go to the method's
+        builder (extra weights).
         """
         spec = get_method(method)
         spec.settings(preset, **overrides)  # bad settings and a CLIP that does not fit fail before any model loads

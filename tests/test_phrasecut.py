@@ -241,7 +241,7 @@ def test_another_subset_does_not_resume_a_run(phrasecut, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(EvaluationStopped):
         _run(phrasecut, out, stop_after_images=1)
-    with pytest.raises(InputError, match=r"different configuration \(subset: run \"all\", now \"seen\"\)"):
+    with pytest.raises(InputError, match=r"differs in:\n  subset: run \"all\", now \"seen\"$"):
         _run(phrasecut, out, subset="seen")
 
 

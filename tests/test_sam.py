@@ -382,6 +382,11 @@ def test_wrong_sam_checkpoint_is_named(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="cannot read SAM vit_b weights .*: not a PyTorch checkpoint"):
         load_sam("vit_b", path)
+    # Another size of SAM is named by its image encoder's width, as a CLIP file of another shape is.
+    torch.save({"image_encoder.pos_embed": torch.zeros(1, 4, 4, 1280)}, path)
+    with pytest.raises(WeightsError, match=r"not the SAM vit_b checkpoint: .*; it looks like SAM vit_h: pass "
+                                           r"--sam-model vit_h$"):
+        load_sam("vit_b", path)
 
 
 SAM2_MODULES = ["sam2", "sam2.build_sam", "sam2.automatic_mask_generator"]

@@ -119,7 +119,7 @@ def batch(
 
     from globallocal.models.clip import resolve_device
     from globallocal.models.text import parser_label
-    from globallocal.runs.batch import run_batch
+    from globallocal.runs.batch import lines_failed, run_batch
     from globallocal.segmenter import Segmenter
 
     device = resolve_device(device)
@@ -161,7 +161,7 @@ def batch(
     failed = summary["failed_lines"]
     stderr.print(
         f"{summary['results']} masks from {summary['lines']} lines ({summary['photos']} photos) in {out}; "
-        f"{failed} lines failed" + (f": see {summary['errors_file']}" if failed else "")
+        f"{lines_failed(failed)}" + (f": see {summary['errors_file']}" if failed else "")
     )
     if summary["failed_lines"]:
         raise typer.Exit(1)

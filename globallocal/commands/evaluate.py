@@ -76,9 +76,10 @@ def evaluate(
         "gt (ground-truth instance masks: the oracle). Default: the method's or the preset's."
     ),
     out: Path | None = typer.Option(
-        None, help="Run folder for records.jsonl and the report (default: runs/DATASET_SPLIT[_SUBSET]_METHOD_"
-        "PRESET_MODEL_PROPOSALS, plus _aALPHA / _bBETA when given). Running the same command again resumes it; so "
-        "does running it with a larger --limit or none."
+        None, help="Run folder for records.jsonl and the report (default: a folder of runs/ named by the "
+        "dataset, split, subset, method, preset, model and proposals joined by _ (the report line names it), plus "
+        "_aALPHA / _bBETA when given). Running the same command again resumes it; so does running it "
+        "with a larger --limit or none."
     ),
     limit: int | None = typer.Option(None, help="Evaluate only the first N images of the split."),
     save_masks: Path | None = typer.Option(

@@ -78,7 +78,10 @@ def check_applicable(spec, overrides: dict, source: ProposalArgs, masks: Path | 
 ProposalsOpt = Annotated[str | None, typer.Option(
     "--proposals", help="Mask proposal source: freesolo (the paper's), sam2 (SAM 2.1), sam (original SAM) or sam3 "
     "(SAM 3's instances of each phrase's noun phrase: candidates per phrase). Default: the method's or the "
-    "preset's (freesolo for global-local, sam3 for the -sam3 presets).")]
+    "preset's (freesolo for global-local, sam for hybridgl, sam3 for the -sam3 presets).", show_default=False)]
+ProposalKindOpt = Annotated[str, typer.Option(
+    "--proposals", help="Mask proposal source: freesolo (the paper's; the default), sam2 (SAM 2.1) or sam "
+    "(original SAM).", show_default=False)]
 MethodOpt = Annotated[str, typer.Option("--method", help=METHOD_HELP)]
 FreeSOLOWeightsOpt = Annotated[Path | None, typer.Option(
     help="FreeSOLO checkpoint (default: FreeSOLO_R101_30k_pl.pth in ./freesolo_weights/, then in freesolo_weights/ "

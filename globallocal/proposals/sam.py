@@ -161,8 +161,20 @@ def _read_checkpoint(path: Path, what: str) -> dict[str, torch.Tensor]:
     return checkpoint
 
 
+# Original SAM's image-encoder width per registry name: how a checkpoint of another size is recognised.
+_SAM_WIDTHS = {1280: "vit_h", 1024: "vit_l", 768: "vit_b"}
+
+
+def _sam_size_hint(checkpoint: dict[str, torch.Tensor]) -> str:
+    """'; it looks like SAM vit_b: pass --sam-model vit_b' for an original SAM checkpoint of a known width."""
+    embedding = checkpoint.get("image_encoder.pos_embed")
+    name = _SAM_WIDTHS.get(int(embedding.shape[-1])) if embedding is not None and embedding.dim() else None
+    return f"; it looks like SAM {name}: pass --sam-model {name}" if name else ""
+
+
 def _load_strictly(model: nn.Module, path: Path, what: str) -> None:
-    """Load ``path`` into ``model``, every tensor present and of the right shape, or say which are not."""
+    """Load ``path`` into ``model``, every tensor present and of the right shape, or say which are not (and,
+    for original SAM, which size the file looks like)."""
     checkpoint = _read_checkpoint(path, what)
     expected = model.state_dict()
     missing = [key for key in expected if key not in checkpoint]
@@ -171,7 +183,8 @@ def _load_strictly(model: nn.Module, path: Path, what: str) -> None:
     if missing or unexpected or wrong:
         counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of the wrong shape"
         example = (missing or unexpected or wrong)[0]
-        raise WeightsError(f"{path} is not the {what} checkpoint: {counts} tensors (e.g. {example})")
+        raise WeightsError(f"{path} is not the {what} checkpoint: {counts} tensors (e.g. {example})"
+                           f"{_sam_size_hint(checkpoint)}")
     model.load_state_dict(checkpoint, strict=True)
 
 

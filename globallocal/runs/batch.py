@@ -165,6 +165,11 @@ def _manifest_digest(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def lines_failed(count: int) -> str:
+    """'1 line failed', '3 lines failed': the bar and the summary count failures alike, by manifest line."""
+    return f"{count} line{'' if count == 1 else 's'} failed"
+
+
 def _write_outputs(out_dir: Path, manifest: Manifest, records: list[dict[str, Any]]) -> tuple[int, int, int]:
     """results.jsonl and errors.jsonl in manifest order; (results, failed outputs, failed lines)."""
     results = [{k: v for k, v in r.items() if k != "unit"} for r in records if "error" not in r]
@@ -235,18 +240,22 @@ def run_batch(
         todo = [unit for unit in units if unit.number not in done]
         columns = (
             TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-            TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(), RemainingColumn(),
+            TextColumn("{task.fields[failed]}"), TimeElapsedColumn(), RemainingColumn(),
         )
         with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
             resumed = len(units) - len(todo)  # the rate and ETA count this session's photos only
-            task = bar.add_task("batch", total=len(units), completed=resumed, resumed_at=resumed, failed=0)
-            failed = 0
+            # Failed lines, as the summary counts them: unusable manifest lines and those of finished photos too.
+            failed = {error.line for error in manifest.errors}
+            failed |= {record["line"] for unit in folder.read_completed() for record in unit.records
+                       if "error" in record}
+            task = bar.add_task("batch", total=len(units), completed=resumed, resumed_at=resumed,
+                                failed=lines_failed(len(failed)))
             for count, unit in enumerate(todo, start=1):
                 started = time.perf_counter()
                 records = writer.unit_records(unit)
-                failed += sum("error" in record for record in records)
+                failed |= {record["line"] for record in records if "error" in record}
                 folder.append(records, {"unit_done": unit.number, "seconds": time.perf_counter() - started})
-                bar.update(task, advance=1, failed=failed)
+                bar.update(task, advance=1, failed=lines_failed(len(failed)))
                 if stop_after_units is not None and count >= stop_after_units and count < len(todo):
                     raise BatchStopped(f"stopped after {count} photos")
         records = [record for unit in folder.read_completed() for record in unit.records]

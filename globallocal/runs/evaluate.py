@@ -243,7 +243,10 @@ def _evaluate_share(
     description = f"{config.dataset} {config.split}"
     if place.world_size > 1:
         description += f" (rank 0's share of {place.world_size})"
-    with Progress(*columns, console=Console(stderr=True), disable=not (progress and place.is_main)) as bar:
+    console = Console(stderr=True)
+    if progress and place.is_main and len(share) > len(todo):
+        console.print(f"resuming: {len(share) - len(todo)} of {len(share)} images done")
+    with Progress(*columns, console=console, disable=not (progress and place.is_main)) as bar:
         task = bar.add_task(
             description,
             total=len(share),
@@ -276,7 +279,8 @@ def _evaluate_share(
             (done for done in read_records(out_dir) if done.marker["image_done"] in order),
             key=lambda done: order[done.marker["image_done"]],
         )
-        report = build_report(completed, identity, out_dir, len(groups), place.world_size, dataset.report_notes())
+        report = build_report(completed, identity, out_dir, len(groups), place.world_size, dataset.report_notes(),
+                              split_images=len(every_group), limit=config.limit)
         save_text(json.dumps(report, indent=2) + "\n", out_dir / REPORT_JSON)
         save_text(report_markdown(report), out_dir / REPORT_MD)
     place.barrier()

@@ -216,19 +216,40 @@ def check_free(directory: str | Path) -> None:
     os.close(fd)
 
 
-def _differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """'key: run VALUE, now VALUE' for every differing key, nested settings named by their dotted path."""
-    missing = "(not set)"
+_SHOWN_DIFFERENCES = 8
+_SHOWN_VALUE = 60
+
+
+_NOT_SET = object()
+
+
+def _shortened(value: Any) -> str:
+    if value is _NOT_SET:
+        return "(not set)"
+    text = json.dumps(value)
+    return text if len(text) <= _SHOWN_VALUE else f"{text[:_SHOWN_VALUE - 3]}..."
+
+
+def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    """'key: run VALUE, now VALUE' for every differing leaf key, nested settings named by their dotted path,
+    values shortened (a section set on one side only is one line)."""
     found = []
     for key in sorted(set(stored) | set(current)):
-        old, new = stored.get(key, missing), current.get(key, missing)
+        old, new = stored.get(key, _NOT_SET), current.get(key, _NOT_SET)
         if old == new:
             continue
         if isinstance(old, dict) and isinstance(new, dict):
             found += _differences(old, new, f"{prefix}{key}.")
-        else:
-            found.append(f"{prefix}{key}: run {json.dumps(old)}, now {json.dumps(new)}")
+            continue
+        found.append(f"{prefix}{key}: run {_shortened(old)}, now {_shortened(new)}")
     return found
+
+
+def _listed(differences: list[str]) -> str:
+    """The differences one per line (the first few; a count of the rest)."""
+    shown = differences[:_SHOWN_DIFFERENCES]
+    more = len(differences) - len(shown)
+    return "".join(f"\n  {line}" for line in shown) + (f"\n  ... {more} more" if more else "")
 
 
 class RunFolder:
@@ -287,7 +308,8 @@ class RunFolder:
                 return
             reason = explain(stored, identity) if explain is not None else None
             if reason is None:
-                reason = f"a different configuration ({'; '.join(_differences(stored, identity))})"
+                raise InputError(f"{self.directory} holds a run with a different configuration; {_FIX}; it differs "
+                                 f"in:{_listed(_differences(stored, identity))}")
             raise InputError(f"{self.directory} holds a run with {reason}; {_FIX}")
         if _records_paths(self.directory):
             raise InputError(f"{self.directory} holds records but no {CONFIG_FILE}; {_FIX}")
