@@ -26,15 +26,9 @@ from torch import nn  # noqa: E402
 from globallocal.errors import InputError, WeightsError  # noqa: E402
 from globallocal.methods import get_method  # noqa: E402
 from globallocal.proposals import Proposals, postprocess, projection_boxes  # noqa: E402
-from globallocal.proposals import sam as sam_module  # noqa: E402
-from globallocal.proposals.sam import (  # noqa: E402
-    SAM_SETTINGS,
-    SAM_WEIGHTS_URL,
-    SAM2Generator,
-    SAMGenerator,
-    load_sam,
-    load_sam2,
-)
+from globallocal.proposals import sam_weights as sam_module  # noqa: E402
+from globallocal.proposals.sam import SAM_SETTINGS, SAM2Generator, SAMGenerator  # noqa: E402
+from globallocal.proposals.sam_weights import SAM_WEIGHTS_URL, load_sam, load_sam2  # noqa: E402
 from globallocal.proposals.sources import build_proposal_generator  # noqa: E402
 
 HAS_SAM2 = importlib.util.find_spec("sam2") is not None
