@@ -141,7 +141,7 @@ def test_batch_outputs_grouped_by_photo(pairs, tmp_path, segmenter, tiny_vit, nl
     out = tmp_path / "out"
     summary = _run(pairs, out, segmenter, rle=True, overlays=True)
     assert summary == {
-        "lines": 6, "photos": 3, "results": 6, "failed_outputs": 1, "failed_lines": 1,
+        "lines": 6, "photos": 3, "results": 6, "failed_outputs": 1, "failed_lines": 1, "retried_units": 0,
         "results_file": str(out / RESULTS_FILE), "errors_file": str(out / ERRORS_FILE),
     }
     # Photo 44266 is named by three lines (two spellings of its path), paid for once; the missing one never.
