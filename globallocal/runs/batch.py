@@ -64,7 +64,7 @@ def group_units(manifest: Manifest, masks: Path | None = None) -> list[Unit]:
 
 def _batch_step(options: BatchOptions, worker: Any) -> BatchStep:
     """The step of a Ray actor, from the worker it built."""
-    return BatchStep(worker.segmenter, worker.source, options)
+    return BatchStep(worker.segmenter, worker.image_source(), options)
 
 
 def _manifest_digest(path: Path) -> str:

@@ -63,7 +63,7 @@ from .distributed import Distributed
 from .evaluation_config import EvaluationConfig, check_evaluation_inputs, run_identity
 from .evaluation_records import IMAGE_UNITS, CompletedImage, add_record, read_records, referent
 from .evaluation_report import REPORT_JSON, REPORT_MD, build_report, report_markdown
-from .evaluation_step import EvaluationStep, ProposalSource
+from .evaluation_step import EvaluationStep, ProposalSource, per_image
 from .metrics import MetricAccumulator
 from .progress import RateColumn, RemainingColumn
 from .runfolder import (
@@ -115,7 +115,9 @@ def _actor_step(
 ) -> EvaluationStep:
     """A Ray actor's step, from the worker it built: it opens the dataset itself."""
     dataset = _open(config, split_by)
-    source = _ground_truth_source(dataset) if worker.source == "gt" else worker.source
+    source = _ground_truth_source(dataset) if worker.source == "gt" else None
+    if worker.image_source() is not None:
+        source = per_image(worker.image_source())
     return EvaluationStep(dataset, worker.segmenter, source, save_masks, cache, proposal_key)
 
 

@@ -32,6 +32,15 @@ from .runfolder import UnitResult
 ProposalSource = Callable[[Image.Image, ImageRecord], Proposals]
 
 
+def per_image(generate: Callable[[Image.Image], Proposals]) -> ProposalSource:
+    """An evaluation's proposal source from a generator's ``generate`` (which needs only the image)."""
+
+    def source(image: Image.Image, record: ImageRecord) -> Proposals:
+        return generate(image)
+
+    return source
+
+
 @contextmanager
 def _about(label: str, sentence: Sentence) -> Iterator[None]:
     """Name the sentence in an error: over thousands of them the bare reason is not enough."""

@@ -20,13 +20,18 @@ def as_stored(value: Any) -> Any:
 
 @dataclass
 class Worker:
-    """A built segmenter and proposal source; ``settings`` and ``weights`` (``{role: path}``) describe them."""
+    """A built segmenter and proposal ``source`` (a generator, ``"gt"`` or None); ``settings`` and ``weights``
+    (``{role: path}``) describe them; ``proposal_key``: the generator's feature-cache key."""
 
     segmenter: Any
     source: Any
     settings: dict[str, Any]
     weights: dict[str, str | Path] = field(default_factory=dict)
     proposal_key: dict[str, Any] | None = None
+
+    def image_source(self) -> Any:
+        """The generator's ``image -> Proposals`` (None without a generator: user masks, ground truth)."""
+        return getattr(self.source, "generate", None)
 
     def identity(self) -> dict[str, Any]:
         """The settings and the weights by content, as a run's configuration holds them."""
