@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import pickle
 import socket
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -206,12 +207,12 @@ class _UnitActor:
     def _one(self, unit: Any, attempt: int) -> UnitResult | _Failure:
         if self.fatal is not None:
             return _Failure(self.fatal)
-        if attempt > MAX_ATTEMPTS:
-            return self.step.crashed(unit, f"its worker died {MAX_ATTEMPTS} times (killed, out of memory or "
-                                     "crashed); given up")
         try:
+            if attempt > MAX_ATTEMPTS:
+                reason = f"its worker died {MAX_ATTEMPTS} times (killed, out of memory or crashed); given up"
+                return self.step.crashed(unit, reason)
             return self.step(unit)
-        except GlobalLocalError as error:
+        except GlobalLocalError as error:  # evaluate's: the run stops, as it does in one process
             return _Failure(error)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[bytes]]:
@@ -244,7 +245,9 @@ class RayRun:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the run's own bar is on the driver
         context.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        # Ray Data's notes about its own renamed settings, which this run does not set.
+        warnings.filterwarnings("ignore", message=r"`\w+` is deprecated", module=r"ray\.")
         self.pool = Pool.size(self.options, ray.cluster_resources())
         self.say(f"{describe_cluster(ray)}; {self.pool.describe()}")
         return self
