@@ -162,8 +162,8 @@ def test_batch_outputs_grouped_by_photo(pairs, tmp_path, segmenter, tiny_vit, nl
         reference.set_image(picture, proposals)
         expected = reference.predict(record["phrase"])
         assert (record["index"], record["noun_phrase"]) == (expected.index, expected.noun_phrase)
-        # Several phrases of a photo at once here, one there: the same bits (texts are encoded one at a time).
-        assert record["score"] == float(expected.scores[expected.index])
+        # Phrases of a photo are scored in one batch here, one at a time there: float noise only.
+        assert record["score"] == pytest.approx(float(expected.scores[expected.index]), rel=1e-5)
         saved = np.asarray(Image.open(out / record["mask"]))
         assert saved.shape == (picture.height, picture.width) and set(np.unique(saved)) <= {0, 255}
         np.testing.assert_array_equal(saved > 0, expected.mask.numpy())
