@@ -6,7 +6,8 @@ Each run is the real command in its own process on the same manifest (photos
 with their own mask proposals, so no proposal model is needed): its wall
 time, the photos per second once the first photo is recorded (start-up
 apart: Ray, the actors and their models), and the CPU time of the process
-and its children over the wall time (cores in use). The masks of every run
+and every process under it (Ray's included) over the wall time (cores busy;
+sampled, so a process shorter than a sample is missed). The masks of every run
 are checked to be the bytes of the single-process run's (its scores may
 differ in the last digits: one process uses every core's thread, an actor
 as many threads as its CPUs, and float sums depend on that). Without
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -80,28 +80,51 @@ def _masks(out: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted((out / "masks").iterdir())}
 
 
-def timed_run(args: list[str], out: Path) -> dict[str, float]:
-    """Run ``globallocal batch`` in a process; wall time, photos/s after the first photo, cores used."""
+def _descendants_cpu(root: int, seen: dict[int, float]) -> None:
+    """Record the CPU seconds (user + system) of ``root`` and every process under it (Ray's workers included)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {root}, True
+    while grew:
+        found = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= found
+        grew = bool(found)
+    for pid in tree & times.keys():
+        seen[pid] = max(seen.get(pid, 0.0), times[pid])
+
+
+def timed_run(args: list[str], out: Path, env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run ``globallocal batch`` in a process; wall time, photos/s after the first photo, cores busy."""
     records = out / "records.jsonl"
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "cli", "batch", *args, "-o", str(out)], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, **(env or {})})
     marks: list[float] = []  # when each photo's marker appeared
+    cpu: dict[int, float] = {}  # CPU seconds by process, sampled (a process's last sample before it ends)
     while process.poll() is None:
         if records.exists():
             count = records.read_bytes().count(b'"unit_done"')
             marks += [time.perf_counter()] * (count - len(marks))
-        time.sleep(0.02)
+        _descendants_cpu(process.pid, cpu)
+        time.sleep(0.2)
     wall = time.perf_counter() - started
     if process.returncode != 0:
         raise SystemExit(f"batch failed: {process.stderr.read()}")
     count = records.read_bytes().count(b'"unit_done"')
     marks += [time.perf_counter()] * (count - len(marks))
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     steady = (len(marks) - 1) / (marks[-1] - marks[0]) if len(marks) > 1 and marks[-1] > marks[0] else float("nan")
-    return {"wall": wall, "first": marks[0] - started, "rate": steady, "cores": cpu / wall}
+    return {"wall": wall, "first": marks[0] - started, "rate": steady, "cores": sum(cpu.values()) / wall}
 
 
 class _NoOpStep:
@@ -146,7 +169,8 @@ def main() -> None:
         manifest = make_inputs(folder, options.photos, options.masks)
         model, weights = (options.clip_model, options.clip_weights) if options.clip_model else small_clip(folder)
         common = [str(manifest), "--clip-model", model, "--clip-weights", weights]
-        rows = [("one process", timed_run(common, folder / "single"))]
+        rows = [("one process", timed_run(common, folder / "single")),
+                ("one process, 1 thread", timed_run(common, folder / "single1", {"OMP_NUM_THREADS": "1"}))]
         reference = _masks(folder / "single")
         for actors in (int(n) for n in options.actors.split(",")):
             out = folder / f"ray{actors}"

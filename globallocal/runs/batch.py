@@ -7,7 +7,10 @@ like ``evaluate``'s images: one record per output, then a unit-done marker,
 fsynced; a run killed at any moment (SIGKILL included) redoes at most the
 unit it was in, and a resumed run writes exactly what an uninterrupted one
 does. The manifest's content is part of the run's configuration, so a
-changed manifest is refused instead of mixed in.
+changed manifest is refused instead of mixed in. The units are done by
+:class:`~globallocal.runs.batch_step.BatchStep` in this process, or by the
+same step in a pool of Ray actors (``ray``: :mod:`~globallocal.runs.ray_engine`);
+this process alone writes the folder either way.
 
 Outputs under ``OUT_DIR``::
 

@@ -23,7 +23,8 @@ Under torchrun (``distributed``) the images are dealt round-robin to the
 processes; each appends to its own ``records.rank<R>.jsonl`` with the same
 resume logic, reads the others' files to skip what any session finished, and
 rank 0 merges all files into the report. A run may be resumed with another
-number of processes.
+number of processes. With ``ray`` the images go to a pool of Ray actors
+instead (:mod:`~globallocal.runs.ray_engine`), and this one process writes.
 
 Without a cache the segmenter is duck-typed (``set_image(image, proposals)``
 and ``predict(phrase)`` returning an object with ``mask``, ``index``,
