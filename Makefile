@@ -12,6 +12,7 @@ install: $(STAMP)
 $(STAMP): requirements.lock setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=64" wheel
+	# The lock pins the extras too (Ray for --ray among them).
 	# sam2 ships as source: build it against the venv's torch (no isolated build pulling another torch),
 	# without its optional CUDA extension.
 	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install --quiet --no-build-isolation -r requirements.lock

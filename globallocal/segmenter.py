@@ -216,9 +216,11 @@ class Segmenter:
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """Raw CLIP text features (len(texts), D) through the cache; only the missing texts are encoded."""
-        missing = list(dict.fromkeys(text for text in texts if text not in self._text_cache))
-        if missing:
-            self.add_text_features(missing, encode_texts(missing, self.clip))
+        # One text at a time: how many were missing together changes float sums in the text tower, and a
+        # text's features (so the scores written) must not depend on what the process saw before it (a resumed
+        # run, a Ray actor given other photos).
+        for text in dict.fromkeys(text for text in texts if text not in self._text_cache):
+            self.add_text_features([text], encode_texts([text], self.clip))
         for text in texts:
             self._text_cache.move_to_end(text)
         return torch.stack([self._text_cache[text] for text in texts])

@@ -141,7 +141,7 @@ def test_batch_outputs_grouped_by_photo(pairs, tmp_path, segmenter, tiny_vit, nl
     out = tmp_path / "out"
     summary = _run(pairs, out, segmenter, rle=True, overlays=True)
     assert summary == {
-        "lines": 6, "photos": 3, "results": 6, "failed_outputs": 1, "failed_lines": 1,
+        "lines": 6, "photos": 3, "results": 6, "failed_outputs": 1, "failed_lines": 1, "retried_units": 0,
         "results_file": str(out / RESULTS_FILE), "errors_file": str(out / ERRORS_FILE),
     }
     # Photo 44266 is named by three lines (two spellings of its path), paid for once; the missing one never.
@@ -162,7 +162,7 @@ def test_batch_outputs_grouped_by_photo(pairs, tmp_path, segmenter, tiny_vit, nl
         reference.set_image(picture, proposals)
         expected = reference.predict(record["phrase"])
         assert (record["index"], record["noun_phrase"]) == (expected.index, expected.noun_phrase)
-        # Phrases of a photo are encoded in one batch here, one at a time there: float noise only.
+        # Phrases of a photo are scored in one batch here, one at a time there: float noise only.
         assert record["score"] == pytest.approx(float(expected.scores[expected.index]), rel=1e-5)
         saved = np.asarray(Image.open(out / record["mask"]))
         assert saved.shape == (picture.height, picture.width) and set(np.unique(saved)) <= {0, 255}

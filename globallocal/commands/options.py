@@ -334,3 +334,15 @@ def check_candidates(results: list, source: str, image: Path) -> None:
     for result in empty:
         warnings.warn(f"{source} found no instance of {result.noun_phrase!r} for the phrase {result.phrase!r}: "
                       f"its mask is empty; {hint}", stacklevel=2)
+
+
+RayOpt = Annotated[str | None, typer.Option(
+    "--ray", metavar="local|auto|ADDRESS", help="Share the units out to a pool of Ray actors: local (start Ray on "
+    "this machine), auto (join RAY_ADDRESS or the cluster running here) or a head's ADDRESS (host:port). Outputs are "
+    "those of a run without it, and either resumes the other. Needs pip install 'globallocal[ray]'.")]
+RayActorsOpt = Annotated[int | None, typer.Option(
+    "--ray-actors", help="Actors, each holding the models (default: one per GPU of the cluster, else one per 2 CPUs).")]
+RayGpusOpt = Annotated[float | None, typer.Option(
+    "--ray-gpus-per-actor", help="GPUs per actor, fractions allowed (default: 1 when the cluster has GPUs, else 0).")]
+RayCpusOpt = Annotated[float | None, typer.Option(
+    "--ray-cpus-per-actor", help="CPUs per actor (default: 1 with GPUs, else an equal share of the cluster's).")]

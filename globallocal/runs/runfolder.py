@@ -33,12 +33,12 @@ import os
 import re
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..data.bounded import MAX_LINE_BYTES, JsonError, Shape, check_shape, open_regular, parse_json, read_json
-from ..data.images import check_writable_folder, save_text
+from ..data.images import check_writable_folder, save_bytes, save_text
 from ..errors import InputError
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "CompletedUnit",
     "RunFolder",
     "UnitLayout",
+    "UnitResult",
     "check_free",
     "read_completed",
     "read_config",
@@ -79,6 +80,23 @@ class UnitLayout:
     member: str
     count: str
     record: Shape = dict  # what every record must hold, checked when read back (bounded.check_shape)
+
+
+@dataclass
+class UnitResult:
+    """What one unit's work gives the process that writes the run folder.
+
+    ``records`` and ``marker`` as :meth:`RunFolder.append` takes them (the
+    marker holds the unit's key under the layout's marker key); ``files``:
+    encoded outputs (PNG bytes) by path relative to the folder they go to.
+    Computed wherever the unit ran (this process or a Ray actor), written by
+    the one process holding the folder, so both write the same bytes.
+    """
+
+    key: Any
+    records: list[dict[str, Any]]
+    marker: dict[str, Any]
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -350,6 +368,17 @@ class RunFolder:
         self._records.write(("\n".join(lines) + "\n").encode("utf-8"))
         self._records.flush()
         os.fsync(self._records.fileno())
+
+    def record(self, result: UnitResult, files_root: Path | None) -> None:
+        """Write a unit's files under ``files_root`` (atomically), then append its records and marker.
+
+        Files first: a run killed in between redoes the unit and rewrites them, never records a missing file.
+        """
+        for name, data in result.files.items():
+            if files_root is None:
+                raise ValueError(f"unit {result.key} has files but the run writes none")
+            save_bytes(data, files_root / name)
+        self.append(result.records, result.marker)
 
     def close(self) -> None:
         """Close the records file and release the locks (the kernel does both if the process dies)."""
