@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 import warnings
 
@@ -71,6 +72,18 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+# What to do about an OSError, by its errno: only a full disk wants space freed.
+_OTHER_ADVICE = "choose another location"
+_OS_ADVICE = {
+    errno.ENOSPC: "free some space or choose another location",
+    errno.EDQUOT: "free some space (your quota is full) or choose another location",
+    errno.EACCES: "check its permissions or choose another location",
+    errno.EPERM: "check its permissions or choose another location",
+    errno.EROFS: "the disk is read-only; choose another location",
+    errno.ESPIPE: "give a regular file, not a pipe or device",
+}
+
+
 def main() -> None:
     """Entry point: user and usage errors become one red line and exit code 2, never a traceback.
 
@@ -92,7 +105,7 @@ def main() -> None:
     except OSError as error:
         # A full or read-only disk, a path that is a file: the environment, not a bug.
         where = f" {error.filename}" if error.filename else ""
-        _fail(f"cannot write or read{where}: {error.strerror or error}; free some space or choose another location")
+        _fail(f"cannot write or read{where}: {error.strerror or error}; {_OS_ADVICE.get(error.errno, _OTHER_ADVICE)}")
     except UsageError as error:
         command = error.ctx.command_path if error.ctx is not None else "globallocal"
         _fail(f"{error.format_message()} (see `{command} --help`)")

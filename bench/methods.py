@@ -1,6 +1,6 @@
 """Per-stage seconds of the two methods on one photo, and HybridGL against its authors' structure.
 
-    python bench/methods.py [--device cpu] [--proposals 30,100] [--repeats 1]
+    python bench/methods.py [--device cpu] [--precisions fp32,bf16] [--proposals 30,100] [--repeats 1] [--quick]
 
 Same photo (640x427), same random ViT-B-16 weights (QuickGELU, as OpenAI's),
 same random blob proposals, workload of one REFER image: 3 refs of 3
@@ -21,7 +21,13 @@ sentences each.
     parses the text 8 times (each helper parses again), every text is encoded
     alone over CLIP's full 77-token context, GEM runs its 448 x 448 pass
     again, and the GEM score loops over the masks. The arithmetic is the
-    method's own; only the structure differs.
+    method's own; only the structure differs. It runs in float32, as
+    published; the methods run in every precision asked (the same weights,
+    cast), each with its speed-up over it. "hybrid % of peak": HybridGL's
+    dominant stage (both passes of every proposal) as a share of the
+    device's matmul peak in that precision. Before a proposal count starts,
+    its memory need (the authors' structure holds every proposal's two views
+    and full-size masked images at once) is checked against free memory.
 """
 
 from __future__ import annotations
@@ -35,13 +41,25 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from common import (  # noqa: E402
+    LinearNeed,
+    add_options,
+    device_name,
+    fitting,
+    flops_of,
+    load_average,
+    markdown,
+    peak_bytes,
+    preamble,
+    precisions,
+    seconds,
+    share,
+)
 from segment import blob_masks  # noqa: E402
 
 from globallocal.data.images import IMAGENET_MEAN, IMAGENET_STD, load_image  # noqa: E402
@@ -113,7 +131,9 @@ def measure_method(name: str, preset: str, clip, nlp, image, proposals: Proposal
             inputs = []
             stages["inputs"] = median(lambda: inputs.append(clip_inputs(
                 image, proposals.masks, input_normalization=s.input_normalization, local_fill=s.local_fill)), repeats)
-            stages["hybrid"] = median(lambda: hybrid_features(clip, *inputs[-1], chunk_size=method.chunk), repeats)
+            hybrid = lambda: hybrid_features(clip, *inputs[-1], chunk_size=method.chunk)  # noqa: E731
+            stages["hybrid"] = median(hybrid, repeats)
+            stages["hybrid_flops"] = flops_of(hybrid)
             stages["GEM"] = median(lambda: gem_tokens(clip, gem_input(image).to(clip.device)), repeats)
             tensors = method.image_features(image, proposals)
         features = ImageFeatures(image, proposals, tensors)
@@ -159,6 +179,7 @@ def authors_structure(clip, nlp, image, proposals: Proposals) -> None:
     """One image's refs and sentences, structured as the published script (see the module docstring)."""
     masks = proposals.masks
     height, width = masks.shape[1:]
+    on_device = masks.to(clip.device)
     with torch.no_grad():
         for ref in REFS:
             global_inputs, local_inputs, token_masks = _reference_inputs(image, masks)
@@ -174,43 +195,63 @@ def authors_structure(clip, nlp, image, proposals: Proposals) -> None:
                 encoded = [clip.model.encode_text(clip.tokenizer([text]).to(clip.device)) for text in texts]
                 scores = features @ F.normalize(0.5 * encoded[0] + 0.5 * encoded[1], dim=-1)[0]
                 tokens = gem_tokens(clip, gem_input(image).to(clip.device))
-                gem_text = clip.model.encode_text(clip.tokenizer([f"a photo of a {item.noun_phrase}."]))[0]
+                gem_prompt = clip.tokenizer([f"a photo of a {item.noun_phrase}."]).to(clip.device)
+                gem_text = clip.model.encode_text(gem_prompt)[0]
                 guidance = guidance_map(gem_heat_map(tokens, gem_text), height, width, "none")
                 k = gem_k("none")
-                for mask in masks:  # the published per-mask loop
+                for mask in on_device:  # the published per-mask loop
                     m = mask.float()
                     _ = (guidance * (2 - k) * m / m.sum()).sum() - (guidance * k * (1 - m) / (1 - m).sum()).sum()
                 torch.topk(torch.softmax(scores, dim=0), 3)
 
 
+def authors_need(image, clip) -> LinearNeed:
+    """The authors' structure's memory: this process now, plus per proposal its full-size masked image and
+    the widest activation of its two views in one block (the MLP's and the attention's, float32)."""
+    tokens = (clip.image_size // 16) ** 2 + 1
+    heads = clip.visual.transformer.resblocks[0].attn.num_heads
+    per_view = 4 * tokens * (4 * clip.visual.transformer.width + heads * tokens)
+    return LinearNeed(peak_bytes(str(clip.device)), 3 * 4 * image.width * image.height + 2 * 2 * per_view)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
+    add_options(parser)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--proposals", default="30,100")
     args = parser.parse_args()
+    chosen = precisions(args)
+    peaks = preamble(args.device, chosen, args.quick)
+    counts = [4] if args.quick else list(map(int, args.proposals.split(",")))
 
     nlp = load_parser()
     image = load_image(EXAMPLE)
-    clip = load_clip("ViT-B-16-quickgelu", "random", device=args.device)
-    console = Console(width=200)
-    table = Table(title=f"{image.width}x{image.height} photo, ViT-B-16 (random weights), {args.device}, "
-                        f"{torch.get_num_threads()} threads, 3 refs x 3 sentences, median of {args.repeats} (s)")
-    columns = ["proposals", "method", "text", "image / inputs", "hybrid", "GEM", "answers", "total",
-               "authors' structure", "speed-up"]
-    for column in columns:
-        table.add_column(column, justify="right")
-    for count in map(int, args.proposals.split(",")):
+    clips = {}
+    for precision in chosen:
+        torch.manual_seed(0)
+        clips[precision] = load_clip("ViT-B-16-quickgelu", "random", device=args.device, precision=precision)
+        clips[precision].model.load_state_dict(clips["fp32"].model.state_dict())  # the float32 weights, cast
+    header = ["proposals", "method", "precision", "text", "image / inputs", "hybrid", "GEM", "answers", "total",
+              "authors' structure (fp32)", "speed-up", "hybrid % of peak", "note"]
+    rows = []
+    for wanted in counts:
+        count, note = fitting(authors_need(image, clips["fp32"]), wanted, args.device)
         proposals = Proposals.from_masks(blob_masks(count, image.height, image.width))
-        local = measure_method("global-local", "paper", clip, nlp, image, proposals, args.repeats)
-        table.add_row(str(count), "global-local", f"{local['text']:.2f}", f"{local['image']:.2f}", "", "",
-                      f"{local['answers']:.2f}", f"{local['total']:.2f}", "", "")
-        hybrid = measure_method("hybridgl", "hybridgl-paper", clip, nlp, image, proposals, args.repeats)
-        reference = timed(lambda proposals=proposals: authors_structure(clip, nlp, image, proposals))
-        table.add_row(str(count), "hybridgl", f"{hybrid['text']:.2f}", f"{hybrid['inputs']:.2f}",
-                      f"{hybrid['hybrid']:.2f}", f"{hybrid['GEM']:.2f}", f"{hybrid['answers']:.2f}",
-                      f"{hybrid['total']:.2f}", f"{reference:.2f}", f"{reference / hybrid['total']:.1f}x")
-        console.print(table)
+        reference = seconds(lambda proposals=proposals: authors_structure(clips["fp32"], nlp, image, proposals),
+                            args.device)
+        for precision, clip in clips.items():
+            local = measure_method("global-local", "paper", clip, nlp, image, proposals, args.repeats)
+            rows.append([count, "global-local", precision, f"{local['text']:.2f}", f"{local['image']:.2f}", "", "",
+                         f"{local['answers']:.2f}", f"{local['total']:.2f}", "", "", "", note])
+            hybrid = measure_method("hybridgl", "hybridgl-paper", clip, nlp, image, proposals, args.repeats)
+            rows.append([count, "hybridgl", precision, f"{hybrid['text']:.2f}", f"{hybrid['inputs']:.2f}",
+                         f"{hybrid['hybrid']:.2f}", f"{hybrid['GEM']:.2f}", f"{hybrid['answers']:.2f}",
+                         f"{hybrid['total']:.2f}", f"{reference:.2f}", f"{reference / hybrid['total']:.1f}x",
+                         share(hybrid["hybrid_flops"], hybrid["hybrid"], peaks[precision]), note])
+            print("row:", " | ".join(map(str, rows[-1])), flush=True)
+    print(f"\n{image.width}x{image.height} photo, ViT-B-16 (random weights), {device_name(args.device)}, 3 refs x 3 "
+          f"sentences, median of {args.repeats} (s); {load_average()}\n")
+    print(markdown(header, rows))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """TCL soft masks: seconds per 640x480 photo, the authors' structure against globallocal's.
 
-    python bench/tcl.py [--phrases 1,5] [--windows slide,whole,demo] [--device cpu] [--precision fp32]
+    python bench/tcl.py [--phrases 1,5] [--windows slide,whole,demo] [--device cpu] [--precisions fp32,bf16] [--quick]
 
 Same photo, same random weights (OpenAI ViT-B/16 shapes, TCL's head shapes),
 same text embeddings (encoded beforehand, not timed), PAMR and KP on:
@@ -10,16 +10,19 @@ same text embeddings (encoded beforehand, not timed), PAMR and KP on:
       back to the window, the window average, the resize), float32;
   (b) globallocal: the image side once per photo with the windows batched,
       then all phrases through Sim2Mask, PAMR (a sparse step) and KP in one batch.
-The two are checked to give the same masks before timing. Prints a Markdown table.
+(b) runs in every precision asked (the same weights, cast), each with its
+speed-up over (a) and its largest soft-mask difference from it; "image side %
+of peak": (b)'s dominant stage (CLIP and the head on every window) as a share
+of the device's matmul peak in that precision. A row whose memory need (the
+reference's PAMR neighbour stacks per phrase) exceeds free memory runs with
+the phrases that fit. Prints a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,6 +30,22 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from common import (  # noqa: E402
+    LinearNeed,
+    add_options,
+    device_name,
+    fitting,
+    flops_of,
+    load_average,
+    markdown,
+    peak_bytes,
+    preamble,
+    precisions,
+    seconds,
+    share,
+)
 
 from globallocal.data.images import load_image  # noqa: E402
 from globallocal.methods.tcl import TCLHead, TCLModel, tcl_input  # noqa: E402
@@ -106,61 +125,69 @@ def reference_masks(model: TCLModel, photo, texts: torch.Tensor, window: str) ->
     return [reference_soft_mask(model, photo, text, window) for text in texts]
 
 
-def timed(repeats: int, function, *args) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = function(*args)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+def timed(function, model: TCLModel, photo, texts: torch.Tensor, window: str, args) -> tuple[float, list]:
+    """The best of ``args.repeats`` runs' seconds, and the masks."""
+    results = []
+    elapsed = seconds(lambda: results.append(function(model, photo, texts, window)), args.device, args.repeats)
+    return elapsed, results[-1]
+
+
+def image_side_share(model: TCLModel, photo, window: str, device: str, peak: float) -> str:
+    """The image side's (CLIP and the head on every window, PAMR's affinity) share of the matmul peak."""
+    preprocessing = "demo" if window == "demo" else "eval"
+    with torch.inference_mode():
+        side = lambda: model.image_features(photo, window, preprocessing, pamr=True)  # noqa: E731
+        return share(flops_of(side), seconds(side, device), peak)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phrases", default="1,5")
     parser.add_argument("--windows", default="slide,whole,demo")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", help="globallocal's precision (the reference is float32)")
     parser.add_argument("--repeats", type=int, default=1, help="best of this many runs")
+    add_options(parser)
     args = parser.parse_args()
+    chosen = precisions(args)
+    peaks = preamble(args.device, chosen, args.quick)
+    windows, counts = args.windows.split(","), list(map(int, args.phrases.split(",")))
+    if args.quick:
+        windows, counts = ["whole"], [1]
 
     torch.manual_seed(0)
-    clip = load_clip("ViT-B-16-quickgelu", "random", device=args.device)
     head = TCLHead()
     for parameter in head.parameters():
         torch.nn.init.normal_(parameter, std=0.02)
-    reference = TCLModel(clip, head)
-    fast_clip = clip if args.precision == "fp32" else load_clip(
-        "ViT-B-16-quickgelu", "random", device=args.device, precision=args.precision
-    )
-    if fast_clip is not clip:
-        fast_clip.model.load_state_dict(clip.model.state_dict())
-    fast = TCLModel(fast_clip, copy.deepcopy(head))
+    models = {}
+    for precision in chosen:
+        torch.manual_seed(0)
+        clip = load_clip("ViT-B-16-quickgelu", "random", device=args.device, precision=precision)
+        if models:
+            clip.model.load_state_dict(models["fp32"].clip.model.state_dict())  # the float32 weights, cast
+        models[precision] = TCLModel(clip, copy.deepcopy(head))
     photo = load_image(REPO / "examples" / "img_80472.jpg").resize((640, 480))
-    counts = [int(n) for n in args.phrases.split(",")]
     texts = torch.randn(max(counts), 512)
-    cpu = f"CPU, {torch.get_num_threads()} threads"
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu
-    print(f"device: {device}; load average before: {os.getloadavg()[0]:.1f}")
+    need = LinearNeed(peak_bytes(args.device), 4 * 4 * 48 * photo.width * photo.height)
+    header = ["window", "phrases", "authors' structure fp32 (s)"]
+    for precision in chosen:
+        header += [f"{precision} (s)", f"{precision} speed-up", f"{precision} max abs diff",
+                   f"{precision} image side % of peak"]
     rows = []
-    for window in args.windows.split(","):
-        for count in counts:
+    for window in windows:
+        for wanted in counts:
+            count, note = fitting(need, wanted, args.device)
             subset = texts[:count]
-            ref_s, ref_masks = timed(args.repeats, reference_masks, reference, photo, subset, window)
-            our_s, our_masks = timed(args.repeats, ours, fast, photo, subset, window)
-            gap = max(float((a.float() - b).abs().max()) for a, b in zip(our_masks, ref_masks))
-            rows.append((window, count, ref_s, our_s, gap))
-            print(f"{window} {count}: reference {ref_s:.2f} s, globallocal {our_s:.2f} s, max |diff| {gap:.1e}",
-                  flush=True)
-    print(f"load average after: {os.getloadavg()[0]:.1f}\n")
-    print(f"| window | phrases | authors' structure (s) | globallocal {args.precision} (s) | speed-up | max abs diff |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for window, count, ref_s, our_s, gap in rows:
-        print(f"| {window} | {count} | {ref_s:.2f} | {our_s:.2f} | {ref_s / our_s:.1f}x | {gap:.1e} |")
+            reference, expected = timed(reference_masks, models["fp32"], photo, subset, window, args)
+            row = [window, count, f"{reference:.2f}"]
+            for precision, model in models.items():
+                elapsed, masks = timed(ours, model, photo, subset, window, args)
+                gap = max(float((a.float() - b).abs().max()) for a, b in zip(masks, expected))
+                row += [f"{elapsed:.2f}", f"{reference / elapsed:.1f}x", f"{gap:.1e}",
+                        image_side_share(model, photo, window, args.device, peaks[precision])]
+            rows.append(row + ([note] if note else []))
+            print("row:", " | ".join(map(str, row)), flush=True)
+    print(f"\nTCL soft masks, 640x480 photo, ViT-B-16 + TCL head (random weights), {device_name(args.device)}; "
+          f"{load_average()}\n")
+    print(markdown(header, rows))
 
 
 if __name__ == "__main__":

@@ -6,12 +6,20 @@ every proposal's unblended global and local features) and keeps it;
 :meth:`Segmenter.predict` parses a phrase and lets the method answer. The
 image features are kept unblended, so weights such as alpha can change
 between calls without touching the image again.
+
+With a phrase-dependent proposal source (SAM 3's concepts,
+:mod:`globallocal.proposals.concepts`) the proposals are not known at
+``set_image``: it pays for what does not depend on them (the source's vision
+pass, the method's per-image work), and each ``predict`` asks the source for
+the noun phrases not asked before, in one batch, and encodes only the masks
+not seen before (:class:`ConceptImage`). The method then picks among a
+phrase's candidates exactly as among any proposals.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +32,9 @@ from .errors import InputError, NoProposalsError
 from .methods import DEFAULT_METHOD, ImageFeatures, Method, MethodSettings, SegmentResult, build_method, get_method
 from .models.clip import ClipBundle, load_clip
 from .models.text import ParsedPhrase, encode_texts, load_parser, parse_phrase
-from .proposals import Proposals
+from .proposals import Proposals, check_image_size
+from .proposals.concepts import ConceptImage, ConceptSource, is_phrase_dependent
+from .proposals.sam3 import ConceptAnswer, ConceptQuery
 
 ProposalSource = Callable[[Image.Image], Proposals]
 
@@ -36,6 +46,8 @@ class ImageState:
     image: Image.Image
     proposals: Proposals | None
     tensors: dict[str, torch.Tensor]
+    concepts: ConceptImage | None = None
+    """With a phrase-dependent source and no proposals of its own: the candidates and features per query."""
 
 
 class Segmenter:
@@ -52,7 +64,7 @@ class Segmenter:
         clip: ClipBundle,
         nlp: spacy.Language,
         settings: MethodSettings | None = None,
-        proposal_source: ProposalSource | None = None,
+        proposal_source: ProposalSource | ConceptSource | None = None,
         text_cache_size: int = 4096,
         method: Method | None = None,
     ) -> None:
@@ -77,7 +89,7 @@ class Segmenter:
         device: str = "auto",
         precision: str = "fp32",
         spacy_model: str | None = None,
-        proposal_source: ProposalSource | None = None,
+        proposal_source: ProposalSource | ConceptSource | None = None,
         method: str = DEFAULT_METHOD,
         method_options: dict[str, Any] | None = None,
         **overrides: Any,
@@ -115,15 +127,30 @@ class Segmenter:
             raise InputError("no image is set; call set_image() first")
         return self._state
 
+    @property
+    def phrase_dependent(self) -> bool:
+        """Whether proposals come per phrase (a phrase-dependent source and a method that takes proposals)."""
+        return self.method.uses_proposals and is_phrase_dependent(self.proposal_source)
+
     @torch.inference_mode()
-    def set_image(self, image: ImageInput, proposals: Proposals | None = None) -> None:
+    def set_image(self, image: ImageInput, proposals: Proposals | None = None, *, lazy: bool = False) -> None:
         """Decode ``image`` and compute what the method needs from it, once.
 
         ``proposals`` default to the segmenter's proposal source (FreeSOLO
         from the CLI). Raises :class:`NoProposalsError` when there are none.
+        With a phrase-dependent source and no ``proposals``, what does not
+        depend on the phrase is computed here (``lazy``: when first needed,
+        for a caller that may hold every answer already, see :meth:`add_concept`)
+        and each phrase's candidates when it is asked.
         """
         self._state = None
         rgb = load_image(image)
+        if proposals is None and self.phrase_dependent:
+            concepts = ConceptImage(rgb, self.proposal_source, self.method)
+            if not lazy:
+                concepts.prepare()
+            self._state = ImageState(rgb, None, {}, concepts)
+            return
         if self.method.uses_proposals:
             if proposals is None:
                 if self.proposal_source is None:
@@ -141,7 +168,7 @@ class Segmenter:
         self._state = None
         rgb = load_image(image)
         if proposals is not None:
-            _check_image_size(rgb, proposals)
+            check_image_size(rgb, proposals)
         device = self.clip.device
         self._state = ImageState(rgb, proposals, {name: t.to(device, torch.float32) for name, t in tensors.items()})
 
@@ -152,6 +179,34 @@ class Segmenter:
             self._text_cache.move_to_end(text)
             if len(self._text_cache) > self._text_cache_size:
                 self._text_cache.popitem(last=False)
+
+    def concept_query(self, phrase: str) -> ConceptQuery:
+        """What ``phrase`` asks a phrase-dependent source (the method's noun phrase and its head noun)."""
+        return self.method.concept_query(self.parse(phrase))
+
+    def restore(self, state: ImageState) -> None:
+        """Make an earlier ``image_state`` (of this segmenter) current again: nothing is computed."""
+        self._state = state
+
+    def _concept_image(self) -> ConceptImage:
+        concepts = self.image_state.concepts
+        if concepts is None:
+            raise InputError("the current image has proposals of its own; phrase-dependent candidates need "
+                             "set_image() without proposals and a phrase-dependent proposal source")
+        return concepts
+
+    def add_concept(self, query: ConceptQuery, answer: ConceptAnswer, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Give the current image a query's candidates and their features as :meth:`concept_entry` returned
+        them earlier (e.g. from a feature cache): neither the source nor the image tower runs for them."""
+        device = self.clip.device
+        self._concept_image().add(query, answer, {name: t.to(device, torch.float32) for name, t in tensors.items()})
+
+    def concept_entry(self, query: ConceptQuery) -> tuple[ConceptAnswer, dict[str, torch.Tensor]]:
+        """A query answered on the current image: its candidates and the method's features of them (none
+        without candidates), as a feature cache keeps them."""
+        concepts = self._concept_image()
+        answer = concepts.answer([query])[0]
+        return answer, (concepts.features(answer.proposals) if len(answer.proposals) else {})
 
     # -- text side --------------------------------------------------------
 
@@ -185,8 +240,36 @@ class Segmenter:
                     raise InputError(
                         f"no noun found in the phrase {item.phrase!r}; name the object, e.g. \"the red car\""
                     )
+        if state.concepts is not None:
+            return self._answer_concepts(state.concepts, parsed)
         features = ImageFeatures(state.image, state.proposals, state.tensors)
         return self.method.answer(features, parsed, self.encode)
+
+    def _answer_concepts(self, concepts: ConceptImage, parsed: Sequence[ParsedPhrase]) -> list[SegmentResult]:
+        """Each phrase answered among its own noun phrase's candidates; phrases that share it share them."""
+        queries = [self.method.concept_query(item) for item in parsed]
+        distinct = list(dict.fromkeys(queries))
+        results: list[SegmentResult | None] = [None] * len(parsed)
+        for query, answer in zip(distinct, concepts.answer(distinct)):
+            positions = [i for i, other in enumerate(queries) if other == query]
+            group = [parsed[i] for i in positions]
+            if len(answer.proposals) == 0:
+                answered = [self._no_candidates(item, query, concepts.image) for item in group]
+            else:
+                features = ImageFeatures(concepts.image, answer.proposals, concepts.features(answer.proposals))
+                answered = self.method.answer(features, group, self.encode)
+            for position, result in zip(positions, answered):
+                result.concept = answer
+                results[position] = result
+        return results
+
+    def _no_candidates(self, item: ParsedPhrase, query: ConceptQuery, image: Image.Image) -> SegmentResult:
+        """The answer to a phrase whose noun phrase got no candidate: no index, an empty mask."""
+        return SegmentResult(
+            phrase=item.phrase, expression=item.expression, noun_phrase=query.noun_phrase, index=None,
+            mask=torch.zeros((image.height, image.width), dtype=torch.bool), scores=torch.empty(0),
+            truncated=self.method.truncated([item.expression]), has_noun=item.has_noun,
+        )
 
     def predict(self, phrase: str, require_noun: bool = False) -> SegmentResult:
         """Answer one phrase about the current image."""
@@ -200,16 +283,8 @@ class Segmenter:
         return self.predict_many(phrases)
 
 
-def _check_image_size(image: Image.Image, proposals: Proposals) -> None:
-    if proposals.image_size != (image.height, image.width):
-        h, w = proposals.image_size
-        raise InputError(
-            f"masks are {w}x{h} but the image is {image.width}x{image.height}; masks must be at the image's size"
-        )
-
-
 def _check_proposals(image: Image.Image, proposals: Proposals) -> None:
-    _check_image_size(image, proposals)
+    check_image_size(image, proposals)
     if len(proposals) == 0 or not bool(proposals.masks.any()):
         what = "there are no mask proposals" if len(proposals) == 0 else f"all {len(proposals)} masks are empty"
         raise NoProposalsError(f"{what} for this image, so there is nothing to choose from")

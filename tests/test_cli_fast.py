@@ -73,7 +73,7 @@ def test_refusals_and_report_answer_without_the_heavy_libraries(tmp_path, run_fo
         "unknown method 'bogus'": ["segment", image, "the chair", "--method", "bogus"],
         "unknown preset 'nope'": ["segment", image, "the chair", "--preset", "nope"],
         "unknown CLIP model 'ViT-Q-99'": ["segment", image, "the chair", "--clip-model", "ViT-Q-99"],
-        "unknown --proposals 'sam3'": ["segment", image, "the chair", "--proposals", "sam3"],
+        "unknown --proposals 'sam4'": ["segment", image, "the chair", "--proposals", "sam4"],
         "alpha must be in [0, 1], got 1.5": ["segment", image, "the chair", "--alpha", "1.5"],
         "chunk size must be >= 1, got 0": ["segment", image, "the chair", "--chunk-size", "0"],
         "unknown --device 'gpu'": ["segment", image, "the chair", "--device", "gpu"],
@@ -86,9 +86,9 @@ def test_refusals_and_report_answer_without_the_heavy_libraries(tmp_path, run_fo
         f"{REPO / 'examples'} is a folder; give one photo": ["segment", str(REPO / "examples"), "the chair"],
         f"--json {tmp_path} is a folder; give a file name such as {tmp_path / 'scores.json'}":
             ["segment", image, "the chair", "--json", str(tmp_path)],
-        "unknown --proposals 'sam3'; use freesolo, sam2, sam, gt": [
+        "unknown --proposals 'sam4'; use freesolo, sam2, sam, sam3, gt": [
             "evaluate", "--dataset", "refcoco", "--split", "val", "--data-root", str(tmp_path),
-            "--proposals", "sam3"],
+            "--proposals", "sam4"],
         "--alpha does not apply to --method tcl": ["batch", str(tmp_path / "pairs.jsonl"), "-o", str(tmp_path / "b"),
                                                     "--method", "tcl", "--alpha", "0.5"],
     }

@@ -82,5 +82,5 @@ def test_sam_options_do_not_apply_to_freesolo(run, small_photo, tmp_path):
 
 
 def test_unknown_proposal_source(run, small_photo, tmp_path):
-    code, err = run("proposals", small_photo, "-o", tmp_path / "p", "--proposals", "sam3")
-    assert code == 2 and "unknown proposal source 'sam3'" in err
+    code, err = run("proposals", small_photo, "-o", tmp_path / "p", "--proposals", "sam4")
+    assert code == 2 and "unknown proposal source 'sam4'" in err

@@ -10,7 +10,7 @@ import torch
 from tiny_models import TINY_CONFIGS
 
 from globallocal.errors import InputError, WeightsError
-from globallocal.models.clip import image_tower_family, load_clip
+from globallocal.models.clip import cpu_has_fp16_units, image_tower_family, load_clip
 
 
 @pytest.fixture
@@ -63,9 +63,12 @@ def test_unknown_tag_and_missing_file(tmp_path):
         load_clip("RN50", str(tmp_path / "w.pt"))
 
 
-def test_precision_needs_cuda():
-    with pytest.raises(InputError, match="fp16 is for CUDA"):
+@pytest.mark.skipif(cpu_has_fp16_units(), reason="this CPU has float16 matrix units")
+def test_fp16_on_a_cpu_without_float16_units_is_refused():
+    with pytest.raises(InputError, match="precision fp16 has no fast kernels on this CPU .* use bf16 or fp32"):
         load_clip("RN50", "random", precision="fp16")
+    with pytest.raises(InputError, match="unknown precision 'fp8'; use one of fp32, fp16, bf16"):
+        load_clip("RN50", "random", precision="fp8")
 
 
 def test_resnet_batchnorm_is_folded_without_changing_features(tmp_path):

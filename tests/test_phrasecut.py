@@ -130,7 +130,7 @@ def _bad(task, **changes):
     ("change", "message"),
     [
         (lambda t: _bad(t, Polygons=t["Polygons"] + [[rectangle(0, 0, 1, 1)]]), "2 instances in Polygons but 1"),
-        (lambda t: _bad(t, Polygons=[[[[1, 1], [float("nan"), 2], [3, 3]]]]), "two finite numbers"),
+        (lambda t: _bad(t, Polygons=[[[[1, 1], ["2", 2], [3, 3]]]]), "two finite numbers"),
         (lambda t: _bad(t, Polygons=[[[[1, 1], [1e12, 2], [3, 3]]]]), "far outside the 40x30 image"),
         (lambda t: _bad(t, Polygons=[[[[1, 1, 1], [2, 2], [3, 3]]]]), "two finite numbers"),
         (lambda t: _bad(t, Polygons=[["not a polygon"]]), "list of"),

@@ -320,8 +320,8 @@ def test_builder_hands_freesolo_its_own_options(monkeypatch):
 
 
 def test_builder_refuses_unknown_kinds_and_sam_options_for_freesolo():
-    with pytest.raises(InputError, match="unknown proposal source 'sam3'; use freesolo, sam2, sam"):
-        build_proposal_generator("sam3")
+    with pytest.raises(InputError, match="unknown proposal source 'sam4'; use freesolo, sam2, sam, sam3"):
+        build_proposal_generator("sam4")
     with pytest.raises(InputError, match="points_per_side applies to SAM proposals, not FreeSOLO"):
         build_proposal_generator("freesolo", points_per_side=8)
 

@@ -154,6 +154,12 @@ def test_serve_without_gradio_says_how_to_install_it(run, monkeypatch):
                            "pip install 'globallocal[demo]' (make install does)")
 
 
+def test_invisible_and_huge_phrases_on_the_page(page, example):
+    out = _segment(page, example, phrases="\u200b\u200d")
+    assert "the phrase is empty" in out[page.status]
+    with pytest.warns(UserWarning, match="was cut to its first 2000"):
+        out = _segment(page, example, phrases="the wooden chair " * 120_000)  # over spaCy's 1,000,000 characters
+    assert out[page.status] == ""
 def test_sliders_before_any_answer_change_nothing_and_raise_nothing(page):
     # Gradio reads {} as missing output values and logs a traceback per slider move.
     for unchanged in (page.rerank(None, "global-local", 0.5, 0.5, 0.0, 0.0), page.show(None, "the dog")):

@@ -22,9 +22,13 @@ from .options import (
     MinAreaOpt,
     MinRegionAreaOpt,
     PointsPerSideOpt,
+    PrecisionOpt,
     PredIouOpt,
     ProposalArgs,
     ProposalsOpt,
+    Sam3FallbackOpt,
+    Sam3ThresholdOpt,
+    Sam3WeightsOpt,
     SamModelOpt,
     SamSettingsOpt,
     SamWeightsOpt,
@@ -57,7 +61,7 @@ def batch(
     chunk_size: int | None = typer.Option(None, help="Masked crops per image-tower batch (memory bound)."),
     fusion_mode: FusionModeOpt = None,
     device: DeviceOpt = "auto",
-    precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
+    precision: PrecisionOpt = "fp32",
     spacy_model: str | None = typer.Option(None, help="spaCy pipeline for the noun phrase."),
     require_noun: bool = typer.Option(
         False, help="Set aside (in errors.jsonl) a line whose phrase has no noun; by default it is answered, the "
@@ -78,6 +82,9 @@ def batch(
     min_region_area: MinRegionAreaOpt = None,
     box_nms_thresh: BoxNmsOpt = None,
     crop_layers: CropLayersOpt = None,
+    sam3_weights: Sam3WeightsOpt = None,
+    sam3_threshold: Sam3ThresholdOpt = None,
+    sam3_fallback: Sam3FallbackOpt = None,
 ) -> None:
     """Segment every (photo, phrase) pair of a manifest; photos named by several lines are processed once.
 
@@ -100,10 +107,11 @@ def batch(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
         fusion_mode=fusion_mode,
     )
-    proposals = proposals or spec.default_proposals
+    proposals = proposals or spec.proposals_for(preset)
     sam_settings = sam_settings or spec.default_proposal_settings
     source_args = ProposalArgs.from_arguments(locals())
     check_applicable(spec, overrides, source_args, masks)
+    source_args.check()
     spec.settings(preset, **overrides)
     clip_model = check_models(spec, clip_model, clip_weights, device, precision)
     if masks is not None and not masks.exists():
@@ -132,6 +140,9 @@ def batch(
 
         def source(picture):
             return generator.generate(picture)
+
+        if source_args.phrase_dependent:
+            segmenter.proposal_source, source = generator, None  # asked per phrase by the segmenter
 
     run_settings = {
         "clip_model": clip_model,

@@ -23,8 +23,12 @@ from .options import (
     MinAreaOpt,
     MinRegionAreaOpt,
     PointsPerSideOpt,
+    PrecisionOpt,
     PredIouOpt,
     ProposalArgs,
+    Sam3FallbackOpt,
+    Sam3ThresholdOpt,
+    Sam3WeightsOpt,
     SamModelOpt,
     SamSettingsOpt,
     SamWeightsOpt,
@@ -68,8 +72,8 @@ def evaluate(
     ),
     method: MethodOpt = "global-local",
     proposals: str | None = typer.Option(
-        None, help="freesolo (the paper's), sam2, sam, or gt (ground-truth instance masks: the oracle). "
-        "Default: the method's."
+        None, help="freesolo (the paper's), sam2, sam, sam3 (SAM 3's instances of each sentence's noun phrase), or "
+        "gt (ground-truth instance masks: the oracle). Default: the method's or the preset's."
     ),
     out: Path | None = typer.Option(
         None, help="Run folder for records.jsonl and the report (default: a folder of runs/ named by the "
@@ -96,7 +100,7 @@ def evaluate(
         None, help="Masked crops per image-tower batch, which bounds memory (default: 8 on the CPU, 64 on CUDA)."
     ),
     device: DeviceOpt = "auto",
-    precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
+    precision: PrecisionOpt = "fp32",
     spacy_model: str | None = typer.Option(None, help="spaCy pipeline for the noun phrase."),
     freesolo_weights: FreeSOLOWeightsOpt = None,
     score_threshold: ScoreThresholdOpt = None,
@@ -112,6 +116,9 @@ def evaluate(
     min_region_area: MinRegionAreaOpt = None,
     box_nms_thresh: BoxNmsOpt = None,
     crop_layers: CropLayersOpt = None,
+    sam3_weights: Sam3WeightsOpt = None,
+    sam3_threshold: Sam3ThresholdOpt = None,
+    sam3_fallback: Sam3FallbackOpt = None,
     tcl_window: TCLWindowOpt = None,
     tcl_pamr: TCLPamrOpt = None,
     tcl_templates: TCLTemplatesOpt = None,
@@ -141,8 +148,8 @@ def evaluate(
     spec = get_method(method)
     tcl = TCLOptions.from_arguments(locals())
     tcl.check(spec)
-    proposals = proposals or spec.default_proposals
     preset = preset or spec.preset_for(dataset)
+    proposals = proposals or spec.proposals_for(preset)
     sam_settings = sam_settings or spec.default_proposal_settings
     overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
@@ -150,8 +157,9 @@ def evaluate(
     ) | tcl.method_overrides(method)
     source_args = ProposalArgs.from_arguments(locals())
     check_applicable(spec, overrides, source_args, extra_kinds=("gt",))
+    source_args.check()
     spec.settings(preset, **overrides)
-    clip_model = check_models(spec, clip_model, clip_weights, device, precision)
+    clip_model = clip_model or spec.default_clip_model
     selection = split if subset == "all" else f"{split}_{subset}"
     out = out or default_run_dir(
         dataset, selection, tcl.run_tag(method), preset, clip_model, proposals or "none", alpha, beta
@@ -160,6 +168,7 @@ def evaluate(
         dataset=dataset, split=split, data_root=data_root, images_dir=images, out_dir=out, split_by=split_by,
         limit=limit, save_masks=save_masks, overlap=overlap, subset=subset,
     ))
+    check_models(spec, clip_model, clip_weights, device, precision)
 
     from globallocal.models.clip import resolve_device
     from globallocal.models.text import parser_label
@@ -195,6 +204,9 @@ def evaluate(
 
             def source(image, record):
                 return generator.generate(image)
+
+            if source_args.phrase_dependent:
+                segmenter.proposal_source, source = generator, None  # asked per sentence by the segmenter
 
         settings = {
             "clip_model": clip_model,

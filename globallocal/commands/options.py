@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..data.phrases import clean_phrase
 from ..errors import InputError
 from ..models.devices import check_device, check_precision
 from ..proposals import PROPOSAL_KINDS
@@ -34,7 +35,9 @@ CLIP_WEIGHTS_HELP = (
 DEVICE_HELP = "auto (CUDA when available, else the CPU), cpu, cuda or cuda:N."
 PRESET_HELP = (
     "Named settings of the method (default: its paper preset; for evaluate the dataset's). global-local: "
-    "paper-refcoco | paper-refcoco+ | paper-refcocog (alpha 0.85) | paper (= paper-refcoco) | no-quirks."
+    "paper-refcoco | paper-refcoco+ | paper-refcocog (alpha 0.85) | paper (= paper-refcoco) | no-quirks | "
+    "global-local-sam3 (paper-refcoco's settings, SAM 3 proposals by default). hybridgl: hybridgl-paper | "
+    "hybridgl-no-quirks | hybridgl-sam3 (hybridgl-paper's settings, SAM 3 proposals by default)."
 )
 METHOD_HELP = (
     "Scoring method: global-local (Yu et al., CVPR 2023; the default), hybridgl (Liu and Li, CVPR 2025) "
@@ -73,8 +76,9 @@ def check_applicable(spec, overrides: dict, source: ProposalArgs, masks: Path | 
 
 
 ProposalsOpt = Annotated[str | None, typer.Option(
-    "--proposals", help="Mask proposal source: freesolo (the paper's), sam2 (SAM 2.1) or sam (original SAM). "
-    "Default: the method's (freesolo for global-local, sam for hybridgl).", show_default=False)]
+    "--proposals", help="Mask proposal source: freesolo (the paper's), sam2 (SAM 2.1), sam (original SAM) or sam3 "
+    "(SAM 3's instances of each phrase's noun phrase: candidates per phrase). Default: the method's or the "
+    "preset's (freesolo for global-local, sam for hybridgl, sam3 for the -sam3 presets).", show_default=False)]
 ProposalKindOpt = Annotated[str, typer.Option(
     "--proposals", help="Mask proposal source: freesolo (the paper's; the default), sam2 (SAM 2.1) or sam "
     "(original SAM).", show_default=False)]
@@ -85,7 +89,19 @@ FreeSOLOWeightsOpt = Annotated[Path | None, typer.Option(
 ScoreThresholdOpt = Annotated[float | None, typer.Option(
     help="FreeSOLO: keep grid cells whose category score exceeds this (default 0.1).")]
 MaxProposalsOpt = Annotated[int | None, typer.Option(
-    help="Keep at most this many proposals, best first (FreeSOLO default 100; SAM: all).")]
+    help="Keep at most this many proposals, best first (FreeSOLO default 100; SAM: all; SAM 3: per noun phrase, "
+    "all above the threshold).")]
+Sam3WeightsOpt = Annotated[Path | None, typer.Option(
+    "--sam3-weights", help="SAM 3 folder in the transformers layout (config.json, model.safetensors, processor "
+    "files), from any mirror. Default: facebook/sam3 from the Hugging Face hub, which is gated: accept its licence "
+    "on its page and run `hf auth login`.")]
+Sam3ThresholdOpt = Annotated[float | None, typer.Option(
+    "--sam3-threshold", help="SAM 3: a noun phrase's candidates are its instances scoring (presence x detection) "
+    "above this (default 0.5).")]
+Sam3FallbackOpt = Annotated[str | None, typer.Option(
+    "--sam3-fallback", help="SAM 3: what answers a noun phrase with no instance above the threshold, tried in this "
+    "order: head-noun (its head noun alone), below-threshold (its best instances below it), sam2 (SAM 2's "
+    "automatic proposals). Comma-separated, or none; default head-noun,below-threshold.")]
 ShortSideOpt = Annotated[int | None, typer.Option(
     help="Short side the photo is resized to for FreeSOLO and for CLIP's input tensor (default 800, SPEC).")]
 MinAreaOpt = Annotated[int | None, typer.Option(
@@ -113,6 +129,9 @@ MinRegionAreaOpt = Annotated[int | None, typer.Option(help="SAM: remove regions 
 BoxNmsOpt = Annotated[float | None, typer.Option(help="SAM: box NMS IoU threshold (settings').")]
 CropLayersOpt = Annotated[int | None, typer.Option(help="SAM: extra crop layers (settings').")]
 DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP)]
+PrecisionOpt = Annotated[str, typer.Option(
+    help="fp32 (the paper presets' reference), bf16 (CUDA, or the CPU: bfloat16 matrix units where it has them) "
+    "or fp16 (CUDA). Scores are written in float32 whatever the precision.")]
 TCLWindowOpt = Annotated[str | None, typer.Option(
     "--tcl-window", help="TCL: slide (448 windows, stride 224; default), whole (one window) or demo (the "
     "authors' notebook: short side 224).")]
@@ -172,16 +191,48 @@ class ProposalArgs:
     min_region_area: int | None = None
     box_nms_thresh: float | None = None
     crop_layers: int | None = None
+    sam3_weights: Path | None = None
+    sam3_threshold: float | None = None
+    sam3_fallback: str | None = None
 
     @classmethod
     def from_arguments(cls, arguments: dict) -> ProposalArgs:
         """The proposal options among a command's arguments (its ``locals()``; ``proposals`` is the kind)."""
         names = [field.name for field in fields(cls) if field.name != "kind"]
-        return cls(arguments["proposals"], **{name: arguments[name] for name in names})
+        # A command without SAM 3's options (proposals: per-image masks only) leaves them at their defaults.
+        return cls(arguments["proposals"], **{name: arguments[name] for name in names if name in arguments})
 
     @property
     def weights(self) -> Path | None:
-        return self.freesolo_weights if self.kind == "freesolo" else self.sam_weights
+        return {"freesolo": self.freesolo_weights, "sam3": self.sam3_weights}.get(self.kind, self.sam_weights)
+
+    @property
+    def phrase_dependent(self) -> bool:
+        """Whether the source proposes per phrase (SAM 3's concepts), so the segmenter asks it per phrase."""
+        return self.kind == "sam3"
+
+    def check(self) -> None:
+        """What can be refused before any model loads: SAM 3's options without SAM 3, its threshold, fallback
+        chain and weights folder."""
+        own = [f"--{name.replace('_', '-')}" for name in ("sam3_weights", "sam3_threshold", "sam3_fallback")
+               if getattr(self, name) is not None]
+        if self.kind != "sam3":
+            if own:
+                raise InputError(f"{own[0]} applies to --proposals sam3, not {self.kind or 'this method'}")
+            return
+        from globallocal.proposals.sam3 import (
+            DEFAULT_BELOW_THRESHOLD_K,
+            DEFAULT_FALLBACK,
+            DEFAULT_THRESHOLD,
+            check_sam3_settings,
+        )
+        from globallocal.proposals.sam3_weights import check_sam3_folder
+
+        threshold = DEFAULT_THRESHOLD if self.sam3_threshold is None else self.sam3_threshold
+        fallback = DEFAULT_FALLBACK if self.sam3_fallback is None else self.sam3_fallback
+        check_sam3_settings(threshold, fallback, DEFAULT_BELOW_THRESHOLD_K, self.max_proposals)
+        if self.sam3_weights is not None:
+            check_sam3_folder(self.sam3_weights)
 
     def given(self) -> list[str]:
         """The flags of the options given (changed from their defaults); --proposals when a kind is set.
@@ -203,6 +254,7 @@ class ProposalArgs:
             "points_per_side": self.points_per_side, "pred_iou_thresh": self.pred_iou_thresh,
             "stability_score_thresh": self.stability_thresh, "min_mask_region_area": self.min_region_area,
             "box_nms_thresh": self.box_nms_thresh, "crop_n_layers": self.crop_layers,
+            "sam3_threshold": self.sam3_threshold, "sam3_fallback": self.sam3_fallback,
         }
         return build_proposal_generator(
             self.kind, model=self.sam_model, weights=self.weights, max_proposals=self.max_proposals, device=device,
@@ -216,13 +268,20 @@ class ProposalArgs:
         return {self.kind: dict(generator.settings)}
 
 
-def check_phrases(image: Path, phrases: list[str], allow_split: bool = False) -> None:
-    """Refuse an empty phrase, a phrase that is a file (several images given), and three or more one-word
-    phrases (a phrase typed without quotes) unless ``allow_split``."""
+def _names_a_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except OSError:  # too long to be a file name
+        return False
+
+
+def check_phrases(image: Path, phrases: list[str], allow_split: bool = False) -> list[str]:
+    """The phrases cleaned (:func:`~globallocal.data.phrases.clean_phrase`); refuse a phrase that is a file
+    (several images given), and three or more one-word phrases (a phrase typed without quotes) unless
+    ``allow_split``."""
+    phrases = [clean_phrase(phrase) for phrase in phrases]
     for phrase in phrases:
-        if not phrase.strip():
-            raise InputError("a phrase is empty; describe the object, e.g. \"the man on the right\"")
-        if Path(phrase).suffix and Path(phrase).is_file():
+        if Path(phrase).suffix and _names_a_file(phrase):
             raise InputError(
                 f"the phrase {phrase!r} is a file: segment takes one image, then phrases; for several images "
                 f"use `globallocal batch` or run `globallocal segment` once per image"
@@ -233,6 +292,7 @@ def check_phrases(image: Path, phrases: list[str], allow_split: bool = False) ->
             f"{len(phrases)} one-word phrases; if they are one phrase, quote it: \"{' '.join(phrases)}\" "
             "(or pass --allow-split-phrases to answer each word)"
         )
+    return phrases
 
 
 def _foreign(phrase: str) -> bool:
@@ -257,3 +317,20 @@ def no_noun(phrase: str, phrases: list[str], require_noun: bool) -> None:
         f"no noun found in the phrase {phrase!r}: the whole phrase stands in for the noun phrase{quotes}",
         stacklevel=2,
     )
+
+
+def check_candidates(results: list, source: str, image: Path) -> None:
+    """With phrase-dependent proposals: refuse when no phrase got a candidate, warn for each one that got none."""
+    empty = [result for result in results if result.concept is not None and len(result.concept.proposals) == 0]
+    if not empty:
+        return
+    hint = "try a lower --sam3-threshold, or --sam3-fallback head-noun,below-threshold"
+    if len(empty) == len(results):
+        from globallocal.errors import NoProposalsError
+
+        names = ", ".join(repr(result.noun_phrase) for result in empty)
+        raise NoProposalsError(f"{source} found no instance of {names} in {image}, so there is nothing to choose "
+                               f"from; {hint}")
+    for result in empty:
+        warnings.warn(f"{source} found no instance of {result.noun_phrase!r} for the phrase {result.phrase!r}: "
+                      f"its mask is empty; {hint}", stacklevel=2)

@@ -60,6 +60,9 @@ def proposals(
     if not image.is_file():
         raise InputError(f"image not found: {image}")
     source = ProposalArgs.from_arguments(locals())
+    if source.phrase_dependent:
+        raise InputError(f"{proposals} proposes per phrase, not per photo; use `globallocal segment IMAGE PHRASE "
+                         f"--proposals {proposals} --top-k-picture top.png` to see a phrase's candidates")
 
     from globallocal.data.images import load_image
     from globallocal.errors import NoProposalsError

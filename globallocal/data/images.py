@@ -6,6 +6,9 @@ import io
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,21 +16,35 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError, InputError
+from .bounded import read_regular
 
 if TYPE_CHECKING:
     import torch
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
+# Renames that all_or_none() holds back until its block succeeds (None: rename at once).
+_DEFERRED: ContextVar[list[tuple[str, Path]] | None] = ContextVar("deferred_renames", default=None)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Decompression bombs: a small file can declare a huge picture. A 100 MP photo
-# is legitimate here, so the limit is high but finite, and it is checked on the
-# header, before any pixel is decoded (Pillow's own check only warns below
-# twice its limit).
-MAX_PIXELS = 400_000_000
+# The largest photo (and mask) the pipeline can process within the memory
+# bench/memory.py documents: 24 megapixels (6000x4000) peak at 3.4 GB in
+# FreeSOLO's post-processing, 100 full-size masks being 2.3 GB of it. Memory
+# grows with the pixels, so a larger picture is refused by its header, before
+# any pixel is decoded (which also stops decompression bombs: Pillow's own
+# check only warns below twice its limit); GLOBALLOCAL_MAX_PIXELS raises it.
+PIXELS_VARIABLE = "GLOBALLOCAL_MAX_PIXELS"
+MAX_PIXELS = int(os.environ.get(PIXELS_VARIABLE, "") or 25_000_000)
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# A compressed file is smaller than its pixels (16-bit RGBA: 8 bytes each), plus room for metadata.
+_BYTES_PER_PIXEL = 8
+# The resized input (FreeSOLO's and CLIP's): the short side is bounded (data.bounded.MAX_SHORT_SIDE), and so is
+# the long side of an elongated photo (a 4000x4 strip would become 800x800000): 8 times the paper's short side.
+MAX_INPUT_SIDE = 6400
+
+
+_RAISE_HINT = f"; memory grows with the pixels: resize the picture, or set {PIXELS_VARIABLE} to raise the limit"
 
 
 def open_checked(
@@ -44,12 +61,12 @@ def open_checked(
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image = Image.open(source)
-        except Image.DecompressionBombError as error:
-            raise ImageError(f"{what} {name}: {error}; more than {MAX_PIXELS} pixels, refusing to decode it") from None
+        except Image.DecompressionBombError:
+            raise ImageError(f"{what} {name} has more than {MAX_PIXELS} pixels{_RAISE_HINT}") from None
     width, height = image.size
     if width * height > MAX_PIXELS:
         image.close()
-        raise ImageError(f"{what} {name} is {width}x{height}, more than {MAX_PIXELS} pixels; refusing to decode it")
+        raise ImageError(f"{what} {name} is {width}x{height}, more than {MAX_PIXELS} pixels{_RAISE_HINT}")
     if size is not None and (height, width) != tuple(size):
         image.close()
         raise ImageError(
@@ -98,9 +115,15 @@ def load_image(source: ImageInput) -> Image.Image:
             raise ImageError(f"image array must have 3 or 4 channels, got shape {source.shape}")
         return _to_rgb(Image.fromarray(source))
     path = Path(source)
-    if not path.is_file():
+    if not path.exists():
         raise ImageError(f"image not found: {path}")
-    data = path.read_bytes()
+    if path.is_dir():
+        raise ImageError(f"image {path} is a folder; give a photo file (for a folder of photos use `globallocal "
+                         "batch`)")
+    try:
+        data = read_regular(path, MAX_PIXELS * _BYTES_PER_PIXEL + (1 << 20), what="image", hint=_RAISE_HINT)
+    except InputError as error:
+        raise ImageError(str(error)) from None
     if not data:
         raise ImageError(f"image file is empty (0 bytes): {path}")
     try:
@@ -127,10 +150,18 @@ def to_normalized_tensor(image: Image.Image, mean=IMAGENET_MEAN, std=IMAGENET_ST
 
 
 def short_side_size(height: int, width: int, short: int = 800) -> tuple[int, int]:
-    """(H, W) with the short side ``short`` and the long side floor(short * long / short_side)."""
-    if height <= width:
-        return short, (short * width) // height
-    return (short * height) // width, short
+    """(H, W) with the short side ``short`` and the long side floor(short * long / short_side).
+
+    A photo so elongated that the long side would exceed :data:`MAX_INPUT_SIDE`
+    is resized to that long side instead (its short side then falls below
+    ``short``), so memory stays bounded; no photo of the datasets comes near.
+    """
+    low, high = sorted((height, width))
+    if short * high > MAX_INPUT_SIDE * low:
+        short, long = max(1, (MAX_INPUT_SIDE * low) // high), MAX_INPUT_SIDE
+    else:
+        long = (short * high) // low
+    return (short, long) if height <= width else (long, short)
 
 
 def x800(image: Image.Image, short: int = 800, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
@@ -210,10 +241,36 @@ def atomic_write(path: str | os.PathLike, write, sync: bool = True) -> None:
             if sync:
                 os.fsync(handle.fileno())
         os.chmod(tmp, umask_mode())
-        os.replace(tmp, path)
+        pending = _DEFERRED.get()
+        if pending is None:
+            os.replace(tmp, path)
+        else:
+            pending.append((tmp, path))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def all_or_none() -> Iterator[None]:
+    """The files :func:`atomic_write` writes inside the block appear together when it ends, or none if it fails.
+
+    Each is written to its temporary file as usual; the renames into place wait
+    for the end of the block, so an output that cannot be written (a full
+    disk, a folder turned read-only) leaves no other output of the command.
+    """
+    pending: list[tuple[str, Path]] = []
+    token = _DEFERRED.set(pending)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in pending:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        _DEFERRED.reset(token)
+    for tmp, path in pending:
+        os.replace(tmp, path)
 
 
 def save_png(array: np.ndarray, path: str | os.PathLike) -> None:

@@ -18,12 +18,13 @@ others go on.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .bounded import MAX_JSON_BYTES, JsonError, iter_json_lines, parse_json, read_regular
+from .phrases import check_output_id, clean_phrase
 
 __all__ = ["MANIFEST_SUFFIXES", "BatchLine", "LineError", "Manifest", "read_manifest"]
 
@@ -70,36 +71,41 @@ class Manifest:
 
 
 def _rows(path: Path) -> list[tuple[int, Any]]:
-    """(line number, raw row) of every non-blank line; a raw row is a dict, or a str saying what is wrong."""
+    """(line number, raw row) of every non-blank line; a raw row is a dict, or a str saying what is wrong.
+
+    Each JSON line is read and parsed on its own, within the bounds of
+    :mod:`globallocal.data.bounded`, so one unusable line (deeply nested,
+    huge numbers, megabytes long) is that line's error, not the manifest's.
+    """
+    if MANIFEST_SUFFIXES[path.suffix.lower()] == "csv":
+        return _csv_rows(path)
+    return [(number, str(row) if isinstance(row, JsonError) else row)
+            for number, row in iter_json_lines(path, what="manifest")]
+
+
+def _csv_rows(path: Path) -> list[tuple[int, Any]]:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_regular(path, MAX_JSON_BYTES, what="manifest").decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise InputError(f"manifest {path} is not UTF-8 text: {error}") from None
-    if MANIFEST_SUFFIXES[path.suffix.lower()] == "csv":
-        reader = csv.DictReader(text.splitlines())
-        header = reader.fieldnames or []
-        unknown = [name for name in header if name not in _COLUMNS]
-        if "image" not in header or not {"phrase", "phrases"} & set(header) or unknown:
-            raise InputError(
-                f"manifest {path}: the CSV header must name image and phrase (or phrases), and may add id and "
-                f"masks; got {', '.join(header) or 'nothing'}"
-            )
-        rows = []
+    reader = csv.DictReader(text.splitlines())
+    header = reader.fieldnames or []
+    unknown = [name for name in header if name not in _COLUMNS]
+    if "image" not in header or not {"phrase", "phrases"} & set(header) or unknown:
+        raise InputError(
+            f"manifest {path}: the CSV header must name image and phrase (or phrases), and may add id and "
+            f"masks; got {', '.join(header) or 'nothing'}"
+        )
+    rows = []
+    try:
         for row in reader:
             # Empty cells are absent values; a row with more cells than the header is malformed.
             if None in row:
                 rows.append((reader.line_num, "more cells than the header has columns"))
                 continue
             rows.append((reader.line_num, {key: value for key, value in row.items() if value not in ("", None)}))
-        return rows
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((number, json.loads(line)))
-        except json.JSONDecodeError as error:
-            rows.append((number, f"not valid JSON ({error.msg})"))
+    except csv.Error as error:
+        raise InputError(f"manifest {path} line {reader.line_num}: {error}") from None
     return rows
 
 
@@ -112,32 +118,26 @@ def _phrases(raw: dict[str, Any], from_csv: bool) -> tuple[str, ...]:
         phrases = raw["phrases"]
         if from_csv:
             try:
-                phrases = json.loads(phrases)
-            except json.JSONDecodeError:
-                raise ValueError('phrases must be a JSON list in CSV, e.g. ["the cat", "the dog"]') from None
+                phrases = parse_json(phrases, "the phrases cell")
+            except JsonError as error:
+                raise ValueError(f'{error}; phrases must be a JSON list in CSV, e.g. ["the cat", "the dog"]') \
+                    from None
         if not isinstance(phrases, list) or not phrases:
             raise ValueError("phrases must be a non-empty list")
-    if not all(isinstance(phrase, str) for phrase in phrases):
-        raise ValueError("a phrase must be a string")
-    if not all(phrase.strip() for phrase in phrases):
-        raise ValueError("a phrase is empty; describe the object, e.g. \"the man on the right\"")
-    return tuple(phrases)
+    try:
+        return tuple(clean_phrase(phrase) for phrase in phrases)
+    except InputError as error:
+        raise ValueError(str(error)) from None
 
 
 def _identifier(raw: dict[str, Any], number: int) -> str:
     if "id" not in raw:
         return str(number)
-    value = raw["id"]
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ValueError("id must be a string or an integer")
-    value = str(value)
-    if not value.strip() or "/" in value or "\\" in value or value.startswith("."):
-        raise ValueError(f"id {value!r} cannot name a mask file (empty, a path, or starting with '.')")
-    return value
+    return check_output_id(raw["id"])
 
 
 def _path(value: Any, key: str, folder: Path) -> Path:
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
         raise ValueError(f"{key} must be a path")
     path = Path(value).expanduser()
     return path if path.is_absolute() else folder / path
@@ -148,7 +148,7 @@ def read_manifest(path: str | Path) -> Manifest:
     path = Path(path)
     if path.suffix.lower() not in MANIFEST_SUFFIXES:
         raise InputError(f"manifest {path} must end in .jsonl (JSON lines) or .csv")
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"manifest not found: {path}")
     folder = path.resolve().parent
     from_csv = MANIFEST_SUFFIXES[path.suffix.lower()] == "csv"

@@ -29,7 +29,6 @@ in :meth:`PhraseCutDataset.report_notes`.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import InputError
+from .bounded import read_json
 
 if TYPE_CHECKING:
     from ..proposals import Proposals
@@ -126,13 +126,9 @@ def check_phrasecut_split(split: str) -> None:
 
 
 def _read_json_list(path: Path) -> list:
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"PhraseCut file not found: {path}; is --data-root the VGPhraseCut_v0 folder?")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path} is not valid JSON: {error}") from None
+    data = read_json(path, what="PhraseCut file")
     if not isinstance(data, list):
         raise InputError(f"{path} does not hold a list of records")
     return data

@@ -19,7 +19,6 @@ object (and neither is anything covered 3, 4, ... times). That is the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageError, InputError
+from .bounded import read_json
 from .coco_masks import checked_rle, decode, polygon_rles
 from .images import open_checked
 from .plain_pickle import load_refs_pickle
@@ -343,13 +343,9 @@ class ReferDataset:
                 sentences[sentence.sent_id] = ref.ref_id
 
     def _load_instances(self) -> dict:
-        if not self.instances_path.is_file():
+        if not self.instances_path.exists():
             raise InputError(f"instances file not found: {self.instances_path}")
-        try:
-            with open(self.instances_path, encoding="utf-8") as handle:
-                instances = json.load(handle)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise InputError(f"instances file {self.instances_path} is not valid JSON: {error}") from None
+        instances = read_json(self.instances_path, what="instances file")
         if not isinstance(instances, dict):
             raise InputError(f"instances file {self.instances_path} does not hold a COCO object")
         missing = [key for key in ("images", "annotations") if key not in instances]

@@ -41,6 +41,7 @@ _MODULES = {
     "global-local": "globallocal.methods.global_local.settings",
     "hybridgl": "globallocal.methods.hybridgl.settings",
     "tcl": "globallocal.methods.tcl.settings",
+    "sam3": "globallocal.methods.sam3.settings",
 }
 DEFAULT_METHOD = "global-local"
 
@@ -75,11 +76,16 @@ class MethodSpec:
     """The CLIP architecture the method's own weights were trained on (TCL: ViT-B-16); others are warned."""
     display_name: str = ""
     """The method's name in prose ("HybridGL"); the registry name when empty."""
+    offered_beside_others: bool = True
+    """Whether ``serve`` offers the method on a page that serves another one (False: it loads a model of its
+    own that the page's options do not name, e.g. SAM 3's weights)."""
     sweep_module: str | None = None
     """The module that replays the method's runs from a feature cache (``globallocal sweep``): it defines
     ``sweep(run, axes, out_dir, started)`` and ``format_table(result)``; None: its runs cannot be swept."""
     sweep_settings: tuple[str, ...] = ()
     """The settings such a sweep can vary (its axes)."""
+    preset_proposals: Mapping[str, str] = field(default_factory=dict)
+    """Presets that bring their own default proposal source (``global-local-sam3``: ``sam3``)."""
 
     @property
     def display(self) -> str:
@@ -142,6 +148,11 @@ class MethodSpec:
                 f"unknown preset '{name}' for method {self.name}; choose one of {', '.join(self.preset_names())}"
             )
         return self.presets[key].with_overrides(**overrides)
+
+    def proposals_for(self, preset: str | None) -> str | None:
+        """The proposal source used when none is named: the preset's own, else the method's."""
+        name = preset or self.default_preset
+        return self.preset_proposals.get(self.preset_aliases.get(name, name), self.default_proposals)
 
     def preset_for(self, dataset: str | None) -> str:
         """The preset of the paper's setting for a dataset."""

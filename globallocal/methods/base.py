@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -20,6 +20,7 @@ from PIL import Image
 
 from ..models.text import ParsedPhrase, count_tokens
 from ..proposals import Proposals
+from ..proposals.sam3 import ConceptAnswer, ConceptQuery, head_noun
 from .settings import MethodSettings
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]
@@ -46,6 +47,9 @@ class SegmentResult:
     """Whether the expression or noun phrase was cut to CLIP's context length."""
     has_noun: bool
     """Whether spaCy found a noun in the phrase."""
+    concept: ConceptAnswer | None = field(default=None, kw_only=True)
+    """With phrase-dependent proposals (SAM 3): the candidates of this phrase's noun phrase, which ``index``
+    numbers, and the step that found them; None with proposals of the image."""
 
     ranking_label: ClassVar[str] = "score"
     """What :meth:`ranking`'s values are called in captions ("final score" for HybridGL)."""
@@ -54,6 +58,24 @@ class SegmentResult:
     def score(self) -> float | None:
         return None if self.index is None else float(self.scores[self.index])
 
+    def among(self, proposals: Proposals | None) -> Proposals | None:
+        """The proposals ``index`` and ``scores`` number: this phrase's own candidates with phrase-dependent
+        proposals, else the image's ``proposals``."""
+        return self.concept.proposals if self.concept is not None else proposals
+
+    def candidate_fields(self) -> dict[str, Any]:
+        """With phrase-dependent proposals: the source's score of every candidate and of the chosen one, the
+        step that answered and its prompt (in the JSON and in evaluation records); nothing otherwise."""
+        if self.concept is None:
+            return {}
+        scores = [float(value) for value in self.concept.proposals.scores]
+        return {
+            # Named as --method sam3 names them, so both kinds of run record the fallback step alike.
+            "sam3_step": self.concept.step,
+            "sam3_prompt": self.concept.prompt,
+            "proposal_scores": scores,
+            "proposal_score": None if self.index is None else scores[self.index],
+        }
     def ranking(self) -> list[tuple[int, float]]:
         """(proposal, value) by the score the method chose with, the answer first, then best first; empty for
         a method that draws its own mask. Pictures and the page rank and caption by it."""
@@ -83,6 +105,7 @@ class SegmentResult:
             "score": self.score,
             "scores": [float(value) for value in self.scores],
             "truncated": self.truncated,
+            **self.candidate_fields(),
         }
 
 
@@ -102,15 +125,46 @@ class Method(ABC):
     uses_proposals: ClassVar[bool] = True
     visual_settings: ClassVar[tuple[str, ...]] = ()
     """The settings the image features depend on (the feature cache's key); the rest apply per phrase."""
+    per_proposal: tuple[str, ...] = ()
+    """The image-feature tensors with one row per proposal (first dim N), each row computed from its own
+    proposal alone (:meth:`proposal_features`); the others are per image (:meth:`shared_features`). This
+    split lets phrase-dependent proposals be encoded mask by mask, each mask once."""
 
     def __init__(self, clip, nlp, settings: MethodSettings) -> None:
         self.clip = clip
         self.nlp = nlp
         self.settings = settings
 
-    @abstractmethod
     def image_features(self, image: Image.Image, proposals: Proposals | None) -> dict[str, torch.Tensor]:
-        """Everything the method needs from the image, as named tensors (computed once per image)."""
+        """Everything the method needs from the image, as named tensors (computed once per image): the
+        per-image ones and every proposal's."""
+        context = self.image_context(image)
+        return {**self.shared_features(image, context), **self.proposal_features(image, proposals, context)}
+
+    def image_context(self, image: Image.Image) -> Any:
+        """Work on the image that every proposal's features start from (resized inputs, a trunk pass); not
+        kept among the features. None by default."""
+        return None
+
+    def shared_features(self, image: Image.Image, context: Any) -> dict[str, torch.Tensor]:
+        """The per-image tensors, which no proposal changes; none by default."""
+        return {}
+
+    def proposal_features(
+        self, image: Image.Image, proposals: Proposals | None, context: Any
+    ) -> dict[str, torch.Tensor]:
+        """The :attr:`per_proposal` tensors of ``proposals``, one row each; a method with proposals defines it."""
+        raise NotImplementedError(f"method {self.name} computes its image features in image_features")
+
+    def local_noun_phrase(self, parsed: ParsedPhrase) -> str:
+        """The target noun phrase this method scores beside the expression (its own parse)."""
+        return parsed.noun_phrase
+
+    def concept_query(self, parsed: ParsedPhrase) -> ConceptQuery:
+        """What a phrase asks a phrase-dependent source: :meth:`local_noun_phrase` and its head noun (none
+        when spaCy found no noun, as :func:`~globallocal.proposals.sam3.concept_query` does)."""
+        noun_phrase = self.local_noun_phrase(parsed)
+        return ConceptQuery(noun_phrase, head_noun(noun_phrase, self.nlp) if parsed.has_noun else None)
 
     @abstractmethod
     def answer(self, image: ImageFeatures, parsed: Sequence[ParsedPhrase], encode: TextEncoder) -> list[SegmentResult]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
 import os
 import sys
 import warnings
@@ -18,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..data.bounded import read_json
 from ..errors import InputError
 
 # The architectures whose OpenAI weights the paper used or that are natural
@@ -51,9 +51,9 @@ def architecture_config(name: str) -> dict[str, Any]:
         return _checked(name, copy.deepcopy(config))
     if name.endswith(".json"):
         path = Path(name)
-        if not path.is_file():
+        if not path.exists():
             raise InputError(f"CLIP model config file not found: {path}")
-        return _checked(name, _read_json(path))
+        return _sizes_checked(path, _checked(name, _read_json(path)))
     builtin = _builtin_configs().get(name)
     if builtin is None and "open_clip" in sys.modules:
         # A config registered at run time (open_clip.add_model_config) is known to a loaded open_clip only.
@@ -69,11 +69,27 @@ def architecture_config(name: str) -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot read CLIP model config {path}: {error}") from None
+    config = read_json(path, what="CLIP model config", max_bytes=1 << 20)
     return config.get("model_cfg", config) if isinstance(config, dict) else config
+
+
+# The largest sizes a config file may ask for: beyond every published CLIP (ViT-bigG: width 1664, 48 blocks),
+# so a typo or a hostile file is refused instead of allocating terabytes.
+_SIZE_LIMITS = {"embed_dim": 4096, "width": 4096, "layers": 96, "heads": 64, "image_size": 1024, "patch_size": 64,
+                "context_length": 1024, "vocab_size": 1 << 20, "head_width": 1024, "mlp_ratio": 16}
+
+
+def _sizes_checked(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """A config file's sizes, positive and within :data:`_SIZE_LIMITS` (a ResNet's layers are a list)."""
+    for prefix, tower in (("", config), ("vision_cfg.", config["vision_cfg"]), ("text_cfg.", config["text_cfg"])):
+        for key, limit in _SIZE_LIMITS.items():
+            value = tower.get(key)
+            for number in value if isinstance(value, list) else [value]:
+                if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))
+                                           or not 0 < number <= limit):
+                    raise InputError(f"CLIP model config {path}: {prefix}{key} is {number!r}; it must be a number "
+                                     f"from 1 to {limit}")
+    return config
 
 
 def _checked(name: str, config: Any) -> dict[str, Any]:

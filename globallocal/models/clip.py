@@ -114,12 +114,8 @@ def load_clip(
     file the architecture name decides: use open_clip's ``-quickgelu`` names
     (e.g. ``ViT-B-32-quickgelu``) for OpenAI weights.
     """
-    check_precision(precision)
     device = torch.device(resolve_device(str(device)))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    if precision != "fp32" and device.type != "cuda":
-        raise InputError(f"precision {precision} is for CUDA; on the CPU use fp32")
+    dtype = precision_dtype(precision, device)
     config = architecture_config(name)
     family = image_tower_family(config)
 
@@ -134,7 +130,7 @@ def load_clip(
     model.eval()
     if family == "resnet":
         fold_batchnorm(model.visual)  # in float32, before any cast to half precision
-    model = model.to(device=device, dtype=PRECISIONS[precision])
+    model = model.to(device=device, dtype=dtype)
     if family == "resnet":
         # Convolutions in channels-last layout run about 1.3x faster on the CPU (oneDNN) and on tensor cores.
         model.visual.to(memory_format=torch.channels_last)
@@ -143,6 +139,30 @@ def load_clip(
     tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
     return ClipBundle(model, tokenizer, Path(name).stem if name.endswith(".json") else name, weights, family,
                       context_length)
+
+
+def cpu_has_fp16_units() -> bool:
+    """Whether this CPU has float16 matrix instructions (AMX-FP16), as torch reports (False if it cannot say)."""
+    return bool(getattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)())
+
+
+def precision_dtype(precision: str, device: str | torch.device) -> torch.dtype:
+    """The dtype of a precision name, refused (one line) where the device cannot run it at speed: fp32 and
+    bf16 run anywhere, fp16 on CUDA (or a CPU with AMX-FP16).
+
+    On the CPU, torch's bfloat16 products go through oneDNN, which uses the
+    CPU's bfloat16 matrix instructions (AVX512-BF16, AMX) where present.
+    Its float16 products have such instructions only with AMX-FP16; without
+    them they fall back to scalar code, measured here ~7x slower than fp32.
+    """
+    check_precision(precision)
+    device = torch.device(resolve_device(str(device)))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if precision == "fp16" and device.type == "cpu" and not cpu_has_fp16_units():
+        raise InputError("precision fp16 has no fast kernels on this CPU (no AMX-FP16); use bf16 or fp32 on the "
+                         "CPU, fp16 on CUDA")
+    return PRECISIONS[precision]
 
 
 def resolve_device(device: str) -> str:

@@ -10,6 +10,7 @@ import spacy
 import torch
 from spacy.tokens import Doc
 
+from ..data.phrases import clean_phrase
 from ..errors import InputError
 from .clip import ClipBundle
 
@@ -108,9 +109,9 @@ def target_noun_phrase(expression: str, nlp: spacy.Language) -> tuple[str, bool]
 
 
 def parse_phrase(phrase: str, nlp: spacy.Language) -> ParsedPhrase:
-    """Validate and parse one phrase; empty phrases are an InputError."""
-    if not isinstance(phrase, str) or not phrase.strip():
-        raise InputError("the phrase is empty; describe the object, e.g. \"the man on the right\"")
+    """Validate and parse one phrase: cleaned by :func:`~globallocal.data.phrases.clean_phrase` (an empty or
+    invisible phrase is an InputError; a very long one is cut, with a warning, before spaCy sees it)."""
+    phrase = clean_phrase(phrase)
     expression = prepare_expression(phrase, nlp)
     noun_phrase, has_noun = target_noun_phrase(expression, nlp)
     return ParsedPhrase(phrase, expression, noun_phrase, has_noun)

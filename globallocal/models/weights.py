@@ -37,8 +37,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from ..data.bounded import read_json
 from ..data.images import save_text
-from ..errors import WeightsError, first_line
+from ..errors import InputError, WeightsError, first_line
 
 __all__ = [
     "identity_memo_path",
@@ -67,8 +68,8 @@ def _memo_key(path: Path, stat: os.stat_result) -> str:
 
 def _read_memo(memo: Path) -> dict[str, Any]:
     try:
-        data = json.loads(memo.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_json(memo, what="weights memo")
+    except (OSError, InputError):  # a damaged memo only costs a hash
         return {}
     return data if isinstance(data, dict) else {}
 

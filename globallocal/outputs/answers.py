@@ -109,6 +109,8 @@ def segment_json(
 
 def caption(result) -> str:
     """What a phrase was answered with: the chosen proposal and its score, or the area of a drawn mask."""
+    if result.concept is not None and result.index is None:
+        return f"{result.phrase!r}: no candidate"
     if result.index is None:
         return f"{result.phrase!r}: {int(result.mask.sum())} pixels"
     index, value = result.ranking()[0]
@@ -122,23 +124,27 @@ def write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pi
         chosen = [result.mask.numpy() for result in results]
         save_png(answers_picture(picture, chosen, [caption(result) for result in results]), overlay_all)
     for result, path in zip(results, top_k_pictures):
-        picture_k = top_k_picture(picture, candidates.masks.numpy(), result.ranking(), result.phrase, top_k,
-                                  result.ranking_label)
+        picture_k = top_k_picture(picture, result.among(candidates).masks.numpy(), result.ranking(), result.phrase,
+                                  top_k, result.ranking_label)
         save_png(picture_k, path)
+
+
+def proposal_boxes(proposals) -> torch.Tensor | None:
+    """The boxes of proposals (None: none), for :func:`result_json`."""
+    return None if proposals is None else proposals.boxes
 
 
 def write_json(path, image, picture, segmenter, results, outputs, candidates, source, seconds) -> None:
     report = segment_json(
         image=str(image),
         image_size=(picture.height, picture.width),
-        proposal_source=source if candidates is not None else None,
+        proposal_source=source if candidates is not None or segmenter.phrase_dependent else None,
         proposal_count=len(candidates) if candidates is not None else None,
         clip={"model": segmenter.clip.name, "weights": segmenter.clip.weights},
         method=segmenter.method.name,
         # every setting (with TCL's, for a blend), as a run's configuration records them
         settings={key: value for key, value in segmenter.method.describe().items() if key != "method"},
-        results=[result_json(r, candidates.boxes if candidates is not None else None, str(out))
-                 for r, out in zip(results, outputs)],
+        results=[result_json(r, proposal_boxes(r.among(candidates)), str(out)) for r, out in zip(results, outputs)],
         seconds=seconds,
     )
     text = json.dumps(report, indent=1) + "\n"

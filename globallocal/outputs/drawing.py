@@ -105,6 +105,8 @@ def top_k_picture(
         tint(rgb, mask, PALETTE[0] if rank == 0 else PALETTE[2])
         caption = f"{'answer: ' if rank == 0 else ''}proposal {index}, {label} {value:.4f}"
         tiles.append(_with_caption(np.round(rgb).astype(np.uint8), [(caption, None)]))
+    if not tiles:  # a phrase whose noun phrase got no candidate (phrase-dependent proposals)
+        return _with_caption(np.asarray(small), [(f"{phrase!r}: no candidate proposals", None)])
     gap = np.full((tiles[0].shape[0], 8, 3), 255, dtype=np.uint8)
     row = np.concatenate([part for tile in tiles for part in (tile, gap)][:-1], axis=1)
     return _with_caption(row, [(f"{phrase!r}: top {len(order)} of {len(masks)} proposals", None)])

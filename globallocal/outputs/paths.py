@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import InputError
@@ -18,6 +19,19 @@ def check_output(path: Path, flag: str = "output") -> None:
         raise InputError(f"{flag} {path} is a folder; give a file name such as {example}")
     if suffix not in (".png", ".json"):
         raise InputError(f"{flag} {path} must end in .png (masks, overlays) or .json (scores)")
+    check_output_path(path, flag)
+
+
+def check_output_path(path: Path, flag: str = "output") -> None:
+    """Before any work: a file can be written at ``path`` (no file where a folder must be, the nearest existing
+    folder writable), so a command never fails after writing some of its outputs."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"{flag} {path}: {folder} is a file, not a folder; choose another location")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path}: the folder {folder} is not writable; choose another location")
 
 
 def check_soft_outputs(soft_mask: Path | None, heatmap_path: Path | None, available: bool, method: str) -> None:
@@ -32,3 +46,4 @@ def check_soft_outputs(soft_mask: Path | None, heatmap_path: Path | None, availa
             raise InputError(f"{flag} {path} must end in {suffix}")
         if path.is_dir():
             raise InputError(f"{flag} {path} is a folder; give a file name ending in {suffix}")
+        check_output_path(path, flag)

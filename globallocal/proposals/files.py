@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from ..data.bounded import NUMBER, check_shape, read_json
 from ..data.coco_masks import checked_rle, decode, polygon_rles
 from ..data.images import load_mask, save_mask_png, save_text, umask_mode
 from ..errors import ImageError, InputError
@@ -26,6 +27,8 @@ from ..outputs.answers import box_json, size_json
 from . import Proposals
 
 INDEX_FILE = "proposals.json"
+# What _from_folder reads of an index (globallocal proposals writes more).
+_INDEX_SHAPE = {"proposals?": [{"mask": str, "score?": NUMBER}], "image_size?": {"height": int, "width": int}}
 MASK_SUFFIXES = (".png",)
 
 
@@ -37,17 +40,15 @@ def _from_folder(folder: Path, size: tuple[int, int] | None) -> Proposals:
     index = folder / INDEX_FILE
     scores = None
     if index.is_file():
-        listing = _read_json(index)
-        try:
-            if size is None:  # the photo's size as `globallocal proposals` recorded it
-                size = (int(listing["image_size"]["height"]), int(listing["image_size"]["width"]))
-            entries = listing.get("proposals", [])
-            files = [folder / str(entry["mask"]) for entry in entries]
-            scores = torch.tensor([float(entry.get("score", 1.0)) for entry in entries], dtype=torch.float32)
-        except (AttributeError, KeyError, TypeError, ValueError) as error:
-            raise InputError(f"{index} is not a proposals index ({error!r}); rewrite it with 'globallocal proposals'") \
-                from None
+        listing = read_json(index, what="proposals index")
+        check_shape(listing, _INDEX_SHAPE, f"proposals index {index}", "; rewrite it with 'globallocal proposals'")
+        if size is None and "image_size" in listing:  # the photo's size as `globallocal proposals` recorded it
+            size = (listing["image_size"]["height"], listing["image_size"]["width"])
+        entries = listing.get("proposals", [])
+        files = [_inside(folder, entry["mask"], index) for entry in entries]
+        scores = torch.tensor([float(entry.get("score", 1.0)) for entry in entries], dtype=torch.float32)
     else:
+        index = None
         files = sorted((p for p in folder.iterdir() if p.suffix.lower() in MASK_SUFFIXES), key=_natural_key)
         others = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in MASK_SUFFIXES)
         if others:
@@ -61,6 +62,15 @@ def _from_folder(folder: Path, size: tuple[int, int] | None) -> Proposals:
     return _masks_from_files(files, size, scores, index)
 
 
+def _inside(folder: Path, name: str, index: Path) -> Path:
+    """The mask file an index names, refused when the name leads out of the folder the user gave."""
+    path = folder / name
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise InputError(f"{index} names {name!r}, which is outside {folder}; an index may only name files in its "
+                         "own folder")
+    return path
+
+
 def _masks_from_files(
     files: list[Path], size: tuple[int, int], scores: torch.Tensor | None, index: Path | None = None
 ) -> Proposals:
@@ -68,20 +78,14 @@ def _masks_from_files(
     masks = []
     for path in files:
         if not path.is_file():
-            raise InputError(f"mask file listed in {index} is missing: {path}")
+            where = f"listed in {index} " if index is not None else ""
+            raise InputError(f"mask file {where}is missing or not a file: {path}")
         try:
             mask = load_mask(path, size)
         except ImageError as error:
             raise InputError(str(error)) from None
         masks.append(mask)
     return Proposals.from_masks(torch.from_numpy(np.stack(masks)), scores)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise InputError(f"cannot read {path} as JSON: {error}") from None
 
 
 def _decode_segmentation(segmentation: Any, size: tuple[int, int], name: str) -> np.ndarray:
@@ -97,7 +101,7 @@ def _decode_segmentation(segmentation: Any, size: tuple[int, int], name: str) ->
 
 
 def _from_json(path: Path, size: tuple[int, int]) -> Proposals:
-    data = _read_json(path)
+    data = read_json(path, what="mask file")
     if isinstance(data, dict):
         data = data.get("annotations", data.get("masks", [data]))
     if not isinstance(data, list):

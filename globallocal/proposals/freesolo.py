@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..data.bounded import MAX_SHORT_SIDE
 from ..data.images import ImageInput, load_image, x800
 from ..errors import InputError, WeightsError
 from ..models.hub import cached_hub_file, download_hub_file, weights_folders
@@ -319,6 +320,9 @@ class FreeSOLOGenerator:
         for name, value in counts:
             if value < 1:
                 raise InputError(f"FreeSOLO {name} must be at least 1, got {value}")
+        if short_side > MAX_SHORT_SIDE:
+            raise InputError(f"FreeSOLO short_side must be at most {MAX_SHORT_SIDE} (memory grows with its square), "
+                             f"got {short_side}")
         if nms_kernel not in ("gaussian", "linear"):
             raise InputError(f"FreeSOLO nms_kernel must be 'gaussian' or 'linear', got {nms_kernel!r}")
         if nms_sigma <= 0:

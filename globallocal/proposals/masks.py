@@ -65,6 +65,15 @@ class Proposals:
         return self.select(self.masks.flatten(1).any(dim=1))
 
 
+def check_image_size(image, proposals: Proposals) -> None:
+    """Refuse masks that are not at the PIL ``image``'s size."""
+    if proposals.image_size != (image.height, image.width):
+        h, w = proposals.image_size
+        raise InputError(
+            f"masks are {w}x{h} but the image is {image.width}x{image.height}; masks must be at the image's size"
+        )
+
+
 def projection_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Boxes of the published code (SOLOv2's), not min/max boxes.
 

@@ -1,4 +1,4 @@
-"""Proposal sources by name: FreeSOLO (the paper's), SAM 2 and SAM.
+"""Proposal sources by name: FreeSOLO (the paper's), SAM 2, SAM and SAM 3 (per phrase).
 
 A registry in the spirit of segment-anything's ``sam_model_registry``:
 :func:`build_proposal_generator` turns a source name and command-line style
@@ -33,6 +33,9 @@ from .sam import (
     load_sam2,
 )
 
+# SAM 3's own options (see Sam3ConceptSource); SAM 2's options apply to its optional sam2 fallback step.
+SAM3_OPTION_NAMES = frozenset({"sam3_threshold", "sam3_fallback", "sam3_below_k", "sam3_precision", "sam2_weights"})
+
 
 class ProposalGenerator(Protocol):
     """Anything that turns an image into proposals (FreeSOLOGenerator, SAM2Generator, SAMGenerator)."""
@@ -52,7 +55,14 @@ def build_proposal_generator(
     keep_order: bool = False,
     **options: Any,
 ) -> ProposalGenerator:
-    """A ready proposal source of ``kind`` (``freesolo``, ``sam2`` or ``sam``), weights loaded.
+    """A ready proposal source of ``kind`` (``freesolo``, ``sam2``, ``sam`` or ``sam3``), weights loaded.
+
+    ``sam3`` gives a :class:`~globallocal.proposals.sam3.Sam3ConceptSource`:
+    proposals per phrase (its ``answer``), not per image. ``weights`` is then
+    SAM 3's folder (None: ``facebook/sam3`` from the hub); its options are
+    ``sam3_threshold``, ``sam3_fallback``, ``sam3_below_k``, ``sam3_precision``;
+    ``model``, ``settings``, ``sam2_weights`` and SAM's options build the SAM 2
+    of the fallback step ``sam2`` and are refused without it.
 
     - ``model``: SAM 2 ``tiny|small|base-plus|large`` (default large) or SAM
       ``vit_h|vit_l|vit_b`` (default vit_h); FreeSOLO has one model.
@@ -73,6 +83,11 @@ def build_proposal_generator(
       returns its own (score) order either way.
     """
     given: Mapping[str, Any] = {key: value for key, value in options.items() if value is not None}
+    if kind == "sam3":
+        return _build_sam3(model, weights, settings, max_proposals, device, keep_order, dict(given))
+    stray_sam3 = sorted(SAM3_OPTION_NAMES & set(given))
+    if stray_sam3:
+        raise InputError(f"{stray_sam3[0]} applies to SAM 3 proposals, not {kind}")
     if kind == "freesolo":
         stray = sorted(SAM_OPTION_NAMES & set(given))
         if stray or model is not None:
@@ -106,12 +121,45 @@ def build_proposal_generator(
     )
 
 
+def _build_sam3(
+    model: str | None,
+    weights: str | os.PathLike[str] | None,
+    settings: str,
+    max_proposals: int | None,
+    device: str | torch.device,
+    keep_order: bool,
+    given: dict[str, Any],
+) -> ProposalGenerator:
+    """SAM 3's concept source; SAM 2 (``model``, SAM options) only for the fallback step ``sam2``."""
+    from .sam3 import DEFAULT_BELOW_THRESHOLD_K, DEFAULT_FALLBACK, DEFAULT_THRESHOLD, check_sam3_settings
+
+    own = {name: given.pop(name) for name in SAM3_OPTION_NAMES & set(given)}
+    threshold = own.get("sam3_threshold", DEFAULT_THRESHOLD)
+    below_k = own.get("sam3_below_k", DEFAULT_BELOW_THRESHOLD_K)
+    steps = check_sam3_settings(threshold, own.get("sam3_fallback", DEFAULT_FALLBACK), below_k, max_proposals)
+    sam2 = None
+    if "sam2" in steps:
+        sam2 = build_proposal_generator("sam2", model=model, weights=own.get("sam2_weights"), settings=settings,
+                                        max_proposals=max_proposals, device=device, keep_order=keep_order, **given)
+    elif given or model is not None or "sam2_weights" in own:
+        stray = sorted(given) or ["a model name" if model is not None else "sam2_weights"]
+        raise InputError(f"{stray[0]} applies to SAM 2, which SAM 3 uses only with the fallback step sam2")
+    from .sam3 import Sam3ConceptSource
+    from .sam3_weights import load_sam3
+
+    loaded = load_sam3(weights, device, own.get("sam3_precision", "fp32"))
+    return Sam3ConceptSource.from_loaded(loaded, threshold=threshold, max_proposals=max_proposals, fallback=steps,
+                                         below_threshold_k=below_k, sam2=sam2)
+
+
 def proposal_weights_file(kind: str, generator: Any, weights: str | os.PathLike[str] | None) -> Path | None:
     """The weights file a built generator loaded (given, or found at its default place); None for hub weights."""
     if kind == "freesolo":
         from .freesolo import resolve_freesolo_weights
 
         return resolve_freesolo_weights(weights)
+    if kind == "sam3":
+        return generator.weights_file  # the hub snapshot's file too: SAM 3 is identified by content either way
     if weights is None and kind == "sam":
         return default_sam_weights(generator.settings["model"])
     return None if weights is None else Path(weights)
@@ -124,11 +172,16 @@ def proposal_cache_key(
 
     Weights given as a file (or found at their default place) are identified
     by content; SAM 2 weights taken from the hub by their hub model name.
+    SAM 3's key holds its settings (threshold, fallback chain, the SAM 2 of
+    its fallback, transformers' version) and its safetensors' content; the
+    prompts are the caller's part of the key.
     """
     from ..runs.cache import proposal_source_key
 
     settings = dict(generator.settings)
     path = proposal_weights_file(kind, generator, weights)
+    if kind == "sam3" and path is None:
+        raise InputError("a SAM 3 model given in memory has no weights file to identify it; load it with load_sam3")
     if path is None:
         return {"source": kind, "weights": f"hub:{settings['model']}", "options": settings,
                 "device": torch.device(device).type}

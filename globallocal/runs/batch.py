@@ -52,7 +52,8 @@ __all__ = ["ERRORS_FILE", "RESULTS_FILE", "BatchStopped", "Unit", "group_units",
 
 RESULTS_FILE = "results.jsonl"
 ERRORS_FILE = "errors.jsonl"
-PHOTO_UNITS = UnitLayout(marker="unit_done", member="unit", count="outputs")
+PHOTO_UNITS = UnitLayout(marker="unit_done", member="unit", count="outputs",
+                         record={"unit": int, "line": int, "id": str, "error?": str})
 _FORMAT = 1
 
 ProposalSource = Callable[[Image.Image], Proposals]
@@ -104,9 +105,12 @@ class _Writer:
         self.out_dir, self.segmenter, self.proposal_source = out_dir, segmenter, proposal_source
         self.rle, self.overlays, self.allow_no_noun = rle, overlays, allow_no_noun
 
-    def proposals(self, unit: Unit, picture: Image.Image) -> Proposals:
+    def proposals(self, unit: Unit, picture: Image.Image) -> Proposals | None:
+        """The unit's masks, or the proposal source's; None when the segmenter's source proposes per phrase."""
         if unit.masks is not None:
             return load_proposals(unit.masks, (picture.height, picture.width))
+        if self.proposal_source is None and getattr(self.segmenter, "phrase_dependent", False):
+            return None
         if self.proposal_source is None:
             raise NoProposalsError("no mask proposals: give the line masks, or run with a proposal source")
         return self.proposal_source(picture)
@@ -136,11 +140,15 @@ class _Writer:
         results = self.segmenter.predict_many([outputs[position][2] for position in answerable]) if answerable else []
         for position, result in zip(answerable, results):
             line, output, phrase = outputs[position]
+            if result.concept is not None and len(result.concept.proposals) == 0:
+                reason = f"no candidate: the proposal source found no instance of {result.noun_phrase!r}"
+                records[position] = _failed(unit, line, output, reason)
+                continue
             mask = result.mask.numpy()
             record = {
                 "unit": unit.number, "line": line.line, "id": output, "image": str(unit.image), "phrase": phrase,
                 "noun_phrase": result.noun_phrase, "index": result.index, "score": result.score,
-                "mask": f"masks/{output}.png",
+                **result.candidate_fields(), "mask": f"masks/{output}.png",
             }
             save_mask_png(mask, self.out_dir / record["mask"])
             if self.overlays:
@@ -153,7 +161,8 @@ class _Writer:
 
 
 def _manifest_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with open(path, "rb") as handle:  # in pieces: a manifest may be far larger than memory allows
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def lines_failed(count: int) -> str:

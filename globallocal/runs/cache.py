@@ -26,7 +26,11 @@ as is:
 - per image: the decoded pixels, and either the proposal source's key (a
   deterministic, expensive source such as FreeSOLO, whose proposals are then
   cached too) or, for a source without one, the proposals' content (the
-  source is called every time and only the image tower is saved).
+  source is called every time and only the image tower is saved);
+- with a phrase-dependent source (SAM 3's concepts), one entry per image and
+  query: the source's key (its settings and weights) and the query (noun
+  phrase and head noun), holding that query's candidates, the step that found
+  them, and the method's features of them.
 
 Files are written to a temporary name and renamed into place, so a reader
 never sees a half-written entry. They are not fsynced: an entry damaged by a
@@ -46,7 +50,7 @@ import os
 import time
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +60,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from ..data.bounded import JsonError, parse_json
 from ..data.images import atomic_write, save_text
 from ..errors import InputError
 from ..models.clip import ClipBundle
@@ -217,6 +222,8 @@ class ImageEntry:
     scores: torch.Tensor
     areas: np.ndarray
     tensors: dict[str, torch.Tensor]
+    info: dict[str, Any] = field(default_factory=dict)
+    """What else the source said of these proposals (phrase-dependent ones: the step that found them, its prompt)."""
 
     def proposals(self) -> Proposals:
         """The proposals, masks decoded."""
@@ -256,7 +263,8 @@ class VisualStore:
                 and data["areas"].shape == (n,)
                 and all(value.dtype == np.float32 for value in tensors.values())
             )
-        except (KeyError, ValueError, TypeError):
+            info = parse_json(data["info"].tobytes(), "cache entry") if "info" in data else {}
+        except (KeyError, ValueError, TypeError, JsonError):  # a damaged or foreign entry is a miss
             return None
         if not consistent:
             return None
@@ -269,10 +277,15 @@ class VisualStore:
             scores=torch.from_numpy(data["scores"]),
             areas=data["areas"].astype(np.int64),
             tensors={key: torch.from_numpy(value) for key, value in tensors.items()},
+            info=info,
         )
 
-    def save(self, name: str, proposals: Proposals, tensors: dict[str, torch.Tensor]) -> None:
+    def save(
+        self, name: str, proposals: Proposals, tensors: dict[str, torch.Tensor], info: dict[str, Any] | None = None
+    ) -> None:
         counts = _encode_masks(proposals.masks)
+        text = json.dumps(info, sort_keys=True).encode("utf-8")
+        extra = {"info": np.frombuffer(text, dtype=np.uint8)} if info else {}
         _write_npz(
             self.path(name),
             {
@@ -287,6 +300,7 @@ class VisualStore:
                     _TENSOR_PREFIX + key: value.detach().float().cpu().numpy()
                     for key, value in tensors.items()
                 },
+                **extra,
             },
         )
 

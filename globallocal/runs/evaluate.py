@@ -50,6 +50,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from ..data.bounded import read_json
 from ..data.datasets import EvaluationDataset, open_dataset
 from ..data.images import save_text
 from ..data.refer import ImageGroup, ImageRecord
@@ -115,7 +116,10 @@ def run_evaluation(
     ``proposal_source`` is a callable ``(image, record) -> Proposals``,
     ``"gt"``: the image's ground-truth instance masks from instances.json
     (the oracle setting papers report as an upper bound), or None for a
-    method that draws its own mask (``method.uses_proposals`` false).
+    method that draws its own mask (``method.uses_proposals`` false) and
+    for a segmenter whose own source proposes per sentence
+    (``segmenter.phrase_dependent``, SAM 3; ``proposal_key`` is then its
+    key, and each sentence's candidates are cached under it and the query).
 
     ``cache``: read and write proposals and features there (the segmenter
     must then be a :class:`~globallocal.Segmenter`). ``proposal_key``: the
@@ -147,7 +151,10 @@ def run_evaluation(
     if proposal_source == "gt":
         proposal_source = _ground_truth_source(dataset)
     elif proposal_source is None:
-        if getattr(getattr(segmenter, "method", None), "uses_proposals", True):
+        # A phrase-dependent segmenter asks its own source per sentence.
+        if getattr(getattr(segmenter, "method", None), "uses_proposals", True) and not getattr(
+            segmenter, "phrase_dependent", False
+        ):
             raise InputError("this method needs mask proposals; give a proposal source")
     elif isinstance(proposal_source, str):
         raise InputError(f"unknown proposal source '{proposal_source}'")
@@ -278,5 +285,5 @@ def _evaluate_share(
         save_text(report_markdown(report), out_dir / REPORT_MD)
     place.barrier()
     if not place.is_main:
-        report = json.loads((out_dir / REPORT_JSON).read_text(encoding="utf-8"))
+        report = read_json(out_dir / REPORT_JSON, what="report")
     return report

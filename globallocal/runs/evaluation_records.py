@@ -13,7 +13,13 @@ from .runfolder import (
 )
 
 # An image and all its sentences: the unit of work, recorded with an image-done marker.
-IMAGE_UNITS = UnitLayout(marker="image_done", member="image_id", count="sentences")
+# What every sentence record holds for resuming, reporting and sweeping (checked when read back).
+SENTENCE_RECORD = {
+    "image_id": int, "I": int, "U": int, "gt_area": int, "no_proposals": bool, "overlaps": (list, type(None)),
+    "index": (int, type(None)), "expression": (str, type(None)), "noun_phrase": (str, type(None)),
+    "ref_id?": int, "task_id?": str,
+}
+IMAGE_UNITS = UnitLayout(marker="image_done", member="image_id", count="sentences", record=SENTENCE_RECORD)
 CompletedImage = CompletedUnit
 
 

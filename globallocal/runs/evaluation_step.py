@@ -19,6 +19,7 @@ from ..errors import GlobalLocalError, InputError
 from ..models.text import encode_texts
 from ..proposals import Proposals
 from .cache import FeatureCache, TextStore, image_digest, proposals_digest
+from .concept_entries import ConceptEntries
 from .metrics import intersection_union, sentence_iou
 
 ProposalSource = Callable[[Image.Image, ImageRecord], Proposals]
@@ -103,6 +104,27 @@ def _seed_text_features(segmenter: Any, texts: TextStore, phrase: str) -> None:
     segmenter.add_text_features(strings, torch.stack([found[text] for text in strings]))
 
 
+def _set_concept_image(
+    image: Image.Image, group: ImageGroup, segmenter: Any, cache: FeatureCache | None,
+    proposal_key: dict[str, Any] | None,
+) -> ConceptEntries | None:
+    """The segmenter set on an image whose candidates come per sentence; with a cache, every query it holds given
+    to the segmenter (the image is then paid for only if some query is not cached)."""
+    segmenter.set_image(image, lazy=cache is not None)
+    if cache is None:
+        return None
+    if proposal_key is None:
+        raise InputError("a phrase-dependent proposal source needs its cache key (proposal_key) to use a cache")
+    entries = ConceptEntries(cache, proposal_key, group.image.image_id, image)
+    entries.seed(segmenter, [segmenter.concept_query(s.raw) for ref in group.refs for s in ref.sentences])
+    return entries
+
+
+def _overlaps(proposals: Proposals | None, gt: np.ndarray) -> list[int] | None:
+    """|proposal AND gt| for every proposal: enough to score any choice later (U = area + |gt| - I)."""
+    return None if proposals is None else np.count_nonzero(proposals.masks.numpy()[:, gt], axis=1).tolist()
+
+
 def evaluate_image(
     group: ImageGroup,
     dataset: EvaluationDataset,
@@ -112,27 +134,42 @@ def evaluate_image(
     cache: FeatureCache | None,
     proposal_key: dict[str, Any] | None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """The records of every sentence on one image (proposals and features paid once), and its cache entry."""
+    """The records of every sentence on one image (proposals and features paid once), and its cache entry.
+
+    With a phrase-dependent segmenter (and no ``proposal_source``) each sentence is answered among its own
+    candidates: its record holds their overlaps, the step that found them and its cache entry; a sentence
+    with none is scored as an image without proposals is.
+    """
     image = dataset.load_image(group.image)
-    proposals, entry = _set_image(image, group.image, segmenter, proposal_source, cache, proposal_key)
+    entries = None
+    if proposal_source is None and getattr(segmenter, "phrase_dependent", False):
+        proposals, entry = None, None
+        entries = _set_concept_image(image, group, segmenter, cache, proposal_key)
+    else:
+        proposals, entry = _set_image(image, group.image, segmenter, proposal_source, cache, proposal_key)
     answerable = proposals is None or len(proposals) > 0
-    masks = proposals.masks.numpy() if proposals is not None else None
     records = []
     for ref in group.refs:
         gt = dataset.gt_mask(ref)
-        # |proposal AND gt| for every proposal: enough to score any choice later (U = area + |gt| - I).
-        overlaps = np.count_nonzero(masks[:, gt], axis=1).tolist() if masks is not None else None
+        image_overlaps = _overlaps(proposals, gt)
         for sentence in ref.sentences:
             record: dict[str, Any] = {
                 "image_id": group.image.image_id,
                 **dataset.sentence_fields(ref, sentence),
                 "phrase": sentence.raw,
             }
+            result = None
             if answerable:
                 with _about(dataset.sentence_label(ref, sentence), sentence):
                     if cache is not None:
                         _seed_text_features(segmenter, cache.text, sentence.raw)
                     result = segmenter.predict(sentence.raw)
+                    if entries is not None:
+                        record["cache_entry"] = entries.store(segmenter, segmenter.concept_query(sentence.raw))
+            candidates = proposals if result is None else result.among(proposals)
+            overlaps = image_overlaps if candidates is proposals else _overlaps(candidates, gt)
+            answered = result is not None and (candidates is None or len(candidates) > 0)
+            if answered:
                 pred = result.mask
                 intersection, union = intersection_union(pred, gt)
                 record.update(
@@ -146,7 +183,7 @@ def evaluate_image(
                 # Further answers of the method (HybridGL's "pure" one), each scored as the main answer is.
                 others = {}
                 for name, index in result.other_answers().items():
-                    other_i, other_u = intersection_union(proposals.masks[index], gt)
+                    other_i, other_u = intersection_union(candidates.masks[index], gt)
                     others[name] = {"index": int(index), "I": other_i, "U": other_u}
                 if others:
                     record["other_answers"] = others
@@ -155,11 +192,13 @@ def evaluate_image(
                 pred = None
                 intersection, union = 0, int(gt.sum())
                 record.update(index=None, score=None, noun_phrase=None, expression=None, truncated=False)
+            if result is not None:
+                record.update(result.candidate_fields())  # phrase-dependent: the source's scores and step
             record.update(
                 I=intersection,
                 U=union,
                 IoU=sentence_iou(intersection, union),
-                no_proposals=not answerable,
+                no_proposals=not answered,
                 gt_area=int(gt.sum()),
                 overlaps=overlaps,
             )

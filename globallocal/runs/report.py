@@ -19,7 +19,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ..data.datasets import dataset_label
+from ..data.bounded import NUMBER, check_shape, read_json
+from ..data.datasets import PHRASECUT, dataset_label
 from ..errors import InputError
 from .evaluation_report import REPORT_JSON, images_label
 from .metrics import PRECISION_THRESHOLDS
@@ -27,6 +28,25 @@ from .metrics import PRECISION_THRESHOLDS
 FORMATS = ("table", "markdown", "csv", "latex")
 # With a single run nothing differs; these say what it was.
 _ONE_RUN_KEYS = ("dataset", "method", "clip_model", "preset", "proposals")
+
+
+_TEXT = (str, type(None))  # PhraseCut runs have no split_by and no overlap rule
+_ANSWER = {"oIoU": NUMBER, "mIoU": NUMBER, "precision": {f"{t:.1f}": NUMBER for t in PRECISION_THRESHOLDS}}
+# Every field the tables read, so that a malformed report is named when read rather than crash below.
+REPORT_SHAPE = {
+    "config": {"dataset": str, "split": str, "overlap": _TEXT, "split_by?": _TEXT, "subset?": _TEXT, "settings?": dict},
+    "metrics": {**_ANSWER, "images": int, "sentences": int, "no_proposal_sentences": int},
+    "other_answers?": {"*": _ANSWER},
+    "images_total": int, "truncated_sentences": int, "wall_time_s": NUMBER,
+}
+
+
+def check_report(report: Any, path: Path) -> None:
+    """Refuse, in one line naming the key, a report.json that is not one 'globallocal evaluate' writes."""
+    fix = "; it is not a report of 'globallocal evaluate', rerun the evaluation"
+    check_shape(report, REPORT_SHAPE, str(path), fix)
+    if report["config"]["dataset"] != PHRASECUT:
+        check_shape(report, {"config": {"split_by": str}}, str(path), fix)
 
 
 def load_reports(run_dirs: list[Path]) -> list[dict[str, Any]]:
@@ -38,24 +58,8 @@ def load_reports(run_dirs: list[Path]) -> list[dict[str, Any]]:
             raise InputError(
                 f"no finished run in {run_dir} ({REPORT_JSON} missing); run the evaluation to the end first"
             )
-        try:
-            report = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise InputError(f"{path} is not valid JSON: {error}") from None
-        try:
-            # Every field the tables read, so that a malformed report is named here rather than crash below.
-            config, metrics = report["config"], report["metrics"]
-            [config[key] for key in ("dataset", "split", "overlap")]
-            dict(config.get("settings", {}))
-            for answer in (metrics, *dict(report.get("other_answers", {})).values()):
-                [float(answer[key]) for key in ("oIoU", "mIoU")]
-                [float(answer["precision"][f"{t:.1f}"]) for t in PRECISION_THRESHOLDS]
-            [int(metrics[key]) for key in ("images", "sentences", "no_proposal_sentences")]
-            [float(report[key]) for key in ("images_total", "truncated_sentences", "wall_time_s")]
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise InputError(
-                f"{path} is not a report of 'globallocal evaluate' (bad or missing {error!s}); rerun the evaluation"
-            ) from None
+        report = read_json(path, what="report")
+        check_report(report, path)
         reports.append(report)
     return reports
 

@@ -27,7 +27,6 @@ removed when the folder is opened under the lock.
 from __future__ import annotations
 
 import datetime
-import errno
 import fcntl
 import json
 import os
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..data.bounded import MAX_LINE_BYTES, JsonError, Shape, check_shape, open_regular, parse_json, read_json
 from ..data.images import check_writable_folder, save_text
 from ..errors import InputError
 
@@ -50,6 +50,7 @@ __all__ = [
     "UnitLayout",
     "check_free",
     "read_completed",
+    "read_config",
     "records_file",
 ]
 
@@ -69,12 +70,15 @@ class UnitLayout:
     ``marker``: the key of the marker line holding the unit's key (e.g.
     ``image_done``); ``member``: the key every record of the unit carries
     with the same value (e.g. ``image_id``); ``count``: the marker's key for
-    the number of records (e.g. ``sentences``).
+    the number of records (e.g. ``sentences``); ``record``: the shape every
+    record must have when read back (a damaged or foreign file is refused
+    naming the line's key instead of failing later).
     """
 
     marker: str
     member: str
     count: str
+    record: Shape = dict  # what every record must hold, checked when read back (bounded.check_shape)
 
 
 @dataclass
@@ -96,13 +100,12 @@ def _records_paths(directory: Path) -> list[Path]:
 
 
 def _open_nofollow(path: Path, flags: int) -> int:
-    """``os.open`` that refuses a symbolic link (its target would be truncated and overwritten)."""
+    """Open a run-folder file without following a symbolic link (its target would be truncated and overwritten)
+    or blocking: anything but a regular file (a FIFO would hang the run) is refused."""
     try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise InputError(f"{path} is a symbolic link; refusing to follow it; {_FIX}") from None
-        raise
+        return open_regular(path, flags, what="run-folder file", follow=False)
+    except InputError as error:
+        raise InputError(f"{error}; {_FIX}") from None
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -119,13 +122,14 @@ def _parse(data: bytes, path: Path, layout: UnitLayout) -> tuple[list[CompletedU
     completed: list[CompletedUnit] = []
     seen: set[Any] = set()
     pending: list[dict[str, Any] | None] = []
+    damage: str | None = None  # why the first unreadable line since the last marker is unreadable
     keep = position = 0
     for number, line in enumerate(data.split(b"\n")[:-1], start=1):
         position += len(line) + 1
         try:
-            entry = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            entry = None
+            entry = parse_json(line, f"line {number}")
+        except JsonError as error:
+            entry, damage = None, damage or str(error)
         if isinstance(entry, dict) and layout.marker in entry:
             key = entry[layout.marker]
             if (
@@ -135,10 +139,13 @@ def _parse(data: bytes, path: Path, layout: UnitLayout) -> tuple[list[CompletedU
                 or not isinstance(key, (int, str))
                 or key in seen
             ):
-                raise InputError(f"{path} is damaged before line {number}; {_FIX}")
+                reason = f" ({damage})" if damage else ""
+                raise InputError(f"{path} is damaged before line {number}{reason}; {_FIX}")
+            for record in pending:
+                check_shape(record, layout.record, f"{path} (unit {key})", f"; {_FIX}")
             seen.add(key)
             completed.append(CompletedUnit(entry, [record for record in pending if record is not None]))
-            pending = []
+            pending, damage = [], None
             keep = position
         else:
             pending.append(entry if isinstance(entry, dict) else None)
@@ -166,12 +173,25 @@ def read_completed(directory: str | Path, layout: UnitLayout) -> list[CompletedU
     return completed
 
 
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """A run folder's config.json: a regular file holding a JSON object within the bounds, else one line."""
+    path = Path(directory) / CONFIG_FILE
+    try:
+        stored = read_json(path, what="run configuration", max_bytes=MAX_LINE_BYTES)
+    except FileNotFoundError:
+        raise InputError(f"{path} is missing; {_FIX}") from None
+    except InputError as error:
+        raise InputError(f"{error}; {_FIX}") from None
+    check_shape(stored, {}, str(path), f"; {_FIX}")
+    return stored
+
+
 def _holder(lock_path: Path) -> str:
     """Who holds the lock, as the holder wrote it into the lock file."""
     try:
-        info = json.loads(lock_path.read_text(encoding="utf-8"))
+        info = read_json(lock_path, what="lock file", max_bytes=4096)
         return f"pid {info['pid']} on {info['host']}, started {info['started']}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, InputError, KeyError, TypeError):
         return "another process"
 
 
@@ -282,15 +302,10 @@ class RunFolder:
         list of differing keys (e.g. which weights file changed, and how).
         """
         path = self.directory / CONFIG_FILE
-        if path.exists():
-            try:
-                stored = json.loads(path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                stored = None
+        if path.exists() or path.is_symlink():
+            stored = read_config(self.directory)
             if stored == identity:
                 return
-            if not isinstance(stored, dict):
-                raise InputError(f"{path} is unreadable; {_FIX}")
             reason = explain(stored, identity) if explain is not None else None
             if reason is None:
                 raise InputError(f"{self.directory} holds a run with a different configuration; {_FIX}; it differs "

@@ -11,7 +11,6 @@ sweep module in its registry entry (:attr:`MethodSpec.sweep_module`);
 from __future__ import annotations
 
 import importlib
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,12 +21,15 @@ from typing import Any
 import torch
 from rich.table import Table
 
+from ..data.bounded import check_shape, read_json
 from ..data.datasets import dataset_label
 from ..errors import InputError
 from ..methods import DEFAULT_METHOD, MethodSpec, available_methods, get_method
 from .cache import ImageEntry, TextStore, VisualStore
 from .evaluate import CONFIG_FILE, REPORT_JSON, CompletedImage, referent
 from .metrics import MetricAccumulator
+from .report import check_report
+from .runfolder import read_config
 
 __all__ = [
     "SWEEP_JSON",
@@ -72,16 +74,27 @@ def add_unanswered(total: MetricAccumulator, records: list[dict[str, Any]]) -> N
         total.add(record["I"], record["U"], ref_id=referent(record), image_id=record["image_id"], no_proposals=True)
 
 
-def load_entry(visual: VisualStore, done: CompletedImage) -> ImageEntry:
-    """The cache entry of a recorded image, refused when it is missing or not the one the run scored."""
-    name = done.marker.get("cache_entry")
-    entry = visual.load(name) if name else None
-    if entry is None or any(len(record["overlaps"]) != len(entry.areas) for record in done.records):
-        raise InputError(
-            f"the cache entry of image {done.marker['image_done']} ({name}) in {visual.directory} is "
-            "missing, damaged or not this run's; evaluate again with the same --cache"
-        )
-    return entry
+def entry_groups(visual: VisualStore, done: CompletedImage) -> Iterator[tuple[ImageEntry | None, list[dict[str, Any]]]]:
+    """A recorded image's sentences by the cache entry they were answered from: the image's (its marker's), or
+    with phrase-dependent proposals each sentence's own; sentences without proposals come with None.
+
+    An entry is refused when it is missing or not the one the run scored (its proposal count differs).
+    """
+    unanswered = [record for record in done.records if record["no_proposals"]]
+    if unanswered:
+        yield None, unanswered
+    groups: dict[str | None, list[dict[str, Any]]] = {}
+    for record in done.records:
+        if not record["no_proposals"]:
+            groups.setdefault(record.get("cache_entry", done.marker.get("cache_entry")), []).append(record)
+    for name, records in groups.items():
+        entry = visual.load(name) if name else None
+        if entry is None or any(len(record["overlaps"]) != len(entry.areas) for record in records):
+            raise InputError(
+                f"the cache entry of image {done.marker['image_done']} ({name}) in {visual.directory} is "
+                "missing, damaged or not this run's; evaluate again with the same --cache"
+            )
+        yield entry, records
 
 
 def load_texts(texts: TextStore, known: dict[str, torch.Tensor], strings: list[str]) -> None:
@@ -108,13 +121,8 @@ def parse_values(text: str | None, name: str, low: float = 0.0, high: float = 1.
     return values
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise InputError(f"no {what}: {path} is missing")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path} is not valid JSON: {error}") from None
+# What a sweep reads of a cached run's config.json (evaluate writes it; FeatureCache.describe names the stores).
+_CACHE_SHAPE = {"dir": str, "visual": str, "text": str, "scoring": dict, "family": str}
 
 
 @dataclass
@@ -140,14 +148,20 @@ class CachedRun:
 def open_cached_run(run_dir: str | Path, cache_dir: str | Path | None = None) -> CachedRun:
     """A finished cached run, refused with the fix when it is unfinished, uncached or its cache is gone."""
     run_dir = Path(run_dir)
-    config = _read_json(run_dir / CONFIG_FILE, f"evaluation run in {run_dir}")
-    report = _read_json(run_dir / REPORT_JSON, f"finished run in {run_dir} (run the evaluation to the end first)")
+    if not (run_dir / CONFIG_FILE).exists():
+        raise InputError(f"no evaluation run in {run_dir}: {run_dir / CONFIG_FILE} is missing")
+    if not (run_dir / REPORT_JSON).exists():
+        raise InputError(f"no finished run in {run_dir}: {REPORT_JSON} is missing; run the evaluation to the end first")
+    config = read_config(run_dir)
+    report = read_json(run_dir / REPORT_JSON, what="report")
+    check_report(report, run_dir / REPORT_JSON)
     cache_info = config.get("cache")
     if not cache_info:
         # Its images' features were not kept, and the cache is part of a run's identity: a new folder is needed.
         raise InputError(f"{run_dir} was evaluated without --cache, so its features were not kept; evaluate again "
                          f"with --cache DIR --out {Path(run_dir)}_cached (the same options otherwise), then "
                          "sweep that folder")
+    check_shape(config, {"cache": _CACHE_SHAPE}, str(run_dir / CONFIG_FILE), "; evaluate the run again")
     root = Path(cache_dir) if cache_dir is not None else Path(cache_info["dir"])
     visual = VisualStore(root / cache_info["visual"])
     if not visual.directory.is_dir():

@@ -23,12 +23,14 @@ from ..data.images import load_image, open_checked
 from ..errors import ImageError, InputError
 from ..methods import ImageFeatures, MethodSettings, SegmentResult, available_methods
 from ..proposals import Proposals
+from ..proposals.concepts import is_phrase_dependent
 from ..proposals.files import load_proposals
 from ..segmenter import ImageState, Segmenter
 
 UPLOADED_MASKS = "masks"
 """The proposal source name for masks uploaded with the photo."""
-PROPOSAL_LABELS = {"freesolo": "FreeSOLO", "sam2": "SAM 2", "sam": "SAM", UPLOADED_MASKS: "uploaded masks"}
+PROPOSAL_LABELS = {"freesolo": "FreeSOLO", "sam2": "SAM 2", "sam": "SAM", "sam3": "SAM 3 (per phrase)",
+                   UPLOADED_MASKS: "uploaded masks"}
 
 
 @dataclass
@@ -163,14 +165,21 @@ class Engine:
         parts = [load_proposals(name, size) for name in files]
         return Proposals.from_masks(torch.cat([part.masks for part in parts]))
 
-    def _proposals(self, source: str, image: Image.Image, mask_files: Sequence[str]) -> Proposals:
+    def _proposals(self, segmenter: Segmenter, source: str, image: Image.Image,
+                   mask_files: Sequence[str]) -> Proposals | None:
+        """The photo's proposals; None for a phrase-dependent source, which becomes the segmenter's to ask."""
+        segmenter.proposal_source = None
         if source == UPLOADED_MASKS:
             return self.read_masks(mask_files, (image.height, image.width))
         if source not in PROPOSAL_LABELS:
             raise InputError(f"unknown proposal source {source!r}; use {', '.join(PROPOSAL_LABELS)}")
         if source not in self._generators:
             self._generators[source] = self._build_generator(source)
-        return self._generators[source].generate(image)
+        generator = self._generators[source]
+        if is_phrase_dependent(generator):
+            segmenter.proposal_source = generator
+            return None
+        return generator.generate(image)
 
     # -- the two halves of a request ------------------------------------------
 
@@ -186,7 +195,8 @@ class Engine:
         timings["decode"] = time.perf_counter() - start
         with self._exclusive():
             start = time.perf_counter()
-            proposals = self._proposals(source, image, mask_files) if segmenter.method.uses_proposals else None
+            proposals = self._proposals(segmenter, source, image, mask_files) if segmenter.method.uses_proposals \
+                else None
             timings["proposals"] = time.perf_counter() - start
             start = time.perf_counter()
             segmenter.set_image(image, proposals)
@@ -204,17 +214,31 @@ class Engine:
         with self._exclusive():
             start = time.perf_counter()
             if _current_state(segmenter) is not session.state:  # another session's photo was set since
-                segmenter.set_features(session.state.image, session.state.proposals, session.state.tensors)
+                segmenter.restore(session.state)
             served = segmenter.settings
             segmenter.settings = replace(served, **weights)
             try:
                 results = segmenter.predict_many(phrases, require_noun=not self.allow_no_noun)
-                state = segmenter.image_state
-                features = ImageFeatures(state.image, state.proposals, state.tensors)
-                parts = segmenter.method.score_parts(features, [segmenter.parse(r.phrase) for r in results],
-                                                     segmenter.encode)
+                parts = _score_parts(segmenter, results)
                 settings = segmenter.settings
             finally:
                 segmenter.settings = served
             session.state = segmenter.image_state
             return Answer(results, settings, parts, time.perf_counter() - start)
+
+
+def _score_parts(segmenter: Segmenter, results: Sequence[SegmentResult]) -> list[dict[str, torch.Tensor]]:
+    """The method's parts of each answer's scores, among the proposals it was answered from."""
+    state = segmenter.image_state
+    if state.concepts is None:
+        features = ImageFeatures(state.image, state.proposals, state.tensors)
+        return segmenter.method.score_parts(features, [segmenter.parse(r.phrase) for r in results], segmenter.encode)
+    parts = []
+    for result in results:
+        candidates = result.among(None)
+        if len(candidates) == 0:
+            parts.append({})
+            continue
+        features = ImageFeatures(state.image, candidates, state.concepts.features(candidates))
+        parts.extend(segmenter.method.score_parts(features, [segmenter.parse(result.phrase)], segmenter.encode))
+    return parts

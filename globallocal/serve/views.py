@@ -12,7 +12,7 @@ from PIL import Image
 
 from ..data.images import save_mask_png, save_text
 from ..methods import SegmentResult
-from ..outputs.answers import result_json, segment_json
+from ..outputs.answers import proposal_boxes, result_json, segment_json
 from ..outputs.drawing import overlay_picture
 from ..segmenter import Segmenter
 from .engine import PROPOSAL_LABELS, Answer, ImageSession
@@ -61,7 +61,7 @@ def ranked_gallery(session: ImageSession, answer: Answer, shown: int, top_k: int
     """The first ``top_k`` proposals of phrase ``shown``'s ranking (the answer first, by the score the method chose
     with): (thumbnail, "rank, proposal, score, parts")."""
     result, parts = answer.results[shown], answer.parts[shown]
-    proposals = session.state.proposals
+    proposals = result.among(session.state.proposals)
     if proposals is None or result.scores.numel() == 0:
         return []
     masks = proposals.masks
@@ -76,13 +76,14 @@ def ranked_gallery(session: ImageSession, answer: Answer, shown: int, top_k: int
 
 def summary(session: ImageSession, answer: Answer) -> str:
     """Markdown: per phrase, the noun phrase that was used and the chosen proposal."""
-    proposals = session.state.proposals
-    count = f" of {len(proposals)}" if proposals is not None else ""
     lines = []
     for result in answer.results:
-        chosen = f"{int(result.mask.sum())} pixels"
+        proposals = result.among(session.state.proposals)
+        count = f" of {len(proposals)}" if proposals is not None else ""
         if result.index is not None:
             chosen = f"proposal {result.index}{count}, {result.ranking_label} {result.ranking()[0][1]:.4f}"
+        else:
+            chosen = "no candidate" if result.concept is not None else f"{int(result.mask.sum())} pixels"
         note = " (cut to CLIP's context length)" if result.truncated else ""
         lines.append(f"- **{_escape(result.phrase)}** → noun phrase *{_escape(result.noun_phrase)}*{note}: {chosen}")
     return "\n".join(lines)
@@ -106,16 +107,17 @@ def segment_report(photo_name: str, segmenter: Segmenter, session: ImageSession,
                    mask_names: list[str]) -> dict[str, Any]:
     """The JSON ``globallocal segment --json`` writes (:func:`~globallocal.outputs.answers.segment_json`)."""
     image, proposals = session.state.image, session.state.proposals
-    boxes = proposals.boxes if proposals is not None else None
+    per_phrase = session.state.concepts is not None
     return segment_json(
         image=photo_name,
         image_size=(image.height, image.width),
-        proposal_source=session.source if proposals is not None else None,
+        proposal_source=session.source if proposals is not None or per_phrase else None,
         proposal_count=len(proposals) if proposals is not None else None,
         clip={"model": segmenter.clip.name, "weights": segmenter.clip.weights},
         method=segmenter.method.name,
         settings=answer.settings.to_dict(),
-        results=[result_json(result, boxes, name) for result, name in zip(answer.results, mask_names)],
+        results=[result_json(result, proposal_boxes(result.among(proposals)), name)
+                 for result, name in zip(answer.results, mask_names)],
         seconds={**session.timings, "answer": answer.seconds},
     )
 

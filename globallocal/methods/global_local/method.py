@@ -15,6 +15,7 @@ The blend, normalisation and dot-vs-cosine rules live here once
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,16 @@ from ...models.text import ParsedPhrase
 from ...proposals import Proposals
 from ..base import ImageFeatures, Method, SegmentResult, TextEncoder
 from .settings import GlobalLocalSettings
-from .visual import crop_boxes, local_features, resize, resnet_global_features, tight_boxes, vit_global_features
+from .visual import (
+    crop_boxes,
+    local_features,
+    resize,
+    resnet_masked_features,
+    resnet_trunk,
+    tight_boxes,
+    vit_masked_features,
+    vit_trunk,
+)
 
 # -- the scoring rules, shared with globallocal.runs.sweep ---------------------------
 
@@ -75,10 +85,20 @@ def proposal_scores(text: torch.Tensor, visual: torch.Tensor, feature_norm: str,
 # -- the method -------------------------------------------------------------------
 
 
+class _ImageInputs(NamedTuple):
+    """What every proposal's features start from (:meth:`GlobalLocal.image_context`)."""
+
+    trunk: torch.Tensor
+    """The unmasked part of the global pass: ViT tokens after the first L-k blocks, or ResNet's normalised map."""
+    full: torch.Tensor
+    """The shared input tensor resized to the photo's size, which the crops are cut from."""
+
+
 class GlobalLocal(Method):
     """Global-Local CLIP scoring of mask proposals (SPEC.md)."""
 
     name = "global-local"
+    per_proposal = ("global", "local")
     visual_settings = ("clip_normalization", "antialias", "crop_fill", "crop_box", "short_side", "masked_blocks",
                        "chunk_size")
     settings: GlobalLocalSettings
@@ -96,28 +116,38 @@ class GlobalLocal(Method):
             return tuple(mean), tuple(std)
         return IMAGENET_MEAN, IMAGENET_STD
 
-    def image_features(self, image: Image.Image, proposals: Proposals | None) -> dict[str, torch.Tensor]:
-        """Every proposal's unblended global and local features (SPEC 1, 3, 4)."""
-        assert proposals is not None
+    def image_context(self, image: Image.Image) -> _ImageInputs:
+        """The shared input tensor at CLIP's size through the unmasked trunk, and at the photo's size for crops."""
         settings = self.settings
         mean, std = self._input_stats()
         shared = x800(image, settings.short_side, mean, std).to(self.device)
         size = self.clip.image_size
         clip_input = resize(shared, (size, size), settings.antialias)[None]
         if self.clip.family == "resnet":
-            global_features = resnet_global_features(
-                self.clip, clip_input, proposals.masks, antialias=settings.antialias
+            trunk = resnet_trunk(self.clip, clip_input)
+        else:
+            trunk = vit_trunk(self.clip, clip_input, settings.masked_blocks)
+        return _ImageInputs(trunk, resize(shared, (image.height, image.width), settings.antialias))
+
+    def proposal_features(self, image: Image.Image, proposals: Proposals | None,
+                          context: _ImageInputs) -> dict[str, torch.Tensor]:
+        """Every proposal's unblended global and local features (SPEC 1, 3, 4); a row depends on its own mask
+        and box only (the crops are per mask, the soft masks per mask)."""
+        assert proposals is not None
+        settings = self.settings
+        if self.clip.family == "resnet":
+            global_features = resnet_masked_features(
+                self.clip, context.trunk, proposals.masks, antialias=settings.antialias
             )
         else:
-            global_features = vit_global_features(
-                self.clip, clip_input, proposals.masks, settings.masked_blocks, antialias=settings.antialias
+            global_features = vit_masked_features(
+                self.clip, context.trunk, proposals.masks, settings.masked_blocks, antialias=settings.antialias
             )
-        full = resize(shared, (image.height, image.width), settings.antialias)
         boxes = proposals.boxes if settings.crop_box == "projection" else tight_boxes(proposals.masks)
         windows = crop_boxes(boxes, image.height, image.width)
         fill = torch.tensor(IMAGENET_MEAN) if settings.crop_fill == "paper" else torch.zeros(3)
         local = local_features(
-            self.clip, full, proposals.masks, windows, fill, self.crop_chunk_size, settings.antialias
+            self.clip, context.full, proposals.masks, windows, fill, self.crop_chunk_size, settings.antialias
         )
         return {"global": global_features, "local": local}
 

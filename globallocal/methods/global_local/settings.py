@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ...data.bounded import MAX_SHORT_SIDE
 from .. import MethodSpec
 from ..settings import MethodSettings
 
@@ -48,7 +49,8 @@ class GlobalLocalSettings(MethodSettings):
             (self.crop_fill in ("paper", "mean"), "crop_fill must be 'paper' or 'mean'"),
             (self.crop_box in ("projection", "tight"), "crop_box must be 'projection' or 'tight'"),
             (self.feature_norm in ("paper", "unit"), "feature_norm must be 'paper' or 'unit'"),
-            (self.short_side >= 32, f"short side must be >= 32, got {self.short_side}"),
+            (32 <= self.short_side <= MAX_SHORT_SIDE,
+             f"short side must be from 32 to {MAX_SHORT_SIDE} (memory grows with its square), got {self.short_side}"),
             (self.chunk_size is None or self.chunk_size >= 1, f"chunk size must be >= 1, got {self.chunk_size}"),
         ]
 
@@ -58,6 +60,8 @@ PRESETS: dict[str, GlobalLocalSettings] = {
     "paper-refcoco": _PAPER,
     "paper-refcoco+": _PAPER,
     "paper-refcocog": replace(_PAPER, alpha=0.85),
+    # The paper's scoring among SAM 3's instances of the noun phrase (its default proposals: SPEC below).
+    "global-local-sam3": _PAPER,
     # Every quirk off, for ablations; not validated to score better.
     "no-quirks": replace(
         _PAPER, clip_normalization="clip", antialias=True, crop_fill="mean", crop_box="tight", feature_norm="unit"
@@ -77,6 +81,7 @@ SPEC = MethodSpec(
     preset_aliases={"paper": "paper-refcoco"},
     default_clip_model="ViT-B-32",
     default_proposals="freesolo",
+    preset_proposals={"global-local-sam3": "sam3"},
     dataset_presets={"refcoco": "paper-refcoco", "refcoco+": "paper-refcoco+", "refcocog": "paper-refcocog"},
     sweep_module="globallocal.methods.global_local.sweep",
     sweep_settings=SWEPT_SETTINGS,

@@ -31,7 +31,16 @@ from ...data.images import save_png, save_text
 from ...runs.cache import ImageEntry, TextStore, VisualStore
 from ...runs.evaluate import CompletedImage, read_records, referent
 from ...runs.metrics import PRECISION_THRESHOLDS, MetricAccumulator
-from ...runs.sweep import SWEEP_JSON, SWEEP_MD, SWEEP_PNG, CachedRun, add_unanswered, load_entry, load_texts, one_thread
+from ...runs.sweep import (
+    SWEEP_JSON,
+    SWEEP_MD,
+    SWEEP_PNG,
+    CachedRun,
+    add_unanswered,
+    entry_groups,
+    load_texts,
+    one_thread,
+)
 from .method import proposal_scores, scoring_visual, text_blend, visual_blend
 from .settings import SWEPT_SETTINGS
 from .sweep_heatmap import draw_heatmap, grid_value, is_run_point
@@ -57,13 +66,16 @@ class _Replay:
         self._text_features: dict[str, torch.Tensor] = {}  # short phrases and noun phrases recur across images
 
     def add_image(self, done: CompletedImage) -> None:
-        records = done.records
-        if records[0]["no_proposals"]:
-            # No choice to replay: the empty prediction the run scored, at every setting.
-            for total in self.totals.values():
-                add_unanswered(total, records)
-            return
-        entry = load_entry(self.visual, done)
+        for entry, records in entry_groups(self.visual, done):
+            if entry is None:
+                # No choice to replay: the empty prediction the run scored, at every setting.
+                for total in self.totals.values():
+                    add_unanswered(total, records)
+            else:
+                self._add_records(entry, records)
+
+    def _add_records(self, entry: ImageEntry, records: list[dict[str, Any]]) -> None:
+        """Sentences answered from one cache entry, at every point."""
         strings = [s for r in records for s in (r["expression"], r["noun_phrase"])]
         load_texts(self.texts, self._text_features, strings)
         for point, total in self.totals.items():

@@ -10,7 +10,15 @@ import torch
 
 from ...errors import InputError
 from ...models.clip import ClipBundle
-from ...models.vit import resize, run_blocks, soft_masks, vit_blocks
+from ...models.vit import (
+    class_token_block,
+    pooled_class_token,
+    resize,
+    run_blocks,
+    soft_masks,
+    vit_blocks,
+    vit_image_features,
+)
 
 
 def resnet_feature_map(clip: ClipBundle, image: torch.Tensor) -> torch.Tensor:
@@ -34,8 +42,19 @@ def resnet_global_features(
     :func:`masked_attention_pool`, which gives the same numbers as running
     the pool on every masked map, at a fraction of the cost.
     """
+    return resnet_masked_features(clip, resnet_trunk(clip, image), masks, chunk_size, antialias)
+
+
+def resnet_trunk(clip: ClipBundle, image: torch.Tensor) -> torch.Tensor:
+    """The part of :func:`resnet_global_features` no mask changes: the layer4 map, L2-normalised over channels."""
     feature_map = resnet_feature_map(clip, image)
-    feature_map = feature_map / feature_map.norm(dim=1, keepdim=True)
+    return feature_map / feature_map.norm(dim=1, keepdim=True)
+
+
+def resnet_masked_features(
+    clip: ClipBundle, feature_map: torch.Tensor, masks: torch.Tensor, chunk_size: int = 256, antialias: bool = False
+) -> torch.Tensor:
+    """The masks' pooled features (N, D) from :func:`resnet_trunk`'s map; each row depends on its mask alone."""
     grid = feature_map.shape[-1]
     weights = soft_masks(masks, grid, antialias).to(feature_map.device, feature_map.dtype)
     outputs = [
@@ -91,29 +110,52 @@ def vit_global_features(
 ) -> torch.Tensor:
     """Masked tokens in the last k blocks (SPEC 3, ViT): (N, D) features, not normalised.
 
-    The stem and the first L-k blocks run once; before each of the last k
-    blocks every patch token is multiplied by its soft mask value (the class
-    token is left alone), with no attention mask. With k = 0 every mask gets
-    CLIP's own image feature.
+    The stem and the first L-k blocks run once (:func:`vit_trunk`); before
+    each of the last k blocks every patch token is multiplied by its soft
+    mask value (the class token is left alone), with no attention mask
+    (:func:`vit_masked_features`). With k = 0 every mask gets CLIP's own
+    image feature.
     """
-    visual = clip.visual
+    tokens = vit_trunk(clip, image, masked_blocks)
+    return vit_masked_features(clip, tokens, masks, masked_blocks, chunk_size, antialias)
+
+
+def vit_trunk(clip: ClipBundle, image: torch.Tensor, masked_blocks: int) -> torch.Tensor:
+    """The tokens (1, 1 + g*g, width) after the stem and the first L-k blocks, which no mask changes."""
     blocks = vit_blocks(clip)
     if not 0 <= masked_blocks <= len(blocks):
         raise InputError(f"masked blocks k={masked_blocks} must be between 0 and {len(blocks)} for {clip.name}")
-    tokens = visual._embeds(image.to(clip.dtype))  # (1, 1 + g*g, width), after ln_pre
-    first = len(blocks) - masked_blocks
-    tokens = run_blocks(clip, blocks[:first], tokens)
+    tokens = clip.visual._embeds(image.to(clip.dtype))  # after ln_pre
+    return run_blocks(clip, blocks[: len(blocks) - masked_blocks], tokens)
+
+
+def vit_masked_features(
+    clip: ClipBundle,
+    tokens: torch.Tensor,
+    masks: torch.Tensor,
+    masked_blocks: int,
+    chunk_size: int = 256,
+    antialias: bool = False,
+) -> torch.Tensor:
+    """The masks' features (N, D) from :func:`vit_trunk`'s tokens: the last k blocks per mask, each row
+    depending on its mask alone."""
+    blocks = vit_blocks(clip)
     grid = int(round((tokens.shape[1] - 1) ** 0.5))
     weights = soft_masks(masks, grid, antialias).flatten(1).to(tokens.device, tokens.dtype)
+    if masked_blocks == 0:
+        return pooled_class_token(clip, tokens[:, :1]).float().expand(len(masks), -1).clone()
     outputs = []
     for chunk in weights.split(chunk_size):
         x = tokens.expand(chunk.shape[0], -1, -1)
-        for block in blocks[first:]:
-            x = torch.cat([x[:, :1], x[:, 1:] * chunk[:, :, None]], dim=1)
-            x = run_blocks(clip, [block], x)
-        pooled, _ = visual._pool(x)
-        outputs.append(pooled @ visual.proj if visual.proj is not None else pooled)
+        for block in blocks[len(blocks) - masked_blocks : -1]:
+            x = run_blocks(clip, [block], _masked_tokens(x, chunk))
+        outputs.append(pooled_class_token(clip, class_token_block(blocks[-1], _masked_tokens(x, chunk))))
     return torch.cat(outputs).float() if outputs else _empty(clip)
+
+
+def _masked_tokens(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The class token unchanged, each patch token times its soft mask value."""
+    return torch.cat([x[:, :1], x[:, 1:] * weights[:, :, None]], dim=1)
 
 
 def _empty(clip: ClipBundle) -> torch.Tensor:
@@ -177,7 +219,9 @@ def local_features(
     for start in range(0, len(windows), chunk_size):
         stop = start + chunk_size
         crops = local_crops(image, masks[start:stop], windows[start:stop], fill, clip.image_size, antialias)
-        outputs.append(clip.model.encode_image(crops.to(clip.device, clip.dtype)).float())
+        crops = crops.to(clip.device, clip.dtype)
+        encoded = vit_image_features(clip, crops) if clip.family == "vit" else clip.model.encode_image(crops)
+        outputs.append(encoded.float())
     return torch.cat(outputs) if outputs else _empty(clip)
 
 

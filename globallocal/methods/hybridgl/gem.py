@@ -41,8 +41,9 @@ def resized_positional_embedding(positional_embedding: torch.Tensor, grid: int) 
         return positional_embedding
     width = positional_embedding.shape[1]
     patches = positional_embedding[1:].T.reshape(1, width, old, old)
-    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False, antialias=True)
-    return torch.cat([positional_embedding[:1], patches.reshape(width, grid * grid).T])
+    # In float32: the CPU has no antialiased bicubic for bfloat16 (the result is cast back).
+    patches = F.interpolate(patches.float(), size=(grid, grid), mode="bicubic", align_corners=False, antialias=True)
+    return torch.cat([positional_embedding[:1], patches.reshape(width, grid * grid).T.to(positional_embedding.dtype)])
 
 
 def _stem(visual: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:

@@ -127,6 +127,7 @@ class HybridGL(Method):
     """HybridGL scoring of mask proposals (SPEC-hybridgl)."""
 
     name = "hybridgl"
+    per_proposal = ("features", "boxes_xywh")
     visual_settings = ("fusion_mode", "masking_block", "hybrid_weight", "input_normalization", "local_fill",
                        "mask_antialias", "gem_depth", "gem_iterations", "gem_size", "chunk_size")
     settings: HybridGLSettings
@@ -141,16 +142,29 @@ class HybridGL(Method):
     def chunk(self) -> int:
         return self.settings.chunk_size or (32 if self.device.type == "cuda" else 8)
 
-    def image_features(self, image: Image.Image, proposals: Proposals | None) -> dict[str, torch.Tensor]:
-        """Every proposal's hybrid feature (sections 1, 3, 4), GEM's patch tokens (section 8), SAM boxes."""
+    def image_context(self, image: Image.Image) -> np.ndarray:
+        """The blurred photo every proposal's global view composites with."""
+        return blurred(np.asarray(image))
+
+    def shared_features(self, image: Image.Image, context: np.ndarray) -> dict[str, torch.Tensor]:
+        """GEM's patch tokens of the photo (section 8)."""
+        s = self.settings
+        pixels = gem_input(image, size=s.gem_size).to(self.device)
+        return {"gem_tokens": gem_tokens(self.clip, pixels, depth=s.gem_depth, iterations=s.gem_iterations)}
+
+    def proposal_features(self, image: Image.Image, proposals: Proposals | None,
+                          context: np.ndarray) -> dict[str, torch.Tensor]:
+        """Every proposal's hybrid feature (sections 1, 3, 4) and SAM box. A row depends on its own mask only:
+        its two views, token mask and box are its own; ranking among proposals (K1, K2, ties in the
+        proposals' order) happens when answering, among the proposals answered from."""
         assert proposals is not None
         s, visual = self.settings, self.clip.visual
-        masks, blur = proposals.masks.to(self.device), blurred(np.asarray(image))
+        masks = proposals.masks.to(self.device)
         features = []
         # The inputs of a few proposals at a time: each is two 224 x 224 images, whatever the photo's size.
         for start in range(0, len(masks), self.chunk):
             global_views, local_views, token_masks = clip_inputs(
-                image, masks, blur=blur, size=self.clip.image_size, grid=visual.grid_size[0],
+                image, masks, blur=context, size=self.clip.image_size, grid=visual.grid_size[0],
                 input_normalization=s.input_normalization, local_fill=s.local_fill, mask_antialias=s.mask_antialias,
                 chunk=range(start, start + self.chunk),
             )
@@ -158,9 +172,7 @@ class HybridGL(Method):
                 self.clip, global_views, local_views, token_masks, fusion_mode=s.fusion_mode,
                 masking_block=s.masking_block, hybrid_weight=s.hybrid_weight, chunk_size=self.chunk,
             ))
-        pixels = gem_input(image, size=s.gem_size).to(self.device)
-        tokens = gem_tokens(self.clip, pixels, depth=s.gem_depth, iterations=s.gem_iterations)
-        return {"features": torch.cat(features), "gem_tokens": tokens, "boxes_xywh": xywh_boxes(proposals.masks)}
+        return {"features": torch.cat(features), "boxes_xywh": xywh_boxes(proposals.masks)}
 
     @property
     def tau(self) -> torch.Tensor:
@@ -181,6 +193,10 @@ class HybridGL(Method):
 
     def gem_prompt(self, analysis: TextAnalysis) -> str:
         return self.settings.gem_prompt.format(analysis.noun_phrase)
+
+    def local_noun_phrase(self, parsed: ParsedPhrase) -> str:
+        """HybridGL's own target noun phrase (section 5's analysis)."""
+        return self.analyse(parsed.expression).noun_phrase
 
     def text_strings(self, parsed: ParsedPhrase) -> list[str]:
         analysis = self.analyse(parsed.expression)

@@ -94,6 +94,8 @@ class HybridGLSettings(MethodSettings):
 _PAPER = HybridGLSettings()
 PRESETS: dict[str, HybridGLSettings] = {
     "hybridgl-paper": _PAPER,
+    # The paper's scoring and spatial guidance among SAM 3's instances of the noun phrase (SPEC's preset_proposals).
+    "hybridgl-sam3": _PAPER,
     # Every quirk off, for ablations; not validated to score better.
     "hybridgl-no-quirks": replace(
         _PAPER, gem_prompt="a photo of {}.", input_normalization="clip", local_fill="mean", mask_antialias=True,
@@ -115,6 +117,7 @@ SPEC = MethodSpec(
     preset_aliases={"paper": "hybridgl-paper", "no-quirks": "hybridgl-no-quirks"},
     default_clip_model="ViT-B-16",
     default_proposals="sam",
+    preset_proposals={"hybridgl-sam3": "sam3"},
     default_proposal_settings="hybridgl",
     keep_proposal_order=True,
     display_name="HybridGL",

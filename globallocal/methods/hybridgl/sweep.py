@@ -34,9 +34,10 @@ from rich.table import Table
 
 from ...data.images import save_text
 from ...errors import InputError
+from ...runs.cache import ImageEntry
 from ...runs.evaluate import CompletedImage, read_records, referent
 from ...runs.metrics import PRECISION_THRESHOLDS, MetricAccumulator
-from ...runs.sweep import SWEEP_JSON, SWEEP_MD, CachedRun, add_unanswered, load_entry, load_texts, one_thread
+from ...runs.sweep import SWEEP_JSON, SWEEP_MD, CachedRun, add_unanswered, entry_groups, load_texts, one_thread
 from .method import NEGATIVE_PROMPT
 from .replay import replay, sentence_quantities
 from .settings import SWEPT_SETTINGS, HybridGLSettings
@@ -63,17 +64,20 @@ class _Replay:
         self._text_features: dict[str, torch.Tensor] = {}
 
     def add_image(self, done: CompletedImage) -> None:
-        records = done.records
-        if records[0]["no_proposals"]:
-            for totals in self.totals.values():
-                for total in totals.values():
-                    add_unanswered(total, records)
-            return
+        for entry, records in entry_groups(self.run.visual, done):
+            if entry is None:
+                for totals in self.totals.values():
+                    for total in totals.values():
+                        add_unanswered(total, records)
+            else:
+                self._add_records(entry, records)
+
+    def _add_records(self, entry: ImageEntry, records: list[dict[str, Any]]) -> None:
+        """Sentences answered from one cache entry, both answers at every point."""
         missing = [name for name in _RECORD_FIELDS if name not in records[0]]
         if missing:
             raise InputError(f"the records of {self.run.directory} lack {', '.join(missing)} (a run made before "
                              "HybridGL sweeps); evaluate it again to sweep it")
-        entry = load_entry(self.run.visual, done)
         masks = entry.proposals().masks
         s = self.settings
         load_texts(self.run.texts, self._text_features, [

@@ -17,7 +17,7 @@ from PIL import Image
 from ...data.images import IMAGENET_MEAN, IMAGENET_STD
 from ...errors import InputError
 from ...models.clip import ClipBundle
-from ...models.vit import soft_masks
+from ...models.vit import class_token_block, soft_masks
 from .settings import FUSION_MODES
 
 # Q-imagenet-stats: the reference normalises both CLIP inputs with ImageNet's statistics.
@@ -170,10 +170,17 @@ def clip_inputs(
     )
 
 
-def _attention_mask(token_mask: torch.Tensor, heads: int, dtype: torch.dtype) -> torch.Tensor:
-    """Additive mask (B * heads, T, T): -inf where the class-token query meets a patch key with mu == 0."""
+def _attention_mask(token_mask: torch.Tensor | None, heads: int, dtype: torch.dtype, queries: int | None = None
+                    ) -> torch.Tensor | None:
+    """Additive mask (B * heads, queries, T): -inf where the class-token query meets a patch key with mu == 0.
+
+    ``queries``: the query rows (default T, every token; 1: the class token's alone). None when nothing is
+    blocked, so that the block is exactly the plain block.
+    """
+    if token_mask is None or not bool((token_mask == 0).any()):
+        return None
     batch, patches = token_mask.shape
-    mask = token_mask.new_zeros((batch, patches + 1, patches + 1), dtype=dtype)
+    mask = token_mask.new_zeros((batch, queries or patches + 1, patches + 1), dtype=dtype)
     mask[:, 0, 1:] = torch.where(token_mask == 0, float("-inf"), 0.0)
     return mask.repeat_interleave(heads, dim=0)
 
@@ -186,10 +193,8 @@ def masked_block(block: torch.nn.Module, x: torch.Tensor, token_mask: torch.Tens
     ``token_mask`` (B, P) or None (the plain block). The block runs with its
     own modules (layer norms, attention, layer scales, MLP and activation).
     """
-    if token_mask is not None and bool((token_mask == 0).any()):
-        attention_mask = _attention_mask(token_mask.to(x.device), block.attn.num_heads, x.dtype)
-    else:
-        attention_mask = None  # nothing blocked: exactly the plain block
+    mask = None if token_mask is None else token_mask.to(x.device)
+    attention_mask = _attention_mask(mask, block.attn.num_heads, x.dtype)
     batch_first = getattr(block.attn, "batch_first", True)
     tokens = x if batch_first else x.transpose(0, 1)
     out = block(tokens, attn_mask=attention_mask)
@@ -201,25 +206,40 @@ def _token_masked(tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tenso
     return torch.cat([tokens[:, :1], tokens[:, 1:] * token_mask[:, :, None]], dim=1)
 
 
+def _masked_class_token(block: torch.nn.Module, x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+    """The class-token row (B, 1, D) of :func:`masked_block`: the last block of a stream that is only pooled."""
+    mask = None if token_mask is None else token_mask.to(x.device)
+    return class_token_block(block, x, _attention_mask(mask, block.attn.num_heads, x.dtype, queries=1))
+
+
 def _hybrid_blocks(blocks, x: torch.Tensor, g: torch.Tensor, mu: torch.Tensor, fusion_mode: str, weight: float):
-    """The hybrid blocks on local tokens x and global tokens g; returns the class-token streams to project."""
+    """The hybrid blocks on local tokens x and global tokens g; returns the class-token streams to project.
+
+    Only the projected streams' class tokens leave the last block, so that
+    block forms those rows alone, and not at all the streams that are not
+    projected (G2L's g, L2G's x): the same features up to float rounding.
+    """
+    if len(blocks) == 0:
+        return {"G2L": [x], "L2G": [g], "G2L&L2G": [x, g]}[fusion_mode]
+    *middle, last = blocks
     if fusion_mode == "G2L":
-        for block in blocks:
+        for block in middle:
             x, g = masked_block(block, x + weight * _token_masked(g, mu), None), masked_block(block, g, mu)
-        return [x]
+        return [_masked_class_token(last, x + weight * _token_masked(g, mu), None)]
     if fusion_mode == "L2G":
-        for block in blocks:
+        for block in middle:
             x, g = masked_block(block, x, None), masked_block(block, x + weight * g, mu)
-        return [g]
+        return [_masked_class_token(last, x + weight * g, mu)]
     local, global_ = x, g  # hl, hg
-    for block in blocks:
+    for block in middle:
         x, g, local, global_ = (
             masked_block(block, x, None),
             masked_block(block, g, mu),
             masked_block(block, local + weight * _token_masked(g, mu), None),
             masked_block(block, x + weight * global_, mu),
         )
-    return [local, global_]
+    return [_masked_class_token(last, local + weight * _token_masked(g, mu), None),
+            _masked_class_token(last, x + weight * global_, mu)]
 
 
 @torch.no_grad()

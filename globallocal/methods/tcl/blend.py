@@ -114,6 +114,7 @@ class TCLBlend(Method):
         self.inner, self.tcl, self.weight = inner, tcl, weight
         super().__init__(inner.clip, inner.nlp, inner.settings)
         self.name = f"{inner.name}+tcl"
+        self.per_proposal = inner.per_proposal
         self.shares_clip = tcl.clip is inner.clip
         self._tcl_texts: dict[str, torch.Tensor] = {}
 
@@ -132,9 +133,21 @@ class TCLBlend(Method):
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "tcl_weight": self.weight, "tcl": self.tcl.describe()}
 
-    def image_features(self, image, proposals: Proposals | None) -> dict[str, torch.Tensor]:
+    def image_context(self, image) -> Any:
+        return self.inner.image_context(image)
+
+    def shared_features(self, image, context: Any) -> dict[str, torch.Tensor]:
+        """The inner method's per-image tensors and all of TCL's (TCL's features take no proposal)."""
         tcl = {PREFIX + key: value for key, value in self.tcl.image_features(image, None).items()}
-        return {**self.inner.image_features(image, proposals), **tcl}
+        return {**self.inner.shared_features(image, context), **tcl}
+
+    def proposal_features(self, image, proposals: Proposals | None, context: Any) -> dict[str, torch.Tensor]:
+        """The inner method's: TCL's proposal scores are computed when answering, standardised over the
+        proposals answered from."""
+        return self.inner.proposal_features(image, proposals, context)
+
+    def local_noun_phrase(self, parsed: ParsedPhrase) -> str:
+        return self.inner.local_noun_phrase(parsed)
 
     def text_strings(self, parsed: ParsedPhrase) -> list[str]:
         own = self.tcl.text_strings(parsed) if self.shares_clip else []
