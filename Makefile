@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve browser test lint bench clean
+.PHONY: install demo serve browser test lint bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -47,6 +47,12 @@ bench: install
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/proposals.py
 	$(BIN)/python bench/methods.py
+	$(BIN)/python bench/tcl.py
+	$(BIN)/python bench/precision.py
+
+# The whole measurement on one CUDA device, unattended, in 9 minutes: tables into $OUT (or bench_out/).
+bench-gpu:
+	bench/gpu.sh
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache *.egg-info
