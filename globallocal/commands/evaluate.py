@@ -63,7 +63,7 @@ def evaluate(
         "(phrasecut)."
     ),
     data_root: Path = typer.Option(
-        ..., help="REFER root holding DATASET/refs(SPLIT_BY).p and instances.json, or the VGPhraseCut_v0 folder "
+        ..., help="REFER root holding DATASET/ with refs(SPLIT_BY).p and instances.json, or the VGPhraseCut_v0 folder "
         "(refer_SPLIT.json, image_data_split.json, images/)."
     ),
     images: Path | None = typer.Option(

@@ -101,7 +101,7 @@ Sam3ThresholdOpt = Annotated[float | None, typer.Option(
 Sam3FallbackOpt = Annotated[str | None, typer.Option(
     "--sam3-fallback", help="SAM 3: what answers a noun phrase with no instance above the threshold, tried in this "
     "order: head-noun (its head noun alone), below-threshold (its best instances below it), sam2 (SAM 2's "
-    "automatic proposals). Comma-separated, or none; default head-noun,below-threshold.")]
+    "automatic proposals). Comma-separated, or none; by default head-noun, then below-threshold.")]
 ShortSideOpt = Annotated[int | None, typer.Option(
     help="Short side the photo is resized to for FreeSOLO and for CLIP's input tensor (default 800, SPEC).")]
 MinAreaOpt = Annotated[int | None, typer.Option(
