@@ -26,7 +26,9 @@ from .options import (
     PredIouOpt,
     ProposalArgs,
     ProposalsOpt,
+    Sam3AnswerOpt,
     Sam3FallbackOpt,
+    Sam3PromptOpt,
     Sam3ThresholdOpt,
     Sam3WeightsOpt,
     SamModelOpt,
@@ -85,6 +87,8 @@ def batch(
     sam3_weights: Sam3WeightsOpt = None,
     sam3_threshold: Sam3ThresholdOpt = None,
     sam3_fallback: Sam3FallbackOpt = None,
+    sam3_prompt: Sam3PromptOpt = None,
+    sam3_answer: Sam3AnswerOpt = None,
 ) -> None:
     """Segment every (photo, phrase) pair of a manifest; photos named by several lines are processed once.
 
@@ -96,20 +100,22 @@ def batch(
     # Everything cheap is checked before torch is imported and any model loads.
     from globallocal.data.images import check_writable_folder
     from globallocal.data.manifest import read_manifest
-    from globallocal.methods import get_method
+    from globallocal.methods import Sam3Options, get_method
     from globallocal.runs.runfolder import check_free
 
     manifest = read_manifest(pairs)
     check_free(out)
     check_writable_folder(out / "masks", "output")
     spec = get_method(method)
+    sam3 = Sam3Options.from_arguments(locals())
+    sam3.check(spec, proposals)
     overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
         fusion_mode=fusion_mode,
-    )
+    ) | sam3.method_overrides(method)
     proposals = proposals or spec.proposals_for(preset)
     sam_settings = sam_settings or spec.default_proposal_settings
-    source_args = ProposalArgs.from_arguments(locals())
+    source_args = ProposalArgs.from_arguments(sam3.proposal_arguments(method, locals()))
     check_applicable(spec, overrides, source_args, masks)
     source_args.check()
     spec.settings(preset, **overrides)
@@ -125,7 +131,7 @@ def batch(
     device = resolve_device(device)
     segmenter = Segmenter.from_pretrained(
         clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
-        method=method, **overrides,
+        method=method, method_options=sam3.method_options(method), **overrides,
     )
     weights = {"clip": clip_weights} if Path(clip_weights).is_file() else {}
     proposal_settings: dict = {}
@@ -146,7 +152,7 @@ def batch(
 
     run_settings = {
         "clip_model": clip_model,
-        "clip_weights": "file" if "clip" in weights else clip_weights,
+        "clip_weights": None if clip_model is None else "file" if "clip" in weights else clip_weights,
         "preset": preset,
         **segmenter.method.describe(),
         "parser": parser_label(segmenter.nlp),

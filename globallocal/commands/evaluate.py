@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ..errors import InputError
 from .common import default_run_dir, stderr
 from .options import (
     CLIP_MODEL_HELP,
@@ -26,7 +27,9 @@ from .options import (
     PrecisionOpt,
     PredIouOpt,
     ProposalArgs,
+    Sam3AnswerOpt,
     Sam3FallbackOpt,
+    Sam3PromptOpt,
     Sam3ThresholdOpt,
     Sam3WeightsOpt,
     SamModelOpt,
@@ -118,6 +121,8 @@ def evaluate(
     sam3_weights: Sam3WeightsOpt = None,
     sam3_threshold: Sam3ThresholdOpt = None,
     sam3_fallback: Sam3FallbackOpt = None,
+    sam3_prompt: Sam3PromptOpt = None,
+    sam3_answer: Sam3AnswerOpt = None,
     tcl_window: TCLWindowOpt = None,
     tcl_pamr: TCLPamrOpt = None,
     tcl_templates: TCLTemplatesOpt = None,
@@ -141,24 +146,28 @@ def evaluate(
     Runs under torchrun too (e.g. torchrun --nproc_per_node 4 -m cli evaluate ...):
     images are shared out between the processes and rank 0 writes the report.
     """
-    from globallocal.methods import TCLOptions, get_method  # torch-free, like every check below
+    from globallocal.methods import Sam3Options, TCLOptions, get_method  # torch-free, like every check below
     from globallocal.runs.evaluation_config import EvaluationConfig, check_evaluation_inputs
 
     spec = get_method(method)
     tcl = TCLOptions.from_arguments(locals())
     tcl.check(spec)
+    sam3 = Sam3Options.from_arguments(locals())
+    sam3.check(spec, proposals)
+    if cache is not None and not spec.uses_clip:
+        raise InputError(f"--cache keeps CLIP features; --method {method} computes none: drop --cache")
     preset = preset or spec.preset_for(dataset)
     proposals = proposals or spec.proposals_for(preset)
     sam_settings = sam_settings or spec.default_proposal_settings
     overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
         fusion_mode=fusion_mode, sticky_topk=sticky_topk,
-    ) | tcl.method_overrides(method)
-    source_args = ProposalArgs.from_arguments(locals())
+    ) | tcl.method_overrides(method) | sam3.method_overrides(method)
+    source_args = ProposalArgs.from_arguments(sam3.proposal_arguments(method, locals()))
     check_applicable(spec, overrides, source_args, extra_kinds=("gt",))
     source_args.check()
     spec.settings(preset, **overrides)
-    clip_model = clip_model or spec.default_clip_model
+    clip_model = clip_model or (spec.default_clip_model if spec.uses_clip else None)
     selection = split if subset == "all" else f"{split}_{subset}"
     out = out or default_run_dir(
         dataset, selection, tcl.run_tag(method), preset, clip_model, proposals or "none", alpha, beta
@@ -182,7 +191,7 @@ def evaluate(
         local_device = place.device(device)
         segmenter = Segmenter.from_pretrained(
             clip_model, clip_weights, preset, device=local_device, precision=precision, spacy_model=spacy_model,
-            method=method, method_options=tcl.method_options(method), **overrides,
+            method=method, method_options=tcl.method_options(method) or sam3.method_options(method), **overrides,
         )
         segmenter.method = tcl.wrap(segmenter.method)
         proposal_key, proposal_settings = None, {}
@@ -209,7 +218,7 @@ def evaluate(
 
         settings = {
             "clip_model": clip_model,
-            "clip_weights": "file" if "clip" in weights else clip_weights,
+            "clip_weights": None if clip_model is None else "file" if "clip" in weights else clip_weights,
             "preset": preset,
             **segmenter.method.describe(),
             "parser": parser_label(segmenter.nlp),
