@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve browser test lint bench clean
+.PHONY: install demo serve browser test lint bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -12,6 +12,7 @@ install: $(STAMP)
 $(STAMP): requirements.lock setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=64" wheel
+	# The lock pins the extras too (Ray for --ray among them).
 	# sam2 ships as source: build it against the venv's torch (no isolated build pulling another torch),
 	# without its optional CUDA extension.
 	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install --quiet --no-build-isolation -r requirements.lock
@@ -46,6 +47,12 @@ bench: install
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/proposals.py
 	$(BIN)/python bench/methods.py
+	$(BIN)/python bench/tcl.py
+	$(BIN)/python bench/precision.py
+
+# The whole measurement on one CUDA device, unattended, in 9 minutes: tables into $OUT (or bench_out/).
+bench-gpu:
+	bench/gpu.sh
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache *.egg-info

@@ -10,7 +10,7 @@ import typer
 from rich.text import Text
 
 from globallocal.commands.batch import batch
-from globallocal.commands.common import default_run_dir, stderr
+from globallocal.commands.common import Command, Group, default_run_dir, stderr
 from globallocal.commands.evaluate import evaluate
 from globallocal.commands.proposals import proposals
 from globallocal.commands.report import report
@@ -23,6 +23,7 @@ app = typer.Typer(
     help="Zero-shot referring image segmentation with global-local CLIP features (Yu et al., CVPR 2023).",
     no_args_is_help=True,
     add_completion=False,
+    cls=Group,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -58,7 +59,7 @@ def _warn(message, category, filename, lineno, file=None, line=None) -> None:
 
 # Each command's declaration and body live in globallocal/commands/<name>.py; importing one costs no torch.
 for command in (segment, proposals, evaluate, batch, sweep, report, serve):
-    app.command()(command)
+    app.command(cls=Command)(command)
 
 
 def _command_name(arguments: list[str]) -> str | None:

@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from globallocal.data.images import load_image, x800  # noqa: E402
 from globallocal.proposals.freesolo import FreeSOLOGenerator  # noqa: E402
-from globallocal.proposals.solov2 import INSTANCE_STRIDES, FreeSOLONet, HeadOutputs, point_nms  # noqa: E402
+from globallocal.proposals.solov2 import INSTANCE_STRIDES, FreeSOLONet, HeadOutputs  # noqa: E402
+from globallocal.proposals.solov2_decode import point_nms  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "img_44266.jpg"
 

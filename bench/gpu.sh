@@ -7,8 +7,8 @@
 # side by side), `globallocal evaluate` on the synthetic REFER fixture in every precision, and, when two GPUs
 # exist, the same evaluation as a 2-process NCCL torchrun. Tables, logs and `nvidia-smi` go to FOLDER
 # (default: $OUT, else bench_out/). The whole run keeps to --budget seconds (default 540, i.e. 9 minutes,
-# counted from the start, install included): each step gets what is left, and a step cut short is
-# named in summary.md, so the run always ends with its tables written. --device cpu --quick checks the
+# counted from the start, install included): each step gets its cap or what is left, and a step cut short
+# is named in summary.md (with the rows it printed), so the run always ends with its tables written. --device cpu --quick checks the
 # script itself on a machine without a GPU; --skip-install uses the venv that is already there.
 set -uo pipefail
 
@@ -38,10 +38,15 @@ export HF_HUB_OFFLINE=1  # random weights throughout: nothing to download
 
 echo "# bench/gpu.sh on $(hostname), $(date -u +%FT%TZ), device $DEVICE${QUICK[*]:+, quick}" > "$SUMMARY"
 
-# step NAME COMMAND...: runs COMMAND with what is left of the budget, output to FOLDER/NAME.log.
+# step NAME CAP COMMAND...: runs COMMAND for at most CAP seconds (0: no cap) and what is left of the budget,
+# output to FOLDER/NAME.log.
 step() {
-    local name=$1; shift
+    local name=$1 cap=$2; shift 2
     local left=$(( END - $(date +%s) ))
+    # The caps are sized for a GPU; a CPU check (--device cpu) runs each step to the end of the budget.
+    if [[ $DEVICE == cuda* ]] && [ "$cap" -gt 0 ] && [ "$cap" -lt "$left" ]; then
+        left=$cap
+    fi
     if [ "$left" -lt 5 ]; then
         echo "- $name: not run, the budget was spent" >> "$SUMMARY"
         return
@@ -50,7 +55,7 @@ step() {
     timeout --kill-after=5 "$left" "$@" > "$FOLDER/$name.log" 2>&1
     local status=$?
     local note="done"
-    [ "$status" -eq 124 ] && note="cut short at the budget"
+    [ "$status" -eq 124 ] && note="cut short after $left s"
     [ "$status" -ne 0 ] && [ "$status" -ne 124 ] && note="failed (exit status $status; see $name.log)"
     echo "- $name: $note in $(( SECONDS - start )) s" >> "$SUMMARY"
 }
@@ -62,7 +67,7 @@ smi() {
 }
 
 if [ "$INSTALL" = 1 ]; then
-    step install make install
+    step install 0 make install
 fi
 smi before
 
@@ -91,22 +96,23 @@ EVALUATE=(evaluate --dataset refcoco --split val --data-root "$FIXTURE/data" --i
           --proposals gt --clip-model ViT-B-16 --clip-weights random)
 for precision in "${PRECISIONS[@]}"; do
     rm -rf "$FOLDER/evaluate-$precision"
-    step "evaluate-$precision" "$PYTHON" -m cli "${EVALUATE[@]}" --device "$DEVICE" --precision "$precision" \
+    step "evaluate-$precision" 60 "$PYTHON" -m cli "${EVALUATE[@]}" --device "$DEVICE" --precision "$precision" \
         --out "$FOLDER/evaluate-$precision"
 done
 if [ "$GPUS" -ge 2 ]; then
     rm -rf "$FOLDER/evaluate-nccl"
-    step evaluate-nccl "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 2 -m cli \
+    step evaluate-nccl 90 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 2 -m cli \
         "${EVALUATE[@]}" --device cuda --out "$FOLDER/evaluate-nccl"
 else
     echo "- evaluate-nccl: not run, $GPUS CUDA devices (needs 2)" >> "$SUMMARY"
 fi
 
 BENCH=(--device "$DEVICE" --precisions "$PRECISION_LIST" "${QUICK[@]}")
-step precision "$PYTHON" bench/precision.py "${BENCH[@]}"
-step throughput "$PYTHON" bench/throughput.py "${BENCH[@]}"
-step methods "$PYTHON" bench/methods.py "${BENCH[@]}"
-step tcl "$PYTHON" bench/tcl.py "${BENCH[@]}"
+# Shortest first, each capped, so that the longest (throughput: a process per row) cannot starve the others.
+step tcl 60 "$PYTHON" bench/tcl.py "${BENCH[@]}"
+step methods 90 "$PYTHON" bench/methods.py "${BENCH[@]}"
+step precision 60 "$PYTHON" bench/precision.py "${BENCH[@]}"
+step throughput 0 "$PYTHON" bench/throughput.py "${BENCH[@]}"
 smi after
 
 # The tables: every bench prints Markdown tables; the evaluations' reports say what each precision scored.

@@ -49,7 +49,8 @@ from sam3 import add_sam3_option, load_source, queries  # noqa: E402
 
 from globallocal.data.images import load_image  # noqa: E402
 from globallocal.proposals import Proposals  # noqa: E402
-from globallocal.proposals.sam import SAM2Generator, SAMGenerator, load_sam, load_sam2  # noqa: E402
+from globallocal.proposals.sam import SAM2Generator, SAMGenerator  # noqa: E402
+from globallocal.proposals.sam_weights import load_sam, load_sam2  # noqa: E402
 
 PHOTO = Path(__file__).resolve().parents[1] / "examples" / "img_44266.jpg"  # 640 x 480
 KEEP_ALL = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}

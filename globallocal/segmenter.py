@@ -86,7 +86,7 @@ class Segmenter:
         clip_model: str | None = None,
         clip_weights: str = "openai",
         preset: str | None = None,
-        device: str = "cpu",
+        device: str = "auto",
         precision: str = "fp32",
         spacy_model: str | None = None,
         proposal_source: ProposalSource | ConceptSource | None = None,
@@ -97,8 +97,10 @@ class Segmenter:
         """Load CLIP (unless the method uses none), the parser and a method by name.
 
         ``clip_model`` defaults to the method's (ViT-B-32 for global-local);
-        ``preset`` to the method's; ``overrides`` change fields of its
-        settings; ``method_options`` go to the method's builder (extra weights).
+        ``preset`` to the method's; ``device`` "auto" (CUDA when available,
+        as on the command line), "cpu", "cuda" or "cuda:N"; ``overrides``
+        change fields of its settings; ``method_options`` go to the method's
+        builder (extra weights).
         """
         spec = get_method(method)
         spec.settings(preset, **overrides)  # bad settings and a CLIP that does not fit fail before any model loads
@@ -220,9 +222,11 @@ class Segmenter:
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """Raw CLIP text features (len(texts), D) through the cache; only the missing texts are encoded."""
-        missing = list(dict.fromkeys(text for text in texts if text not in self._text_cache))
-        if missing:
-            self.add_text_features(missing, encode_texts(missing, self.clip))
+        # One text at a time: how many were missing together changes float sums in the text tower, and a
+        # text's features (so the scores written) must not depend on what the process saw before it (a resumed
+        # run, a Ray actor given other photos).
+        for text in dict.fromkeys(text for text in texts if text not in self._text_cache):
+            self.add_text_features([text], encode_texts([text], self.clip))
         for text in texts:
             self._text_cache.move_to_end(text)
         return torch.stack([self._text_cache[text] for text in texts])

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from test_freesolo import random_checkpoint
 
-from globallocal.proposals import freesolo
+from globallocal.proposals import freesolo_checkpoint as checkpoint_module
 from globallocal.proposals.files import INDEX_FILE
 
 
@@ -64,7 +64,7 @@ def test_proposals_folder_round_trips_into_segment(run, small_photo, freesolo_ch
 
 def test_missing_freesolo_weights_offline(run, small_photo, tiny_config_paths, tiny_checkpoints, tmp_path,
                                           monkeypatch):
-    monkeypatch.setattr(freesolo, "default_weights_dirs", lambda: [tmp_path / "freesolo_weights"])
+    monkeypatch.setattr(checkpoint_module, "default_weights_dirs", lambda: [tmp_path / "freesolo_weights"])
     monkeypatch.delenv("GLOBALLOCAL_FREESOLO_WEIGHTS", raising=False)
     start = time.monotonic()
     code, err = run("segment", small_photo, "the man", "-o", tmp_path / "m.png",
@@ -72,7 +72,8 @@ def test_missing_freesolo_weights_offline(run, small_photo, tiny_config_paths, t
     assert time.monotonic() - start < 20
     assert code == 2 and "Traceback" not in err
     (line,) = err.strip().splitlines()
-    assert "FreeSOLO_R101_30k_pl.pth" in line and freesolo.FREESOLO_URL in line and "--freesolo-weights" in line
+    assert "FreeSOLO_R101_30k_pl.pth" in line and checkpoint_module.FREESOLO_URL in line
+    assert "--freesolo-weights" in line
     assert not (tmp_path / "m.png").exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -246,10 +247,10 @@ def test_resuming_with_another_configuration_is_refused(refer, tmp_path):
         _run(refer, out, stop_after_images=1)
     before = (out / RECORDS_FILE).read_bytes()
     changed = _config(refer, out, settings={"model": "stand-in", "alpha": 0.5, "beta": 0.5})
-    with pytest.raises(InputError, match=r"configuration \(settings.alpha: run 0.95, now 0.5\); use another --out or"):
+    with pytest.raises(InputError, match=r"differs in:\n  settings.alpha: run 0.95, now 0.5$"):
         run_evaluation(changed, StandInSegmenter(), _source(refer), progress=False)
     union = _config(refer, out, overlap="union")
-    with pytest.raises(InputError, match=r"different configuration \(overlap: run \"paper\", now \"union\"\)"):
+    with pytest.raises(InputError, match=r"differs in:\n  overlap: run \"paper\", now \"union\"$"):
         run_evaluation(union, StandInSegmenter(), _source(refer), progress=False)
     assert (out / RECORDS_FILE).read_bytes() == before
 
@@ -299,6 +300,15 @@ def test_limit_takes_the_first_images_with_the_progress_bar(refer, tmp_path, cap
     assert report["images_total"] == 2 and report["metrics"]["sentences"] == 11
     bar = capsys.readouterr().err
     assert "2/2" in bar and "11 sentences" in bar and f"oIoU {report['metrics']['oIoU']:.2f}" in bar
+    # Everywhere the run is described, the limit is said: of the split's images, how many, and why.
+    split = report["images_in_split"]
+    assert split > 2 and report["limit"] == 2
+    assert f"- images: 2 of {split} images (--limit 2)," in (tmp_path / "run" / "report.md").read_text()
+    table = io.StringIO()
+    Console(file=table, width=80).print(format_report_table([tmp_path / "run"]))
+    assert f"2/{split} (--limit 2)" in table.getvalue().replace("\n", "")
+    run_evaluation(_config(refer, tmp_path / "run", limit=3), segmenter, source, progress=True)
+    assert "resuming: 2 of 3 images done" in capsys.readouterr().err
     with pytest.raises(InputError, match="at least 1"):
         run_evaluation(_config(refer, tmp_path / "zero", limit=0), segmenter, source, progress=False)
 
@@ -486,7 +496,7 @@ def test_a_cached_run_is_not_resumed_without_its_cache(refer, tmp_path, tiny_vit
     config = _config(refer, tmp_path / "run", settings={"model": tiny_vit.name})
     with pytest.raises(EvaluationStopped):
         run_evaluation(config, segmenter, "gt", progress=False, cache=feature_cache, stop_after_images=1)
-    with pytest.raises(InputError, match=r"different configuration \(cache: run \{\"dir\": .*, now null\)"):
+    with pytest.raises(InputError, match=r"differs in:\n  cache: run \{\"dir\": .*\.\.\., now null$"):
         run_evaluation(config, segmenter, "gt", progress=False)
 
 

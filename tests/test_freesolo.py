@@ -25,11 +25,11 @@ from torchvision.models.resnet import Bottleneck  # noqa: E402
 
 from globallocal.errors import WeightsError  # noqa: E402
 from globallocal.models import hub  # noqa: E402
-from globallocal.proposals import freesolo  # noqa: E402
-from globallocal.proposals.freesolo import (  # noqa: E402
+from globallocal.proposals import freesolo_checkpoint  # noqa: E402
+from globallocal.proposals.freesolo import FreeSOLOGenerator, build_freesolo  # noqa: E402
+from globallocal.proposals.freesolo_checkpoint import (  # noqa: E402
     FREESOLO_FILENAME,
     FREESOLO_URL,
-    FreeSOLOGenerator,
     checkpoint_key_map,
     load_freesolo,
     module_key_to_checkpoint_key,
@@ -283,7 +283,7 @@ def test_folding_frozen_batchnorm_keeps_the_outputs(unfolded_model):
 
 
 def test_build_freesolo_from_an_explicit_file(random_checkpoint_file):
-    generator = freesolo.build_freesolo(
+    generator = build_freesolo(
         random_checkpoint_file[0], device="cpu", max_proposals=7, short_side=64
     )
     assert isinstance(generator, FreeSOLOGenerator)
@@ -317,7 +317,7 @@ def test_real_network_on_a_panorama(random_model):
 def no_default_weights(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "freesolo_weights"
     folder.mkdir()
-    monkeypatch.setattr(freesolo, "default_weights_dirs", lambda: [folder])
+    monkeypatch.setattr(freesolo_checkpoint, "default_weights_dirs", lambda: [folder])
     monkeypatch.delenv("GLOBALLOCAL_FREESOLO_WEIGHTS", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub_cache"))
     return folder
@@ -373,9 +373,9 @@ def test_missing_explicit_weights_are_named(tmp_path, monkeypatch):
 def test_default_weights_dirs_are_the_working_folder_then_the_clone(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     clone = Path(__file__).resolve().parents[1] / "freesolo_weights"
-    assert freesolo.default_weights_dirs() == [tmp_path / "freesolo_weights", clone]
+    assert freesolo_checkpoint.default_weights_dirs() == [tmp_path / "freesolo_weights", clone]
     monkeypatch.chdir(clone.parent)
-    assert freesolo.default_weights_dirs() == [clone]
+    assert freesolo_checkpoint.default_weights_dirs() == [clone]
 
 
 def test_truncated_checkpoint_is_refused(random_checkpoint_file, tmp_path):
@@ -431,7 +431,7 @@ def _fake_hub_cache(root: Path, repo_id: str, filename: str, data: bytes) -> Pat
 
 def test_a_checkpoint_in_the_hugging_face_cache_is_used_offline(no_default_weights, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cached = _fake_hub_cache(Path(huggingface_hub.constants.HF_HUB_CACHE), freesolo.FREESOLO_REPO_ID,
+    cached = _fake_hub_cache(Path(huggingface_hub.constants.HF_HUB_CACHE), freesolo_checkpoint.FREESOLO_REPO_ID,
                              FREESOLO_FILENAME, b"weights")
     assert resolve_freesolo_weights(None) == cached
     # A copy in the weights folder still comes first.
@@ -448,14 +448,14 @@ def test_the_working_folder_is_searched(tmp_path, monkeypatch):
 
 
 def test_the_pinned_hash_is_the_released_files():
-    assert freesolo.FREESOLO_SHA256 == "434184b432dc8faaedd552b2f456ad7b4e0e154b65d4d0e92e5bc7c24112d348"
-    assert freesolo.FREESOLO_SIZE == 526_827_156
+    assert freesolo_checkpoint.FREESOLO_SHA256 == "434184b432dc8faaedd552b2f456ad7b4e0e154b65d4d0e92e5bc7c24112d348"
+    assert freesolo_checkpoint.FREESOLO_SIZE == 526_827_156
 
 
 def _pin(monkeypatch, path: Path) -> None:
     """Make ``path`` the 'released' file, as far as the hash check is concerned."""
-    monkeypatch.setattr(freesolo, "FREESOLO_SHA256", hashlib.sha256(path.read_bytes()).hexdigest())
-    monkeypatch.setattr(freesolo, "FREESOLO_SIZE", path.stat().st_size)
+    monkeypatch.setattr(freesolo_checkpoint, "FREESOLO_SHA256", hashlib.sha256(path.read_bytes()).hexdigest())
+    monkeypatch.setattr(freesolo_checkpoint, "FREESOLO_SIZE", path.stat().st_size)
 
 
 def test_a_download_that_is_not_the_released_file_is_deleted(no_default_weights, tmp_path, monkeypatch):
@@ -487,5 +487,5 @@ def test_the_released_file_is_loaded_even_with_python_objects(random_checkpoint_
     _pin(monkeypatch, path)
     model = load_freesolo(path, fold_batchnorm=False)
     loaded = model.state_dict()
-    for checkpoint_key, model_key in freesolo.checkpoint_key_map(model).items():
+    for checkpoint_key, model_key in freesolo_checkpoint.checkpoint_key_map(model).items():
         assert torch.equal(loaded[model_key], state[checkpoint_key].float()), checkpoint_key

@@ -19,9 +19,10 @@ from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
 from globallocal.errors import InputError  # noqa: E402
-from globallocal.proposals import solov2  # noqa: E402
+from globallocal.proposals import solov2_decode  # noqa: E402
 from globallocal.proposals.freesolo import FreeSOLOGenerator  # noqa: E402
-from globallocal.proposals.solov2 import HeadOutputs, matrix_nms, point_nms, resize_masks, select_instances  # noqa: E402
+from globallocal.proposals.solov2 import HeadOutputs  # noqa: E402
+from globallocal.proposals.solov2_decode import matrix_nms, point_nms, resize_masks, select_instances  # noqa: E402
 
 GRIDS = (40, 36, 24, 16, 12)
 STRIDES = (8, 8, 16, 32, 32)
@@ -155,7 +156,7 @@ def test_matrix_nms_matches_the_decay_formula(kernel, n, num_labels):
 )
 def test_selection_matches_the_plain_reference(monkeypatch, seed, max_before_nms, chunk_elements):
     """Chunking, early stopping and compaction change nothing (small chunks force all three)."""
-    monkeypatch.setattr(solov2, "_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(solov2_decode, "_CHUNK_ELEMENTS", chunk_elements)
     evaluated = []
     real_mm = torch.mm
     monkeypatch.setattr(torch, "mm", lambda a, b, **kw: evaluated.append(len(a)) or real_mm(a, b, **kw))

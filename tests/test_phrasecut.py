@@ -241,7 +241,7 @@ def test_another_subset_does_not_resume_a_run(phrasecut, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(EvaluationStopped):
         _run(phrasecut, out, stop_after_images=1)
-    with pytest.raises(InputError, match=r"different configuration \(subset: run \"all\", now \"seen\"\)"):
+    with pytest.raises(InputError, match=r"differs in:\n  subset: run \"all\", now \"seen\"$"):
         _run(phrasecut, out, subset="seen")
 
 
@@ -280,6 +280,12 @@ def test_cli_evaluates_the_unseen_subset(cli, phrasecut, tmp_path, tiny_config_p
         (["--dataset", "refcoco", "--split", "val", "--images", ".", "--subset", "unseen"], "phrasecut only"),
     ],
 )
-def test_cli_refuses_bad_options_before_loading_models(run, tmp_path, options, message):
-    code, err = run("evaluate", *options, "--data-root", tmp_path, "--clip-model", tmp_path / "absent.json")
+def test_cli_refuses_bad_options_before_loading_models(run, tmp_path, monkeypatch, options, message):
+    from globallocal.segmenter import Segmenter
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the models were loaded")
+
+    monkeypatch.setattr(Segmenter, "from_pretrained", loaded)
+    code, err = run("evaluate", *options, "--data-root", tmp_path)
     assert code == 2 and err.startswith("error: ") and message in err, err

@@ -20,7 +20,8 @@ from globallocal.methods.global_local.method import GlobalLocal, GlobalLocalSett
 from globallocal.models import weights as weights_module
 from globallocal.models.weights import weights_identity
 from globallocal.proposals import Proposals
-from globallocal.proposals.freesolo import _compact, load_freesolo
+from globallocal.proposals.freesolo import _compact
+from globallocal.proposals.freesolo_checkpoint import load_freesolo
 from globallocal.runs.cache import FeatureCache, VisualStore, remove_orphans
 from globallocal.runs.evaluate import IMAGE_UNITS, RECORDS_FILE, EvaluationConfig, run_evaluation
 from globallocal.runs.runfolder import RunFolder

@@ -127,9 +127,24 @@ def test_config_is_written_once_then_compared(tmp_path):
         folder.check_config({"a": 1, "b": 2})
     with RunFolder(tmp_path, LINES) as folder:
         folder.check_config({"a": 1, "b": 2})
-        with pytest.raises(InputError, match=r"different configuration \(b: run 2, now 3\)"):
+        with pytest.raises(InputError, match=r"different configuration; .* differs in:\n  b: run 2, now 3$"):
             folder.check_config({"a": 1, "b": 3})
         with pytest.raises(InputError, match="holds a run with other clip weights"):
             folder.check_config({"a": 1, "b": 3}, explain=lambda stored, now: "other clip weights")
     with pytest.raises(InputError, match="is a file"):
         RunFolder(tmp_path / "config.json", LINES)
+
+
+def test_a_refusal_lists_the_differing_leaves_one_per_line_values_shortened(tmp_path):
+    stored = {"settings": {"alpha": 0.95, "prompt": "x" * 500, "same": 1}, "cache": None}
+    with RunFolder(tmp_path, LINES) as folder:
+        folder.check_config(stored)
+        with pytest.raises(InputError) as refused:
+            folder.check_config({"settings": {"alpha": 0.5, "prompt": "y" * 500, "same": 1},
+                                 "cache": {"dir": "/c", "visual": "v" * 300}})
+    first, *lines = str(refused.value).split("\n")
+    assert first.endswith("holds a run with a different configuration; use another --out or delete that "
+                          "directory; it differs in:")
+    assert lines[0].startswith('  cache: run null, now {"dir": "/c", "visual": "vvv') and lines[0].endswith('...')
+    assert lines[1:] == ["  settings.alpha: run 0.95, now 0.5",
+                         f'  settings.prompt: run "{"x" * 56}..., now "{"y" * 56}...']

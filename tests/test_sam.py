@@ -26,15 +26,9 @@ from torch import nn  # noqa: E402
 from globallocal.errors import InputError, WeightsError  # noqa: E402
 from globallocal.methods import get_method  # noqa: E402
 from globallocal.proposals import Proposals, postprocess, projection_boxes  # noqa: E402
-from globallocal.proposals import sam as sam_module  # noqa: E402
-from globallocal.proposals.sam import (  # noqa: E402
-    SAM_SETTINGS,
-    SAM_WEIGHTS_URL,
-    SAM2Generator,
-    SAMGenerator,
-    load_sam,
-    load_sam2,
-)
+from globallocal.proposals import sam_weights as sam_module  # noqa: E402
+from globallocal.proposals.sam import SAM_SETTINGS, SAM2Generator, SAMGenerator  # noqa: E402
+from globallocal.proposals.sam_weights import SAM_WEIGHTS_URL, load_sam, load_sam2  # noqa: E402
 from globallocal.proposals.sources import build_proposal_generator  # noqa: E402
 
 HAS_SAM2 = importlib.util.find_spec("sam2") is not None
@@ -381,6 +375,11 @@ def test_wrong_sam_checkpoint_is_named(tmp_path):
         load_sam("vit_b", path)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="cannot read SAM vit_b weights .*: not a PyTorch checkpoint"):
+        load_sam("vit_b", path)
+    # Another size of SAM is named by its image encoder's width, as a CLIP file of another shape is.
+    torch.save({"image_encoder.pos_embed": torch.zeros(1, 4, 4, 1280)}, path)
+    with pytest.raises(WeightsError, match=r"not the SAM vit_b checkpoint: .*; it looks like SAM vit_h: pass "
+                                           r"--sam-model vit_h$"):
         load_sam("vit_b", path)
 
 

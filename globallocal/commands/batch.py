@@ -26,6 +26,10 @@ from .options import (
     PredIouOpt,
     ProposalArgs,
     ProposalsOpt,
+    RayActorsOpt,
+    RayCpusOpt,
+    RayGpusOpt,
+    RayOpt,
     Sam3AnswerOpt,
     Sam3FallbackOpt,
     Sam3PromptOpt,
@@ -89,6 +93,10 @@ def batch(
     sam3_fallback: Sam3FallbackOpt = None,
     sam3_prompt: Sam3PromptOpt = None,
     sam3_answer: Sam3AnswerOpt = None,
+    ray: RayOpt = None,
+    ray_actors: RayActorsOpt = None,
+    ray_gpus_per_actor: RayGpusOpt = None,
+    ray_cpus_per_actor: RayCpusOpt = None,
 ) -> None:
     """Segment every (photo, phrase) pair of a manifest; photos named by several lines are processed once.
 
@@ -123,51 +131,31 @@ def batch(
     if masks is not None and not masks.exists():
         raise InputError(f"mask source not found: {masks}; give a folder of PNG masks or an RLE .json file")
 
-    from globallocal.models.clip import resolve_device
-    from globallocal.models.text import parser_label
-    from globallocal.runs.batch import run_batch
-    from globallocal.segmenter import Segmenter
+    from globallocal.runs.batch import lines_failed, run_batch
 
-    device = resolve_device(device)
-    segmenter = Segmenter.from_pretrained(
-        clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
-        method=method, method_options=sam3.method_options(method), **overrides,
+    from .recipe import ModelRecipe, ray_session
+
+    needs_generator = spec.uses_proposals and masks is None and any(
+        line.masks is None for line in manifest.lines
     )
-    weights = {"clip": clip_weights} if Path(clip_weights).is_file() else {}
-    proposal_settings: dict = {}
-    source = None
-    if spec.uses_proposals and masks is None and any(line.masks is None for line in manifest.lines):
-        from globallocal.proposals.sources import proposal_weights_file
-
-        generator = source_args.build(device)
-        weights_file = proposal_weights_file(proposals, generator, source_args.weights)
-        weights.update({proposals: weights_file} if weights_file else {})
-        proposal_settings.update(proposals=proposals, **source_args.settings(generator))
-
-        def source(picture):
-            return generator.generate(picture)
-
-        if source_args.phrase_dependent:
-            segmenter.proposal_source, source = generator, None  # asked per phrase by the segmenter
-
-    run_settings = {
-        "clip_model": clip_model,
-        "clip_weights": None if clip_model is None else "file" if "clip" in weights else clip_weights,
-        "preset": preset,
-        **segmenter.method.describe(),
-        "parser": parser_label(segmenter.nlp),
-        **proposal_settings,
-        "device": device,
-        "precision": precision,
-    }
-    summary = run_batch(
-        manifest, out, segmenter, source, masks=masks, settings=run_settings, weights=weights, rle=rle,
-        overlays=overlays, allow_no_noun=not require_noun,
-    )
+    with ray_session(ray, ray_actors, ray_gpus_per_actor, ray_cpus_per_actor, device) as (cluster, device):
+        recipe = ModelRecipe(
+            method, clip_model, clip_weights, preset, device, precision, spacy_model, overrides,
+            generator=source_args if needs_generator else None, proposals=proposals,
+            method_options=sam3.method_options(method),
+        )
+        # Under --ray this copy only names the configuration: the actors load their own.
+        worker = recipe.build("cpu", "fp32") if cluster is not None else recipe.build()
+        summary = run_batch(
+            manifest, out, worker.segmenter, worker.image_source(), masks=masks,
+            settings=worker.settings, weights=worker.weights, rle=rle, overlays=overlays,
+            allow_no_noun=not require_noun, ray=cluster, recipe=recipe,
+        )
     failed = summary["failed_lines"]
     stderr.print(
         f"{summary['results']} masks from {summary['lines']} lines ({summary['photos']} photos) in {out}; "
-        f"{failed} lines failed" + (f": see {summary['errors_file']}" if failed else "")
+        f"{lines_failed(failed)}" + (f": see {summary['errors_file']}" if failed else "")
+        + (f"; {summary['retried_units']} photos retried after a worker died" if summary["retried_units"] else "")
     )
     if summary["failed_lines"]:
         raise typer.Exit(1)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from ..errors import InputError
 
@@ -39,3 +41,52 @@ def default_run_dir(
     parts = [part for part in (dataset, split, method, preset, model_tag, proposals) if part is not None]
     parts += [f"{letter}{value:g}" for letter, value in (("a", alpha), ("b", beta)) if value is not None]
     return Path("runs") / "_".join(parts)
+
+
+# --help groups the options by subject (Typer's rich_help_panel), one table each; the rest stay under "Options".
+_PANELS = {
+    "Outputs": ("output", "overlay", "overlay_all", "top_k_picture", "top_k", "json_path", "soft_mask", "heatmap",
+                "save_masks", "overlays", "rle"),
+    "Method and models": ("method", "clip_model", "clip_weights", "preset", "alpha", "beta", "masked_blocks",
+                          "fusion_mode", "sticky_topk", "chunk_size", "device", "precision", "spacy_model",
+                          "require_noun", "allow_split_phrases"),
+    "Mask proposals": ("masks", "proposals", "freesolo_weights", "score_threshold", "max_proposals", "min_area",
+                       "short_side", "sam_model", "sam_weights", "sam_settings", "points_per_side", "pred_iou_thresh",
+                       "stability_thresh", "min_region_area", "box_nms_thresh", "crop_layers"),
+}
+_PANEL_OF = {name: panel for panel, names in _PANELS.items() for name in names}
+
+
+def _tidy(param: Any) -> None:
+    """A flag shows no '<bool>' type, and an off-by-default one no '--no-' form (it would change nothing) nor a
+    default; an option without a panel of its own gets its subject's."""
+    if getattr(param, "is_flag", False) and param.metavar is None:
+        param.metavar = ""
+        if param.default is False:
+            param.secondary_opts, param.show_default = [], False
+    if isinstance(param, TyperOption) and param.rich_help_panel is None:
+        name = param.name or ""
+        param.rich_help_panel = "TCL" if name.startswith("tcl_") else _PANEL_OF.get(name)
+
+
+class _TidyHelp:
+    """Mixin for Typer's command classes: every parameter and the help option itself tidied by :func:`_tidy`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            _tidy(param)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            _tidy(option)
+        return option
+
+
+class Command(_TidyHelp, TyperCommand):
+    """A command whose --help is grouped by subject, with no '<bool>' types."""
+
+
+class Group(_TidyHelp, TyperGroup):
+    """The top level, likewise."""

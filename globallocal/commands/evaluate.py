@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -27,6 +26,10 @@ from .options import (
     PrecisionOpt,
     PredIouOpt,
     ProposalArgs,
+    RayActorsOpt,
+    RayCpusOpt,
+    RayGpusOpt,
+    RayOpt,
     Sam3AnswerOpt,
     Sam3FallbackOpt,
     Sam3PromptOpt,
@@ -79,9 +82,10 @@ def evaluate(
         "gt (ground-truth instance masks: the oracle). Default: the method's or the preset's."
     ),
     out: Path | None = typer.Option(
-        None, help="Run folder for records.jsonl and the report (default: runs/DATASET_SPLIT[_SUBSET]_METHOD_"
-        "PRESET_MODEL_PROPOSALS, plus _aALPHA / _bBETA when given). Running the same command again resumes it; so "
-        "does running it with a larger --limit or none."
+        None, help="Run folder for records.jsonl and the report (default: a folder of runs/ named by the "
+        "dataset, split, subset, method, preset, model and proposals joined by _ (the report line names it), plus "
+        "_aALPHA / _bBETA when given). Running the same command again resumes it; so does running it "
+        "with a larger --limit or none."
     ),
     limit: int | None = typer.Option(None, help="Evaluate only the first N images of the split."),
     save_masks: Path | None = typer.Option(
@@ -138,13 +142,18 @@ def evaluate(
         "model, weights and visual settings (not alpha/beta). Later runs sharing images skip the models; "
         "'globallocal sweep' needs it. Shareable between runs and processes."
     ),
+    ray: RayOpt = None,
+    ray_actors: RayActorsOpt = None,
+    ray_gpus_per_actor: RayGpusOpt = None,
+    ray_cpus_per_actor: RayCpusOpt = None,
 ) -> None:
     """Evaluate on a RefCOCO / RefCOCO+ / RefCOCOg or PhraseCut split: oIoU, mIoU, precision@0.5..0.9.
 
     Proposals and visual features are computed once per image and shared by
     all its sentences. Interrupt at any time; the same command resumes.
     Runs under torchrun too (e.g. torchrun --nproc_per_node 4 -m cli evaluate ...):
-    images are shared out between the processes and rank 0 writes the report.
+    images are shared out between the processes and rank 0 writes the report;
+    or with --ray, over a pool of Ray actors on one machine or a cluster.
     """
     from globallocal.methods import Sam3Options, TCLOptions, get_method  # torch-free, like every check below
     from globallocal.runs.evaluation_config import EvaluationConfig, check_evaluation_inputs
@@ -178,67 +187,42 @@ def evaluate(
     ))
     check_models(spec, clip_model, clip_weights, device, precision)
 
-    from globallocal.models.clip import resolve_device
-    from globallocal.models.text import parser_label
     from globallocal.runs.cache import FeatureCache
-    from globallocal.runs.distributed import distributed_session
+    from globallocal.runs.distributed import distributed_session, from_environment
     from globallocal.runs.evaluate import run_evaluation
-    from globallocal.segmenter import Segmenter
+    from globallocal.runs.evaluation_step import per_image
 
-    device = resolve_device(device)
+    from .recipe import ModelRecipe, ray_session
+
     tcl = tcl.with_weights_found(method)  # before any model loads: offline, a missing checkpoint fails in seconds
-    with distributed_session(device) as place:
-        local_device = place.device(device)
-        segmenter = Segmenter.from_pretrained(
-            clip_model, clip_weights, preset, device=local_device, precision=precision, spacy_model=spacy_model,
-            method=method, method_options=tcl.method_options(method) or sam3.method_options(method), **overrides,
-        )
-        segmenter.method = tcl.wrap(segmenter.method)
-        proposal_key, proposal_settings = None, {}
-        # Weights files are identified by content in the run's configuration, not by the path typed.
-        weights = {"clip": clip_weights} if os.path.isfile(clip_weights) else {}
-        if proposals == "gt":
-            source = "gt"
-        elif proposals is None:
-            source = None
-        else:
-            from globallocal.proposals.sources import proposal_cache_key, proposal_weights_file
+    if ray is not None and from_environment().world_size > 1:
+        raise InputError("--ray and torchrun do not mix: run one process with --ray, or torchrun without it")
+    with ray_session(ray, ray_actors, ray_gpus_per_actor, ray_cpus_per_actor, device) as (cluster, device):
+        with distributed_session(device) as place:
+            recipe = ModelRecipe(
+                method, clip_model, clip_weights, preset, device, precision, spacy_model, overrides,
+                generator=source_args if proposals not in ("gt", None) else None, proposals=proposals,
+                record_proposals=True, keep_order=spec.keep_proposal_order, tcl=tcl,
+                method_options=sam3.method_options(method),
+            )
+            # Under --ray this copy only names the configuration: the actors load their own. As given, not
+            # this process's cuda:LOCAL_RANK: all processes of torchrun must agree on the configuration.
+            worker = recipe.build("cpu", "fp32") if cluster is not None else recipe.build(place.device(device))
+            source = worker.source if worker.source in ("gt", None) else per_image(worker.image_source())
+            config = EvaluationConfig(
+                dataset=dataset, split=split, data_root=data_root, images_dir=images, out_dir=out,
+                split_by=split_by, limit=limit, save_masks=save_masks, overlap=overlap, settings=worker.settings,
+                weights=worker.weights, subset=subset,
+            )
+            feature_cache = FeatureCache.for_segmenter(cache, worker.segmenter, clip_model) if cache else None
+            run_evaluation(
+                config, worker.segmenter, source, progress=place.is_main, cache=feature_cache,
+                proposal_key=worker.proposal_key, distributed=place, ray=cluster, recipe=recipe,
+            )
+    if place.is_main:
+        from globallocal.runs.report import format_report_table
 
-            generator = source_args.build(local_device, keep_order=spec.keep_proposal_order)
-            proposal_key = proposal_cache_key(proposals, generator, source_args.weights, local_device)
-            weights_file = proposal_weights_file(proposals, generator, source_args.weights)
-            weights.update({proposals: weights_file} if weights_file else {})
-            proposal_settings = source_args.settings(generator)
-
-            def source(image, record):
-                return generator.generate(image)
-
-            if source_args.phrase_dependent:
-                segmenter.proposal_source, source = generator, None  # asked per sentence by the segmenter
-
-        settings = {
-            "clip_model": clip_model,
-            "clip_weights": None if clip_model is None else "file" if "clip" in weights else clip_weights,
-            "preset": preset,
-            **segmenter.method.describe(),
-            "parser": parser_label(segmenter.nlp),
-            "proposals": proposals,
-            **proposal_settings,
-            # As given, not this process's cuda:LOCAL_RANK: all processes must agree on the configuration.
-            "device": device,
-            "precision": precision,
-        }
-        config = EvaluationConfig(
-            dataset=dataset, split=split, data_root=data_root, images_dir=images, out_dir=out, split_by=split_by,
-            limit=limit, save_masks=save_masks, overlap=overlap, settings=settings, weights=weights, subset=subset,
-        )
-        feature_cache = FeatureCache.for_segmenter(cache, segmenter, clip_model) if cache else None
-        run_evaluation(
-            config, segmenter, source, progress=place.is_main, cache=feature_cache, proposal_key=proposal_key,
-            distributed=place,
-        )
-        if place.is_main:
-            from globallocal.runs.report import format_report_table
-
-            Console(highlight=False).print(format_report_table([out]))
-            stderr.print(f"report: {out / 'report.md'}")
+        Console(highlight=False).print(format_report_table([out]))
+        stderr.print(f"report: {out / 'report.md'}")
+        if cluster is not None and cluster.retried:
+            stderr.print(f"{cluster.retried} images retried after a worker died")

@@ -88,7 +88,10 @@ def check_applicable(spec, overrides: dict, source: ProposalArgs, masks: Path | 
 ProposalsOpt = Annotated[str | None, typer.Option(
     "--proposals", help="Mask proposal source: freesolo (the paper's), sam2 (SAM 2.1), sam (original SAM) or sam3 "
     "(SAM 3's instances of each phrase's noun phrase: candidates per phrase). Default: the method's or the "
-    "preset's (freesolo for global-local, sam3 for the -sam3 presets).")]
+    "preset's (freesolo for global-local, sam for hybridgl, sam3 for the -sam3 presets).", show_default=False)]
+ProposalKindOpt = Annotated[str, typer.Option(
+    "--proposals", help="Mask proposal source: freesolo (the paper's; the default), sam2 (SAM 2.1) or sam "
+    "(original SAM).", show_default=False)]
 MethodOpt = Annotated[str, typer.Option("--method", help=METHOD_HELP)]
 FreeSOLOWeightsOpt = Annotated[Path | None, typer.Option(
     help="FreeSOLO checkpoint (default: FreeSOLO_R101_30k_pl.pth in ./freesolo_weights/, then in freesolo_weights/ "
@@ -347,3 +350,15 @@ def check_candidates(results: list, source: str, image: Path) -> None:
     for result in empty:
         warnings.warn(f"{source} found no instance of {result.noun_phrase!r} for the phrase {result.phrase!r}: "
                       f"its mask is empty; {hint}", stacklevel=2)
+
+
+RayOpt = Annotated[str | None, typer.Option(
+    "--ray", metavar="local|auto|ADDRESS", help="Share the units out to a pool of Ray actors: local (start Ray on "
+    "this machine), auto (join RAY_ADDRESS or the cluster running here) or a head's ADDRESS (host:port). Outputs are "
+    "those of a run without it, and either resumes the other. Needs pip install 'globallocal[ray]'.")]
+RayActorsOpt = Annotated[int | None, typer.Option(
+    "--ray-actors", help="Actors, each holding the models (default: one per GPU of the cluster, else one per 2 CPUs).")]
+RayGpusOpt = Annotated[float | None, typer.Option(
+    "--ray-gpus-per-actor", help="GPUs per actor, fractions allowed (default: 1 when the cluster has GPUs, else 0).")]
+RayCpusOpt = Annotated[float | None, typer.Option(
+    "--ray-cpus-per-actor", help="CPUs per actor (default: 1 with GPUs, else an equal share of the cluster's).")]

@@ -19,7 +19,7 @@ from .options import (
     PointsPerSideOpt,
     PredIouOpt,
     ProposalArgs,
-    ProposalsOpt,
+    ProposalKindOpt,
     SamModelOpt,
     SamSettingsOpt,
     SamWeightsOpt,
@@ -32,7 +32,7 @@ from .options import (
 def proposals(
     image: Path = typer.Argument(..., help="Photo to propose masks for."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for NNN.png masks and proposals.json."),
-    proposals: ProposalsOpt = "freesolo",
+    proposals: ProposalKindOpt = "freesolo",
     freesolo_weights: FreeSOLOWeightsOpt = None,
     score_threshold: ScoreThresholdOpt = None,
     max_proposals: MaxProposalsOpt = None,

@@ -66,7 +66,8 @@ def segment(
     ),
     masks: Path | None = typer.Option(
         None, "--masks", "-m", help="Use these mask proposals instead of FreeSOLO: a folder of PNG masks "
-        "(non-zero = mask) or a COCO-style RLE .json. Empty masks are dropped."
+        "(non-zero = mask; a `globallocal proposals` folder), a single PNG mask, or a COCO-style RLE .json. Empty "
+        "masks are dropped."
     ),
     overlay: Path | None = typer.Option(
         None, help="Also write the photo with the chosen mask tinted and outlined, captioned with phrase and score."

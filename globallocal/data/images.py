@@ -271,21 +271,35 @@ def all_or_none() -> Iterator[None]:
         _DEFERRED.reset(token)
     for tmp, path in pending:
         os.replace(tmp, path)
+def png_bytes(array: np.ndarray) -> bytes:
+    """A uint8 (H, W) or (H, W, 3) array encoded as PNG (the one encoder of every PNG written)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def mask_png_bytes(mask: np.ndarray | torch.Tensor) -> bytes:
+    """A bool mask as an 8-bit grey PNG, 0 outside and 255 inside."""
+    if hasattr(mask, "cpu"):  # a torch tensor
+        mask = mask.cpu().numpy()
+    return png_bytes(mask.astype(np.uint8) * 255)
+
+
+def save_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write bytes atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda handle: handle.write(data))
 
 
 def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
     """Write a uint8 (H, W) or (H, W, 3) array as PNG, atomically (see :func:`atomic_write`)."""
-    image = Image.fromarray(np.ascontiguousarray(array))
-    atomic_write(path, lambda handle: image.save(handle, format="PNG"))
+    save_bytes(png_bytes(array), path)
 
 
 def save_mask_png(mask: np.ndarray | torch.Tensor, path: str | os.PathLike) -> None:
     """A bool mask as an 8-bit grey PNG, 0 outside and 255 inside."""
-    if hasattr(mask, "cpu"):  # a torch tensor
-        mask = mask.cpu().numpy()
-    save_png(mask.astype(np.uint8) * 255, path)
+    save_bytes(mask_png_bytes(mask), path)
 
 
 def save_text(text: str, path: str | os.PathLike) -> None:
     """Write UTF-8 text atomically."""
-    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+    save_bytes(text.encode("utf-8"), path)

@@ -46,7 +46,7 @@ class BatchLine:
     def output_ids(self) -> tuple[str, ...]:
         if len(self.phrases) == 1:
             return (self.id,)
-        return tuple(f"{self.id}_{k}" for k in range(1, len(self.phrases) + 1))
+        return tuple(f"{self.id}_{k}" for k in range(len(self.phrases)))  # 0-based, like every other number
 
 
 @dataclass(frozen=True)

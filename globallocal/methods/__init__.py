@@ -108,7 +108,7 @@ class MethodSpec:
         the method and warned about when it is not the one the method's weights were trained on; the
         weights path checked (:func:`~globallocal.models.architectures.check_clip_weights`). Loads nothing."""
         name = clip_model or self.default_clip_model
-        architecture_config(name)  # an unknown name is refused here, not after torch loads
+        architecture_config(name)  # an unknown name or a bad config file is refused, whatever the method
         check_clip_weights(clip_weights, name)
         if not self._tower_fits(name):
             raise InputError(
@@ -134,8 +134,13 @@ class MethodSpec:
     def _trained_on(self, name: str) -> bool:
         return self.built_on is None or same_architecture(name, self.built_on)
 
+    def __post_init__(self) -> None:
+        # The aliases ("paper") are presets too, for whoever lists them: the same settings under a second name.
+        aliased = {alias: self.presets[target] for alias, target in self.preset_aliases.items()}
+        object.__setattr__(self, "presets", {**self.presets, **aliased})
+
     def preset_names(self) -> list[str]:
-        return [*self.presets, *self.preset_aliases]
+        return list(self.presets)
 
     def settings(self, preset: str | None = None, **overrides: Any) -> MethodSettings:
         """The settings of a named preset (default: the method's), with ``overrides`` applied."""

@@ -28,7 +28,7 @@ from . import Proposals
 
 INDEX_FILE = "proposals.json"
 # What _from_folder reads of an index (globallocal proposals writes more).
-_INDEX_SHAPE = {"proposals?": [{"mask": str, "score?": NUMBER}]}
+_INDEX_SHAPE = {"proposals?": [{"mask": str, "score?": NUMBER}], "image_size?": {"height": int, "width": int}}
 MASK_SUFFIXES = (".png",)
 
 
@@ -36,20 +36,29 @@ def _natural_key(path: Path) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
-def _from_folder(folder: Path, size: tuple[int, int]) -> Proposals:
+def _from_folder(folder: Path, size: tuple[int, int] | None) -> Proposals:
     index = folder / INDEX_FILE
     scores = None
-    if index.exists():
+    if index.is_file():
         listing = read_json(index, what="proposals index")
         check_shape(listing, _INDEX_SHAPE, f"proposals index {index}", "; rewrite it with 'globallocal proposals'")
+        if size is None and "image_size" in listing:  # the photo's size as `globallocal proposals` recorded it
+            size = (listing["image_size"]["height"], listing["image_size"]["width"])
         entries = listing.get("proposals", [])
         files = [_inside(folder, entry["mask"], index) for entry in entries]
         scores = torch.tensor([float(entry.get("score", 1.0)) for entry in entries], dtype=torch.float32)
     else:
         index = None
         files = sorted((p for p in folder.iterdir() if p.suffix.lower() in MASK_SUFFIXES), key=_natural_key)
+        others = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in MASK_SUFFIXES)
+        if others:
+            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            warnings.warn(f"{folder}: {len(others)} files that are not PNG masks were left out: {shown}",
+                          stacklevel=2)
     if not files:
         raise InputError(f"no mask PNGs found in {folder}; put one PNG per mask there (non-zero pixels = mask)")
+    if size is None:
+        raise InputError(f"no {INDEX_FILE} in {folder} records the photo's size; give image_size=(height, width)")
     return _masks_from_files(files, size, scores, index)
 
 
@@ -112,8 +121,9 @@ def _from_json(path: Path, size: tuple[int, int]) -> Proposals:
     return Proposals.from_masks(torch.from_numpy(np.stack(masks)), torch.tensor(scores, dtype=torch.float32))
 
 
-def load_proposals(source: str | Path, image_size: tuple[int, int]) -> Proposals:
-    """Read user masks for an image of ``image_size`` (H, W).
+def load_proposals(source: str | Path, image_size: tuple[int, int] | None = None) -> Proposals:
+    """Read user masks for an image of ``image_size`` (H, W); None: the size a folder's ``proposals.json``
+    records (``globallocal proposals`` writes it), required otherwise.
 
     ``source`` is a folder of PNG masks (non-zero = inside, natural name
     order; a ``proposals.json`` index written by ``globallocal proposals``
@@ -125,6 +135,8 @@ def load_proposals(source: str | Path, image_size: tuple[int, int]) -> Proposals
     path = Path(source)
     if path.is_dir():
         proposals = _from_folder(path, image_size)
+    elif path.is_file() and image_size is None:
+        raise InputError(f"the size of the photo {path} belongs to is needed: give image_size=(height, width)")
     elif path.is_file() and path.suffix.lower() in MASK_SUFFIXES:
         proposals = _masks_from_files([path], image_size, None)
     elif path.is_file():

@@ -7,73 +7,36 @@ and holes. :class:`SAM2Generator` and :class:`SAMGenerator` wrap them and
 return :class:`~globallocal.proposals.Proposals` through
 :func:`~globallocal.proposals.postprocess`, scored by the predicted IoU.
 
-Weights: SAM 2.1 checkpoints come from the Hugging Face hub repositories
-the ``sam2`` package itself downloads from (``facebook/sam2.1-hiera-*``,
-into the hub cache); the original SAM checkpoints are not on the hub and
-are read from ``sam_weights/`` at the repository root or from a given
-path. Checkpoints are read with ``weights_only=True``.
+Weights and model loading: :mod:`.sam_weights`.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
-import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..data.images import ImageInput, load_image
-from ..errors import InputError, WeightsError
-from ..models.hub import cached_hub_file, require_hub_files, weights_folders
-from ..models.weights import load_checkpoint_tensors
+from ..errors import InputError
 from . import Proposals, postprocess
+from .sam_weights import INSTALL_HINT, import_sam_package, quiet_package_warnings
 
 if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
-    "DEFAULT_SAM2_MODEL",
-    "DEFAULT_SAM_MODEL",
     "DEFAULT_SAM_SETTINGS",
-    "SAM2_MODELS",
+    "SAM_OPTION_NAMES",
+    "SAM_SETTINGS",
     "SAM2Generator",
     "SAMGenerator",
-    "SAM_MODELS",
-    "SAM_SETTINGS",
-    "SAM_WEIGHTS_URL",
-    "default_sam_weights",
-    "default_sam_weights_dirs",
-    "load_sam",
-    "load_sam2",
+    "check_settings",
 ]
-
-INSTALL_HINT = "run `make install`, or `SAM2_BUILD_CUDA=0 pip install --no-build-isolation -e '.[sam]'`"
-
-# Short names of the SAM 2.1 checkpoints -> their hub repositories (the ids
-# the sam2 package's own build_sam2_hf accepts).
-SAM2_MODELS = {
-    "tiny": "facebook/sam2.1-hiera-tiny",
-    "small": "facebook/sam2.1-hiera-small",
-    "base-plus": "facebook/sam2.1-hiera-base-plus",
-    "large": "facebook/sam2.1-hiera-large",
-}
-DEFAULT_SAM2_MODEL = "large"
-
-# segment-anything's registry names -> the official checkpoint files.
-SAM_MODELS = {
-    "vit_h": "sam_vit_h_4b8939.pth",
-    "vit_l": "sam_vit_l_0b3195.pth",
-    "vit_b": "sam_vit_b_01ec64.pth",
-}
-DEFAULT_SAM_MODEL = "vit_h"
-SAM_WEIGHTS_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 
 # Named generator settings. "paper-later" is what later zero-shot referring
 # segmentation papers used when they swapped FreeSOLO for SAM: a sparse 8x8
@@ -125,178 +88,6 @@ DEFAULT_SAM_SETTINGS = "paper-later"
 
 # Point prompts decoded at once: memory against speed, no effect on the masks.
 POINTS_PER_BATCH = 64
-
-
-def _import(module: str, what: str) -> Any:
-    """``module`` imported, or an InputError telling how to install the optional extra."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        missing = f" (module {error.name!r} not found)" if error.name else ""
-        raise InputError(f"{what} proposals need the optional [sam] packages{missing}; {INSTALL_HINT}") from None
-
-
-@contextmanager
-def _quiet_package_warnings() -> Iterator[None]:
-    """Silence two package warnings that repeat on every call and need no action.
-
-    sam2 builds its image transforms with ``torch.jit.script``, which current
-    torch deprecates; and without sam2's optional CUDA extension (installed
-    with SAM2_BUILD_CUDA=0) its predictor skips filling small holes, warning
-    once per point batch that the result is barely affected.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=r"(?s).*Skipping the post-processing step", category=UserWarning)
-        yield
-
-
-def _read_checkpoint(path: Path, what: str) -> dict[str, torch.Tensor]:
-    """The state dict in ``path`` (bare, or under "model" as SAM 2 saves it)."""
-    checkpoint = load_checkpoint_tensors(path, what, f"use the official {what} checkpoint")
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
-        checkpoint = checkpoint["model"]
-    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise WeightsError(f"{path} is not a {what} checkpoint: no state dict of tensors in it")
-    return checkpoint
-
-
-def _load_strictly(model: nn.Module, path: Path, what: str) -> None:
-    """Load ``path`` into ``model``, every tensor present and of the right shape, or say which are not."""
-    checkpoint = _read_checkpoint(path, what)
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in checkpoint]
-    unexpected = [key for key in checkpoint if key not in expected]
-    wrong = [key for key in expected if key in checkpoint and checkpoint[key].shape != expected[key].shape]
-    if missing or unexpected or wrong:
-        counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of the wrong shape"
-        example = (missing or unexpected or wrong)[0]
-        raise WeightsError(f"{path} is not the {what} checkpoint: {counts} tensors (e.g. {example})")
-    model.load_state_dict(checkpoint, strict=True)
-
-
-def _weights_file(weights: str | os.PathLike[str], what: str, official: str) -> Path:
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"{what} weights file not found: {path}; the official checkpoint is {official}")
-    return path
-
-
-def _sam2_hub_id(model: str) -> str:
-    """The hub repository of a short SAM 2.1 name, or of a full id the sam2 package knows."""
-    if model in SAM2_MODELS:
-        return SAM2_MODELS[model]
-    build_sam = _import("sam2.build_sam", "SAM 2")
-    if model in build_sam.HF_MODEL_ID_TO_FILENAMES:
-        return model
-    raise InputError(
-        f"unknown SAM 2 model {model!r}; use {', '.join(SAM2_MODELS)} (SAM 2.1) or one of "
-        f"{', '.join(build_sam.HF_MODEL_ID_TO_FILENAMES)}"
-    )
-
-
-def load_sam2(
-    model: str = DEFAULT_SAM2_MODEL, weights: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu"
-) -> nn.Module:
-    """A SAM 2 model (``SAM2Base``) in eval mode on ``device``, built from the package's own config.
-
-    ``model`` is ``tiny``, ``small``, ``base-plus`` or ``large`` (SAM 2.1), or
-    any hub id in ``sam2.build_sam.HF_MODEL_ID_TO_FILENAMES`` (e.g.
-    ``facebook/sam2-hiera-large`` for SAM 2.0). ``weights``: None takes the
-    checkpoint from the Hugging Face cache, downloading it there as the sam2
-    package does (failing within seconds when offline); a path loads that
-    file strictly; ``"random"`` keeps the random initialisation (tests,
-    benchmarks).
-    """
-    hub_id = _sam2_hub_id(model)
-    build_sam = _import("sam2.build_sam", "SAM 2")
-    config, filename = build_sam.HF_MODEL_ID_TO_FILENAMES[hub_id]
-    what = f"SAM 2 {model}"
-    official = f"{filename} from https://huggingface.co/{hub_id}"
-    if weights is None:
-        path = _sam2_hub_checkpoint(hub_id, filename, what)
-    elif str(weights) == "random":
-        path = None
-    else:
-        path = _weights_file(weights, what, official)
-    # Built without a checkpoint, then loaded here: the package's own loader
-    # reports a mismatch as a bare RuntimeError after logging the key lists.
-    sam = build_sam.build_sam2(config, ckpt_path=None, device="cpu", mode="eval")
-    if path is not None:
-        _load_strictly(sam, path, what)
-    return sam.to(device).eval()
-
-
-def _sam2_hub_checkpoint(hub_id: str, filename: str, what: str) -> Path:
-    """The cached checkpoint, else downloaded into the hub cache; WeightsError within seconds when offline.
-
-    A cached file is used without asking the hub: huggingface_hub would
-    otherwise check for a newer revision and, with the network down but
-    HF_HUB_OFFLINE unset, retry for about 20 s.
-    """
-    fix = (
-        f"on a connected machine run `hf download {hub_id} {filename}` (it goes to the Hugging Face cache, "
-        "where it is found offline), or pass --sam-weights PATH to a copy of that file"
-    )
-    cached = cached_hub_file(hub_id, [filename])
-    if cached is not None:
-        return cached
-    require_hub_files(hub_id, [filename], f"{what} checkpoint {filename} ({hub_id})", fix)
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(repo_id=hub_id, filename=filename))
-    except Exception as error:  # any network or hub failure is the same problem to the user
-        raise WeightsError(f"downloading {what} checkpoint {filename} failed ({type(error).__name__}); {fix}") from None
-
-
-def default_sam_weights_dirs() -> list[Path]:
-    """Folders searched for the official SAM checkpoints: ``./sam_weights``, then the clone's."""
-    return weights_folders("sam_weights")
-
-
-def default_sam_weights(model: str) -> Path | None:
-    """The official checkpoint of ``model`` in :func:`default_sam_weights_dirs`, if there."""
-    for folder in default_sam_weights_dirs():
-        if (folder / SAM_MODELS[model]).is_file():
-            return folder / SAM_MODELS[model]
-    return None
-
-
-def load_sam(
-    model: str = DEFAULT_SAM_MODEL, weights: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu"
-) -> nn.Module:
-    """An original SAM model (``Sam``) in eval mode on ``device``, built by segment-anything's registry.
-
-    ``model`` is ``vit_h``, ``vit_l`` or ``vit_b``. ``weights``: a path to the
-    official checkpoint, loaded strictly; None looks for its official file
-    name in :func:`default_sam_weights_dirs` and otherwise raises a
-    :class:`WeightsError` with the download address (these files are not on
-    the hub, so nothing is downloaded); ``"random"`` keeps the random
-    initialisation (tests, benchmarks).
-    """
-    if model not in SAM_MODELS:
-        raise InputError(f"unknown SAM model {model!r}; use {', '.join(SAM_MODELS)}")
-    registry = _import("segment_anything", "SAM").sam_model_registry
-    filename = SAM_MODELS[model]
-    url = SAM_WEIGHTS_URL + filename
-    what = f"SAM {model}"
-    if weights is None:
-        path: Path | None = default_sam_weights(model)
-        if path is None:
-            folders = default_sam_weights_dirs()
-            raise WeightsError(
-                f"{what} weights {filename} not found in {' or '.join(map(str, folders))}; download {url} into "
-                f"{folders[0]}/ or pass --sam-weights PATH"
-            )
-    elif str(weights) == "random":
-        path = None
-    else:
-        path = _weights_file(weights, what, url)
-    sam = registry[model](checkpoint=None)
-    if path is not None:
-        _load_strictly(sam, path, what)
-    return sam.to(device).eval()
 
 
 def check_settings(name: str, options: Mapping[str, Any], max_proposals: int | None) -> None:
@@ -376,7 +167,7 @@ class _AutomaticMaskSource(ABC):
             "points_per_batch": points_per_batch,
         }
         check_settings(self.family, options, max_proposals)
-        with _quiet_package_warnings():
+        with quiet_package_warnings():
             self.generator = self._package_generator(model, options)
         self.max_proposals = max_proposals
         self.keep_order = keep_order
@@ -396,7 +187,7 @@ class _AutomaticMaskSource(ABC):
         Finding nothing is a normal outcome: an empty set.
         """
         rgb = load_image(image)
-        with _quiet_package_warnings():
+        with quiet_package_warnings():
             records = self.generator.generate(np.array(rgb))
         if records:
             masks = torch.from_numpy(np.stack([record["segmentation"] for record in records]))
@@ -416,7 +207,7 @@ class SAM2Generator(_AutomaticMaskSource):
     family = "SAM 2"
 
     def _package_generator(self, model: nn.Module, options: dict[str, Any]) -> Any:
-        amg = _import("sam2.automatic_mask_generator", self.family)
+        amg = import_sam_package("sam2.automatic_mask_generator", self.family)
         return amg.SAM2AutomaticMaskGenerator(model, **options)
 
 
@@ -426,7 +217,7 @@ class SAMGenerator(_AutomaticMaskSource):
     family = "SAM"
 
     def _package_generator(self, model: nn.Module, options: dict[str, Any]) -> Any:
-        return _import("segment_anything", self.family).SamAutomaticMaskGenerator(model, **options)
+        return import_sam_package("segment_anything", self.family).SamAutomaticMaskGenerator(model, **options)
 
 
 SAM_OPTION_NAMES = frozenset(SAM_SETTINGS[DEFAULT_SAM_SETTINGS]) | {"points_per_batch"}

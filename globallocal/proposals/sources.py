@@ -19,8 +19,6 @@ from ..data.images import ImageInput
 from ..errors import InputError
 from . import PROPOSAL_KINDS, Proposals
 from .sam import (
-    DEFAULT_SAM2_MODEL,
-    DEFAULT_SAM_MODEL,
     DEFAULT_SAM_SETTINGS,
     POINTS_PER_BATCH,
     SAM_OPTION_NAMES,
@@ -28,10 +26,8 @@ from .sam import (
     SAM2Generator,
     SAMGenerator,
     check_settings,
-    default_sam_weights,
-    load_sam,
-    load_sam2,
 )
+from .sam_weights import DEFAULT_SAM2_MODEL, DEFAULT_SAM_MODEL, default_sam_weights, load_sam, load_sam2
 
 # SAM 3's own options (see Sam3ConceptSource); SAM 2's options apply to its optional sam2 fallback step.
 SAM3_OPTION_NAMES = frozenset({"sam3_threshold", "sam3_fallback", "sam3_below_k", "sam3_precision", "sam2_weights"})
@@ -155,7 +151,7 @@ def _build_sam3(
 def proposal_weights_file(kind: str, generator: Any, weights: str | os.PathLike[str] | None) -> Path | None:
     """The weights file a built generator loaded (given, or found at its default place); None for hub weights."""
     if kind == "freesolo":
-        from .freesolo import resolve_freesolo_weights
+        from .freesolo_checkpoint import resolve_freesolo_weights
 
         return resolve_freesolo_weights(weights)
     if kind == "sam3":

@@ -7,7 +7,10 @@ like ``evaluate``'s images: one record per output, then a unit-done marker,
 fsynced; a run killed at any moment (SIGKILL included) redoes at most the
 unit it was in, and a resumed run writes exactly what an uninterrupted one
 does. The manifest's content is part of the run's configuration, so a
-changed manifest is refused instead of mixed in.
+changed manifest is refused instead of mixed in. The units are done by
+:class:`~globallocal.runs.batch_step.BatchStep` in this process, or by the
+same step in a pool of Ray actors (``ray``: :mod:`~globallocal.runs.ray_engine`);
+this process alone writes the folder either way.
 
 Outputs under ``OUT_DIR``::
 
@@ -23,30 +26,22 @@ when the run finishes, in manifest order.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-from pycocotools import mask as coco_mask
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..data.images import load_image, save_mask_png, save_png, save_text
+from ..data.images import save_text
 from ..data.manifest import BatchLine, Manifest, read_manifest
-from ..errors import GlobalLocalError, NoProposalsError
-from ..models.text import parse_phrase
 from ..models.weights import weights_change, weights_identity
-from ..outputs.drawing import overlay_picture
-from ..proposals import Proposals
-from ..proposals.files import load_proposals
+from .batch_step import BatchOptions, BatchStep, ProposalSource, Unit
 from .progress import RateColumn, RemainingColumn
-from .runfolder import RunFolder, UnitLayout
+from .runfolder import RunFolder, UnitLayout, UnitResult
 
 __all__ = ["ERRORS_FILE", "RESULTS_FILE", "BatchStopped", "Unit", "group_units", "run_batch"]
 
@@ -56,25 +51,9 @@ PHOTO_UNITS = UnitLayout(marker="unit_done", member="unit", count="outputs",
                          record={"unit": int, "line": int, "id": str, "error?": str})
 _FORMAT = 1
 
-ProposalSource = Callable[[Image.Image], Proposals]
-
 
 class BatchStopped(KeyboardInterrupt):
     """Raised by the ``stop_after_units`` hook; behaves like Ctrl-C for callers."""
-
-
-@dataclass(frozen=True)
-class Unit:
-    """The lines that share a photo and its proposals, in manifest order."""
-
-    number: int
-    image: Path
-    masks: Path | None
-    lines: tuple[BatchLine, ...]
-
-    @property
-    def outputs(self) -> int:
-        return sum(len(line.phrases) for line in self.lines)
 
 
 def group_units(manifest: Manifest, masks: Path | None = None) -> list[Unit]:
@@ -86,83 +65,19 @@ def group_units(manifest: Manifest, masks: Path | None = None) -> list[Unit]:
     return [Unit(number, image, masks, tuple(lines)) for number, ((image, masks), lines) in enumerate(groups.items())]
 
 
-def _rle(mask: np.ndarray) -> dict[str, Any]:
-    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(size) for size in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def _failed(unit: Unit, line: BatchLine, output: str, reason: str) -> dict[str, Any]:
-    return {"unit": unit.number, "line": line.line, "id": output, "error": reason}
-
-
-class _Writer:
-    """Answers the outputs of one unit and writes their files."""
-
-    def __init__(
-        self, out_dir: Path, segmenter: Any, proposal_source: ProposalSource | None, rle: bool, overlays: bool,
-        allow_no_noun: bool,
-    ) -> None:
-        self.out_dir, self.segmenter, self.proposal_source = out_dir, segmenter, proposal_source
-        self.rle, self.overlays, self.allow_no_noun = rle, overlays, allow_no_noun
-
-    def proposals(self, unit: Unit, picture: Image.Image) -> Proposals | None:
-        """The unit's masks, or the proposal source's; None when the segmenter's source proposes per phrase."""
-        if unit.masks is not None:
-            return load_proposals(unit.masks, (picture.height, picture.width))
-        if self.proposal_source is None and getattr(self.segmenter, "phrase_dependent", False):
-            return None
-        if self.proposal_source is None:
-            raise NoProposalsError("no mask proposals: give the line masks, or run with a proposal source")
-        return self.proposal_source(picture)
-
-    def unit_records(self, unit: Unit) -> list[dict[str, Any]]:
-        """One record per output: its result, or why it failed (a bad photo or masks fail the whole unit)."""
-        outputs = [
-            (line, output, phrase) for line in unit.lines for output, phrase in zip(line.output_ids, line.phrases)
-        ]
-        try:
-            picture = load_image(unit.image)
-            # A method that draws its own mask (TCL) takes no proposals.
-            proposals = self.proposals(unit, picture) if self.segmenter.method.uses_proposals else None
-            if proposals is not None and len(proposals) == 0:
-                raise NoProposalsError(f"no mask proposals for {unit.image}")
-        except GlobalLocalError as error:
-            return [_failed(unit, line, output, str(error)) for line, output, _ in outputs]
-        self.segmenter.set_image(picture, proposals)
-        records: list[dict[str, Any] | None] = [None] * len(outputs)
-        answerable = []
-        for position, (line, output, phrase) in enumerate(outputs):
-            if not self.allow_no_noun and not parse_phrase(phrase, self.segmenter.nlp).has_noun:
-                reason = f"no noun found in the phrase {phrase!r}; name the object, or run with --allow-no-noun"
-                records[position] = _failed(unit, line, output, reason)
-            else:
-                answerable.append(position)
-        results = self.segmenter.predict_many([outputs[position][2] for position in answerable]) if answerable else []
-        for position, result in zip(answerable, results):
-            line, output, phrase = outputs[position]
-            if result.concept is not None and len(result.concept.proposals) == 0:
-                reason = f"no candidate: the proposal source found no instance of {result.noun_phrase!r}"
-                records[position] = _failed(unit, line, output, reason)
-                continue
-            mask = result.mask.numpy()
-            record = {
-                "unit": unit.number, "line": line.line, "id": output, "image": str(unit.image), "phrase": phrase,
-                "noun_phrase": result.noun_phrase, "index": result.index, "score": result.score,
-                **result.candidate_fields(), "mask": f"masks/{output}.png",
-            }
-            save_mask_png(mask, self.out_dir / record["mask"])
-            if self.overlays:
-                record["overlay"] = f"overlays/{output}.png"
-                save_png(overlay_picture(picture, mask), self.out_dir / record["overlay"])
-            if self.rle:
-                record["rle"] = _rle(mask)
-            records[position] = record
-        return [record for record in records if record is not None]
+def _batch_step(options: BatchOptions, worker: Any) -> BatchStep:
+    """The step of a Ray actor, from the worker it built."""
+    return BatchStep(worker.segmenter, worker.image_source(), options)
 
 
 def _manifest_digest(path: Path) -> str:
     with open(path, "rb") as handle:  # in pieces: a manifest may be far larger than memory allows
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def lines_failed(count: int) -> str:
+    """'1 line failed', '3 lines failed': the bar and the summary count failures alike, by manifest line."""
+    return f"{count} line{'' if count == 1 else 's'} failed"
 
 
 def _write_outputs(out_dir: Path, manifest: Manifest, records: list[dict[str, Any]]) -> tuple[int, int, int]:
@@ -191,6 +106,8 @@ def run_batch(
     allow_no_noun: bool = False,
     progress: bool = True,
     stop_after_units: int | None = None,
+    ray: Any = None,
+    recipe: Any = None,
 ) -> dict[str, Any]:
     """Segment every pair of the manifest into ``out_dir``, resuming a run of the same configuration there.
 
@@ -201,7 +118,14 @@ def run_batch(
     proposal options, ...) and ``weights`` (``{role: path}``, identified by
     content) are part of the configuration a resume must match.
 
-    Returns the summary (lines, outputs, results, failed outputs and lines).
+    ``ray``: an entered :class:`~globallocal.runs.ray_engine.RayRun`; the
+    units then go to its actors, each building its segmenter and proposal
+    source from ``recipe`` (``recipe.build(device) -> Worker``, picklable)
+    and checking them against this run's settings and weights; this process
+    only writes (``segmenter`` and ``proposal_source`` are then unused).
+
+    Returns the summary (lines, outputs, results, failed outputs and lines,
+    units retried after a worker died).
     ``stop_after_units`` raises :class:`BatchStopped` once that many units
     are recorded in this call and more remain, as an interruption would.
     """
@@ -227,26 +151,36 @@ def run_batch(
             return f"another manifest (the content of {manifest.path} changed since)"
         return weights_change(stored.get("weights"), current.get("weights"), weights)
 
-    writer = _Writer(out_dir, segmenter, proposal_source, rle, overlays, allow_no_noun)
+    options = BatchOptions(rle=rle, overlays=overlays, allow_no_noun=allow_no_noun)
     with RunFolder(out_dir, PHOTO_UNITS) as folder:
         folder.check_config(identity, explain=explain)
         folder.open_records()
         done = {unit.marker["unit_done"] for unit in folder.read_completed()}
         todo = [unit for unit in units if unit.number not in done]
+        if ray is None:
+            step = BatchStep(segmenter, proposal_source, options)
+            finished: Iterator[UnitResult] = (step(unit) for unit in todo)
+        else:
+            from .ray_engine import StepRecipe
+
+            make = StepRecipe(recipe, functools.partial(_batch_step, options), identity)
+            finished = ray.results(make, [(unit.number, unit) for unit in todo])
         columns = (
             TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-            TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(), RemainingColumn(),
+            TextColumn("{task.fields[failed]}"), TimeElapsedColumn(), RemainingColumn(),
         )
         with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
             resumed = len(units) - len(todo)  # the rate and ETA count this session's photos only
-            task = bar.add_task("batch", total=len(units), completed=resumed, resumed_at=resumed, failed=0)
-            failed = 0
-            for count, unit in enumerate(todo, start=1):
-                started = time.perf_counter()
-                records = writer.unit_records(unit)
-                failed += sum("error" in record for record in records)
-                folder.append(records, {"unit_done": unit.number, "seconds": time.perf_counter() - started})
-                bar.update(task, advance=1, failed=failed)
+            # Failed lines, as the summary counts them: unusable manifest lines and those of finished photos too.
+            failed = {error.line for error in manifest.errors}
+            failed |= {record["line"] for unit in folder.read_completed() for record in unit.records
+                       if "error" in record}
+            task = bar.add_task("batch", total=len(units), completed=resumed, resumed_at=resumed,
+                                failed=lines_failed(len(failed)))
+            for count, result in enumerate(finished, start=1):
+                failed |= {record["line"] for record in result.records if "error" in record}
+                folder.record(result, out_dir)
+                bar.update(task, advance=1, failed=lines_failed(len(failed)))
                 if stop_after_units is not None and count >= stop_after_units and count < len(todo):
                     raise BatchStopped(f"stopped after {count} photos")
         records = [record for unit in folder.read_completed() for record in unit.records]
@@ -257,6 +191,7 @@ def run_batch(
         "results": results,
         "failed_outputs": failed_outputs,
         "failed_lines": failed_lines,
+        "retried_units": ray.retried if ray is not None else 0,
         "results_file": str(out_dir / RESULTS_FILE),
         "errors_file": str(out_dir / ERRORS_FILE),
     }

@@ -23,7 +23,8 @@ Under torchrun (``distributed``) the images are dealt round-robin to the
 processes; each appends to its own ``records.rank<R>.jsonl`` with the same
 resume logic, reads the others' files to skip what any session finished, and
 rank 0 merges all files into the report. A run may be resumed with another
-number of processes.
+number of processes. With ``ray`` the images go to a pool of Ray actors
+instead (:mod:`~globallocal.runs.ray_engine`), and this one process writes.
 
 Without a cache the segmenter is duck-typed (``set_image(image, proposals)``
 and ``predict(phrase)`` returning an object with ``mask``, ``index``,
@@ -35,8 +36,9 @@ callable ``(image, record) -> Proposals``.
 
 from __future__ import annotations
 
+import functools
 import json
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +64,14 @@ from .distributed import Distributed
 from .evaluation_config import EvaluationConfig, check_evaluation_inputs, run_identity
 from .evaluation_records import IMAGE_UNITS, CompletedImage, add_record, read_records, referent
 from .evaluation_report import REPORT_JSON, REPORT_MD, build_report, report_markdown
-from .evaluation_step import ProposalSource, evaluate_image
+from .evaluation_step import EvaluationStep, ProposalSource, per_image
 from .metrics import MetricAccumulator
 from .progress import RateColumn, RemainingColumn
 from .runfolder import (
     CONFIG_FILE,
     RECORDS_FILE,
     RunFolder,
+    UnitResult,
     records_file,
 )
 
@@ -100,6 +103,25 @@ def _ground_truth_source(dataset: EvaluationDataset) -> ProposalSource:
     return source
 
 
+def _open(config: EvaluationConfig, split_by: str) -> EvaluationDataset:
+    return open_dataset(
+        config.dataset, config.split, config.data_root, split_by=split_by, images_dir=config.images_dir,
+        overlap=config.overlap, subset=config.subset,
+    )
+
+
+def _actor_step(
+    config: EvaluationConfig, split_by: str, save_masks: bool, cache: FeatureCache | None,
+    proposal_key: dict[str, Any] | None, worker: Any,
+) -> EvaluationStep:
+    """A Ray actor's step, from the worker it built: it opens the dataset itself."""
+    dataset = _open(config, split_by)
+    source = _ground_truth_source(dataset) if worker.source == "gt" else None
+    if worker.image_source() is not None:
+        source = per_image(worker.image_source())
+    return EvaluationStep(dataset, worker.segmenter, source, save_masks, cache, proposal_key)
+
+
 def run_evaluation(
     config: EvaluationConfig,
     segmenter: Any,
@@ -110,6 +132,8 @@ def run_evaluation(
     cache: FeatureCache | None = None,
     proposal_key: dict[str, Any] | None = None,
     distributed: Distributed | None = None,
+    ray: Any = None,
+    recipe: Any = None,
 ) -> dict[str, Any]:
     """Evaluate a split, resuming from ``config.out_dir`` if it holds a run of the same config.
 
@@ -130,6 +154,11 @@ def run_evaluation(
     ``distributed``: this process's place under torchrun; every process must
     call this with the same arguments. Only rank 0 shows progress.
 
+    ``ray``: an entered :class:`~globallocal.runs.ray_engine.RayRun`; the
+    images then go to its actors, each building its worker from ``recipe``
+    (as :func:`~globallocal.runs.batch.run_batch` does) and opening the
+    dataset itself; this process only writes and reports.
+
     Returns the report (also written to report.json / report.md).
     ``stop_after_images`` raises :class:`EvaluationStopped` once that many
     images have been completed in this call and more remain, leaving the out
@@ -139,17 +168,11 @@ def run_evaluation(
     if place.is_main:
         check_evaluation_inputs(config, main=True)
     identity = run_identity(config, segmenter, cache, proposal_key)
-    dataset = open_dataset(
-        config.dataset,
-        config.split,
-        config.data_root,
-        split_by=identity["split_by"],
-        images_dir=config.images_dir,
-        overlap=config.overlap,
-        subset=config.subset,
-    )
+    dataset = _open(config, identity["split_by"])
     if proposal_source == "gt":
         proposal_source = _ground_truth_source(dataset)
+    elif ray is not None:
+        pass  # the actors' own
     elif proposal_source is None:
         # A phrase-dependent segmenter asks its own source per sentence.
         if getattr(getattr(segmenter, "method", None), "uses_proposals", True) and not getattr(
@@ -182,9 +205,14 @@ def run_evaluation(
         if not place.is_main:
             folder.check_config(identity, explain=explain)
         folder.open_records()
+        step = EvaluationStep(dataset, segmenter, proposal_source, config.save_masks is not None, cache, proposal_key)
+        if ray is not None:
+            from .ray_engine import StepRecipe
+
+            make = functools.partial(_actor_step, config, identity["split_by"], step.save_masks, cache, proposal_key)
+            step = StepRecipe(recipe, make, identity)
         report = _evaluate_share(
-            folder, config, identity, dataset, groups, every_group, segmenter, proposal_source, place, progress,
-            stop_after_images, cache, proposal_key,
+            folder, config, identity, dataset, groups, every_group, step, ray, place, progress, stop_after_images,
         )
     return report
 
@@ -196,18 +224,17 @@ def _evaluate_share(
     dataset: EvaluationDataset,
     groups: list[ImageGroup],
     every_group: list[ImageGroup],
-    segmenter: Any,
-    proposal_source: ProposalSource,
+    step: Any,
+    ray: Any,
     place: Distributed,
     progress: bool,
     stop_after_images: int | None,
-    cache: FeatureCache | None,
-    proposal_key: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """This process's images not yet recorded, then (rank 0) the report of every file's records.
 
     ``groups`` are the images to evaluate (the first ``limit``), ``every_group`` the split's: images past the
-    limit may be recorded by an earlier run with a larger one; they are kept, not reported.
+    limit may be recorded by an earlier run with a larger one; they are kept, not reported. ``step``: an
+    :class:`EvaluationStep`, or with ``ray`` the :class:`~globallocal.runs.ray_engine.StepRecipe` of its actors.
     """
     out_dir = folder.directory
     completed = folder.read_completed()
@@ -224,6 +251,10 @@ def _evaluate_share(
     share = place.shard(groups)
     todo = [group for group in share if group.image.image_id not in done_ids]
     save_masks = Path(config.save_masks) if config.save_masks is not None else None
+    if ray is None:
+        finished: Iterator[UnitResult] = (step(group) for group in todo)
+    else:
+        finished = ray.results(step, [(group.image.image_id, group) for group in todo])
 
     running = MetricAccumulator()
     for done in completed:
@@ -243,7 +274,10 @@ def _evaluate_share(
     description = f"{config.dataset} {config.split}"
     if place.world_size > 1:
         description += f" (rank 0's share of {place.world_size})"
-    with Progress(*columns, console=Console(stderr=True), disable=not (progress and place.is_main)) as bar:
+    console = Console(stderr=True)
+    if progress and place.is_main and len(share) > len(todo):
+        console.print(f"resuming: {len(share) - len(todo)} of {len(share)} images done")
+    with Progress(*columns, console=console, disable=not (progress and place.is_main)) as bar:
         task = bar.add_task(
             description,
             total=len(share),
@@ -253,17 +287,10 @@ def _evaluate_share(
             oiou=running.oiou,
             miou=running.miou,
         )
-        for count, group in enumerate(todo, start=1):
-            started = time.perf_counter()
-            records, entry = evaluate_image(
-                group, dataset, segmenter, proposal_source, save_masks, cache, proposal_key
-            )
-            for record in records:
+        for count, result in enumerate(finished, start=1):
+            for record in result.records:
                 add_record(running, record)
-            marker = {"image_done": group.image.image_id, "seconds": time.perf_counter() - started}
-            if entry is not None:
-                marker["cache_entry"] = entry
-            folder.append(records, marker)
+            folder.record(result, save_masks)
             bar.update(task, advance=1, sentences=running.sentences, oiou=running.oiou, miou=running.miou)
             if stop_after_images is not None and count >= stop_after_images and count < len(todo):
                 raise EvaluationStopped(f"stopped after {count} images")
@@ -276,7 +303,8 @@ def _evaluate_share(
             (done for done in read_records(out_dir) if done.marker["image_done"] in order),
             key=lambda done: order[done.marker["image_done"]],
         )
-        report = build_report(completed, identity, out_dir, len(groups), place.world_size, dataset.report_notes())
+        report = build_report(completed, identity, out_dir, len(groups), place.world_size, dataset.report_notes(),
+                              split_images=len(every_group), limit=config.limit)
         save_text(json.dumps(report, indent=2) + "\n", out_dir / REPORT_JSON)
         save_text(report_markdown(report), out_dir / REPORT_MD)
     place.barrier()

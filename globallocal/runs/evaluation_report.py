@@ -39,13 +39,16 @@ def build_report(
     total_images: int,
     processes: int,
     notes: dict[str, Any] | None = None,
+    split_images: int | None = None,
+    limit: int | None = None,
 ) -> dict[str, Any]:
     """The report, from the records alone (and the dataset's ``notes`` on its selection).
 
     Records that name ``subsets`` (PhraseCut's) also give the metrics of
     each subset. Wall time is the sum of the per-image times over all
     sessions and processes: model loading and work lost to interruptions are
-    not in it, so resumed and uninterrupted runs are comparable.
+    not in it, so resumed and uninterrupted runs are comparable. ``total_images`` are the images evaluated
+    (the first ``limit`` of the split's ``split_images``).
     """
     accumulator = MetricAccumulator()
     by_subset: dict[str, MetricAccumulator] = {}
@@ -76,6 +79,8 @@ def build_report(
         "other_answers": {name: total.summary() for name, total in others.items()},
         "truncated_sentences": truncated,
         "images_total": total_images,
+        "images_in_split": total_images if split_images is None else split_images,
+        "limit": limit,
         "wall_time_s": wall,
         "images_per_second": len(completed) / wall if wall > 0 else None,
         "processes": processes,
@@ -84,6 +89,15 @@ def build_report(
         "versions": _package_versions(),
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def images_label(report: dict[str, Any], compact: bool = False) -> str:
+    """'3 of 5 images (--limit 3)' (compact, for a table: '3/5 (--limit 3)'): the images scored, of the split's,
+    and the limit that cut it."""
+    done, split = report["metrics"]["images"], report.get("images_in_split", report["images_total"])
+    limit = report.get("limit")
+    cut = f" (--limit {limit})" if limit is not None and limit < split else ""
+    return f"{done}/{split}{cut}" if compact else f"{done} of {split} images{cut}"
 
 
 def report_markdown(report: dict[str, Any]) -> str:
@@ -103,7 +117,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{value:.2f}" for value in values) + " |")
     lines += [
         "",
-        f"- images: {metrics['images']}, refs: {metrics['refs']}, sentences: {metrics['sentences']}",
+        f"- images: {images_label(report)}, refs: {metrics['refs']}, sentences: {metrics['sentences']}",
         f"- images without proposals: {metrics['no_proposal_images']} ({metrics['no_proposal_refs']} refs, "
         f"{metrics['no_proposal_sentences']} sentences, scored as IoU 0)",
         f"- expressions truncated to CLIP's 77 tokens: {report['truncated_sentences']}",

@@ -1,11 +1,17 @@
 """One image of an evaluation: its proposals and features (from the cache when it has them), then
-every sentence answered and recorded."""
+every sentence answered and recorded.
+
+:class:`EvaluationStep` is the one home of that rule: the evaluation loop and
+each Ray actor (:mod:`~globallocal.runs.ray_engine`) call it, and it returns
+what the run folder writes (records, the --save-masks PNGs as bytes).
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,7 +19,7 @@ import torch
 from PIL import Image
 
 from ..data.datasets import EvaluationDataset
-from ..data.images import save_mask_png
+from ..data.images import mask_png_bytes
 from ..data.refer import ImageGroup, ImageRecord, Sentence
 from ..errors import GlobalLocalError, InputError
 from ..models.text import encode_texts
@@ -21,8 +27,18 @@ from ..proposals import Proposals
 from .cache import FeatureCache, TextStore, image_digest, proposals_digest
 from .concept_entries import ConceptEntries
 from .metrics import intersection_union, sentence_iou
+from .runfolder import UnitResult
 
 ProposalSource = Callable[[Image.Image, ImageRecord], Proposals]
+
+
+def per_image(generate: Callable[[Image.Image], Proposals]) -> ProposalSource:
+    """An evaluation's proposal source from a generator's ``generate`` (which needs only the image)."""
+
+    def source(image: Image.Image, record: ImageRecord) -> Proposals:
+        return generate(image)
+
+    return source
 
 
 @contextmanager
@@ -130,11 +146,12 @@ def evaluate_image(
     dataset: EvaluationDataset,
     segmenter: Any,
     proposal_source: ProposalSource | None,
-    save_masks: Path | None,
+    save_masks: bool,
     cache: FeatureCache | None,
     proposal_key: dict[str, Any] | None,
-) -> tuple[list[dict[str, Any]], str | None]:
-    """The records of every sentence on one image (proposals and features paid once), and its cache entry.
+) -> tuple[list[dict[str, Any]], str | None, dict[str, bytes]]:
+    """The records of every sentence on one image (proposals and features paid once), its cache entry, and
+    (``save_masks``) each sentence's predicted mask as PNG bytes by file name.
 
     With a phrase-dependent segmenter (and no ``proposal_source``) each sentence is answered among its own
     candidates: its record holds their overlaps, the step that found them and its cache entry; a sentence
@@ -149,6 +166,7 @@ def evaluate_image(
         proposals, entry = _set_image(image, group.image, segmenter, proposal_source, cache, proposal_key)
     answerable = proposals is None or len(proposals) > 0
     records = []
+    files: dict[str, bytes] = {}
     for ref in group.refs:
         gt = dataset.gt_mask(ref)
         image_overlaps = _overlaps(proposals, gt)
@@ -202,8 +220,33 @@ def evaluate_image(
                 gt_area=int(gt.sum()),
                 overlaps=overlaps,
             )
-            if save_masks is not None:
-                path = save_masks / dataset.mask_name(ref, sentence)
-                save_mask_png(np.zeros_like(gt) if pred is None else pred, path)
+            if save_masks:
+                files[dataset.mask_name(ref, sentence)] = mask_png_bytes(np.zeros_like(gt) if pred is None else pred)
             records.append(record)
-    return records, entry
+    return records, entry, files
+
+
+@dataclass
+class EvaluationStep:
+    """One image of a split, as the run folder records it (``save_masks``: also return the masks)."""
+
+    dataset: EvaluationDataset
+    segmenter: Any
+    proposal_source: ProposalSource | None
+    save_masks: bool
+    cache: FeatureCache | None = None
+    proposal_key: dict[str, Any] | None = None
+
+    def __call__(self, group: ImageGroup) -> UnitResult:
+        started = time.perf_counter()
+        records, entry, files = evaluate_image(
+            group, self.dataset, self.segmenter, self.proposal_source, self.save_masks, self.cache, self.proposal_key
+        )
+        marker: dict[str, Any] = {"image_done": group.image.image_id, "seconds": time.perf_counter() - started}
+        if entry is not None:
+            marker["cache_entry"] = entry
+        return UnitResult(group.image.image_id, records, marker, files)
+
+    def crashed(self, group: ImageGroup, reason: str) -> UnitResult:
+        """An evaluation records every image or stops: the run stops, naming the image."""
+        raise InputError(f"image {group.image.image_id} ({group.image.file_name}): {reason}")

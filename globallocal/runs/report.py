@@ -22,7 +22,7 @@ from rich.text import Text
 from ..data.bounded import NUMBER, check_shape, read_json
 from ..data.datasets import PHRASECUT, dataset_label
 from ..errors import InputError
-from .evaluation_report import REPORT_JSON
+from .evaluation_report import REPORT_JSON, images_label
 from .metrics import PRECISION_THRESHOLDS
 
 FORMATS = ("table", "markdown", "csv", "latex")
@@ -135,7 +135,7 @@ def format_report_table(run_dirs: list[Path]) -> Group:
     for name in metrics[0]:
         table.add_row(name, *(str(_number(values[name], False)) for values in metrics))
     table.add_section()
-    table.add_row("images", *(f"{r['metrics']['images']}/{r['images_total']}" for r in reports))
+    table.add_row("images", *(images_label(r, compact=True) for r in reports))
     table.add_row("sentences", *(str(r["metrics"]["sentences"]) for r in reports))
     table.add_row("no proposals", *(str(r["metrics"]["no_proposal_sentences"]) for r in reports))
     table.add_row("truncated", *(str(r["truncated_sentences"]) for r in reports))

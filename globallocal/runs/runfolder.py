@@ -33,12 +33,12 @@ import os
 import re
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..data.bounded import MAX_LINE_BYTES, JsonError, Shape, check_shape, open_regular, parse_json, read_json
-from ..data.images import check_writable_folder, save_text
+from ..data.images import check_writable_folder, save_bytes, save_text
 from ..errors import InputError
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "CompletedUnit",
     "RunFolder",
     "UnitLayout",
+    "UnitResult",
     "check_free",
     "read_completed",
     "read_config",
@@ -79,6 +80,23 @@ class UnitLayout:
     member: str
     count: str
     record: Shape = dict  # what every record must hold, checked when read back (bounded.check_shape)
+
+
+@dataclass
+class UnitResult:
+    """What one unit's work gives the process that writes the run folder.
+
+    ``records`` and ``marker`` as :meth:`RunFolder.append` takes them (the
+    marker holds the unit's key under the layout's marker key); ``files``:
+    encoded outputs (PNG bytes) by path relative to the folder they go to.
+    Computed wherever the unit ran (this process or a Ray actor), written by
+    the one process holding the folder, so both write the same bytes.
+    """
+
+    key: Any
+    records: list[dict[str, Any]]
+    marker: dict[str, Any]
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -216,19 +234,40 @@ def check_free(directory: str | Path) -> None:
     os.close(fd)
 
 
-def _differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """'key: run VALUE, now VALUE' for every differing key, nested settings named by their dotted path."""
-    missing = "(not set)"
+_SHOWN_DIFFERENCES = 8
+_SHOWN_VALUE = 60
+
+
+_NOT_SET = object()
+
+
+def _shortened(value: Any) -> str:
+    if value is _NOT_SET:
+        return "(not set)"
+    text = json.dumps(value)
+    return text if len(text) <= _SHOWN_VALUE else f"{text[:_SHOWN_VALUE - 3]}..."
+
+
+def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    """'key: run VALUE, now VALUE' for every differing leaf key, nested settings named by their dotted path,
+    values shortened (a section set on one side only is one line)."""
     found = []
     for key in sorted(set(stored) | set(current)):
-        old, new = stored.get(key, missing), current.get(key, missing)
+        old, new = stored.get(key, _NOT_SET), current.get(key, _NOT_SET)
         if old == new:
             continue
         if isinstance(old, dict) and isinstance(new, dict):
             found += _differences(old, new, f"{prefix}{key}.")
-        else:
-            found.append(f"{prefix}{key}: run {json.dumps(old)}, now {json.dumps(new)}")
+            continue
+        found.append(f"{prefix}{key}: run {_shortened(old)}, now {_shortened(new)}")
     return found
+
+
+def _listed(differences: list[str]) -> str:
+    """The differences one per line (the first few; a count of the rest)."""
+    shown = differences[:_SHOWN_DIFFERENCES]
+    more = len(differences) - len(shown)
+    return "".join(f"\n  {line}" for line in shown) + (f"\n  ... {more} more" if more else "")
 
 
 class RunFolder:
@@ -287,7 +326,8 @@ class RunFolder:
                 return
             reason = explain(stored, identity) if explain is not None else None
             if reason is None:
-                reason = f"a different configuration ({'; '.join(_differences(stored, identity))})"
+                raise InputError(f"{self.directory} holds a run with a different configuration; {_FIX}; it differs "
+                                 f"in:{_listed(_differences(stored, identity))}")
             raise InputError(f"{self.directory} holds a run with {reason}; {_FIX}")
         if _records_paths(self.directory):
             raise InputError(f"{self.directory} holds records but no {CONFIG_FILE}; {_FIX}")
@@ -328,6 +368,17 @@ class RunFolder:
         self._records.write(("\n".join(lines) + "\n").encode("utf-8"))
         self._records.flush()
         os.fsync(self._records.fileno())
+
+    def record(self, result: UnitResult, files_root: Path | None) -> None:
+        """Write a unit's files under ``files_root`` (atomically), then append its records and marker.
+
+        Files first: a run killed in between redoes the unit and rewrites them, never records a missing file.
+        """
+        for name, data in result.files.items():
+            if files_root is None:
+                raise ValueError(f"unit {result.key} has files but the run writes none")
+            save_bytes(data, files_root / name)
+        self.append(result.records, result.marker)
 
     def close(self) -> None:
         """Close the records file and release the locks (the kernel does both if the process dies)."""

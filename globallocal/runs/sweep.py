@@ -157,7 +157,10 @@ def open_cached_run(run_dir: str | Path, cache_dir: str | Path | None = None) ->
     check_report(report, run_dir / REPORT_JSON)
     cache_info = config.get("cache")
     if not cache_info:
-        raise InputError(f"{run_dir} was evaluated without --cache; run it again with --cache DIR to sweep it")
+        # Its images' features were not kept, and the cache is part of a run's identity: a new folder is needed.
+        raise InputError(f"{run_dir} was evaluated without --cache, so its features were not kept; evaluate again "
+                         f"with --cache DIR --out {Path(run_dir)}_cached (the same options otherwise), then "
+                         "sweep that folder")
     check_shape(config, {"cache": _CACHE_SHAPE}, str(run_dir / CONFIG_FILE), "; evaluate the run again")
     root = Path(cache_dir) if cache_dir is not None else Path(cache_info["dir"])
     visual = VisualStore(root / cache_info["visual"])

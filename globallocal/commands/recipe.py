@@ -1,0 +1,118 @@
+"""The models a command's options name, as one picklable recipe: this process builds them from it, and so
+does every Ray actor (``--ray``), which must end up with the same settings and weights."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InputError
+from ..runs.worker import Worker
+from .common import stderr
+from .options import ProposalArgs
+
+__all__ = ["ModelRecipe", "ray_session"]
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """Segmenter and proposal generator of a run, and the settings its configuration records.
+
+    ``device`` and ``precision`` are the ones recorded (and used when
+    :meth:`build` is not told otherwise). ``generator``: the proposal options
+    when the run needs a generator (None: user masks, ground truth, or a
+    method that draws its own mask). ``proposals``: the kind recorded as the
+    ``proposals`` setting even without a generator (``evaluate`` records
+    ``gt`` and none); ``batch`` records it only with a generator.
+    """
+
+    method: str
+    clip_model: str | None
+    """None: the method uses no CLIP (SAM 3 alone)."""
+    clip_weights: str
+    preset: str | None
+    device: str
+    precision: str
+    spacy_model: str | None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    generator: ProposalArgs | None = None
+    proposals: str | None = None
+    record_proposals: bool = False
+    keep_order: bool = False
+    tcl: Any = None  # TCLOptions (evaluate)
+    method_options: dict[str, Any] | None = None
+    """The method's builder options besides TCL's (SAM 3's weights folder and cap with --method sam3)."""
+
+    def build(self, device: str | None = None, precision: str | None = None) -> Worker:
+        """Load everything on ``device`` in ``precision`` (default: the recipe's); the settings keep the recipe's."""
+        from ..models.text import parser_label
+        from ..segmenter import Segmenter
+
+        device, precision = device or self.device, precision or self.precision
+        method_options = (self.tcl.method_options(self.method) if self.tcl is not None else None) or \
+            self.method_options
+        segmenter = Segmenter.from_pretrained(
+            self.clip_model, self.clip_weights, self.preset, device=device, precision=precision,
+            spacy_model=self.spacy_model, method=self.method, method_options=method_options, **self.overrides,
+        )
+        if self.tcl is not None:
+            segmenter.method = self.tcl.wrap(segmenter.method)
+        # Weights files are identified by content in the run's configuration, not by the path typed.
+        weights = {"clip": self.clip_weights} if os.path.isfile(self.clip_weights) else {}
+        proposal_settings: dict[str, Any] = {"proposals": self.proposals} if self.record_proposals else {}
+        source, proposal_key = ("gt" if self.proposals == "gt" else None), None
+        if self.generator is not None:
+            from ..proposals.sources import proposal_cache_key, proposal_weights_file
+
+            source = self.generator.build(device, keep_order=self.keep_order)
+            kind, given = self.generator.kind, self.generator.weights
+            # The recorded device, not this process's: a driver on the CPU describes actors on GPUs.
+            proposal_key = proposal_cache_key(kind, source, given, self.device)
+            weights_file = proposal_weights_file(kind, source, given)
+            weights.update({kind: weights_file} if weights_file else {})
+            proposal_settings.update(proposals=kind, **self.generator.settings(source))
+            if self.generator.phrase_dependent:
+                segmenter.proposal_source, source = source, None  # asked per phrase by the segmenter
+        settings = {
+            "clip_model": self.clip_model,
+            "clip_weights": None if self.clip_model is None else "file" if "clip" in weights else self.clip_weights,
+            "preset": self.preset,
+            **segmenter.method.describe(),
+            "parser": parser_label(segmenter.nlp),
+            **proposal_settings,
+            "device": self.device,
+            "precision": self.precision,
+        }
+        return Worker(segmenter, source, settings, weights, proposal_key)
+
+
+def _actor_device(device: str, pool: Any) -> str:
+    """``--device`` under ``--ray``: auto is the actors' (cuda with GPUs); cuda:N cannot name an actor's GPU."""
+    if device == "auto":
+        return pool.device
+    if device.startswith("cuda:"):
+        raise InputError(f"--device {device} does not apply with --ray: each actor sees its own GPUs; use cuda")
+    return device
+
+
+@contextmanager
+def ray_session(
+    address: str | None, actors: int | None, gpus: float | None, cpus: float | None, device: str
+) -> Iterator[tuple[Any, str]]:
+    """(the entered RayRun or None, the device the run records); Ray is imported only with ``--ray``."""
+    if address is None:
+        given = [flag for flag, value in (("--ray-actors", actors), ("--ray-gpus-per-actor", gpus),
+                                          ("--ray-cpus-per-actor", cpus)) if value is not None]
+        if given:
+            raise InputError(f"{given[0]} needs --ray")
+        from ..models.clip import resolve_device
+
+        yield None, resolve_device(device)
+        return
+    from ..runs.ray_engine import RayOptions, RayRun
+
+    with RayRun(RayOptions(address, actors, gpus, cpus), say=stderr.print) as run:
+        yield run, _actor_device(device, run.pool)
