@@ -1,6 +1,7 @@
 """Per-stage seconds of the two methods on one photo, and HybridGL against its authors' structure.
 
     python bench/methods.py [--device cpu] [--precisions fp32,bf16] [--proposals 30,100] [--repeats 1] [--quick]
+                            [--sam3-weights DIR]
 
 Same photo (640x427), same random ViT-B-16 weights (QuickGELU, as OpenAI's),
 same random blob proposals, workload of one REFER image: 3 refs of 3
@@ -28,6 +29,14 @@ sentences each.
     device's matmul peak in that precision. Before a proposal count starts,
     its memory need (the authors' structure holds every proposal's two views
     and full-size masked images at once) is checked against free memory.
+  SAM 3 (a second table, bench/sam3.py): --method sam3 (SAM 3 alone, no
+    CLIP) and global-local-sam3 / hybridgl-sam3 (SAM 3's instances of each
+    sentence's noun phrase as the candidates) on the same photo and 9
+    sentences: SAM 3's vision pass with the method's per-photo work, the 9
+    noun phrases decoded in one batch, then the new masks' features and the
+    scoring (--quick: SAM 3's best 2 instances per noun phrase, else all).
+    Without --sam3-weights SAM 3 is the tests' tiny random model: the rows
+    check the stages run; they are not SAM 3's cost.
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ from common import (  # noqa: E402
     seconds,
     share,
 )
+from sam3 import add_sam3_option, method_rows  # noqa: E402
 from segment import blob_masks  # noqa: E402
 
 from globallocal.data.images import IMAGENET_MEAN, IMAGENET_STD, load_image  # noqa: E402
@@ -219,6 +229,7 @@ def main() -> None:
     add_options(parser)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--proposals", default="30,100")
+    add_sam3_option(parser)
     args = parser.parse_args()
     chosen = precisions(args)
     peaks = preamble(args.device, chosen, args.quick)
@@ -251,6 +262,14 @@ def main() -> None:
             print("row:", " | ".join(map(str, rows[-1])), flush=True)
     print(f"\n{image.width}x{image.height} photo, ViT-B-16 (random weights), {device_name(args.device)}, 3 refs x 3 "
           f"sentences, median of {args.repeats} (s); {load_average()}\n")
+    print(markdown(header, rows))
+
+    cap = 2 if args.quick else None  # --quick: SAM 3's best 2 instances per noun phrase
+    header, rows, label = method_rows(args.sam3_weights, args.device, clips, nlp, image, SENTENCES, args.repeats,
+                                      cap)
+    print(f"\nSAM 3 uses: {label}; at most {cap or 'all'} instances per noun phrase; same photo and sentences, "
+          "CLIP ViT-B-16 (random weights), SAM 3 in fp32, "
+          f"{device_name(args.device)}, median of {args.repeats} (s); {load_average()}\n")
     print(markdown(header, rows))
 
 

@@ -1,6 +1,7 @@
 """Seconds per 640x480 photo of each mask-proposal source, random weights (they cost what trained ones do).
 
-    python bench/proposals.py [--device cpu] [--repeats 1] [--sources freesolo,sam2-tiny,sam2-large,sam-vit_b]
+    python bench/proposals.py [--device cpu] [--repeats 1] [--sources freesolo,sam2-tiny,sam2-large,sam-vit_b,sam3]
+                              [--sam3-weights DIR] [--quick]
 
 Sources: FreeSOLO (ResNet-101 SOLOv2 at short side 800, batch norm folded
 as after loading), SAM 2.1 hiera-tiny and hiera-large, SAM ViT-B, each SAM
@@ -14,6 +15,13 @@ at its full 1024-pixel input. Each SAM source is timed twice:
   RLE-encoded and deduplicated by box NMS, and the survivors go through
   OpenCV's small-region removal: the most post-processing these settings
   can add. (A random model's masks overlap so much that NMS keeps few.)
+
+SAM 3 (``sam3``) proposes per noun phrase, so its rows are its stages: the
+vision pass once per photo, then the text encoder and decoder for one noun
+phrase, and for the 9 noun phrases of a REFER image in one batch (threshold
+0: every query kept). Without --sam3-weights it is the tests' tiny random
+SAM 3, which checks the rows run and is not SAM 3's cost (bench/sam3.py).
+``--quick`` times only the SAM 3 rows.
 
 Times are the minimum over repeats after one warm-up, wall clock and
 process CPU time (all threads). On a shared machine the wall times vary;
@@ -34,6 +42,10 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import load_average  # noqa: E402
+from sam3 import add_sam3_option, load_source, queries  # noqa: E402
 
 from globallocal.data.images import load_image  # noqa: E402
 from globallocal.proposals import Proposals  # noqa: E402
@@ -85,26 +97,54 @@ def sam_runs(family: str, model: str, device: str) -> list[tuple[str, Callable[[
     ]
 
 
+def sam3_runs(weights: str | None, device: str) -> tuple[list[tuple[str, Callable[[], object]]], str]:
+    """SAM 3's stages on the photo: the vision pass, then one and nine noun phrases decoded (each after a
+    vision pass of its own, so no prompt is answered from the photo's decoded prompts)."""
+    from methods import SENTENCES
+
+    from globallocal.models.text import load_parser
+
+    source, label = load_source(weights, device)
+    image, nlp = load_image(PHOTO), load_parser()
+    every = queries(SENTENCES, nlp)
+
+    def decoded(asked):
+        source.set_image(image)
+        return [mask for answer in source.answer(asked) for mask in answer.proposals.masks]
+
+    return [
+        ("vision encode (once per photo)", lambda: source.set_image(image) or []),
+        ("encode + decode 1 noun phrase", lambda: decoded(every[:1])),
+        (f"encode + decode {len(every)} noun phrases, one batch", lambda: decoded(every)),
+    ], label
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--sources", default="freesolo,sam2-tiny,sam2-large,sam-vit_b")
+    parser.add_argument("--sources", default="freesolo,sam2-tiny,sam2-large,sam-vit_b,sam3")
+    parser.add_argument("--quick", action="store_true", help="only the SAM 3 rows")
+    add_sam3_option(parser)
     args = parser.parse_args()
+    notes = []
 
     table = Table(
         title=f"mask proposals, one 640x480 photo, {args.device}, {torch.get_num_threads()} threads, "
-        f"random weights, best of {args.repeats} after a warm-up (seconds)"
+        f"random weights, best of {args.repeats} after a warm-up (seconds); {load_average()}"
     )
     for column in ["source", "settings", "load", "wall / photo", "CPU / photo", "proposals"]:
         table.add_column(column, justify="right")
-    for source in args.sources.split(","):
+    for source in ["sam3"] if args.quick else args.sources.split(","):
         start = time.perf_counter()
         if source == "freesolo":
             runs = freesolo_runs(args.device)
             if runs is None:
                 table.add_row(source, "not in this checkout", "", "", "", "")
                 continue
+        elif source == "sam3":
+            runs, label = sam3_runs(args.sam3_weights, args.device)
+            notes.append(f"sam3: {label}")
         else:
             family, _, model = source.partition("-")
             runs = sam_runs(family, model, args.device)
@@ -114,6 +154,8 @@ def main() -> None:
             wall, cpu, count = timed(run, args.repeats)
             table.add_row(source, settings, load if index == 0 else "", f"{wall:.2f}", f"{cpu:.2f}", str(count))
     Console().print(table)
+    for note in notes:
+        print(note)
 
 
 if __name__ == "__main__":

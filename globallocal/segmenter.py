@@ -61,7 +61,7 @@ class Segmenter:
 
     def __init__(
         self,
-        clip: ClipBundle,
+        clip: ClipBundle | None,
         nlp: spacy.Language,
         settings: MethodSettings | None = None,
         proposal_source: ProposalSource | ConceptSource | None = None,
@@ -94,7 +94,7 @@ class Segmenter:
         method_options: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> Segmenter:
-        """Load CLIP, the parser and a method by name.
+        """Load CLIP (unless the method uses none), the parser and a method by name.
 
         ``clip_model`` defaults to the method's (ViT-B-32 for global-local);
         ``preset`` to the method's; ``device`` "auto" (CUDA when available,
@@ -104,11 +104,17 @@ class Segmenter:
         """
         spec = get_method(method)
         spec.settings(preset, **overrides)  # bad settings and a CLIP that does not fit fail before any model loads
-        clip_model = spec.check_clip(clip_model, clip_weights)
+        if spec.uses_clip:
+            clip_model = spec.check_clip(clip_model, clip_weights)
         nlp = load_parser(spacy_model)
-        clip = load_clip(clip_model, clip_weights, device=device, precision=precision)
+        # A method that scores with no CLIP (SAM 3 alone) loads none: its weights may not even be here.
+        clip = load_clip(clip_model, clip_weights, device=device, precision=precision) if spec.uses_clip else None
         built = build_method(method, clip, nlp, preset, method_options, **overrides)
         return cls(clip, nlp, proposal_source=proposal_source, method=built)
+
+    def clip_description(self) -> dict[str, str] | None:
+        """The CLIP the answers were scored with, as the JSON names it (None: the method uses no CLIP)."""
+        return None if self.clip is None else {"model": self.clip.name, "weights": self.clip.weights}
 
     @property
     def settings(self) -> MethodSettings:
@@ -169,12 +175,12 @@ class Segmenter:
         rgb = load_image(image)
         if proposals is not None:
             check_image_size(rgb, proposals)
-        device = self.clip.device
+        device = self.method.device
         self._state = ImageState(rgb, proposals, {name: t.to(device, torch.float32) for name, t in tensors.items()})
 
     def add_text_features(self, texts: Sequence[str], features: torch.Tensor) -> None:
         """Seed the text cache with raw features (as :func:`encode_texts` gives them): these texts are not encoded."""
-        for text, feature in zip(texts, features.to(self.clip.device, torch.float32), strict=True):
+        for text, feature in zip(texts, features.to(self.method.device, torch.float32), strict=True):
             self._text_cache[text] = feature
             self._text_cache.move_to_end(text)
             if len(self._text_cache) > self._text_cache_size:
@@ -198,7 +204,7 @@ class Segmenter:
     def add_concept(self, query: ConceptQuery, answer: ConceptAnswer, tensors: Mapping[str, torch.Tensor]) -> None:
         """Give the current image a query's candidates and their features as :meth:`concept_entry` returned
         them earlier (e.g. from a feature cache): neither the source nor the image tower runs for them."""
-        device = self.clip.device
+        device = self.method.device
         self._concept_image().add(query, answer, {name: t.to(device, torch.float32) for name, t in tensors.items()})
 
     def concept_entry(self, query: ConceptQuery) -> tuple[ConceptAnswer, dict[str, torch.Tensor]]:

@@ -165,3 +165,19 @@ def copy_example(tmp_path):
         return Path(shutil.copy(EXAMPLES / name, tmp_path / name))
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def sam3_folder(tmp_path_factory) -> Path:
+    """A tiny random SAM 3 saved in the transformers layout (tests/tiny_sam3.py), for --sam3-weights."""
+    from tiny_sam3 import save_tiny_sam3  # transformers loads only for the tests that use it
+
+    return save_tiny_sam3(tmp_path_factory.mktemp("sam3"))
+
+
+@pytest.fixture(scope="session")
+def photo_file(tmp_path_factory) -> Path:
+    """A 64 x 48 PNG of random pixels (seeded)."""
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(path)
+    return path

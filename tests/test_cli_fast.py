@@ -91,6 +91,23 @@ def test_refusals_and_report_answer_without_the_heavy_libraries(tmp_path, run_fo
             "--proposals", "sam4"],
         "--alpha does not apply to --method tcl": ["batch", str(tmp_path / "pairs.jsonl"), "-o", str(tmp_path / "b"),
                                                     "--method", "tcl", "--alpha", "0.5"],
+        # --method sam3: its own options checked, proposals and CLIP refused, all before torch.
+        "--proposals sam2 does not apply to --method sam3: SAM 3 finds its own instances": [
+            "segment", image, "the chair", "--method", "sam3", "--proposals", "sam2"],
+        "--clip-model does not apply to --method sam3": ["segment", image, "the chair", "--method", "sam3",
+                                                         "--clip-model", "ViT-B-32"],
+        "--sam3-answer applies to --method sam3": ["segment", image, "the chair", "--sam3-answer", "union"],
+        "SAM 3 answer must be one of top, union, got 'all'": ["segment", image, "the chair", "--method", "sam3",
+                                                              "--sam3-answer", "all"],
+        "SAM 3 prompt must be one of": ["batch", str(tmp_path / "pairs.jsonl"), "-o", str(tmp_path / "b"),
+                                        "--method", "sam3", "--sam3-prompt", "words"],
+        "SAM 3 threshold must be in [0, 1]": ["segment", image, "the chair", "--method", "sam3",
+                                              "--sam3-threshold", "2"],
+        "max_proposals must be at least 1, got 0": ["segment", image, "the chair", "--method", "sam3",
+                                                    "--max-proposals", "0"],
+        "--cache keeps CLIP features; --method sam3 computes none": [
+            "evaluate", "--dataset", "refcoco", "--split", "val", "--data-root", str(tmp_path), "--method", "sam3",
+            "--cache", str(tmp_path / "cache")],
     }
     (tmp_path / "pairs.jsonl").write_text(json.dumps({"image": image, "phrase": "the chair"}) + "\n")
     answers = run_fresh([*cases.values(), ["report", str(run_folder)]], tmp_path)

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 from refer_fixtures import build_refer
-from tiny_sam3 import save_tiny_sam3
 
 from globallocal.data.images import load_mask
 from globallocal.methods import build_method
@@ -30,18 +29,6 @@ PHRASES = ["the dog on the left", "a red car"]
 THRESHOLD = "0.1"  # the tiny model's scores spread over about 0.05-0.4
 
 
-@pytest.fixture(scope="module")
-def sam3_folder(tmp_path_factory):
-    return save_tiny_sam3(tmp_path_factory.mktemp("sam3"))
-
-
-@pytest.fixture(scope="module")
-def photo(tmp_path_factory):
-    path = tmp_path_factory.mktemp("photo") / "photo.png"
-    Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(path)
-    return path
-
-
 def _clip_args(method, tiny_config_paths, tiny_checkpoints):
     family = CLIPS[method]
     return ["--method", method, "--clip-model", tiny_config_paths[family], "--clip-weights", tiny_checkpoints[family]]
@@ -49,10 +36,10 @@ def _clip_args(method, tiny_config_paths, tiny_checkpoints):
 
 @pytest.mark.parametrize("method", list(CLIPS))
 def test_segment_answers_among_sam3s_instances_as_among_given_masks(
-    cli, method, photo, sam3_folder, tmp_path, tiny_config_paths, tiny_checkpoints, nlp
+    cli, method, photo_file, sam3_folder, tmp_path, tiny_config_paths, tiny_checkpoints, nlp
 ):
     out, report = tmp_path / "out.png", tmp_path / "out.json"
-    result = cli("segment", photo, *PHRASES, *_clip_args(method, tiny_config_paths, tiny_checkpoints),
+    result = cli("segment", photo_file, *PHRASES, *_clip_args(method, tiny_config_paths, tiny_checkpoints),
                  "--proposals", "sam3", "--sam3-weights", sam3_folder, "--sam3-threshold", THRESHOLD,
                  "-o", out, "--json", report, "--top-k-picture", tmp_path / "top.png")
     assert result.code == 0, result.err
@@ -64,13 +51,13 @@ def test_segment_answers_among_sam3s_instances_as_among_given_masks(
     clip = load_clip(str(tiny_config_paths[family]), str(tiny_checkpoints[family]))
     source = build_proposal_generator("sam3", weights=sam3_folder, sam3_threshold=float(THRESHOLD))
     segmenter = Segmenter(clip, nlp, method=build_method(method, clip, nlp))
-    source.set_image(Image.open(photo).convert("RGB"))
+    source.set_image(Image.open(photo_file).convert("RGB"))
     queries = [segmenter.method.concept_query(segmenter.parse(phrase)) for phrase in PHRASES]
     answers = source.answer(queries)  # one batch, as the segmenter asks
     for number, (record, answer) in enumerate(zip(written["results"], answers, strict=True)):
         assert (record["sam3_step"], record["sam3_prompt"]) == (answer.step, answer.prompt)
         assert record["proposal_scores"] == [float(score) for score in answer.proposals.scores]
-        segmenter.set_image(photo, answer.proposals)
+        segmenter.set_image(photo_file, answer.proposals)
         expected = segmenter.predict(record["phrase"])
         assert record["index"] == expected.index
         assert record["proposal_score"] == record["proposal_scores"][expected.index]
@@ -78,12 +65,12 @@ def test_segment_answers_among_sam3s_instances_as_among_given_masks(
         assert (tmp_path / f"top_{number}.png").is_file()
 
 
-def test_the_sam3_presets_bring_sam3_and_are_in_the_help(cli, photo, sam3_folder, tmp_path, tiny_config_paths,
+def test_the_sam3_presets_bring_sam3_and_are_in_the_help(cli, photo_file, sam3_folder, tmp_path, tiny_config_paths,
                                                         tiny_checkpoints):
     help_text = cli("segment", "--help").out
     assert "global-local-sam3" in help_text and "hybridgl-sam3" in help_text and "--sam3-fallback" in help_text
     report = tmp_path / "out.json"
-    result = cli("segment", photo, "the dog", *_clip_args("hybridgl", tiny_config_paths, tiny_checkpoints),
+    result = cli("segment", photo_file, "the dog", *_clip_args("hybridgl", tiny_config_paths, tiny_checkpoints),
                  "--preset", "hybridgl-sam3", "--sam3-weights", sam3_folder, "-o", tmp_path / "m.png",
                  "--json", report)
     assert result.code == 0, result.err
@@ -92,9 +79,9 @@ def test_the_sam3_presets_bring_sam3_and_are_in_the_help(cli, photo, sam3_folder
     assert written["proposal_source"] == "sam3" and written["results"][0]["sam3_step"] == "below-threshold"
 
 
-def test_no_candidate_for_any_phrase_is_one_line(run, photo, sam3_folder, tmp_path, tiny_config_paths,
+def test_no_candidate_for_any_phrase_is_one_line(run, photo_file, sam3_folder, tmp_path, tiny_config_paths,
                                                  tiny_checkpoints):
-    code, err = run("segment", photo, "the dog", *_clip_args("global-local", tiny_config_paths, tiny_checkpoints),
+    code, err = run("segment", photo_file, "the dog", *_clip_args("global-local", tiny_config_paths, tiny_checkpoints),
                     "--proposals", "sam3", "--sam3-weights", sam3_folder, "--sam3-fallback", "none",
                     "-o", tmp_path / "m.png")
     assert code == 2 and "sam3 found no instance of 'the dog'" in err and "--sam3-threshold" in err
@@ -109,19 +96,19 @@ def test_no_candidate_for_any_phrase_is_one_line(run, photo, sam3_folder, tmp_pa
     (["--proposals", "sam", "--sam3-threshold", "0.3"], "--sam3-threshold applies to --proposals sam3"),
     (["--method", "tcl", "--sam3-weights", "x"], "--sam3-weights does not apply to --method tcl"),
 ])
-def test_bad_sam3_options_are_refused_before_any_model_loads(run, photo, tmp_path, extra, message):
+def test_bad_sam3_options_are_refused_before_any_model_loads(run, photo_file, tmp_path, extra, message):
     # The CLIP named here does not exist: reaching a model load would fail with another message.
-    code, err = run("segment", photo, "the dog", "--clip-model", tmp_path / "absent.json", *extra,
+    code, err = run("segment", photo_file, "the dog", "--clip-model", tmp_path / "absent.json", *extra,
                     "-o", tmp_path / "m.png")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_gated_weights_offline_name_the_repository_and_the_fix(run, photo, tmp_path, tiny_config_paths,
+def test_gated_weights_offline_name_the_repository_and_the_fix(run, photo_file, tmp_path, tiny_config_paths,
                                                                tiny_checkpoints, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    code, err = run("segment", photo, "the dog", *_clip_args("global-local", tiny_config_paths, tiny_checkpoints),
+    code, err = run("segment", photo_file, "the dog", *_clip_args("global-local", tiny_config_paths, tiny_checkpoints),
                     "--proposals", "sam3", "-o", tmp_path / "m.png")
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     for part in ("facebook/sam3", "licence", "hf auth login", "--sam3-weights DIR"):
@@ -161,10 +148,11 @@ def test_evaluate_then_sweep_and_report(cli, method, sam3_folder, tmp_path, tiny
     assert f"{method}-sam3" in table and "| gt |" in table
 
 
-def test_batch_takes_sam3_candidates_per_phrase(cli, photo, sam3_folder, tmp_path, tiny_config_paths,
+def test_batch_takes_sam3_candidates_per_phrase(cli, photo_file, sam3_folder, tmp_path, tiny_config_paths,
                                                 tiny_checkpoints):
     manifest = tmp_path / "pairs.jsonl"
-    lines = [{"id": "a", "image": str(photo), "phrases": PHRASES}, {"id": "b", "image": str(photo), "phrase": "dog"}]
+    lines = [{"id": "a", "image": str(photo_file), "phrases": PHRASES},
+             {"id": "b", "image": str(photo_file), "phrase": "dog"}]
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
     result = cli("batch", manifest, "-o", tmp_path / "out", *_clip_args("global-local", tiny_config_paths,
                  tiny_checkpoints), "--proposals", "sam3", "--sam3-weights", sam3_folder, "--sam3-threshold",
@@ -177,12 +165,12 @@ def test_batch_takes_sam3_candidates_per_phrase(cli, photo, sam3_folder, tmp_pat
         assert record["sam3_step"] in ("noun-phrase", "head-noun", "below-threshold")
 
 
-def test_the_python_api_takes_the_sam3_source(photo, sam3_folder, tiny_config_paths, tiny_checkpoints):
+def test_the_python_api_takes_the_sam3_source(photo_file, sam3_folder, tiny_config_paths, tiny_checkpoints):
     source = build_proposal_generator("sam3", weights=sam3_folder, sam3_threshold=float(THRESHOLD))
     segmenter = Segmenter.from_pretrained(str(tiny_config_paths["vit12"]), str(tiny_checkpoints["vit12"]),
                                           "hybridgl-sam3", method="hybridgl", proposal_source=source)
     assert segmenter.phrase_dependent
-    segmenter.set_image(photo)
+    segmenter.set_image(photo_file)
     left, right = segmenter.predict_many(["the dog on the left", "the dog on the right"])
     assert left.concept is right.concept  # one noun phrase, one decode
     assert left.to_json()["sam3_step"] == left.concept.step and left.index in left.candidates
@@ -239,6 +227,6 @@ def test_report_puts_the_baseline_the_combinations_and_a_paper_preset_side_by_si
         "sam3", "global-local-sam3", "hybridgl-sam3", "paper-refcoco"]
 
 
-def test_the_proposals_command_refuses_a_per_phrase_source(run, photo, tmp_path):
-    code, err = run("proposals", photo, "-o", tmp_path / "p", "--proposals", "sam3")
+def test_the_proposals_command_refuses_a_per_phrase_source(run, photo_file, tmp_path):
+    code, err = run("proposals", photo_file, "-o", tmp_path / "p", "--proposals", "sam3")
     assert code == 2 and "sam3 proposes per phrase, not per photo" in err and not (tmp_path / "p").exists()

@@ -30,7 +30,9 @@ from .options import (
     RayCpusOpt,
     RayGpusOpt,
     RayOpt,
+    Sam3AnswerOpt,
     Sam3FallbackOpt,
+    Sam3PromptOpt,
     Sam3ThresholdOpt,
     Sam3WeightsOpt,
     SamModelOpt,
@@ -89,6 +91,8 @@ def batch(
     sam3_weights: Sam3WeightsOpt = None,
     sam3_threshold: Sam3ThresholdOpt = None,
     sam3_fallback: Sam3FallbackOpt = None,
+    sam3_prompt: Sam3PromptOpt = None,
+    sam3_answer: Sam3AnswerOpt = None,
     ray: RayOpt = None,
     ray_actors: RayActorsOpt = None,
     ray_gpus_per_actor: RayGpusOpt = None,
@@ -104,20 +108,22 @@ def batch(
     # Everything cheap is checked before torch is imported and any model loads.
     from globallocal.data.images import check_writable_folder
     from globallocal.data.manifest import read_manifest
-    from globallocal.methods import get_method
+    from globallocal.methods import Sam3Options, get_method
     from globallocal.runs.runfolder import check_free
 
     manifest = read_manifest(pairs)
     check_free(out)
     check_writable_folder(out / "masks", "output")
     spec = get_method(method)
+    sam3 = Sam3Options.from_arguments(locals())
+    sam3.check(spec, proposals)
     overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
         fusion_mode=fusion_mode,
-    )
+    ) | sam3.method_overrides(method)
     proposals = proposals or spec.proposals_for(preset)
     sam_settings = sam_settings or spec.default_proposal_settings
-    source_args = ProposalArgs.from_arguments(locals())
+    source_args = ProposalArgs.from_arguments(sam3.proposal_arguments(method, locals()))
     check_applicable(spec, overrides, source_args, masks)
     source_args.check()
     spec.settings(preset, **overrides)
@@ -136,6 +142,7 @@ def batch(
         recipe = ModelRecipe(
             method, clip_model, clip_weights, preset, device, precision, spacy_model, overrides,
             generator=source_args if needs_generator else None, proposals=proposals,
+            method_options=sam3.method_options(method),
         )
         # Under --ray this copy only names the configuration: the actors load their own.
         worker = recipe.build("cpu", "fp32") if cluster is not None else recipe.build()

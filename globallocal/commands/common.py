@@ -32,13 +32,13 @@ def check_image_file(image: Path) -> None:
 
 
 def default_run_dir(
-    dataset: str, split: str, method: str, preset: str, clip_model: str, proposals: str,
+    dataset: str, split: str, method: str, preset: str, clip_model: str | None, proposals: str,
     alpha: float | None = None, beta: float | None = None,
 ) -> Path:
     """runs/DATASET_SPLIT_METHOD_PRESET_MODEL_PROPOSALS[_aALPHA][_bBETA]: what tells runs apart, so ablations
-    do not share (and are not refused by) one folder."""
-    model_tag = Path(clip_model).stem if clip_model.endswith(".json") else clip_model
-    parts = [dataset, split, method, preset, model_tag, proposals]
+    do not share (and are not refused by) one folder. MODEL is left out for a method that uses no CLIP."""
+    model_tag = None if clip_model is None else Path(clip_model).stem if clip_model.endswith(".json") else clip_model
+    parts = [part for part in (dataset, split, method, preset, model_tag, proposals) if part is not None]
     parts += [f"{letter}{value:g}" for letter, value in (("a", alpha), ("b", beta)) if value is not None]
     return Path("runs") / "_".join(parts)
 

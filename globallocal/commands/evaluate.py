@@ -30,7 +30,9 @@ from .options import (
     RayCpusOpt,
     RayGpusOpt,
     RayOpt,
+    Sam3AnswerOpt,
     Sam3FallbackOpt,
+    Sam3PromptOpt,
     Sam3ThresholdOpt,
     Sam3WeightsOpt,
     SamModelOpt,
@@ -123,6 +125,8 @@ def evaluate(
     sam3_weights: Sam3WeightsOpt = None,
     sam3_threshold: Sam3ThresholdOpt = None,
     sam3_fallback: Sam3FallbackOpt = None,
+    sam3_prompt: Sam3PromptOpt = None,
+    sam3_answer: Sam3AnswerOpt = None,
     tcl_window: TCLWindowOpt = None,
     tcl_pamr: TCLPamrOpt = None,
     tcl_templates: TCLTemplatesOpt = None,
@@ -151,24 +155,28 @@ def evaluate(
     images are shared out between the processes and rank 0 writes the report;
     or with --ray, over a pool of Ray actors on one machine or a cluster.
     """
-    from globallocal.methods import TCLOptions, get_method  # torch-free, like every check below
+    from globallocal.methods import Sam3Options, TCLOptions, get_method  # torch-free, like every check below
     from globallocal.runs.evaluation_config import EvaluationConfig, check_evaluation_inputs
 
     spec = get_method(method)
     tcl = TCLOptions.from_arguments(locals())
     tcl.check(spec)
+    sam3 = Sam3Options.from_arguments(locals())
+    sam3.check(spec, proposals)
+    if cache is not None and not spec.uses_clip:
+        raise InputError(f"--cache keeps CLIP features; --method {method} computes none: drop --cache")
     preset = preset or spec.preset_for(dataset)
     proposals = proposals or spec.proposals_for(preset)
     sam_settings = sam_settings or spec.default_proposal_settings
     overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
         fusion_mode=fusion_mode, sticky_topk=sticky_topk,
-    ) | tcl.method_overrides(method)
-    source_args = ProposalArgs.from_arguments(locals())
+    ) | tcl.method_overrides(method) | sam3.method_overrides(method)
+    source_args = ProposalArgs.from_arguments(sam3.proposal_arguments(method, locals()))
     check_applicable(spec, overrides, source_args, extra_kinds=("gt",))
     source_args.check()
     spec.settings(preset, **overrides)
-    clip_model = clip_model or spec.default_clip_model
+    clip_model = clip_model or (spec.default_clip_model if spec.uses_clip else None)
     selection = split if subset == "all" else f"{split}_{subset}"
     out = out or default_run_dir(
         dataset, selection, tcl.run_tag(method), preset, clip_model, proposals or "none", alpha, beta
@@ -195,6 +203,7 @@ def evaluate(
                 method, clip_model, clip_weights, preset, device, precision, spacy_model, overrides,
                 generator=source_args if proposals not in ("gt", None) else None, proposals=proposals,
                 record_proposals=True, keep_order=spec.keep_proposal_order, tcl=tcl,
+                method_options=sam3.method_options(method),
             )
             # Under --ray this copy only names the configuration: the actors load their own. As given, not
             # this process's cuda:LOCAL_RANK: all processes of torchrun must agree on the configuration.

@@ -40,8 +40,9 @@ PRESET_HELP = (
     "hybridgl-no-quirks | hybridgl-sam3 (hybridgl-paper's settings, SAM 3 proposals by default)."
 )
 METHOD_HELP = (
-    "Scoring method: global-local (Yu et al., CVPR 2023; the default), hybridgl (Liu and Li, CVPR 2025) "
-    "or tcl (Cha et al., CVPR 2023), where installed."
+    "Scoring method: global-local (Yu et al., CVPR 2023; the default), hybridgl (Liu and Li, CVPR 2025), "
+    "tcl (Cha et al., CVPR 2023), where installed, or sam3 (SAM 3 alone: its own instances, no CLIP; "
+    "presets sam3, sam3-union, sam3-expression)."
 )
 
 
@@ -50,11 +51,20 @@ def setting_overrides(**values) -> dict:
     return {name: value for name, value in values.items() if value is not None}
 
 
-def check_models(spec: MethodSpec, clip_model: str | None, clip_weights: str, device: str, precision: str) -> str:
+def check_models(
+    spec: MethodSpec, clip_model: str | None, clip_weights: str, device: str, precision: str
+) -> str | None:
     """What can be checked of the models without torch: the device and precision names, the CLIP architecture
-    (and that it fits the method), the weights path. Returns the architecture to load."""
+    (and that it fits the method), the weights path. Returns the architecture to load (None: the method uses
+    no CLIP, and --clip-model / --clip-weights are refused)."""
     check_device(device)
     check_precision(precision)
+    if not spec.uses_clip:
+        given = [flag for flag, value in (("--clip-model", clip_model), ("--clip-weights", clip_weights))
+                 if value not in (None, "openai")]
+        if given:
+            raise InputError(f"{given[0]} does not apply to --method {spec.name}: it scores with no CLIP")
+        return None
     return spec.check_clip(clip_model, clip_weights)
 
 
@@ -96,8 +106,14 @@ Sam3WeightsOpt = Annotated[Path | None, typer.Option(
     "files), from any mirror. Default: facebook/sam3 from the Hugging Face hub, which is gated: accept its licence "
     "on its page and run `hf auth login`.")]
 Sam3ThresholdOpt = Annotated[float | None, typer.Option(
-    "--sam3-threshold", help="SAM 3: a noun phrase's candidates are its instances scoring (presence x detection) "
-    "above this (default 0.5).")]
+    "--sam3-threshold", help="SAM 3: a noun phrase's candidates (--method sam3: the instances it answers with) "
+    "are its instances scoring (presence x detection) above this (default 0.5).")]
+Sam3PromptOpt = Annotated[str | None, typer.Option(
+    "--sam3-prompt", help="--method sam3: SAM 3's prompt is the phrase's noun-phrase (default) or its whole "
+    "expression (cut to SAM 3's 32 text tokens, with a warning).")]
+Sam3AnswerOpt = Annotated[str | None, typer.Option(
+    "--sam3-answer", help="--method sam3: top (its best instance; default) or union (every instance above the "
+    "threshold; the phrasecut preset's).")]
 Sam3FallbackOpt = Annotated[str | None, typer.Option(
     "--sam3-fallback", help="SAM 3: what answers a noun phrase with no instance above the threshold, tried in this "
     "order: head-noun (its head noun alone), below-threshold (its best instances below it), sam2 (SAM 2's "

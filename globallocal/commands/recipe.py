@@ -30,7 +30,8 @@ class ModelRecipe:
     """
 
     method: str
-    clip_model: str
+    clip_model: str | None
+    """None: the method uses no CLIP (SAM 3 alone)."""
     clip_weights: str
     preset: str | None
     device: str
@@ -42,6 +43,8 @@ class ModelRecipe:
     record_proposals: bool = False
     keep_order: bool = False
     tcl: Any = None  # TCLOptions (evaluate)
+    method_options: dict[str, Any] | None = None
+    """The method's builder options besides TCL's (SAM 3's weights folder and cap with --method sam3)."""
 
     def build(self, device: str | None = None, precision: str | None = None) -> Worker:
         """Load everything on ``device`` in ``precision`` (default: the recipe's); the settings keep the recipe's."""
@@ -49,7 +52,8 @@ class ModelRecipe:
         from ..segmenter import Segmenter
 
         device, precision = device or self.device, precision or self.precision
-        method_options = self.tcl.method_options(self.method) if self.tcl is not None else None
+        method_options = (self.tcl.method_options(self.method) if self.tcl is not None else None) or \
+            self.method_options
         segmenter = Segmenter.from_pretrained(
             self.clip_model, self.clip_weights, self.preset, device=device, precision=precision,
             spacy_model=self.spacy_model, method=self.method, method_options=method_options, **self.overrides,
@@ -74,7 +78,7 @@ class ModelRecipe:
                 segmenter.proposal_source, source = source, None  # asked per phrase by the segmenter
         settings = {
             "clip_model": self.clip_model,
-            "clip_weights": "file" if "clip" in weights else self.clip_weights,
+            "clip_weights": None if self.clip_model is None else "file" if "clip" in weights else self.clip_weights,
             "preset": self.preset,
             **segmenter.method.describe(),
             "parser": parser_label(segmenter.nlp),

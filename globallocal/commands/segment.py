@@ -27,7 +27,9 @@ from .options import (
     PredIouOpt,
     ProposalArgs,
     ProposalsOpt,
+    Sam3AnswerOpt,
     Sam3FallbackOpt,
+    Sam3PromptOpt,
     Sam3ThresholdOpt,
     Sam3WeightsOpt,
     SamModelOpt,
@@ -131,6 +133,8 @@ def segment(
     sam3_weights: Sam3WeightsOpt = None,
     sam3_threshold: Sam3ThresholdOpt = None,
     sam3_fallback: Sam3FallbackOpt = None,
+    sam3_prompt: Sam3PromptOpt = None,
+    sam3_answer: Sam3AnswerOpt = None,
     tcl_window: TCLWindowOpt = None,
     tcl_pamr: TCLPamrOpt = None,
     tcl_templates: TCLTemplatesOpt = None,
@@ -168,16 +172,18 @@ def segment(
     if top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {top_k}")
 
-    from globallocal.methods import TCLOptions, get_method  # torch-free, like every check below
+    from globallocal.methods import Sam3Options, TCLOptions, get_method  # torch-free, like every check below
 
     spec = get_method(method)
     tcl = TCLOptions.from_arguments(locals())
     tcl.check(spec)
+    sam3 = Sam3Options.from_arguments(locals())
+    sam3.check(spec, proposals)
     overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
         fusion_mode=fusion_mode,
-    ) | tcl.method_overrides(method)
-    typed = ProposalArgs.from_arguments(locals())
+    ) | tcl.method_overrides(method) | sam3.method_overrides(method)
+    typed = ProposalArgs.from_arguments(sam3.proposal_arguments(method, locals()))
     check_applicable(spec, overrides, typed, masks)
     if masks is not None:
         # --short-side also sizes CLIP's input, so it does not only configure the generator.
@@ -189,7 +195,7 @@ def segment(
             raise InputError(f"mask source not found: {masks}; give a folder of PNG masks or an RLE .json file")
     proposals = proposals or spec.proposals_for(preset)
     sam_settings = sam_settings or spec.default_proposal_settings
-    source = ProposalArgs.from_arguments(locals())
+    source = ProposalArgs.from_arguments(sam3.proposal_arguments(method, locals()))
     source.check()
     if top_k_picture and not spec.uses_proposals:
         raise InputError(f"--top-k-picture shows ranked proposals; --method {method} takes none")
@@ -214,7 +220,7 @@ def segment(
     with timer("load_models"):
         segmenter = Segmenter.from_pretrained(
             clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
-            method=method, method_options=tcl.method_options(method), **overrides,
+            method=method, method_options=tcl.method_options(method) or sam3.method_options(method), **overrides,
         )
         segmenter.method = tcl.wrap(segmenter.method)
     for phrase in phrases:

@@ -25,7 +25,9 @@ from .options import (
     PredIouOpt,
     ProposalArgs,
     ProposalsOpt,
+    Sam3AnswerOpt,
     Sam3FallbackOpt,
+    Sam3PromptOpt,
     Sam3ThresholdOpt,
     Sam3WeightsOpt,
     SamModelOpt,
@@ -77,6 +79,8 @@ def serve(
     sam3_weights: Sam3WeightsOpt = None,
     sam3_threshold: Sam3ThresholdOpt = None,
     sam3_fallback: Sam3FallbackOpt = None,
+    sam3_prompt: Sam3PromptOpt = None,
+    sam3_answer: Sam3AnswerOpt = None,
     max_megapixels: float = typer.Option(40.0, help="Refuse uploaded photos larger than this."),
     top_k: int = typer.Option(8, help="Proposals shown in the ranked gallery."),
     examples: Path | None = typer.Option(None, help="Folder of example photos (default: the repository's)."),
@@ -85,16 +89,18 @@ def serve(
 
     Example: globallocal serve --proposals sam2, then open http://127.0.0.1:7860
     """
-    from globallocal.methods import get_method  # torch-free, like every check below
+    from globallocal.methods import Sam3Options, get_method  # torch-free, like every check below
     from globallocal.serve import check_port, require_gradio
 
     require_gradio()
     if max_megapixels <= 0 or top_k < 1:
         raise InputError("--max-megapixels must be positive and --top-k at least 1")
+    spec = get_method(method)
+    sam3 = Sam3Options.from_arguments(locals())
+    sam3.check(spec, proposals)
     overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
-    )
-    spec = get_method(method)
+    ) | sam3.method_overrides(method)
     spec.settings(preset, **overrides)
     clip_model = check_models(spec, clip_model, clip_weights, device, precision)
     check_port(host, port)
@@ -111,7 +117,7 @@ def serve(
     from globallocal.serve import serve as serve_page
 
     device = resolve_device(device)
-    source = ProposalArgs.from_arguments(locals())
+    source = ProposalArgs.from_arguments(sam3.proposal_arguments(method, locals()))
     shared_file = Path(clip_weights).is_file()
     replace(source, kind="sam3").check()  # SAM 3's options, whichever source the page starts with
 
@@ -122,6 +128,7 @@ def serve(
         return Segmenter.from_pretrained(
             clip_model if ours or shared_file else None, clip_weights, preset if ours else None, device=device,
             precision=precision, spacy_model=spacy_model, method=name, **(overrides if ours else {}),
+            method_options=sam3.method_options(name) if ours else None,
         )
 
     engine = Engine(load_segmenter, lambda kind: replace(source, kind=kind).build(device), method,
@@ -133,7 +140,7 @@ def serve(
     serve_page(engine, host, port, example_photos(examples), proposals, top_k)
 
 
-def servable_methods(served: str, clip_model: str, clip_weights: str) -> list[str]:
+def servable_methods(served: str, clip_model: str | None, clip_weights: str) -> list[str]:
     """The methods the page offers, the served one first, and a note for each one left out.
 
     With a pretrained tag (``openai``) each method loads its own default CLIP. A weights file fits one

@@ -86,6 +86,9 @@ class MethodSpec:
     """The settings such a sweep can vary (its axes)."""
     preset_proposals: Mapping[str, str] = field(default_factory=dict)
     """Presets that bring their own default proposal source (``global-local-sam3``: ``sam3``)."""
+    uses_clip: bool = True
+    """Whether the method scores with CLIP (False: SAM 3 alone, which is built with ``clip=None``, so no CLIP
+    loads and the CLIP options do not apply)."""
 
     @property
     def display(self) -> str:
@@ -164,6 +167,7 @@ class MethodSpec:
 _LAZY_EXPORTS = {
     "GlobalLocalSettings": "globallocal.methods.global_local.settings",
     "TCLOptions": "globallocal.methods.tcl.options",
+    "Sam3Options": "globallocal.methods.sam3.options",
     # The interface every method implements: torch, so imported on first use too.
     "ImageFeatures": "globallocal.methods.base",
     "Method": "globallocal.methods.base",

@@ -84,7 +84,7 @@ def segment_json(
     image_size: tuple[int, int],
     proposal_source: str | None,
     proposal_count: int | None,
-    clip: dict[str, str],
+    clip: dict[str, str] | None,
     method: str,
     settings: dict[str, Any],
     results: list[dict[str, Any]],
@@ -140,7 +140,7 @@ def write_json(path, image, picture, segmenter, results, outputs, candidates, so
         image_size=(picture.height, picture.width),
         proposal_source=source if candidates is not None or segmenter.phrase_dependent else None,
         proposal_count=len(candidates) if candidates is not None else None,
-        clip={"model": segmenter.clip.name, "weights": segmenter.clip.weights},
+        clip=segmenter.clip_description(),
         method=segmenter.method.name,
         # every setting (with TCL's, for a blend), as a run's configuration records them
         settings={key: value for key, value in segmenter.method.describe().items() if key != "method"},

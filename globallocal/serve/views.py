@@ -113,7 +113,7 @@ def segment_report(photo_name: str, segmenter: Segmenter, session: ImageSession,
         image_size=(image.height, image.width),
         proposal_source=session.source if proposals is not None or per_phrase else None,
         proposal_count=len(proposals) if proposals is not None else None,
-        clip={"model": segmenter.clip.name, "weights": segmenter.clip.weights},
+        clip=segmenter.clip_description(),
         method=segmenter.method.name,
         settings=answer.settings.to_dict(),
         results=[result_json(result, proposal_boxes(result.among(proposals)), name)

@@ -64,4 +64,5 @@ SPEC = MethodSpec(
     builder="globallocal.methods.sam3.method:build_sam3",
     display_name="SAM 3",
     offered_beside_others=False,
+    uses_clip=False,
 )
