@@ -159,16 +159,9 @@ def segment(
     """
     # Everything cheap is checked before the heavy libraries are imported and any model loads.
     phrases = check_phrases(image, phrases, allow_split_phrases)
-    output = output or Path(f"{image.stem}_mask.png")
-    count = len(phrases)
-    outputs = [numbered(output, i, count) for i in range(count)]
-    overlays = [numbered(overlay, i, count) for i in range(count)] if overlay else []
-    top_k_pictures = [numbered(top_k_picture, i, count) for i in range(count)] if top_k_picture else []
-    named = {"--output": outputs, "--overlay": overlays, "--top-k-picture": top_k_pictures,
-             "--json": [json_path] if json_path else [], "--overlay-all": [overlay_all] if overlay_all else []}
-    for flag, paths in named.items():
-        for path in paths:
-            check_output(path, flag)
+    outputs, overlays, top_k_pictures = planned_outputs(
+        image, len(phrases), output, overlay, top_k_picture, json_path, overlay_all
+    )
     if top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {top_k}")
 
@@ -185,14 +178,7 @@ def segment(
     ) | tcl.method_overrides(method) | sam3.method_overrides(method)
     typed = ProposalArgs.from_arguments(sam3.proposal_arguments(method, locals()))
     check_applicable(spec, overrides, typed, masks)
-    if masks is not None:
-        # --short-side also sizes CLIP's input, so it does not only configure the generator.
-        given = [flag for flag in typed.given() if flag != "--short-side"]
-        if given:
-            raise InputError(f"{', '.join(given)} configure the proposal generator, which --masks replaces; "
-                             "drop them or drop --masks")
-        if not masks.exists():
-            raise InputError(f"mask source not found: {masks}; give a folder of PNG masks or an RLE .json file")
+    check_mask_source(masks, typed)
     proposals = proposals or spec.proposals_for(preset)
     sam_settings = sam_settings or spec.default_proposal_settings
     source = ProposalArgs.from_arguments(sam3.proposal_arguments(method, locals()))
@@ -227,13 +213,7 @@ def segment(
         if not parse_phrase(phrase, segmenter.nlp).has_noun:
             no_noun(phrase, phrases, require_noun)
     if candidates is None and segmenter.method.uses_proposals:
-        with timer("load_proposal_model"):
-            generator = source.build(device, keep_order=spec.keep_proposal_order)
-        if source.phrase_dependent:
-            segmenter.proposal_source = generator  # asked per phrase: predict_many batches the noun phrases
-        else:
-            with timer("proposals"), stderr.status(f"{proposals} proposals..."):
-                candidates = generator.generate(picture)
+        candidates = generated_proposals(segmenter, source, picture, device, spec.keep_proposal_order, timer)
     what = (f"scoring {len(candidates)} proposals" if candidates is not None
             else f"{proposals} candidates per phrase" if segmenter.phrase_dependent else f"{method} masks")
     with stderr.status(f"{what}..."):
@@ -254,3 +234,46 @@ def segment(
             write_json(json_path, image, picture, segmenter, results, outputs, candidates, source_name, timer.seconds)
     for result, path in zip(results, outputs):
         stderr.print(f"{caption(result)}, noun phrase {result.noun_phrase!r}: {path}")
+
+
+def planned_outputs(
+    image: Path, count: int, output: Path | None, overlay: Path | None, top_k_picture: Path | None,
+    json_path: Path | None, overlay_all: Path | None,
+) -> tuple[list[Path], list[Path], list[Path]]:
+    """Every file the command will write, numbered per phrase and checked before any work: (masks, overlays,
+    top-k pictures); the mask defaults to IMAGE-STEM_mask.png in the current folder."""
+    output = output or Path(f"{image.stem}_mask.png")
+    outputs = [numbered(output, i, count) for i in range(count)]
+    overlays = [numbered(overlay, i, count) for i in range(count)] if overlay else []
+    top_k_pictures = [numbered(top_k_picture, i, count) for i in range(count)] if top_k_picture else []
+    named = {"--output": outputs, "--overlay": overlays, "--top-k-picture": top_k_pictures,
+             "--json": [json_path] if json_path else [], "--overlay-all": [overlay_all] if overlay_all else []}
+    for flag, paths in named.items():
+        for path in paths:
+            check_output(path, flag)
+    return outputs, overlays, top_k_pictures
+
+
+def check_mask_source(masks: Path | None, typed: ProposalArgs) -> None:
+    """``--masks`` replaces the generator: refuse the generator's options beside it, and a missing source."""
+    if masks is None:
+        return
+    # --short-side also sizes CLIP's input, so it does not only configure the generator.
+    given = [flag for flag in typed.given() if flag != "--short-side"]
+    if given:
+        raise InputError(f"{', '.join(given)} configure the proposal generator, which --masks replaces; "
+                         "drop them or drop --masks")
+    if not masks.exists():
+        raise InputError(f"mask source not found: {masks}; give a folder of PNG masks or an RLE .json file")
+
+
+def generated_proposals(segmenter, source: ProposalArgs, picture, device: str, keep_order: bool, timer):
+    """The photo's proposals from the generator, or None when they depend on the phrase (SAM 3's concepts): the
+    segmenter then asks the generator per phrase, and predict_many batches the noun phrases."""
+    with timer("load_proposal_model"):
+        generator = source.build(device, keep_order=keep_order)
+    if source.phrase_dependent:
+        segmenter.proposal_source = generator
+        return None
+    with timer("proposals"), stderr.status(f"{source.kind} proposals..."):
+        return generator.generate(picture)
