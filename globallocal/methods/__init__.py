@@ -108,9 +108,9 @@ class MethodSpec:
         the method and warned about when it is not the one the method's weights were trained on; the
         weights path checked (:func:`~globallocal.models.architectures.check_clip_weights`). Loads nothing."""
         name = clip_model or self.default_clip_model
-        architecture_config(name)  # an unknown name or a bad config file is refused, whatever the method
+        config = architecture_config(name)  # an unknown name or a bad config file is refused, whatever the method
         check_clip_weights(clip_weights, name)
-        if not self._tower_fits(name):
+        if not self._tower_fits(config):
             raise InputError(
                 f"--method {self.name} needs a ViT CLIP (it works on the image tower's patch tokens); "
                 f"--clip-model {name} is a ResNet: use {self.default_clip_model} (the paper's), ViT-B-32 or ViT-L-14"
@@ -126,10 +126,10 @@ class MethodSpec:
     def runs_on(self, clip_model: str) -> bool:
         """Whether the method runs on CLIP ``clip_model`` as it was meant to: its image tower and, for a method
         with weights of its own (TCL), the architecture they were trained on."""
-        return self._tower_fits(clip_model) and self._trained_on(clip_model)
+        return self._tower_fits(architecture_config(clip_model)) and self._trained_on(clip_model)
 
-    def _tower_fits(self, name: str) -> bool:
-        return self.image_tower is None or image_tower_family(architecture_config(name)) == self.image_tower
+    def _tower_fits(self, config: dict[str, Any]) -> bool:
+        return self.image_tower is None or image_tower_family(config) == self.image_tower
 
     def _trained_on(self, name: str) -> bool:
         return self.built_on is None or same_architecture(name, self.built_on)

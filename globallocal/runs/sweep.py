@@ -195,19 +195,20 @@ def run_sweep(
     if "tcl_weight" in run.scoring:
         raise InputError(f"{run.directory} blends {method} with TCL (--tcl-blend); its scores cannot be "
                          "replayed from the cache, so it cannot be swept")
-    swept = {name: spec.sweep_settings for name, spec in _sweepable_methods().items()}
-    if method not in swept:
+    specs = _sweepable_methods()
+    if method not in specs:
         raise InputError(f"{run.directory} was evaluated with method {method}; sweeps are for "
-                         f"{' and '.join(swept)} runs")
+                         f"{' and '.join(specs)} runs")
+    axes_of = specs[method].sweep_settings
     given = {"alpha": alphas, "beta": betas, **(axes or {})}
     for name in sorted(axis for axis, values in given.items() if values is not None):
-        if name not in swept[method]:
-            owner = next((get_method(other).display for other, names in swept.items() if name in names), None)
+        if name not in axes_of:
+            owner = next((spec.display for spec in specs.values() if name in spec.sweep_settings), None)
             what = f"a {owner} weight" if owner else "not a setting any sweep varies"
             raise InputError(f"--{name.replace('_', '-')} is {what}; {run.directory} is a {method} run (sweep "
-                             f"{', '.join('--' + axis.replace('_', '-') for axis in swept[method])})")
-    module = importlib.import_module(get_method(method).sweep_module)
-    return module.sweep(run, {name: given.get(name) for name in swept[method]}, out_dir, started)
+                             f"{', '.join('--' + axis.replace('_', '-') for axis in axes_of)})")
+    module = importlib.import_module(specs[method].sweep_module)
+    return module.sweep(run, {name: given.get(name) for name in axes_of}, out_dir, started)
 
 
 def _sweepable_methods() -> dict[str, MethodSpec]:
