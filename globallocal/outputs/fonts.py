@@ -147,7 +147,6 @@ class Fonts:
     """The found fonts at one size, measuring and drawing text character by character (see the module)."""
 
     def __init__(self, paths: Sequence[Path], size: int) -> None:
-        self.size = size
         faces = [_face(path, size) for path in paths]
         self.faces = faces or [_Face(ImageFont.load_default(size=size), 1.0, None)]
         self.ascent = _ascent(self.faces[0])
@@ -185,7 +184,9 @@ class Fonts:
         draw = ImageDraw.Draw(image)
         for face, run in self.runs(text):
             if face.scale == 1.0:
-                draw.text((x, baseline - _ascent(face)), run, font=face.font, fill=tuple(fill), embedded_color=True)
+                # Colour glyphs in their colours (a COLR emoji font); Pillow's own font has none.
+                draw.text((x, baseline - _ascent(face)), run, font=face.font, fill=tuple(fill),
+                          embedded_color=face.path is not None)
             else:
                 _paste_scaled(image, (x, baseline), run, face)
             x += face.font.getlength(run) * face.scale
