@@ -85,7 +85,8 @@ def test_segment_tcl_writes_mask_soft_mask_heatmap_and_json(cli, tmp_path, tiny,
     with Image.open(heat) as picture:
         picture.verify()
     with Image.open(heat) as picture:
-        assert picture.format == "PNG" and picture.width == 52 and picture.height > 36  # the legend below
+        # The tiny photo scaled up to 320 pixels wide (as every captioned picture), the caption and legend below.
+        assert picture.format == "PNG" and picture.width == 320 and picture.height > round(36 * 320 / 52)
 
     record = json.loads(report.read_text())
     assert record["method"] == "tcl" and record["proposals"] is None

@@ -232,6 +232,27 @@ def test_pictures(run, example, tiny_args, tmp_path):
     assert top.shape[1] == 2 * 320 + 8  # two tiles side by side
 
 
+def test_pictures_of_a_tiny_photo_are_scaled_up_and_its_mask_is_not(run, tiny_args, tmp_path):
+    from globallocal.outputs.drawing import PALETTE
+
+    photo = tmp_path / "tiny.png"
+    Image.new("RGB", (40, 30), (128, 128, 128)).save(photo)
+    (tmp_path / "masks").mkdir()
+    square = np.zeros((30, 40), dtype=np.uint8)
+    square[8:22, 10:30] = 255
+    Image.fromarray(square).save(tmp_path / "masks" / "000.png")
+    # One mask for two phrases: both pick it.
+    code, err = run("segment", photo, "the square", "the box", "--masks", tmp_path / "masks", "-o", tmp_path / "m.png",
+                    "--overlay", tmp_path / "o.png", "--overlay-all", tmp_path / "all.png", *tiny_args)
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "m_0.png")), square)  # the mask at the photo's size
+    overlay = np.asarray(Image.open(tmp_path / "o_0.png"))
+    assert overlay.shape[1] == 320 and overlay.shape[0] > 240
+    everything = np.asarray(Image.open(tmp_path / "all.png"))[:240]
+    for color in PALETTE[:2]:  # each phrase's own outline
+        assert (everything == np.array(color, dtype=np.uint8)).all(axis=2).any(), color
+
+
 def test_proposals_folder_is_replaced_whole_or_refused(example, tmp_path):
     import torch
 

@@ -150,7 +150,8 @@ def segment(
         ".npy array at the photo's size. Several phrases: OUT_0.npy, OUT_1.npy, ..."
     ),
     heatmap: Path | None = typer.Option(
-        None, help="TCL: also write the soft mask drawn over the photo with a legend (PNG)."
+        None, help="TCL: also write the soft mask drawn over the photo, captioned with the phrase, with a legend "
+        "(PNG)."
     ),
 ) -> None:
     """Segment the object each PHRASE refers to in IMAGE and write its mask.
