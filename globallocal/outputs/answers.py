@@ -28,7 +28,7 @@ from pycocotools import mask as mask_utils
 from .. import __version__
 from ..data.images import save_png, save_text
 from ..data.phrases import shown
-from ..proposals.masks import tight_box
+from ..proposals.masks import Proposals, tight_box
 from .drawing import answer_picture, answers_picture, top_k_picture
 
 # 2: labelled sizes and boxes, proposal source, chosen box and RLE, timings, version.
@@ -81,7 +81,7 @@ class StageTimer:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
-def proposal_fields(proposals, index: int, projection: bool) -> dict[str, Any]:
+def proposal_fields(proposals: Proposals, index: int, projection: bool) -> dict[str, Any]:
     """What says which proposal ``index`` is beside its mask: its file (masks read from files) and, when the
     method's scores follow it (``projection``), its projection box."""
     fields: dict[str, Any] = {}
@@ -92,7 +92,7 @@ def proposal_fields(proposals, index: int, projection: bool) -> dict[str, Any]:
     return fields
 
 
-def proposal_list(proposals, projection: bool) -> list[dict[str, Any]] | None:
+def proposal_list(proposals: Proposals | None, projection: bool) -> list[dict[str, Any]] | None:
     """Every proposal of the image by number: its box, area, and :func:`proposal_fields` (None: none)."""
     if proposals is None:
         return None
@@ -102,7 +102,7 @@ def proposal_list(proposals, projection: bool) -> list[dict[str, Any]] | None:
     ]
 
 
-def result_json(result: Any, method: Any, proposals, mask_path: str) -> dict[str, Any]:
+def result_json(result: Any, method: Any, proposals: Proposals | None, mask_path: str) -> dict[str, Any]:
     """One phrase's answer: the method's fields (every score at full precision), the expression as the
     ``method``'s CLIP read it (cut to its context; ``phrase`` is the whole phrase), the answer's box, RLE and area,
     and which of ``proposals`` (the ones ``result`` numbers; None for a method that draws its own mask) it is."""
@@ -152,7 +152,7 @@ def segment_json(
     }
 
 
-def caption(result, proposals=None) -> str:
+def caption(result: Any, proposals: Proposals | None = None) -> str:
     """What a phrase (shortened) was answered with: the chosen proposal, with its file when ``proposals`` (the
     ones the result numbers) were read from files, and its score; or the area of a drawn mask."""
     phrase = shown(result.phrase)
