@@ -187,12 +187,13 @@ def test_json_is_labelled_and_keeps_full_precision(cli, example, tiny_vit, nlp, 
     data = json.loads(result.out)  # --json -: the JSON alone on the standard output
     assert data["image_size"] == {"height": example["size"][0], "width": example["size"][1]}
     assert data["proposal_source"] == f"masks:{example['mask_dir']}" and data["proposals"] == 3
-    assert data["globallocal_version"] and data["box_format"] == "x0 y0 x1 y1 in pixels"
+    assert data["globallocal_version"] and data["box_format"].startswith("x0 y0 x1 y1 in whole pixels")
     assert {"load_models", "image_features", "answer", "write"} <= set(data["seconds"])
     (answer,) = data["results"]
     picture = load_image(example["image"])
     proposals = load_proposals(example["mask_dir"], (picture.height, picture.width))
-    assert answer["box"] == dict(zip(("x0", "y0", "x1", "y1"), proposals.boxes[answer["index"]].tolist()))
+    box = dict(zip(("x0", "y0", "x1", "y1"), proposals.boxes[answer["index"]].tolist()))
+    assert answer["projection_box"] == box  # the paper's box, which the local crop follows, under its own name
     rle = {"size": answer["rle"]["size"], "counts": answer["rle"]["counts"].encode()}
     assert (mask_utils.decode(rle).astype(bool) == example["masks"][answer["index"]]).all()
     # Scores as computed, to the last bit: not rounded.
