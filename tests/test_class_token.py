@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from globallocal.methods.global_local.visual import local_features, vit_global_features
-from globallocal.models.vit import class_token_block, run_blocks, soft_masks, vit_image_features
+from globallocal.models.attention import class_token_block
+from globallocal.models.vit import run_blocks, soft_masks, vit_image_features
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:

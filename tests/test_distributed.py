@@ -20,6 +20,10 @@ from globallocal.runs.distributed import Distributed, distributed_session, from_
 from globallocal.runs.evaluate import CONFIG_FILE, RECORDS_FILE, REPORT_JSON
 from globallocal.runs.sweep import run_sweep
 
+# Outputs are byte-identical to one process's only with the same arithmetic (docs/scale.md), threads
+# included: torchrun gives each process one thread, so the single-process runs here use one too.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -112,7 +116,8 @@ def test_two_gloo_processes_resume_and_report_what_one_process_does(
     process = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "cli", *map(str, args), "--out", str(resumed)],
-        cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=240,
+        cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+            timeout=240,
     )
     assert process.returncode == 0, process.stderr[-3000:]
     assert process.stdout.count("Evaluation") == 1  # only rank 0 prints the table

@@ -225,26 +225,24 @@ def test_masked_block_restricts_only_the_class_token(tiny_vit12):
 
 
 @torch.no_grad()
-def test_class_token_attention_weights_vanish_on_blocked_keys(tiny_vit12):
-    """The weights, computed independently of the code, of the class row nn.MultiheadAttention gets."""
+def test_class_token_attention_weights_vanish_on_blocked_keys(tiny_vit12, monkeypatch):
+    """The weights, computed independently of the code, of the class row the block's attention gets."""
+    import torch.nn.functional as F
+
     block = tiny_vit12.visual.transformer.resblocks[10]
     x = torch.randn(1, 17, 64, generator=torch.Generator().manual_seed(1))
     mu = token_mask_cases(16)[2]
     u = block.ln_1(x)
     captured = {}
-    original = block.attn.forward
+    original = F.scaled_dot_product_attention
 
-    def spy(*args, **kwargs):
-        kwargs["need_weights"], kwargs["average_attn_weights"] = True, False
-        result = original(*args, **kwargs)
-        captured["weights"] = result[1]
-        return result
+    def spy(q, k, v, attn_mask=None, **kwargs):
+        logits = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5 + (0 if attn_mask is None else attn_mask)
+        captured["weights"] = torch.softmax(logits, dim=-1)  # (B, heads, queries, keys)
+        return original(q, k, v, attn_mask=attn_mask, **kwargs)
 
-    block.attn.forward = spy
-    try:
-        masked_block(block, x, mu[None])
-    finally:
-        del block.attn.forward
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    masked_block(block, x, mu[None])
     weights = captured["weights"][0, :, 0]  # (heads, keys) of the class-token query
     assert weights[:, 1:][:, mu == 0].eq(0).all()
     width, head_dim = 64, 32

@@ -53,4 +53,4 @@ def test_top_k_picture_marks_the_json_answer(cli, monkeypatch, tmp_path, example
     assert ranking[0][0] == answer["index"] and label == "final score"
     final = dict(zip(answer["candidates"], answer["final"]))
     assert [value for _, value in ranking] == [pytest.approx(final[index]) for index, _ in ranking]
-    assert f"proposal {answer['index']}, final score" in done.err
+    assert f"proposal {answer['index']} ({answer['file']}), final score" in done.err

@@ -30,7 +30,7 @@ def _count_calls(module):
 
 def test_image_is_paid_for_once(segmenter, example):
     visual_calls, visual_hook = _count_calls(segmenter.clip.visual.conv1)  # every image pass starts there
-    text_calls, text_hook = _count_calls(segmenter.clip.model.transformer)
+    text_calls, text_hook = _count_calls(segmenter.clip.model.token_embedding)  # every text pass starts there
     try:
         segmenter.set_image(example["image"], _proposals(example))
         after_image = len(visual_calls)

@@ -77,6 +77,19 @@ def test_photo_and_phrase_give_one_proposal_at_the_photo_size(page, example, tow
     assert report["results"][0]["scores"] == [float(s) for s in result.scores]
 
 
+def test_the_json_download_reports_the_settings_as_used(page, example, monkeypatch):
+    """The settings a method resolves on the photo (TCL's threshold, its windows) reach the page's JSON too."""
+    from globallocal.methods.global_local.method import GlobalLocal
+
+    def resolved(self, image_size):
+        return {**self.describe(), "photo_height": image_size[0]}
+
+    monkeypatch.setattr(GlobalLocal, "settings_used", resolved)
+    out = _segment(page, example)
+    report = json.loads(open(out[page.downloads][-1]).read())
+    assert report["settings"]["photo_height"] == example["size"][0] and "method" not in report["settings"]
+
+
 def test_score_parts_add_up_to_the_score(page, example):
     view = _segment(page, example, alpha=0.7)[page.session]
     (parts,) = view.answer.parts
@@ -84,7 +97,9 @@ def test_score_parts_add_up_to_the_score(page, example):
 
 
 def test_moving_alpha_reranks_without_the_image_tower(page, example, tower_calls, tiny_vit, nlp):
-    view = _segment(page, example, alpha=0.95)[page.session]
+    first = _segment(page, example, alpha=0.95)
+    view = first[page.session]
+    served = json.loads(open(first[page.downloads][-1]).read())["settings"]
     before = len(tower_calls)
     scores = {}
     for alpha in (0.0, 1.0):
@@ -93,6 +108,9 @@ def test_moving_alpha_reranks_without_the_image_tower(page, example, tower_calls
         scores[alpha] = out[page.session].answer.results[0].scores
         assert "image tower not run" in out[page.timing]
         assert out[page.session].answer.settings.alpha == alpha
+        # The JSON download reports the slider's weight, the other settings as `segment --json` does.
+        report = json.loads(open(out[page.downloads][-1]).read())
+        assert report["settings"] == {**served, "alpha": alpha} and served["alpha"] == 0.95
     assert len(tower_calls) == before
     assert not torch.equal(scores[0.0], scores[1.0])
     # Pressing Segment again with a new phrase reuses the session's features too.

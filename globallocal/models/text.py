@@ -12,6 +12,7 @@ from spacy.tokens import Doc
 
 from ..data.phrases import clean_phrase, shown
 from ..errors import InputError
+from .attention import residual_block
 from .clip import ClipBundle
 
 # The reference used en_core_web_lg; the official names are preferred when
@@ -173,7 +174,10 @@ def _encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor
     tokens = tokens[:, :length]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
-    x = model.ln_final(model.transformer(x, attn_mask=mask[:length, :length]))
+    causal = mask[:length, :length]
+    for block in model.transformer.resblocks:  # batch-first whatever the transformer's layout
+        x = residual_block(block, x, causal)
+    x = model.ln_final(x)
     pooled = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
     projection = model.text_projection
     return projection(pooled) if isinstance(projection, torch.nn.Linear) else pooled @ projection

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .attention import class_token_block
 from .clip import ClipBundle
 
 
@@ -41,37 +42,6 @@ def run_blocks(clip: ClipBundle, blocks, tokens: torch.Tensor) -> torch.Tensor:
     for block in blocks:
         x = block(x)
     return x if batch_first else x.transpose(0, 1)
-
-
-def class_token_block(block: torch.nn.Module, x: torch.Tensor, attention_mask: torch.Tensor | None = None
-                      ) -> torch.Tensor:
-    """A residual attention block's output for the class token alone: batch-first (B, T, D) -> (B, 1, D).
-
-    For a pass that keeps only the class token (CLIP's pooled feature), the
-    last block needs every token's keys and values, but its query, output
-    projection and MLP act row by row: only the class row is formed, about a
-    sixth of the block's work. Equal to ``block(x)[:, :1]`` up to float
-    rounding. ``attention_mask``: the block's additive mask (B * heads, T, T)
-    or (T, T); only its class-token row is read. A block of another kind
-    than open_clip's ResidualAttentionBlock runs whole.
-    """
-    attention = getattr(block, "attn", None)
-    if not isinstance(attention, torch.nn.MultiheadAttention) or hasattr(block, "ln_1_kv"):
-        batch_first = getattr(attention, "batch_first", True)
-        tokens = x if batch_first else x.transpose(0, 1)
-        out = block(tokens, attn_mask=attention_mask)
-        return (out if batch_first else out.transpose(0, 1))[:, :1]
-    normed = block.ln_1(x)
-    query = normed[:, :1]
-    if attention_mask is not None:
-        attention_mask = attention_mask[..., :1, :].to(x.dtype)
-    if not attention.batch_first:
-        query, normed = query.transpose(0, 1), normed.transpose(0, 1)
-    attended = attention(query, normed, normed, need_weights=False, attn_mask=attention_mask)[0]
-    if not attention.batch_first:
-        attended = attended.transpose(0, 1)
-    out = x[:, :1] + block.ls_1(attended)
-    return out + block.ls_2(block.mlp(block.ln_2(out)))
 
 
 def pooled_class_token(clip: ClipBundle, x: torch.Tensor) -> torch.Tensor:

@@ -177,6 +177,12 @@ def write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pi
         save_png(picture_k, path)
 
 
+def settings_json(method, image_size: tuple[int, int]) -> dict[str, Any]:
+    """Every setting (with TCL's, for a blend), defaults resolved as they were used on a photo of ``image_size``
+    (H, W); the method's name is a field of its own in the JSON."""
+    return {key: value for key, value in method.settings_used(image_size).items() if key != "method"}
+
+
 def write_json(path, image, picture, segmenter, results, outputs, candidates, source, seconds) -> None:
     report = segment_json(
         image=str(image),
@@ -186,9 +192,7 @@ def write_json(path, image, picture, segmenter, results, outputs, candidates, so
         proposals=proposal_list(candidates, segmenter.method.uses_projection_boxes()),
         clip=segmenter.clip_description(),
         method=segmenter.method.name,
-        # every setting (with TCL's, for a blend), defaults resolved as they were used on this photo
-        settings={key: value for key, value in segmenter.method.settings_used((picture.height, picture.width)).items()
-                  if key != "method"},
+        settings=settings_json(segmenter.method, (picture.height, picture.width)),
         results=[result_json(r, segmenter.method, r.among(candidates), str(out)) for r, out in zip(results, outputs)],
         seconds=seconds,
     )

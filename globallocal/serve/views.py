@@ -12,10 +12,10 @@ from PIL import Image
 
 from ..data.images import save_mask_png, save_text
 from ..methods import SegmentResult
-from ..outputs.answers import proposal_list, result_json, segment_json
+from ..outputs.answers import proposal_list, result_json, segment_json, settings_json
 from ..outputs.drawing import overlay_picture
 from ..segmenter import Segmenter
-from .engine import PROPOSAL_LABELS, Answer, ImageSession
+from .engine import PROPOSAL_LABELS, Answer, ImageSession, reranking_weights
 
 DISPLAY_SIDE = 1600
 """Longest side of the overlay sent to the browser (the downloaded mask keeps the photo's size)."""
@@ -116,7 +116,9 @@ def segment_report(photo_name: str, segmenter: Segmenter, session: ImageSession,
         proposals=proposal_list(proposals, segmenter.method.uses_projection_boxes()),
         clip=segmenter.clip_description(),
         method=segmenter.method.name,
-        settings=answer.settings.to_dict(),
+        # the page's sliders re-rank with their own weights: those replace the served ones
+        settings={**settings_json(segmenter.method, (image.height, image.width)),
+                  **reranking_weights(answer.settings, segmenter.method.visual_settings)},
         results=[result_json(result, segmenter.method, result.among(proposals), name)
                  for result, name in zip(answer.results, mask_names)],
         seconds={**session.timings, "answer": answer.seconds},

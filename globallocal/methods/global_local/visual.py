@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 
 from ...errors import InputError
+from ...models.attention import class_token_block
 from ...models.clip import ClipBundle
 from ...models.vit import (
-    class_token_block,
     pooled_class_token,
     resize,
     run_blocks,

@@ -16,8 +16,9 @@ from PIL import Image
 
 from ...data.images import IMAGENET_MEAN, IMAGENET_STD
 from ...errors import InputError
+from ...models.attention import class_token_block, residual_block
 from ...models.clip import ClipBundle
-from ...models.vit import class_token_block, soft_masks
+from ...models.vit import soft_masks
 from .settings import FUSION_MODES
 
 # Q-imagenet-stats: the reference normalises both CLIP inputs with ImageNet's statistics.
@@ -194,11 +195,7 @@ def masked_block(block: torch.nn.Module, x: torch.Tensor, token_mask: torch.Tens
     own modules (layer norms, attention, layer scales, MLP and activation).
     """
     mask = None if token_mask is None else token_mask.to(x.device)
-    attention_mask = _attention_mask(mask, block.attn.num_heads, x.dtype)
-    batch_first = getattr(block.attn, "batch_first", True)
-    tokens = x if batch_first else x.transpose(0, 1)
-    out = block(tokens, attn_mask=attention_mask)
-    return out if batch_first else out.transpose(0, 1)
+    return residual_block(block, x, _attention_mask(mask, block.attn.num_heads, x.dtype))
 
 
 def _token_masked(tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
