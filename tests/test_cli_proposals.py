@@ -87,3 +87,19 @@ def test_sam_options_do_not_apply_to_freesolo(run, small_photo, tmp_path):
 def test_unknown_proposal_source(run, small_photo, tmp_path):
     code, err = run("proposals", small_photo, "-o", tmp_path / "p", "--proposals", "sam4")
     assert code == 2 and "unknown proposal source 'sam4'" in err
+
+
+def test_precision_runs_freesolo_in_it_too(run, small_photo, freesolo_checkpoint, tiny_config_paths, tiny_checkpoints,
+                                           tmp_path, monkeypatch):
+    from globallocal.proposals.freesolo import FreeSOLOGenerator
+
+    dtypes = []
+    generate = FreeSOLOGenerator.generate_from_tensor
+    monkeypatch.setattr(FreeSOLOGenerator, "generate_from_tensor",
+                        lambda self, *args: dtypes.append(self.dtype) or generate(self, *args))
+    code, err = run("segment", small_photo, "the man on the right", "-o", tmp_path / "m.png", "--precision", "bf16",
+                    "--freesolo-weights", freesolo_checkpoint, "--clip-model", tiny_config_paths["vit"],
+                    "--clip-weights", tiny_checkpoints["vit"])
+    assert code == 0, err
+    assert dtypes == [torch.bfloat16]
+    assert np.asarray(Image.open(tmp_path / "m.png")).shape == (120, 160)

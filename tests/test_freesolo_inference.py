@@ -353,3 +353,28 @@ def test_cuda_matches_cpu():
         [c.cuda() for c in heads.cate_logits], [k.cuda() for k in heads.kernels], heads.mask_features.cuda()
     )
     torch.testing.assert_close(select_instances(gpu_heads)[1].cpu(), select_instances(heads)[1])
+
+
+def test_bfloat16_runs_the_network_in_bfloat16_and_decodes_in_float32(monkeypatch):
+    image, _ = picture(64, 48, [(8, 8, 40, 30)])
+    reference = FreeSOLOGenerator(StubNet(), short_side=96)
+    half = FreeSOLOGenerator(StubNet(), short_side=96, precision="bf16")
+    inputs, decoded = [], []
+    half.model.register_forward_pre_hook(lambda module, args: inputs.append(args[0].dtype))
+    postprocess = half.postprocess
+    monkeypatch.setattr(half, "postprocess", lambda outputs, *args: decoded.append(outputs.mask_features.dtype)
+                        or postprocess(outputs, *args))
+    got, expected = half.generate(image), reference.generate(image)
+    assert half.model.anchor.dtype == torch.bfloat16 and inputs == [torch.bfloat16] and decoded == [torch.float32]
+    assert torch.equal(got.masks, expected.masks) and got.scores.dtype == torch.float32
+    torch.testing.assert_close(got.scores, expected.scores, rtol=1e-2, atol=1e-3)
+    # The precision is part of what decides the proposals, named only when it is not the reference's float32.
+    assert "precision" not in reference.settings and half.settings["precision"] == "bf16"
+
+
+def test_float16_on_a_cpu_without_float16_units_names_bf16(monkeypatch):
+    import globallocal.models.clip as clip_module
+
+    monkeypatch.setattr(clip_module, "cpu_has_fp16_units", lambda: False)
+    with pytest.raises(InputError, match="use bf16"):
+        FreeSOLOGenerator(StubNet(), precision="fp16")

@@ -146,8 +146,9 @@ BoxNmsOpt = Annotated[float | None, typer.Option(help="SAM: box NMS IoU threshol
 CropLayersOpt = Annotated[int | None, typer.Option(help="SAM: extra crop layers (settings').")]
 DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP)]
 PrecisionOpt = Annotated[str, typer.Option(
-    help="fp32 (the paper presets' reference), bf16 (CUDA, or the CPU: bfloat16 matrix units where it has them) "
-    "or fp16 (CUDA). Scores are written in float32 whatever the precision.")]
+    help="The CLIP towers', TCL's, FreeSOLO's and SAM 3's: fp32 (the paper presets' reference), bf16 (CUDA, or "
+    "the CPU: bfloat16 matrix units where it has them) or fp16 (CUDA). Scores are written in float32 whatever "
+    "the precision.")]
 TCLWindowOpt = Annotated[str | None, typer.Option(
     "--tcl-window", help="TCL: slide (448 windows, stride 224; default), whole (one window) or demo (the "
     "authors' notebook: short side 224).")]
@@ -258,8 +259,9 @@ class ProposalArgs:
         changed = [f for f in fields(self) if f.name != "kind" and getattr(self, f.name) != f.default]
         return [*(["--proposals"] if self.kind else []), *(f"--{f.name.replace('_', '-')}" for f in changed)]
 
-    def build(self, device: str, keep_order: bool = False):
-        """The generator; ``keep_order``: the masks in the generator's order (the method's keep_proposal_order)."""
+    def build(self, device: str, keep_order: bool = False, precision: str = "fp32"):
+        """The generator; ``keep_order``: the masks in the generator's order (the method's keep_proposal_order);
+        ``precision``: its network's (FreeSOLO, SAM 3), the command's --precision."""
         from globallocal.proposals.sources import build_proposal_generator
 
         # Every option goes through (None = not given), so one that does not apply to the source is refused.
@@ -274,7 +276,7 @@ class ProposalArgs:
         }
         return build_proposal_generator(
             self.kind, model=self.sam_model, weights=self.weights, max_proposals=self.max_proposals, device=device,
-            keep_order=keep_order,
+            keep_order=keep_order, precision=precision,
             # None: the proposal source's own default settings.
             **({"settings": self.sam_settings} if self.sam_settings else {}), **options,
         )

@@ -67,7 +67,7 @@ class ModelRecipe:
         if self.generator is not None:
             from ..proposals.sources import proposal_cache_key, proposal_weights_file
 
-            source = self.generator.build(device, keep_order=self.keep_order)
+            source = self.generator.build(device, keep_order=self.keep_order, precision=precision)
             kind, given = self.generator.kind, self.generator.weights
             # The recorded device, not this process's: a driver on the CPU describes actors on GPUs.
             proposal_key = proposal_cache_key(kind, source, given, self.device)

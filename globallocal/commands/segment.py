@@ -215,7 +215,8 @@ def segment(
         if not parse_phrase(phrase, segmenter.nlp).has_noun:
             no_noun(phrase, phrases, require_noun)
     if candidates is None and segmenter.method.uses_proposals:
-        candidates = generated_proposals(segmenter, source, picture, device, spec.keep_proposal_order, timer)
+        candidates = generated_proposals(segmenter, source, picture, device, precision, spec.keep_proposal_order,
+                                         timer)
     what = (f"scoring {len(candidates)} proposals" if candidates is not None
             else f"{proposals} candidates per phrase" if segmenter.phrase_dependent else f"{method} masks")
     with stderr.status(f"{what}..."):
@@ -269,11 +270,12 @@ def check_mask_source(masks: Path | None, typed: ProposalArgs) -> None:
         raise InputError(f"mask source not found: {masks}; give a folder of PNG masks or an RLE .json file")
 
 
-def generated_proposals(segmenter, source: ProposalArgs, picture, device: str, keep_order: bool, timer):
+def generated_proposals(segmenter, source: ProposalArgs, picture, device: str, precision: str, keep_order: bool,
+                        timer):
     """The photo's proposals from the generator, or None when they depend on the phrase (SAM 3's concepts): the
     segmenter then asks the generator per phrase, and predict_many batches the noun phrases."""
     with timer("load_proposal_model"):
-        generator = source.build(device, keep_order=keep_order)
+        generator = source.build(device, keep_order=keep_order, precision=precision)
     if source.phrase_dependent:
         segmenter.proposal_source = generator
         return None

@@ -131,7 +131,7 @@ def serve(
             method_options=sam3.method_options(name) if ours else None,
         )
 
-    engine = Engine(load_segmenter, lambda kind: replace(source, kind=kind).build(device), method,
+    engine = Engine(load_segmenter, lambda kind: replace(source, kind=kind).build(device, precision=precision), method,
                     max_megapixels=max_megapixels, allow_no_noun=not require_noun, methods=offered)
     with stderr.status("loading the models..."):
         engine.segmenter()

@@ -49,6 +49,7 @@ def build_proposal_generator(
     max_proposals: int | None = None,
     device: str | torch.device = "cpu",
     keep_order: bool = False,
+    precision: str = "fp32",
     **options: Any,
 ) -> ProposalGenerator:
     """A ready proposal source of ``kind`` (``freesolo``, ``sam2``, ``sam`` or ``sam3``), weights loaded.
@@ -73,6 +74,8 @@ def build_proposal_generator(
       a command line can pass every option it has.
     - ``max_proposals``: keep the best this many (FreeSOLO: its own cap,
       100 by default).
+    - ``precision``: FreeSOLO's and SAM 3's networks (``sam3_precision``
+      overrides it for SAM 3); SAM and SAM 2 run in their packages' float32.
     - ``keep_order``: SAM's masks in the order its package returns them
       instead of best score first (a method's
       :attr:`~globallocal.methods.MethodSpec.keep_proposal_order`); FreeSOLO
@@ -80,7 +83,7 @@ def build_proposal_generator(
     """
     given: Mapping[str, Any] = {key: value for key, value in options.items() if value is not None}
     if kind == "sam3":
-        return _build_sam3(model, weights, settings, max_proposals, device, keep_order, dict(given))
+        return _build_sam3(model, weights, settings, max_proposals, device, keep_order, precision, dict(given))
     stray_sam3 = sorted(SAM3_OPTION_NAMES & set(given))
     if stray_sam3:
         raise InputError(f"{stray_sam3[0]} applies to SAM 3 proposals, not {kind}")
@@ -90,7 +93,7 @@ def build_proposal_generator(
             raise InputError(f"{', '.join(stray) or 'a model name'} applies to SAM proposals, not FreeSOLO")
         from .freesolo import build_freesolo
 
-        freesolo_options = dict(given)
+        freesolo_options = {**given, "precision": precision}
         if max_proposals is not None:
             freesolo_options["max_proposals"] = max_proposals
         return build_freesolo(weights=weights, device=device, **freesolo_options)
@@ -124,6 +127,7 @@ def _build_sam3(
     max_proposals: int | None,
     device: str | torch.device,
     keep_order: bool,
+    precision: str,
     given: dict[str, Any],
 ) -> ProposalGenerator:
     """SAM 3's concept source; SAM 2 (``model``, SAM options) only for the fallback step ``sam2``."""
@@ -143,7 +147,7 @@ def _build_sam3(
     from .sam3 import Sam3ConceptSource
     from .sam3_weights import load_sam3
 
-    loaded = load_sam3(weights, device, own.get("sam3_precision", "fp32"))
+    loaded = load_sam3(weights, device, own.get("sam3_precision", precision))
     return Sam3ConceptSource.from_loaded(loaded, threshold=threshold, max_proposals=max_proposals, fallback=steps,
                                          below_threshold_k=below_k, sam2=sam2)
 
