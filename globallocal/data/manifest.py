@@ -18,6 +18,8 @@ others go on.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,15 @@ class BatchLine:
         if len(self.phrases) == 1:
             return (self.id,)
         return tuple(f"{self.id}_{k}" for k in range(len(self.phrases)))  # 0-based, like every other number
+
+    @property
+    def key(self) -> str:
+        """What the line asks, whatever its place in the file: a hash of its resolved photo and masks, phrases and
+        id. ``batch`` records each output under it, so a rerun after other lines were edited, added, removed or
+        moved reuses this one's work (a line without an id is named by its number, so moving it changes its id)."""
+        masks = str(self.masks.resolve()) if self.masks else None
+        asked = [str(self.image.resolve()), list(self.phrases), self.id, masks]
+        return hashlib.sha256(json.dumps(asked).encode("utf-8")).hexdigest()[:24]
 
 
 @dataclass(frozen=True)
