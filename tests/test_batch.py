@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 
 import numpy as np
@@ -194,6 +195,13 @@ def test_bad_lines_are_set_aside_and_the_batch_goes_on(pairs, tmp_path, segmente
     assert "broken.jpg" in reasons[2] and "phrase is empty" in reasons[3]
     assert "duplicate id: '1'" in reasons[4] and "masks must be at the image's size" in reasons[5]
     assert "no noun found in the phrase 'far right'" in reasons[6]
+
+
+def test_without_a_terminal_the_progress_is_lines(pairs, tmp_path, segmenter, capsys):
+    run_batch(pairs / "pairs.jsonl", tmp_path / "out", segmenter)
+    lines = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(r"batch: 1/3 photos, [\d.]+ img/s, eta \d+s, 0 lines failed", lines[0]), lines
+    assert re.fullmatch(r"batch: 3/3 photos, [\d.]+ img/s, eta 0s, 1 line failed", lines[-1]), lines
 
 
 def test_stop_and_resume_gives_identical_outputs(pairs, tmp_path, segmenter, tiny_vit, nlp):

@@ -195,6 +195,7 @@ def segment(
     from globallocal.outputs.answers import StageTimer, caption, write_json, write_pictures
     from globallocal.outputs.heatmap import save_soft_outputs
     from globallocal.proposals.files import load_proposals
+    from globallocal.runs.progress import status
     from globallocal.segmenter import Segmenter
 
     timer = StageTimer()
@@ -216,7 +217,7 @@ def segment(
         candidates = generated_proposals(segmenter, source, picture, device, spec.keep_proposal_order, timer)
     what = (f"scoring {len(candidates)} proposals" if candidates is not None
             else f"{proposals} candidates per phrase" if segmenter.phrase_dependent else f"{method} masks")
-    with stderr.status(f"{what}..."):
+    with status(stderr, f"{what}...", "segment"):
         with timer("image_features"):
             segmenter.set_image(picture, candidates)
         with timer("answer"):
@@ -270,10 +271,12 @@ def check_mask_source(masks: Path | None, typed: ProposalArgs) -> None:
 def generated_proposals(segmenter, source: ProposalArgs, picture, device: str, keep_order: bool, timer):
     """The photo's proposals from the generator, or None when they depend on the phrase (SAM 3's concepts): the
     segmenter then asks the generator per phrase, and predict_many batches the noun phrases."""
+    from globallocal.runs.progress import status
+
     with timer("load_proposal_model"):
         generator = source.build(device, keep_order=keep_order)
     if source.phrase_dependent:
         segmenter.proposal_source = generator
         return None
-    with timer("proposals"), stderr.status(f"{source.kind} proposals..."):
+    with timer("proposals"), status(stderr, f"{source.kind} proposals...", "segment"):
         return generator.generate(picture)

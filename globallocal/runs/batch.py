@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from ..data.images import save_text
 from ..data.manifest import BatchLine, Manifest, read_manifest
 from ..models.weights import weights_change, weights_identity
 from .batch_step import BatchOptions, BatchStep, ProposalSource, Unit
-from .progress import RateColumn, RemainingColumn
+from .progress import LoggedProgress, RateColumn, RemainingColumn
 from .runfolder import CompletedUnit, RunFolder, UnitLayout, UnitResult
 
 __all__ = ["ERRORS_FILE", "RESULTS_FILE", "BatchStopped", "Unit", "group_units", "run_batch"]
@@ -191,7 +191,7 @@ def run_batch(
             TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), RateColumn(),
             TextColumn("{task.fields[failed]}"), TimeElapsedColumn(), RemainingColumn(),
         )
-        with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+        with LoggedProgress(*columns, console=Console(stderr=True), unit="photos", disable=not progress) as bar:
             resumed = len(units) - len(todo)  # the rate and ETA count this session's photos only
             # Failed lines, as the summary counts them: unusable manifest lines and the done lines that failed.
             failed = {error.line for error in manifest.errors}
