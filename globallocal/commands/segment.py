@@ -198,12 +198,16 @@ def segment(
     from globallocal.runs.progress import status
     from globallocal.segmenter import Segmenter
 
+    from .recipe import check_model_files
+
     timer = StageTimer()
     device = resolve_device(device)
     picture = load_image(image)
     candidates = load_proposals(masks, (picture.height, picture.width)) if masks else None
     tcl = tcl.with_weights_found(method)
 
+    check_model_files(clip_model, clip_weights, spacy_model,
+                      source if candidates is None and spec.uses_proposals else None)
     with timer("load_models"):
         segmenter = Segmenter.from_pretrained(
             clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
