@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,21 +43,22 @@ class BatchLine:
     image: Path
     phrases: tuple[str, ...]
     masks: Path | None
+    key: str = field(init=False, repr=False, compare=False)
+    """What the line asks, whatever its place in the file: a hash of its resolved photo and masks, phrases and id.
+    ``batch`` records each output under it, so a rerun after other lines were edited, added, removed or moved
+    reuses this one's work (a line without an id is named by its number, so moving it changes its id)."""
+
+    def __post_init__(self) -> None:
+        # Computed where the manifest is read, so Ray actors that mount the photos elsewhere record the same key.
+        masks = str(self.masks.resolve()) if self.masks else None
+        asked = [str(self.image.resolve()), list(self.phrases), self.id, masks]
+        object.__setattr__(self, "key", hashlib.sha256(json.dumps(asked).encode("utf-8")).hexdigest()[:24])
 
     @property
     def output_ids(self) -> tuple[str, ...]:
         if len(self.phrases) == 1:
             return (self.id,)
         return tuple(f"{self.id}_{k}" for k in range(len(self.phrases)))  # 0-based, like every other number
-
-    @property
-    def key(self) -> str:
-        """What the line asks, whatever its place in the file: a hash of its resolved photo and masks, phrases and
-        id. ``batch`` records each output under it, so a rerun after other lines were edited, added, removed or
-        moved reuses this one's work (a line without an id is named by its number, so moving it changes its id)."""
-        masks = str(self.masks.resolve()) if self.masks else None
-        asked = [str(self.image.resolve()), list(self.phrases), self.id, masks]
-        return hashlib.sha256(json.dumps(asked).encode("utf-8")).hexdigest()[:24]
 
 
 @dataclass(frozen=True)
