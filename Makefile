@@ -36,12 +36,16 @@ demo: install
 serve: install
 	$(BIN)/globallocal serve
 
-# The headless browser the test of `globallocal serve` drives (Debian packages; needs root or sudo).
+# The headless browser the test of `globallocal serve` drives, and the fonts the pictures' caption tests draw
+# CJK and colour emoji with (Debian packages; needs root or sudo).
 browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && \
+		test -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc && \
+		test -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-liberation; }
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver \
+			fonts-liberation fonts-dejavu-core fonts-noto-cjk fonts-noto-color-emoji; }
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

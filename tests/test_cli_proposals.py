@@ -59,6 +59,8 @@ def test_proposals_folder_round_trips_into_segment(run, small_photo, freesolo_ch
     assert code == 0, err
     result = json.loads((tmp_path / "m.json").read_text())["results"][0]
     chosen = index["proposals"][result["index"]]["mask"]
+    assert result["file"] == chosen  # numbered in the index's order, named as it names them
+    assert result["box"] == index["proposals"][result["index"]]["box"]
     assert (np.asarray(Image.open(tmp_path / "m.png")) == np.asarray(Image.open(folder / chosen))).all()
 
 

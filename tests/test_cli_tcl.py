@@ -85,7 +85,8 @@ def test_segment_tcl_writes_mask_soft_mask_heatmap_and_json(cli, tmp_path, tiny,
     with Image.open(heat) as picture:
         picture.verify()
     with Image.open(heat) as picture:
-        assert picture.format == "PNG" and picture.width == 52 and picture.height > 36  # the legend below
+        # The tiny photo scaled up to 320 pixels wide (as every captioned picture), the caption and legend below.
+        assert picture.format == "PNG" and picture.width == 320 and picture.height > round(36 * 320 / 52)
 
     record = json.loads(report.read_text())
     assert record["method"] == "tcl" and record["proposals"] is None
@@ -93,6 +94,26 @@ def test_segment_tcl_writes_mask_soft_mask_heatmap_and_json(cli, tmp_path, tiny,
     assert record["settings"]["tcl_weights"]["file"] == str(tcl_checkpoint)
     answer = record["results"][0]
     assert answer["threshold"] == 0.4 and answer["area"] == int(mask.sum()) and answer["index"] is None
+
+
+def test_the_json_settings_are_the_threshold_and_preprocessing_used(cli, tmp_path, tiny, photo):
+    result = cli("segment", photo, PHRASE, "--method", "tcl", *tiny, "-o", tmp_path / "m.png", "--json", "-")
+    assert result.code == 0, result.err
+    record = json.loads(result.out)
+    settings = record["settings"]
+    # Left to their defaults: PAMR's threshold 0.4 and the slide window's eval preprocessing.
+    assert settings["threshold"] == 0.4 == record["results"][0]["threshold"] and settings["preprocessing"] == "eval"
+    # The 36 x 52 photo: short side to 448 (52 * 448 / 36 = 647.1), two 448-pixel windows side by side.
+    assert settings["input_size"] == {"height": 448, "width": 647}
+    assert settings["windows"] == 2 and settings["window_size"] == {"height": 448, "width": 448}
+    assert settings["window_stride"] == 224 and settings["window"] == "slide" and settings["pamr"] is True
+    result = cli("segment", photo, PHRASE, "--method", "tcl", *tiny, "--no-tcl-pamr", "--tcl-window", "demo",
+                 "-o", tmp_path / "m.png", "--json", "-")
+    assert result.code == 0, result.err
+    settings = json.loads(result.out)["settings"]
+    assert settings["threshold"] == 0.5 and settings["preprocessing"] == "demo" and settings["windows"] == 1
+    assert settings["input_size"] == settings["window_size"] == {"height": 224, "width": 323}
+    assert settings["window_stride"] is None
 
 
 def test_tcl_weight_zero_keeps_the_answer_and_reports_tcl_scores(cli, tmp_path, tiny, example, monkeypatch):
@@ -114,6 +135,8 @@ def test_tcl_weight_zero_keeps_the_answer_and_reports_tcl_scores(cli, tmp_path, 
     assert mixed["method_scores"] == own["scores"] and mixed["tcl_weight"] == 0.0
     assert len(mixed["tcl_scores"]) == 3 and all(isinstance(value, float) for value in mixed["tcl_scores"])
     assert json.loads(blended.read_text())["method"] == "global-local+tcl"
+    tcl_settings = json.loads(blended.read_text())["settings"]["tcl"]
+    assert tcl_settings["preprocessing"] == "demo" and "threshold" not in tcl_settings  # no threshold in a blend
     assert np.load(tmp_path / "b.npy").shape == example["size"]
 
 
@@ -168,6 +191,7 @@ def test_evaluate_tcl_without_proposals_records_settings_and_weights(cli, tmp_pa
     settings = json.loads((out / REPORT_JSON).read_text())["config"]["settings"]
     assert settings["method"] == "tcl" and settings["proposals"] is None
     assert settings["window"] == "demo" and settings["pamr"] is False and settings["templates"] == "identity"
+    assert settings["threshold"] is None and "input_size" not in settings  # as configured: a run's identity
     assert settings["tcl_weights"]["file"] == str(tcl_checkpoint)
     assert settings["tcl_weights"]["size"] == tcl_checkpoint.stat().st_size
     assert len(settings["tcl_weights"]["sha256"]) == 64

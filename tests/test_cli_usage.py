@@ -187,12 +187,13 @@ def test_json_is_labelled_and_keeps_full_precision(cli, example, tiny_vit, nlp, 
     data = json.loads(result.out)  # --json -: the JSON alone on the standard output
     assert data["image_size"] == {"height": example["size"][0], "width": example["size"][1]}
     assert data["proposal_source"] == f"masks:{example['mask_dir']}" and data["proposals"] == 3
-    assert data["globallocal_version"] and data["box_format"] == "x0 y0 x1 y1 in pixels"
+    assert data["globallocal_version"] and data["box_format"].startswith("x0 y0 x1 y1 in whole pixels")
     assert {"load_models", "image_features", "answer", "write"} <= set(data["seconds"])
     (answer,) = data["results"]
     picture = load_image(example["image"])
     proposals = load_proposals(example["mask_dir"], (picture.height, picture.width))
-    assert answer["box"] == dict(zip(("x0", "y0", "x1", "y1"), proposals.boxes[answer["index"]].tolist()))
+    box = dict(zip(("x0", "y0", "x1", "y1"), proposals.boxes[answer["index"]].tolist()))
+    assert answer["projection_box"] == box  # the paper's box, which the local crop follows, under its own name
     rle = {"size": answer["rle"]["size"], "counts": answer["rle"]["counts"].encode()}
     assert (mask_utils.decode(rle).astype(bool) == example["masks"][answer["index"]]).all()
     # Scores as computed, to the last bit: not rounded.
@@ -230,6 +231,27 @@ def test_pictures(run, example, tiny_args, tmp_path):
         assert (legend == np.array(color, dtype=np.uint8)).all(axis=2).any(), color
     top = np.asarray(Image.open(tmp_path / "top_0.png"))
     assert top.shape[1] == 2 * 320 + 8  # two tiles side by side
+
+
+def test_pictures_of_a_tiny_photo_are_scaled_up_and_its_mask_is_not(run, tiny_args, tmp_path):
+    from globallocal.outputs.drawing import PALETTE
+
+    photo = tmp_path / "tiny.png"
+    Image.new("RGB", (40, 30), (128, 128, 128)).save(photo)
+    (tmp_path / "masks").mkdir()
+    square = np.zeros((30, 40), dtype=np.uint8)
+    square[8:22, 10:30] = 255
+    Image.fromarray(square).save(tmp_path / "masks" / "000.png")
+    # One mask for two phrases: both pick it.
+    code, err = run("segment", photo, "the square", "the box", "--masks", tmp_path / "masks", "-o", tmp_path / "m.png",
+                    "--overlay", tmp_path / "o.png", "--overlay-all", tmp_path / "all.png", *tiny_args)
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "m_0.png")), square)  # the mask at the photo's size
+    overlay = np.asarray(Image.open(tmp_path / "o_0.png"))
+    assert overlay.shape[1] == 320 and overlay.shape[0] > 240
+    everything = np.asarray(Image.open(tmp_path / "all.png"))[:240]
+    for color in PALETTE[:2]:  # each phrase's own outline
+        assert (everything == np.array(color, dtype=np.uint8)).all(axis=2).any(), color
 
 
 def test_proposals_folder_is_replaced_whole_or_refused(example, tmp_path):

@@ -20,19 +20,20 @@ def test_soft_mask_npy_keeps_float32_exactly(tmp_path):
 
 
 def test_heatmap_is_the_photo_plus_a_legend():
-    photo = Image.new("RGB", (60, 40), (128, 128, 128))
-    soft = np.zeros((40, 60), dtype=np.float32)
-    soft[:, 30:] = 1.0
+    photo = Image.new("RGB", (400, 40), (128, 128, 128))
+    soft = np.zeros((40, 400), dtype=np.float32)
+    soft[:, 200:] = 1.0
     picture = heatmap(photo, soft, alpha=1.0)
-    assert picture.shape[1] == 60 and picture.shape[0] > 40 and picture.dtype == np.uint8
+    assert picture.shape[1] == 400 and picture.shape[0] > 40 and picture.dtype == np.uint8
     assert np.array_equal(picture[0, 0], np.round(colour_map(np.float32(0.0))).astype(np.uint8))
-    assert np.array_equal(picture[0, 59], np.round(colour_map(np.float32(1.0))).astype(np.uint8))
+    assert np.array_equal(picture[0, 399], np.round(colour_map(np.float32(1.0))).astype(np.uint8))
     assert not np.array_equal(colour_map(np.float32(0.0)), colour_map(np.float32(1.0)))
 
 
 class _Answer:
-    def __init__(self, soft):
+    def __init__(self, soft, phrase="the man"):
         self.soft_mask = soft
+        self.phrase = phrase
 
 
 def _numbered(path, index, count):
@@ -48,6 +49,8 @@ def test_soft_outputs_are_numbered_per_phrase(tmp_path):
     save_soft_outputs(photo, answers, tmp_path / "s.npy", tmp_path / "h.png", _numbered)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h_1.png", "h_2.png", "s_1.npy", "s_2.npy"]
     assert np.array_equal(np.load(tmp_path / "s_2.npy"), answers[1].soft_mask.numpy())
-    assert Image.open(tmp_path / "h_1.png").size[0] == 12
+    written = np.asarray(Image.open(tmp_path / "h_1.png"))
+    assert np.array_equal(written, heatmap(photo, answers[0].soft_mask, caption="'the man': soft mask"))
+    assert written.shape[1] == 320  # a tiny photo drawn scaled up, as every captioned picture
     with pytest.raises(InputError, match="--method tcl"):
         save_soft_outputs(photo, [object()], tmp_path / "x.npy", None, _numbered)

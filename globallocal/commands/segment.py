@@ -150,7 +150,8 @@ def segment(
         ".npy array at the photo's size. Several phrases: OUT_0.npy, OUT_1.npy, ..."
     ),
     heatmap: Path | None = typer.Option(
-        None, help="TCL: also write the soft mask drawn over the photo with a legend (PNG)."
+        None, help="TCL: also write the soft mask drawn over the photo, captioned with the phrase, with a legend "
+        "(PNG)."
     ),
 ) -> None:
     """Segment the object each PHRASE refers to in IMAGE and write its mask.
@@ -190,6 +191,7 @@ def segment(
     check_soft_outputs(soft_mask, heatmap, tcl.uses_tcl(method), f"--method {method}")
 
     from globallocal.data.images import all_or_none, load_image, save_mask_png
+    from globallocal.data.phrases import shown
     from globallocal.models.clip import resolve_device
     from globallocal.models.text import parse_phrase
     from globallocal.outputs.answers import StageTimer, caption, write_json, write_pictures
@@ -238,7 +240,7 @@ def segment(
             source_name = f"masks:{masks}" if masks else proposals
             write_json(json_path, image, picture, segmenter, results, outputs, candidates, source_name, timer.seconds)
     for result, path in zip(results, outputs):
-        stderr.print(f"{caption(result)}, noun phrase {result.noun_phrase!r}: {path}")
+        stderr.print(f"{caption(result, result.among(candidates))}, noun phrase {shown(result.noun_phrase)}: {path}")
 
 
 def planned_outputs(

@@ -15,13 +15,17 @@ from typing import Any
 
 from ..errors import InputError
 
-__all__ = ["MAX_ID_BYTES", "MAX_PHRASE_CHARS", "EMPTY_PHRASE", "check_output_id", "clean_phrase"]
+__all__ = [
+    "MAX_ID_BYTES", "MAX_PHRASE_CHARS", "EMPTY_PHRASE", "SHOWN_CHARS", "check_output_id", "clean_phrase", "shown",
+]
 
 # CLIP reads at most 77 tokens (a few hundred characters); spaCy refuses texts over 1,000,000 characters and
 # needs about 1 GB per 100,000 of them. No real referring expression comes near this.
 MAX_PHRASE_CHARS = 2000
 # File names are limited to 255 bytes; an id also gets "_<k>" for several phrases and ".png".
 MAX_ID_BYTES = 200
+# How much of a phrase a message or summary line quotes.
+SHOWN_CHARS = 60
 EMPTY_PHRASE = "the phrase is empty; describe the object, e.g. \"the man on the right\""
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Characters that show nothing: spaces, line breaks, and format characters such as zero-width spaces and joiners.
@@ -30,6 +34,12 @@ _INVISIBLE = ("Zs", "Zl", "Zp", "Cc", "Cf")
 
 def _visible(text: str) -> bool:
     return any(not char.isspace() and unicodedata.category(char) not in _INVISIBLE for char in text)
+
+
+def shown(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` quoted for a message or summary line: whole up to ``limit`` characters, else its first ``limit``
+    followed by "..."."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}..."
 
 
 def clean_phrase(phrase: Any) -> str:
@@ -47,7 +57,7 @@ def clean_phrase(phrase: Any) -> str:
     if len(phrase) > MAX_PHRASE_CHARS:
         warnings.warn(
             f"phrase of {len(phrase)} characters was cut to its first {MAX_PHRASE_CHARS} (CLIP reads at most "
-            f"77 tokens of it anyway): {phrase[:60]!r}...",
+            f"77 tokens of it anyway): {shown(phrase)}",
             stacklevel=2,
         )
         phrase = phrase[:MAX_PHRASE_CHARS]

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
-from ..models.text import ParsedPhrase, count_tokens
+from ..models.text import ParsedPhrase, is_truncated, read_text
 from ..proposals import Proposals
 from ..proposals.sam3 import ConceptAnswer, ConceptQuery, head_noun
 from .settings import MethodSettings
@@ -183,7 +183,16 @@ class Method(ABC):
 
     def truncated(self, texts: Sequence[str]) -> bool:
         """Whether any of these texts is longer than CLIP's context (each is cut to it, with a warning)."""
-        return any(count_tokens(text, self.clip) > self.clip.context_length for text in texts)
+        return any(is_truncated(text, self.clip) for text in texts)
+
+    def read_text(self, text: str) -> str:
+        """The part of ``text`` this method's CLIP reads (all of it for a method without CLIP)."""
+        return text if self.clip is None else read_text(text, self.clip)
+
+    def uses_projection_boxes(self) -> bool:
+        """Whether the scores depend on the proposals' projection boxes (``Proposals.boxes``); the JSON then
+        reports them beside the tight boxes. No by default."""
+        return False
 
     def visual_identity(self) -> dict[str, Any]:
         """What decides the image features besides the model: the method and its visual settings."""
@@ -192,6 +201,12 @@ class Method(ABC):
     def describe(self) -> dict[str, Any]:
         """The method and every setting, as a run's configuration records them."""
         return {"method": self.name, **self.settings.to_dict()}
+
+    def settings_used(self, image_size: tuple[int, int]) -> dict[str, Any]:
+        """:meth:`describe` with the values a setting left to a default resolved, as used on a photo of
+        ``image_size`` (H, W): what the `segment` JSON reports. A run's configuration keeps :meth:`describe`, so
+        that its identity does not change."""
+        return self.describe()
 
     @property
     def device(self) -> torch.device:

@@ -11,7 +11,7 @@ import spacy
 import torch
 from spacy.tokens import Doc
 
-from ..data.phrases import clean_phrase
+from ..data.phrases import clean_phrase, shown
 from ..errors import InputError
 from .clip import ClipBundle
 from .hub import MissingFile
@@ -144,17 +144,30 @@ def count_tokens(text: str, clip: ClipBundle) -> int:
     return len(clip.tokenizer.encode(text)) + 2
 
 
+def is_truncated(text: str, clip: ClipBundle) -> bool:
+    """Whether ``text`` is longer than CLIP's context, so that :func:`tokenize` cuts it."""
+    return count_tokens(text, clip) > clip.context_length
+
+
+def read_text(text: str, clip: ClipBundle) -> str:
+    """The part of ``text`` CLIP reads: all of it, or, when :func:`tokenize` cuts it, the BPE tokens kept (the
+    context less the start and end tokens) decoded back to text."""
+    if not is_truncated(text, clip):
+        return text
+    return clip.tokenizer.decode(clip.tokenizer.encode(text)[: clip.context_length - 2]).strip()
+
+
 def tokenize(texts: list[str], clip: ClipBundle) -> tuple[torch.Tensor, list[bool]]:
     """Token ids (len(texts), context) and, per text, whether it was truncated.
 
     The reference raises on text over the context length; we truncate (the
     end-of-text token is kept) and warn, so one long caption does not stop a run.
     """
-    truncated = [count_tokens(text, clip) > clip.context_length for text in texts]
+    truncated = [is_truncated(text, clip) for text in texts]
     for text, cut in zip(texts, truncated):
         if cut:
             warnings.warn(
-                f"phrase is longer than CLIP's {clip.context_length} tokens and was truncated: {text[:60]!r}...",
+                f"phrase is longer than CLIP's {clip.context_length} tokens and was truncated: {shown(text)}",
                 stacklevel=3,
             )
     return clip.tokenizer(texts), truncated

@@ -1,10 +1,14 @@
 """The JSON that `globallocal segment --json` writes: every number labelled, scores at full precision.
 
-Sizes are ``{"height", "width"}``; boxes are ``{"x0", "y0", "x1", "y1"}`` in
-pixels (x to the right, y down; SOLOv2's projection boxes, see
-:func:`globallocal.proposals.projection_boxes`); masks are COCO RLE
-(``{"size": [height, width], "counts": str}``, pycocotools' compressed
-column-major run lengths). Proposal numbers are 0-based, as in file names.
+Sizes are ``{"height", "width"}``; boxes are ``{"x0", "y0", "x1", "y1"}``
+in whole pixels (x to the right, y down), the tight box of the mask with x1
+and y1 exclusive (:func:`globallocal.proposals.tight_box`; null for an empty
+mask); a method whose scores follow SOLOv2's float projection boxes
+(:func:`globallocal.proposals.projection_boxes`) reports them apart as
+``projection_box``. Masks are COCO RLE (``{"size": [height, width], "counts":
+str}``, pycocotools' compressed column-major run lengths). Proposal numbers
+are 0-based, in the order of the source (a folder's natural name order, an
+index's order), and masks read from files name theirs (``file``).
 """
 
 from __future__ import annotations
@@ -23,9 +27,16 @@ from pycocotools import mask as mask_utils
 
 from .. import __version__
 from ..data.images import save_png, save_text
+from ..data.phrases import shown
+from ..proposals.masks import Proposals, tight_box
 from .drawing import answer_picture, answers_picture, top_k_picture
 
-JSON_FORMAT = 2  # 2: labelled sizes and boxes, proposal source, chosen box and RLE, timings, version
+# 2: labelled sizes and boxes, proposal source, chosen box and RLE, timings, version.
+# 3: integer tight boxes (projection boxes apart), the proposal list with files, the expression as CLIP read it,
+# the settings as used.
+JSON_FORMAT = 3
+BOX_FORMAT = "x0 y0 x1 y1 in whole pixels: the mask's tight box, x1 and y1 exclusive"
+PROJECTION_BOX_FORMAT = "x0 y0 x1 y1 in pixels, floats: SOLOv2's projection box, which the local crops follow"
 
 
 def size_json(height: int, width: int) -> dict[str, int]:
@@ -33,8 +44,15 @@ def size_json(height: int, width: int) -> dict[str, int]:
 
 
 def box_json(box: Sequence[float] | torch.Tensor) -> dict[str, float]:
+    """A float box (a projection box), labelled."""
     x0, y0, x1, y1 = (float(value) for value in box)
     return {"x0": x0, "y0": y0, "x1": x1, "y1": y1}
+
+
+def pixel_box_json(mask: np.ndarray | torch.Tensor) -> dict[str, int] | None:
+    """The tight box of a bool (H, W) mask in whole pixels, x1 and y1 exclusive, labelled; None when empty."""
+    box = tight_box(mask)
+    return None if box is None else dict(zip(("x0", "y0", "x1", "y1"), box))
 
 
 def mask_rle(mask: np.ndarray | torch.Tensor) -> dict[str, Any]:
@@ -63,14 +81,38 @@ class StageTimer:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
-def result_json(result: Any, boxes: torch.Tensor | None, mask_path: str) -> dict[str, Any]:
-    """One phrase's answer: the method's fields (every score at full precision), the mask's box, RLE and area.
+def proposal_fields(proposals: Proposals, index: int, projection: bool) -> dict[str, Any]:
+    """What says which proposal ``index`` is beside its mask: its file (masks read from files) and, when the
+    method's scores follow it (``projection``), its projection box."""
+    fields: dict[str, Any] = {}
+    if proposals.files is not None:
+        fields["file"] = proposals.files[index]
+    if projection:
+        fields["projection_box"] = box_json(proposals.boxes[index])
+    return fields
 
-    ``boxes``: the proposals' boxes, for the chosen one's; None for a method that draws its own mask.
-    """
-    chosen = {"box": box_json(boxes[result.index])} if boxes is not None and result.index is not None else {}
+
+def proposal_list(proposals: Proposals | None, projection: bool) -> list[dict[str, Any]] | None:
+    """Every proposal of the image by number: its box, area, and :func:`proposal_fields` (None: none)."""
+    if proposals is None:
+        return None
+    return [
+        {"index": i, "box": pixel_box_json(mask), "area": int(mask.sum()), **proposal_fields(proposals, i, projection)}
+        for i, mask in enumerate(proposals.masks)
+    ]
+
+
+def result_json(result: Any, method: Any, proposals: Proposals | None, mask_path: str) -> dict[str, Any]:
+    """One phrase's answer: the method's fields (every score at full precision), the expression as the
+    ``method``'s CLIP read it (cut to its context; ``phrase`` is the whole phrase), the answer's box, RLE and area,
+    and which of ``proposals`` (the ones ``result`` numbers; None for a method that draws its own mask) it is."""
+    chosen = {}
+    if proposals is not None and result.index is not None:
+        chosen = proposal_fields(proposals, result.index, method.uses_projection_boxes())
     return {
         **result.to_json(),
+        "expression": method.read_text(result.expression),
+        "box": pixel_box_json(result.mask),
         **chosen,
         "rle": mask_rle(result.mask),
         "area": int(result.mask.sum()),
@@ -84,21 +126,24 @@ def segment_json(
     image_size: tuple[int, int],
     proposal_source: str | None,
     proposal_count: int | None,
+    proposals: list[dict[str, Any]] | None,
     clip: dict[str, str] | None,
     method: str,
     settings: dict[str, Any],
     results: list[dict[str, Any]],
     seconds: dict[str, float],
 ) -> dict[str, Any]:
-    """The whole report of one `segment` call."""
+    """The whole report of one `segment` call (``proposals``: :func:`proposal_list`)."""
     return {
         "format": JSON_FORMAT,
         "globallocal_version": __version__,
         "image": image,
         "image_size": size_json(*image_size),
-        "box_format": "x0 y0 x1 y1 in pixels",
+        "box_format": BOX_FORMAT,
+        "projection_box_format": PROJECTION_BOX_FORMAT,
         "proposal_source": proposal_source,
         "proposals": proposal_count,
+        "proposal_list": proposals,
         "clip": clip,
         "method": method,
         "settings": settings,
@@ -107,14 +152,17 @@ def segment_json(
     }
 
 
-def caption(result) -> str:
-    """What a phrase was answered with: the chosen proposal and its score, or the area of a drawn mask."""
+def caption(result: Any, proposals: Proposals | None = None) -> str:
+    """What a phrase (shortened) was answered with: the chosen proposal, with its file when ``proposals`` (the
+    ones the result numbers) were read from files, and its score; or the area of a drawn mask."""
+    phrase = shown(result.phrase)
     if result.concept is not None and result.index is None:
-        return f"{result.phrase!r}: no candidate"
+        return f"{phrase}: no candidate"
     if result.index is None:
-        return f"{result.phrase!r}: {int(result.mask.sum())} pixels"
+        return f"{phrase}: {int(result.mask.sum())} pixels"
     index, value = result.ranking()[0]
-    return f"{result.phrase!r}: proposal {index}, {result.ranking_label} {value:.4f}"
+    file = f" ({proposals.files[index]})" if proposals is not None and proposals.files is not None else ""
+    return f"{phrase}: proposal {index}{file}, {result.ranking_label} {value:.4f}"
 
 
 def write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pictures, top_k) -> None:
@@ -129,22 +177,19 @@ def write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pi
         save_png(picture_k, path)
 
 
-def proposal_boxes(proposals) -> torch.Tensor | None:
-    """The boxes of proposals (None: none), for :func:`result_json`."""
-    return None if proposals is None else proposals.boxes
-
-
 def write_json(path, image, picture, segmenter, results, outputs, candidates, source, seconds) -> None:
     report = segment_json(
         image=str(image),
         image_size=(picture.height, picture.width),
         proposal_source=source if candidates is not None or segmenter.phrase_dependent else None,
         proposal_count=len(candidates) if candidates is not None else None,
+        proposals=proposal_list(candidates, segmenter.method.uses_projection_boxes()),
         clip=segmenter.clip_description(),
         method=segmenter.method.name,
-        # every setting (with TCL's, for a blend), as a run's configuration records them
-        settings={key: value for key, value in segmenter.method.describe().items() if key != "method"},
-        results=[result_json(r, proposal_boxes(r.among(candidates)), str(out)) for r, out in zip(results, outputs)],
+        # every setting (with TCL's, for a blend), defaults resolved as they were used on this photo
+        settings={key: value for key, value in segmenter.method.settings_used((picture.height, picture.width)).items()
+                  if key != "method"},
+        results=[result_json(r, segmenter.method, r.among(candidates), str(out)) for r, out in zip(results, outputs)],
         seconds=seconds,
     )
     text = json.dumps(report, indent=1) + "\n"

@@ -8,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from .fonts import fonts
 
 # Colours far apart from each other and from skin and sky tones (after Trubetskoy's list of distinct colours).
 PALETTE = (
@@ -16,10 +18,32 @@ PALETTE = (
     (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
 )
 TINT_ALPHA = 0.5
+# The top-k tiles' width, and the least width a captioned picture shows a photo at (a tiny photo is scaled up
+# to it, so that its caption is legible), unless that makes it taller than MAX_SHOWN_HEIGHT.
+SHOWN_WIDTH = 320
+MAX_SHOWN_HEIGHT = 2048
+OUTLINE_GAP = 3  # pixels between the outlines of phrases that picked one mask
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
+def shown_width(width: int, height: int) -> int:
+    """The width a captioned picture draws a ``width`` x ``height`` photo at."""
+    if width >= SHOWN_WIDTH:
+        return width
+    return round(width * max(1.0, min(SHOWN_WIDTH / width, MAX_SHOWN_HEIGHT / height)))
+
+
+def resized(image: Image.Image, layers: Sequence[np.ndarray], width: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The photo (bilinear, as float32 RGB) and its masks (bool: nearest; float: bilinear) at ``width`` pixels,
+    the height in proportion. The mask files stay at the photo's size: only the pictures are scaled."""
+    if width == image.width:
+        return np.asarray(image, dtype=np.float32).copy(), list(layers)
+    size = (width, max(1, round(image.height * width / image.width)))
+    rgb = np.asarray(image.resize(size, Image.BILINEAR), dtype=np.float32).copy()
+    scaled = [
+        np.asarray(Image.fromarray(layer).resize(size, Image.NEAREST if layer.dtype == bool else Image.BILINEAR))
+        for layer in layers
+    ]
+    return rgb, scaled
 
 
 def _boundary(mask: np.ndarray) -> np.ndarray:
@@ -35,59 +59,89 @@ def _grow(mask: np.ndarray) -> np.ndarray:
     return padded[1:-1, 1:-1] | padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
 
 
+def _fill(rgb: np.ndarray, mask: np.ndarray, color: Sequence[int]) -> None:
+    rgb[mask] = (1 - TINT_ALPHA) * rgb[mask] + TINT_ALPHA * np.asarray(color, dtype=np.float32)
+
+
 def tint(rgb: np.ndarray, mask: np.ndarray, color: Sequence[int]) -> None:
     """Tint ``mask`` in place and outline it white on black, which stands out on the tint and on any photo."""
-    rgb[mask] = (1 - TINT_ALPHA) * rgb[mask] + TINT_ALPHA * np.asarray(color, dtype=np.float32)
+    _fill(rgb, mask, color)
     edge = _boundary(mask)
     rgb[_grow(edge) & ~mask] = 0.0
     rgb[edge] = 255.0
 
 
-def _with_caption(picture: np.ndarray, lines: Sequence[tuple[str, Sequence[int] | None]]) -> np.ndarray:
-    """The picture above a white band holding one text line per entry, each after a swatch of its colour."""
+def _outline(rgb: np.ndarray, mask: np.ndarray, color: Sequence[int], distance: int) -> None:
+    """A two-pixel outline of ``color`` on black around ``mask`` grown by ``distance`` pixels."""
+    for _ in range(distance):
+        mask = _grow(mask)
+    edge = _grow(_boundary(mask)) & mask
+    rgb[_grow(edge) & ~mask] = 0.0
+    rgb[edge] = np.asarray(color, dtype=np.float32)
+
+
+def with_caption(picture: np.ndarray, lines: Sequence[tuple[str, Sequence[int] | None]]) -> np.ndarray:
+    """The picture above a white band holding one text line per entry, each after a swatch of its colour.
+
+    A line too long for the band is shortened with "…" (the phrase, not its score); a picture narrower than
+    SHOWN_WIDTH is padded with white to it, so that the band holds a score.
+    """
+    if picture.shape[1] < SHOWN_WIDTH:
+        padding = np.full((picture.shape[0], SHOWN_WIDTH - picture.shape[1], 3), 255, dtype=np.uint8)
+        picture = np.concatenate([picture, padding], axis=1)
     width = picture.shape[1]
     size = max(12, min(28, width // 40))
     row = size + size // 2
     band = Image.new("RGB", (width, row * len(lines) + size // 2), (255, 255, 255))
     draw = ImageDraw.Draw(band)
-    font = _font(size)
+    text_fonts = fonts(size)
     for i, (text, color) in enumerate(lines):
         top = size // 4 + i * row
         left = size // 2
         if color is not None:
             draw.rectangle([left, top + 2, left + size - 2, top + size], fill=tuple(color), outline=(0, 0, 0))
             left += size + size // 2
-        draw.text((left, top), text, fill=(0, 0, 0), font=font)
+        text_fonts.draw(band, (left, top), text_fonts.fit(text, width - left - size // 2), (0, 0, 0))
     return np.concatenate([picture, np.asarray(band)], axis=0)
 
 
 def overlay_picture(image: Image.Image, mask: np.ndarray, color: Sequence[int] = PALETTE[0]) -> np.ndarray:
-    """The photo with ``mask`` tinted and outlined (uint8 (H, W, 3))."""
+    """The photo with ``mask`` tinted and outlined (uint8 (H, W, 3), the photo's size)."""
     rgb = np.asarray(image, dtype=np.float32).copy()
     tint(rgb, mask, color)
     return np.round(rgb).astype(np.uint8)
 
 
 def answer_picture(image: Image.Image, mask: np.ndarray, caption: str, color: Sequence[int] = PALETTE[0]) -> np.ndarray:
-    """The photo with ``mask`` tinted and outlined, and ``caption`` (phrase and score) under it."""
-    return _with_caption(overlay_picture(image, mask, color), [(caption, color)])
+    """The photo (a tiny one scaled up) with ``mask`` tinted and outlined, and ``caption`` (phrase and score)
+    under it."""
+    rgb, (shown,) = resized(image, [mask], shown_width(image.width, image.height))
+    tint(rgb, shown, color)
+    return with_caption(np.round(rgb).astype(np.uint8), [(caption, color)])
 
 
 def answers_picture(image: Image.Image, masks: Sequence[np.ndarray], captions: Sequence[str]) -> np.ndarray:
-    """Every phrase's mask on one photo in its own colour, with a legend of phrases and scores.
+    """Every phrase's mask on one photo (a tiny one scaled up), tinted and outlined in its own colour, with a
+    legend of phrases and scores.
 
-    Where masks overlap, the later phrase's tint lies over the earlier's.
+    Where masks overlap, the later phrase's tint lies over the earlier's; the outlines are drawn after every
+    tint, and phrases that picked the same mask get outlines one outside the other.
     """
-    rgb = np.asarray(image, dtype=np.float32).copy()
+    rgb, shown = resized(image, masks, shown_width(image.width, image.height))
     colors = [PALETTE[i % len(PALETTE)] for i in range(len(masks))]
-    for mask, color in zip(masks, colors):
-        tint(rgb, mask, color)
-    return _with_caption(np.round(rgb).astype(np.uint8), list(zip(captions, colors)))
+    for mask, color in zip(shown, colors):
+        _fill(rgb, mask, color)
+    earlier: dict[bytes, int] = {}
+    for mask, color in zip(shown, colors):
+        same = earlier.get(mask.tobytes(), 0)
+        earlier[mask.tobytes()] = same + 1
+        _outline(rgb, mask, color, OUTLINE_GAP * same)
+    return with_caption(np.round(rgb).astype(np.uint8), list(zip(captions, colors)))
 
 
 def top_k_picture(
     image: Image.Image, masks: np.ndarray, ranking: Sequence[tuple[int, float]], phrase: str, k: int = 5,
-    label: str = "score", tile_width: int = 320,
+    label: str = "score", tile_width: int = SHOWN_WIDTH,
 ) -> np.ndarray:
     """The first ``k`` proposals of a result's ranking (the answer first) side by side, each captioned with its
     number and ``label`` value (the score the method chose with).
@@ -95,18 +149,15 @@ def top_k_picture(
     Shows why the answer won: how close the runners-up scored and what they cover.
     """
     order = list(ranking[:k])
-    scale = tile_width / image.width
-    size = (tile_width, max(1, round(image.height * scale)))
-    small = image.resize(size, Image.BILINEAR)
+    small, shown = resized(image, [masks[index] for index, _ in order], tile_width)
     tiles = []
-    for rank, (index, value) in enumerate(order):
-        rgb = np.asarray(small, dtype=np.float32).copy()
-        mask = np.asarray(Image.fromarray(masks[index]).resize(size, Image.NEAREST))
+    for rank, ((index, value), mask) in enumerate(zip(order, shown)):
+        rgb = small.copy()
         tint(rgb, mask, PALETTE[0] if rank == 0 else PALETTE[2])
         caption = f"{'answer: ' if rank == 0 else ''}proposal {index}, {label} {value:.4f}"
-        tiles.append(_with_caption(np.round(rgb).astype(np.uint8), [(caption, None)]))
+        tiles.append(with_caption(np.round(rgb).astype(np.uint8), [(caption, None)]))
     if not tiles:  # a phrase whose noun phrase got no candidate (phrase-dependent proposals)
-        return _with_caption(np.asarray(small), [(f"{phrase!r}: no candidate proposals", None)])
+        return with_caption(np.round(small).astype(np.uint8), [(f"{phrase!r}: no candidate proposals", None)])
     gap = np.full((tiles[0].shape[0], 8, 3), 255, dtype=np.uint8)
     row = np.concatenate([part for tile in tiles for part in (tile, gap)][:-1], axis=1)
-    return _with_caption(row, [(f"{phrase!r}: top {len(order)} of {len(masks)} proposals", None)])
+    return with_caption(row, [(f"{phrase!r}: top {len(order)} of {len(masks)} proposals", None)])

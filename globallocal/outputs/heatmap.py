@@ -18,6 +18,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..data.images import atomic_write, save_png
+from .drawing import resized, shown_width, with_caption
+from .fonts import fonts
 from .paths import check_soft_outputs
 
 # A perceptually ordered dark-blue -> green -> yellow scale (viridis's end and middle points).
@@ -34,13 +36,18 @@ def colour_map(values: np.ndarray) -> np.ndarray:
     return (1 - weight) * _STOPS[low] + weight * _STOPS[low + 1]
 
 
-def heatmap(image: Image.Image, soft: np.ndarray | torch.Tensor, alpha: float = 0.6) -> np.ndarray:
-    """The photo with ``soft`` (H, W) in [0, 1] blended over it as a colour map, and a legend bar below."""
+def heatmap(
+    image: Image.Image, soft: np.ndarray | torch.Tensor, alpha: float = 0.6, caption: str | None = None
+) -> np.ndarray:
+    """The photo (a tiny one scaled up) with ``soft`` (H, W) in [0, 1] blended over it as a colour map,
+    ``caption`` (the phrase) under it and a legend bar below."""
     if isinstance(soft, torch.Tensor):
         soft = soft.float().cpu().numpy()
-    photo = np.asarray(image, dtype=np.float32)
-    blended = (1 - alpha) * photo + alpha * colour_map(soft)
-    height, width = soft.shape
+    photo, (soft,) = resized(image, [np.asarray(soft, dtype=np.float32)], shown_width(image.width, image.height))
+    picture = np.round((1 - alpha) * photo + alpha * colour_map(soft)).astype(np.uint8)
+    if caption is not None:
+        picture = with_caption(picture, [(caption, None)])
+    width = picture.shape[1]
     bar_height, margin = 14, 6
     legend = Image.new("RGB", (width, bar_height + 2 * margin + 12), (255, 255, 255))
     left, right = margin + 16, max(width - margin - 16, margin + 17)
@@ -50,8 +57,8 @@ def heatmap(image: Image.Image, soft: np.ndarray | torch.Tensor, alpha: float = 
     for value in (0.0, 0.5, 1.0):
         x = left + round(value * (right - left - 1))
         draw.line([(x, margin + bar_height), (x, margin + bar_height + 3)], fill=(0, 0, 0))
-        draw.text((x - 6, margin + bar_height + 3), f"{value:g}", fill=(0, 0, 0))
-    return np.concatenate([np.round(blended).astype(np.uint8), np.asarray(legend)], axis=0)
+        draw.text((x - 6, margin + bar_height + 3), f"{value:g}", fill=(0, 0, 0), font=fonts(11).primary)
+    return np.concatenate([picture, np.asarray(legend)], axis=0)
 
 
 def save_soft_mask(soft: np.ndarray | torch.Tensor, path: str | os.PathLike) -> None:
@@ -72,7 +79,8 @@ def save_soft_outputs(
 ) -> None:
     """``segment``'s --soft-mask and --heatmap: one file per phrase, named by ``numbered(path, i, count)``.
 
-    The results must carry a ``soft_mask`` (TCL's answers and blends do).
+    The results must carry a ``soft_mask`` (TCL's answers and blends do); each heatmap is captioned with its
+    phrase.
     """
     if soft_mask is None and heatmap_path is None:
         return
@@ -83,4 +91,5 @@ def save_soft_outputs(
         if soft_mask is not None:
             save_soft_mask(result.soft_mask, numbered(soft_mask, index, count))
         if heatmap_path is not None:
-            save_png(heatmap(image, result.soft_mask), numbered(heatmap_path, index, count))
+            save_png(heatmap(image, result.soft_mask, caption=f"{result.phrase!r}: soft mask"),
+                     numbered(heatmap_path, index, count))

@@ -23,7 +23,7 @@ from ..data.bounded import NUMBER, check_shape, read_json
 from ..data.coco_masks import checked_rle, decode, polygon_rles
 from ..data.images import load_mask, save_mask_png, save_text, umask_mode
 from ..errors import ImageError, InputError
-from ..outputs.answers import box_json, size_json
+from ..outputs.answers import BOX_FORMAT, PROJECTION_BOX_FORMAT, box_json, pixel_box_json, size_json
 from . import Proposals
 
 INDEX_FILE = "proposals.json"
@@ -46,6 +46,7 @@ def _from_folder(folder: Path, size: tuple[int, int] | None) -> Proposals:
             size = (listing["image_size"]["height"], listing["image_size"]["width"])
         entries = listing.get("proposals", [])
         files = [_inside(folder, entry["mask"], index) for entry in entries]
+        names = [entry["mask"] for entry in entries]
         scores = torch.tensor([float(entry.get("score", 1.0)) for entry in entries], dtype=torch.float32)
     else:
         index = None
@@ -55,11 +56,12 @@ def _from_folder(folder: Path, size: tuple[int, int] | None) -> Proposals:
             shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
             warnings.warn(f"{folder}: {len(others)} files that are not PNG masks were left out: {shown}",
                           stacklevel=2)
+        names = [path.name for path in files]
     if not files:
         raise InputError(f"no mask PNGs found in {folder}; put one PNG per mask there (non-zero pixels = mask)")
     if size is None:
         raise InputError(f"no {INDEX_FILE} in {folder} records the photo's size; give image_size=(height, width)")
-    return _masks_from_files(files, size, scores, index)
+    return _masks_from_files(files, size, scores, index, names)
 
 
 def _inside(folder: Path, name: str, index: Path) -> Path:
@@ -72,9 +74,10 @@ def _inside(folder: Path, name: str, index: Path) -> Path:
 
 
 def _masks_from_files(
-    files: list[Path], size: tuple[int, int], scores: torch.Tensor | None, index: Path | None = None
+    files: list[Path], size: tuple[int, int], scores: torch.Tensor | None, index: Path | None, names: list[str]
 ) -> Proposals:
-    """Proposals from mask image files (``index``: the listing that named them, for messages)."""
+    """Proposals from mask image files (``index``: the listing that named them, for messages), each named as the
+    user gave it (``names``: relative to the folder, or the path of a single file)."""
     masks = []
     for path in files:
         if not path.is_file():
@@ -85,7 +88,7 @@ def _masks_from_files(
         except ImageError as error:
             raise InputError(str(error)) from None
         masks.append(mask)
-    return Proposals.from_masks(torch.from_numpy(np.stack(masks)), scores)
+    return Proposals.from_masks(torch.from_numpy(np.stack(masks)), scores, tuple(names))
 
 
 def _decode_segmentation(segmentation: Any, size: tuple[int, int], name: str) -> np.ndarray:
@@ -130,7 +133,9 @@ def load_proposals(source: str | Path, image_size: tuple[int, int] | None = None
     supplies order and scores), a single PNG mask, or a JSON file of
     COCO-style RLE masks or annotations (``segmentation`` as RLE or
     polygons, optional ``score``). Empty masks are dropped, as every
-    proposal source does, with a warning saying how many.
+    proposal source does, with a warning saying how many. Proposals are
+    numbered in that order; masks read from PNGs keep their file's name in
+    ``Proposals.files`` (relative to the folder; a single PNG: as given).
     """
     path = Path(source)
     if path.is_dir():
@@ -138,7 +143,7 @@ def load_proposals(source: str | Path, image_size: tuple[int, int] | None = None
     elif path.is_file() and image_size is None:
         raise InputError(f"the size of the photo {path} belongs to is needed: give image_size=(height, width)")
     elif path.is_file() and path.suffix.lower() in MASK_SUFFIXES:
-        proposals = _masks_from_files([path], image_size, None)
+        proposals = _masks_from_files([path], image_size, None, None, [str(source)])
     elif path.is_file():
         proposals = _from_json(path, image_size)
     else:
@@ -152,10 +157,14 @@ def _drop_empty(proposals: Proposals, source: Path) -> Proposals:
     if count == len(proposals):
         raise InputError(f"all {count} masks are empty (in {source}), so there is nothing to choose from")
     if count:
-        numbers = ", ".join(str(int(i)) for i in torch.nonzero(empty).flatten()[:5])
+        positions = torch.nonzero(empty).flatten()[:5].tolist()
+        if proposals.files is not None:
+            which = ", ".join(proposals.files[i] for i in positions)
+        else:
+            which = "source positions " + ", ".join(str(i) for i in positions) + " (0-based)"
         warnings.warn(
-            f"{count} of {len(proposals)} masks in {source} are empty and were dropped (source positions "
-            f"{numbers}{', ...' if count > 5 else ''}, 0-based); proposal numbers count the remaining masks",
+            f"{count} of {len(proposals)} masks in {source} are empty and were dropped ({which}"
+            f"{', ...' if count > 5 else ''}); proposal numbers count the remaining masks",
             stacklevel=3,
         )
     return proposals.drop_empty()
@@ -218,14 +227,15 @@ def _write_set(proposals: Proposals, folder: Path) -> list[str]:
             {
                 "mask": name,
                 "score": float(proposals.scores[i]),
-                "box": box_json(proposals.boxes[i]),
+                "box": pixel_box_json(proposals.masks[i]),
+                "projection_box": box_json(proposals.boxes[i]),
                 "area": int(proposals.masks[i].sum()),
             }
         )
     index = {
         "image_size": size_json(*proposals.image_size),
-        "box_format": "x0 y0 x1 y1 in pixels",
-        "box_rule": "projection",
+        "box_format": BOX_FORMAT,
+        "projection_box_format": PROJECTION_BOX_FORMAT,
         "numbering": "0-based",
         "proposals": entries,
     }

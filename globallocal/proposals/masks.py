@@ -9,7 +9,7 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["Proposals", "postprocess", "projection_boxes"]
+__all__ = ["Proposals", "postprocess", "projection_boxes", "tight_box", "tight_boxes"]
 
 
 @dataclass
@@ -19,12 +19,14 @@ class Proposals:
     ``masks`` is a bool tensor (N, H, W) at the image's size, ``boxes`` a float
     tensor (N, 4) of (x0, y0, x1, y1) following :func:`projection_boxes`, and
     ``scores`` a float tensor (N,) of the generator's confidences (ones for
-    masks supplied by the user).
+    masks supplied by the user). ``files`` names the file (or index entry) each mask
+    was read from, for masks supplied as files; None otherwise.
     """
 
     masks: torch.Tensor
     boxes: torch.Tensor
     scores: torch.Tensor
+    files: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         n = self.masks.shape[0]
@@ -32,6 +34,8 @@ class Proposals:
             raise ValueError("Proposals.masks must be a bool tensor of shape (N, H, W)")
         if self.boxes.shape != (n, 4) or self.scores.shape != (n,):
             raise ValueError("Proposals.boxes must be (N, 4) and scores (N,) for N masks")
+        if self.files is not None and len(self.files) != n:
+            raise ValueError("Proposals.files must name one file per mask")
 
     def __len__(self) -> int:
         return self.masks.shape[0]
@@ -49,16 +53,19 @@ class Proposals:
         return cls.from_masks(torch.from_numpy(np.stack(masks)))
 
     @classmethod
-    def from_masks(cls, masks: torch.Tensor, scores: torch.Tensor | None = None) -> Proposals:
+    def from_masks(
+        cls, masks: torch.Tensor, scores: torch.Tensor | None = None, files: tuple[str, ...] | None = None
+    ) -> Proposals:
         """Build proposals from bool masks, with boxes by SPEC's projection rule."""
         masks = masks.bool()
         if scores is None:
             scores = torch.ones(masks.shape[0], dtype=torch.float32)
-        return cls(masks=masks, boxes=projection_boxes(masks), scores=scores.float())
+        return cls(masks=masks, boxes=projection_boxes(masks), scores=scores.float(), files=files)
 
     def select(self, keep: torch.Tensor) -> Proposals:
         """The proposals at the indices (or bool selector) ``keep``."""
-        return Proposals(self.masks[keep], self.boxes[keep], self.scores[keep])
+        files = None if self.files is None else tuple(self.files[i] for i in torch.arange(len(self))[keep].tolist())
+        return Proposals(self.masks[keep], self.boxes[keep], self.scores[keep], files)
 
     def drop_empty(self) -> Proposals:
         """The proposals whose mask has at least one pixel."""
@@ -99,6 +106,27 @@ def projection_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.stack(
         [cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2], dim=1
     ).cpu()
+
+
+def tight_box(mask: torch.Tensor | np.ndarray) -> tuple[int, int, int, int] | None:
+    """The min/max box (x0, y0, x1, y1) of a bool (H, W) mask in whole pixels, x1 and y1 exclusive (one past the
+    last column and row); None for an empty mask."""
+    mask = torch.as_tensor(mask).bool()
+    columns = torch.nonzero(mask.any(dim=0)).flatten()
+    rows = torch.nonzero(mask.any(dim=1)).flatten()
+    if len(columns) == 0:
+        return None
+    return int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1
+
+
+def tight_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """:func:`tight_box` of every bool mask (N, H, W) as float32 (N, 4); zeros for empty masks."""
+    boxes = torch.zeros((masks.shape[0], 4), dtype=torch.float32)
+    for i, mask in enumerate(masks):
+        box = tight_box(mask)
+        if box is not None:
+            boxes[i] = torch.tensor(box, dtype=torch.float32)
+    return boxes
 
 
 def postprocess(proposals: Proposals, max_proposals: int | None = None, keep_order: bool = False) -> Proposals:

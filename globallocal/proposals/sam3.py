@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from ..data.images import ImageInput, load_image
+from ..data.phrases import shown
 from ..errors import InputError
 from . import Proposals, postprocess
 from .sam3_settings import (
@@ -225,7 +226,7 @@ class Sam3ConceptSource:
         for prompt in prompts:
             if self.truncated(prompt):
                 warnings.warn(f"prompt is longer than SAM 3's {SAM3_TEXT_TOKENS} tokens and was truncated: "
-                              f"{prompt[:60]!r}...", stacklevel=3)
+                              f"{shown(prompt)}", stacklevel=3)
         text = self.processor.tokenizer(list(prompts), padding="max_length", max_length=SAM3_TEXT_TOKENS,
                                         truncation=True, return_tensors="pt").to(self.device)
         n = len(prompts)

@@ -1,9 +1,13 @@
 """`globallocal report`: finished evaluation runs side by side, in a terminal or as Markdown, CSV or LaTeX.
 
-Only the settings that differ between the runs are shown (what is common
-says nothing about the difference in scores), so many runs fit a terminal
-of 80 columns: the terminal table numbers the runs (#1, #2, ...) and lists
-their folders above it.
+Runs of different methods have different, nested settings: they are
+compared as dotted leaf keys (``tcl.threshold``), and only those that differ
+are rows (what is common says nothing about the difference in scores; the
+terminal lists it once, above the table). Identity digests (a weights
+file's sha256, a config hash) tell nothing a reader can compare and stay in
+report.json. The terminal table is one column per run (#1, #2, ..., their
+folders listed above it), its cells wrapped and cut to fit 80 columns for 5
+runs.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,12 @@ from .metrics import PRECISION_THRESHOLDS
 FORMATS = ("table", "markdown", "csv", "latex")
 # With a single run nothing differs; these say what it was.
 _ONE_RUN_KEYS = ("dataset", "method", "clip_model", "preset", "proposals")
+_WIDTH = 80  # the terminal the table is laid out for
+_KEY_WIDTH = 24  # the row labels' column at most: longer keys wrap after a dot or an underscore
+_MIN_CELL = 6  # "100.00": more runs than fit make the table wider rather than cut the numbers
+_CELL_LINES = 3  # a value longer than this many lines is cut
+_COMMON_VALUE = 30  # a setting's value in the line of settings all runs share, at most
+_BREAK = re.compile(r"(?<=[-_./, ])")  # where a value may wrap: after these
 
 
 _TEXT = (str, type(None))  # PhraseCut runs have no split_by and no overlap rule
@@ -64,6 +75,33 @@ def load_reports(run_dirs: list[Path]) -> list[dict[str, Any]]:
     return reports
 
 
+# A key ending so names an identity digest, as does a long hexadecimal string whatever its key.
+_DIGEST_KEYS = ("sha256", "sha1", "md5", "hash", "digest", "fingerprint")
+_HEX_DIGEST = re.compile(r"[0-9a-fA-F]{32,}")
+
+
+def _is_digest(key: str, value: Any) -> bool:
+    return key.lower().endswith(_DIGEST_KEYS) or (isinstance(value, str) and bool(_HEX_DIGEST.fullmatch(value)))
+
+
+def flatten_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted leaf keys (``{"tcl": {"threshold": 0.4}}``: ``tcl.threshold``), digests left out.
+
+    The byte count beside a digest (``{"size", "sha256"}`` of a weights file) is part of that identity and goes
+    with it; lists are leaves.
+    """
+    identity = any(_is_digest(key, value) for key, value in settings.items())
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if _is_digest(key, value) or (identity and key == "size"):
+            continue
+        if isinstance(value, dict) and value:
+            flat.update(flatten_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _settings(report: dict[str, Any]) -> dict[str, Any]:
     """A run's configuration as one flat mapping: what it evaluated and every setting."""
     config = report["config"]
@@ -71,7 +109,7 @@ def _settings(report: dict[str, Any]) -> dict[str, Any]:
         "dataset": dataset_label(config),
         "overlap": config.get("overlap"),
     }
-    flat.update(config.get("settings", {}))
+    flat.update(flatten_settings(config.get("settings", {})))
     return flat
 
 
@@ -79,16 +117,21 @@ def _show(value: Any) -> str:
     if isinstance(value, str):
         # A weights file is told by its name; the folders around it only make the column wide.
         return Path(value).name if "/" in value else value
+    if isinstance(value, list) and value:
+        return ",".join(_show(item) for item in value)
     return json.dumps(value)
 
 
-def differing_settings(reports: list[dict[str, Any]]) -> list[str]:
-    """The setting names whose values are not the same in every run (for one run: the main ones)."""
+def compare_settings(reports: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
+    """The setting names whose values are not the same in every run (for one run: the main ones), and the
+    settings every run has alike (none for one run). A key some run lacks differs."""
     flats = [_settings(report) for report in reports]
     keys = list(dict.fromkeys(key for flat in flats for key in flat))
     if len(reports) == 1:
-        return [key for key in _ONE_RUN_KEYS if key in flats[0]]
-    return [key for key in keys if len({json.dumps(flat.get(key), sort_keys=True) for flat in flats}) > 1]
+        return [key for key in _ONE_RUN_KEYS if key in flats[0]], {}
+    differing = [key for key in keys if any(key not in flat for flat in flats)
+                 or len({json.dumps(flat[key], sort_keys=True) for flat in flats}) > 1]
+    return differing, {key: flats[0][key] for key in keys if key not in differing}
 
 
 def _metrics(report: dict[str, Any], others: list[str]) -> dict[str, float | None]:
@@ -113,9 +156,23 @@ def _number(value: float | None, full_precision: bool) -> float | str:
     return value if full_precision else f"{value:.2f}"
 
 
-def format_report_table(run_dirs: list[Path]) -> Group:
-    """The terminal view: the numbered run folders, then one column per run (settings that differ, metrics)."""
-    reports = load_reports(run_dirs)
+def _fit(text: str, width: int, lines: int = _CELL_LINES) -> str:
+    """``text`` in at most ``lines`` lines of ``width``, broken after - _ . / , or a space (folded where a word
+    is longer), cut with an ellipsis past the last line."""
+    rows = [""]
+    for piece in filter(None, _BREAK.split(text)):
+        if rows[-1] and len(rows[-1]) + len(piece.rstrip()) > width:
+            rows.append("")
+        rows[-1] += piece
+    rows = [row[i:i + width] for row in map(str.rstrip, rows) for i in range(0, len(row) or 1, width)]
+    if len(rows) > lines:
+        rows = rows[:lines]
+        rows[-1] = rows[-1][:width - 1] + "…"
+    return "\n".join(rows)
+
+
+def _legend(run_dirs: list[Path], common: dict[str, Any]) -> list[Text]:
+    """The numbered run folders, then the settings all of them have alike."""
     parents = {Path(run_dir).parent for run_dir in run_dirs}
     if len(parents) == 1 and len(run_dirs) > 1:
         # Runs side by side usually share a folder: named once, so each run's line is just its own name.
@@ -123,28 +180,47 @@ def format_report_table(run_dirs: list[Path]) -> Group:
         legend += [Text(f"#{i} {Path(run_dir).name}") for i, run_dir in enumerate(run_dirs, start=1)]
     else:
         legend = [Text(f"#{i} {run_dir}") for i, run_dir in enumerate(run_dirs, start=1)]
-    table = Table(title="Evaluation", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("")
-    for i in range(1, len(reports) + 1):
-        table.add_column(f"#{i}", justify="right", overflow="fold")
+    if common:
+        alike = ", ".join(f"{key}={_fit(_show(value), _COMMON_VALUE, lines=1)}" for key, value in common.items())
+        legend.append(Text(f"same in every run: {alike}"))
+    return legend
+
+
+def format_report_table(run_dirs: list[Path]) -> Group:
+    """The terminal view: the numbered run folders and what they share, then one column per run (the settings
+    that differ, the metrics), in 80 columns for up to 8 runs."""
+    reports = load_reports(run_dirs)
+    differing, common = compare_settings(reports)
     flats = [_settings(report) for report in reports]
-    for key in differing_settings(reports):
-        table.add_row(key, *(_show(flat.get(key, "-")) for flat in flats))
-    table.add_section()
     metrics = [_metrics(report, _other_answers(reports)) for report in reports]
-    for name in metrics[0]:
-        table.add_row(name, *(str(_number(values[name], False)) for values in metrics))
-    table.add_section()
-    table.add_row("images", *(images_label(r, compact=True) for r in reports))
-    table.add_row("sentences", *(str(r["metrics"]["sentences"]) for r in reports))
-    table.add_row("no proposals", *(str(r["metrics"]["no_proposal_sentences"]) for r in reports))
-    table.add_row("truncated", *(str(r["truncated_sentences"]) for r in reports))
-    table.add_row("wall time (s)", *(f"{r['wall_time_s']:.1f}" for r in reports))
-    return Group(*legend, table)
+    counts = {
+        "images": [images_label(r, compact=True) for r in reports],
+        "sentences": [str(r["metrics"]["sentences"]) for r in reports],
+        "no proposals": [str(r["metrics"]["no_proposal_sentences"]) for r in reports],
+        "truncated": [str(r["truncated_sentences"]) for r in reports],
+        "wall time (s)": [f"{r['wall_time_s']:.1f}" for r in reports],
+    }
+    sections = [
+        {key: [_show(flat.get(key, "-")) for flat in flats] for key in differing},
+        {name: [str(_number(values[name], False)) for values in metrics] for name in metrics[0]},
+        counts,
+    ]
+    key_width = min(_KEY_WIDTH, max(len(key) for rows in sections for key in rows))
+    # One space between columns, no padding: the rest of the 80 columns is shared by the runs.
+    cell = max(_MIN_CELL, (_WIDTH - key_width) // len(reports) - 1)
+    table = Table(title="Evaluation", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=0)
+    table.add_column("", no_wrap=True)
+    for i in range(1, len(reports) + 1):
+        table.add_column(f"#{i}", justify="right", no_wrap=True)
+    for rows in sections:
+        for key, cells in rows.items():
+            table.add_row(Text(_fit(key, key_width)), *(Text(_fit(value, cell)) for value in cells))
+        table.add_section()
+    return Group(*_legend(run_dirs, common), table)
 
 
 def _rows(run_dirs: list[Path], reports: list[dict[str, Any]], full_precision: bool) -> tuple[list[str], list[list]]:
-    keys = differing_settings(reports)
+    keys = compare_settings(reports)[0]
     metrics = [_metrics(report, _other_answers(reports)) for report in reports]
     header = ["run", *keys, *metrics[0], "sentences"]
     rows = []
@@ -171,7 +247,7 @@ def format_report_text(run_dirs: list[Path], fmt: str) -> str:
     reports = load_reports(run_dirs)
     header, rows = _rows(run_dirs, reports, full_precision=fmt == "csv")
     # Columns of numbers end each row: the metrics of every answer, then sentences.
-    numeric = len(header) - 1 - len(differing_settings(reports))
+    numeric = len(header) - 1 - len(compare_settings(reports)[0])
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

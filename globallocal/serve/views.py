@@ -12,7 +12,7 @@ from PIL import Image
 
 from ..data.images import save_mask_png, save_text
 from ..methods import SegmentResult
-from ..outputs.answers import proposal_boxes, result_json, segment_json
+from ..outputs.answers import proposal_list, result_json, segment_json
 from ..outputs.drawing import overlay_picture
 from ..segmenter import Segmenter
 from .engine import PROPOSAL_LABELS, Answer, ImageSession
@@ -113,10 +113,11 @@ def segment_report(photo_name: str, segmenter: Segmenter, session: ImageSession,
         image_size=(image.height, image.width),
         proposal_source=session.source if proposals is not None or per_phrase else None,
         proposal_count=len(proposals) if proposals is not None else None,
+        proposals=proposal_list(proposals, segmenter.method.uses_projection_boxes()),
         clip=segmenter.clip_description(),
         method=segmenter.method.name,
         settings=answer.settings.to_dict(),
-        results=[result_json(result, proposal_boxes(result.among(proposals)), name)
+        results=[result_json(result, segmenter.method, result.among(proposals), name)
                  for result, name in zip(answer.results, mask_names)],
         seconds={**session.timings, "answer": answer.seconds},
     )

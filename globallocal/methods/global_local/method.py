@@ -24,7 +24,7 @@ from PIL import Image
 
 from ...data.images import IMAGENET_MEAN, IMAGENET_STD, x800
 from ...models.text import ParsedPhrase
-from ...proposals import Proposals
+from ...proposals import Proposals, tight_boxes
 from ..base import ImageFeatures, Method, SegmentResult, TextEncoder
 from .settings import GlobalLocalSettings
 from .visual import (
@@ -33,7 +33,6 @@ from .visual import (
     resize,
     resnet_masked_features,
     resnet_trunk,
-    tight_boxes,
     vit_masked_features,
     vit_trunk,
 )
@@ -150,6 +149,9 @@ class GlobalLocal(Method):
             self.clip, context.full, proposals.masks, windows, fill, self.crop_chunk_size, settings.antialias
         )
         return {"global": global_features, "local": local}
+
+    def uses_projection_boxes(self) -> bool:
+        return self.settings.crop_box == "projection"
 
     def visual_features(self, image: ImageFeatures) -> torch.Tensor:
         """Blended visual features (N, D) of an image, per the settings."""

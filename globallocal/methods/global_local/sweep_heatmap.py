@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from ...outputs.fonts import fonts
 
 
 def grid_value(result: dict[str, Any], alpha: float, beta: float, metric: str) -> float:
@@ -40,8 +42,7 @@ def draw_heatmap(result: dict[str, Any]) -> Image.Image:
     setting is outlined in red; the best cell of each panel says "best".
     """
     alphas, betas = result["alphas"], result["betas"]
-    title_font, label_font = ImageFont.load_default(size=22), ImageFont.load_default(size=17)
-    value_font, note_font = ImageFont.load_default(size=19), ImageFont.load_default(size=13)
+    title_font, label_font, value_font, note_font = (fonts(size).primary for size in (22, 17, 19, 13))
     cell_w, cell_h, label_w, header_h, gap, margin = 92, 56, 120, 34, 40, 24
     run = result["run"]
     title = f"alpha x beta sweep: {result['dataset']}"

@@ -223,13 +223,3 @@ def local_features(
         encoded = vit_image_features(clip, crops) if clip.family == "vit" else clip.model.encode_image(crops)
         outputs.append(encoded.float())
     return torch.cat(outputs) if outputs else _empty(clip)
-
-
-def tight_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Min/max boxes (x0, y0, x1 + 1, y1 + 1) of bool masks (N, H, W); zeros for empty masks."""
-    boxes = torch.zeros((masks.shape[0], 4), dtype=torch.float32)
-    for i, mask in enumerate(masks):
-        ys, xs = torch.nonzero(mask, as_tuple=True)
-        if len(xs):
-            boxes[i] = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
-    return boxes

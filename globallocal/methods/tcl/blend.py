@@ -133,6 +133,14 @@ class TCLBlend(Method):
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "tcl_weight": self.weight, "tcl": self.tcl.describe()}
 
+    def settings_used(self, image_size: tuple[int, int]) -> dict[str, Any]:
+        # A blend scores proposals with the soft mask: TCL's threshold plays no part.
+        tcl = {key: value for key, value in self.tcl.settings_used(image_size).items() if key != "threshold"}
+        return {**self.inner.settings_used(image_size), "tcl_weight": self.weight, "tcl": tcl}
+
+    def uses_projection_boxes(self) -> bool:
+        return self.inner.uses_projection_boxes()
+
     def image_context(self, image) -> Any:
         return self.inner.image_context(image)
 

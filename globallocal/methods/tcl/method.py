@@ -27,6 +27,7 @@ from .model import TCLModel
 from .network import TCLHead
 from .settings import TEMPLATES, TCLSettings
 from .weights import load_tcl_head, resolve_tcl_weights
+from .windows import SLIDE_STRIDE
 
 
 def threshold_mask(soft: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -79,6 +80,22 @@ class TCL(Method):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "tcl_weights": self.weights}
+
+    def settings_used(self, image_size: tuple[int, int]) -> dict[str, Any]:
+        """The threshold and preprocessing a default left open, resolved, and the geometry of the photo's pass:
+        the network's input size (after the preprocessing's resize), its windows and their stride."""
+        s = self.settings
+        plan = self.model.layout(*image_size, s.window, s.input_preprocessing)
+        first = plan.windows[0]
+        return {
+            **self.describe(),
+            "threshold": s.mask_threshold,
+            "preprocessing": s.input_preprocessing,
+            "input_size": {"height": plan.size[0], "width": plan.size[1]},
+            "windows": len(plan.windows),
+            "window_size": {"height": first.height, "width": first.width},
+            "window_stride": SLIDE_STRIDE if s.window == "slide" else None,
+        }
 
     def image_features(self, image: Image.Image, proposals: Proposals | None) -> dict[str, torch.Tensor]:
         s = self.settings

@@ -1,0 +1,90 @@
+"""`segment --json` and its summary: integer boxes, proposal files, the expression CLIP read (issue 18)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from globallocal.data.phrases import shown
+from globallocal.outputs.answers import JSON_FORMAT, pixel_box_json
+from globallocal.proposals import projection_boxes
+
+
+@pytest.fixture
+def tiny_args(tiny_config_paths, tiny_checkpoints):
+    return ["--clip-model", tiny_config_paths["vit"], "--clip-weights", tiny_checkpoints["vit"]]
+
+
+def _save(mask: np.ndarray, path) -> None:
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+
+
+def test_a_box_is_the_masks_tight_box_in_whole_pixels_with_exclusive_ends():
+    mask = np.zeros((10, 12), dtype=bool)
+    mask[2:5, 3:8] = True  # rows 2..4, columns 3..7
+    mask[3, 5] = False  # a hole does not change the box
+    assert pixel_box_json(mask) == {"x0": 3, "y0": 2, "x1": 8, "y1": 5}
+    assert pixel_box_json(torch.from_numpy(mask)) == {"x0": 3, "y0": 2, "x1": 8, "y1": 5}
+    assert pixel_box_json(np.zeros((4, 4), dtype=bool)) is None
+    assert all(type(value) is int for value in pixel_box_json(mask).values())
+
+
+def test_masks_folder_numbers_proposals_by_file_and_says_which(cli, example, tiny_args, tmp_path):
+    height, width = example["size"]
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    b = np.zeros((height, width), dtype=bool)
+    b[2:5, 3:8] = True
+    b[2:5, 20:22] = True  # two separate blocks: the projection box differs from the tight box
+    a = np.zeros((height, width), dtype=bool)
+    a[10:30, 40:90] = True
+    _save(b, folder / "b.png")  # written first: the order of the folder's names decides, not the writing
+    _save(np.zeros((height, width), dtype=bool), folder / "c_empty.png")
+    _save(a, folder / "a.png")
+    result = cli("segment", example["image"], "the small box", "--masks", folder, "-o", tmp_path / "m.png",
+                 "--json", "-", *tiny_args)
+    assert result.code == 0, result.err
+    assert "empty and were dropped (c_empty.png)" in result.err
+    data = json.loads(result.out)
+    assert data["format"] == JSON_FORMAT == 3 and data["proposals"] == 2
+    assert data["box_format"] == "x0 y0 x1 y1 in whole pixels: the mask's tight box, x1 and y1 exclusive"
+    projection = projection_boxes(torch.from_numpy(np.stack([a, b])))
+    assert data["proposal_list"] == [
+        {"index": 0, "box": {"x0": 40, "y0": 10, "x1": 90, "y1": 30}, "area": 1000, "file": "a.png",
+         "projection_box": dict(zip(("x0", "y0", "x1", "y1"), projection[0].tolist()))},
+        {"index": 1, "box": {"x0": 3, "y0": 2, "x1": 22, "y1": 5}, "area": 21, "file": "b.png",
+         "projection_box": dict(zip(("x0", "y0", "x1", "y1"), projection[1].tolist()))},
+    ]
+    (answer,) = data["results"]
+    chosen = data["proposal_list"][answer["index"]]
+    assert answer["file"] == chosen["file"] and answer["box"] == chosen["box"]
+    assert answer["projection_box"] == chosen["projection_box"]
+    assert f"proposal {answer['index']} ({chosen['file']}), score " in result.err
+
+
+def test_tight_crops_report_no_projection_box(cli, example, tiny_args, tmp_path):
+    result = cli("segment", example["image"], "the chair", "--masks", example["mask_dir"], "--preset",
+                 "no-quirks", "-o", tmp_path / "m.png", "--json", "-", *tiny_args)
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    assert [entry["file"] for entry in data["proposal_list"]] == ["mask_0.png", "mask_1.png", "mask_2.png"]
+    assert all("projection_box" not in entry for entry in data["proposal_list"])
+    assert "projection_box" not in data["results"][0]
+
+
+def test_expression_is_what_clip_read_and_the_summary_shortens_the_phrase(cli, example, tiny_args, tmp_path):
+    words = ("the red chair near the big table " * 15).split()[:100]
+    phrase = " ".join(words)
+    result = cli("segment", example["image"], phrase, "--masks", example["mask_dir"], "-o", tmp_path / "m.png",
+                 "--json", "-", *tiny_args)
+    assert result.code == 0, result.err
+    (answer,) = json.loads(result.out)["results"]
+    assert answer["phrase"] == phrase and answer["truncated"] is True
+    # CLIP's 77 tokens less the start and end tokens, one BPE token per word here.
+    assert answer["expression"] == " ".join(words[:75])
+    summary = [line for line in result.err.splitlines() if ": proposal " in line]
+    assert len(summary) == 1 and summary[0].startswith(shown(phrase)) and phrase not in result.err
