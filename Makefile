@@ -19,10 +19,19 @@ $(STAMP): requirements.lock setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Offline, give the files by hand (README.md, "Offline"): make demo CLIP_WEIGHTS=FILE FREESOLO_WEIGHTS=FILE.
+# CLIP_WEIGHTS is OpenAI's ViT-B/32 file, hence the QuickGELU architecture.
+CLIP_WEIGHTS ?=
+FREESOLO_WEIGHTS ?=
+DEMO_WEIGHTS = $(if $(CLIP_WEIGHTS),--clip-model ViT-B-32-quickgelu --clip-weights "$(CLIP_WEIGHTS)") \
+	$(if $(FREESOLO_WEIGHTS),--freesolo-weights "$(FREESOLO_WEIGHTS)")
+
 demo: install
-	$(BIN)/globallocal segment examples/img_80472.jpg "the man on the right" \
+	@$(BIN)/globallocal segment examples/img_80472.jpg "the man on the right" \
 		-o demo_out/man_on_the_right.png --overlay demo_out/man_on_the_right_overlay.png \
-		--json demo_out/man_on_the_right.json
+		--json demo_out/man_on_the_right.json $(DEMO_WEIGHTS) || { status=$$?; \
+		echo "make demo: model files missing offline? make demo CLIP_WEIGHTS=FILE FREESOLO_WEIGHTS=FILE" \
+			"(README.md, Offline)" >&2; exit $$status; }
 
 serve: install
 	$(BIN)/globallocal serve

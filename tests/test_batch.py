@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 
 import numpy as np
@@ -37,15 +38,20 @@ PAPER = get_method("global-local").settings("paper")
 
 
 class CountingSegmenter(Segmenter):
-    """A Segmenter that counts set_image calls (the photos it paid for)."""
+    """A Segmenter that counts set_image calls (the photos it paid for) and the phrases it answered."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.photos: list[tuple[int, int]] = []
+        self.asked: list[str] = []
 
     def set_image(self, image, proposals=None):
         self.photos.append(getattr(image, "size", None))
         super().set_image(image, proposals)
+
+    def predict_many(self, phrases, require_noun=False):
+        self.asked += phrases
+        return super().predict_many(phrases, require_noun)
 
 
 @pytest.fixture
@@ -191,6 +197,13 @@ def test_bad_lines_are_set_aside_and_the_batch_goes_on(pairs, tmp_path, segmente
     assert "no noun found in the phrase 'far right'" in reasons[6]
 
 
+def test_without_a_terminal_the_progress_is_lines(pairs, tmp_path, segmenter, capsys):
+    run_batch(pairs / "pairs.jsonl", tmp_path / "out", segmenter)
+    lines = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(r"batch: 1/3 photos, [\d.]+ img/s, eta \d+s, 0 lines failed", lines[0]), lines
+    assert re.fullmatch(r"batch: 3/3 photos, [\d.]+ img/s, eta 0s, 1 line failed", lines[-1]), lines
+
+
 def test_stop_and_resume_gives_identical_outputs(pairs, tmp_path, segmenter, tiny_vit, nlp):
     _run(pairs, tmp_path / "full", segmenter)
     out = tmp_path / "resumed"
@@ -230,13 +243,88 @@ def test_csv_gives_the_results_of_jsonl(pairs, tmp_path, segmenter):
         assert (tmp_path / "jsonl" / a["mask"]).read_bytes() == (tmp_path / "csv" / b["mask"]).read_bytes()
 
 
-def test_a_changed_manifest_does_not_resume(pairs, tmp_path, segmenter):
+def _write(path, lines):
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_a_fixed_line_is_all_a_rerun_does(pairs, tmp_path, tiny_vit, nlp):
+    chair = {"id": "chair", "image": "img_44266.jpg", "phrase": "the wooden chair", "masks": "masks_44266"}
+    dog = {"id": "dog", "image": "img_8047.jpg", "phrase": "the dog", "masks": "masks_80472"}  # a typo
+    table = {"id": "table", "image": "img_44266.jpg", "phrase": "", "masks": "masks_44266"}  # no phrase
+    _write(pairs / "three.jsonl", [chair, dog, table])
+    out, first = tmp_path / "out", CountingSegmenter(tiny_vit, nlp, PAPER)
+    summary = _run(pairs, out, first, manifest="three.jsonl")
+    assert (summary["results"], summary["failed_lines"]) == (1, 2) and first.asked == ["the wooden chair"]
+    assert [(e["line"], e["id"]) for e in _jsonl(out / ERRORS_FILE)] == [(2, "dog"), (3, "table")]
+
+    # The photo's path fixed: that line alone runs.
+    _write(pairs / "three.jsonl", [chair, {**dog, "image": "img_80472.jpg"}, table])
+    second = CountingSegmenter(tiny_vit, nlp, PAPER)
+    summary = _run(pairs, out, second, manifest="three.jsonl")
+    assert second.photos == [(640, 427)] and second.asked == ["the dog"]
+    assert (summary["results"], summary["failed_lines"]) == (2, 1)
+    assert [(e["line"], e["id"]) for e in _jsonl(out / ERRORS_FILE)] == [(3, "table")]
+
+    # The phrase fixed: its photo is done again for that phrase alone, the chair's answer kept.
+    _write(pairs / "three.jsonl", [chair, {**dog, "image": "img_80472.jpg"}, {**table, "phrase": "the table"}])
+    third = CountingSegmenter(tiny_vit, nlp, PAPER)
+    summary = _run(pairs, out, third, manifest="three.jsonl")
+    assert len(third.photos) == 1 and third.asked == ["the table"]
+    assert (summary["results"], summary["failed_lines"], summary["failed_outputs"]) == (3, 0, 0)
+    assert [(r["line"], r["id"]) for r in _jsonl(out / RESULTS_FILE)] == [(1, "chair"), (2, "dog"), (3, "table")]
+    assert (out / ERRORS_FILE).read_text() == ""
+    # Each unit recorded once: the photos under their numbers, the fixes under fresh ones.
+    assert [unit["unit_done"] for unit in _jsonl(out / RECORDS_FILE) if "unit_done" in unit] == [0, 1, 2, 3]
+
+    # The same lines in one fresh run give the same answers (the chair's scored with the table's there: float noise).
+    _run(pairs, tmp_path / "fresh", CountingSegmenter(tiny_vit, nlp, PAPER), manifest="three.jsonl")
+    for rerun, fresh in zip(_jsonl(out / RESULTS_FILE), _jsonl(tmp_path / "fresh" / RESULTS_FILE), strict=True):
+        assert {**rerun, "score": pytest.approx(fresh["score"], rel=1e-5)} == fresh
+        assert (out / rerun["mask"]).read_bytes() == (tmp_path / "fresh" / fresh["mask"]).read_bytes()
+
+
+def test_a_rerun_reports_the_manifests_lines_under_their_numbers_now(pairs, tmp_path, tiny_vit, nlp):
+    out = tmp_path / "out"
+    _run(pairs, out, CountingSegmenter(tiny_vit, nlp, PAPER))
+    # Line 1 (id "1", its line number) and the missing photo removed, a line added at the top.
+    added = {"id": "bag", "image": "img_80472.jpg", "phrase": "the bag", "masks": "masks_80472"}
+    _write(pairs / "pairs.jsonl", [added, *LINES[1:3], *LINES[4:]])
+    again = CountingSegmenter(tiny_vit, nlp, PAPER)
+    summary = _run(pairs, out, again)
+    assert again.asked == ["the bag"]
+    assert (summary["lines"], summary["results"], summary["failed_lines"]) == (5, 6, 0)
+    results = _jsonl(out / RESULTS_FILE)
+    assert [(r["line"], r["id"]) for r in results] == [
+        (1, "bag"), (2, "table_0"), (2, "table_1"), (3, "dog"), (4, "cat"), (5, "chair"),
+    ]
+    assert all("key" not in r and "unit" not in r for r in results)
+    assert (out / ERRORS_FILE).read_text() == ""
+    assert (out / "masks" / "1.png").exists()  # a removed line's files stay
+
+
+def test_a_line_changed_and_changed_back_is_redone(pairs, tmp_path, tiny_vit, nlp):
+    """Its mask file holds the changed line's answer by then, so the first record is not reused."""
+    line = {"id": "it", "image": "img_44266.jpg", "phrase": "the wooden chair", "masks": "masks_44266"}
+    out = tmp_path / "out"
+    for phrase in ("the wooden chair", "the table", "the wooden chair"):
+        _write(pairs / "one.jsonl", [{**line, "phrase": phrase}])
+        segmenter = CountingSegmenter(tiny_vit, nlp, PAPER)
+        _run(pairs, out, segmenter, manifest="one.jsonl")
+        assert segmenter.asked == [phrase]
+    _run(pairs, tmp_path / "fresh", CountingSegmenter(tiny_vit, nlp, PAPER), manifest="one.jsonl")
+    assert (out / "masks" / "it.png").read_bytes() == (tmp_path / "fresh" / "masks" / "it.png").read_bytes()
+    assert (out / RESULTS_FILE).read_text() == (tmp_path / "fresh" / RESULTS_FILE).read_text()
+
+
+def test_other_settings_do_not_resume(pairs, tmp_path, segmenter):
     with pytest.raises(BatchStopped):
         _run(pairs, tmp_path / "out", segmenter, stop_after_units=1)
-    with open(pairs / "pairs.jsonl", "a") as handle:
-        handle.write(json.dumps({"image": "img_80472.jpg", "phrase": "one more", "masks": "masks_80472"}) + "\n")
-    with pytest.raises(InputError, match="another manifest"):
-        _run(pairs, tmp_path / "out", segmenter)
+    with pytest.raises(InputError) as caught:
+        _run(pairs, tmp_path / "out", segmenter, rle=True)
+    assert str(caught.value) == (
+        f"{tmp_path / 'out'} holds a run with a different configuration; use another --out or delete that "
+        "directory; it differs in:\n  rle: run false, now true"
+    )
 
 
 def test_cli_batch(cli, pairs, tmp_path, tiny_config_paths, tiny_checkpoints):

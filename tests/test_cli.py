@@ -43,6 +43,8 @@ def test_segment_end_to_end(run, example, tiny_args, tmp_path):
     picture = Image.open(overlay)
     assert picture.mode == "RGB" and picture.width == example["size"][1] and picture.height > example["size"][0]
     assert "the wooden chair" in err and "proposal" in err
+    # No terminal here: the step that takes the time is a line, not a spinner that a log never shows.
+    assert err.splitlines()[0] == "segment: scoring 3 proposals..."
 
 
 def test_several_phrases_write_numbered_files(run, example, tiny_args, tmp_path):

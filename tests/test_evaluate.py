@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -298,8 +299,13 @@ def test_limit_takes_the_first_images_with_the_progress_bar(refer, tmp_path, cap
     report = run_evaluation(_config(refer, tmp_path / "run", limit=2), segmenter, source, progress=True)
     assert source.calls == [11, 12]
     assert report["images_total"] == 2 and report["metrics"]["sentences"] == 11
-    bar = capsys.readouterr().err
-    assert "2/2" in bar and "11 sentences" in bar and f"oIoU {report['metrics']['oIoU']:.2f}" in bar
+    # No terminal here: a line for the first image and one at the end (tests/test_progress.py: the timing).
+    first, last = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(r"evaluate refcoco val: 1/2 images, [\d.]+ img/s, eta \d+s, \d+ sentences, "
+                        r"oIoU [\d.]+  mIoU [\d.]+", first), first
+    metrics = report["metrics"]
+    assert re.fullmatch(rf"evaluate refcoco val: 2/2 images, [\d.]+ img/s, eta 0s, 11 sentences, "
+                        rf"oIoU {metrics['oIoU']:.2f}  mIoU {metrics['mIoU']:.2f}", last), last
     # Everywhere the run is described, the limit is said: of the split's images, how many, and why.
     split = report["images_in_split"]
     assert split > 2 and report["limit"] == 2

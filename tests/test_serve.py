@@ -172,6 +172,18 @@ def test_serve_without_gradio_says_how_to_install_it(run, monkeypatch):
                            "pip install 'globallocal[demo]' (make install does)")
 
 
+def test_the_upload_limit_is_every_commands_image_limit(run):
+    import inspect
+
+    from globallocal.commands.serve import serve
+
+    assert inspect.signature(serve).parameters["max_megapixels"].default.default == 25.0
+    assert inspect.signature(Engine).parameters["max_megapixels"].default == 25.0
+    code, err = run("serve", "--max-megapixels", "30")
+    assert code == 2 and err.strip() == ("error: --max-megapixels 30 is over every command's limit of 25 megapixels; "
+                                         "set GLOBALLOCAL_MAX_PIXELS to raise that one too")
+
+
 def test_invisible_and_huge_phrases_on_the_page(page, example):
     out = _segment(page, example, phrases="\u200b\u200d")
     assert "the phrase is empty" in out[page.status]

@@ -14,7 +14,26 @@ from ..runs.worker import Worker
 from .common import stderr
 from .options import ProposalArgs
 
-__all__ = ["ModelRecipe", "ray_session"]
+__all__ = ["ModelRecipe", "check_model_files", "ray_session"]
+
+
+def check_model_files(
+    clip_model: str | None, clip_weights: str, spacy_model: str | None, generator: ProposalArgs | None
+) -> None:
+    """Before any model loads: the CLIP weights, the spaCy parser and FreeSOLO's checkpoint (with a FreeSOLO
+    ``generator``) that are missing and cannot be downloaded now, all in one message (offline, loading them one
+    by one would name one per attempt)."""
+    from ..models.clip import missing_clip_weights
+    from ..models.hub import require_files
+    from ..models.text import missing_parser
+
+    missing = [missing_clip_weights(clip_model, clip_weights) if clip_model is not None else None]
+    if generator is not None and generator.kind == "freesolo":
+        from ..proposals.freesolo_checkpoint import missing_freesolo_weights
+
+        missing.append(missing_freesolo_weights(generator.freesolo_weights))
+    missing.append(missing_parser(spacy_model))
+    require_files([file for file in missing if file is not None])
 
 
 @dataclass(frozen=True)
@@ -51,6 +70,7 @@ class ModelRecipe:
         from ..models.text import parser_label
         from ..segmenter import Segmenter
 
+        check_model_files(self.clip_model, self.clip_weights, self.spacy_model, self.generator)
         device, precision = device or self.device, precision or self.precision
         method_options = (self.tcl.method_options(self.method) if self.tcl is not None else None) or \
             self.method_options

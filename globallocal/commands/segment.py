@@ -197,7 +197,10 @@ def segment(
     from globallocal.outputs.answers import StageTimer, caption, write_json, write_pictures
     from globallocal.outputs.heatmap import save_soft_outputs
     from globallocal.proposals.files import load_proposals
+    from globallocal.runs.progress import status
     from globallocal.segmenter import Segmenter
+
+    from .recipe import check_model_files
 
     timer = StageTimer()
     device = resolve_device(device)
@@ -205,6 +208,8 @@ def segment(
     candidates = load_proposals(masks, (picture.height, picture.width)) if masks else None
     tcl = tcl.with_weights_found(method)
 
+    check_model_files(clip_model, clip_weights, spacy_model,
+                      source if candidates is None and spec.uses_proposals else None)
     with timer("load_models"):
         segmenter = Segmenter.from_pretrained(
             clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
@@ -219,7 +224,7 @@ def segment(
                                          timer)
     what = (f"scoring {len(candidates)} proposals" if candidates is not None
             else f"{proposals} candidates per phrase" if segmenter.phrase_dependent else f"{method} masks")
-    with stderr.status(f"{what}..."):
+    with status(stderr, f"{what}...", "segment"):
         with timer("image_features"):
             segmenter.set_image(picture, candidates)
         with timer("answer"):
@@ -274,10 +279,12 @@ def generated_proposals(segmenter, source: ProposalArgs, picture, device: str, p
                         timer):
     """The photo's proposals from the generator, or None when they depend on the phrase (SAM 3's concepts): the
     segmenter then asks the generator per phrase, and predict_many batches the noun phrases."""
+    from globallocal.runs.progress import status
+
     with timer("load_proposal_model"):
         generator = source.build(device, keep_order=keep_order, precision=precision)
     if source.phrase_dependent:
         segmenter.proposal_source = generator
         return None
-    with timer("proposals"), stderr.status(f"{source.kind} proposals..."):
+    with timer("proposals"), status(stderr, f"{source.kind} proposals...", "segment"):
         return generator.generate(picture)

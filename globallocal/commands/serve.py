@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ..data.bounded import MAX_MEGAPIXELS, PIXELS_VARIABLE
 from ..errors import InputError
 from .common import stderr
 from .options import (
@@ -81,7 +82,10 @@ def serve(
     sam3_fallback: Sam3FallbackOpt = None,
     sam3_prompt: Sam3PromptOpt = None,
     sam3_answer: Sam3AnswerOpt = None,
-    max_megapixels: float = typer.Option(40.0, help="Refuse uploaded photos larger than this."),
+    max_megapixels: float = typer.Option(
+        MAX_MEGAPIXELS, help=f"Refuse uploaded photos larger than this (at most every command's limit; "
+        f"{PIXELS_VARIABLE} raises that)."
+    ),
     top_k: int = typer.Option(8, help="Proposals shown in the ranked gallery."),
     examples: Path | None = typer.Option(None, help="Folder of example photos (default: the repository's)."),
 ) -> None:
@@ -95,6 +99,9 @@ def serve(
     require_gradio()
     if max_megapixels <= 0 or top_k < 1:
         raise InputError("--max-megapixels must be positive and --top-k at least 1")
+    if max_megapixels > MAX_MEGAPIXELS:
+        raise InputError(f"--max-megapixels {max_megapixels:g} is over every command's limit of {MAX_MEGAPIXELS:g} "
+                         f"megapixels; set {PIXELS_VARIABLE} to raise that one too")
     spec = get_method(method)
     sam3 = Sam3Options.from_arguments(locals())
     sam3.check(spec, proposals)

@@ -37,8 +37,11 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_JSON_BYTES",
     "MAX_LINE_BYTES",
+    "MAX_MEGAPIXELS",
+    "MAX_PIXELS",
     "MAX_SHORT_SIDE",
     "NUMBER",
+    "PIXELS_VARIABLE",
     "JsonError",
     "Shape",
     "check_shape",
@@ -62,6 +65,13 @@ MAX_LINE_BYTES = 1 << 20
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # The largest short side a photo is resized to (--short-side; the paper's is 800): memory grows with its square.
 MAX_SHORT_SIDE = 2048
+# The largest photo (and mask) the pipeline can process within the memory bench/memory.py documents: 24
+# megapixels (6000x4000) peak at 3.4 GB in FreeSOLO's post-processing, 100 full-size masks being 2.3 GB of it.
+# Memory grows with the pixels, so every command (serve's uploads too) refuses a larger picture;
+# GLOBALLOCAL_MAX_PIXELS raises it. Here, not in data.images, so the command line reads it without Pillow.
+PIXELS_VARIABLE = "GLOBALLOCAL_MAX_PIXELS"
+MAX_PIXELS = int(os.environ.get(PIXELS_VARIABLE, "") or 25_000_000)
+MAX_MEGAPIXELS = MAX_PIXELS / 1_000_000
 
 
 class JsonError(InputError):

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError, InputError
-from .bounded import read_regular
+from .bounded import MAX_PIXELS, PIXELS_VARIABLE, read_regular
 
 if TYPE_CHECKING:
     import torch
@@ -28,14 +28,8 @@ _DEFERRED: ContextVar[list[tuple[str, Path]] | None] = ContextVar("deferred_rena
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# The largest photo (and mask) the pipeline can process within the memory
-# bench/memory.py documents: 24 megapixels (6000x4000) peak at 3.4 GB in
-# FreeSOLO's post-processing, 100 full-size masks being 2.3 GB of it. Memory
-# grows with the pixels, so a larger picture is refused by its header, before
-# any pixel is decoded (which also stops decompression bombs: Pillow's own
-# check only warns below twice its limit); GLOBALLOCAL_MAX_PIXELS raises it.
-PIXELS_VARIABLE = "GLOBALLOCAL_MAX_PIXELS"
-MAX_PIXELS = int(os.environ.get(PIXELS_VARIABLE, "") or 25_000_000)
+# A picture over MAX_PIXELS (data.bounded) is refused by its header, before any pixel is decoded (which also
+# stops decompression bombs: Pillow's own check only warns below twice its limit).
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 # A compressed file is smaller than its pixels (16-bit RGBA: 8 bytes each), plus room for metadata.
 _BYTES_PER_PIXEL = 8

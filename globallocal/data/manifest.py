@@ -18,7 +18,9 @@ others go on.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,16 @@ class BatchLine:
     image: Path
     phrases: tuple[str, ...]
     masks: Path | None
+    key: str = field(init=False, repr=False, compare=False)
+    """What the line asks, whatever its place in the file: a hash of its resolved photo and masks, phrases and id.
+    ``batch`` records each output under it, so a rerun after other lines were edited, added, removed or moved
+    reuses this one's work (a line without an id is named by its number, so moving it changes its id)."""
+
+    def __post_init__(self) -> None:
+        # Computed where the manifest is read, so Ray actors that mount the photos elsewhere record the same key.
+        masks = str(self.masks.resolve()) if self.masks else None
+        asked = [str(self.image.resolve()), list(self.phrases), self.id, masks]
+        object.__setattr__(self, "key", hashlib.sha256(json.dumps(asked).encode("utf-8")).hexdigest()[:24])
 
     @property
     def output_ids(self) -> tuple[str, ...]:

@@ -22,7 +22,7 @@ from open_clip.transformer import QuickGELU
 from ..errors import InputError, WeightsError, first_line
 from .architectures import architecture_config, image_tower_family
 from .devices import PRECISION_NAMES, check_device, check_precision
-from .hub import cached_hub_file, require_hub_files
+from .hub import MissingFile, cached_hub_file, require_hub_files
 from .weights import unsafe_checkpoint, unsafe_message
 
 PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
@@ -279,6 +279,30 @@ def guess_architectures(state: dict[str, torch.Tensor], limit: int = 3) -> list[
     return found[:limit]
 
 
+def _hub_files(name: str, tag: str, hub_id: str) -> tuple[str, list[str], MissingFile]:
+    """A pretrained tag's hub repository, the file names it may have there, and what it is and how to provide it
+    by hand should it be missing."""
+    # open_clip writes "org/repo/" for the default file name, "org/repo/file" otherwise.
+    repo_id, filename = os.path.split(hub_id)
+    candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    return repo_id, candidates, MissingFile(f"CLIP weights {name}/{tag} ({repo_id})",
+                                            _weights_fix(name, tag, repo_id, candidates[0]))
+
+
+def missing_clip_weights(name: str, weights: str) -> MissingFile | None:
+    """The hub file of a pretrained tag when it is not in the cache (None for a local file, ``random``, or a tag
+    that :func:`load_clip` refuses by itself), without loading anything."""
+    if weights == "random" or os.path.isfile(weights) or name.endswith(".json"):
+        return None
+    if weights not in open_clip.list_pretrained_tags_by_model(name):
+        return None
+    hub_id = open_clip.get_pretrained_cfg(name, weights).get("hf_hub", "")
+    repo_id, candidates, missing = _hub_files(name, weights, hub_id)
+    if not hub_id or cached_hub_file(repo_id, candidates) is not None:
+        return None
+    return missing
+
+
 def _load_pretrained_tag(name: str, tag: str, config: dict[str, Any]) -> open_clip.CLIP:
     """The model with an open_clip pretrained tag's weights: the cached hub file if there is one, else open_clip's."""
     tags = open_clip.list_pretrained_tags_by_model(name)
@@ -291,10 +315,8 @@ def _load_pretrained_tag(name: str, tag: str, config: dict[str, Any]) -> open_cl
         )
     pretrained_cfg = open_clip.get_pretrained_cfg(name, tag)
     hub_id = pretrained_cfg.get("hf_hub", "")
-    # open_clip writes "org/repo/" for the default file name, "org/repo/file" otherwise.
-    repo_id, filename = os.path.split(hub_id)
-    candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-    fix = _weights_fix(name, tag, repo_id, candidates[0])
+    repo_id, candidates, missing = _hub_files(name, tag, hub_id)
+    fix = missing.fix
     # OpenAI trained with QuickGELU; open_clip's plain configs use nn.GELU.
     quick_gelu = tag == "openai"
     if hub_id:
@@ -307,7 +329,7 @@ def _load_pretrained_tag(name: str, tag: str, config: dict[str, Any]) -> open_cl
             model.visual.image_mean = pretrained_cfg.get("mean") or OPENAI_DATASET_MEAN
             model.visual.image_std = pretrained_cfg.get("std") or OPENAI_DATASET_STD
             return model
-        require_hub_files(repo_id, candidates, f"CLIP weights {name}/{tag} ({repo_id})", fix)
+        require_hub_files(repo_id, candidates, missing.what, fix)
     try:
         return open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick_gelu)
     except Exception as error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -74,6 +75,10 @@ def cached_hub_file(repo_id: str, filenames: list[str]) -> Path | None:
     return None
 
 
+def _unavailable(what: str, reason: str, fix: str) -> str:
+    return f"{what} is not available locally and could not be downloaded ({reason}); {fix}"
+
+
 def require_hub_files(repo_id: str, filenames: list[str], what: str, fix: str) -> None:
     """Raise a one-line :class:`WeightsError` now unless a download can succeed.
 
@@ -84,7 +89,37 @@ def require_hub_files(repo_id: str, filenames: list[str], what: str, fix: str) -
         return
     reason = hub_unreachable_reason()
     if reason is not None:
-        raise WeightsError(f"{what} is not available locally and could not be downloaded ({reason}); {fix}")
+        raise WeightsError(_unavailable(what, reason, fix))
+
+
+@dataclass(frozen=True)
+class MissingFile:
+    """A file the models need that is not on this machine: what it is, how to get it, and whether a download
+    from the hub would fetch it (spaCy's models are installed as packages, never downloaded by a run)."""
+
+    what: str
+    fix: str
+    downloadable: bool = True
+
+
+def require_files(missing: list[MissingFile]) -> None:
+    """Before any model loads: one :class:`WeightsError` naming every missing file, when a download cannot help.
+
+    Offline, loading the models one after the other would name one missing
+    file per attempt; this names them all at once. Nothing is raised when
+    every missing file can be downloaded now (the loaders fetch them), nor
+    for a missing spaCy model alone (its loader says how to install it). One
+    file is the loaders' own one-line message; several are one line each.
+    """
+    downloadable = [file for file in missing if file.downloadable]
+    reason = hub_unreachable_reason() if downloadable else None
+    if reason is None:
+        return
+    if len(missing) == 1:
+        raise WeightsError(_unavailable(missing[0].what, reason, missing[0].fix))
+    listed = "".join(f"\n  {file.what}: {file.fix}" for file in missing)
+    raise WeightsError(f"{len(missing)} files the models need are not on this machine, and none can be downloaded "
+                       f"now ({reason}); provide each, then run again:{listed}")
 
 
 def download_hub_file(repo_id: str, filename: str, what: str, fix: str) -> Path:

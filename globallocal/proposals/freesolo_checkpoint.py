@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import WeightsError
-from ..models.hub import cached_hub_file, download_hub_file, weights_folders
+from ..models.hub import MissingFile, cached_hub_file, download_hub_file, weights_folders
 from ..models.weights import load_checkpoint_tensors, weights_identity
 from .solov2 import FreeSOLONet
 
@@ -30,6 +30,7 @@ __all__ = [
     "checkpoint_key_map",
     "default_weights_dirs",
     "load_freesolo",
+    "missing_freesolo_weights",
     "module_key_to_checkpoint_key",
     "resolve_freesolo_weights",
 ]
@@ -122,6 +123,34 @@ def _freesolo_download_fix(folder: Path) -> str:
     )
 
 
+def _local_weights(path: str | os.PathLike[str] | None) -> Path | None:
+    """The checkpoint on this machine, in the order of :func:`resolve_freesolo_weights`; None: not here."""
+    for given, origin in ((path, "FreeSOLO weights"), (os.environ.get(WEIGHTS_ENV) or None, WEIGHTS_ENV)):
+        if given is None:
+            continue
+        candidate = Path(given).expanduser()
+        if not candidate.is_file():
+            raise WeightsError(f"{origin} file not found: {candidate}")
+        return candidate
+    for folder in default_weights_dirs():
+        if (folder / FREESOLO_FILENAME).is_file():
+            return folder / FREESOLO_FILENAME
+    return cached_hub_file(FREESOLO_REPO_ID, [FREESOLO_FILENAME])
+
+
+def _missing() -> MissingFile:
+    folders = default_weights_dirs()
+    searched = " or ".join(str(folder) for folder in folders)
+    return MissingFile(f"FreeSOLO weights {FREESOLO_FILENAME} (not in {searched} nor the Hugging Face cache)",
+                       _freesolo_download_fix(folders[0]))
+
+
+def missing_freesolo_weights(path: str | os.PathLike[str] | None = None) -> MissingFile | None:
+    """What :func:`resolve_freesolo_weights` would have to download (None: the checkpoint is here), without
+    downloading; a ``path`` or ``GLOBALLOCAL_FREESOLO_WEIGHTS`` that names no file is refused at once."""
+    return None if _local_weights(path) is not None else _missing()
+
+
 def resolve_freesolo_weights(path: str | os.PathLike[str] | None = None) -> Path:
     """The FreeSOLO checkpoint file to use, downloading it if needed.
 
@@ -135,25 +164,11 @@ def resolve_freesolo_weights(path: str | os.PathLike[str] | None = None) -> Path
     failure it raises :class:`WeightsError` within seconds, naming the file,
     where to put it and where to get it.
     """
-    for given, origin in ((path, "FreeSOLO weights"), (os.environ.get(WEIGHTS_ENV) or None, WEIGHTS_ENV)):
-        if given is None:
-            continue
-        candidate = Path(given).expanduser()
-        if not candidate.is_file():
-            raise WeightsError(f"{origin} file not found: {candidate}")
-        return candidate
-
-    folders = default_weights_dirs()
-    for folder in folders:
-        if (folder / FREESOLO_FILENAME).is_file():
-            return folder / FREESOLO_FILENAME
-    cached = cached_hub_file(FREESOLO_REPO_ID, [FREESOLO_FILENAME])
-    if cached is not None:
-        return cached
-
-    searched = " or ".join(str(folder) for folder in folders)
-    what = f"FreeSOLO weights {FREESOLO_FILENAME} (not in {searched} nor the Hugging Face cache)"
-    downloaded = download_hub_file(FREESOLO_REPO_ID, FREESOLO_FILENAME, what, _freesolo_download_fix(folders[0]))
+    found = _local_weights(path)
+    if found is not None:
+        return found
+    missing = _missing()
+    downloaded = download_hub_file(FREESOLO_REPO_ID, FREESOLO_FILENAME, missing.what, missing.fix)
     if not _is_released_file(downloaded):
         downloaded.unlink(missing_ok=True)
         raise WeightsError(

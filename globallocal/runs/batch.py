@@ -6,8 +6,11 @@ those lines is answered. Units go through a :class:`~globallocal.runs.runfolder.
 like ``evaluate``'s images: one record per output, then a unit-done marker,
 fsynced; a run killed at any moment (SIGKILL included) redoes at most the
 unit it was in, and a resumed run writes exactly what an uninterrupted one
-does. The manifest's content is part of the run's configuration, so a
-changed manifest is refused instead of mixed in. The units are done by
+does. The run's configuration is its settings, not the manifest: every
+record carries its line's :attr:`~globallocal.data.manifest.BatchLine.key`,
+so a rerun after lines were fixed, added, removed or moved does only the
+lines whose key has no record yet, and reports the manifest's lines alone
+(the records and files of removed lines stay). The units are done by
 :class:`~globallocal.runs.batch_step.BatchStep` in this process, or by the
 same step in a pool of Ray actors (``ray``: :mod:`~globallocal.runs.ray_engine`);
 this process alone writes the folder either way.
@@ -27,29 +30,31 @@ when the run finishes, in manifest order.
 from __future__ import annotations
 
 import functools
-import hashlib
+import itertools
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from ..data.images import save_text
 from ..data.manifest import BatchLine, Manifest, read_manifest
 from ..models.weights import weights_change, weights_identity
 from .batch_step import BatchOptions, BatchStep, ProposalSource, Unit
-from .progress import RateColumn, RemainingColumn
-from .runfolder import RunFolder, UnitLayout, UnitResult
+from .progress import LoggedProgress, RateColumn, RemainingColumn
+from .runfolder import CompletedUnit, RunFolder, UnitLayout, UnitResult
 
 __all__ = ["ERRORS_FILE", "RESULTS_FILE", "BatchStopped", "Unit", "group_units", "run_batch"]
 
 RESULTS_FILE = "results.jsonl"
 ERRORS_FILE = "errors.jsonl"
 PHOTO_UNITS = UnitLayout(marker="unit_done", member="unit", count="outputs",
-                         record={"unit": int, "line": int, "id": str, "error?": str})
-_FORMAT = 1
+                         record={"unit": int, "key": str, "line": int, "id": str, "error?": str})
+_FORMAT = 2  # 2: records carry their line's key; the manifest is no longer part of the configuration
+_BOOKKEEPING = ("unit", "key")  # the record fields results.jsonl and errors.jsonl leave out
 
 
 class BatchStopped(KeyboardInterrupt):
@@ -70,9 +75,26 @@ def _batch_step(options: BatchOptions, worker: Any) -> BatchStep:
     return BatchStep(worker.segmenter, worker.image_source(), options)
 
 
-def _manifest_digest(path: Path) -> str:
-    with open(path, "rb") as handle:  # in pieces: a manifest may be far larger than memory allows
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+def _latest(completed: list[CompletedUnit]) -> dict[str, dict[str, Any]]:
+    """The last record of each output id: the one whose files masks/<id>.png (and the overlay) now hold, since
+    a later line of the same id, in a session with an edited manifest, overwrote an earlier line's."""
+    return {record["id"]: record for unit in completed for record in unit.records}
+
+
+def _done(line: BatchLine, latest: dict[str, dict[str, Any]]) -> bool:
+    return all(latest.get(output, {}).get("key") == line.key for output in line.output_ids)
+
+
+def _todo(units: list[Unit], latest: dict[str, dict[str, Any]], recorded: set[int]) -> list[Unit]:
+    """Each photo's lines not yet done, under the photo's number, or a fresh one where that number is recorded
+    already (a photo with some lines done, on a rerun with an edited manifest): a unit is recorded once."""
+    fresh = itertools.count(max(recorded | {len(units) - 1}) + 1)
+    todo = []
+    for unit in units:
+        lines = tuple(line for line in unit.lines if not _done(line, latest))
+        if lines:
+            todo.append(replace(unit, number=unit.number if unit.number not in recorded else next(fresh), lines=lines))
+    return todo
 
 
 def lines_failed(count: int) -> str:
@@ -80,12 +102,15 @@ def lines_failed(count: int) -> str:
     return f"{count} line{'' if count == 1 else 's'} failed"
 
 
-def _write_outputs(out_dir: Path, manifest: Manifest, records: list[dict[str, Any]]) -> tuple[int, int, int]:
-    """results.jsonl and errors.jsonl in manifest order; (results, failed outputs, failed lines)."""
-    results = [{k: v for k, v in r.items() if k != "unit"} for r in records if "error" not in r]
-    failures = [{k: v for k, v in r.items() if k != "unit"} for r in records if "error" in r]
-    failures += [error.to_json() for error in manifest.errors]
-    results.sort(key=lambda r: r["line"])
+def _write_outputs(out_dir: Path, manifest: Manifest, latest: dict[str, dict[str, Any]]) -> tuple[int, int, int]:
+    """results.jsonl and errors.jsonl of the manifest's lines, in its order, each output once and under its line's
+    number now; (results, failed outputs, failed lines)."""
+    results, failures = [], [error.to_json() for error in manifest.errors]
+    for line in manifest.lines:
+        for output in line.output_ids:
+            entry = {key: value for key, value in latest[output].items() if key not in _BOOKKEEPING}
+            entry["line"] = line.line
+            (failures if "error" in entry else results).append(entry)
     failures.sort(key=lambda r: r["line"])
     save_text("".join(json.dumps(r) + "\n" for r in results), out_dir / RESULTS_FILE)
     save_text("".join(json.dumps(r) + "\n" for r in failures), out_dir / ERRORS_FILE)
@@ -136,8 +161,6 @@ def run_batch(
     weights = dict(weights or {})
     identity = json.loads(json.dumps({
         "format": _FORMAT,
-        "manifest": str(manifest.path.resolve()),
-        "manifest_sha256": _manifest_digest(manifest.path),
         "masks": str(masks.resolve()) if masks else None,
         "settings": settings or {},
         "weights": {role: weights_identity(path) for role, path in sorted(weights.items())},
@@ -147,16 +170,15 @@ def run_batch(
     }, sort_keys=True, default=str))
 
     def explain(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
-        if stored.get("manifest_sha256") != current["manifest_sha256"]:
-            return f"another manifest (the content of {manifest.path} changed since)"
         return weights_change(stored.get("weights"), current.get("weights"), weights)
 
     options = BatchOptions(rle=rle, overlays=overlays, allow_no_noun=allow_no_noun)
     with RunFolder(out_dir, PHOTO_UNITS) as folder:
         folder.check_config(identity, explain=explain)
         folder.open_records()
-        done = {unit.marker["unit_done"] for unit in folder.read_completed()}
-        todo = [unit for unit in units if unit.number not in done]
+        completed = folder.read_completed()
+        latest = _latest(completed)
+        todo = _todo(units, latest, {unit.marker["unit_done"] for unit in completed})
         if ray is None:
             step = BatchStep(segmenter, proposal_source, options)
             finished: Iterator[UnitResult] = (step(unit) for unit in todo)
@@ -169,22 +191,22 @@ def run_batch(
             TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), RateColumn(),
             TextColumn("{task.fields[failed]}"), TimeElapsedColumn(), RemainingColumn(),
         )
-        with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+        with LoggedProgress(*columns, console=Console(stderr=True), unit="photos", disable=not progress) as bar:
             resumed = len(units) - len(todo)  # the rate and ETA count this session's photos only
-            # Failed lines, as the summary counts them: unusable manifest lines and those of finished photos too.
+            # Failed lines, as the summary counts them: unusable manifest lines and the done lines that failed.
             failed = {error.line for error in manifest.errors}
-            failed |= {record["line"] for unit in folder.read_completed() for record in unit.records
-                       if "error" in record}
+            failed |= {line.line for line in manifest.lines if _done(line, latest)
+                       and any("error" in latest[output] for output in line.output_ids)}
             task = bar.add_task("batch", total=len(units), completed=resumed, resumed_at=resumed,
                                 failed=lines_failed(len(failed)))
             for count, result in enumerate(finished, start=1):
                 failed |= {record["line"] for record in result.records if "error" in record}
                 folder.record(result, out_dir)
                 bar.update(task, advance=1, failed=lines_failed(len(failed)))
+                latest.update((record["id"], record) for record in result.records)
                 if stop_after_units is not None and count >= stop_after_units and count < len(todo):
                     raise BatchStopped(f"stopped after {count} photos")
-        records = [record for unit in folder.read_completed() for record in unit.records]
-    results, failed_outputs, failed_lines = _write_outputs(out_dir, manifest, records)
+    results, failed_outputs, failed_lines = _write_outputs(out_dir, manifest, latest)
     return {
         "lines": manifest.line_count,
         "photos": len(units),

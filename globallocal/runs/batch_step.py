@@ -34,7 +34,7 @@ ProposalSource = Callable[[Image.Image], Proposals]
 
 @dataclass(frozen=True)
 class Unit:
-    """The lines that share a photo and its proposals, in manifest order."""
+    """The lines that share a photo and its proposals, in manifest order (those still to do, on a rerun)."""
 
     number: int
     image: Path
@@ -61,7 +61,7 @@ def _rle(mask: np.ndarray) -> dict[str, Any]:
 
 
 def _failed(unit: Unit, line: BatchLine, output: str, reason: str) -> dict[str, Any]:
-    return {"unit": unit.number, "line": line.line, "id": output, "error": reason}
+    return {"unit": unit.number, "key": line.key, "line": line.line, "id": output, "error": reason}
 
 
 def _outputs(unit: Unit) -> list[tuple[BatchLine, str, str]]:
@@ -125,8 +125,8 @@ class BatchStep:
                 continue
             mask = result.mask.numpy()
             record = {
-                "unit": unit.number, "line": line.line, "id": output, "image": str(unit.image), "phrase": phrase,
-                "noun_phrase": result.noun_phrase, "index": result.index, "score": result.score,
+                "unit": unit.number, "key": line.key, "line": line.line, "id": output, "image": str(unit.image),
+                "phrase": phrase, "noun_phrase": result.noun_phrase, "index": result.index, "score": result.score,
                 **result.candidate_fields(), "mask": f"masks/{output}.png",
             }
             files[record["mask"]] = mask_png_bytes(mask)

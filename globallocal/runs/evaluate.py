@@ -44,13 +44,7 @@ from typing import Any
 
 from PIL import Image
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from ..data.bounded import read_json
 from ..data.datasets import EvaluationDataset, open_dataset
@@ -66,7 +60,7 @@ from .evaluation_records import IMAGE_UNITS, CompletedImage, add_record, read_re
 from .evaluation_report import REPORT_JSON, REPORT_MD, build_report, report_markdown
 from .evaluation_step import EvaluationStep, ProposalSource, per_image
 from .metrics import MetricAccumulator
-from .progress import RateColumn, RemainingColumn
+from .progress import LoggedProgress, RateColumn, RemainingColumn
 from .runfolder import (
     CONFIG_FILE,
     RECORDS_FILE,
@@ -271,13 +265,13 @@ def _evaluate_share(
         TimeElapsedColumn(),
         RemainingColumn(),
     )
-    description = f"{config.dataset} {config.split}"
+    description = f"evaluate {config.dataset} {config.split}"
     if place.world_size > 1:
         description += f" (rank 0's share of {place.world_size})"
     console = Console(stderr=True)
     if progress and place.is_main and len(share) > len(todo):
         console.print(f"resuming: {len(share) - len(todo)} of {len(share)} images done")
-    with Progress(*columns, console=console, disable=not (progress and place.is_main)) as bar:
+    with LoggedProgress(*columns, console=console, unit="images", disable=not (progress and place.is_main)) as bar:
         task = bar.add_task(
             description,
             total=len(share),

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..data.bounded import MAX_MEGAPIXELS
 from ..data.images import load_image, open_checked
 from ..errors import ImageError, InputError
 from ..methods import ImageFeatures, MethodSettings, SegmentResult, available_methods
@@ -94,7 +95,7 @@ class Engine:
         load_segmenter: Callable[[str], Segmenter],
         build_generator: Callable[[str], Any],
         default_method: str,
-        max_megapixels: float = 40.0,
+        max_megapixels: float = MAX_MEGAPIXELS,
         allow_no_noun: bool = False,
         methods: Sequence[str] | None = None,
     ) -> None:
