@@ -134,8 +134,9 @@ def _reference_clip(name: str):
     return ClipBundle(model, open_clip.tokenizer.SimpleTokenizer(), name, "random", family, 77)
 
 
-def _proposal_source(kind: str, count: int, device: str):
-    """FreeSOLO with random weights capped at ``count`` masks, or ``count`` random blobs (no proposal cost)."""
+def _proposal_source(kind: str, count: int, device: str, precision: str = "fp32"):
+    """FreeSOLO with random weights capped at ``count`` masks (its network in ``precision``, as --precision runs
+    it), or ``count`` random blobs (no proposal cost)."""
     import torch
 
     from globallocal.proposals import Proposals
@@ -152,7 +153,7 @@ def _proposal_source(kind: str, count: int, device: str):
         net.ins_head.cate_pred.bias.fill_(4.0)
     # What load_freesolo hands the generator: batch norm folded, channels-last.
     net = net.fold_frozen_batchnorm().to(device=device, memory_format=torch.channels_last)
-    generator = FreeSOLOGenerator(net, max_proposals=count)
+    generator = FreeSOLOGenerator(net, max_proposals=count, precision=precision)
     return generator.generate
 
 
@@ -255,7 +256,7 @@ def run_one(pipeline: str, model: str, source: str, proposals: int, images: int,
             source, proposals, device)
     else:
         clip = load_clip(model, "random", device=device, precision=precision)
-        propose = _proposal_source(source, proposals, device)
+        propose = _proposal_source(source, proposals, device, precision)
     settings = get_method("global-local").settings("paper")
     function = reference_structured if pipeline == "reference" else globallocal_path
     function(clip, nlp, photos[:1], propose, settings)  # warm-up: first-call allocations, lazy init
