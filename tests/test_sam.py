@@ -310,7 +310,8 @@ def test_builder_hands_freesolo_its_own_options(monkeypatch):
         "freesolo", weights="w.pth", device="cpu", max_proposals=7, score_threshold=0.2, min_area=None
     )
     assert made == "generator"
-    assert calls == [{"weights": "w.pth", "device": "cpu", "max_proposals": 7, "score_threshold": 0.2}]
+    assert calls == [{"weights": "w.pth", "device": "cpu", "max_proposals": 7, "score_threshold": 0.2,
+                      "precision": "fp32"}]
 
 
 def test_builder_refuses_unknown_kinds_and_sam_options_for_freesolo():
