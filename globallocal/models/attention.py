@@ -48,6 +48,11 @@ def _attend(attention: torch.nn.MultiheadAttention, query: torch.Tensor, keys: t
     return attention.out_proj(out.transpose(1, 2).reshape(batch, queries, width))
 
 
+def _feed_forward(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The block's second residual half: its MLP on the attention's output, row by row."""
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
 def _whole(block: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``block`` itself on batch-first tokens, whatever layout its attention takes."""
     batch_first = getattr(getattr(block, "attn", None), "batch_first", True)
@@ -66,8 +71,7 @@ def residual_block(block: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor |
     if mask is None or attention is None or mask.dtype == torch.bool:
         return _whole(block, x, mask)
     normed = block.ln_1(x)
-    x = x + block.ls_1(_attend(attention, normed, normed, mask.to(x.dtype)))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    return _feed_forward(block, x + block.ls_1(_attend(attention, normed, normed, mask.to(x.dtype))))
 
 
 def class_token_block(block: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -86,5 +90,4 @@ def class_token_block(block: torch.nn.Module, x: torch.Tensor, mask: torch.Tenso
         return _whole(block, x, mask)[:, :1]
     normed = block.ln_1(x)
     row_mask = None if mask is None else mask[..., :1, :].to(x.dtype)
-    out = x[:, :1] + block.ls_1(_attend(attention, normed[:, :1], normed, row_mask))
-    return out + block.ls_2(block.mlp(block.ln_2(out)))
+    return _feed_forward(block, x[:, :1] + block.ls_1(_attend(attention, normed[:, :1], normed, row_mask)))

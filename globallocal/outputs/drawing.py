@@ -133,8 +133,9 @@ def answers_picture(image: Image.Image, masks: Sequence[np.ndarray], captions: S
         _fill(rgb, mask, color)
     earlier: dict[bytes, int] = {}
     for mask, color in zip(shown, colors):
-        same = earlier.get(mask.tobytes(), 0)
-        earlier[mask.tobytes()] = same + 1
+        key = mask.tobytes()
+        same = earlier.get(key, 0)
+        earlier[key] = same + 1
         _outline(rgb, mask, color, OUTLINE_GAP * same)
     return with_caption(np.round(rgb).astype(np.uint8), list(zip(captions, colors)))
 
