@@ -107,7 +107,7 @@ def timed_run(args: list[str], out: Path, env: dict[str, str] | None = None) -> 
     """Run ``globallocal batch`` in a process; wall time, photos/s after the first photo, cores busy."""
     records = out / "records.jsonl"
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "cli", "batch", *args, "-o", str(out)], cwd=REPO,
+    process = subprocess.Popen([sys.executable, "-m", "globallocal", "batch", *args, "-o", str(out)], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, **(env or {})})
     marks: list[float] = []  # when each photo's marker appeared

@@ -131,7 +131,7 @@ class CliResult:
 @pytest.fixture
 def cli(monkeypatch, capsys):
     """Run the `globallocal` command in-process: cli(*args) -> CliResult(code, out, err)."""
-    import cli as cli_module
+    from globallocal import cli as cli_module
 
     def invoke(*args) -> CliResult:
         monkeypatch.setattr(sys, "argv", ["globallocal", *map(str, args)])

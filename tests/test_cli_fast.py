@@ -22,7 +22,7 @@ HEAVY = ("torch", "open_clip", "spacy", "torchvision")
 RUNNER = r"""
 import contextlib, io, json, sys, time
 sys.argv = ["globallocal"]
-import cli  # the command line's own imports (typer, rich) are part of every answer
+from globallocal import cli  # the command line's own imports (typer, rich) are part of every answer
 answers = []
 for args in json.load(sys.stdin):
     sys.argv = ["globallocal", *args]

@@ -88,7 +88,7 @@ def test_importing_the_cli_loads_no_heavy_library():
     script = (
         "import sys, time\n"
         "start = time.perf_counter()\n"
-        "import cli\n"
+        "from globallocal import cli\n"
         "took = time.perf_counter() - start\n"
         "print([name for name in ('torch', 'open_clip', 'spacy', 'torchvision') if name in sys.modules])\n"
         "print(took)\n"
@@ -97,7 +97,7 @@ def test_importing_the_cli_loads_no_heavy_library():
     heavy, took = done.stdout.splitlines()
     assert heavy == "[]", done.stdout
     start = time.perf_counter()
-    help_run = subprocess.run([sys.executable, "cli.py", "segment", "--help"], cwd=REPO, capture_output=True,
+    help_run = subprocess.run([sys.executable, "-m", "globallocal", "segment", "--help"], cwd=REPO, capture_output=True,
                               text=True)
     print(f"import cli: {float(took):.2f} s; segment --help: {time.perf_counter() - start:.2f} s (machine load "
           f"{os.getloadavg()[0]:.1f})")
@@ -107,7 +107,7 @@ def test_importing_the_cli_loads_no_heavy_library():
 def test_device_defaults_to_auto_on_every_command(monkeypatch):
     import torch
 
-    import cli
+    from globallocal import cli
     from globallocal.models.clip import resolve_device
 
     for command in cli.app.registered_commands:
@@ -284,7 +284,7 @@ def _umask() -> int:
 
 
 def test_default_run_folder_names_tell_ablations_apart():
-    from cli import default_run_dir
+    from globallocal.cli import default_run_dir
 
     base = default_run_dir("refcoco", "val", "global-local", "paper-refcoco", "ViT-B-32", "freesolo")
     assert base == Path("runs/refcoco_val_global-local_paper-refcoco_ViT-B-32_freesolo")

@@ -14,7 +14,7 @@ import pytest
 import torch.distributed as dist
 from refer_fixtures import build_refer
 
-import cli
+from globallocal import cli
 from globallocal.errors import InputError
 from globallocal.runs.distributed import Distributed, distributed_session, from_environment
 from globallocal.runs.evaluate import CONFIG_FILE, RECORDS_FILE, REPORT_JSON
@@ -115,7 +115,7 @@ def test_two_gloo_processes_resume_and_report_what_one_process_does(
 
     process = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "cli", *map(str, args), "--out", str(resumed)],
+         "-m", "globallocal", *map(str, args), "--out", str(resumed)],
         cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
             timeout=240,
     )

@@ -78,3 +78,12 @@ def test_the_registry_is_the_only_place_that_names_every_method():
             text = path.read_text()
             named = [folder for folder in METHOD_FOLDERS if f"methods.{folder}" in text or f"methods/{folder}" in text]
             assert not named, f"{path.relative_to(PACKAGE)} names the method module(s) {named}"
+
+
+def test_the_command_line_lives_in_the_package():
+    """No top-level module is installed into site-packages beside the package (a module named ``cli`` would
+    shadow, or be shadowed by, any other project's)."""
+    setup = (PACKAGE.parent / "setup.cfg").read_text()
+    assert "py_modules" not in setup
+    assert "globallocal = globallocal.cli:main" in setup
+    assert not [path.name for path in PACKAGE.parent.glob("*.py")]

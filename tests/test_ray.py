@@ -80,7 +80,7 @@ def reference(pairs, tiny, tmp_path_factory):
     """The single-process batch of the manifest (with overlays and RLE), run by another process."""
     out = tmp_path_factory.mktemp("single") / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "cli", "batch", pairs, "-o", out, "--overlays", "--rle", *tiny],
+        [sys.executable, "-m", "globallocal", "batch", pairs, "-o", out, "--overlays", "--rle", *tiny],
         cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 1 and "1 line failed" in done.stderr, done.stderr
@@ -183,7 +183,7 @@ def test_a_killed_actor_is_restarted_and_its_photo_retried(cluster, pairs, tiny_
 def test_a_killed_driver_resumes_exactly(cluster, cli, pairs, tiny, reference, tmp_path):
     out = tmp_path / "out"
     args = [str(arg) for arg in _batch(pairs, out, tiny, "--ray", cluster, "--ray-actors", "2")]
-    driver = subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=REPO, stderr=subprocess.PIPE,
+    driver = subprocess.Popen([sys.executable, "-m", "globallocal", *args], cwd=REPO, stderr=subprocess.PIPE,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.monotonic() + 240
     while not (out / RECORDS_FILE).exists() or b'"unit_done"' not in (out / RECORDS_FILE).read_bytes():

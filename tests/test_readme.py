@@ -21,7 +21,7 @@ import typer
 from PIL import Image
 from test_cli_tcl import tcl_checkpoint  # noqa: F401 - the fixture: a tiny TCL head under the released names
 
-import cli
+from globallocal import cli
 import globallocal
 from globallocal.methods.tcl import blend as tcl_blend
 from globallocal.proposals import sources

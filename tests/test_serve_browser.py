@@ -49,7 +49,7 @@ def server(tmp_path, tiny_config_paths, tiny_checkpoints):
     """`globallocal serve` on a free port with tiny random weights; stopped at the end whatever happens."""
     port = _free_port()
     log = tmp_path / "serve.log"
-    command = [sys.executable, "-m", "cli", "serve", "--port", str(port), "--proposals", "masks",
+    command = [sys.executable, "-m", "globallocal", "serve", "--port", str(port), "--proposals", "masks",
                "--clip-model", str(tiny_config_paths["vit"]), "--clip-weights", str(tiny_checkpoints["vit"])]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     with log.open("w") as output:

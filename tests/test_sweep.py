@@ -13,7 +13,7 @@ from PIL import Image
 from refer_fixtures import ShiftedOracleSource, build_refer
 from rich.console import Console
 
-import cli
+from globallocal import cli
 from globallocal.data.refer import ReferDataset
 from globallocal.errors import InputError
 from globallocal.methods import ImageFeatures
