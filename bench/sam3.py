@@ -26,7 +26,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # tiny_sam3: the tests' tiny random SAM 3
 
 from globallocal.models.text import parse_phrase  # noqa: E402
-from globallocal.proposals.sam3 import Sam3ConceptSource, concept_query  # noqa: E402
+from globallocal.proposals.concepts import concept_query  # noqa: E402
+from globallocal.proposals.sam3 import Sam3ConceptSource  # noqa: E402
 from globallocal.proposals.sam3_weights import load_sam3  # noqa: E402
 
 TINY = "tiny random SAM 3 (hidden 32, 224 px): checks the stages run, not SAM 3's cost"

@@ -13,7 +13,10 @@ With a phrase-dependent proposal source (SAM 3's concepts,
 pass, the method's per-image work), and each ``predict`` asks the source for
 the noun phrases not asked before, in one batch, and encodes only the masks
 not seen before (:class:`ConceptImage`). The method then picks among a
-phrase's candidates exactly as among any proposals.
+phrase's candidates exactly as among any proposals; a method that prompts
+the source itself (:meth:`Method.prompts_source`) is handed the photo's
+:class:`ConceptImage` instead, so its prompts share the one vision pass and
+the photo's memory of answers.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from .methods import DEFAULT_METHOD, ImageFeatures, Method, MethodSettings, Segm
 from .models.clip import ClipBundle, load_clip
 from .models.text import ParsedPhrase, encode_texts, load_parser, parse_phrase
 from .proposals import Proposals, check_image_size
-from .proposals.concepts import ConceptImage, ConceptSource, is_phrase_dependent
-from .proposals.sam3 import ConceptAnswer, ConceptQuery
+from .proposals.concept_image import ConceptImage
+from .proposals.concepts import ConceptAnswer, ConceptQuery, ConceptSource, is_phrase_dependent
 
 ProposalSource = Callable[[Image.Image], Proposals]
 
@@ -255,6 +258,9 @@ class Segmenter:
 
     def _answer_concepts(self, concepts: ConceptImage, parsed: Sequence[ParsedPhrase]) -> list[SegmentResult]:
         """Each phrase answered among its own noun phrase's candidates; phrases that share it share them."""
+        if self.method.prompts_source():
+            features = ImageFeatures(concepts.image, None, concepts.shared(), concepts=concepts)
+            return self.method.answer(features, parsed, self.encode)
         queries = [self.method.concept_query(item) for item in parsed]
         distinct = list(dict.fromkeys(queries))
         results: list[SegmentResult | None] = [None] * len(parsed)

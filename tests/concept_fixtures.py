@@ -18,7 +18,7 @@ from PIL import Image
 from refer_fixtures import IMAGES, shifted_proposals
 
 from globallocal.proposals import Proposals, postprocess
-from globallocal.proposals.sam3 import ConceptAnswer, ConceptQuery
+from globallocal.proposals.concepts import ConceptAnswer, ConceptQuery
 
 Masks = Callable[[Image.Image, str], np.ndarray | None]
 """(image, prompt) -> bool masks (N, H, W), or None for no instance."""

@@ -19,7 +19,8 @@ from refer_fixtures import build_refer
 
 from globallocal.data.images import load_mask
 from globallocal.models.text import parse_phrase
-from globallocal.proposals.sam3 import Sam3ConceptSource, concept_query
+from globallocal.proposals.concepts import concept_query
+from globallocal.proposals.sam3 import Sam3ConceptSource
 from globallocal.proposals.sam3_weights import load_sam3
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_clip")
@@ -61,7 +62,7 @@ def test_segment_writes_sam3s_own_answer(cli, photo_file, sam3_folder, tmp_path,
     expected = sam3_directly(sam3_folder, photo_file, PHRASES, nlp)
     for number, (record, concept) in enumerate(zip(written["results"], expected, strict=True)):
         masks = concept.proposals.masks.numpy()
-        assert concept.step == record["sam3_step"] == "noun-phrase" and len(masks) > 1
+        assert concept.step == record["proposal_step"] == "noun-phrase" and len(masks) > 1
         mask = load_mask(tmp_path / f"out_{number}.png")
         if answer == "top":
             assert np.array_equal(mask, masks[0]) and record["index"] == 0
@@ -79,7 +80,7 @@ def test_expression_prompt_and_max_proposals_reach_the_method(cli, photo_file, s
     assert result.code == 0, result.err
     [record] = json.loads(report.read_text())["results"]
     [concept] = sam3_directly(sam3_folder, photo_file, PHRASES[:1], nlp, prompt="expression")
-    assert record["sam3_prompt"] == parse_phrase(PHRASES[0], nlp).expression == concept.prompt
+    assert record["proposal_prompt"] == parse_phrase(PHRASES[0], nlp).expression == concept.prompt
     assert len(record["scores"]) == 1  # the union of one instance: the best
     assert np.array_equal(load_mask(tmp_path / "m.png"), concept.proposals.masks[0].numpy())
 
@@ -127,7 +128,7 @@ def test_evaluate_resumes_to_identical_records(cli, sam3_folder, tmp_path, monke
     records = _records(tmp_path / "full")
     assert 0 < len(partial) < len(records)
     assert _without_timing(_records(tmp_path / "resumed")) == _without_timing(records)
-    assert {record["sam3_step"] for record in records} <= {"noun-phrase", "head-noun", "below-threshold"}
+    assert {record["proposal_step"] for record in records} <= {"noun-phrase", "head-noun", "below-threshold"}
 
 
 def test_batch_answers_with_sam3(cli, photo_file, sam3_folder, tmp_path, nlp):

@@ -55,7 +55,7 @@ def test_segment_answers_among_sam3s_instances_as_among_given_masks(
     queries = [segmenter.method.concept_query(segmenter.parse(phrase)) for phrase in PHRASES]
     answers = source.answer(queries)  # one batch, as the segmenter asks
     for number, (record, answer) in enumerate(zip(written["results"], answers, strict=True)):
-        assert (record["sam3_step"], record["sam3_prompt"]) == (answer.step, answer.prompt)
+        assert (record["proposal_step"], record["proposal_prompt"]) == (answer.step, answer.prompt)
         assert record["proposal_scores"] == [float(score) for score in answer.proposals.scores]
         segmenter.set_image(photo_file, answer.proposals)
         expected = segmenter.predict(record["phrase"])
@@ -76,16 +76,31 @@ def test_the_sam3_presets_bring_sam3_and_are_in_the_help(cli, photo_file, sam3_f
     assert result.code == 0, result.err
     written = json.loads(report.read_text())
     # The default threshold (0.5) is above every tiny instance: the chain ends at the best ones below it.
-    assert written["proposal_source"] == "sam3" and written["results"][0]["sam3_step"] == "below-threshold"
+    assert written["proposal_source"] == "sam3" and written["results"][0]["proposal_step"] == "below-threshold"
 
 
-def test_no_candidate_for_any_phrase_is_one_line(run, photo_file, sam3_folder, tmp_path, tiny_config_paths,
-                                                 tiny_checkpoints):
-    code, err = run("segment", photo_file, "the dog", *_clip_args("global-local", tiny_config_paths, tiny_checkpoints),
-                    "--proposals", "sam3", "--sam3-weights", sam3_folder, "--sam3-fallback", "none",
-                    "-o", tmp_path / "m.png")
-    assert code == 2 and "sam3 found no instance of 'the dog'" in err and "--sam3-threshold" in err
-    assert "Traceback" not in err and not (tmp_path / "m.png").exists()
+@pytest.mark.parametrize("method", [["--proposals", "sam3", "--method", "global-local"], ["--method", "sam3"]])
+def test_no_candidate_is_no_target_for_a_selector_and_for_sam3_alike(cli, photo_file, sam3_folder, tmp_path,
+                                                                     tiny_config_paths, tiny_checkpoints, method):
+    """One rule: a phrase whose noun phrase finds nothing is answered "no target" (an empty mask, exit 0, a
+    warning naming it), whether a selector among SAM 3's candidates or SAM 3 alone answers; in a batch too."""
+    clip = _clip_args("global-local", tiny_config_paths, tiny_checkpoints) if method != ["--method", "sam3"] else []
+    options = [*method, *clip, "--sam3-weights", sam3_folder, "--sam3-fallback", "none", "--sam3-threshold", "1"]
+    report = tmp_path / "out.json"
+    result = cli("segment", photo_file, "the dog", "-o", tmp_path / "m.png", "--json", report, *options)
+    assert result.code == 0, result.err
+    assert "no target for the phrase 'the dog'" in result.err and "--sam3-threshold" in result.err
+    assert not load_mask(tmp_path / "m.png").any()
+    [answer] = json.loads(report.read_text())["results"]
+    assert (answer["index"], answer["area"], answer["proposal_step"]) == (None, 0, "none")
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "image": str(photo_file), "phrase": "the dog"}) + "\n")
+    result = cli("batch", manifest, "-o", tmp_path / "out", *options)
+    assert result.code == 0, result.err
+    [record] = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert (record["index"], record["proposal_step"], record["sam3_step"]) == (None, "none", "none")
+    assert not load_mask(tmp_path / "out" / record["mask"]).any()
+    assert not (tmp_path / "out" / "errors.jsonl").exists() or not (tmp_path / "out" / "errors.jsonl").read_text()
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -126,7 +141,7 @@ def test_evaluate_then_sweep_and_report(cli, method, sam3_folder, tmp_path, tiny
     assert result.code == 0, result.err
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     sentences = [record for record in records if "image_done" not in record]
-    assert {record["sam3_step"] for record in sentences} <= {"noun-phrase", "head-noun", "below-threshold"}
+    assert {record["proposal_step"] for record in sentences} <= {"noun-phrase", "head-noun", "below-threshold"}
     assert all(len(record["overlaps"]) == len(record["proposal_scores"]) for record in sentences)
     config = json.loads((out / "config.json").read_text())
     assert config["settings"]["proposals"] == "sam3" and config["settings"]["sam3"]["threshold"] == 0.1
@@ -162,7 +177,7 @@ def test_batch_takes_sam3_candidates_per_phrase(cli, photo_file, sam3_folder, tm
     assert len(results) == 3
     for record in results:
         assert record["proposal_score"] == record["proposal_scores"][record["index"]]
-        assert record["sam3_step"] in ("noun-phrase", "head-noun", "below-threshold")
+        assert record["proposal_step"] in ("noun-phrase", "head-noun", "below-threshold")
 
 
 def test_the_python_api_takes_the_sam3_source(photo_file, sam3_folder, tiny_config_paths, tiny_checkpoints):
@@ -173,7 +188,7 @@ def test_the_python_api_takes_the_sam3_source(photo_file, sam3_folder, tiny_conf
     segmenter.set_image(photo_file)
     left, right = segmenter.predict_many(["the dog on the left", "the dog on the right"])
     assert left.concept is right.concept  # one noun phrase, one decode
-    assert left.to_json()["sam3_step"] == left.concept.step and left.index in left.candidates
+    assert left.to_json()["proposal_step"] == left.concept.step and left.index in left.candidates
 
 
 def test_a_phrase_without_candidates_gets_an_empty_mask_and_a_warning(cli, example, tmp_path, tiny_config_paths,
@@ -191,8 +206,8 @@ def test_a_phrase_without_candidates_gets_an_empty_mask_and_a_warning(cli, examp
     assert result.code == 0, result.err
     assert "found no instance of 'a purple giraffe'" in result.err
     chair, giraffe = json.loads(report.read_text())["results"]
-    assert chair["sam3_step"] == "noun-phrase" and chair["index"] in (0, 1) and "box" in chair
-    assert (giraffe["index"], giraffe["sam3_step"], giraffe["area"]) == (None, "none", 0)
+    assert chair["proposal_step"] == "noun-phrase" and chair["index"] in (0, 1) and "box" in chair
+    assert (giraffe["index"], giraffe["proposal_step"], giraffe["area"]) == (None, "none", 0)
     assert not load_mask(tmp_path / "m_1.png").any() and (tmp_path / "top_1.png").is_file()
 
 

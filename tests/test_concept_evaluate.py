@@ -82,12 +82,12 @@ def test_each_sentence_is_scored_among_its_own_candidates(cached_runs, dataset, 
     root, report, source = cached_runs[method]
     records = _records(root / "run")
     assert source.vision_calls == len(dataset.images())  # once per image, whatever its sentences
-    steps = {record["sam3_step"] for record in records}
+    steps = {record["proposal_step"] for record in records}
     assert steps == {"noun-phrase", "head-noun", "none"}
     gts = {(ref.ref_id): dataset.gt_mask(ref) for group in dataset.images() for ref in group.refs}
     for record in records:
         assert len(record["overlaps"]) == len(record["proposal_scores"])
-        if record["sam3_step"] == "none":
+        if record["proposal_step"] == "none":
             # No candidate: an empty prediction, IoU 0, counted as a sentence without proposals.
             assert record["no_proposals"] and record["I"] == 0 and record["U"] == record["gt_area"]
             assert record["index"] is None and record["proposal_score"] is None
@@ -97,7 +97,7 @@ def test_each_sentence_is_scored_among_its_own_candidates(cached_runs, dataset, 
         assert record["proposal_score"] == record["proposal_scores"][record["index"]]
         # The candidates are the stand-in's instances of the prompt that answered.
         group = next(g for g in dataset.images() if g.image.image_id == record["image_id"])
-        masks = refer_masks(dataset)(dataset.load_image(group.image), record["sam3_prompt"])
+        masks = refer_masks(dataset)(dataset.load_image(group.image), record["proposal_prompt"])
         gt = gts[record["ref_id"]]
         assert record["overlaps"] == [int(np.count_nonzero(mask & gt)) for mask in masks]
     assert report["metrics"]["no_proposal_sentences"] == sum(record["no_proposals"] for record in records) > 0

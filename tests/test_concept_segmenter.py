@@ -19,7 +19,7 @@ from globallocal.methods import build_method
 from globallocal.methods.tcl import TCLHead
 from globallocal.methods.tcl.blend import TCLBlend
 from globallocal.methods.tcl.method import TCL, TCLSettings
-from globallocal.proposals.sam3 import ConceptQuery
+from globallocal.proposals.concepts import ConceptQuery
 from globallocal.segmenter import Segmenter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -141,13 +141,13 @@ def test_json_says_which_step_answered_and_the_sources_scores(clips, nlp, photo)
     segmenter.set_image(photo)
     own, fallback, nothing = segmenter.predict_many(["the wooden chair", "the tall chair", "a purple giraffe"])
     answer = own.to_json()
-    assert answer["sam3_step"] == "noun-phrase" and answer["sam3_prompt"] == "the wooden chair"
+    assert answer["proposal_step"] == "noun-phrase" and answer["proposal_prompt"] == "the wooden chair"
     assert answer["proposal_scores"] == [float(s) for s in own.concept.proposals.scores] == [
         float(np.float32(0.9)), float(np.float32(0.8))]
     assert answer["proposal_score"] == answer["proposal_scores"][own.index]
-    assert fallback.to_json()["sam3_step"] == "head-noun" and fallback.to_json()["sam3_prompt"] == "chair"
+    assert fallback.to_json()["proposal_step"] == "head-noun" and fallback.to_json()["proposal_prompt"] == "chair"
     empty = nothing.to_json()
-    assert (empty["index"], empty["score"], empty["scores"], empty["sam3_step"], empty["proposal_score"]) == (
+    assert (empty["index"], empty["score"], empty["scores"], empty["proposal_step"], empty["proposal_score"]) == (
         None, None, [], "none", None)
     assert nothing.noun_phrase == "a purple giraffe" and not nothing.mask.any() and nothing.mask.shape == SIZE
 

@@ -15,13 +15,8 @@ from tiny_sam3 import save_tiny_sam3
 from globallocal.errors import InputError, WeightsError
 from globallocal.models.clip import cpu_has_fp16_units
 from globallocal.proposals import Proposals
-from globallocal.proposals.sam3 import (
-    ConceptQuery,
-    Sam3ConceptSource,
-    concept_query,
-    head_noun,
-    parse_fallback,
-)
+from globallocal.proposals.concepts import ConceptQuery, concept_query, head_noun
+from globallocal.proposals.sam3 import Sam3ConceptSource, parse_fallback
 from globallocal.proposals.sam3_weights import load_sam3
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -143,6 +138,29 @@ def test_the_fallback_chain_runs_in_order(sam3, photo):
 
     fifth = answer(min(top + 1e-3, 1.0), fallback=("head-noun", "sam2"), sam2=FixedSam2())
     assert (fifth.step, fifth.prompt, len(fifth.proposals)) == ("sam2", "", 1)
+
+
+def test_an_exact_query_gets_its_prompts_instances_and_no_fallback(sam3, photo):
+    """The agent's prompts: the instances above the threshold, or none, whatever the fallback chain says."""
+    scores = best_scores(sam3, photo)
+
+    class FixedSam2:
+        settings = {"model": "fixed"}
+
+        def generate(self, image) -> Proposals:
+            return Proposals.from_masks(torch.ones((1, image.height, image.width), dtype=torch.bool))
+
+    chain = source(sam3, threshold=min(max(scores.values()) + 1e-3, 1.0), sam2=FixedSam2(),
+                   fallback=("head-noun", "below-threshold", "sam2"))
+    chain.set_image(photo)
+    exact, chained = chain.answer([ConceptQuery("dog on the left", "dog", exact=True),
+                                   ConceptQuery("dog on the left", "dog")])
+    assert (exact.step, exact.prompt, len(exact.proposals)) == ("none", "", 0)
+    assert chained.step == "below-threshold" and len(chained.proposals) > 0
+    low = source(sam3, threshold=scores["car"] - 1e-4, fallback=("head-noun", "below-threshold"))
+    low.set_image(photo)
+    [found] = low.answer([ConceptQuery("car", None, exact=True)])
+    assert found.step == "noun-phrase" and bool((found.proposals.scores > scores["car"] - 1e-4).all())
 
 
 def test_the_vision_tower_runs_once_and_shared_prompts_decode_once(sam3, photo, monkeypatch):

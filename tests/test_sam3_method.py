@@ -14,7 +14,7 @@ from globallocal.methods import build_method, get_method
 from globallocal.methods.sam3.method import sam3_results
 from globallocal.models.text import parse_phrase
 from globallocal.proposals import Proposals
-from globallocal.proposals.sam3 import ConceptAnswer
+from globallocal.proposals.concepts import ConceptAnswer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,12 +54,13 @@ def test_top_is_sam3s_own_best_instance(nlp, sam3_folder, photo, phrase):
     result = seg.predict(phrase)
     masks, scores = transformers_instances(seg.method, photo, seg.parse(phrase).noun_phrase, 0.1)
     best = int(scores.argmax())
-    assert result.step == "noun-phrase" and result.prompt == seg.parse(phrase).noun_phrase
+    assert result.concept.step == "noun-phrase" and result.concept.prompt == seg.parse(phrase).noun_phrase
     assert result.index == 0
     assert torch.equal(result.mask, masks[best])
     assert result.score == pytest.approx(float(scores[best]), abs=1e-6)
-    assert result.to_json()["sam3_step"] == "noun-phrase"
-    assert result.record_fields() == {"sam3_step": "noun-phrase"}
+    assert result.to_json()["proposal_step"] == "noun-phrase"
+    assert result.candidate_fields(aliases=True)["sam3_step"] == "noun-phrase"  # records keep the older name too
+    assert "sam3_step" not in result.to_json()
 
 
 def test_union_is_the_or_of_the_kept_instances(nlp, sam3_folder, photo):
@@ -79,7 +80,7 @@ def test_the_expression_prompt_is_cut_to_sam3s_tokens(nlp, sam3_folder, photo):
     long = "the dog that is sitting " + "very " * 20 + "far on the left"
     with pytest.warns(UserWarning, match="SAM 3's 32 tokens"):
         result = seg.predict(long)
-    assert result.truncated and result.prompt == seg.parse(long).expression
+    assert result.truncated and result.concept.prompt == seg.parse(long).expression
     assert not seg.predict("a red car").truncated
 
 
@@ -95,10 +96,10 @@ def test_results_are_a_function_of_sam3s_answers(nlp):
     top = sam3_results(parsed, answers, "top", [False] * 3)
     union = sam3_results(parsed, answers, "union", [False] * 3)
     assert torch.equal(top[0].mask, masks[0]) and top[0].score == pytest.approx(0.9)
-    assert torch.equal(union[1].mask, masks[0] | masks[1]) and union[1].step == "head-noun"
+    assert torch.equal(union[1].mask, masks[0] | masks[1]) and union[1].concept.step == "head-noun"
     for empty in (top[2], union[2]):
         assert empty.index is None and empty.mask.shape == (4, 5) and not empty.mask.any()
-        assert empty.to_json()["sam3_step"] == "none"
+        assert empty.to_json()["proposal_step"] == "none"
 
 
 def test_presets_and_settings():
@@ -123,7 +124,7 @@ def test_changed_settings_apply_without_encoding_the_image_again(nlp, sam3_folde
     every = seg.predict("a red car")
     seg.settings = seg.settings.with_overrides(threshold=0.99, fallback="none")
     nothing = seg.predict("a red car")
-    assert len(every.scores) > 0 and nothing.step == "none" and not nothing.mask.any()
+    assert len(every.scores) > 0 and nothing.concept.step == "none" and not nothing.mask.any()
     assert calls == [1]
     seg.set_features(photo, None, {})  # as from the feature cache: SAM 3's features are not in it
     seg.predict("a dog")
@@ -146,7 +147,7 @@ def test_an_evaluation_of_sam3_resumes_to_identical_records(nlp, sam3_folder, tm
         return run_evaluation(config, seg, None, progress=False, stop_after_images=stop)
 
     def records(out_name: str) -> list[tuple]:
-        return [(r["sent_id"], r["I"], r["U"], r["sam3_step"]) for image in read_records(tmp_path / out_name)
+        return [(r["sent_id"], r["I"], r["U"], r["proposal_step"]) for image in read_records(tmp_path / out_name)
                 for r in image.records]
 
     full = evaluate("full")

@@ -337,21 +337,14 @@ def no_noun(phrase: str, phrases: list[str], require_noun: bool) -> None:
     )
 
 
-def check_candidates(results: list, source: str, image: Path) -> None:
-    """With phrase-dependent proposals: refuse when no phrase got a candidate, warn for each one that got none."""
-    empty = [result for result in results if result.concept is not None and len(result.concept.proposals) == 0]
-    if not empty:
-        return
+def warn_no_candidates(results: list, source: str) -> None:
+    """With phrase-dependent proposals, a phrase that got no candidate is answered "no target" (an empty mask, a
+    valid answer: exit 0, whether a selector or SAM 3 alone answers): one warning per such phrase."""
     hint = "try a lower --sam3-threshold, or --sam3-fallback head-noun,below-threshold"
-    if len(empty) == len(results):
-        from globallocal.errors import NoProposalsError
-
-        names = ", ".join(repr(result.noun_phrase) for result in empty)
-        raise NoProposalsError(f"{source} found no instance of {names} in {image}, so there is nothing to choose "
-                               f"from; {hint}")
-    for result in empty:
-        warnings.warn(f"{source} found no instance of {result.noun_phrase!r} for the phrase {result.phrase!r}: "
-                      f"its mask is empty; {hint}", stacklevel=2)
+    for result in results:
+        if result.no_candidate:
+            warnings.warn(f"no target for the phrase {result.phrase!r}: {source} found no instance of "
+                          f"{result.noun_phrase!r}, so its mask is empty; {hint}", stacklevel=2)
 
 
 RayOpt = Annotated[str | None, typer.Option(

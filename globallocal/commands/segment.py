@@ -49,11 +49,11 @@ from .options import (
     TCLWeightsOldOpt,
     TCLWindowOpt,
     check_applicable,
-    check_candidates,
     check_models,
     check_phrases,
     no_noun,
     setting_overrides,
+    warn_no_candidates,
 )
 
 
@@ -229,7 +229,7 @@ def segment(
             segmenter.set_image(picture, candidates)
         with timer("answer"):
             results = segmenter.predict_many(phrases)
-    check_candidates(results, proposals, image)
+    warn_no_candidates(results, proposals or method)
 
     with all_or_none():  # an output that cannot be written leaves none of the others behind
         with timer("write"):

@@ -20,7 +20,8 @@ from PIL import Image
 
 from ..models.text import ParsedPhrase, is_truncated, read_text
 from ..proposals import Proposals
-from ..proposals.sam3 import ConceptAnswer, ConceptQuery, head_noun
+from ..proposals.concept_image import ConceptImage
+from ..proposals.concepts import ConceptAnswer, ConceptQuery, concept_query, step_fields
 from .settings import MethodSettings
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]
@@ -48,11 +49,16 @@ class SegmentResult:
     has_noun: bool
     """Whether spaCy found a noun in the phrase."""
     concept: ConceptAnswer | None = field(default=None, kw_only=True)
-    """With phrase-dependent proposals (SAM 3): the candidates of this phrase's noun phrase, which ``index``
-    numbers, and the step that found them; None with proposals of the image."""
+    """With phrase-dependent proposals (SAM 3's concepts): the candidates of this phrase's query, which
+    ``index`` numbers, and the step that found them; None with proposals of the image."""
 
     ranking_label: ClassVar[str] = "score"
     """What :meth:`ranking`'s values are called in captions ("final score" for HybridGL)."""
+
+    @property
+    def no_candidate(self) -> bool:
+        """Whether the phrase-dependent source found no candidate for the phrase (the answer: no target)."""
+        return self.concept is not None and len(self.concept.proposals) == 0
 
     @property
     def score(self) -> float | None:
@@ -63,19 +69,19 @@ class SegmentResult:
         proposals, else the image's ``proposals``."""
         return self.concept.proposals if self.concept is not None else proposals
 
-    def candidate_fields(self) -> dict[str, Any]:
+    def candidate_fields(self, aliases: bool = False) -> dict[str, Any]:
         """With phrase-dependent proposals: the source's score of every candidate and of the chosen one, the
-        step that answered and its prompt (in the JSON and in evaluation records); nothing otherwise."""
+        step that answered and its prompt (in the JSON and, ``aliases`` with their older names too, in records);
+        nothing otherwise."""
         if self.concept is None:
             return {}
         scores = [float(value) for value in self.concept.proposals.scores]
         return {
-            # Named as --method sam3 names them, so both kinds of run record the fallback step alike.
-            "sam3_step": self.concept.step,
-            "sam3_prompt": self.concept.prompt,
+            **step_fields(self.concept, aliases),
             "proposal_scores": scores,
             "proposal_score": None if self.index is None else scores[self.index],
         }
+
     def ranking(self) -> list[tuple[int, float]]:
         """(proposal, value) by the score the method chose with, the answer first, then best first; empty for
         a method that draws its own mask. Pictures and the page rank and caption by it."""
@@ -116,6 +122,9 @@ class ImageFeatures:
     image: Image.Image
     proposals: Proposals | None
     tensors: dict[str, torch.Tensor]
+    concepts: ConceptImage | None = None
+    """With a phrase-dependent source: the photo's queries and answers, which a method that prompts the source
+    itself (:meth:`Method.prompts_source`) asks; answers are kept, so a prompt asked again costs nothing."""
 
 
 class Method(ABC):
@@ -162,9 +171,14 @@ class Method(ABC):
 
     def concept_query(self, parsed: ParsedPhrase) -> ConceptQuery:
         """What a phrase asks a phrase-dependent source: :meth:`local_noun_phrase` and its head noun (none
-        when spaCy found no noun, as :func:`~globallocal.proposals.sam3.concept_query` does)."""
-        noun_phrase = self.local_noun_phrase(parsed)
-        return ConceptQuery(noun_phrase, head_noun(noun_phrase, self.nlp) if parsed.has_noun else None)
+        when spaCy found no noun)."""
+        return concept_query(parsed, self.nlp, noun_phrase=self.local_noun_phrase(parsed))
+
+    def prompts_source(self) -> bool:
+        """Whether the method sends a phrase-dependent source prompts of its own choosing (through
+        :attr:`ImageFeatures.concepts`) instead of choosing among its :meth:`concept_query`'s candidates; the
+        segmenter then asks the source nothing for it. No by default."""
+        return False
 
     @abstractmethod
     def answer(self, image: ImageFeatures, parsed: Sequence[ParsedPhrase], encode: TextEncoder) -> list[SegmentResult]:

@@ -34,6 +34,7 @@ import re
 import time
 import warnings
 import zipfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,11 @@ MEMO_FILE = "weights-identity.json"
 _RACY_SECONDS = 2.0
 _CHUNK = 1 << 22
 
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of the libraries whose kernels decide a model's last bits (part of every cache key)."""
+    return {name: metadata.version(name) for name in ("torch", "open_clip_torch")}
 
 def identity_memo_path() -> Path:
     """Where hashes of weights files are remembered (see the module docstring)."""

@@ -156,7 +156,7 @@ def caption(result: Any, proposals: Proposals | None = None) -> str:
     """What a phrase (shortened) was answered with: the chosen proposal, with its file when ``proposals`` (the
     ones the result numbers) were read from files, and its score; or the area of a drawn mask."""
     phrase = shown(result.phrase)
-    if result.concept is not None and result.index is None:
+    if result.no_candidate:
         return f"{phrase}: no candidate"
     if result.index is None:
         return f"{phrase}: {int(result.mask.sum())} pixels"

@@ -12,6 +12,8 @@ from ..lazy import lazy_exports
 PROPOSAL_KINDS = ("freesolo", "sam2", "sam", "sam3")
 """The generators :func:`~.sources.build_proposal_generator` builds by name."""
 
-_EXPORTS = ("Proposals", "check_image_size", "postprocess", "projection_boxes", "tight_box", "tight_boxes")
+_EXPORTS = (
+    "ProposalGenerator", "Proposals", "check_image_size", "postprocess", "projection_boxes", "tight_box", "tight_boxes"
+)
 __all__ = ["PROPOSAL_KINDS", *_EXPORTS]
 __getattr__ = lazy_exports(__name__, dict.fromkeys(_EXPORTS, ".masks"))

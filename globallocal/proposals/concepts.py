@@ -1,42 +1,75 @@
-"""Proposals that depend on the phrase: a concept source (SAM 3), and what the segmenter keeps per image.
+"""Phrase-dependent proposals: what a phrase asks a concept source, and what the source answers.
 
 A class-agnostic source (FreeSOLO, SAM) proposes the same masks whatever the
-phrase; a concept source is asked for the instances of a noun phrase, so a
-phrase's candidates are the instances of its own noun phrase. The
-:class:`~globallocal.Segmenter` drives any source with ``phrase_dependent``
-set: the image is given once (:meth:`ConceptSource.set_image`), then the
-distinct noun phrases of the phrases asked are sent as one batch
-(:meth:`ConceptSource.answer`, queries and answers as
-:mod:`globallocal.proposals.sam3` defines them); :class:`ConceptImage` keeps
-the answers and every mask's features for the current image.
+phrase; a concept source (SAM 3 is one) is asked for the instances of a
+noun phrase, so a phrase's candidates are the instances of its own noun
+phrase. This module is the one home of that interface, torch-free and
+knowing no source by name: the query (:class:`ConceptQuery`), the answer
+(:class:`ConceptAnswer`), how a phrase becomes a query (:func:`concept_query`,
+with its :func:`head_noun`), the protocol a source implements
+(:class:`ConceptSource`) and how its answers are named in a cache
+(:func:`concept_key`) and in outputs (:func:`step_fields`).
+What the segmenter keeps per photo is :mod:`.concept_image`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import weakref
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-import torch
-from PIL import Image
-
-from . import Proposals, check_image_size
-from .sam3 import ConceptAnswer, ConceptQuery
+from ..errors import InputError
 
 if TYPE_CHECKING:
-    from ..methods import Method
+    import spacy
+    from PIL import Image
 
-_UNSET = object()  # ConceptImage's context before it is computed (a method's context may be None)
-_SHOWN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-"""Per concept source, the ConceptImage whose photo it holds now."""
+    from ..models.text import ParsedPhrase
+    from .masks import Proposals
+
+QUERY_TEXTS = ("noun-phrase", "expression")
+"""What of a phrase a query sends: its target noun phrase, or its whole expression."""
+
+STEP_FIELD = "proposal_step"
+PROMPT_FIELD = "proposal_prompt"
+"""The output fields naming the source's step and prompt of a phrase's candidates (JSON, records)."""
+RECORD_ALIASES = {STEP_FIELD: "sam3_step", PROMPT_FIELD: "sam3_prompt"}
+"""The names these fields had when SAM 3 was the only concept source: records carry them too, so that a run
+resumed from before the rename, and whatever reads its records, finds one name in every record."""
+
+
+@dataclass(frozen=True)
+class ConceptQuery:
+    """What a concept source is asked for one phrase."""
+
+    noun_phrase: str
+    """The prompt: the phrase's target noun phrase (or its expression, or a prompt a method chose)."""
+    head_noun: str | None
+    """The noun phrase's head noun ("man" for "tall man in red"); None when it has none or is the phrase itself."""
+    exact: bool = False
+    """Answer this prompt alone: its instances as the source finds them, no fallback step (an agent that chooses
+    its prompts, and judges an empty answer itself, asks so)."""
+
+
+@dataclass
+class ConceptAnswer:
+    """A concept source's instances for one query and which step of its search found them."""
+
+    proposals: Proposals
+    """Bool masks at the image's size, scored by the source, best first."""
+    step: str
+    """The source's name for the step that answered (SAM 3: noun-phrase | head-noun | below-threshold | sam2 |
+    none); "none" when nothing was found."""
+    prompt: str
+    """The text the source was prompted with at that step ("" when no text was)."""
 
 
 class ConceptSource(Protocol):
-    """A phrase-dependent proposal source (``globallocal.proposals.sam3.Sam3ConceptSource``)."""
+    """A phrase-dependent proposal source (SAM 3's is ``globallocal.proposals.sam3.Sam3ConceptSource``)."""
 
     phrase_dependent: ClassVar[bool]
     settings: dict[str, Any]
+    """Everything the answers depend on besides the photo and the queries (run configurations, cache keys)."""
 
     def set_image(self, image: Image.Image) -> None: ...
 
@@ -48,127 +81,42 @@ def is_phrase_dependent(source: object) -> bool:
     return bool(getattr(source, "phrase_dependent", False))
 
 
-def mask_digests(proposals: Proposals) -> list[str]:
-    """One digest per proposal of its mask and box: what that proposal's features depend on."""
-    masks = proposals.masks.cpu()
-    shape = repr(tuple(masks.shape[1:])).encode()
-    digests = []
-    for mask, box in zip(masks, proposals.boxes.cpu()):
-        digest = hashlib.sha256(shape)
-        digest.update(mask.numpy().tobytes())
-        digest.update(box.numpy().tobytes())
-        digests.append(digest.hexdigest())
-    return digests
+def head_noun(text: str, nlp: spacy.Language) -> str | None:
+    """The head noun of a noun phrase by spaCy's parse: the root when it is a noun, else its last noun.
 
-
-class MaskFeatures:
-    """Per-proposal feature rows of one image, kept by mask: a mask seen again is not encoded again."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, dict[str, torch.Tensor]] = {}
-
-    def missing(self, digests: Sequence[str]) -> list[int]:
-        """Indices of the first occurrence of each digest not kept yet."""
-        seen: set[str] = set()
-        indices = []
-        for index, digest in enumerate(digests):
-            if digest not in self.rows and digest not in seen:
-                seen.add(digest)
-                indices.append(index)
-        return indices
-
-    def add(self, digests: Sequence[str], tensors: dict[str, torch.Tensor]) -> None:
-        """Keep row i of every tensor under ``digests[i]``."""
-        for i, digest in enumerate(digests):
-            self.rows[digest] = {name: tensor[i] for name, tensor in tensors.items()}
-
-    def stack(self, digests: Sequence[str], names: Sequence[str]) -> dict[str, torch.Tensor]:
-        """The kept rows of ``digests`` stacked per tensor name, in that order."""
-        return {name: torch.stack([self.rows[digest][name] for digest in digests]) for name in names}
-
-
-class ConceptImage:
-    """The current image under a phrase-dependent source: each query's candidates, each mask's features.
-
-    The source's vision pass and the method's per-image work run once, when
-    first needed (at ``set_image``, or never when a feature cache holds every
-    answer); a mask's per-proposal features are computed once, whichever
-    noun phrases return it (kept by :func:`~globallocal.proposals.concepts.mask_digests`).
+    None when the phrase has no noun or is that one word already (the head noun would ask the same).
     """
-
-    def __init__(self, image: Image.Image, source: ConceptSource, method: Method) -> None:
-        self.image, self.source, self.method = image, source, method
-        self.answers: dict[ConceptQuery, ConceptAnswer] = {}
-        self.masks = MaskFeatures()
-        self._context: Any = _UNSET
-        self._shared: dict[str, torch.Tensor] | None = None
-
-    def prepare(self) -> None:
-        """Pay for the image now: the source's vision pass and the method's per-image features."""
-        self._show_source()
-        self.shared()
-
-    def _show_source(self) -> None:
-        # A source holds one image: it is set again when another ConceptImage (another photo, e.g. another
-        # browser session's) has set it since.
-        if _SHOWN.get(self.source) is not self:
-            self.source.set_image(self.image)
-            _SHOWN[self.source] = self
-
-    def context(self) -> Any:
-        if self._context is _UNSET:
-            self._context = self.method.image_context(self.image)
-        return self._context
-
-    def shared(self) -> dict[str, torch.Tensor]:
-        """The method's per-image tensors."""
-        if self._shared is None:
-            self._shared = self.method.shared_features(self.image, self.context())
-        return self._shared
-
-    def answer(self, queries: Sequence[ConceptQuery]) -> list[ConceptAnswer]:
-        """The answers to ``queries``; the source is asked once, for those not answered before."""
-        new = [query for query in dict.fromkeys(queries) if query not in self.answers]
-        if new:
-            self._show_source()
-            answers = self.source.answer(new)
-            if len(answers) != len(new):
-                raise ValueError(f"the proposal source answered {len(answers)} of {len(new)} queries")
-            for query, answer in zip(new, answers):
-                self.answers[query] = _candidates(self.image, answer)
-        return [self.answers[query] for query in queries]
-
-    def features(self, proposals: Proposals) -> dict[str, torch.Tensor]:
-        """The method's image features for these candidates: per-image ones, and per-proposal rows of the
-        masks seen before reused (the image tower runs for the new masks only)."""
-        digests = mask_digests(proposals)
-        missing = self.masks.missing(digests)
-        names = self.method.per_proposal
-        if missing:
-            new = self.method.proposal_features(self.image, proposals.select(torch.tensor(missing)), self.context())
-            if sorted(new) != sorted(names):
-                raise ValueError(f"{self.method.name} computed {sorted(new)}, not its per_proposal {sorted(names)}")
-            self.masks.add([digests[i] for i in missing], new)
-        return {**self.shared(), **self.masks.stack(digests, names)}
-
-    def add(self, query: ConceptQuery, answer: ConceptAnswer, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Take a query's answer and its features as computed before (a feature cache): neither is computed."""
-        answer = _candidates(self.image, answer)
-        self.answers[query] = answer
-        if len(answer.proposals) == 0:
-            return
-        names = self.method.per_proposal
-        if self._shared is None:
-            self._shared = {name: value for name, value in tensors.items() if name not in names}
-        self.masks.add(mask_digests(answer.proposals), {name: tensors[name] for name in names})
+    doc = nlp(text)
+    nouns = [token for token in doc if token.pos_ in ("NOUN", "PROPN")]
+    roots = [token for token in doc if token.head.i == token.i and token.pos_ in ("NOUN", "PROPN")]
+    head = roots[-1] if roots else (nouns[-1] if nouns else None)
+    if head is None or head.text == text.strip():
+        return None
+    return head.text
 
 
-def _candidates(image: Image.Image, answer: ConceptAnswer) -> ConceptAnswer:
-    """A source's answer with its empty masks dropped (nothing to choose); step "none" when no mask is left."""
-    proposals = answer.proposals
-    if len(proposals) > 0:
-        check_image_size(image, proposals)
-    kept = proposals.drop_empty()
-    if len(kept) == 0:
-        return ConceptAnswer(kept, "none", "")
-    return answer if len(kept) == len(proposals) else ConceptAnswer(kept, answer.step, answer.prompt)
+def concept_query(
+    parsed: ParsedPhrase, nlp: spacy.Language, text: str = "noun-phrase", noun_phrase: str | None = None
+) -> ConceptQuery:
+    """The query of a phrase: its target noun phrase (``text="noun-phrase"``; ``noun_phrase`` when a method
+    parses its own) or its whole expression. The head noun is the noun phrase's either way, none when spaCy
+    found no noun."""
+    if text not in QUERY_TEXTS:
+        raise InputError(f"a concept query sends one of {', '.join(QUERY_TEXTS)}, got {text!r}")
+    noun_phrase = parsed.noun_phrase if noun_phrase is None else noun_phrase
+    prompt = noun_phrase if text == "noun-phrase" else parsed.expression
+    return ConceptQuery(prompt, head_noun(noun_phrase, nlp) if parsed.has_noun else None)
+
+
+def concept_key(source_key: Mapping[str, Any], query: ConceptQuery) -> dict[str, Any]:
+    """The cache key of one query's answer: the source's key (its settings and weights) and the query."""
+    fields: dict[str, Any] = {"noun_phrase": query.noun_phrase, "head_noun": query.head_noun}
+    if query.exact:  # only then: the keys of entries written before the field existed stay as they were
+        fields["exact"] = True
+    return {**source_key, "query": fields}
+
+
+def step_fields(answer: ConceptAnswer, aliases: bool = False) -> dict[str, str]:
+    """The step and prompt of an answer, as outputs name them (``aliases``: with :data:`RECORD_ALIASES` too)."""
+    fields = {STEP_FIELD: answer.step, PROMPT_FIELD: answer.prompt}
+    return {**fields, **{RECORD_ALIASES[name]: value for name, value in fields.items()}} if aliases else fields

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
 from ..errors import InputError
 
-__all__ = ["Proposals", "postprocess", "projection_boxes", "tight_box", "tight_boxes"]
+if TYPE_CHECKING:
+    from ..data.images import ImageInput
+
+__all__ = ["ProposalGenerator", "Proposals", "postprocess", "projection_boxes", "tight_box", "tight_boxes"]
 
 
 @dataclass
@@ -150,3 +154,9 @@ def postprocess(proposals: Proposals, max_proposals: int | None = None, keep_ord
     if keep_order:
         order = torch.sort(order).values
     return Proposals.from_masks(kept.masks[order], kept.scores[order])
+
+
+class ProposalGenerator(Protocol):
+    """Anything that turns an image into proposals (FreeSOLO's, SAM 2's and SAM's generators)."""
+
+    def generate(self, image: ImageInput) -> Proposals: ...

@@ -9,8 +9,9 @@ encoder and the DETR decoder for all prompts of the image in one batch, and
 transformers' ``post_process_instance_segmentation`` turns the queries into
 scored masks at the image's size.
 
+It implements the generic phrase-dependent interface of :mod:`.concepts`.
 When the noun phrase finds nothing above the threshold, a named fallback
-chain answers, and :class:`ConceptAnswer` records which step did: the noun
+chain answers, and the :class:`~.concepts.ConceptAnswer` records which step did: the noun
 phrase's head noun alone, then the noun phrase's best instances below the
 threshold, then (optionally) SAM 2's automatic proposals, else none.
 
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
@@ -33,12 +34,13 @@ from ..data.images import ImageInput, load_image
 from ..data.phrases import shown
 from ..errors import InputError
 from . import Proposals, postprocess
+from .concepts import ConceptAnswer, ConceptQuery
+from .masks import ProposalGenerator
 from .sam3_settings import (
     DEFAULT_BELOW_THRESHOLD_K,
     DEFAULT_FALLBACK,
     DEFAULT_THRESHOLD,
     FALLBACK_STEPS,
-    PROMPTS,
     SAM3_TEXT_TOKENS,
     check_sam3_settings,
     parse_fallback,
@@ -46,74 +48,17 @@ from .sam3_settings import (
 )
 from .sam3_weights import Sam3Weights, load_sam3
 
-if TYPE_CHECKING:
-    import spacy
-
-    from ..models.text import ParsedPhrase
-    from .sources import ProposalGenerator
-
 __all__ = [
     "DEFAULT_FALLBACK",
     "FALLBACK_STEPS",
-    "PROMPTS",
-    "ConceptAnswer",
-    "ConceptQuery",
     "Sam3ConceptSource",
     "check_sam3_settings",
-    "concept_query",
-    "head_noun",
     "load_sam3",  # its home is .sam3_weights
     "parse_fallback",
     "sam3_checks",
 ]
 
 MASK_THRESHOLD = 0.5  # transformers' default cut of the mask probabilities
-
-
-@dataclass(frozen=True)
-class ConceptQuery:
-    """What SAM 3 is asked for one phrase."""
-
-    noun_phrase: str
-    head_noun: str | None
-    """The noun phrase's head noun ("man" for "tall man in red"); None when it has none or is the phrase itself."""
-
-
-@dataclass
-class ConceptAnswer:
-    """SAM 3's instances for one query and which step of the fallback chain found them."""
-
-    proposals: Proposals
-    """Bool masks at the image's size, scores SAM 3's presence x detection score, best first."""
-    step: str
-    """noun-phrase | head-noun | below-threshold | sam2 | none."""
-    prompt: str
-    """The text SAM 3 was prompted with at that step ("" for sam2 and none)."""
-
-
-def head_noun(text: str, nlp: spacy.Language) -> str | None:
-    """The head noun of a noun phrase by spaCy's parse: the root when it is a noun, else its last noun.
-
-    None when the phrase has no noun or is that one word already (the head noun would ask the same).
-    """
-    doc = nlp(text)
-    nouns = [token for token in doc if token.pos_ in ("NOUN", "PROPN")]
-    roots = [token for token in doc if token.head.i == token.i and token.pos_ in ("NOUN", "PROPN")]
-    head = roots[-1] if roots else (nouns[-1] if nouns else None)
-    if head is None or head.text == text.strip():
-        return None
-    return head.text
-
-
-def concept_query(parsed: ParsedPhrase, nlp: spacy.Language, prompt: str = "noun-phrase") -> ConceptQuery:
-    """The query of a phrase: its target noun phrase (``prompt="noun-phrase"``) or its whole expression.
-
-    The head noun (the fallback's prompt) is the noun phrase's either way.
-    """
-    if prompt not in PROMPTS:
-        raise InputError(f"SAM 3 prompt must be one of {', '.join(PROMPTS)}, got {prompt!r}")
-    text = parsed.noun_phrase if prompt == "noun-phrase" else parsed.expression
-    return ConceptQuery(text, head_noun(parsed.noun_phrase, nlp) if parsed.has_noun else None)
 
 
 @dataclass
@@ -284,7 +229,8 @@ class Sam3ConceptSource:
         return Proposals.from_masks(torch.zeros((0, image.height, image.width), dtype=torch.bool))
 
     def answer(self, queries: Sequence[ConceptQuery]) -> list[ConceptAnswer]:
-        """Each query's instances, by the first step of the chain that finds any.
+        """Each query's instances, by the first step of the chain that finds any (an ``exact`` query: its
+        prompt's instances above the threshold alone, no fallback).
 
         Prompts of all queries run in one decoder call per step; identical
         prompts share one result (kept for the image, so a prompt asked again is not decoded again).
@@ -292,7 +238,7 @@ class Sam3ConceptSource:
         self._require_image()
         answers: list[ConceptAnswer | None] = [None] * len(queries)
         below = "below-threshold" in self.fallback
-        self._ensure([q.noun_phrase for q in queries], below)
+        self._ensure([q.noun_phrase for q in queries], below and not all(q.exact for q in queries))
         for i, query in enumerate(queries):
             found = self._decoded[query.noun_phrase].above
             if len(found):
@@ -304,6 +250,8 @@ class Sam3ConceptSource:
                 if answers[i] is None and query.head_noun and len(self._decoded[query.head_noun].above):
                     answers[i] = ConceptAnswer(self._decoded[query.head_noun].above, "head-noun", query.head_noun)
         for i, query in enumerate(queries):
+            if answers[i] is None and query.exact:
+                answers[i] = ConceptAnswer(self._empty(), "none", "")
             if answers[i] is not None:
                 continue
             rest = self._decoded[query.noun_phrase].below if below else None

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import InputError
+from .concepts import QUERY_TEXTS
 
 SAM3_TEXT_TOKENS = 32  # SAM 3's text encoder has 32 positions (the processor pads to them)
 FALLBACK_STEPS = ("head-noun", "below-threshold", "sam2")
 DEFAULT_FALLBACK = ("head-noun", "below-threshold")
 DEFAULT_THRESHOLD = 0.5
-PROMPTS = ("noun-phrase", "expression")
+PROMPTS = QUERY_TEXTS  # what of a phrase SAM 3 is prompted with
 DEFAULT_BELOW_THRESHOLD_K = 3
 
 

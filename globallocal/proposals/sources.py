@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from ..data.images import ImageInput
 from ..errors import InputError
-from . import PROPOSAL_KINDS, Proposals
+from ..models.weights import library_versions, weights_identity
+from . import PROPOSAL_KINDS
+from .masks import ProposalGenerator
 from .sam import (
     DEFAULT_SAM_SETTINGS,
     POINTS_PER_BATCH,
@@ -31,13 +32,6 @@ from .sam_weights import DEFAULT_SAM2_MODEL, DEFAULT_SAM_MODEL, default_sam_weig
 
 # SAM 3's own options (see Sam3ConceptSource); SAM 2's options apply to its optional sam2 fallback step.
 SAM3_OPTION_NAMES = frozenset({"sam3_threshold", "sam3_fallback", "sam3_below_k", "sam3_precision", "sam2_weights"})
-
-
-class ProposalGenerator(Protocol):
-    """Anything that turns an image into proposals (FreeSOLOGenerator, SAM2Generator, SAMGenerator)."""
-
-    def generate(self, image: ImageInput) -> Proposals: ...
-
 
 
 def build_proposal_generator(
@@ -176,8 +170,6 @@ def proposal_cache_key(
     its fallback, transformers' version) and its safetensors' content; the
     prompts are the caller's part of the key.
     """
-    from ..runs.cache import proposal_source_key
-
     settings = dict(generator.settings)
     path = proposal_weights_file(kind, generator, weights)
     if kind == "sam3" and path is None:
@@ -186,3 +178,16 @@ def proposal_cache_key(
         return {"source": kind, "weights": f"hub:{settings['model']}", "options": settings,
                 "device": torch.device(device).type}
     return proposal_source_key(kind, path, settings, device)
+
+
+def proposal_source_key(
+    source: str, weights: str | os.PathLike[str], options: dict[str, Any], device: str | torch.device
+) -> dict[str, Any]:
+    """The cache key of a deterministic proposal generator (e.g. FreeSOLO): its weights, options and device type."""
+    return {
+        "source": source,
+        "weights": weights_identity(weights),
+        "options": options,
+        "device": torch.device(device).type,
+        **library_versions(),
+    }

@@ -119,15 +119,11 @@ class BatchStep:
         results = self.segmenter.predict_many([outputs[position][2] for position in answerable]) if answerable else []
         for position, result in zip(answerable, results):
             line, output, phrase = outputs[position]
-            if result.concept is not None and len(result.concept.proposals) == 0:
-                reason = f"no candidate: the proposal source found no instance of {result.noun_phrase!r}"
-                records[position] = _failed(unit, line, output, reason)
-                continue
             mask = result.mask.numpy()
             record = {
                 "unit": unit.number, "key": line.key, "line": line.line, "id": output, "image": str(unit.image),
                 "phrase": phrase, "noun_phrase": result.noun_phrase, "index": result.index, "score": result.score,
-                **result.candidate_fields(), "mask": f"masks/{output}.png",
+                **result.candidate_fields(aliases=True), "mask": f"masks/{output}.png",
             }
             files[record["mask"]] = mask_png_bytes(mask)
             if self.options.overlays:

@@ -51,7 +51,6 @@ import time
 import warnings
 import zipfile
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +63,7 @@ from ..data.bounded import JsonError, parse_json
 from ..data.images import atomic_write, save_text
 from ..errors import InputError
 from ..models.clip import ClipBundle
-from ..models.weights import weights_identity
+from ..models.weights import library_versions, weights_identity
 from ..proposals import Proposals
 
 if TYPE_CHECKING:
@@ -78,7 +77,6 @@ __all__ = [
     "VisualStore",
     "clip_identity",
     "image_digest",
-    "proposal_source_key",
     "proposals_digest",
     "remove_orphans",
 ]
@@ -107,10 +105,6 @@ def _digest(value: Any) -> str:
     return _sha256(json.dumps(value, sort_keys=True).encode("utf-8"))
 
 
-def _library_versions() -> dict[str, str]:
-    return {name: metadata.version(name) for name in ("torch", "open_clip_torch")}
-
-
 def clip_identity(clip: ClipBundle, clip_model: str) -> dict[str, Any]:
     """What identifies a loaded CLIP's outputs; ``clip_model`` is the name or config file it was built from."""
     if clip_model.endswith(".json"):
@@ -129,20 +123,7 @@ def clip_identity(clip: ClipBundle, clip_model: str) -> dict[str, Any]:
         "quick_gelu": clip.uses_quick_gelu,
         "dtype": str(clip.dtype).removeprefix("torch."),
         "device": clip.device.type,
-        **_library_versions(),
-    }
-
-
-def proposal_source_key(
-    source: str, weights: str | os.PathLike[str], options: dict[str, Any], device: str
-) -> dict[str, Any]:
-    """The cache key of a deterministic proposal generator (e.g. FreeSOLO): its weights, options and device type."""
-    return {
-        "source": source,
-        "weights": weights_identity(weights),
-        "options": options,
-        "device": torch.device(device).type,
-        **_library_versions(),
+        **library_versions(),
     }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..proposals.sam3 import ConceptAnswer, ConceptQuery
+from ..proposals.concepts import ConceptAnswer, ConceptQuery, concept_key
 from .cache import FeatureCache, image_digest
 
 
@@ -31,8 +31,7 @@ class ConceptEntries:
         self.stored: set[ConceptQuery] = set()
 
     def name(self, query: ConceptQuery) -> str:
-        key = {**self.proposal_key, "query": {"noun_phrase": query.noun_phrase, "head_noun": query.head_noun}}
-        return self.cache.entry_name(self.image_id, self.pixels, key)
+        return self.cache.entry_name(self.image_id, self.pixels, concept_key(self.proposal_key, query))
 
     def seed(self, segmenter: Any, queries: Iterable[ConceptQuery]) -> None:
         """Give the segmenter every query's answer and features that the cache holds."""

@@ -141,7 +141,7 @@ def run_evaluation(
 
     ``cache``: read and write proposals and features there (the segmenter
     must then be a :class:`~globallocal.Segmenter`). ``proposal_key``: the
-    source's cache key (:func:`~globallocal.runs.cache.proposal_source_key`), for
+    source's cache key (:func:`~globallocal.proposals.sources.proposal_source_key`), for
     a deterministic source worth caching; without one the source is called
     for every image and the cache entry is found by the proposals' content.
 

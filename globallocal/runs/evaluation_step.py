@@ -211,7 +211,7 @@ def evaluate_image(
                 intersection, union = 0, int(gt.sum())
                 record.update(index=None, score=None, noun_phrase=None, expression=None, truncated=False)
             if result is not None:
-                record.update(result.candidate_fields())  # phrase-dependent: the source's scores and step
+                record.update(result.candidate_fields(aliases=True))  # phrase-dependent: the source's scores and step
             record.update(
                 I=intersection,
                 U=union,

@@ -83,7 +83,7 @@ def summary(session: ImageSession, answer: Answer) -> str:
         if result.index is not None:
             chosen = f"proposal {result.index}{count}, {result.ranking_label} {result.ranking()[0][1]:.4f}"
         else:
-            chosen = "no candidate" if result.concept is not None else f"{int(result.mask.sum())} pixels"
+            chosen = "no candidate" if result.no_candidate else f"{int(result.mask.sum())} pixels"
         note = " (cut to CLIP's context length)" if result.truncated else ""
         lines.append(f"- **{_escape(result.phrase)}** → noun phrase *{_escape(result.noun_phrase)}*{note}: {chosen}")
     return "\n".join(lines)

@@ -5,17 +5,17 @@ expression (``prompt="expression"``, cut to SAM 3's 32 text tokens with a
 warning) is SAM 3's concept prompt; the answer is its top-scoring instance
 (``answer="top"``) or the union of the instances it kept (``answer="union"``,
 for PhraseCut's multi-instance phrases). No CLIP scores anything: the
-answer is a pure function of SAM 3's :class:`ConceptAnswer` (see
+answer is a pure function of SAM 3's
+:class:`~globallocal.proposals.concepts.ConceptAnswer` (see
 :func:`sam3_results`), so a segmenter that runs SAM 3 itself can feed it.
 When the prompt finds nothing above the threshold, the fallback chain of
 :class:`~globallocal.proposals.sam3.Sam3ConceptSource` answers and the
-result records which step did.
+result's ``concept`` records which step did.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,26 +23,11 @@ from PIL import Image
 
 from ...models.text import ParsedPhrase
 from ...proposals import Proposals
-from ...proposals.sam3 import ConceptAnswer, Sam3ConceptSource, concept_query
+from ...proposals.concepts import ConceptAnswer, concept_query
+from ...proposals.sam3 import Sam3ConceptSource
 from ...proposals.sam3_weights import load_sam3
 from ..base import ImageFeatures, Method, SegmentResult, TextEncoder
 from .settings import Sam3Settings
-
-
-@dataclass
-class Sam3Result(SegmentResult):
-    """SAM 3's answer: its top instance or the union of its instances, and the fallback step that found them."""
-
-    step: str
-    """noun-phrase | head-noun | below-threshold | sam2 | none (see ConceptAnswer)."""
-    prompt: str
-    """The text SAM 3 was prompted with at that step."""
-
-    def to_json(self) -> dict[str, Any]:
-        return {**super().to_json(), "sam3_step": self.step, "sam3_prompt": self.prompt}
-
-    def record_fields(self) -> dict[str, Any]:
-        return {"sam3_step": self.step}
 
 
 def answer_mask(proposals: Proposals, answer: str) -> tuple[int | None, torch.Tensor]:
@@ -56,15 +41,15 @@ def answer_mask(proposals: Proposals, answer: str) -> tuple[int | None, torch.Te
 
 def sam3_results(
     parsed: Sequence[ParsedPhrase], answers: Sequence[ConceptAnswer], answer: str, truncated: Sequence[bool]
-) -> list[Sam3Result]:
-    """The method's answers, from SAM 3's instances per phrase alone."""
+) -> list[SegmentResult]:
+    """The method's answers, from SAM 3's instances per phrase alone (each result's ``concept`` is the answer
+    of its phrase, with the step of the fallback chain that found it)."""
     results = []
     for item, concept, cut in zip(parsed, answers, truncated, strict=True):
         index, mask = answer_mask(concept.proposals, answer)
-        results.append(Sam3Result(
+        results.append(SegmentResult(
             phrase=item.phrase, expression=item.expression, noun_phrase=item.noun_phrase, index=index, mask=mask,
-            scores=concept.proposals.scores, truncated=cut, has_noun=item.has_noun, step=concept.step,
-            prompt=concept.prompt,
+            scores=concept.proposals.scores, truncated=cut, has_noun=item.has_noun, concept=concept,
         ))
     return results
 
