@@ -14,12 +14,14 @@ import torch
 from concept_fixtures import FakeConceptSource, table_masks
 from PIL import Image
 
+from globallocal.data.images import load_image
 from globallocal.errors import InputError
 from globallocal.methods import build_method
 from globallocal.methods.tcl import TCLHead
 from globallocal.methods.tcl.blend import TCLBlend
 from globallocal.methods.tcl.method import TCL, TCLSettings
-from globallocal.proposals.concepts import ConceptQuery
+from globallocal.proposals import Proposals
+from globallocal.proposals.concepts import ConceptAnswer, ConceptQuery
 from globallocal.segmenter import Segmenter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -200,3 +202,43 @@ def test_a_phrase_without_candidates_gets_a_picture_and_a_caption(clips, nlp, ph
     assert caption(nothing) == "'a purple giraffe': no candidate"
     picture = top_k_picture(photo, nothing.among(None).masks.numpy(), nothing.scores.tolist(), nothing.phrase)
     assert picture.shape[1] == 320 and picture.shape[0] > round(SIZE[0] * 320 / SIZE[1])
+
+
+class _RawSource:
+    """A concept source that answers every prompt with one full and one empty mask, as a detector may."""
+
+    phrase_dependent = True
+
+    def __init__(self) -> None:
+        self.settings = {"threshold": 0.5}
+        self.asked: list[ConceptQuery] = []
+
+    def set_image(self, image) -> None:
+        self.size = (image.height, image.width)
+
+    def answer(self, queries):
+        self.asked.extend(queries)
+        masks = torch.zeros((2, *self.size), dtype=torch.bool)
+        masks[0] = True
+        return [ConceptAnswer(Proposals.from_masks(masks, torch.tensor([0.9, 0.8])), "noun-phrase", q.noun_phrase)
+                for q in queries]
+
+
+def test_the_photo_memory_keeps_exact_answers_whole_and_forgets_on_other_settings(example):
+    from globallocal.proposals.concept_image import ConceptImage
+
+    source = _RawSource()
+
+    class NoFeatures:
+        name, per_proposal = "none", ()
+
+    photo = load_image(example["image"])
+    concepts = ConceptImage(photo, source, NoFeatures())
+    exact, chained = concepts.answer([ConceptQuery("chair", None, exact=True), ConceptQuery("chair", None)])
+    assert len(exact.proposals) == 2 and not exact.proposals.masks[1].any()  # as the source gave it
+    assert len(chained.proposals) == 1 and chained.proposals.masks[0].all()  # empty masks: nothing to choose
+    concepts.answer([ConceptQuery("chair", None, exact=True)])
+    assert len(source.asked) == 2  # asked again: answered from the photo's memory
+    source.settings = {"threshold": 0.3}
+    concepts.answer([ConceptQuery("chair", None, exact=True)])
+    assert len(source.asked) == 3  # other settings, other answers: asked anew

@@ -137,7 +137,7 @@ class ConceptImage:
             if len(answers) != len(new):
                 raise ValueError(f"the proposal source answered {len(answers)} of {len(new)} queries")
             for query, answer in zip(new, answers):
-                known[query] = _candidates(self.image, answer)
+                known[query] = _candidates(self.image, answer, query.exact)
         return [known[query] for query in queries]
 
     def features(self, proposals: Proposals) -> dict[str, torch.Tensor]:
@@ -155,7 +155,7 @@ class ConceptImage:
 
     def add(self, query: ConceptQuery, answer: ConceptAnswer, tensors: Mapping[str, torch.Tensor]) -> None:
         """Take a query's answer and its features as computed before (a feature cache): neither is computed."""
-        answer = _candidates(self.image, answer)
+        answer = _candidates(self.image, answer, query.exact)
         self.answers[query] = answer
         if len(answer.proposals) == 0:
             return
@@ -165,11 +165,14 @@ class ConceptImage:
         self.masks.add(mask_digests(answer.proposals), {name: tensors[name] for name in names})
 
 
-def _candidates(image: Image.Image, answer: ConceptAnswer) -> ConceptAnswer:
-    """A source's answer with its empty masks dropped (nothing to choose); step "none" when no mask is left."""
+def _candidates(image: Image.Image, answer: ConceptAnswer, exact: bool) -> ConceptAnswer:
+    """A source's answer with its empty masks dropped (nothing to choose); step "none" when no mask is left. The
+    answer to an ``exact`` query is kept as the source gave it (its asker decides what to drop)."""
     proposals = answer.proposals
     if len(proposals) > 0:
         check_image_size(image, proposals)
+    if exact:
+        return answer
     kept = proposals.drop_empty()
     if len(kept) == 0:
         return ConceptAnswer(kept, "none", "")

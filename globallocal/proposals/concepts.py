@@ -47,8 +47,8 @@ class ConceptQuery:
     head_noun: str | None
     """The noun phrase's head noun ("man" for "tall man in red"); None when it has none or is the phrase itself."""
     exact: bool = False
-    """Answer this prompt alone: its instances as the source finds them, no fallback step (an agent that chooses
-    its prompts, and judges an empty answer itself, asks so)."""
+    """Answer this prompt alone: its instances as the source finds them (its order, no cap, nothing dropped), no
+    fallback step. An agent that chooses its prompts, and applies its own rules to the instances, asks so."""
 
 
 @dataclass

@@ -65,6 +65,7 @@ MASK_THRESHOLD = 0.5  # transformers' default cut of the mask probabilities
 class _Decoded:
     above: Proposals
     below: Proposals | None  # when nothing is above: the best instances below the threshold (None: not asked for)
+    found: Proposals  # the instances above the threshold as SAM 3 returns them: its order, empty masks, no cap
 
 
 class Sam3ConceptSource:
@@ -188,7 +189,8 @@ class Sam3ConceptSource:
         for row, (prompt, above) in enumerate(zip(prompts, kept)):
             found = self._proposals(above, self.max_proposals)
             rest = self._below_threshold(outputs, row, size) if below and not len(found) else None
-            self._decoded[prompt] = _Decoded(found, rest)
+            as_found = Proposals.from_masks(above["masks"].bool().cpu(), above["scores"].float().cpu())
+            self._decoded[prompt] = _Decoded(found, rest, as_found)
 
     def _below_threshold(self, outputs: Any, row: int, size: tuple[int, int]) -> Proposals:
         """The best ``below_threshold_k`` instances of one prompt, whatever their score (empty masks dropped).
@@ -230,7 +232,8 @@ class Sam3ConceptSource:
 
     def answer(self, queries: Sequence[ConceptQuery]) -> list[ConceptAnswer]:
         """Each query's instances, by the first step of the chain that finds any (an ``exact`` query: its
-        prompt's instances above the threshold alone, no fallback).
+        prompt's instances above the threshold as SAM 3 returns them, in its order, empty masks and all, with
+        no cap and no fallback).
 
         Prompts of all queries run in one decoder call per step; identical
         prompts share one result (kept for the image, so a prompt asked again is not decoded again).
@@ -240,7 +243,8 @@ class Sam3ConceptSource:
         below = "below-threshold" in self.fallback
         self._ensure([q.noun_phrase for q in queries], below and not all(q.exact for q in queries))
         for i, query in enumerate(queries):
-            found = self._decoded[query.noun_phrase].above
+            decoded = self._decoded[query.noun_phrase]
+            found = decoded.found if query.exact else decoded.above
             if len(found):
                 answers[i] = ConceptAnswer(found, "noun-phrase", query.noun_phrase)
         if "head-noun" in self.fallback:
