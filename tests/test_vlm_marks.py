@@ -28,7 +28,7 @@ def pick(replies=(), logprobs=(), settings=MARKS, candidates=(CANDIDATES,), scor
 
 
 def test_the_shortlist_is_drawn_numbered_and_the_choice_read_from_logprobs():
-    (answer,), backend = pick(logprobs=[{"1": -2.0, "2": -0.1, "3": -5.0, "4": 3.0}])
+    (answer,), backend = pick(logprobs=[{"1": -2.0, "2": -0.1, "3": float("-inf"), "4": 3.0}])
     ((messages, labels),) = backend.label_calls
     assert labels == ("1", "2", "3") and len(messages) == 1
     assert kinds(messages[0]) == ["image", "image", "text"]
@@ -39,7 +39,7 @@ def test_the_shortlist_is_drawn_numbered_and_the_choice_read_from_logprobs():
     assert backend.received == []  # no generation
     assert (answer.outcome, answer.chosen) == ("select", (3,)) and torch.equal(answer.mask, CANDIDATES.masks[3])
     assert answer.details["shortlist"] == ORDER
-    assert answer.details["label_logprobs"] == {"1": -2.0, "2": -0.1, "3": -5.0}
+    assert answer.details["label_logprobs"] == {"1": -2.0, "2": -0.1, "3": None}  # JSON holds no infinity
     assert answer.usage.calls == 1 and answer.transcript[0]["labels"]["2"] == -0.1
 
 

@@ -174,7 +174,7 @@ class VlmAnswer:
         """An answer whose mask is the union of the ``chosen`` candidates (empty for none)."""
         chosen = tuple(int(i) for i in chosen)
         if chosen:
-            mask = candidates.masks[list(chosen)].any(dim=0)
+            mask = candidates.masks[list(chosen)].any(dim=0).cpu()
         else:
             mask = torch.zeros(candidates.image_size, dtype=torch.bool)
         return cls(candidates, chosen, mask, outcome, reason, **fields)

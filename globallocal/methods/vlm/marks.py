@@ -52,10 +52,17 @@ def read_choice(text: str, count: int) -> int | None:
     return found[0] if found and 1 <= found[0] <= count else None
 
 
+def _finite(value: Any) -> float | None:
+    """A log-probability as JSON keeps it: a finite float, else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
 def best_label(logprobs: dict[str, float], labels: Sequence[str]) -> str | None:
     """The label with the highest finite log-probability (the first of equals), None when none has one."""
-    finite = [(logprobs[label], -position, label) for position, label in enumerate(labels)
-              if isinstance(logprobs.get(label), (int, float)) and math.isfinite(logprobs[label])]
+    finite = [(_finite(logprobs.get(label)), -position, label) for position, label in enumerate(labels)]
+    finite = [entry for entry in finite if entry[0] is not None]
     return max(finite)[2] if finite else None
 
 
@@ -86,8 +93,8 @@ def marks_steps(photo: Image.Image, query: str, candidates: Proposals, settings:
             label = None if scored.logprobs is None else best_label(scored.logprobs, labels)
             if label is not None:
                 usage.add(seconds=scored.seconds)
-                transcript.record("marks", messages, labels=dict(scored.logprobs), seconds=scored.seconds)
-                details["label_logprobs"] = {name: scored.logprobs.get(name) for name in labels}
+                details["label_logprobs"] = {name: _finite(scored.logprobs.get(name)) for name in labels}
+                transcript.record("marks", messages, labels=details["label_logprobs"], seconds=scored.seconds)
                 return answer((order[int(label) - 1],), "select")
         (reply,) = yield [ChatRequest(messages)]
     except Exception as error:
