@@ -31,6 +31,8 @@ FILL_ALPHA = 0.35
 ZOOM_SIDE = 512
 """The long side of each panel of the zoomed view (small objects are enlarged to it)."""
 _GAP = 8
+MaskArray = torch.Tensor | np.ndarray
+"""A bool mask (H, W), or masks (N, H, W), as a tensor or an array."""
 
 
 def color_of(index: int) -> tuple[int, int, int]:
@@ -38,7 +40,7 @@ def color_of(index: int) -> tuple[int, int, int]:
     return COLORS[index % len(COLORS)]
 
 
-def _array(mask: torch.Tensor | np.ndarray) -> np.ndarray:
+def _array(mask: MaskArray) -> np.ndarray:
     return (mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)).astype(bool)
 
 
@@ -65,7 +67,7 @@ def _outline(rgb: np.ndarray, mask: np.ndarray, color: Sequence[int], thickness:
     rgb[mask & ~inner] = np.asarray(color, dtype=np.float32)
 
 
-def label_point(mask: torch.Tensor | np.ndarray) -> tuple[int, int]:
+def label_point(mask: MaskArray) -> tuple[int, int]:
     """(x, y) of the mask's pixel farthest from its border (the first such pixel; (0, 0) for an empty mask)."""
     padded = np.pad(_array(mask).astype(np.uint8), 1)
     distance = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
@@ -111,9 +113,6 @@ def _draw_numbers(picture: Image.Image, masks: Sequence[np.ndarray], numbers: Se
         draw.rectangle(box, fill=tuple(color), outline=(0, 0, 0))
         draw.text((box[0] + pad - left, box[1] + pad - top), text, font=font,
                   fill=(255, 255, 255) if dark else (0, 0, 0))
-
-
-MaskArray = torch.Tensor | np.ndarray
 
 
 def marks_image(photo: Image.Image, masks: MaskArray, numbers: Sequence[int] | None = None) -> Image.Image:
