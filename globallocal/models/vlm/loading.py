@@ -130,14 +130,15 @@ def weights_files(folder: Path) -> list[Path]:
     return [folder / name for name in names]
 
 
-def _has_template(folder: Path, fix: str) -> bool:
+def _has_template(folder: Path) -> bool:
+    """Whether the folder holds a chat template: its own file, or a key of the tokenizer's or processor's config
+    (looked for, not parsed: those files are transformers' to read, and its tokenizer configs hold integers
+    beyond 64 bits)."""
     if any((folder / name).is_file() for name in TEMPLATE_FILES):
         return True
-    for name in ("tokenizer_config.json", *PROCESSOR_FILES):
-        settings = _read_small_json(folder / name, fix, TOKENIZER_BYTES) if (folder / name).is_file() else None
-        if isinstance(settings, dict) and "chat_template" in settings:
-            return True
-    return False
+    return any((folder / name).is_file() and b'"chat_template"' in read_regular(folder / name, TOKENIZER_BYTES,
+                                                                                 what="VLM tokenizer config")
+               for name in ("tokenizer_config.json", *PROCESSOR_FILES))
 
 
 def check_vlm_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
@@ -168,7 +169,7 @@ def check_vlm_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
         read_regular(folder / "tokenizer.json", TOKENIZER_BYTES, what="VLM tokenizer")
     elif not all((folder / name).is_file() for name in ("vocab.json", "merges.txt")):
         missing.append("tokenizer.json (or vocab.json and merges.txt)")
-    if not _has_template(folder, fix):
+    if not _has_template(folder):
         missing.append(f"a chat template ({' or '.join(TEMPLATE_FILES)})")
     if not (folder / WEIGHTS_FILE).is_file() and not (folder / WEIGHTS_INDEX).is_file():
         missing.append(f"{WEIGHTS_FILE} (or {WEIGHTS_INDEX} and its shards)")
