@@ -15,6 +15,7 @@ from tiny_vlm import FAMILIES
 
 from globallocal.errors import InputError
 from globallocal.models.vlm import build_vlm_backend
+from globallocal.models.vlm.decoding import prefill
 from globallocal.models.vlm.messages import message_images
 from globallocal.models.vlm.transformers_backend import TransformersBackend
 
@@ -81,10 +82,15 @@ def test_prefix_reuse_is_token_identical_to_generate(backends, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_without_prefix_cache_every_call_prefills_everything(backends, family):
+def test_without_prefix_cache_every_call_prefills_everything_to_the_same_bits(backends, family):
     backend = backends[family]
     plain = TransformersBackend(backend.model, backend.processor, family=family, prefix_cache_size=0)
     for messages in CONVERSATIONS[:2]:
+        encoded = plain.encode(messages)
+        fresh = prefill(plain.model, encoded, plain.prefixes)
+        reused = prefill(backend.model, encoded, backend.prefixes)
+        assert fresh.reused == 0 and reused.reused == encoded.prefix_length
+        assert torch.equal(fresh.logits, reused.logits)  # the same computation, only part of it remembered
         tokens, reply = plain.generate(messages, MAX_TOKENS)
         assert tokens == backend.generate(messages, MAX_TOKENS)[0]
         assert reply.prefilled_tokens == reply.prompt_tokens

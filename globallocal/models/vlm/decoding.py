@@ -98,7 +98,7 @@ class PrefixCache:
         self._entries: OrderedDict[str, tuple[Any, torch.Tensor]] = OrderedDict()
 
     def get(self, key: str) -> tuple[Any, torch.Tensor] | None:
-        entry = self._entries.get(key)
+        entry = self._entries.get(key) if self.size > 0 else None
         if entry is None:
             return None
         self._entries.move_to_end(key)
@@ -143,8 +143,13 @@ def _forward(model: Any, encoded: Encoded, start: int, end: int, cache: Any) -> 
 
 
 def prefill(model: Any, encoded: Encoded, prefixes: PrefixCache) -> Prefilled:
-    """The conversation's KV cache, reusing (or remembering) its photo prefix when ``prefixes`` keeps any."""
-    if prefixes.size <= 0 or encoded.prefix_key is None:
+    """The conversation's KV cache: the photo prefix (from ``prefixes`` when kept there), then the rest.
+
+    A conversation with an image is always computed in these two pieces,
+    cached or not, so that reusing a prefix changes which work is done, never
+    a bit of its result (the same matrix shapes either way, on any device).
+    """
+    if encoded.prefix_key is None:
         cache, logits = _forward(model, encoded, 0, encoded.length, None)
         return Prefilled(cache, logits, 0)
     start = encoded.prefix_length
