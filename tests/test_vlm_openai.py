@@ -13,7 +13,7 @@ from chat_server import ChatServer
 from PIL import Image
 
 from globallocal.errors import GlobalLocalError, InputError, VlmEndpointError
-from globallocal.models.vlm import build_vlm_backend
+from globallocal.models.vlm import ChatBackend, build_vlm_backend
 from globallocal.models.vlm.openai_backend import OpenAIBackend, label_scores
 
 KEY = "sk-test-secret-0123456789"
@@ -133,6 +133,10 @@ def test_options_are_checked():
         build_vlm_backend("ollama")
     with pytest.raises(InputError, match="retries"):
         OpenAIBackend("http://127.0.0.1:9/v1", "m", retries=100)
+    with pytest.raises(InputError, match=r"holds credentials; give the key in \$VLM_KEY instead") as caught:
+        OpenAIBackend(f"http://user:{KEY}@127.0.0.1:9/v1", "m", api_key_env="VLM_KEY")
+    assert KEY not in str(caught.value)
+    assert isinstance(OpenAIBackend("http://127.0.0.1:9/v1", "m"), ChatBackend)
 
 
 def test_chat_many_keeps_the_order_of_the_conversations():

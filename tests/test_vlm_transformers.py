@@ -14,7 +14,7 @@ from PIL import Image
 from tiny_vlm import FAMILIES
 
 from globallocal.errors import InputError
-from globallocal.models.vlm import build_vlm_backend
+from globallocal.models.vlm import ChatBackend, build_vlm_backend
 from globallocal.models.vlm.decoding import prefill
 from globallocal.models.vlm.messages import message_images
 from globallocal.models.vlm.transformers_backend import TransformersBackend
@@ -192,3 +192,4 @@ def test_identity_names_contents_not_paths(backends, vlm_folders):
     assert identity["dtype"] == "float32" and identity["device"] == "cpu" and identity["family"] == "qwen3-vl"
     assert str(vlm_folders["qwen3-vl"]) not in repr(identity)
     assert identity != backends["qwen2.5-vl"].identity
+    assert isinstance(backends["qwen3-vl"], ChatBackend)

@@ -94,6 +94,9 @@ class OpenAIBackend:
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise InputError(f"the VLM endpoint URL {url!r} is not an http(s) URL; give e.g. http://127.0.0.1:8000/v1")
+        if parsed.username or parsed.password:  # the URL is recorded and named in messages: no secret in it
+            raise InputError(f"the VLM endpoint URL holds credentials; give the key in ${api_key_env} instead "
+                             f"(--vlm-api-key-env NAME) and the URL without them")
         if not (isinstance(retries, int) and 0 <= retries <= 10):
             raise InputError(f"VLM endpoint retries must be an integer from 0 to 10, got {retries!r}")
         if not (isinstance(timeout, int | float) and 0 < timeout <= 86400):
@@ -177,12 +180,11 @@ class OpenAIBackend:
         return VlmEndpointError(f"cannot reach the VLM endpoint {self.url} (no answer: {self._scrub(cause)[:200]}); "
                                 "check the URL and that the server is running", transport=True)
 
-    def request(self, messages: Sequence[Message], max_tokens: int, **extra: Any) -> tuple[dict[str, Any], float]:
-        """The checked JSON body of one chat completion, and the seconds it took."""
+    def request(self, wired: list[dict[str, Any]], max_tokens: int, **extra: Any) -> tuple[dict[str, Any], float]:
+        """The checked JSON body of one chat completion of :meth:`wire_messages`, and the seconds it took."""
         import openai
 
         check_max_tokens(max_tokens)
-        wired = self.wire_messages(messages)
         started = time.perf_counter()
         try:
             raw = self._client.chat.completions.with_raw_response.create(
@@ -220,7 +222,10 @@ class OpenAIBackend:
         return prompt, max(0, prompt - cached), count(usage.get("completion_tokens"))
 
     def chat(self, messages: Sequence[Message], max_tokens: int) -> ChatReply:
-        reply, seconds = self.request(messages, max_tokens)
+        return self._chat(self.wire_messages(messages), max_tokens)
+
+    def _chat(self, wired: list[dict[str, Any]], max_tokens: int) -> ChatReply:
+        reply, seconds = self.request(wired, max_tokens)
         choice = reply["choices"][0]
         text = choice["message"].get("content")
         prompt, prefilled, generated = self._tokens(reply)
@@ -229,12 +234,11 @@ class OpenAIBackend:
 
     def chat_many(self, conversations: Sequence[Sequence[Message]], max_tokens: int) -> list[ChatReply]:
         """The replies, requested concurrently (the server batches them); the first fault is raised."""
-        if len(conversations) <= 1:
-            return [self.chat(messages, max_tokens) for messages in conversations]
-        for messages in conversations:
-            self.wire_messages(messages)  # encode each photo once, before the threads ask for it
-        with ThreadPoolExecutor(max_workers=min(CONCURRENCY, len(conversations))) as pool:
-            futures = [pool.submit(self.chat, messages, max_tokens) for messages in conversations]
+        wired = [self.wire_messages(messages) for messages in conversations]  # each photo encoded once, here
+        if len(wired) <= 1:
+            return [self._chat(request, max_tokens) for request in wired]
+        with ThreadPoolExecutor(max_workers=min(CONCURRENCY, len(wired))) as pool:
+            futures = [pool.submit(self._chat, request, max_tokens) for request in wired]
             return [future.result() for future in futures]
 
     def label_logprobs(self, messages: Sequence[Message], labels: Sequence[str]) -> LabelLogprobs | None:
@@ -245,7 +249,8 @@ class OpenAIBackend:
         if any(a != b and b.startswith(a) for a in labels for b in labels):
             return None
         longest = max(len(label.encode("utf-8")) for label in labels)
-        reply, seconds = self.request(messages, longest, logprobs=True, top_logprobs=TOP_LOGPROBS)
+        reply, seconds = self.request(self.wire_messages(messages), longest, logprobs=True,
+                                      top_logprobs=TOP_LOGPROBS)
         logprobs = reply["choices"][0].get("logprobs")
         content = logprobs.get("content") if isinstance(logprobs, dict) else None
         if not isinstance(content, list) or not content:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -33,7 +34,16 @@ from ...errors import InputError, WeightsError, first_line
 from ..clip import precision_dtype, resolve_device
 from ..weights import weights_identity
 from .backend import DEFAULT_MAX_PIXELS, ChatReply, LabelLogprobs, check_labels, check_max_tokens
-from .decoding import Encoded, ForcedReply, PrefixCache, decode_greedy, prefill, prefix_key, step_positions
+from .decoding import (
+    Encoded,
+    ForcedReply,
+    Prefilled,
+    PrefixCache,
+    decode_greedy,
+    prefill,
+    prefix_key,
+    step_positions,
+)
 from .loading import MODEL_TYPES, check_vlm_folder, check_vlm_model, vlm_snapshot, weights_files
 from .messages import Message, check_messages, message_images
 
@@ -80,6 +90,9 @@ class TransformersBackend:
         stops = [stops] if isinstance(stops, int) else list(stops or [processor.tokenizer.eos_token_id])
         self.stop_ids = stops
         self._identity: dict[str, Any] | None = None
+        # One call at a time (a web page's requests may come from several threads): the model and its kept
+        # prefixes are shared state.
+        self._lock = threading.RLock()
 
     @classmethod
     def load(cls, model: str | os.PathLike[str], *, device: str = "auto", precision: str | None = None,
@@ -182,13 +195,14 @@ class TransformersBackend:
         started = time.perf_counter()
         encoded = self.encode(messages)
         self._check_length(encoded, max_tokens)
-        state = prefill(self.model, encoded, self.prefixes)
         processors = None
         script = self.reply_script(messages) if self.reply_script is not None else None
         if script is not None:
             processors = ForcedReply(self.processor.tokenizer.encode(script, add_special_tokens=False)
                                      + self.stop_ids[:1])
-        tokens, finish = decode_greedy(self.model, encoded, state, max_tokens, self.stop_ids, processors)
+        with self._lock:
+            state = prefill(self.model, encoded, self.prefixes)
+            tokens, finish = decode_greedy(self.model, encoded, state, max_tokens, self.stop_ids, processors)
         text = self.processor.tokenizer.decode([t for t in tokens if t not in self.stop_ids],
                                                skip_special_tokens=True)
         return tokens, ChatReply(text, encoded.length, encoded.length - state.reused, len(tokens),
@@ -225,23 +239,29 @@ class TransformersBackend:
         sequences = [self.processor.tokenizer.encode(label, add_special_tokens=False) + self.stop_ids[:1]
                      for label in labels]
         self._check_length(encoded, max(map(len, sequences)))
-        state = prefill(self.model, encoded, self.prefixes)
-        first = torch.log_softmax(state.logits.float(), dim=-1)
-        values: dict[str, float] = {}
-        forced = 0
-        for label, tokens in zip(labels, sequences):
-            total = first[tokens[0]]
-            if len(tokens) > 1:
-                given = torch.tensor([tokens[:-1]], device=encoded.input_ids.device)
-                positions = torch.cat([step_positions(encoded.length + i, encoded.rope_delta, given.device)
-                                       for i in range(len(tokens) - 1)], dim=2)
-                with torch.inference_mode():
-                    output = self.model(input_ids=given, position_ids=positions, past_key_values=state.cache,
-                                        use_cache=True)
-                scores = torch.log_softmax(output.logits[0].float(), dim=-1)
-                total = total + scores[torch.arange(len(tokens) - 1), torch.tensor(tokens[1:])].sum()
-                state.cache.crop(-(len(tokens) - 1))
-                forced += len(tokens) - 1
-            values[label] = float(total)
+        with self._lock:
+            state = prefill(self.model, encoded, self.prefixes)
+            first = torch.log_softmax(state.logits.float(), dim=-1)
+            values = {label: self._label_logprob(encoded, state, first, tokens)
+                      for label, tokens in zip(labels, sequences)}
         return LabelLogprobs(values, prompt_tokens=encoded.length, prefilled_tokens=encoded.length - state.reused,
-                             generated_tokens=forced, seconds=time.perf_counter() - started)
+                             generated_tokens=sum(len(tokens) - 1 for tokens in sequences),
+                             seconds=time.perf_counter() - started)
+
+    def _label_logprob(self, encoded: Encoded, state: Prefilled, first: torch.Tensor, tokens: list[int]) -> float:
+        """log P(tokens) after the prefilled conversation: the first from its last logits, the others from one
+        pass of all but the last token on its cache, which is then cut back."""
+        total = first[tokens[0]]
+        if len(tokens) > 1:
+            device = encoded.input_ids.device
+            given = torch.tensor([tokens[:-1]], device=device)
+            positions = torch.cat([step_positions(encoded.length + i, encoded.rope_delta, device)
+                                   for i in range(len(tokens) - 1)], dim=2)
+            with torch.inference_mode():
+                output = self.model(input_ids=given, position_ids=positions, past_key_values=state.cache,
+                                    use_cache=True)
+            scores = torch.log_softmax(output.logits[0].float(), dim=-1)
+            total = total + scores[torch.arange(len(tokens) - 1, device=device),
+                                   torch.tensor(tokens[1:], device=device)].sum()
+            state.cache.crop(-(len(tokens) - 1))
+        return float(total)
