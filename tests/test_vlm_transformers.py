@@ -40,7 +40,6 @@ CONVERSATIONS = [
     # A second turn with a second image (the agent's marks image) after the cached prefix.
     [SYSTEM, ask(PHOTO, "the dog"), {"role": "assistant", "content": [{"type": "text", "text": "<tool>x</tool>"}]},
      {"role": "user", "content": [{"type": "text", "text": "2 masks:"}, {"type": "image", "image": MARKS}]}],
-    [SYSTEM, ask(PHOTO, "the man on the left")],
 ]
 
 
@@ -78,7 +77,7 @@ def test_prefix_reuse_is_token_identical_to_generate(backends, family):
         assert reply.generated_tokens == len(tokens) and not reply.cached
         outputs.append(tokens)
     assert len(backend.prefixes) == 1
-    assert len({tuple(tokens) for tokens in outputs[:3]}) > 1, "the replies should depend on the prompt"
+    assert len({tuple(tokens) for tokens in outputs}) > 1, "the replies should depend on the prompt"
 
 
 @pytest.mark.parametrize("family", FAMILIES)

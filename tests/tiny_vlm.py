@@ -99,9 +99,10 @@ def tiny_vlm_config(family: str) -> Qwen2_5_VLConfig | Qwen3VLConfig:
     raise ValueError(f"unknown family {family!r}; use one of {FAMILIES}")
 
 
-def tiny_vlm_processor(family: str) -> Qwen2_5_VLProcessor | Qwen3VLProcessor:
-    """The family's processor: its image resize rule (patches of 14 or 16, merged 2x2) at toy pixel bounds."""
-    size = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
+def tiny_vlm_processor(family: str, max_pixels: int = MAX_PIXELS) -> Qwen2_5_VLProcessor | Qwen3VLProcessor:
+    """The family's processor: its image resize rule (patches of 14 or 16, merged 2x2), photos of at most
+    ``max_pixels`` (toy sizes by default; a benchmark gives a realistic bound)."""
+    size = {"shortest_edge": MIN_PIXELS, "longest_edge": max_pixels}
     tokenizer = tiny_qwen_tokenizer()
     if family == "qwen2.5-vl":
         images = Qwen2VLImageProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
@@ -126,10 +127,10 @@ def build_tiny_vlm(family: str, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def save_tiny_vlm(folder: str | Path, family: str, seed: int = 0) -> Path:
+def save_tiny_vlm(folder: str | Path, family: str, seed: int = 0, max_pixels: int = MAX_PIXELS) -> Path:
     """Write a tiny random VLM as ``save_pretrained`` does (config.json, model.safetensors, generation config,
     processor, tokenizer and chat template files)."""
     folder = Path(folder)
     build_tiny_vlm(family, seed).save_pretrained(folder)
-    tiny_vlm_processor(family).save_pretrained(folder)
+    tiny_vlm_processor(family, max_pixels).save_pretrained(folder)
     return folder
