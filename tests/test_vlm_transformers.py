@@ -14,7 +14,7 @@ from PIL import Image
 from tiny_vlm import FAMILIES
 
 from globallocal.errors import InputError
-from globallocal.models.vlm import ChatBackend, build_vlm_backend
+from globallocal.models.vlm import CachedBackend, ChatBackend, ReplyStore, build_vlm_backend
 from globallocal.models.vlm.decoding import prefill
 from globallocal.models.vlm.messages import message_images
 from globallocal.models.vlm.transformers_backend import TransformersBackend
@@ -185,10 +185,14 @@ def test_max_pixels_caps_the_photo(backends, family):
         capped.seen_size(photo(2000, 4, 3))
 
 
-def test_identity_names_contents_not_paths(backends, vlm_folders):
+def test_identity_names_contents_not_paths(backends, vlm_folders, tmp_path):
     identity = backends["qwen3-vl"].identity
     assert identity["weights"]["model.safetensors"]["size"] > 0
     assert identity["dtype"] == "float32" and identity["device"] == "cpu" and identity["family"] == "qwen3-vl"
     assert str(vlm_folders["qwen3-vl"]) not in repr(identity)
     assert identity != backends["qwen2.5-vl"].identity
     assert isinstance(backends["qwen3-vl"], ChatBackend)
+    built = TransformersBackend(backends["qwen3-vl"].model, backends["qwen3-vl"].processor, family="qwen3-vl")
+    assert built.identity["weights"] == "in memory"
+    with pytest.raises(InputError, match="cannot be cached: nothing identifies its weights"):
+        CachedBackend(built, ReplyStore(tmp_path))

@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "DEFAULT_VLM_MODEL",
     "FAMILIES",
+    "IN_MEMORY",
     "ChatBackend",
     "ChatReply",
     "LabelLogprobs",
@@ -54,6 +55,9 @@ DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 # connections are retried (the openai client's own retries, with its exponential backoff).
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_RETRIES = 2
+# The identity's weights of an in-process model built from objects rather than loaded from files: nothing says
+# which weights they are, so its replies are never cached.
+IN_MEMORY = "in memory"
 
 
 @dataclass

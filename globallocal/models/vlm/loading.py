@@ -16,6 +16,7 @@ how to get it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ __all__ = [
     "cached_vlm_snapshot",
     "is_hub_id",
     "missing_vlm_model",
+    "model_files_digest",
     "vlm_snapshot",
     "weights_files",
 ]
@@ -49,6 +51,10 @@ WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+# Every file besides the weights that decides what the model is given or answers (its identity hashes them).
+MODEL_FILES = ("config.json", "generation_config.json", *PROCESSOR_FILES, "video_preprocessor_config.json",
+               "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+               "added_tokens.json", *TEMPLATE_FILES)
 # Bytes each small file may have (a real Qwen tokenizer.json is 11 MB, its configs a few kB).
 SMALL_FILE_BYTES = 1 << 20
 TOKENIZER_BYTES = 64 << 20
@@ -128,6 +134,16 @@ def weights_files(folder: Path) -> list[Path]:
         raise WeightsError(f"{folder} lacks {len(missing)} of the {len(names)} weights shards its index names "
                            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); {fix}")
     return [folder / name for name in names]
+
+
+def model_files_digest(folder: Path) -> str:
+    """SHA-256 of the folder's :data:`MODEL_FILES` (names and bytes, each a bounded regular file)."""
+    digest = hashlib.sha256()
+    for name in MODEL_FILES:
+        if (folder / name).exists():
+            data = read_regular(folder / name, TOKENIZER_BYTES, what="VLM model file")
+            digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()
 
 
 def _has_template(folder: Path) -> bool:

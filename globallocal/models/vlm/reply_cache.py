@@ -34,7 +34,7 @@ from PIL import Image
 from ...data.bounded import NUMBER, check_shape, read_json
 from ...data.images import atomic_write, save_text
 from ...errors import InputError, first_line
-from .backend import ChatBackend, ChatReply, LabelLogprobs, check_labels, check_max_tokens
+from .backend import IN_MEMORY, ChatBackend, ChatReply, LabelLogprobs, check_labels, check_max_tokens
 from .messages import Message, conversation_digest
 
 __all__ = ["CachedBackend", "ReplyStore", "request_digest"]
@@ -111,6 +111,9 @@ class CachedBackend:
     """
 
     def __init__(self, backend: ChatBackend, store: ReplyStore) -> None:
+        if backend.identity.get("weights") == IN_MEMORY:
+            raise InputError("the replies of a VLM built from a model object cannot be cached: nothing identifies "
+                             "its weights; load it from a hub id or a folder")
         self.backend = backend
         self.store = store
 

@@ -17,7 +17,6 @@ own output, so every prefill and decoding step still runs on the real model.
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import threading
 import time
@@ -33,7 +32,7 @@ from ...data.images import image_digest
 from ...errors import InputError, WeightsError, first_line
 from ..clip import precision_dtype, resolve_device
 from ..weights import weights_identity
-from .backend import DEFAULT_MAX_PIXELS, ChatReply, LabelLogprobs, check_labels, check_max_tokens
+from .backend import DEFAULT_MAX_PIXELS, IN_MEMORY, ChatReply, LabelLogprobs, check_labels, check_max_tokens
 from .decoding import (
     Encoded,
     ForcedReply,
@@ -44,7 +43,7 @@ from .decoding import (
     prefix_key,
     step_positions,
 )
-from .loading import MODEL_TYPES, check_vlm_folder, check_vlm_model, vlm_snapshot, weights_files
+from .loading import MODEL_TYPES, check_vlm_folder, check_vlm_model, model_files_digest, vlm_snapshot, weights_files
 from .messages import Message, check_messages, message_images
 
 __all__ = ["DEFAULT_PREFIX_CACHE_SIZE", "TransformersBackend"]
@@ -54,15 +53,6 @@ __all__ = ["DEFAULT_PREFIX_CACHE_SIZE", "TransformersBackend"]
 DEFAULT_PREFIX_CACHE_SIZE = 4
 # Qwen's processors refuse photos more elongated than this.
 MAX_ASPECT = 200
-
-
-def _processor_digest(folder: Path) -> str:
-    """SHA-256 of the files deciding what the model is given: processor, tokenizer, chat template, configs."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.iterdir()):
-        if path.suffix in {".json", ".jinja", ".txt"} and not path.name.endswith(".index.json"):
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
 
 
 class TransformersBackend:
@@ -123,9 +113,11 @@ class TransformersBackend:
         """Weights (content digests), processor files, dtype, device type, photo cap, library versions."""
         if self._identity is None:
             identity: dict[str, Any] = {"backend": "transformers", "family": self.family}
-            if self.folder is not None:
+            if self.folder is None:
+                identity["weights"] = IN_MEMORY  # built from objects: nothing on disk says which weights
+            else:
                 identity["weights"] = {path.name: weights_identity(path) for path in weights_files(self.folder)}
-                identity["files_sha256"] = _processor_digest(self.folder)
+                identity["files_sha256"] = model_files_digest(self.folder)
             identity.update({
                 "dtype": str(self.model.dtype).removeprefix("torch."),
                 "device": self.model.device.type,
