@@ -99,6 +99,11 @@ def test_processor_pixels_and_files_are_bounded(tmp_path, vlm_folders):
     (folder / "processor_config.json").write_bytes(b" " * (2 << 20))
     with pytest.raises(WeightsError, match=r"cannot read .*processor_config\.json \(.*more than the 1 MiB allowed"):
         check_vlm_folder(folder)
+    shutil.copy(vlm_folders["qwen3-vl"] / "processor_config.json", folder)
+    with open(folder / "tokenizer.json", "ab") as handle:
+        handle.truncate(65 << 20)  # sparse: nothing is written, nor read by the check
+    with pytest.raises(WeightsError, match=r"tokenizer\.json is 68157440 bytes, more than the 67108864"):
+        check_vlm_folder(folder)
 
 
 def test_every_shard_of_an_index_must_be_there(tmp_path, vlm_folders):

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ...data.bounded import check_shape, read_json, read_regular
+from ...data.bounded import check_shape, open_regular, read_json, read_regular
 from ...errors import InputError, WeightsError, first_line
 from ..hub import MissingFile, require_files
 
@@ -136,6 +136,17 @@ def weights_files(folder: Path) -> list[Path]:
     return [folder / name for name in names]
 
 
+def _check_size(path: Path, max_bytes: int, fix: str) -> None:
+    """Refuse a file that is not regular or is larger than ``max_bytes``, without reading it."""
+    fd = open_regular(path, what="VLM file")
+    try:
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if size > max_bytes:
+        raise WeightsError(f"{path} is {size} bytes, more than the {max_bytes} a VLM's {path.name} may have; {fix}")
+
+
 def model_files_digest(folder: Path) -> str:
     """SHA-256 of the folder's :data:`MODEL_FILES` (names and bytes, each a bounded regular file)."""
     digest = hashlib.sha256()
@@ -182,7 +193,7 @@ def check_vlm_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
     else:
         check_config_sizes(_read_small_json(processor, fix), PROCESSOR_BOUNDS, str(processor), fix)
     if (folder / "tokenizer.json").is_file():
-        read_regular(folder / "tokenizer.json", TOKENIZER_BYTES, what="VLM tokenizer")
+        _check_size(folder / "tokenizer.json", TOKENIZER_BYTES, fix)
     elif not all((folder / name).is_file() for name in ("vocab.json", "merges.txt")):
         missing.append("tokenizer.json (or vocab.json and merges.txt)")
     if not _has_template(folder):
