@@ -31,3 +31,18 @@ class InputError(GlobalLocalError):
 
 class NoProposalsError(InputError):
     """An image has no mask proposals to choose from."""
+
+
+class VlmEndpointError(GlobalLocalError):
+    """A VLM endpoint did not give a usable reply; the message names the URL and the status.
+
+    ``transport`` is True when the fault was in reaching or hearing the
+    endpoint (no connection, a timeout, 408/409/429/5xx, a body that is not a
+    chat completion): asking again later may succeed. It is False when the
+    endpoint refused the request itself (another 4xx: a bad key, an unknown
+    model, a prompt too long).
+    """
+
+    def __init__(self, message: str, *, transport: bool) -> None:
+        super().__init__(message)
+        self.transport = transport

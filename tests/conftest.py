@@ -176,6 +176,14 @@ def sam3_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def vlm_folders(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random Qwen2.5-VL and Qwen3-VL saved in the transformers layout (tests/tiny_vlm.py), by family."""
+    from tiny_vlm import FAMILIES, save_tiny_vlm  # transformers loads only for the tests that use it
+
+    return {family: save_tiny_vlm(tmp_path_factory.mktemp(family), family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
 def photo_file(tmp_path_factory) -> Path:
     """A 64 x 48 PNG of random pixels (seeded)."""
     path = tmp_path_factory.mktemp("photo") / "photo.png"

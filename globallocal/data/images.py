@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tempfile
@@ -297,3 +298,10 @@ def save_mask_png(mask: np.ndarray | torch.Tensor, path: str | os.PathLike) -> N
 def save_text(text: str, path: str | os.PathLike) -> None:
     """Write UTF-8 text atomically."""
     save_bytes(text.encode("utf-8"), path)
+
+
+def image_digest(image: Image.Image) -> str:
+    """SHA-256 of the decoded pixels and their shape: what a model's answer depends on, whatever file they came
+    from (the feature cache's and the VLM reply cache's key of a photo)."""
+    pixels = np.ascontiguousarray(np.asarray(image))
+    return hashlib.sha256(repr(pixels.shape).encode() + pixels.tobytes()).hexdigest()
