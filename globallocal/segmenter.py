@@ -253,8 +253,13 @@ class Segmenter:
                     )
         if state.concepts is not None:
             return self._answer_concepts(state.concepts, parsed)
-        features = ImageFeatures(state.image, state.proposals, state.tensors)
+        features = ImageFeatures(state.image, state.proposals, state.tensors, box_prompt=self._box_prompt(state.image))
         return self.method.answer(features, parsed, self.encode)
+
+    def _box_prompt(self, image: Image.Image) -> Callable[[Sequence[float]], torch.Tensor] | None:
+        """The proposal source's box prompt on ``image``, where the source takes one (SAM, SAM 2)."""
+        segment_box = getattr(self.proposal_source, "segment_box", None)
+        return None if segment_box is None else lambda box: segment_box(image, box)
 
     def _answer_concepts(self, concepts: ConceptImage, parsed: Sequence[ParsedPhrase]) -> list[SegmentResult]:
         """Each phrase answered among its own noun phrase's candidates; phrases that share it share them."""

@@ -176,6 +176,19 @@ def test_keep_order_hands_on_the_packages_order(family, request, image):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_a_box_prompt_is_the_package_predictors_own_mask(family, request, image):
+    """The VLM box preset's fallback: the generator's model prompted with a box, as the package's predictor does."""
+    generator = make_generator(family, request)
+    box = [20.0, 8.0, 70.0, 50.0]
+    mask = generator.segment_box(image, box)
+    predictor = generator.generator.predictor
+    predictor.set_image(image)
+    expected, _, _ = predictor.predict(box=np.array(box, dtype=np.float32), multimask_output=False)
+    assert mask.dtype == torch.bool and mask.shape == (HEIGHT, WIDTH)
+    assert torch.equal(mask, torch.from_numpy(np.asarray(expected[0]) > 0))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_max_proposals_keeps_the_best(family, request, image):
     everything = make_generator(family, request, **KEEP_ALL).generate(image)
     assert len(everything) >= 2

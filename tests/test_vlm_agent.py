@@ -14,11 +14,11 @@ from vlm_script import FakeSam3, ScriptedBackend, TransportError, images_of, kin
 from globallocal.methods.vlm import render
 from globallocal.methods.vlm.agent import run_agent
 from globallocal.methods.vlm.candidates import agent_candidates
-from globallocal.methods.vlm.chat import count_images
 from globallocal.methods.vlm.prompts import Prompts, builtin_prompts
 from globallocal.methods.vlm.render import candidate_image, color_of, marks_image, zoom_image
 from globallocal.methods.vlm.settings import PRESETS, VlmSettings
 from globallocal.methods.vlm.toolcalls import cut_after_tool
+from globallocal.models.vlm.messages import message_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,7 +87,7 @@ def test_segment_then_select_answers_with_the_union_of_the_chosen_candidates():
     assert texts_of(second[3]) == [PROMPTS.fill("masks_rendered", count=3, query=QUERY)]
     marks = images_of(second[3])[0]
     assert np.array_equal(np.asarray(marks), np.asarray(marks_image(PHOTO, DOG_CANDIDATES.masks)))
-    assert count_images(second) == 2
+    assert len(message_images(second)) == 2
     assert sam.prompts == ["dog"]
     assert (answer.outcome, answer.chosen) == ("select", (0, 2))
     assert torch.equal(answer.candidates.masks, DOG_CANDIDATES.masks)
@@ -113,7 +113,7 @@ def test_a_prompt_that_finds_nothing_counts_as_run():
     (answer,), backend, _ = run([segment("cat"), select(1)])
     last = backend.received[1][-1]
     assert kinds(last) == ["text"] and texts_of(last) == [PROMPTS.fill("no_masks", prompt="cat", query=QUERY)]
-    assert count_images(backend.received[1]) == 1
+    assert len(message_images(backend.received[1])) == 1
     assert (answer.outcome, answer.chosen) == ("select", ())
     (answer,), _, _ = run([segment("cat"), examine()])
     assert (answer.outcome, answer.reason) == ("vlm_error", "tool_not_allowed")
@@ -126,7 +126,7 @@ def test_a_used_prompt_is_refused_without_calling_sam3():
     # The refusal's assistant turn calls segment_phrase: the history starts there, the masks are out of view.
     assert roles(third) == ["system", "user", "assistant", "user"]
     assert texts_of(third[3]) == [PROMPTS.fill("duplicate_prompt", prompt="dog", used='["dog"]')]
-    assert count_images(third) == 1 and texts_of(third[1]) == [first_turn_text()]
+    assert len(message_images(third)) == 1 and texts_of(third[1]) == [first_turn_text()]
     # The candidates of "dog" are still the ones a selection numbers.
     assert answer.chosen == (0,) and torch.equal(answer.mask, DOGS.masks[1])
 
@@ -137,7 +137,7 @@ def test_other_prompts_tried_are_noted_in_the_second_message():
     assert images_of(third[1]) == [PHOTO] and texts_of(third[1]) == [first_turn_text(["dog"])]
     assert third[2]["content"][0]["text"] == segment("animal") + "\n\n"
     assert texts_of(third[3]) == [PROMPTS.fill("masks_rendered", count=2, query=QUERY)]
-    assert count_images(third) == 2 and len(third) == 4
+    assert len(message_images(third)) == 2 and len(third) == 4
     assert sam.prompts == ["dog", "animal"]
     assert torch.equal(answer.mask, ANIMALS.masks[1])  # equal scores keep their order
 
@@ -162,7 +162,7 @@ def test_examine_each_mask_checks_each_candidate_alone_and_renumbers_the_kept_on
     assert texts_of(after[5]) == [PROMPTS.fill("examined_some", count=2, query=QUERY)]
     kept = DOG_CANDIDATES.masks[[0, 2]]
     assert np.array_equal(np.asarray(images_of(after[5])[0]), np.asarray(marks_image(PHOTO, kept)))
-    assert count_images(after) == 2
+    assert len(message_images(after)) == 2
     # Mask 2 after the check is the third candidate before it: SAM 3's first instance.
     assert answer.chosen == (1,) and len(answer.candidates) == 2 and torch.equal(answer.mask, DOGS.masks[0])
     assert answer.usage.calls == 6
@@ -258,10 +258,10 @@ def test_a_long_run_never_holds_more_than_two_images(monkeypatch):
     (answer,), backend, _ = run(replies, table=table)
     main = [messages for messages in backend.received if is_main(messages)]
     assert len(main) == 101
-    assert max(count_images(messages) for messages in main) == 2
+    assert max(len(message_images(messages)) for messages in main) == 2
     assert all(len(messages) < 10 for messages in main)  # the authors assert it of their history
     assert (answer.outcome, answer.reason) == ("vlm_error", "too_many_generations")
-    assert any(count_images(messages) == 1 for messages in main[1:])  # refusals and empty prompts came through
+    assert any(len(message_images(messages)) == 1 for messages in main[1:])  # refusals and empty prompts came through
 
 
 def test_usage_and_transcript_record_every_call():

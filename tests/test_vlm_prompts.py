@@ -96,7 +96,7 @@ def test_a_folder_with_nothing_for_the_preset_is_refused(tmp_path):
 
 def test_the_presets():
     agent = PRESETS["sam3-agent"]
-    assert (agent.mode, agent.max_tokens, agent.sam3_threshold, agent.overlap_threshold) == ("agent", 4096, 0.5, 0.3)
+    assert (agent.mode, agent.max_tokens, agent.overlap_threshold) == ("agent", 4096, 0.3)
     assert (agent.short_rle_chars, agent.max_generations, agent.format_retries) == (4, 100, 0)
     assert PRESETS["sam3-agent-retry"] == VlmSettings(format_retries=2)
     assert PRESETS["box"].mode == "box" and PRESETS["marks"].mode == "marks"

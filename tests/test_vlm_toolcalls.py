@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from globallocal.methods.vlm.chat import assistant, count_images, image_part, system, text_part, user
+from globallocal.methods.vlm.chat import assistant, image_part, system, text_part, user
 from globallocal.methods.vlm.history import cut_assistant_texts, prune, tried_list
 from globallocal.methods.vlm.toolcalls import (
     AgentError,
@@ -18,6 +18,7 @@ from globallocal.methods.vlm.toolcalls import (
     parse_verdict,
     tool_json,
 )
+from globallocal.models.vlm.messages import message_images
 
 # ---- tool calls ---------------------------------------------------------------------------------------------------
 
@@ -152,7 +153,7 @@ def test_pruning_keeps_the_head_and_everything_from_the_last_segment_phrase_call
     # "a" was tried before the latest prompt: the second message is rebuilt with the note.
     assert pruned[1]["content"][0]["image"] is PHOTO
     assert pruned[1]["content"][1]["text"] == 'query; tried ["a"]'
-    assert count_images(pruned) == 2
+    assert len(message_images(pruned)) == 2
 
 
 def test_pruning_without_other_prompts_or_without_a_segment_call():

@@ -42,6 +42,7 @@ _MODULES = {
     "hybridgl": "globallocal.methods.hybridgl.settings",
     "tcl": "globallocal.methods.tcl.settings",
     "sam3": "globallocal.methods.sam3.settings",
+    "vlm": "globallocal.methods.vlm.settings",
 }
 DEFAULT_METHOD = "global-local"
 

@@ -82,6 +82,12 @@ class SegmentResult:
             "proposal_score": None if self.index is None else scores[self.index],
         }
 
+    def failure(self) -> str | None:
+        """Why no answer could be given for a reason outside the method and the photo (an endpoint that did not
+        answer); None for an answer. A command answering one photo stops with it; a long run records it and
+        asks again when resumed."""
+        return None
+
     def ranking(self) -> list[tuple[int, float]]:
         """(proposal, value) by the score the method chose with, the answer first, then best first; empty for
         a method that draws its own mask. Pictures and the page rank and caption by it."""
@@ -125,6 +131,9 @@ class ImageFeatures:
     concepts: ConceptImage | None = None
     """With a phrase-dependent source: the photo's queries and answers, which a method that prompts the source
     itself (:meth:`Method.prompts_source`) asks; answers are kept, so a prompt asked again costs nothing."""
+    box_prompt: Callable[[Sequence[float]], torch.Tensor] | None = None
+    """With a promptable proposal source (SAM, SAM 2): the mask of a box prompt (x0, y0, x1, y1 in the photo's
+    pixels) on this photo, bool (H, W); None without one."""
 
 
 class Method(ABC):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -199,6 +199,16 @@ class _AutomaticMaskSource(ABC):
     def __call__(self, image: ImageInput) -> Proposals:
         """Same as :meth:`generate`, so a generator can serve as a segmenter's proposal source."""
         return self.generate(image)
+
+    def segment_box(self, image: ImageInput, box: Sequence[float]) -> torch.Tensor:
+        """The mask of one box prompt (x0, y0, x1, y1 in the image's pixels), bool (H, W): the package's
+        predictor on the generator's model, one mask out (``multimask_output=False``)."""
+        rgb = load_image(image)
+        predictor = self.generator.predictor
+        with quiet_package_warnings():
+            predictor.set_image(np.array(rgb))
+            masks, _, _ = predictor.predict(box=np.asarray(box, dtype=np.float32), multimask_output=False)
+        return torch.from_numpy(np.asarray(masks[0]) > 0)
 
 
 class SAM2Generator(_AutomaticMaskSource):

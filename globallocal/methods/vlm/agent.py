@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ...models.vlm.messages import message_images
 from ...proposals import Proposals
 from .answer import Transcript, Usage, VlmAnswer, empty_candidates, record_reply
 from .candidates import agent_candidates
@@ -34,7 +35,6 @@ from .chat import (
     Conversation,
     Message,
     assistant,
-    count_images,
     image_part,
     is_transport_error,
     system,
@@ -155,8 +155,8 @@ class AgentQuery:
                 return answer
             cut_assistant_texts(self.messages)
             self.messages = prune(self.messages, self.used, self.latest, self._first_turn)
-            if count_images(self.messages) > MAX_IMAGES:
-                raise RuntimeError(f"the agent's history holds {count_images(self.messages)} images")
+            if len(message_images(self.messages)) > MAX_IMAGES:
+                raise RuntimeError(f"the agent's history holds {len(message_images(self.messages))} images")
             self._count_generation()
             reply = yield from self._ask(self.messages)
 

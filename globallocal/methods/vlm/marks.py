@@ -92,9 +92,11 @@ def marks_steps(photo: Image.Image, query: str, candidates: Proposals, settings:
             (scored,) = yield [LabelRequest(messages, labels)]
             label = None if scored.logprobs is None else best_label(scored.logprobs, labels)
             if label is not None:
-                usage.add(seconds=scored.seconds)
+                cost = {"prompt_tokens": scored.prompt_tokens, "prefilled_tokens": scored.prefilled_tokens,
+                        "generated_tokens": scored.generated_tokens, "seconds": scored.seconds}
+                usage.add(**cost)
                 details["label_logprobs"] = {name: _finite(scored.logprobs.get(name)) for name in labels}
-                transcript.record("marks", messages, labels=details["label_logprobs"], seconds=scored.seconds)
+                transcript.record("marks", messages, labels=details["label_logprobs"], **cost)
                 return answer((order[int(label) - 1],), "select")
         (reply,) = yield [ChatRequest(messages)]
     except Exception as error:

@@ -47,9 +47,8 @@ class VlmSettings(MethodSettings):
     """agent (SAM 3 Agent's loop), box (one grounding call) or marks (one call over numbered candidates)."""
     max_tokens: int = 4096
     """The most tokens one reply may have (the authors' 4096)."""
-    # ---- agent
-    sam3_threshold: float = 0.5
-    """SAM 3's confidence threshold for the agent's prompts (the authors' 0.5; no fallback steps)."""
+    # ---- agent (SAM 3 answers its prompts at the source's --sam3-threshold, 0.5 by default as the authors', with
+    # no fallback step: the agent's queries are exact)
     overlap_threshold: float = 0.3
     """Step 4a: an instance overlapping a better-scored kept one by more than this (intersection over the
     smaller area) is dropped."""
@@ -95,7 +94,6 @@ class VlmSettings(MethodSettings):
             one_of("fallback", FALLBACKS),
             one_of("shortlist", SHORTLISTS),
             within("max_tokens", 1, MAX_TOKENS),
-            within("sam3_threshold", 0.0, 1.0),
             within("overlap_threshold", 0.0, 1.0),
             within("short_rle_chars", 0, 64),
             within("max_generations", 1, MAX_GENERATIONS),

@@ -45,6 +45,10 @@ class LabelReply:
     logprobs: dict[str, float] | None
     """None: the backend cannot give them (the preset then asks for a reply)."""
     seconds: float
+    prompt_tokens: int = 0
+    prefilled_tokens: int = 0
+    generated_tokens: int = 0
+    """What the backend reports computing them cost (a :class:`~globallocal.models.vlm.LabelLogprobs` says)."""
 
 
 Request = ChatRequest | LabelRequest
@@ -64,6 +68,7 @@ def run_steps(steps: Sequence[Steps], backend: ChatBackend, max_tokens: int) -> 
     """Drive every generator to its answer, the chat requests of each round in one backend call."""
     answers: list[VlmAnswer | None] = [None] * len(steps)
     pending: dict[int, list[Request]] = {}
+    failed_ever: dict[int, BaseException] = {}
 
     def advance(index: int, step: Callable[[], list[Request]]) -> None:
         try:
@@ -100,11 +105,17 @@ def run_steps(steps: Sequence[Steps], backend: ChatBackend, max_tokens: int) -> 
                         raise
                     failed[index] = error
                     continue
-                replies[index][position] = LabelReply(logprobs, perf_counter() - started)
+                tokens = {name: getattr(logprobs, name, 0) for name in ("prompt_tokens", "prefilled_tokens",
+                                                                       "generated_tokens")}
+                replies[index][position] = LabelReply(logprobs, perf_counter() - started, **tokens)
+        failed_ever.update(failed)
         for index in current:
             generator = steps[index]
             if index in failed:
                 advance(index, lambda g=generator, e=failed[index]: g.throw(e))
             else:
                 advance(index, lambda g=generator, r=replies[index]: g.send(r))
+    for index, error in failed_ever.items():  # the endpoint's own words, for the one-line error of a command
+        if answers[index] is not None and answers[index].reason == "transport":
+            answers[index].details.setdefault("error", str(error))
     return [answer for answer in answers if answer is not None]

@@ -7,7 +7,8 @@ from ...lazy import lazy_exports
 _EXPORTS = {
     ".backend": ["BACKENDS", "DEFAULT_API_KEY_ENV", "DEFAULT_MAX_PIXELS", "DEFAULT_RETRIES", "DEFAULT_TIMEOUT",
                  "DEFAULT_VLM_MODEL", "FAMILIES", "IN_MEMORY", "ChatBackend", "ChatReply", "LabelLogprobs",
-                 "build_vlm_backend", "family_of_name"],
+                 "family_of_name"],
+    ".factory": ["build_vlm_backend"],
     ".messages": ["Message", "check_messages", "conversation_digest", "image_placeholder", "message_images",
                   "transcript"],
     ".loading": ["check_vlm_folder", "check_vlm_model", "missing_vlm_model"],
