@@ -33,7 +33,7 @@ from PIL import Image
 from .data.images import ImageInput, load_image
 from .errors import InputError, NoProposalsError
 from .methods import DEFAULT_METHOD, ImageFeatures, Method, MethodSettings, SegmentResult, build_method, get_method
-from .models.clip import ClipBundle, load_clip
+from .models.clip import ClipBundle, load_clip, resolve_device
 from .models.text import ParsedPhrase, encode_texts, load_parser, parse_phrase
 from .proposals import Proposals, check_image_size
 from .proposals.concept_image import ConceptImage
@@ -103,7 +103,9 @@ class Segmenter:
         ``preset`` to the method's; ``device`` "auto" (CUDA when available,
         as on the command line), "cpu", "cuda" or "cuda:N"; ``overrides``
         change fields of its settings; ``method_options`` go to the method's
-        builder (extra weights).
+        builder (extra weights). A method that loads no CLIP (SAM 3 alone, a
+        VLM) is given ``device`` and ``precision`` through its builder, since no
+        CLIP carries them to its models.
         """
         spec = get_method(method)
         spec.settings(preset, **overrides)  # bad settings and a CLIP that does not fit fail before any model loads
@@ -112,7 +114,10 @@ class Segmenter:
         nlp = load_parser(spacy_model)
         # A method that scores with no CLIP (SAM 3 alone) loads none: its weights may not even be here.
         clip = load_clip(clip_model, clip_weights, device=device, precision=precision) if spec.uses_clip else None
-        built = build_method(method, clip, nlp, preset, method_options, **overrides)
+        options = dict(method_options or {})
+        if clip is None:
+            options = {"device": resolve_device(device), "precision": precision, **options}
+        built = build_method(method, clip, nlp, preset, options or None, **overrides)
         return cls(clip, nlp, proposal_source=proposal_source, method=built)
 
     def clip_description(self) -> dict[str, str] | None:

@@ -158,3 +158,20 @@ def test_an_evaluation_of_sam3_resumes_to_identical_records(nlp, sam3_folder, tm
     assert records("resumed") == records("full")
     assert {step for *_, step in records("full")} <= {"noun-phrase", "head-noun", "below-threshold"}
     assert full["metrics"]["sentences"] == len(records("full")) > 0
+
+
+def test_the_device_and_precision_reach_a_method_without_clip(sam3_folder, monkeypatch):
+    """No CLIP carries them: from_pretrained hands them to SAM 3's builder (before, SAM 3 always ran on the CPU)."""
+    import globallocal.methods.sam3.method as sam3_method
+
+    seen = {}
+    real = sam3_method.load_sam3
+
+    def spy(weights, device, precision):
+        seen.update(device=device, precision=precision)
+        return real(weights, "cpu", "fp32")
+
+    monkeypatch.setattr(sam3_method, "load_sam3", spy)
+    Segmenter.from_pretrained(method="sam3", device="cpu", precision="bf16",
+                              method_options={"weights": str(sam3_folder)})
+    assert seen == {"device": "cpu", "precision": "bf16"}
