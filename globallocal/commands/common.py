@@ -66,7 +66,8 @@ def _tidy(param: Any) -> None:
             param.secondary_opts, param.show_default = [], False
     if isinstance(param, TyperOption) and param.rich_help_panel is None:
         name = param.name or ""
-        param.rich_help_panel = "TCL" if name.startswith("tcl_") else _PANEL_OF.get(name)
+        prefix = name.split("_", 1)[0]
+        param.rich_help_panel = {"tcl": "TCL", "vlm": "VLM"}.get(prefix) or _PANEL_OF.get(name)
 
 
 class _TidyHelp:

@@ -118,6 +118,34 @@ Sam3FallbackOpt = Annotated[str | None, typer.Option(
     "--sam3-fallback", help="SAM 3: what answers a noun phrase with no instance above the threshold, tried in this "
     "order: head-noun (its head noun alone), below-threshold (its best instances below it), sam2 (SAM 2's "
     "automatic proposals). Comma-separated, or none; by default head-noun, then below-threshold.")]
+VlmBackendOpt = Annotated[str | None, typer.Option(
+    "--vlm-backend", metavar="transformers|openai", help="--method vlm: where the VLM runs: transformers (in this "
+    "process, on --device; default) or openai (any OpenAI-compatible chat endpoint: vLLM, SGLang, llama.cpp's "
+    "server, a hosted API; --vlm-url).")]
+VlmModelOpt = Annotated[str | None, typer.Option(
+    "--vlm-model", metavar="ID|DIR", help="--method vlm: the model: a Hugging Face id or a folder in the "
+    "transformers layout (default Qwen/Qwen3-VL-8B-Instruct, 17.5 GB in bf16); with an endpoint, the model name "
+    "it serves.")]
+VlmUrlOpt = Annotated[str | None, typer.Option(
+    "--vlm-url", metavar="URL", help="--vlm-backend openai: the endpoint, e.g. http://127.0.0.1:8000/v1.")]
+VlmApiKeyEnvOpt = Annotated[str | None, typer.Option(
+    "--vlm-api-key-env", metavar="NAME", help="--vlm-backend openai: the environment variable holding the API key "
+    "(default OPENAI_API_KEY); the key is never written anywhere.")]
+VlmFamilyOpt = Annotated[str | None, typer.Option(
+    "--vlm-family", metavar="qwen2.5-vl|qwen3-vl|other", help="--method vlm: the model family, which decides how "
+    "the box preset reads boxes (default: what the model's name or config says).")]
+VlmMaxPixelsOpt = Annotated[int | None, typer.Option(
+    "--vlm-max-pixels", help="--method vlm: the photo given to the VLM is resized to at most this many pixels "
+    "(default 1048576, about 1 MP).")]
+VlmPromptsOpt = Annotated[Path | None, typer.Option(
+    "--vlm-prompts", metavar="DIR", help="--method vlm: a folder of prompt files replacing this project's texts "
+    "(e.g. your copy of SAM 3 Agent's system_prompt.txt and system_prompt_iterative_checking.txt; docs/vlm.md).")]
+VlmShortlistOpt = Annotated[str | None, typer.Option(
+    "--vlm-shortlist", metavar="source|global-local|hybridgl", help="--preset marks: whose scores pick the "
+    "candidates drawn with numbers: the proposal source's (default) or a CLIP method's.")]
+VlmBoxFormatOpt = Annotated[str | None, typer.Option(
+    "--vlm-box-format", metavar="auto|seen-pixels|grid-1000|photo-pixels", help="--preset box: how the VLM's box "
+    "numbers read (default auto: Qwen2.5-VL pixels of the image it saw, Qwen3-VL a 0-1000 grid).")]
 ShortSideOpt = Annotated[int | None, typer.Option(
     help="Short side the photo is resized to for FreeSOLO and for CLIP's input tensor (default 800, SPEC).")]
 MinAreaOpt = Annotated[int | None, typer.Option(
@@ -335,6 +363,18 @@ def no_noun(phrase: str, phrases: list[str], require_noun: bool) -> None:
         f"no noun found in the phrase {phrase!r}: the whole phrase stands in for the noun phrase{quotes}",
         stacklevel=2,
     )
+
+
+def stop_on_failure(results: list) -> None:
+    """A photo's answers are all given, or the command stops: an answer that failed for a reason outside the
+    method (an endpoint that did not answer) is one error line, and nothing is written."""
+    from globallocal.errors import VlmEndpointError
+
+    for result in results:
+        reason = result.failure()
+        if reason is not None:
+            raise VlmEndpointError(f"{reason}; the phrase {result.phrase!r} got no answer, so nothing was written",
+                                   transport=True)
 
 
 def warn_no_candidates(results: list, source: str) -> None:

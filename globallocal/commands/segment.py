@@ -48,11 +48,21 @@ from .options import (
     TCLWeightOldOpt,
     TCLWeightsOldOpt,
     TCLWindowOpt,
+    VlmApiKeyEnvOpt,
+    VlmBackendOpt,
+    VlmBoxFormatOpt,
+    VlmFamilyOpt,
+    VlmMaxPixelsOpt,
+    VlmModelOpt,
+    VlmPromptsOpt,
+    VlmShortlistOpt,
+    VlmUrlOpt,
     check_applicable,
     check_models,
     check_phrases,
     no_noun,
     setting_overrides,
+    stop_on_failure,
     warn_no_candidates,
 )
 
@@ -135,6 +145,15 @@ def segment(
     sam3_fallback: Sam3FallbackOpt = None,
     sam3_prompt: Sam3PromptOpt = None,
     sam3_answer: Sam3AnswerOpt = None,
+    vlm_backend: VlmBackendOpt = None,
+    vlm_model: VlmModelOpt = None,
+    vlm_url: VlmUrlOpt = None,
+    vlm_api_key_env: VlmApiKeyEnvOpt = None,
+    vlm_family: VlmFamilyOpt = None,
+    vlm_max_pixels: VlmMaxPixelsOpt = None,
+    vlm_prompts: VlmPromptsOpt = None,
+    vlm_shortlist: VlmShortlistOpt = None,
+    vlm_box_format: VlmBoxFormatOpt = None,
     tcl_window: TCLWindowOpt = None,
     tcl_pamr: TCLPamrOpt = None,
     tcl_templates: TCLTemplatesOpt = None,
@@ -166,17 +185,19 @@ def segment(
     if top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {top_k}")
 
-    from globallocal.methods import Sam3Options, TCLOptions, get_method  # torch-free, like every check below
+    from globallocal.methods import Sam3Options, TCLOptions, VlmOptions, get_method  # torch-free, as below
 
     spec = get_method(method)
     tcl = TCLOptions.from_arguments(locals())
     tcl.check(spec)
     sam3 = Sam3Options.from_arguments(locals())
     sam3.check(spec, proposals)
+    vlm = VlmOptions.from_arguments(locals())
+    vlm.check(spec, proposals, preset)
     overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
         fusion_mode=fusion_mode,
-    ) | tcl.method_overrides(method) | sam3.method_overrides(method)
+    ) | tcl.method_overrides(method) | sam3.method_overrides(method) | vlm.method_overrides(method)
     typed = ProposalArgs.from_arguments(sam3.proposal_arguments(method, locals()))
     check_applicable(spec, overrides, typed, masks)
     check_mask_source(masks, typed)
@@ -213,7 +234,8 @@ def segment(
     with timer("load_models"):
         segmenter = Segmenter.from_pretrained(
             clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
-            method=method, method_options=tcl.method_options(method) or sam3.method_options(method), **overrides,
+            method=method, method_options=tcl.method_options(method) or sam3.method_options(method)
+            or vlm.method_options(method), **overrides,
         )
         segmenter.method = tcl.wrap(segmenter.method)
     for phrase in phrases:
@@ -229,6 +251,7 @@ def segment(
             segmenter.set_image(picture, candidates)
         with timer("answer"):
             results = segmenter.predict_many(phrases)
+    stop_on_failure(results)
     warn_no_candidates(results, proposals or method)
 
     with all_or_none():  # an output that cannot be written leaves none of the others behind

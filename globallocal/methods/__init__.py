@@ -169,6 +169,7 @@ _LAZY_EXPORTS = {
     "GlobalLocalSettings": "globallocal.methods.global_local.settings",
     "TCLOptions": "globallocal.methods.tcl.options",
     "Sam3Options": "globallocal.methods.sam3.options",
+    "VlmOptions": "globallocal.methods.vlm.options",
     # The interface every method implements: torch, so imported on first use too.
     "ImageFeatures": "globallocal.methods.base",
     "Method": "globallocal.methods.base",

@@ -173,11 +173,15 @@ class TransformersBackend:
         return Encoded(input_ids, kinds, pixel_values.to(device) if pixel_values is not None else None, grids,
                        positions, int(deltas.reshape(-1)[0]), prefix_length, key, tokens)
 
-    def _check_length(self, encoded: Encoded, extra: int) -> None:
+    def _check_length(self, encoded: Encoded, extra: int) -> int:
+        """How many tokens may follow the conversation: ``extra``, or what is left of the model's context when
+        that is less (a reply then ends at the context, with finish reason "length", as it would at
+        max_tokens); a conversation that leaves no room is refused."""
         limit = self.model.config.get_text_config().max_position_embeddings
-        if encoded.length + extra > limit:
-            raise InputError(f"the conversation has {encoded.length} tokens, and {extra} more would pass the "
-                             f"VLM's context of {limit}; shorten it or lower max_tokens")
+        if encoded.length + extra > limit and encoded.length >= limit:
+            raise InputError(f"the conversation has {encoded.length} tokens, which fill the VLM's context of "
+                             f"{limit}; shorten it (a smaller --vlm-max-pixels)")
+        return min(extra, limit - encoded.length)
 
     # ---- the calls -----------------------------------------------------------------------------------
 
@@ -186,7 +190,7 @@ class TransformersBackend:
         check_max_tokens(max_tokens)
         started = time.perf_counter()
         encoded = self.encode(messages)
-        self._check_length(encoded, max_tokens)
+        max_tokens = self._check_length(encoded, max_tokens)
         processors = None
         script = self.reply_script(messages) if self.reply_script is not None else None
         if script is not None:
@@ -230,7 +234,10 @@ class TransformersBackend:
         encoded = self.encode(messages)
         sequences = [self.processor.tokenizer.encode(label, add_special_tokens=False) + self.stop_ids[:1]
                      for label in labels]
-        self._check_length(encoded, max(map(len, sequences)))
+        needed = max(map(len, sequences))
+        if self._check_length(encoded, needed) < needed:
+            raise InputError(f"the conversation leaves no room in the VLM's context for labels of {needed} tokens; "
+                             "shorten it (a smaller --vlm-max-pixels)")
         with self._lock:
             state = prefill(self.model, encoded, self.prefixes)
             first = torch.log_softmax(state.logits.float(), dim=-1)

@@ -1,0 +1,93 @@
+"""--method vlm on the command line: an endpoint's box picks a user's mask; the agent runs end to end on tiny
+random models (SAM 3 and a Qwen VLM); bad options and an endpoint that does not answer are one line, exit 2,
+nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from chat_server import ChatServer
+from PIL import Image
+
+from globallocal.data.images import load_mask
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BOXES = [(2, 2, 20, 30), (30, 5, 50, 40), (52, 10, 62, 20)]
+
+
+@pytest.fixture
+def masks_dir(tmp_path, photo_file):
+    """Three rectangles as a folder of PNG masks at the photo's size (64 x 48)."""
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    for number, (x0, y0, x1, y1) in enumerate(BOXES):
+        mask = np.zeros((48, 64), dtype=np.uint8)
+        mask[y0:y1, x0:x1] = 255
+        Image.fromarray(mask).save(folder / f"{number:03d}.png")
+    return folder
+
+
+def endpoint(server: ChatServer) -> list[str]:
+    return ["--vlm-backend", "openai", "--vlm-url", server.url, "--vlm-model", "Qwen/Qwen3-VL-8B-Instruct"]
+
+
+def test_the_endpoints_box_picks_the_candidate_it_points_at(cli, photo_file, masks_dir, tmp_path):
+    # Candidate 1, (30, 5)-(50, 40) on the 64 x 48 photo, on Qwen3-VL's 0-1000 grid.
+    box = '```json\n[{"bbox_2d": [469, 104, 781, 833], "label": "man"}]\n```'
+    with ChatServer([box]) as server:
+        result = cli("segment", photo_file, "the man on the left", "--method", "vlm", "--preset", "box",
+                     *endpoint(server), "--masks", masks_dir, "-o", tmp_path / "out.png", "--json", tmp_path / "a.json")
+        sent = server.requests[0]["body"]
+    assert result.code == 0, result.err
+    assert np.array_equal(load_mask(tmp_path / "out.png"), load_mask(masks_dir / "001.png"))
+    [answer] = json.loads((tmp_path / "a.json").read_text())["results"]
+    assert (answer["index"], answer["answer_set"], answer["vlm"]["outcome"]) == (1, [1], "select")
+    assert answer["vlm"]["box_candidate"] == 1 and answer["transcript"][0]["reply"] == box
+    image_part = sent["messages"][0]["content"][0]
+    assert image_part["type"] == "image_url" and image_part["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_an_endpoint_that_does_not_answer_is_one_line_and_writes_nothing(cli, photo_file, masks_dir, tmp_path):
+    with ChatServer(["unused"], faults=[503] * 3) as server:
+        result = cli("segment", photo_file, "the man", "--method", "vlm", "--preset", "box", *endpoint(server),
+                     "--masks", masks_dir, "-o", tmp_path / "out.png", "--json", tmp_path / "a.json")
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert result.code == 2 and lines[-1].startswith("error:") and server.url in lines[-1] and "503" in lines[-1]
+    assert "Traceback" not in result.err
+    assert not (tmp_path / "out.png").exists() and not (tmp_path / "a.json").exists()
+
+
+def test_the_agent_runs_end_to_end_on_tiny_models(cli, photo_file, sam3_folder, vlm_folders, tmp_path):
+    result = cli("segment", photo_file, "the dog on the left", "--method", "vlm", "--sam3-weights", sam3_folder,
+                 "--vlm-model", vlm_folders["qwen3-vl"], "--device", "cpu", "-o", tmp_path / "out.png",
+                 "--json", tmp_path / "a.json")
+    assert result.code == 0, result.err
+    [answer] = json.loads((tmp_path / "a.json").read_text())["results"]
+    assert answer["vlm"]["outcome"] in ("select", "no_mask", "vlm_error") and answer["vlm"]["vlm_calls"] >= 1
+    assert answer["transcript"][0]["conversation"] == "agent" and "reply" in answer["transcript"][0]
+    assert load_mask(tmp_path / "out.png").shape == (48, 64)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--vlm-backend", "openai"], "needs the endpoint: --vlm-url"),
+    (["--vlm-backend", "openai", "--vlm-url", "ftp://x/v1"], "is not an http(s) URL"),
+    (["--vlm-backend", "openai", "--vlm-url", "http://user:pw@127.0.0.1:1/v1"], "must not hold credentials"),
+    (["--vlm-url", "http://127.0.0.1:1/v1"], "applies to --vlm-backend openai"),
+    (["--vlm-backend", "nope"], "unknown --vlm-backend 'nope'"),
+    (["--vlm-max-pixels", "10"], "--vlm-max-pixels must be between"),
+    (["--vlm-model", "Some/Model-Nowhere"], "--vlm-model DIR"),
+    (["--preset", "sam3-agent", "--proposals", "freesolo"], "takes no --proposals freesolo"),
+    (["--vlm-shortlist", "global-local"], "add --preset marks"),
+])
+def test_bad_vlm_options_are_one_line_before_any_model_loads(run, photo_file, tmp_path, extra, message):
+    code, err = run("segment", photo_file, "the man", "--method", "vlm", *extra, "-o", tmp_path / "out.png")
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_vlm_options_beside_another_method_are_refused(run, photo_file, tmp_path):
+    code, err = run("segment", photo_file, "the man", "--vlm-model", "x", "-o", tmp_path / "out.png")
+    assert code == 2 and "--vlm-model applies to --method vlm" in err
