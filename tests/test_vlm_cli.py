@@ -91,3 +91,24 @@ def test_bad_vlm_options_are_one_line_before_any_model_loads(run, photo_file, tm
 def test_vlm_options_beside_another_method_are_refused(run, photo_file, tmp_path):
     code, err = run("segment", photo_file, "the man", "--vlm-model", "x", "-o", tmp_path / "out.png")
     assert code == 2 and "--vlm-model applies to --method vlm" in err
+
+
+def test_batch_sets_aside_a_line_the_endpoint_did_not_answer_and_a_rerun_asks_again(cli, photo_file, masks_dir,
+                                                                                     tmp_path):
+    box = '[{"bbox_2d": [469, 104, 781, 833], "label": "man"}]'
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "image": str(photo_file), "phrase": "the man"}) + "\n")
+    out = tmp_path / "out"
+    with ChatServer([box], faults=[503] * 3) as server:  # the first request and its two retries fail
+        args = ["batch", manifest, "-o", out, "--method", "vlm", "--preset", "box", *endpoint(server),
+                "--masks", masks_dir]
+        first = cli(*args)
+        assert first.code == 1 and "1 line failed" in first.err, first.err
+        [error] = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+        assert server.url in error["error"] and "503" in error["error"]
+        second = cli(*args)
+        assert second.code == 0, second.err
+        assert len(server.requests) == 4  # three failed attempts, then one answer
+    [record] = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert (record["index"], record["vlm"]["outcome"], record["answer_set"]) == (1, "select", [1])
+    assert np.array_equal(load_mask(out / record["mask"]), load_mask(masks_dir / "001.png"))

@@ -41,6 +41,15 @@ from .options import (
     ScoreThresholdOpt,
     ShortSideOpt,
     StabilityOpt,
+    VlmApiKeyEnvOpt,
+    VlmBackendOpt,
+    VlmBoxFormatOpt,
+    VlmFamilyOpt,
+    VlmMaxPixelsOpt,
+    VlmModelOpt,
+    VlmPromptsOpt,
+    VlmShortlistOpt,
+    VlmUrlOpt,
     check_applicable,
     check_models,
     setting_overrides,
@@ -93,6 +102,15 @@ def batch(
     sam3_fallback: Sam3FallbackOpt = None,
     sam3_prompt: Sam3PromptOpt = None,
     sam3_answer: Sam3AnswerOpt = None,
+    vlm_backend: VlmBackendOpt = None,
+    vlm_model: VlmModelOpt = None,
+    vlm_url: VlmUrlOpt = None,
+    vlm_api_key_env: VlmApiKeyEnvOpt = None,
+    vlm_family: VlmFamilyOpt = None,
+    vlm_max_pixels: VlmMaxPixelsOpt = None,
+    vlm_prompts: VlmPromptsOpt = None,
+    vlm_shortlist: VlmShortlistOpt = None,
+    vlm_box_format: VlmBoxFormatOpt = None,
     ray: RayOpt = None,
     ray_actors: RayActorsOpt = None,
     ray_gpus_per_actor: RayGpusOpt = None,
@@ -108,7 +126,7 @@ def batch(
     # Everything cheap is checked before torch is imported and any model loads.
     from globallocal.data.images import check_writable_folder
     from globallocal.data.manifest import read_manifest
-    from globallocal.methods import Sam3Options, get_method
+    from globallocal.methods import Sam3Options, VlmOptions, get_method
     from globallocal.runs.runfolder import check_free
 
     manifest = read_manifest(pairs)
@@ -117,10 +135,12 @@ def batch(
     spec = get_method(method)
     sam3 = Sam3Options.from_arguments(locals())
     sam3.check(spec, proposals)
+    vlm = VlmOptions.from_arguments(locals())
+    vlm.check(spec, proposals, preset)
     overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
         fusion_mode=fusion_mode,
-    ) | sam3.method_overrides(method)
+    ) | sam3.method_overrides(method) | vlm.method_overrides(method)
     proposals = proposals or spec.proposals_for(preset)
     sam_settings = sam_settings or spec.default_proposal_settings
     source_args = ProposalArgs.from_arguments(sam3.proposal_arguments(method, locals()))
@@ -142,7 +162,7 @@ def batch(
         recipe = ModelRecipe(
             method, clip_model, clip_weights, preset, device, precision, spacy_model, overrides,
             generator=source_args if needs_generator else None, proposals=proposals,
-            method_options=sam3.method_options(method),
+            method_options=sam3.method_options(method) or vlm.method_options(method),
         )
         # Under --ray this copy only names the configuration: the actors load their own.
         worker = recipe.build("cpu", "fp32") if cluster is not None else recipe.build()

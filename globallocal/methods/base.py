@@ -106,6 +106,11 @@ class SegmentResult:
         ``globallocal sweep`` needs to replay the answer without the parser)."""
         return {}
 
+    def answer_fields(self) -> dict[str, Any]:
+        """What a method says of how it answered, in every output (the JSON, batch results, evaluation records):
+        a VLM's answer set, outcome, cost and transcript; nothing by default."""
+        return {}
+
     def to_json(self) -> dict[str, Any]:
         """The result as JSON-ready values, floats at full precision (Python floats are doubles)."""
         return {
@@ -118,6 +123,7 @@ class SegmentResult:
             "scores": [float(value) for value in self.scores],
             "truncated": self.truncated,
             **self.candidate_fields(),
+            **self.answer_fields(),
         }
 
 

@@ -20,7 +20,8 @@ Outputs under ``OUT_DIR``::
     masks/<id>.png      0/255 at the photo's size
     overlays/<id>.png   with ``overlays``: the photo with the mask tinted
     results.jsonl       one line per output: id, line, image, phrase, noun_phrase, index, score, mask (, rle)
-    errors.jsonl        one line per failed output or unusable manifest line: line, id, error
+    errors.jsonl        one line per failed output or unusable manifest line: line, id, error (and retry: true
+                        where a rerun asks again by itself: an endpoint that did not answer)
     records.jsonl, config.json, run.lock: the run folder
 
 results.jsonl and errors.jsonl are written (atomically) from the records
@@ -52,7 +53,7 @@ __all__ = ["ERRORS_FILE", "RESULTS_FILE", "BatchStopped", "Unit", "group_units",
 RESULTS_FILE = "results.jsonl"
 ERRORS_FILE = "errors.jsonl"
 PHOTO_UNITS = UnitLayout(marker="unit_done", member="unit", count="outputs",
-                         record={"unit": int, "key": str, "line": int, "id": str, "error?": str})
+                         record={"unit": int, "key": str, "line": int, "id": str, "error?": str, "retry?": bool})
 _FORMAT = 2  # 2: records carry their line's key; the manifest is no longer part of the configuration
 _BOOKKEEPING = ("unit", "key")  # the record fields results.jsonl and errors.jsonl leave out
 
@@ -82,7 +83,10 @@ def _latest(completed: list[CompletedUnit]) -> dict[str, dict[str, Any]]:
 
 
 def _done(line: BatchLine, latest: dict[str, dict[str, Any]]) -> bool:
-    return all(latest.get(output, {}).get("key") == line.key for output in line.output_ids)
+    """Whether every output of the line is recorded for this line, and not as a failure to ask again (an
+    endpoint that did not answer)."""
+    return all(latest.get(output, {}).get("key") == line.key and not latest[output].get("retry")
+               for output in line.output_ids)
 
 
 def _todo(units: list[Unit], latest: dict[str, dict[str, Any]], recorded: set[int]) -> list[Unit]:

@@ -119,11 +119,15 @@ class BatchStep:
         results = self.segmenter.predict_many([outputs[position][2] for position in answerable]) if answerable else []
         for position, result in zip(answerable, results):
             line, output, phrase = outputs[position]
+            failure = result.failure()
+            if failure is not None:  # set aside like a bad line, but a rerun asks again by itself
+                records[position] = {**_failed(unit, line, output, failure), "retry": True}
+                continue
             mask = result.mask.numpy()
             record = {
                 "unit": unit.number, "key": line.key, "line": line.line, "id": output, "image": str(unit.image),
                 "phrase": phrase, "noun_phrase": result.noun_phrase, "index": result.index, "score": result.score,
-                **result.candidate_fields(aliases=True), "mask": f"masks/{output}.png",
+                **result.candidate_fields(aliases=True), **result.answer_fields(), "mask": f"masks/{output}.png",
             }
             files[record["mask"]] = mask_png_bytes(mask)
             if self.options.overlays:

@@ -197,6 +197,7 @@ def evaluate_image(
                     expression=result.expression,
                     truncated=bool(result.truncated),
                     **result.record_fields(),
+                    **result.answer_fields(),
                 )
                 # Further answers of the method (HybridGL's "pure" one), each scored as the main answer is.
                 others = {}

@@ -69,15 +69,9 @@ class VlmResult(SegmentResult):
             return None
         return self.vlm.details.get("error") or "the VLM endpoint did not answer"
 
-    def vlm_fields(self) -> dict[str, Any]:
+    def answer_fields(self) -> dict[str, Any]:
         """The set, the outcome, what it cost, what the preset read, and the transcript (JSON-ready)."""
         return {"answer_set": list(self.chosen), "vlm": self.vlm.to_json(), "transcript": self.vlm.transcript}
-
-    def to_json(self) -> dict[str, Any]:
-        return {**super().to_json(), **self.vlm_fields()}
-
-    def record_fields(self) -> dict[str, Any]:
-        return self.vlm_fields()
 
 
 class VlmMethod(Method):
