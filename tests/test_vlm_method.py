@@ -63,11 +63,17 @@ def openai_options(server: ChatServer, **more) -> dict:
 def test_the_agent_prompts_sam3_through_the_photos_memory_and_answers_a_set(nlp, photo):
     """Two phrases, each a segment_phrase then a selection: SAM 3 is asked each distinct prompt once per photo,
     and the answer is the union of the chosen candidates, numbered as the agent numbers them."""
-    replies = [tool("segment_phrase", text_prompt="chair"), tool("segment_phrase", text_prompt="chair"),
-               tool("select_masks_and_return", final_answer_masks=[1, 2]),
-               tool("report_no_mask")]
+    script = {"the two chairs": [tool("segment_phrase", text_prompt="chair"),
+                                 tool("select_masks_and_return", final_answer_masks=[1, 2])],
+              "the purple giraffe": [tool("segment_phrase", text_prompt="chair"), tool("report_no_mask")]}
+
+    def reply(body: dict) -> str:  # by query and turn: the endpoint gets a photo's queries concurrently
+        text = json.dumps(body["messages"])
+        query = next(query for query in script if query in text)
+        return script[query][sum(message["role"] == "assistant" for message in body["messages"])]
+
     source = CountingSource({"chair": CHAIRS})
-    with ChatServer(replies) as server:
+    with ChatServer(reply) as server:
         segmenter = vlm_segmenter(nlp, openai_options(server), source)
         segmenter.set_image(photo)
         both, none = segmenter.predict_many(["the two chairs", "the purple giraffe"])
@@ -81,7 +87,7 @@ def test_the_agent_prompts_sam3_through_the_photos_memory_and_answers_a_set(nlp,
     written = json.loads(json.dumps(both.to_json()))  # JSON-ready
     assert written["answer_set"] == [0, 1] and written["vlm"]["vlm_calls"] == 2
     assert written["proposal_step"] == "agent" and written["proposal_prompt"] == "chair"
-    assert [call["reply"] for call in written["transcript"]] == replies[:1] + replies[2:3]
+    assert [call["reply"] for call in written["transcript"]] == script["the two chairs"]
     assert len(server.requests) == 4
 
 
