@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SPLIT_BY",
+    "CocoPhotos",
     "OVERLAP_RULES",
     "VALID_SPLITS",
     "ImageGroup",
@@ -263,7 +264,36 @@ def _parse_instances(instances: Any, path: Path) -> tuple[dict[int, ImageRecord]
     return images, annotations
 
 
-class ReferDataset:
+class CocoPhotos:
+    """The COCO train2014 photos of a split read from an instances.json (REFER's, gRefCOCO's): ``images_dir``,
+    ``instances_path`` and ``_groups`` are the dataset's."""
+
+    images_dir: Path | None
+    instances_path: Path
+    _groups: list[ImageGroup]
+
+    def images(self) -> list[ImageGroup]:
+        """The split's images, by increasing image_id, each with its refs."""
+        return list(self._groups)
+
+    def image_path(self, image: ImageRecord) -> Path:
+        """Where the image file is expected (``images_dir / file_name``)."""
+        if self.images_dir is None:
+            raise InputError("no images directory given (the COCO train2014 folder)")
+        return self.images_dir / image.file_name
+
+    def load_image(self, image: ImageRecord) -> Image.Image:
+        """The image as RGB, checked against the size instances.json gives."""
+        return load_dataset_image(
+            self.image_path(image), image, f"{self.instances_path}", "; is it the COCO train2014 file?"
+        )
+
+    def missing_images(self, groups: list[ImageGroup] | None = None) -> list[Path]:
+        """Image files of ``groups`` (default: all) that do not exist."""
+        return missing_images(self.image_path, self._groups if groups is None else groups)
+
+
+class ReferDataset(CocoPhotos):
     """One split of a REFER dataset, grouped by image.
 
     ``include_crowd`` only affects :meth:`instance_masks` (the ``gt``
@@ -356,26 +386,6 @@ class ReferDataset:
     def _name(self, ann: dict) -> str:
         return f"annotation {ann['id']} (image {ann['image_id']}) in {self.instances_path}"
 
-    def images(self) -> list[ImageGroup]:
-        """The split's images, by increasing image_id, each with its refs."""
-        return list(self._groups)
-
-    def image_path(self, image: ImageRecord) -> Path:
-        """Where the image file is expected (``images_dir / file_name``)."""
-        if self.images_dir is None:
-            raise InputError("no images directory given (the COCO train2014 folder)")
-        return self.images_dir / image.file_name
-
-    def load_image(self, image: ImageRecord) -> Image.Image:
-        """The image as RGB, checked against the size instances.json gives."""
-        return load_dataset_image(
-            self.image_path(image), image, f"{self.instances_path}", "; is it the COCO train2014 file?"
-        )
-
-    def missing_images(self, groups: list[ImageGroup] | None = None) -> list[Path]:
-        """Image files of ``groups`` (default: all) that do not exist."""
-        return missing_images(self.image_path, self._groups if groups is None else groups)
-
     def gt_mask(self, ref: Ref) -> np.ndarray:
         """The ref's ground truth, bool (H, W), under the dataset's overlap rule."""
         image = self._images[ref.image_id]
@@ -411,3 +421,9 @@ class ReferDataset:
 
     def report_notes(self) -> dict[str, Any]:
         return {}
+
+    # A missing photo stops the run (the published numbers are over every image).
+    skips_missing_photos: ClassVar[bool] = False
+
+    def ignore_mask(self, ref: Ref) -> None:
+        return None  # every pixel counts

@@ -12,7 +12,7 @@ from ...proposals.sam3_settings import (
     parse_fallback,
     sam3_checks,
 )
-from .. import MethodSpec
+from .. import ANSWERS_ANY, ANSWERS_AT_MOST_ONE, MethodSpec
 from ..settings import MethodSettings
 
 ANSWERS = ("top", "union")
@@ -65,4 +65,6 @@ SPEC = MethodSpec(
     display_name="SAM 3",
     offered_beside_others=False,
     uses_clip=False,
+    answers={"top": ANSWERS_AT_MOST_ONE, "union": ANSWERS_ANY},  # nothing when no instance passes the threshold
+    answers_setting="answer",
 )
