@@ -219,8 +219,9 @@ def format_report_table(run_dirs: list[Path]) -> Group:
         "no proposals": [str(r["metrics"]["no_proposal_sentences"]) for r in reports],
         "truncated": [str(r["truncated_sentences"]) for r in reports],
         "wall time (s)": [f"{r['wall_time_s']:.1f}" for r in reports],
-        "answers": [r.get("answers") or "-" for r in reports],
     }
+    if any(report.get("answers") for report in reports):  # how many objects the method's answers hold
+        counts["answers"] = [r.get("answers") or "-" for r in reports]
     if any("missing_photos" in report for report in reports):
         counts["photos missing"] = [str(r["missing_photos"]["images"]) if "missing_photos" in r else "-"
                                     for r in reports]
