@@ -212,3 +212,13 @@ def test_grefcoco_ground_truth_in_records_is_the_loaders(tmp_path):
     gts = {ref.ref_id: dataset.gt_mask(ref) for group in dataset.images() for ref in group.refs}
     for record in _sentences(tmp_path / "run"):
         assert record["gt_area"] == gts[record["ref_id"]].sum() == EXPECTED[record["ref_id"]].sum()
+
+
+def test_a_grefcoco_run_is_not_swept_with_refcocos_metrics(tmp_path):
+    from globallocal.errors import InputError
+    from globallocal.runs.sweep import run_sweep
+
+    fixture = build_grefcoco(tmp_path / "data")
+    run_evaluation(_grefcoco_config(fixture, tmp_path / "run"), AnswerTable(_grefcoco_answer), None, progress=False)
+    with pytest.raises(InputError, match="is a grefcoco run: sweeps replay oIoU, mIoU and precision"):
+        run_sweep(tmp_path / "run", [0.5])

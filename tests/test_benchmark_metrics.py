@@ -111,3 +111,20 @@ def test_each_dataset_has_its_own_family():
     summary = _gres(_record(8, 10, 9, no_target=False))
     assert list(metric_values(GRES, summary)) == ["gIoU", "cIoU", "N-acc", "T-acc", "Pr@0.7", "Pr@0.8", "Pr@0.9"]
     assert GRES.headline == LISA.headline == ("gIoU", "cIoU") and REFERRING.headline == ("oIoU", "mIoU")
+
+
+def test_the_docs_say_what_each_method_can_answer():
+    """docs/evaluation.md's table of answer kinds holds every registered method's, as its registry entry says."""
+    from pathlib import Path
+
+    from globallocal.methods import available_methods, get_method
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text()
+    table = page[page.index("| method | setting | an answer holds |"):].split("\n\n")[0]
+    rows = [[cell.strip().strip("`") for cell in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+    for name in available_methods():
+        spec = get_method(name)
+        kinds = {spec.answers} if isinstance(spec.answers, str) else set(spec.answers.values())
+        assert {kind for method, _, kind in rows if method == name} == kinds, name
+    assert get_method("sam3").answer_kind({"answer": "union"}) == "none, one or several"
+    assert get_method("global-local").answer_kind() == "exactly one"

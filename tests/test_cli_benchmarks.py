@@ -84,7 +84,7 @@ def test_evaluate_with_sam3_resumes_and_reports_the_official_metrics(cli, sam3_f
     assert kept.sum() == record["pred_area"]
     name = record["name"] if dataset == "reasonseg" else f"COCO_train2014_{record['image_id']:012d}"
     [concept] = sam3_directly(sam3_folder, photos / f"{name}.jpg", [record["phrase"]], nlp)
-    assert concept.step == record["sam3_step"] and len(concept.proposals) > 1
+    assert len(concept.proposals) > 1
     np.testing.assert_array_equal(kept, concept.proposals.masks.numpy().any(axis=0))
 
 

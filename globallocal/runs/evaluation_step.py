@@ -211,9 +211,9 @@ def evaluate_image(
                 # No proposal to choose: an empty prediction, scored (never skipped).
                 pred = None
                 record.update(index=None, score=None, noun_phrase=None, expression=None, truncated=False)
+            counts = mask_counts(pred, gt, ignore)
             if result is not None:
                 record.update(result.candidate_fields())  # phrase-dependent: the source's scores and step
-            counts = mask_counts(pred, gt, ignore)
             record.update(
                 **_scored(counts),
                 IoU=sentence_iou(counts["I"], counts["U"]),

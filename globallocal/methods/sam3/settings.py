@@ -45,7 +45,8 @@ class Sam3Settings(MethodSettings):
 _DEFAULT = Sam3Settings()
 PRESETS: dict[str, Sam3Settings] = {
     "sam3": _DEFAULT,
-    # PhraseCut's phrases name every instance ("the cars"): their union is the answer
+    # PhraseCut's phrases name every instance ("the cars"), and so do gRefCOCO's ("the two men", or none): their
+    # union is the answer
     "sam3-union": replace(_DEFAULT, answer="union"),
     # The whole expression as the prompt: what SAM 3 does with a referring expression it is not built for
     "sam3-expression": replace(_DEFAULT, prompt="expression"),
@@ -60,7 +61,7 @@ SPEC = MethodSpec(
     default_preset="sam3",
     default_clip_model="ViT-B-16",
     default_proposals=None,
-    dataset_presets={"phrasecut": "sam3-union"},
+    dataset_presets={"phrasecut": "sam3-union", "grefcoco": "sam3-union"},
     builder="globallocal.methods.sam3.method:build_sam3",
     display_name="SAM 3",
     offered_beside_others=False,
