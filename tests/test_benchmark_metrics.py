@@ -125,6 +125,9 @@ def test_the_docs_say_what_each_method_can_answer():
     for name in available_methods():
         spec = get_method(name)
         kinds = {spec.answers} if isinstance(spec.answers, str) else set(spec.answers.values())
+        if spec.uses_proposals:  # among phrase-dependent candidates too
+            kinds |= {spec.answer_kind(phrase_dependent=True)}
         assert {kind for method, _, kind in rows if method == name} == kinds, name
     assert get_method("sam3").answer_kind({"answer": "union"}) == "none, one or several"
     assert get_method("global-local").answer_kind() == "exactly one"
+    assert get_method("hybridgl").answer_kind(phrase_dependent=True) == "none or one"

@@ -14,7 +14,7 @@ from grefcoco_fixtures import build_grefcoco
 from pycocotools import mask as coco_mask
 from reasonseg_fixtures import build_reasonseg
 from rich.console import Console
-from test_cli_sam3_method import THRESHOLD, killed_and_resumed, sam3_directly
+from test_cli_sam3_method import THRESHOLD, _records, _without_timing, killed_and_resumed, sam3_directly
 
 from globallocal.runs.report import format_report_table, format_report_text
 
@@ -65,7 +65,10 @@ def test_evaluate_with_sam3_resumes_and_reports_the_official_metrics(cli, sam3_f
               "--save-masks", "rle"]
     full = cli(*common, "--out", tmp_path / "full")
     assert full.code == 0, full.err
-    records = killed_and_resumed(cli, monkeypatch, common, tmp_path)
+    partial = killed_and_resumed(cli, monkeypatch, common, tmp_path / "resumed")
+    records = _records(tmp_path / "full")
+    assert 0 < len(partial) < len(records)
+    assert _without_timing(_records(tmp_path / "resumed")) == _without_timing(records)
 
     report = json.loads((tmp_path / "full" / "report.json").read_text())
     for key, value in _official(dataset, records).items():

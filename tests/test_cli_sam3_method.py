@@ -102,20 +102,17 @@ def _without_timing(records: list[dict]) -> list[dict]:
     return [{key: value for key, value in record.items() if "second" not in key} for record in records]
 
 
-def killed_and_resumed(cli, monkeypatch, command: list, tmp_path) -> list[dict]:
-    """Run an evaluate ``command`` killed after one image then again into tmp_path/resumed: its records must be
-    those of the whole run in tmp_path/full (run before), which are returned."""
+def killed_and_resumed(cli, monkeypatch, command: list, out) -> list[dict]:
+    """Run an evaluate ``command`` into ``out`` killed after its first image, then again to the end; the records
+    the killed run had written."""
     restore = _interrupted_after_one_image(monkeypatch)
-    stopped = cli(*command, "--out", tmp_path / "resumed")
+    stopped = cli(*command, "--out", out)
     assert stopped.code == 130 and "resume" in stopped.err
-    partial = _records(tmp_path / "resumed")
+    partial = _records(out)
     restore()
-    resumed = cli(*command, "--out", tmp_path / "resumed")
+    resumed = cli(*command, "--out", out)
     assert resumed.code == 0, resumed.err
-    records = _records(tmp_path / "full")
-    assert 0 < len(partial) < len(records)
-    assert _without_timing(_records(tmp_path / "resumed")) == _without_timing(records)
-    return records
+    return partial
 
 
 @pytest.mark.parametrize("dataset", ["refcoco", "phrasecut"])
@@ -133,7 +130,10 @@ def test_evaluate_resumes_to_identical_records(cli, sam3_folder, tmp_path, monke
     assert config["method"] == "sam3" and config["clip_model"] is None
     assert config["preset"] == ("sam3-union" if dataset == "phrasecut" else "sam3")
 
-    records = killed_and_resumed(cli, monkeypatch, common, tmp_path)
+    partial = killed_and_resumed(cli, monkeypatch, common, tmp_path / "resumed")
+    records = _records(tmp_path / "full")
+    assert 0 < len(partial) < len(records)
+    assert _without_timing(_records(tmp_path / "resumed")) == _without_timing(records)
     assert {record["sam3_step"] for record in records} <= {"noun-phrase", "head-noun", "below-threshold"}
 
 

@@ -114,13 +114,16 @@ class MethodSpec:
     def method_class(self) -> type[Method]:
         return _load(self.implementation)
 
-    def answer_kind(self, settings: Mapping[str, Any] | None = None) -> str:
+    def answer_kind(self, settings: Mapping[str, Any] | None = None, phrase_dependent: bool = False) -> str:
         """How many objects an answer holds under ``settings`` (a run's settings; default: the method's default
-        preset's)."""
+        preset's). Chosen among ``phrase_dependent`` candidates (``--proposals sam3``), one proposal may be none:
+        a phrase whose noun phrase finds nothing is answered "no target"."""
         if isinstance(self.answers, str):
-            return self.answers
-        settings = settings if settings is not None else self.settings().to_dict()
-        return self.answers[settings[self.answers_setting]]
+            kind = self.answers
+        else:
+            settings = settings if settings is not None else self.settings().to_dict()
+            kind = self.answers[settings[self.answers_setting]]
+        return ANSWERS_AT_MOST_ONE if phrase_dependent and kind == ANSWERS_ONE else kind
 
     @property
     def uses_proposals(self) -> bool:

@@ -58,7 +58,7 @@ from .cache import FeatureCache
 from .distributed import Distributed
 from .evaluation_config import EvaluationConfig, check_evaluation_inputs, run_identity
 from .evaluation_records import IMAGE_UNITS, CompletedImage, add_record, read_records, referent
-from .evaluation_report import REPORT_JSON, REPORT_MD, build_report, report_markdown
+from .evaluation_report import REPORT_JSON, REPORT_MD, answer_kind, build_report, report_markdown
 from .evaluation_step import EvaluationStep, ProposalSource, per_image
 from .progress import LoggedProgress, RateColumn, RemainingColumn
 from .runfolder import (
@@ -225,8 +225,10 @@ def run_evaluation(
 
             make = functools.partial(_actor_step, config, identity["split_by"], step.save_masks, cache, proposal_key)
             step = StepRecipe(recipe, make, identity)
+        answers = answer_kind(identity.get("settings", {}), getattr(segmenter, "phrase_dependent", False))
         report = _evaluate_share(
             folder, config, identity, dataset, groups, every_group, step, ray, place, progress, stop_after_images,
+            answers,
         )
     return report
 
@@ -243,6 +245,7 @@ def _evaluate_share(
     place: Distributed,
     progress: bool,
     stop_after_images: int | None,
+    answers: str | None,
 ) -> dict[str, Any]:
     """This process's images not yet recorded, then (rank 0) the report of every file's records.
 
@@ -326,7 +329,7 @@ def _evaluate_share(
         )
         report = build_report(completed, identity, out_dir, len(groups), place.world_size, dataset.report_notes(),
                               split_images=len(every_group), limit=config.limit,
-                              missing=_missing_photos(dataset, absent))
+                              missing=_missing_photos(dataset, absent), answers=answers)
         save_text(json.dumps(report, indent=2) + "\n", out_dir / REPORT_JSON)
         save_text(report_markdown(report), out_dir / REPORT_MD)
     place.barrier()

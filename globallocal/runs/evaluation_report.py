@@ -32,13 +32,13 @@ def _subset_order(name: str) -> tuple[int, str]:
     return (SUBSET_ORDER.index(name) if name in SUBSET_ORDER else len(SUBSET_ORDER), name)
 
 
-def answer_kind(settings: dict[str, Any]) -> str | None:
+def answer_kind(settings: dict[str, Any], phrase_dependent: bool = False) -> str | None:
     """How many objects the run's method answers with (its registry entry's
     :meth:`~globallocal.methods.MethodSpec.answer_kind`); None for a method this version does not know."""
     from ..methods import DEFAULT_METHOD, get_method
 
     try:
-        return get_method(settings.get("method", DEFAULT_METHOD)).answer_kind(settings)
+        return get_method(settings.get("method", DEFAULT_METHOD)).answer_kind(settings, phrase_dependent)
     except InputError:
         return None
 
@@ -53,12 +53,14 @@ def build_report(
     split_images: int | None = None,
     limit: int | None = None,
     missing: dict[str, Any] | None = None,
+    answers: str | None = None,
 ) -> dict[str, Any]:
     """The report, from the records alone (and the dataset's ``notes`` on its selection).
 
     The metrics are the dataset's own (:func:`~globallocal.runs.benchmark_metrics.family_of`). Records that
     name ``subsets`` (PhraseCut's, ReasonSeg's) also give the metrics of each subset. ``missing``: the photos
-    left out because they are missing (datasets that allow it), counted. Wall time is the sum of the per-image
+    left out because they are missing (datasets that allow it), counted. ``answers``: how many objects the
+    method's answers hold (:func:`answer_kind`). Wall time is the sum of the per-image
     times over all sessions and processes: model loading and work lost to interruptions are
     not in it, so resumed and uninterrupted runs are comparable. ``total_images`` are the images evaluated
     (the first ``limit`` of the split's ``split_images``).
@@ -91,7 +93,7 @@ def build_report(
         }
     return {
         "metrics": accumulator.summary(),
-        "answers": answer_kind(identity.get("settings", {})),
+        "answers": answers,
         **extra,
         "other_answers": {name: total.summary() for name, total in others.items()},
         "truncated_sentences": truncated,
