@@ -36,10 +36,10 @@ from ..errors import InputError
 from .bounded import read_json
 from .coco_masks import checked_rle, decode, polygon_rles
 from .plain_pickle import load_refs_pickle
-from .refer import CocoPhotos, ImageGroup, ImageRecord, Sentence, _parse_instances
+from .refer import CocoPhotos, ImageGroup, ImageRecord, Sentence, _parse_instances, instance_proposals
 
 if TYPE_CHECKING:
-    from ..proposals import Proposals
+    from .refer import Proposals  # the one import of the stage above is refer's
 
 __all__ = ["GREFCOCO", "GREFCOCO_SPLITS", "GRef", "GRefCocoDataset", "refs_path"]
 
@@ -236,10 +236,7 @@ class GRefCocoDataset(CocoPhotos):
         """The image's kept annotations as proposals (the ``gt`` oracle), by annotation id; empty masks dropped."""
         image = self._images[image_id]
         anns = [ann for ann in self._image_annotations.get(image_id, []) if _kept(ann)]
-        masks = [mask for mask in map(self._mask, anns) if mask.any()]
-        from ..proposals import Proposals  # on first use: reading a dataset (and `report`) needs no torch
-
-        return Proposals.from_arrays(masks, image.height, image.width)
+        return instance_proposals([self._mask(ann) for ann in anns], image.height, image.width)
 
     def sentence_fields(self, ref: GRef, sentence: Sentence) -> dict[str, Any]:
         return {"ref_id": ref.ref_id, "sent_id": sentence.sent_id, "no_target": ref.no_target}

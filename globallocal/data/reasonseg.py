@@ -37,10 +37,10 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 from ..errors import ImageError, InputError
 from .bounded import MAX_JSON_BYTES, open_regular, parse_json, read_regular
 from .images import load_image, open_checked
-from .refer import ImageGroup, ImageRecord, Sentence, missing_images
+from .refer import ImageGroup, ImageRecord, Sentence, instance_proposals, missing_images
 
 if TYPE_CHECKING:
-    from ..proposals import Proposals
+    from .refer import Proposals  # the one import of the stage above is refer's
 
 __all__ = [
     "REASONSEG",
@@ -283,9 +283,7 @@ class ReasonSegDataset:
                 alone = np.zeros((height, width), dtype=np.uint8)
                 shape.draw(alone, TARGET)
                 masks.append(alone.astype(bool))
-        from ..proposals import Proposals  # on first use: reading a dataset (and `report`) needs no torch
-
-        return Proposals.from_arrays([mask for mask in masks if mask.any()], height, width)
+        return instance_proposals(masks, height, width)
 
     def sentence_fields(self, sample: ReasonSegSample, sentence: Sentence) -> dict[str, Any]:
         return {"name": sample.name, "subsets": [sample.subset]}

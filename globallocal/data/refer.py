@@ -47,6 +47,7 @@ __all__ = [
     "ReferDataset",
     "Sentence",
     "decode_segmentation",
+    "instance_proposals",
     "load_refs_pickle",
     "resolve_split",
 ]
@@ -189,6 +190,14 @@ def decode_segmentation(
     if overlap == "union":
         return counts >= 1
     raise InputError(f"unknown overlap rule {overlap!r}; use one of {', '.join(OVERLAP_RULES)}")
+
+
+def instance_proposals(masks: list[np.ndarray], height: int, width: int) -> Proposals:
+    """A photo's annotated instances as proposals (the ``gt`` oracle), empty masks dropped: every dataset's one
+    way up to the proposals stage."""
+    from ..proposals import Proposals  # on first use: reading a dataset (and `report`) needs no torch
+
+    return Proposals.from_arrays([mask for mask in masks if mask.any()], height, width)
 
 
 def load_dataset_image(path: Path, image: ImageRecord, sizes_file: str, hint: str = "") -> Image.Image:
@@ -405,10 +414,7 @@ class ReferDataset(CocoPhotos):
             for ann in self._image_annotations.get(image_id, [])
             if self.include_crowd or not ann.get("iscrowd", 0)
         ]
-        masks = [mask for mask in masks if mask.any()]
-        from ..proposals import Proposals  # on first use: reading a dataset (and `report`) needs no torch
-
-        return Proposals.from_arrays(masks, image.height, image.width)
+        return instance_proposals(masks, image.height, image.width)
 
     def sentence_fields(self, ref: Ref, sentence: Sentence) -> dict[str, Any]:
         return {"ref_id": ref.ref_id, "sent_id": sentence.sent_id}
