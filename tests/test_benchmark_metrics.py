@@ -127,7 +127,9 @@ def test_the_docs_say_what_each_method_can_answer():
         kinds = {spec.answers} if isinstance(spec.answers, str) else set(spec.answers.values())
         if spec.uses_proposals:  # among phrase-dependent candidates too
             kinds |= {spec.answer_kind(phrase_dependent=True)}
-        assert {kind for method, _, kind in rows if method == name} == kinds, name
+        assert {kind for method, _, kind in rows if method == name} == kinds, (
+            f"method {name}: its MethodSpec's answers ({kinds}) and docs/evaluation.md's table must agree: set "
+            "answers= in its registry entry and give it a row in the table")
     assert get_method("sam3").answer_kind({"answer": "union"}) == "none, one or several"
     assert get_method("global-local").answer_kind() == "exactly one"
     assert get_method("hybridgl").answer_kind(phrase_dependent=True) == "none or one"

@@ -166,6 +166,8 @@ class MetricFamily:
     each subset's in a report)."""
     subset_rows: bool = False
     """Whether the table across runs lists the headline of each subset (ReasonSeg's short and long)."""
+    nullable: bool = True
+    """Whether a metric may be undefined (None); RefCOCO's are 0 over nothing, as the published code's."""
 
     @property
     def headline(self) -> tuple[str, ...]:
@@ -177,13 +179,13 @@ class MetricFamily:
 
     def shape(self) -> dict[str, Any]:
         """What a report's ``metrics`` must hold (:func:`~globallocal.data.bounded.check_shape`): every row, a
-        number or null."""
+        number (or null, where :attr:`nullable`)."""
         shape: dict[str, Any] = {}
         for _, path in self.rows:
             level = shape
             for key in path[:-1]:
                 level = level.setdefault(key, {})
-            level[path[-1]] = (int, float, type(None))
+            level[path[-1]] = (int, float, type(None)) if self.nullable else (int, float)
         return shape
 
 
@@ -192,7 +194,8 @@ def _precision_rows(name: str, thresholds: tuple[float, ...]) -> tuple[Row, ...]
 
 
 REFERRING = MetricFamily("referring", "", MetricAccumulator,
-                         (("oIoU", ("oIoU",)), ("mIoU", ("mIoU",)), *_precision_rows("P", PRECISION_THRESHOLDS)))
+                         (("oIoU", ("oIoU",)), ("mIoU", ("mIoU",)), *_precision_rows("P", PRECISION_THRESHOLDS)),
+                         nullable=False)
 GRES = MetricFamily("gres", "gRefCOCO", GresAccumulator, (
     ("gIoU", ("gIoU",)), ("cIoU", ("cIoU",)), ("N-acc", ("N-acc",)), ("T-acc", ("T-acc",)),
     *_precision_rows("Pr", tuple(tenths / 10 for tenths in _GRES_TENTHS)),
