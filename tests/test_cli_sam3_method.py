@@ -103,6 +103,19 @@ def _without_timing(records: list[dict]) -> list[dict]:
     return [{key: value for key, value in record.items() if "second" not in key} for record in records]
 
 
+def killed_and_resumed(cli, monkeypatch, command: list, out) -> list[dict]:
+    """Run an evaluate ``command`` into ``out`` killed after its first image, then again to the end; the records
+    the killed run had written."""
+    restore = _interrupted_after_one_image(monkeypatch)
+    stopped = cli(*command, "--out", out)
+    assert stopped.code == 130 and "resume" in stopped.err
+    partial = _records(out)
+    restore()
+    resumed = cli(*command, "--out", out)
+    assert resumed.code == 0, resumed.err
+    return partial
+
+
 @pytest.mark.parametrize("dataset", ["refcoco", "phrasecut"])
 def test_evaluate_resumes_to_identical_records(cli, sam3_folder, tmp_path, monkeypatch, dataset):
     if dataset == "refcoco":
@@ -118,13 +131,7 @@ def test_evaluate_resumes_to_identical_records(cli, sam3_folder, tmp_path, monke
     assert config["method"] == "sam3" and config["clip_model"] is None
     assert config["preset"] == ("sam3-union" if dataset == "phrasecut" else "sam3")
 
-    restore = _interrupted_after_one_image(monkeypatch)
-    stopped = cli(*common, "--out", tmp_path / "resumed")
-    assert stopped.code == 130 and "resume" in stopped.err
-    partial = _records(tmp_path / "resumed")
-    restore()
-    resumed = cli(*common, "--out", tmp_path / "resumed")
-    assert resumed.code == 0, resumed.err
+    partial = killed_and_resumed(cli, monkeypatch, common, tmp_path / "resumed")
     records = _records(tmp_path / "full")
     assert 0 < len(partial) < len(records)
     assert _without_timing(_records(tmp_path / "resumed")) == _without_timing(records)

@@ -148,7 +148,7 @@ def test_uninterrupted_run_matches_an_independent_computation(refer, tmp_path):
     assert report["wall_time_s"] > 0
     markdown = (out / REPORT_MD).read_text()
     assert f"{metrics['oIoU']:.2f}" in markdown and f"{metrics['mIoU']:.2f}" in markdown
-    assert "3 sentences, scored as IoU 0" in markdown
+    assert "3 sentences, scored as empty answers: IoU 0 where there is a target" in markdown
 
 
 def test_stop_and_resume_gives_identical_numbers(refer, tmp_path):

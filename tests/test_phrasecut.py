@@ -247,7 +247,7 @@ def test_another_subset_does_not_resume_a_run(phrasecut, tmp_path):
 
 def test_subset_is_refused_for_refcoco(tmp_path):
     config = EvaluationConfig("refcoco", "val", tmp_path, tmp_path, tmp_path / "run", subset="unseen")
-    with pytest.raises(InputError, match="--subset applies to phrasecut only"):
+    with pytest.raises(InputError, match="--subset applies to phrasecut and reasonseg, not refcoco"):
         config.identity()
 
 
@@ -277,7 +277,8 @@ def test_cli_evaluates_the_unseen_subset(cli, phrasecut, tmp_path, tiny_config_p
         (["--dataset", "phrasecut", "--split", "val", "--subset", "novel"], "unknown --subset 'novel'"),
         (["--dataset", "phrasecut", "--split", "val", "--split-by", "unc"], "--split-by applies to refcoco"),
         (["--dataset", "refcoco", "--split", "val"], "--images is required for refcoco"),
-        (["--dataset", "refcoco", "--split", "val", "--images", ".", "--subset", "unseen"], "phrasecut only"),
+        (["--dataset", "refcoco", "--split", "val", "--images", ".", "--subset", "unseen"],
+         "phrasecut and reasonseg, not refcoco"),
     ],
 )
 def test_cli_refuses_bad_options_before_loading_models(run, tmp_path, monkeypatch, options, message):

@@ -1,4 +1,4 @@
-"""`globallocal evaluate`: a RefCOCO / RefCOCO+ / RefCOCOg or PhraseCut split, resumable."""
+"""`globallocal evaluate`: a RefCOCO / RefCOCO+ / RefCOCOg, PhraseCut, gRefCOCO or ReasonSeg split, resumable."""
 
 from __future__ import annotations
 
@@ -59,22 +59,24 @@ from .options import (
 
 
 def evaluate(
-    dataset: str = typer.Option(..., help="refcoco, refcoco+, refcocog or phrasecut."),
+    dataset: str = typer.Option(..., help="refcoco, refcoco+, refcocog, phrasecut, grefcoco or reasonseg."),
     split: str = typer.Option(
-        ..., help="val, testA, testB (refcoco, refcoco+); val, test (refcocog umd); val, test, miniv, val_miniv "
-        "(phrasecut)."
+        ..., help="val, testA, testB (refcoco, refcoco+, grefcoco); val, test (refcocog umd, reasonseg); val, test, "
+        "miniv, val_miniv (phrasecut)."
     ),
     data_root: Path = typer.Option(
-        ..., help="REFER root holding DATASET/ with refs(SPLIT_BY).p and instances.json, or the VGPhraseCut_v0 folder "
-        "(refer_SPLIT.json, image_data_split.json, images/)."
+        ..., help="REFER root holding DATASET/ with refs(SPLIT_BY).p and instances.json (grefcoco/ with "
+        "grefs(unc).p or .json), the VGPhraseCut_v0 folder (refer_SPLIT.json, image_data_split.json, images/), or "
+        "the ReasonSeg folder (SPLIT/NAME.jpg beside NAME.json)."
     ),
     images: Path | None = typer.Option(
-        None, help="COCO train2014 image folder (required for RefCOCO*; PhraseCut default: DATA_ROOT/images)."
+        None, help="COCO train2014 image folder (required for RefCOCO* and grefcoco; PhraseCut default: "
+        "DATA_ROOT/images; ReasonSeg's photos lie beside their JSON files)."
     ),
     split_by: str | None = typer.Option(None, help="unc (refcoco, refcoco+), umd or google (refcocog)."),
     subset: str = typer.Option(
         "all", help="phrasecut: all, unseen (tasks whose category is not a COCO class: the paper's zero-shot "
-        "setting) or seen."
+        "setting) or seen; reasonseg: all, short or long (its is_sentence queries)."
     ),
     method: MethodOpt = "global-local",
     proposals: str | None = typer.Option(
@@ -88,8 +90,10 @@ def evaluate(
         "with a larger --limit or none."
     ),
     limit: int | None = typer.Option(None, help="Evaluate only the first N images of the split."),
-    save_masks: Path | None = typer.Option(
-        None, help="Also write each predicted mask here: REF_SENT.png (RefCOCO*), TASK_ID.png (phrasecut)."
+    save_masks: str | None = typer.Option(
+        None, help="Keep every predicted mask: rle (COCO RLE in each record of records.jsonl), png (a PNG per "
+        "sentence in OUT/masks/) or a folder for the PNGs: REF_SENT.png (RefCOCO*, grefcoco), TASK_ID.png "
+        "(phrasecut), NAME.png (reasonseg). Resumed with the run.", metavar="rle|png|DIR",
     ),
     overlap: str = typer.Option(
         "paper", help="Ground truth of multi-part polygons: paper (pixels covered exactly once) or union."
@@ -147,7 +151,8 @@ def evaluate(
     ray_gpus_per_actor: RayGpusOpt = None,
     ray_cpus_per_actor: RayCpusOpt = None,
 ) -> None:
-    """Evaluate on a RefCOCO / RefCOCO+ / RefCOCOg or PhraseCut split: oIoU, mIoU, precision@0.5..0.9.
+    """Evaluate on a RefCOCO / RefCOCO+ / RefCOCOg or PhraseCut split (oIoU, mIoU, precision@0.5..0.9), a gRefCOCO
+    split (GRES's gIoU, cIoU, N-acc, T-acc, Pr@0.7..0.9) or a ReasonSeg split (LISA's gIoU, cIoU).
 
     Proposals and visual features are computed once per image and shared by
     all its sentences. Interrupt at any time; the same command resumes.

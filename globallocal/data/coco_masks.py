@@ -19,14 +19,17 @@ from __future__ import annotations
 import math
 import warnings
 from numbers import Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pycocotools import mask as coco_mask
 
 from ..errors import InputError
 
-__all__ = ["checked_rle", "decode", "decode_rle_string", "polygon_rles"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["checked_rle", "decode", "decode_rle_string", "mask_rle", "polygon_rles"]
 
 _MAX_COUNT = (1 << 32) - 1  # pycocotools stores counts as uint32
 
@@ -161,3 +164,15 @@ def decode(rles: Any) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pycocotools\.")
         return coco_mask.decode(rles)
+
+
+def mask_rle(mask: np.ndarray | torch.Tensor) -> dict[str, Any]:
+    """A bool (H, W) mask as compressed COCO RLE with a text ``counts`` (what ``segment --json`` and evaluation
+    records under ``--save-masks rle`` hold; :func:`checked_rle` reads it back)."""
+    if hasattr(mask, "cpu"):  # a torch tensor (duck-typed: reading a dataset needs no torch)
+        mask = mask.cpu().numpy()
+    with warnings.catch_warnings():
+        # pycocotools' compiled code trips NumPy 2's __array__ copy-keyword deprecation; the result is right.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        rle = coco_mask.encode(np.asfortranarray(np.asarray(mask).astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}

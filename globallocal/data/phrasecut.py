@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -337,3 +337,9 @@ class PhraseCutDataset:
             "tasks_dropped": sum(self._dropped.values()),
             "dropped_by_reason": dict(self._dropped),
         }
+
+    # A missing photo stops the run (the published numbers are over every image).
+    skips_missing_photos: ClassVar[bool] = False
+
+    def ignore_mask(self, task: PhraseCutTask) -> None:
+        return None  # every pixel counts

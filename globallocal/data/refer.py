@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SPLIT_BY",
+    "CocoPhotos",
     "OVERLAP_RULES",
     "VALID_SPLITS",
     "ImageGroup",
@@ -46,6 +47,7 @@ __all__ = [
     "ReferDataset",
     "Sentence",
     "decode_segmentation",
+    "instance_proposals",
     "load_refs_pickle",
     "resolve_split",
 ]
@@ -190,6 +192,14 @@ def decode_segmentation(
     raise InputError(f"unknown overlap rule {overlap!r}; use one of {', '.join(OVERLAP_RULES)}")
 
 
+def instance_proposals(masks: list[np.ndarray], height: int, width: int) -> Proposals:
+    """A photo's annotated instances as proposals (the ``gt`` oracle), empty masks dropped: every dataset's one
+    way up to the proposals stage."""
+    from ..proposals import Proposals  # on first use: reading a dataset (and `report`) needs no torch
+
+    return Proposals.from_arrays([mask for mask in masks if mask.any()], height, width)
+
+
 def load_dataset_image(path: Path, image: ImageRecord, sizes_file: str, hint: str = "") -> Image.Image:
     """A dataset's photo as RGB (no EXIF rotation), refused when it is not the size ``sizes_file`` records."""
     if not path.is_file():
@@ -263,7 +273,36 @@ def _parse_instances(instances: Any, path: Path) -> tuple[dict[int, ImageRecord]
     return images, annotations
 
 
-class ReferDataset:
+class CocoPhotos:
+    """The COCO train2014 photos of a split read from an instances.json (REFER's, gRefCOCO's): ``images_dir``,
+    ``instances_path`` and ``_groups`` are the dataset's."""
+
+    images_dir: Path | None
+    instances_path: Path
+    _groups: list[ImageGroup]
+
+    def images(self) -> list[ImageGroup]:
+        """The split's images, by increasing image_id, each with its refs."""
+        return list(self._groups)
+
+    def image_path(self, image: ImageRecord) -> Path:
+        """Where the image file is expected (``images_dir / file_name``)."""
+        if self.images_dir is None:
+            raise InputError("no images directory given (the COCO train2014 folder)")
+        return self.images_dir / image.file_name
+
+    def load_image(self, image: ImageRecord) -> Image.Image:
+        """The image as RGB, checked against the size instances.json gives."""
+        return load_dataset_image(
+            self.image_path(image), image, f"{self.instances_path}", "; is it the COCO train2014 file?"
+        )
+
+    def missing_images(self, groups: list[ImageGroup] | None = None) -> list[Path]:
+        """Image files of ``groups`` (default: all) that do not exist."""
+        return missing_images(self.image_path, self._groups if groups is None else groups)
+
+
+class ReferDataset(CocoPhotos):
     """One split of a REFER dataset, grouped by image.
 
     ``include_crowd`` only affects :meth:`instance_masks` (the ``gt``
@@ -356,26 +395,6 @@ class ReferDataset:
     def _name(self, ann: dict) -> str:
         return f"annotation {ann['id']} (image {ann['image_id']}) in {self.instances_path}"
 
-    def images(self) -> list[ImageGroup]:
-        """The split's images, by increasing image_id, each with its refs."""
-        return list(self._groups)
-
-    def image_path(self, image: ImageRecord) -> Path:
-        """Where the image file is expected (``images_dir / file_name``)."""
-        if self.images_dir is None:
-            raise InputError("no images directory given (the COCO train2014 folder)")
-        return self.images_dir / image.file_name
-
-    def load_image(self, image: ImageRecord) -> Image.Image:
-        """The image as RGB, checked against the size instances.json gives."""
-        return load_dataset_image(
-            self.image_path(image), image, f"{self.instances_path}", "; is it the COCO train2014 file?"
-        )
-
-    def missing_images(self, groups: list[ImageGroup] | None = None) -> list[Path]:
-        """Image files of ``groups`` (default: all) that do not exist."""
-        return missing_images(self.image_path, self._groups if groups is None else groups)
-
     def gt_mask(self, ref: Ref) -> np.ndarray:
         """The ref's ground truth, bool (H, W), under the dataset's overlap rule."""
         image = self._images[ref.image_id]
@@ -395,10 +414,7 @@ class ReferDataset:
             for ann in self._image_annotations.get(image_id, [])
             if self.include_crowd or not ann.get("iscrowd", 0)
         ]
-        masks = [mask for mask in masks if mask.any()]
-        from ..proposals import Proposals  # on first use: reading a dataset (and `report`) needs no torch
-
-        return Proposals.from_arrays(masks, image.height, image.width)
+        return instance_proposals(masks, image.height, image.width)
 
     def sentence_fields(self, ref: Ref, sentence: Sentence) -> dict[str, Any]:
         return {"ref_id": ref.ref_id, "sent_id": sentence.sent_id}
@@ -411,3 +427,9 @@ class ReferDataset:
 
     def report_notes(self) -> dict[str, Any]:
         return {}
+
+    # A missing photo stops the run (the published numbers are over every image).
+    skips_missing_photos: ClassVar[bool] = False
+
+    def ignore_mask(self, ref: Ref) -> None:
+        return None  # every pixel counts

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from .base import Method
 
 __all__ = [
+    "ANSWERS_ANY",
+    "ANSWERS_AT_MOST_ONE",
+    "ANSWERS_ONE",
     "DEFAULT_METHOD",
     "ImageFeatures",
     "Method",
@@ -45,6 +48,12 @@ _MODULES = {
     "vlm": "globallocal.methods.vlm.settings",
 }
 DEFAULT_METHOD = "global-local"
+
+# How many objects one answer can hold (MethodSpec.answers): what decides whether a method can score on
+# gRefCOCO's no-target and multi-target expressions at all.
+ANSWERS_ONE = "exactly one"
+ANSWERS_AT_MOST_ONE = "none or one"
+ANSWERS_ANY = "none, one or several"
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,13 @@ class MethodSpec:
     uses_clip: bool = True
     """Whether the method scores with CLIP (False: SAM 3 alone, which is built with ``clip=None``, so no CLIP
     loads and the CLIP options do not apply)."""
+    answers: str | Mapping[str, str] = ANSWERS_ONE
+    """How many objects one answer holds: :data:`ANSWERS_ONE` (a selector of one proposal: never none, never
+    several), :data:`ANSWERS_AT_MOST_ONE` or :data:`ANSWERS_ANY`; or, where a setting decides, that setting's
+    values (:attr:`answers_setting`) mapped to those. An image without any proposal is answered with nothing
+    whatever the method (counted apart)."""
+    answers_setting: str | None = None
+    """The setting whose value :attr:`answers` maps (SAM 3's ``answer``: top or union)."""
 
     @property
     def display(self) -> str:
@@ -98,6 +114,17 @@ class MethodSpec:
     @property
     def method_class(self) -> type[Method]:
         return _load(self.implementation)
+
+    def answer_kind(self, settings: Mapping[str, Any] | None = None, phrase_dependent: bool = False) -> str:
+        """How many objects an answer holds under ``settings`` (a run's settings; default: the method's default
+        preset's). Chosen among ``phrase_dependent`` candidates (``--proposals sam3``), one proposal may be none:
+        a phrase whose noun phrase finds nothing is answered "no target"."""
+        if isinstance(self.answers, str):
+            kind = self.answers
+        else:
+            settings = settings if settings is not None else self.settings().to_dict()
+            kind = self.answers[settings[self.answers_setting]]
+        return ANSWERS_AT_MOST_ONE if phrase_dependent and kind == ANSWERS_ONE else kind
 
     @property
     def uses_proposals(self) -> bool:

@@ -16,16 +16,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 
 from .. import __version__
+from ..data.coco_masks import mask_rle
 from ..data.images import save_png, save_text
 from ..data.phrases import shown
 from ..proposals.masks import Proposals, tight_box
@@ -53,17 +52,6 @@ def pixel_box_json(mask: np.ndarray | torch.Tensor) -> dict[str, int] | None:
     """The tight box of a bool (H, W) mask in whole pixels, x1 and y1 exclusive, labelled; None when empty."""
     box = tight_box(mask)
     return None if box is None else dict(zip(("x0", "y0", "x1", "y1"), box))
-
-
-def mask_rle(mask: np.ndarray | torch.Tensor) -> dict[str, Any]:
-    """A bool (H, W) mask as compressed COCO RLE with a text ``counts``."""
-    if isinstance(mask, torch.Tensor):
-        mask = mask.cpu().numpy()
-    with warnings.catch_warnings():
-        # pycocotools' compiled code trips NumPy 2's __array__ copy-keyword deprecation; the result is right.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 class StageTimer:

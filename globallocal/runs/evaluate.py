@@ -53,13 +53,13 @@ from ..data.refer import ImageGroup, ImageRecord
 from ..errors import InputError
 from ..models.weights import weights_change
 from ..proposals import Proposals
+from .benchmark_metrics import MetricFamily, Tally, family_of, shown
 from .cache import FeatureCache
 from .distributed import Distributed
 from .evaluation_config import EvaluationConfig, check_evaluation_inputs, run_identity
 from .evaluation_records import IMAGE_UNITS, CompletedImage, add_record, read_records, referent
-from .evaluation_report import REPORT_JSON, REPORT_MD, build_report, report_markdown
+from .evaluation_report import REPORT_JSON, REPORT_MD, answer_kind, build_report, report_markdown
 from .evaluation_step import EvaluationStep, ProposalSource, per_image
-from .metrics import MetricAccumulator
 from .progress import LoggedProgress, RateColumn, RemainingColumn
 from .runfolder import (
     CONFIG_FILE,
@@ -114,6 +114,26 @@ def _actor_step(
     if worker.image_source() is not None:
         source = per_image(worker.image_source())
     return EvaluationStep(dataset, worker.segmenter, source, save_masks, cache, proposal_key)
+
+
+def _absent(dataset: EvaluationDataset, groups: list[ImageGroup]) -> list[ImageGroup]:
+    """The groups whose photo is missing, where the dataset leaves such photos out (others stop the run first)."""
+    if not dataset.skips_missing_photos:
+        return []
+    return [group for group in groups if dataset.missing_images([group])]
+
+
+def _missing_photos(dataset: EvaluationDataset, absent: list[ImageGroup]) -> dict[str, Any] | None:
+    """What the report says of the photos left out (None for a dataset where a missing photo stops the run)."""
+    if not dataset.skips_missing_photos:
+        return None
+    first = str(dataset.missing_images(absent[:1])[0]) if absent else None
+    return {"images": len(absent), "sentences": sum(group.sentence_count for group in absent), "first": first}
+
+
+def _scores(family: MetricFamily, running: Tally) -> str:
+    """The running metrics the progress bar shows ("oIoU 24.83  mIoU 26.23")."""
+    return "  ".join(f"{name} {shown(value)}" for name, value in family.headline_values(running).items())
 
 
 def run_evaluation(
@@ -178,7 +198,7 @@ def run_evaluation(
     every_group = dataset.images()
     groups = every_group[: config.limit]
     missing = dataset.missing_images(groups)
-    if missing:
+    if missing and not dataset.skips_missing_photos:
         raise InputError(
             f"{len(missing)} of {len(groups)} images are missing from {missing[0].parent}, e.g. {missing[0]}"
         )
@@ -199,14 +219,16 @@ def run_evaluation(
         if not place.is_main:
             folder.check_config(identity, explain=explain)
         folder.open_records()
-        step = EvaluationStep(dataset, segmenter, proposal_source, config.save_masks is not None, cache, proposal_key)
+        step = EvaluationStep(dataset, segmenter, proposal_source, config.mask_format, cache, proposal_key)
         if ray is not None:
             from .ray_engine import StepRecipe
 
             make = functools.partial(_actor_step, config, identity["split_by"], step.save_masks, cache, proposal_key)
             step = StepRecipe(recipe, make, identity)
+        answers = answer_kind(identity.get("settings", {}), getattr(segmenter, "phrase_dependent", False))
         report = _evaluate_share(
             folder, config, identity, dataset, groups, every_group, step, ray, place, progress, stop_after_images,
+            answers,
         )
     return report
 
@@ -223,6 +245,7 @@ def _evaluate_share(
     place: Distributed,
     progress: bool,
     stop_after_images: int | None,
+    answers: str | None,
 ) -> dict[str, Any]:
     """This process's images not yet recorded, then (rank 0) the report of every file's records.
 
@@ -242,15 +265,23 @@ def _evaluate_share(
     in_limit = {group.image.image_id for group in groups}
     completed = [done for done in completed if done.marker["image_done"] in in_limit]
     done_ids = {done.marker["image_done"] for done in completed}
-    share = place.shard(groups)
+    # A missing photo (where the dataset allows it) is left out and counted; a later run evaluates it once it is
+    # there. Every process finds the same, so the shares still partition the images.
+    absent = _absent(dataset, [group for group in groups if group.image.image_id not in done_ids])
+    absent_ids = {group.image.image_id for group in absent}
+    share = place.shard([group for group in groups if group.image.image_id not in absent_ids])
     todo = [group for group in share if group.image.image_id not in done_ids]
-    save_masks = Path(config.save_masks) if config.save_masks is not None else None
+    if absent and progress and place.is_main:
+        Console(stderr=True).print(
+            f"{len(absent)} of {len(groups)} photos are missing (e.g. {dataset.missing_images(absent[:1])[0]}); "
+            "their sentences are left out of the metrics and counted in the report")
     if ray is None:
         finished: Iterator[UnitResult] = (step(group) for group in todo)
     else:
         finished = ray.results(step, [(group.image.image_id, group) for group in todo])
 
-    running = MetricAccumulator()
+    family = family_of(config.dataset)
+    running = family.make()
     for done in completed:
         for record in done.records:
             add_record(running, record)
@@ -261,7 +292,7 @@ def _evaluate_share(
         MofNCompleteColumn(),
         RateColumn(),
         TextColumn("{task.fields[sentences]} sentences"),
-        TextColumn("oIoU {task.fields[oiou]:.2f}  mIoU {task.fields[miou]:.2f}"),
+        TextColumn("{task.fields[scores]}"),
         TimeElapsedColumn(),
         RemainingColumn(),
     )
@@ -278,14 +309,13 @@ def _evaluate_share(
             completed=len(share) - len(todo),
             resumed_at=len(share) - len(todo),
             sentences=running.sentences,
-            oiou=running.oiou,
-            miou=running.miou,
+            scores=_scores(family, running),
         )
         for count, result in enumerate(finished, start=1):
             for record in result.records:
                 add_record(running, record)
-            folder.record(result, save_masks)
-            bar.update(task, advance=1, sentences=running.sentences, oiou=running.oiou, miou=running.miou)
+            folder.record(result, config.mask_folder())
+            bar.update(task, advance=1, sentences=running.sentences, scores=_scores(family, running))
             if stop_after_images is not None and count >= stop_after_images and count < len(todo):
                 raise EvaluationStopped(f"stopped after {count} images")
 
@@ -298,7 +328,8 @@ def _evaluate_share(
             key=lambda done: order[done.marker["image_done"]],
         )
         report = build_report(completed, identity, out_dir, len(groups), place.world_size, dataset.report_notes(),
-                              split_images=len(every_group), limit=config.limit)
+                              split_images=len(every_group), limit=config.limit,
+                              missing=_missing_photos(dataset, absent), answers=answers)
         save_text(json.dumps(report, indent=2) + "\n", out_dir / REPORT_JSON)
         save_text(report_markdown(report), out_dir / REPORT_MD)
     place.barrier()

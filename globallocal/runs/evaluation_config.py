@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..data.datasets import check_dataset, dataset_files
+from ..data.datasets import check_dataset, check_dataset_files, images_folder
 from ..data.images import check_writable_folder
-from ..data.phrasecut import PHRASECUT
-from ..data.refer import OVERLAP_RULES
+from ..data.refer import DEFAULT_SPLIT_BY, OVERLAP_RULES
 from ..errors import InputError
 from ..models.weights import weights_identity
 from .distributed import from_environment
@@ -19,6 +18,11 @@ from .runfolder import check_free
 
 if TYPE_CHECKING:
     from .cache import FeatureCache
+
+# --save-masks: each mask as COCO RLE in its record, or as a PNG in the run folder's masks/ (any other value is
+# a folder for the PNGs).
+MASK_FORMATS = ("rle", "png")
+MASKS_FOLDER = "masks"
 
 # Bumped when the records or config layout changes, so that an old out dir is
 # refused instead of misread. 2: per-proposal overlaps, cache, rank files. 3: weights by content.
@@ -30,8 +34,10 @@ class EvaluationConfig:
     """What is evaluated and where results go.
 
     ``split_by`` defaults per dataset (unc, unc, umd). ``limit`` keeps the
-    first N images of the split (by image_id). ``save_masks`` is a folder for
-    one PNG per sentence. ``overlap`` is the ground-truth rule of
+    first N images of the split (by image_id). ``save_masks`` keeps every
+    predicted mask: ``rle`` (COCO RLE in the sentence's record), ``png`` (one
+    PNG per sentence in the run folder's ``masks/``) or a folder for the PNGs.
+    ``overlap`` is the ground-truth rule of
     :func:`globallocal.data.refer.decode_segmentation`. ``settings`` (model,
     alpha, beta, preset, parser model, ...) is copied into the report
     verbatim and takes part in the resume check; it must be
@@ -43,7 +49,9 @@ class EvaluationConfig:
 
     PhraseCut (``dataset="phrasecut"``): ``images_dir`` defaults to
     ``data_root/images``, ``subset`` is all, unseen or seen, and ``overlap``
-    does not apply (its ground truth is the union of its polygons).
+    does not apply (its ground truth is the union of its polygons); nor does
+    it to gRefCOCO (its official union) or ReasonSeg (``subset`` all, short
+    or long; its photos lie beside their JSON files, no ``images_dir``).
     """
 
     dataset: str
@@ -60,10 +68,21 @@ class EvaluationConfig:
     subset: str = "all"
 
     def images_folder(self) -> Path | None:
-        """Where the photos are: ``images_dir``, by default ``data_root/images`` for PhraseCut."""
-        if self.images_dir is None and self.dataset == PHRASECUT:
-            return Path(self.data_root) / "images"
-        return None if self.images_dir is None else Path(self.images_dir)
+        """Where the photos are: ``images_dir``, or the dataset's own folder (PhraseCut's, ReasonSeg's)."""
+        return images_folder(self.dataset, self.split, self.data_root, self.images_dir)
+
+    @property
+    def mask_format(self) -> str | None:
+        """How predicted masks are kept: rle (in the records), png, or None."""
+        if self.save_masks is None:
+            return None
+        return "rle" if str(self.save_masks) == "rle" else "png"
+
+    def mask_folder(self) -> Path | None:
+        """Where the PNG masks go: the run folder's masks/ (``png``) or the folder given."""
+        if self.mask_format != "png":
+            return None
+        return Path(self.out_dir) / MASKS_FOLDER if str(self.save_masks) == "png" else Path(self.save_masks)
 
     def identity(self) -> dict[str, Any]:
         """The configuration as stored in config.json and compared on resume.
@@ -85,13 +104,13 @@ class EvaluationConfig:
             "split_by": check_dataset(self.dataset, self.split, self.split_by, self.subset),
             "data_root": absolute(self.data_root),
             "images_dir": absolute(self.images_folder()),
-            "save_masks": absolute(self.save_masks),
+            "save_masks": str(self.save_masks) if str(self.save_masks) in MASK_FORMATS else absolute(self.save_masks),
             "overlap": self.overlap,
             "settings": self.settings,
             # By content, not path: moved weights still resume, other weights at the same path do not.
             "weights": {role: weights_identity(path) for role, path in sorted(self.weights.items())},
         }
-        if self.dataset == PHRASECUT:
+        if self.dataset not in DEFAULT_SPLIT_BY:  # PhraseCut's, gRefCOCO's and ReasonSeg's ground truth is theirs
             identity.update(overlap=None, subset=self.subset)
         # Round-trip so that tuples/lists and key order compare as stored.
         return json.loads(json.dumps(identity, sort_keys=True, default=str))
@@ -131,12 +150,7 @@ def check_evaluation_inputs(config: EvaluationConfig, main: bool | None = None) 
     images_dir = config.images_folder()
     if images_dir is None:
         raise InputError(f"--images is required for {config.dataset}: the COCO train2014 image folder")
-    layout = "VGPhraseCut_v0 folder" if config.dataset == PHRASECUT else f"REFER folder holding {config.dataset}/"
-    if not Path(config.data_root).is_dir():
-        raise InputError(f"data root not found: {config.data_root}; give the {layout}")
-    for path in dataset_files(config.dataset, config.split, config.data_root, split_by):
-        if not path.is_file():
-            raise InputError(f"{path} not found; is {config.data_root} the {layout}?")
+    check_dataset_files(config.dataset, config.split, config.data_root, split_by)
     if not images_dir.is_dir():
         raise InputError(f"images folder not found: {images_dir}")
     if main is None:
@@ -145,5 +159,5 @@ def check_evaluation_inputs(config: EvaluationConfig, main: bool | None = None) 
         check_free(config.out_dir)
     else:
         check_writable_folder(config.out_dir, "run folder")
-    if config.save_masks is not None:
-        check_writable_folder(config.save_masks, "--save-masks")
+    if config.mask_folder() is not None and str(config.save_masks) != "png":
+        check_writable_folder(config.mask_folder(), "--save-masks")

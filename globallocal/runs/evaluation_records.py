@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .metrics import MetricAccumulator
+from .benchmark_metrics import Tally
 from .runfolder import (
     CompletedUnit,
     UnitLayout,
@@ -17,7 +17,7 @@ from .runfolder import (
 SENTENCE_RECORD = {
     "image_id": int, "I": int, "U": int, "gt_area": int, "no_proposals": bool, "overlaps": (list, type(None)),
     "index": (int, type(None)), "expression": (str, type(None)), "noun_phrase": (str, type(None)),
-    "ref_id?": int, "task_id?": str,
+    "ref_id?": int, "task_id?": str, "name?": str, "pred_area?": int, "no_target?": bool, "mask?": dict,
 }
 IMAGE_UNITS = UnitLayout(marker="image_done", member="image_id", count="sentences", record=SENTENCE_RECORD)
 CompletedImage = CompletedUnit
@@ -29,15 +29,10 @@ def read_records(out_dir: str | Path) -> list[CompletedImage]:
 
 
 def referent(record: dict[str, Any]) -> Any:
-    """The id of what a sentence record refers to: a REFER ref_id or a PhraseCut task_id."""
-    return record["task_id"] if "task_id" in record else record["ref_id"]
+    """The id of what a sentence record refers to: a PhraseCut task_id, a ReasonSeg sample's name, or a REFER
+    (or gRefCOCO) ref_id."""
+    return next(record[key] for key in ("task_id", "name", "ref_id") if key in record)
 
 
-def add_record(accumulator: MetricAccumulator, record: dict[str, Any]) -> None:
-    accumulator.add(
-        record["I"],
-        record["U"],
-        ref_id=referent(record),
-        image_id=record["image_id"],
-        no_proposals=record["no_proposals"],
-    )
+def add_record(accumulator: Tally, record: dict[str, Any]) -> None:
+    accumulator.add_record(record, referent(record))

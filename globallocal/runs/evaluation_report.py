@@ -8,10 +8,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ..data.datasets import dataset_label
-from ..data.phrasecut import BREAKDOWN
+from ..data.datasets import SUBSET_ORDER, dataset_label
+from ..errors import InputError
+from .benchmark_metrics import Tally, family_of, metric_values, shown
 from .evaluation_records import CompletedImage, add_record
-from .metrics import PRECISION_THRESHOLDS, MetricAccumulator
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -29,7 +29,18 @@ def _package_versions() -> dict[str, str]:
 
 
 def _subset_order(name: str) -> tuple[int, str]:
-    return (BREAKDOWN.index(name) if name in BREAKDOWN else len(BREAKDOWN), name)
+    return (SUBSET_ORDER.index(name) if name in SUBSET_ORDER else len(SUBSET_ORDER), name)
+
+
+def answer_kind(settings: dict[str, Any], phrase_dependent: bool = False) -> str | None:
+    """How many objects the run's method answers with (its registry entry's
+    :meth:`~globallocal.methods.MethodSpec.answer_kind`); None for a method this version does not know."""
+    from ..methods import DEFAULT_METHOD, get_method
+
+    try:
+        return get_method(settings.get("method", DEFAULT_METHOD)).answer_kind(settings, phrase_dependent)
+    except InputError:
+        return None
 
 
 def build_report(
@@ -41,25 +52,30 @@ def build_report(
     notes: dict[str, Any] | None = None,
     split_images: int | None = None,
     limit: int | None = None,
+    missing: dict[str, Any] | None = None,
+    answers: str | None = None,
 ) -> dict[str, Any]:
     """The report, from the records alone (and the dataset's ``notes`` on its selection).
 
-    Records that name ``subsets`` (PhraseCut's) also give the metrics of
-    each subset. Wall time is the sum of the per-image times over all
-    sessions and processes: model loading and work lost to interruptions are
+    The metrics are the dataset's own (:func:`~globallocal.runs.benchmark_metrics.family_of`). Records that
+    name ``subsets`` (PhraseCut's, ReasonSeg's) also give the metrics of each subset. ``missing``: the photos
+    left out because they are missing (datasets that allow it), counted. ``answers``: how many objects the
+    method's answers hold (:func:`answer_kind`). Wall time is the sum of the per-image
+    times over all sessions and processes: model loading and work lost to interruptions are
     not in it, so resumed and uninterrupted runs are comparable. ``total_images`` are the images evaluated
     (the first ``limit`` of the split's ``split_images``).
     """
-    accumulator = MetricAccumulator()
-    by_subset: dict[str, MetricAccumulator] = {}
+    family = family_of(identity["dataset"])
+    accumulator = family.make()
+    by_subset: dict[str, Tally] = {}
     names = {name for done in completed for record in done.records for name in record.get("other_answers", {})}
-    others = {name: MetricAccumulator() for name in sorted(names)}
+    others = {name: family.make() for name in sorted(names)}
     truncated = 0
     for done in completed:
         for record in done.records:
             add_record(accumulator, record)
             for name in record.get("subsets", ()):
-                add_record(by_subset.setdefault(name, MetricAccumulator()), record)
+                add_record(by_subset.setdefault(name, family.make()), record)
             truncated += bool(record.get("truncated"))
             # A sentence without proposals has no answer of any kind: IoU 0 in every table.
             for name, total in others.items():
@@ -68,13 +84,16 @@ def build_report(
     extra: dict[str, Any] = {}
     if notes:
         extra["selection"] = notes
+    if missing is not None:
+        extra["missing_photos"] = missing
     if by_subset:
         extra["subsets"] = {
-            name: {"mIoU": by_subset[name].miou, "oIoU": by_subset[name].oiou, "sentences": by_subset[name].sentences}
+            name: {**family.headline_values(by_subset[name]), "sentences": by_subset[name].sentences}
             for name in sorted(by_subset, key=_subset_order)
         }
     return {
         "metrics": accumulator.summary(),
+        "answers": answers,
         **extra,
         "other_answers": {name: total.summary() for name, total in others.items()},
         "truncated_sentences": truncated,
@@ -102,40 +121,50 @@ def images_label(report: dict[str, Any], compact: bool = False) -> str:
 
 def report_markdown(report: dict[str, Any]) -> str:
     config, metrics = report["config"], report["metrics"]
-    thresholds = [f"{t:.1f}" for t in PRECISION_THRESHOLDS]
-    header = ["answer", "oIoU", "mIoU", *(f"P@{t}" for t in thresholds)]
+    family = family_of(config["dataset"])
     answers = {"final": metrics, **report.get("other_answers", {})}
     method = config.get("settings", {}).get("method", "global-local")
+    names = [name for name, _ in family.rows]
     lines = [
         f"# {method} evaluation: {dataset_label(config)}",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + " --- |" * len(header),
+        "| answer | " + " | ".join(names) + " |",
+        "|" + " --- |" * (len(names) + 1),
     ]
     for name, answer in answers.items():
-        values = [answer["oIoU"], answer["mIoU"], *(answer["precision"][t] for t in thresholds)]
-        lines.append(f"| {name} | " + " | ".join(f"{value:.2f}" for value in values) + " |")
+        lines.append(f"| {name} | " + " | ".join(map(str, map(shown, metric_values(family, answer).values()))) + " |")
     lines += [
         "",
         f"- images: {images_label(report)}, refs: {metrics['refs']}, sentences: {metrics['sentences']}",
+    ]
+    if report.get("answers"):
+        lines.append(f"- the method answers with {report['answers']} object(s) per sentence")
+    if "outcomes" in metrics:
+        outcomes = metrics["outcomes"]
+        lines.append(
+            f"- no-target sentences: {metrics['no_target_sentences']} (answered empty, TP: {outcomes['TP']}; with "
+            f"pixels, FN: {outcomes['FN']}); target sentences answered with pixels, TN: {outcomes['TN']}; empty, "
+            f"FP: {outcomes['FP']}"
+        )
+    if "missing_photos" in report:
+        missing = report["missing_photos"]
+        lines.append(f"- photos missing, left out of the metrics: {missing['images']} ({missing['sentences']} "
+                     "sentences)" + (f", e.g. {missing['first']}" if missing.get("first") else ""))
+    lines += [
         f"- images without proposals: {metrics['no_proposal_images']} ({metrics['no_proposal_refs']} refs, "
-        f"{metrics['no_proposal_sentences']} sentences, scored as IoU 0)",
+        f"{metrics['no_proposal_sentences']} sentences, scored as empty answers: IoU 0 where there is a target)",
         f"- expressions truncated to CLIP's 77 tokens: {report['truncated_sentences']}",
         f"- cumulative I / U: {metrics['sum_intersection']} / {metrics['sum_union']}",
         f"- wall time: {report['wall_time_s']:.1f} s",
     ]
     if "selection" in report:
-        selection = report["selection"]
-        dropped = selection["dropped_by_reason"].items()
-        reasons = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in dropped)
-        lines.append(
-            f"- subset {selection['subset']}: {selection['tasks']} of {selection['tasks_in_files']} tasks, "
-            f"{selection['tasks_dropped']} dropped ({reasons})"
-        )
+        lines.append(f"- {_selection(report['selection'])}")
     if "subsets" in report:
-        lines += ["", "## mIoU by subset", "", "| subset | mIoU | oIoU | sentences |", "| --- | --- | --- | --- |"]
+        headline = [name for name in next(iter(report["subsets"].values())) if name != "sentences"]
+        lines += ["", f"## {' and '.join(headline)} by subset", "",
+                  "| subset | " + " | ".join(headline) + " | sentences |", "|" + " --- |" * (len(headline) + 2)]
         lines += [
-            f"| {name} | {values['mIoU']:.2f} | {values['oIoU']:.2f} | {values['sentences']} |"
+            f"| {name} | " + " | ".join(str(shown(values[key])) for key in headline) + f" | {values['sentences']} |"
             for name, values in report["subsets"].items()
         ]
     lines += [
@@ -151,3 +180,13 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Versions", "", "| package | version |", "| --- | --- |"]
     lines += [f"| {name} | {version} |" for name, version in report["versions"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _selection(selection: dict[str, Any]) -> str:
+    """The dataset's notes on what it selected, in words."""
+    if "dropped_by_reason" in selection:  # PhraseCut's
+        reasons = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in
+                            selection["dropped_by_reason"].items())
+        return (f"subset {selection['subset']}: {selection['tasks']} of {selection['tasks_in_files']} tasks, "
+                f"{selection['tasks_dropped']} dropped ({reasons})")
+    return "selection: " + ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in selection.items())

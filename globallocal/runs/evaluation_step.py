@@ -3,7 +3,7 @@ every sentence answered and recorded.
 
 :class:`EvaluationStep` is the one home of that rule: the evaluation loop and
 each Ray actor (:mod:`~globallocal.runs.ray_engine`) call it, and it returns
-what the run folder writes (records, the --save-masks PNGs as bytes).
+what the run folder writes (records, with --save-masks each mask as RLE or PNG bytes).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.coco_masks import mask_rle
 from ..data.datasets import EvaluationDataset
 from ..data.images import mask_png_bytes
 from ..data.refer import ImageGroup, ImageRecord, Sentence
@@ -26,7 +27,7 @@ from ..models.text import encode_texts
 from ..proposals import Proposals
 from .cache import FeatureCache, TextStore, image_digest, proposals_digest
 from .concept_entries import ConceptEntries
-from .metrics import intersection_union, sentence_iou
+from .metrics import mask_counts, sentence_iou
 from .runfolder import UnitResult
 
 ProposalSource = Callable[[Image.Image, ImageRecord], Proposals]
@@ -146,16 +147,18 @@ def evaluate_image(
     dataset: EvaluationDataset,
     segmenter: Any,
     proposal_source: ProposalSource | None,
-    save_masks: bool,
+    save_masks: str | None,
     cache: FeatureCache | None,
     proposal_key: dict[str, Any] | None,
 ) -> tuple[list[dict[str, Any]], str | None, dict[str, bytes]]:
     """The records of every sentence on one image (proposals and features paid once), its cache entry, and
-    (``save_masks``) each sentence's predicted mask as PNG bytes by file name.
+    (``save_masks`` png) each sentence's predicted mask as PNG bytes by file name; with ``save_masks`` rle the
+    mask is in the record instead.
 
     With a phrase-dependent segmenter (and no ``proposal_source``) each sentence is answered among its own
     candidates: its record holds their overlaps, the step that found them and its cache entry; a sentence
-    with none is scored as an image without proposals is.
+    with none is scored as an image without proposals is. Whatever the method, its answer reaches the metrics
+    as the one predicted mask (empty: it answered that nothing is there).
     """
     image = dataset.load_image(group.image)
     entries = None
@@ -168,7 +171,7 @@ def evaluate_image(
     records = []
     files: dict[str, bytes] = {}
     for ref in group.refs:
-        gt = dataset.gt_mask(ref)
+        gt, ignore = dataset.gt_mask(ref), dataset.ignore_mask(ref)
         image_overlaps = _overlaps(proposals, gt)
         for sentence in ref.sentences:
             record: dict[str, Any] = {
@@ -189,7 +192,6 @@ def evaluate_image(
             answered = result is not None and (candidates is None or len(candidates) > 0)
             if answered:
                 pred = result.mask
-                intersection, union = intersection_union(pred, gt)
                 record.update(
                     index=result.index,
                     score=result.score,
@@ -200,41 +202,47 @@ def evaluate_image(
                     **result.answer_fields(),
                 )
                 # Further answers of the method (HybridGL's "pure" one), each scored as the main answer is.
-                others = {}
-                for name, index in result.other_answers().items():
-                    other_i, other_u = intersection_union(candidates.masks[index], gt)
-                    others[name] = {"index": int(index), "I": other_i, "U": other_u}
+                others = {
+                    name: {"index": int(index), **_scored(mask_counts(candidates.masks[index], gt, ignore))}
+                    for name, index in result.other_answers().items()
+                }
                 if others:
                     record["other_answers"] = others
             else:
-                # No proposal to choose: an empty prediction, IoU 0 (never skipped).
+                # No proposal to choose: an empty prediction, scored (never skipped).
                 pred = None
-                intersection, union = 0, int(gt.sum())
                 record.update(index=None, score=None, noun_phrase=None, expression=None, truncated=False)
+            counts = mask_counts(pred, gt, ignore)
             if result is not None:
                 record.update(result.candidate_fields(aliases=True))  # phrase-dependent: the source's scores and step
             record.update(
-                I=intersection,
-                U=union,
-                IoU=sentence_iou(intersection, union),
+                **_scored(counts),
+                IoU=sentence_iou(counts["I"], counts["U"]),
                 no_proposals=not answered,
-                gt_area=int(gt.sum()),
+                gt_area=counts["gt_area"],
                 overlaps=overlaps,
             )
-            if save_masks:
+            if save_masks == "rle":
+                record["mask"] = mask_rle(np.zeros_like(gt) if pred is None else pred)
+            elif save_masks is not None:
                 files[dataset.mask_name(ref, sentence)] = mask_png_bytes(np.zeros_like(gt) if pred is None else pred)
             records.append(record)
     return records, entry, files
 
 
+def _scored(counts: dict[str, int]) -> dict[str, int]:
+    """What a record keeps of an answer's counts: I, U and the predicted area."""
+    return {key: counts[key] for key in ("I", "U", "pred_area")}
+
+
 @dataclass
 class EvaluationStep:
-    """One image of a split, as the run folder records it (``save_masks``: also return the masks)."""
+    """One image of a split, as the run folder records it (``save_masks``: rle or png, also keep the masks)."""
 
     dataset: EvaluationDataset
     segmenter: Any
     proposal_source: ProposalSource | None
-    save_masks: bool
+    save_masks: str | None
     cache: FeatureCache | None = None
     proposal_key: dict[str, Any] | None = None
 

@@ -15,20 +15,28 @@ U = |pred OR gt|. Over a split:
 A sentence whose image got no proposals is scored with an empty prediction
 (I = 0, U = |gt|) and also counted in ``no_proposal_sentences``: the
 published code skips it, which inflates both IoUs.
+
+:func:`mask_counts` is where every answer meets its ground truth: the
+predicted mask (empty, or None: the method answered that nothing is there),
+the ground truth and the pixels a dataset leaves out (ReasonSeg's). The
+metrics of gRefCOCO and ReasonSeg, computed from the same counts, are in
+:mod:`globallocal.runs.benchmark_metrics`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PRECISION_THRESHOLDS", "MetricAccumulator", "intersection_union", "sentence_iou"]
+__all__ = [
+    "PRECISION_THRESHOLDS", "MetricAccumulator", "intersection_union", "mask_counts", "precision_hits", "sentence_iou",
+]
 
 # Thresholds in tenths, so the precision test stays in integers.
 _THRESHOLD_TENTHS = (5, 6, 7, 8, 9)
@@ -47,6 +55,31 @@ def intersection_union(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.T
     if pred.shape != gt.shape:
         raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
     return int(np.logical_and(pred, gt).sum()), int(np.logical_or(pred, gt).sum())
+
+
+def mask_counts(
+    pred: np.ndarray | torch.Tensor | None, gt: np.ndarray | torch.Tensor, ignore: np.ndarray | None = None
+) -> dict[str, int]:
+    """``I``, ``U``, ``pred_area`` and ``gt_area`` of a predicted mask against the ground truth (same (H, W)).
+
+    ``pred`` None or empty: the answer is that nothing is there. Pixels under ``ignore`` count in neither I
+    nor U (LISA's ``ignore_index``: the ground truth never holds them, so only the prediction loses them);
+    ``pred_area`` is the whole prediction's.
+    """
+    gt = _as_bool_array(gt)
+    pred = np.zeros_like(gt) if pred is None else _as_bool_array(pred)
+    counted = pred
+    if ignore is not None:
+        kept = ~_as_bool_array(ignore)
+        counted, gt = pred & kept, gt & kept
+    intersection, union = intersection_union(counted, gt)
+    return {"I": intersection, "U": union, "pred_area": int(np.count_nonzero(pred)),
+            "gt_area": int(np.count_nonzero(gt))}
+
+
+def precision_hits(intersection: int, union: int, tenths: tuple[int, ...]) -> list[bool]:
+    """Whether I / U >= t for each threshold t (in tenths), tested in integers (see the module docstring)."""
+    return [union > 0 and 10 * intersection >= tenth * union for tenth in tenths]
 
 
 def sentence_iou(intersection: int, union: int) -> float:
@@ -90,9 +123,8 @@ class MetricAccumulator:
         self.sum_union += union
         self.sentences += 1
         self._ious.append(sentence_iou(intersection, union))
-        if union:
-            for k, tenths in enumerate(_THRESHOLD_TENTHS):
-                self.correct[k] += 10 * intersection >= tenths * union
+        for k, hit in enumerate(precision_hits(intersection, union, _THRESHOLD_TENTHS)):
+            self.correct[k] += hit
         if ref_id is not None:
             self._refs.add(ref_id)
         if image_id is not None:
@@ -103,6 +135,11 @@ class MetricAccumulator:
                 self._no_proposal_refs.add(ref_id)
             if image_id is not None:
                 self._no_proposal_images.add(image_id)
+
+    def add_record(self, record: dict[str, Any], referent: Any) -> None:
+        """Count one sentence record (``referent``: the id of what it refers to)."""
+        self.add(record["I"], record["U"], ref_id=referent, image_id=record["image_id"],
+                 no_proposals=record["no_proposals"])
 
     @property
     def oiou(self) -> float:

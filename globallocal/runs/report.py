@@ -25,10 +25,11 @@ from rich.table import Table
 from rich.text import Text
 
 from ..data.bounded import NUMBER, check_shape, read_json
-from ..data.datasets import PHRASECUT, dataset_label
+from ..data.datasets import dataset_label
+from ..data.refer import DEFAULT_SPLIT_BY
 from ..errors import InputError
+from .benchmark_metrics import MetricFamily, family_of, metric_values, shown
 from .evaluation_report import REPORT_JSON, images_label
-from .metrics import PRECISION_THRESHOLDS
 
 FORMATS = ("table", "markdown", "csv", "latex")
 # With a single run nothing differs; these say what it was.
@@ -42,12 +43,12 @@ _BREAK = re.compile(r"(?<=[-_./, ])")  # where a value may wrap: after these
 
 
 _TEXT = (str, type(None))  # PhraseCut runs have no split_by and no overlap rule
-_ANSWER = {"oIoU": NUMBER, "mIoU": NUMBER, "precision": {f"{t:.1f}": NUMBER for t in PRECISION_THRESHOLDS}}
-# Every field the tables read, so that a malformed report is named when read rather than crash below.
+# Every field the tables read, so that a malformed report is named when read rather than crash below; the
+# metrics themselves are the dataset's own (MetricFamily.shape).
 REPORT_SHAPE = {
     "config": {"dataset": str, "split": str, "overlap": _TEXT, "split_by?": _TEXT, "subset?": _TEXT, "settings?": dict},
-    "metrics": {**_ANSWER, "images": int, "sentences": int, "no_proposal_sentences": int},
-    "other_answers?": {"*": _ANSWER},
+    "metrics": {"images": int, "sentences": int, "no_proposal_sentences": int},
+    "other_answers?": dict, "subsets?": {"*": dict}, "answers?": _TEXT, "missing_photos?": {"images": int},
     "images_total": int, "truncated_sentences": int, "wall_time_s": NUMBER,
 }
 
@@ -56,7 +57,12 @@ def check_report(report: Any, path: Path) -> None:
     """Refuse, in one line naming the key, a report.json that is not one 'globallocal evaluate' writes."""
     fix = "; it is not a report of 'globallocal evaluate', rerun the evaluation"
     check_shape(report, REPORT_SHAPE, str(path), fix)
-    if report["config"]["dataset"] != PHRASECUT:
+    family = family_of(report["config"]["dataset"])
+    check_shape(report, {"metrics": family.shape(), "other_answers?": {"*": family.shape()}}, str(path), fix)
+    if family.subset_rows:
+        headline = {name: (*NUMBER, type(None)) for name in family.headline}
+        check_shape(report, {"subsets?": {"*": headline}}, str(path), fix)
+    if report["config"]["dataset"] in DEFAULT_SPLIT_BY:
         check_shape(report, {"config": {"split_by": str}}, str(path), fix)
 
 
@@ -134,26 +140,40 @@ def compare_settings(reports: list[dict[str, Any]]) -> tuple[list[str], dict[str
     return differing, {key: flats[0][key] for key in keys if key not in differing}
 
 
-def _metrics(report: dict[str, Any], others: list[str]) -> dict[str, float | None]:
-    """The method's metrics, then oIoU and mIoU of each further answer in ``others`` (None where a run has none)."""
-    metrics = report["metrics"]
-    values: dict[str, float | None] = {"oIoU": metrics["oIoU"], "mIoU": metrics["mIoU"]}
-    values.update({f"P@{t:.1f}": metrics["precision"][f"{t:.1f}"] for t in PRECISION_THRESHOLDS})
-    for name in others:
-        answer = report.get("other_answers", {}).get(name)
-        values.update({f"{key} ({name})": answer[key] if answer else None for key in ("oIoU", "mIoU")})
+def _families(reports: list[dict[str, Any]]) -> list[MetricFamily]:
+    return list(dict.fromkeys(family_of(report["config"]["dataset"]) for report in reports))
+
+
+def _metrics(reports: list[dict[str, Any]]) -> list[dict[str, float | None]]:
+    """Per run, its dataset's metrics by row name (None: undefined), then the headline metrics of each further
+    answer some run reports and, for ReasonSeg, of each subset. A run lacks the rows of other datasets. Where
+    runs of several datasets share a table, gRefCOCO's and ReasonSeg's names say whose they are."""
+    families = _families(reports)
+    others = sorted({name for report in reports for name in report.get("other_answers", {})})
+    values = []
+    for report in reports:
+        family = family_of(report["config"]["dataset"])
+        prefix = f"{family.label} " if family.label and len(families) > 1 else ""
+        row = {prefix + name: value for name, value in metric_values(family, report["metrics"]).items()}
+        for name in others:
+            answer = report.get("other_answers", {}).get(name)
+            if answer:
+                row.update({f"{prefix}{key} ({name})": answer[key] for key in family.headline})
+        if family.subset_rows:
+            for subset, scores in report.get("subsets", {}).items():
+                row.update({f"{prefix}{key} {subset}": scores[key] for key in family.headline})
+        values.append(row)
     return values
 
 
-def _other_answers(reports: list[dict[str, Any]]) -> list[str]:
-    """The further answers some run reports (HybridGL's "pure" one)."""
-    return sorted({name for report in reports for name in report.get("other_answers", {})})
+def _metric_names(values: list[dict[str, float | None]]) -> list[str]:
+    """Every row name some run has, in the runs' order."""
+    return list(dict.fromkeys(name for row in values for name in row))
 
 
-def _number(value: float | None, full_precision: bool) -> float | str:
-    if value is None:
-        return "-"
-    return value if full_precision else f"{value:.2f}"
+def _cell(row: dict[str, float | None], name: str, full_precision: bool) -> float | str:
+    """A metric in a table: "-" where the run's dataset has no such metric, "undefined" where it is None."""
+    return shown(row[name], full_precision) if name in row else "-"
 
 
 def _fit(text: str, width: int, lines: int = _CELL_LINES) -> str:
@@ -192,7 +212,7 @@ def format_report_table(run_dirs: list[Path]) -> Group:
     reports = load_reports(run_dirs)
     differing, common = compare_settings(reports)
     flats = [_settings(report) for report in reports]
-    metrics = [_metrics(report, _other_answers(reports)) for report in reports]
+    metrics = _metrics(reports)
     counts = {
         "images": [images_label(r, compact=True) for r in reports],
         "sentences": [str(r["metrics"]["sentences"]) for r in reports],
@@ -200,9 +220,14 @@ def format_report_table(run_dirs: list[Path]) -> Group:
         "truncated": [str(r["truncated_sentences"]) for r in reports],
         "wall time (s)": [f"{r['wall_time_s']:.1f}" for r in reports],
     }
+    if any(report.get("answers") for report in reports):  # how many objects the method's answers hold
+        counts["answers"] = [r.get("answers") or "-" for r in reports]
+    if any("missing_photos" in report for report in reports):
+        counts["photos missing"] = [str(r["missing_photos"]["images"]) if "missing_photos" in r else "-"
+                                    for r in reports]
     sections = [
         {key: [_show(flat.get(key, "-")) for flat in flats] for key in differing},
-        {name: [str(_number(values[name], False)) for values in metrics] for name in metrics[0]},
+        {name: [str(_cell(row, name, False)) for row in metrics] for name in _metric_names(metrics)},
         counts,
     ]
     key_width = min(_KEY_WIDTH, max(len(key) for rows in sections for key in rows))
@@ -221,12 +246,13 @@ def format_report_table(run_dirs: list[Path]) -> Group:
 
 def _rows(run_dirs: list[Path], reports: list[dict[str, Any]], full_precision: bool) -> tuple[list[str], list[list]]:
     keys = compare_settings(reports)[0]
-    metrics = [_metrics(report, _other_answers(reports)) for report in reports]
-    header = ["run", *keys, *metrics[0], "sentences"]
+    metrics = _metrics(reports)
+    names = _metric_names(metrics)
+    header = ["run", *keys, *names, "sentences"]
     rows = []
     for run_dir, report, values in zip(run_dirs, reports, metrics):
         flat = _settings(report)
-        numbers = [_number(value, full_precision) for value in values.values()]
+        numbers = [_cell(values, name, full_precision) for name in names]
         rows.append([str(run_dir), *(_show(flat.get(key, "-")) for key in keys), *numbers,
                      report["metrics"]["sentences"]])
     return header, rows

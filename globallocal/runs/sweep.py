@@ -25,6 +25,7 @@ from ..data.bounded import check_shape, read_json
 from ..data.datasets import dataset_label
 from ..errors import InputError
 from ..methods import DEFAULT_METHOD, MethodSpec, available_methods, get_method
+from .benchmark_metrics import REFERRING, family_of
 from .cache import ImageEntry, TextStore, VisualStore
 from .evaluate import CONFIG_FILE, REPORT_JSON, CompletedImage, referent
 from .metrics import MetricAccumulator
@@ -153,6 +154,9 @@ def open_cached_run(run_dir: str | Path, cache_dir: str | Path | None = None) ->
     if not (run_dir / REPORT_JSON).exists():
         raise InputError(f"no finished run in {run_dir}: {REPORT_JSON} is missing; run the evaluation to the end first")
     config = read_config(run_dir)
+    if family_of(str(config.get("dataset"))) is not REFERRING:
+        raise InputError(f"{run_dir} is a {config['dataset']} run: sweeps replay oIoU, mIoU and precision, not "
+                         f"{config['dataset']}'s own metrics; evaluate again at the other weights instead")
     report = read_json(run_dir / REPORT_JSON, what="report")
     check_report(report, run_dir / REPORT_JSON)
     cache_info = config.get("cache")

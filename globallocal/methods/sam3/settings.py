@@ -12,7 +12,7 @@ from ...proposals.sam3_settings import (
     parse_fallback,
     sam3_checks,
 )
-from .. import MethodSpec
+from .. import ANSWERS_ANY, ANSWERS_AT_MOST_ONE, MethodSpec
 from ..settings import MethodSettings
 
 ANSWERS = ("top", "union")
@@ -45,7 +45,8 @@ class Sam3Settings(MethodSettings):
 _DEFAULT = Sam3Settings()
 PRESETS: dict[str, Sam3Settings] = {
     "sam3": _DEFAULT,
-    # PhraseCut's phrases name every instance ("the cars"): their union is the answer
+    # PhraseCut's phrases name every instance ("the cars"), and so do gRefCOCO's ("the two men", or none): their
+    # union is the answer
     "sam3-union": replace(_DEFAULT, answer="union"),
     # The whole expression as the prompt: what SAM 3 does with a referring expression it is not built for
     "sam3-expression": replace(_DEFAULT, prompt="expression"),
@@ -60,9 +61,11 @@ SPEC = MethodSpec(
     default_preset="sam3",
     default_clip_model="ViT-B-16",
     default_proposals=None,
-    dataset_presets={"phrasecut": "sam3-union"},
+    dataset_presets={"phrasecut": "sam3-union", "grefcoco": "sam3-union"},
     builder="globallocal.methods.sam3.method:build_sam3",
     display_name="SAM 3",
     offered_beside_others=False,
     uses_clip=False,
+    answers={"top": ANSWERS_AT_MOST_ONE, "union": ANSWERS_ANY},  # nothing when no instance passes the threshold
+    answers_setting="answer",
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .. import MethodSpec
+from .. import ANSWERS_ANY, MethodSpec
 from ..settings import MethodSettings
 
 __all__ = ["PREPROCESSINGS", "PRESETS", "SPEC", "TEMPLATES", "WINDOW_MODES", "TCLSettings"]
@@ -95,4 +95,5 @@ SPEC = MethodSpec(
     image_tower="vit",
     built_on="ViT-B-16",
     display_name="TCL",
+    answers=ANSWERS_ANY,  # a thresholded region: empty where nothing passes, over any number of objects
 )
