@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .. import MethodSpec
+from .. import ANSWERS_ANY, ANSWERS_AT_MOST_ONE, MethodSpec
 from ..settings import MethodSettings
 
 __all__ = [
@@ -131,4 +131,8 @@ SPEC = MethodSpec(
     display_name="VLM",
     offered_beside_others=False,
     uses_clip=False,
+    # The agent selects any number of SAM 3's instances, or reports none; one call picks one candidate (or none:
+    # no candidate, or an unreadable reply with fallback none).
+    answers={"agent": ANSWERS_ANY, "box": ANSWERS_AT_MOST_ONE, "marks": ANSWERS_AT_MOST_ONE},
+    answers_setting="mode",
 )
