@@ -34,6 +34,7 @@ from typing import Any
 from ..errors import InputError
 
 __all__ = [
+    "INT64",
     "MAX_DEPTH",
     "MAX_JSON_BYTES",
     "MAX_LINE_BYTES",
@@ -55,8 +56,9 @@ __all__ = [
 
 # Deep enough for every format the tool reads (COCO polygons nest 4 levels, run configurations about 6).
 MAX_DEPTH = 32
-# Ids, sizes and counts are int64 everywhere downstream (numpy, pycocotools, torch).
-_INT_RANGE = range(-(2**63), 2**63)
+# Ids, sizes and counts are int64 everywhere downstream (numpy, pycocotools, torch): every integer read (JSON,
+# pickles, options) must be one.
+INT64 = range(-(2**63), 2**63)
 # The largest files read (a dataset's instances.json, PhraseCut's refer_test.json) are a few hundred MB; Python
 # holds parsed JSON in several times its size.
 MAX_JSON_BYTES = 1 << 30
@@ -111,13 +113,22 @@ def open_regular(path: str | os.PathLike[str], flags: int = os.O_RDONLY, *, what
 
 
 def read_regular(path: str | os.PathLike[str], max_bytes: int, *, what: str = "file", hint: str = "") -> bytes:
-    """The bytes of a regular file of at most ``max_bytes`` (checked before reading); ``hint``: how to raise it."""
+    """The bytes of a regular file of at most ``max_bytes`` (checked before reading); ``hint``: how to raise it.
+
+    What is read is what the file holds: ``read(n)`` allocates ``n`` bytes up front, so asking for the bound
+    (201 MB for a photo) would cost that much memory for every small file.
+    """
     fd = open_regular(path, what=what)
     with os.fdopen(fd, "rb") as handle:
         size = os.fstat(fd).st_size
         if size > max_bytes:
             raise InputError(f"{what} {path} is {_size(size)}, more than the {_size(max_bytes)} allowed{hint}")
-        data = handle.read(max_bytes + 1)  # a file growing while read is cut at the bound, not read whole
+        data = handle.read(size + 1)
+        while size < len(data) <= max_bytes:  # growing while read: the rest a bounded piece at a time
+            piece = handle.read(min(1 << 20, max_bytes + 1 - len(data)))
+            if not piece:
+                break
+            data += piece
     if len(data) > max_bytes:
         raise InputError(f"{what} {path} is more than the {_size(max_bytes)} allowed{hint}")
     return data
@@ -136,7 +147,7 @@ def _problem(value: Any) -> str | None:
     kind = type(value)
     if kind is float and not math.isfinite(value):
         return f"holds a number that is not finite ({value})"
-    if kind is int and value not in _INT_RANGE:
+    if kind is int and value not in INT64:
         return "holds an integer beyond 64 bits"
     if kind is str and not value.isascii() and _SURROGATE.search(value):
         return "holds a string with a lone UTF-16 surrogate (not valid Unicode)"
