@@ -16,6 +16,7 @@ from globallocal.data.bounded import (
     JsonError,
     check_shape,
     iter_json_lines,
+    json_text,
     parse_json,
     read_json,
     read_regular,
@@ -191,3 +192,12 @@ def test_good_ids_pass():
     assert check_output_id(7) == "7"
     assert check_output_id("photo-1_les_hommes") == "photo-1_les_hommes"
     assert check_output_id("x" * MAX_ID_BYTES) == "x" * MAX_ID_BYTES
+
+
+def test_what_the_tool_writes_it_can_read_back():
+    value = {"score": float("nan"), "scores": [1.5, float("inf"), -float("inf")], "nested": ({"x": float("nan")},)}
+    text = json_text(value, indent=1)
+    assert parse_json(text, "f") == {"score": None, "scores": [1.5, None, None], "nested": [{"x": None}]}
+    assert parse_json('{"oIoU": NaN}', "f", nan_as_null=True) == {"oIoU": None}
+    with pytest.raises(JsonError, match=r"not finite \(inf\) at oIoU"):
+        parse_json('{"oIoU": Infinity}', "f", nan_as_null=True)

@@ -47,6 +47,7 @@ __all__ = [
     "Shape",
     "check_shape",
     "iter_json_lines",
+    "json_text",
     "key_path",
     "open_regular",
     "parse_json",
@@ -177,12 +178,21 @@ def _check(value: Any, max_depth: int) -> tuple[str, tuple[Any, ...]] | None:
     return None
 
 
-def parse_json(text: str | bytes, where: str, *, max_depth: int = MAX_DEPTH) -> Any:
-    """One JSON value within the bounds (module docstring); :class:`JsonError` naming ``where`` and the key."""
+def _nan_as_null(name: str) -> float | None:
+    return None if name == "NaN" else float(name)
+
+
+def parse_json(text: str | bytes, where: str, *, max_depth: int = MAX_DEPTH, nan_as_null: bool = False) -> Any:
+    """One JSON value within the bounds (module docstring); :class:`JsonError` naming ``where`` and the key.
+
+    ``nan_as_null``: read ``NaN`` (not JSON, but what many writers put for an undefined number) as null, where
+    the reader takes null for "undefined"; ``Infinity`` is refused all the same.
+    """
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8-sig")
-        value = json.loads(text)  # NaN and Infinity become floats, refused below with their key
+        # NaN and Infinity become floats, refused below with their key.
+        value = json.loads(text, parse_constant=_nan_as_null) if nan_as_null else json.loads(text)
     except UnicodeDecodeError as error:
         raise JsonError(f"{where} is not UTF-8 text ({error.reason} at byte {error.start})") from None
     except json.JSONDecodeError as error:
@@ -200,10 +210,27 @@ def parse_json(text: str | bytes, where: str, *, max_depth: int = MAX_DEPTH) -> 
 
 
 def read_json(path: str | os.PathLike[str], *, what: str = "JSON file", max_bytes: int = MAX_JSON_BYTES,
-              max_depth: int = MAX_DEPTH) -> Any:
-    """The checked JSON value of a regular file of at most ``max_bytes``."""
+              max_depth: int = MAX_DEPTH, nan_as_null: bool = False) -> Any:
+    """The checked JSON value of a regular file of at most ``max_bytes`` (``nan_as_null``: see :func:`parse_json`)."""
     data = read_regular(path, max_bytes, what=what)
-    return parse_json(data, f"{what} {path}", max_depth=max_depth)
+    return parse_json(data, f"{what} {path}", max_depth=max_depth, nan_as_null=nan_as_null)
+
+
+def _finite(value: Any) -> Any:
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """``json.dumps`` of a value the tool will read back (``options`` are json.dumps's): a number that is not
+    finite (an undefined metric, a score of nothing) is written as null, since JSON has no NaN and the reader
+    refuses one."""
+    return json.dumps(_finite(value), allow_nan=False, **options)
 
 
 def iter_json_lines(

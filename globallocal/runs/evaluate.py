@@ -37,7 +37,6 @@ callable ``(image, record) -> Proposals``.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-from ..data.bounded import read_json
+from ..data.bounded import json_text, read_json
 from ..data.datasets import EvaluationDataset, open_dataset
 from ..data.images import save_text
 from ..data.refer import ImageGroup, ImageRecord
@@ -299,7 +298,7 @@ def _evaluate_share(
         )
         report = build_report(completed, identity, out_dir, len(groups), place.world_size, dataset.report_notes(),
                               split_images=len(every_group), limit=config.limit)
-        save_text(json.dumps(report, indent=2) + "\n", out_dir / REPORT_JSON)
+        save_text(json_text(report, indent=2) + "\n", out_dir / REPORT_JSON)
         save_text(report_markdown(report), out_dir / REPORT_MD)
     place.barrier()
     if not place.is_main:

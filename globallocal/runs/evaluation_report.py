@@ -11,7 +11,7 @@ from typing import Any
 from ..data.datasets import dataset_label
 from ..data.phrasecut import BREAKDOWN
 from .evaluation_records import CompletedImage, add_record
-from .metrics import PRECISION_THRESHOLDS, MetricAccumulator
+from .metrics import PRECISION_THRESHOLDS, MetricAccumulator, format_metric
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -114,7 +114,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     ]
     for name, answer in answers.items():
         values = [answer["oIoU"], answer["mIoU"], *(answer["precision"][t] for t in thresholds)]
-        lines.append(f"| {name} | " + " | ".join(f"{value:.2f}" for value in values) + " |")
+        lines.append(f"| {name} | " + " | ".join(str(format_metric(value)) for value in values) + " |")
     lines += [
         "",
         f"- images: {images_label(report)}, refs: {metrics['refs']}, sentences: {metrics['sentences']}",

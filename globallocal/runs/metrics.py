@@ -28,7 +28,14 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PRECISION_THRESHOLDS", "MetricAccumulator", "intersection_union", "sentence_iou"]
+__all__ = [
+    "PRECISION_THRESHOLDS",
+    "UNDEFINED",
+    "MetricAccumulator",
+    "format_metric",
+    "intersection_union",
+    "sentence_iou",
+]
 
 # Thresholds in tenths, so the precision test stays in integers.
 _THRESHOLD_TENTHS = (5, 6, 7, 8, 9)
@@ -47,6 +54,17 @@ def intersection_union(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.T
     if pred.shape != gt.shape:
         raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
     return int(np.logical_and(pred, gt).sum()), int(np.logical_or(pred, gt).sum())
+
+
+UNDEFINED = "undefined"
+"""How a metric with no value (NaN in memory, null in report.json) is shown."""
+
+
+def format_metric(value: float | None, digits: int | None = 2) -> float | str:
+    """A metric for a table: ``digits`` after the point (None: the number itself), or "undefined"."""
+    if value is None or math.isnan(value):
+        return UNDEFINED
+    return value if digits is None else f"{value:.{digits}f}"
 
 
 def sentence_iou(intersection: int, union: int) -> float:

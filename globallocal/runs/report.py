@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from ..data.bounded import NUMBER, check_shape, read_json
 from ..data.datasets import PHRASECUT, dataset_label
 from ..errors import InputError
 from .evaluation_report import REPORT_JSON, images_label
-from .metrics import PRECISION_THRESHOLDS
+from .metrics import PRECISION_THRESHOLDS, format_metric
 
 FORMATS = ("table", "markdown", "csv", "latex")
 # With a single run nothing differs; these say what it was.
@@ -42,13 +43,15 @@ _BREAK = re.compile(r"(?<=[-_./, ])")  # where a value may wrap: after these
 
 
 _TEXT = (str, type(None))  # PhraseCut runs have no split_by and no overlap rule
-_ANSWER = {"oIoU": NUMBER, "mIoU": NUMBER, "precision": {f"{t:.1f}": NUMBER for t in PRECISION_THRESHOLDS}}
+_METRIC = (int, float, type(None))  # null: undefined (0 / 0), shown as such
+_ANSWER = {"oIoU": _METRIC, "mIoU": _METRIC, "precision": {f"{t:.1f}": _METRIC for t in PRECISION_THRESHOLDS}}
 # Every field the tables read, so that a malformed report is named when read rather than crash below.
 REPORT_SHAPE = {
     "config": {"dataset": str, "split": str, "overlap": _TEXT, "split_by?": _TEXT, "subset?": _TEXT, "settings?": dict},
     "metrics": {**_ANSWER, "images": int, "sentences": int, "no_proposal_sentences": int},
     "other_answers?": {"*": _ANSWER},
     "images_total": int, "truncated_sentences": int, "wall_time_s": NUMBER,
+    "images_in_split?": int, "limit?": (int, type(None)),
 }
 
 
@@ -60,6 +63,17 @@ def check_report(report: Any, path: Path) -> None:
         check_shape(report, {"config": {"split_by": str}}, str(path), fix)
 
 
+def read_report(path: Path) -> dict[str, Any]:
+    """A report.json checked as data (:func:`check_report`); a metric written as null (or NaN) is undefined: NaN,
+    shown as such (:func:`~globallocal.runs.metrics.format_metric`)."""
+    report = read_json(path, what="report", nan_as_null=True)
+    check_report(report, path)
+    for answer in (report["metrics"], *report.get("other_answers", {}).values()):
+        for metrics in (answer, answer["precision"]):
+            metrics.update({key: math.nan for key, value in metrics.items() if value is None})
+    return report
+
+
 def load_reports(run_dirs: list[Path]) -> list[dict[str, Any]]:
     """report.json of every run folder; InputError naming a folder whose run has not finished."""
     reports = []
@@ -69,9 +83,7 @@ def load_reports(run_dirs: list[Path]) -> list[dict[str, Any]]:
             raise InputError(
                 f"no finished run in {run_dir} ({REPORT_JSON} missing); run the evaluation to the end first"
             )
-        report = read_json(path, what="report")
-        check_report(report, path)
-        reports.append(report)
+        reports.append(read_report(path))
     return reports
 
 
@@ -153,7 +165,7 @@ def _other_answers(reports: list[dict[str, Any]]) -> list[str]:
 def _number(value: float | None, full_precision: bool) -> float | str:
     if value is None:
         return "-"
-    return value if full_precision else f"{value:.2f}"
+    return format_metric(value, None if full_precision else 2)
 
 
 def _fit(text: str, width: int, lines: int = _CELL_LINES) -> str:

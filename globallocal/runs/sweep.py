@@ -21,14 +21,14 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from ..data.bounded import check_shape, read_json
+from ..data.bounded import check_shape
 from ..data.datasets import dataset_label
 from ..errors import InputError
 from ..methods import DEFAULT_METHOD, MethodSpec, available_methods, get_method
 from .cache import ImageEntry, TextStore, VisualStore
 from .evaluate import CONFIG_FILE, REPORT_JSON, CompletedImage, referent
 from .metrics import MetricAccumulator
-from .report import check_report
+from .report import read_report
 from .runfolder import read_config
 
 __all__ = [
@@ -153,8 +153,7 @@ def open_cached_run(run_dir: str | Path, cache_dir: str | Path | None = None) ->
     if not (run_dir / REPORT_JSON).exists():
         raise InputError(f"no finished run in {run_dir}: {REPORT_JSON} is missing; run the evaluation to the end first")
     config = read_config(run_dir)
-    report = read_json(run_dir / REPORT_JSON, what="report")
-    check_report(report, run_dir / REPORT_JSON)
+    report = read_report(run_dir / REPORT_JSON)
     cache_info = config.get("cache")
     if not cache_info:
         # Its images' features were not kept, and the cache is part of a run's identity: a new folder is needed.

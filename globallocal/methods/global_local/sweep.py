@@ -17,7 +17,6 @@ run's proposals bit for bit; the sweep checks that and warns when it does not
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from rich.table import Table
 
+from ...data.bounded import json_text
 from ...data.images import save_png, save_text
 from ...runs.cache import ImageEntry, TextStore, VisualStore
 from ...runs.evaluate import CompletedImage, read_records, referent
@@ -154,7 +154,7 @@ def sweep(
         "seconds": time.perf_counter() - started,
     }
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "sweep"
-    save_text(json.dumps(result, indent=2) + "\n", out_dir / SWEEP_JSON)
+    save_text(json_text(result, indent=2) + "\n", out_dir / SWEEP_JSON)
     save_text(_markdown(result), out_dir / SWEEP_MD)
     save_png(np.asarray(draw_heatmap(result)), out_dir / SWEEP_PNG)
     result["files"] = {name: str(out_dir / name) for name in (SWEEP_JSON, SWEEP_MD, SWEEP_PNG)}

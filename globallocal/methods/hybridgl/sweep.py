@@ -22,7 +22,6 @@ device or library version than the run's).
 from __future__ import annotations
 
 import itertools
-import json
 import time
 import warnings
 from dataclasses import fields
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 from rich.table import Table
 
+from ...data.bounded import json_text
 from ...data.images import save_text
 from ...errors import InputError
 from ...runs.cache import ImageEntry
@@ -172,7 +172,7 @@ def sweep(
         "seconds": time.perf_counter() - started,
     }
     out_dir = Path(out_dir) if out_dir is not None else run.directory / "sweep"
-    save_text(json.dumps(result, indent=2) + "\n", out_dir / SWEEP_JSON)
+    save_text(json_text(result, indent=2) + "\n", out_dir / SWEEP_JSON)
     save_text(_markdown(result), out_dir / SWEEP_MD)
     result["files"] = {name: str(out_dir / name) for name in (SWEEP_JSON, SWEEP_MD)}
     return result
