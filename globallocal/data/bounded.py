@@ -301,12 +301,13 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def check_shape(value: Any, shape: Shape, where: str, fix: str = "") -> None:
+def check_shape(value: Any, shape: Shape, where: str, fix: str = "", at: tuple[Any, ...] = ()) -> None:
     """Refuse ``value`` unless it has ``shape``: one line naming ``where``, the key and what it should be.
 
-    ``fix`` is appended to the message (e.g. "; rerun the evaluation").
+    ``fix`` is appended to the message (e.g. "; rerun the evaluation"); ``at``: the keys leading to ``value``
+    in its file, named before its own.
     """
-    stack: list[tuple[Any, Shape, tuple[Any, ...]]] = [(value, shape, ())]
+    stack: list[tuple[Any, Shape, tuple[Any, ...]]] = [(value, shape, tuple(at))]
     while stack:
         node, expected, keys = stack.pop()
         if not _fits(node, expected):

@@ -36,6 +36,8 @@ class ConceptSource(Protocol):
     """A phrase-dependent proposal source (``globallocal.proposals.sam3.Sam3ConceptSource``)."""
 
     phrase_dependent: ClassVar[bool]
+    answer_steps: ClassVar[tuple[str, ...]]
+    """Every ``step`` its answers can name (a cached answer naming another is damaged)."""
     settings: dict[str, Any]
 
     def set_image(self, image: Image.Image) -> None: ...

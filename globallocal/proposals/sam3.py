@@ -34,6 +34,7 @@ from ..data.phrases import shown
 from ..errors import InputError
 from . import Proposals, postprocess
 from .sam3_settings import (
+    ANSWER_STEPS,
     DEFAULT_BELOW_THRESHOLD_K,
     DEFAULT_FALLBACK,
     DEFAULT_THRESHOLD,
@@ -127,6 +128,7 @@ class Sam3ConceptSource:
 
     phrase_dependent: ClassVar[bool] = True
     """Proposals depend on the phrase (the segmenter asks :meth:`answer`, not ``generate``)."""
+    answer_steps: ClassVar[tuple[str, ...]] = ANSWER_STEPS
 
     def __init__(
         self,
