@@ -37,17 +37,17 @@ from .runfolder import read_config
 
 __all__ = [
     "SWEEP_JSON",
-    "TIE_TOLERANCE",
     "SWEEP_MD",
     "SWEEP_PNG",
+    "TIE_TOLERANCE",
     "CachedRun",
     "format_sweep_table",
     "open_cached_run",
     "parse_values",
     "pick_agrees",
     "reproduced",
-    "ties_note",
     "run_sweep",
+    "ties_note",
 ]
 
 SWEEP_JSON = "sweep.json"
