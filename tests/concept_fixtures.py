@@ -31,6 +31,7 @@ class FakeConceptSource:
     """
 
     phrase_dependent: ClassVar[bool] = True
+    answer_steps: ClassVar[tuple[str, ...]] = ("noun-phrase", "head-noun", "none")
 
     def __init__(self, masks: Masks, settings: dict[str, Any] | None = None) -> None:
         self.masks = masks

@@ -79,3 +79,15 @@ def test_a_phrase_beyond_the_parsers_limit_is_cut_and_answered(folder, segmenter
         summary = run_batch(manifest, folder / "out", segmenter, progress=False)
     assert (summary["results"], summary["failed_lines"]) == (1, 0)
     assert any("was cut to its first 2000" in str(warning.message) for warning in caught)
+
+
+def test_a_csv_cell_beyond_the_csv_readers_limit_sets_aside_its_line_only(folder, segmenter):
+    manifest = folder / "pairs.csv"
+    rows = [f"img_44266.jpg,the chair,masks,{name}" for name in ("first", "big", "last")]
+    rows[1] = "img_44266.jpg," + "the chair " * 20_000 + ",masks,big"  # a 200 KB cell: over csv's 128 KiB
+    manifest.write_text("image,phrase,masks,id\n" + "\n".join(rows) + "\n")
+    summary = run_batch(manifest, folder / "out", segmenter, progress=False)
+    assert (summary["results"], summary["failed_lines"]) == (2, 1)
+    assert [result["id"] for result in _lines(folder / "out" / RESULTS_FILE)] == ["first", "last"]
+    (error,) = _lines(folder / "out" / ERRORS_FILE)
+    assert error["line"] == 3 and error["error"] == "a cell is longer than 128 KiB, the most a CSV cell may hold"

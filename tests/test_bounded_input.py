@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +16,7 @@ from globallocal.data.bounded import (
     JsonError,
     check_shape,
     iter_json_lines,
+    json_text,
     parse_json,
     read_json,
     read_regular,
@@ -74,6 +78,32 @@ def test_a_file_is_bounded_before_it_is_read(tmp_path, monkeypatch):
         read_json(sparse, what="manifest")
     with pytest.raises(InputError, match=r"is 7 GiB, more than the 1 KiB allowed; raise it with X"):
         read_regular(sparse, 1024, what="photo", hint="; raise it with X")
+
+
+# A process whose address space cannot hold the bound, only what it reads: before the fix, read(bound + 1) of a
+# small file allocated the whole bound (201 MB per photo), and serve answered every upload with MemoryError.
+_BOUNDED_PROCESS = """
+import resource, sys
+from globallocal.data.bounded import MAX_JSON_BYTES, read_regular
+from globallocal.data.images import load_image
+size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (size + (120 << 20), resource.RLIM_INFINITY))
+assert read_regular(sys.argv[1], MAX_JSON_BYTES) == b'{"a": 1}'
+assert load_image(sys.argv[2]).size == (40, 30)
+print("read")
+"""
+
+
+def test_a_bounded_read_allocates_what_the_file_holds_not_its_bound(tmp_path):
+    from PIL import Image
+
+    small = tmp_path / "small.json"
+    small.write_bytes(b'{"a": 1}')
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(photo)
+    done = subprocess.run([sys.executable, "-c", _BOUNDED_PROCESS, str(small), str(photo)], capture_output=True,
+                          text=True, timeout=60, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0 and done.stdout == "read\n", done.stderr[-2000:]
 
 
 def test_json_lines_are_read_one_bounded_line_at_a_time(tmp_path):
@@ -162,3 +192,12 @@ def test_good_ids_pass():
     assert check_output_id(7) == "7"
     assert check_output_id("photo-1_les_hommes") == "photo-1_les_hommes"
     assert check_output_id("x" * MAX_ID_BYTES) == "x" * MAX_ID_BYTES
+
+
+def test_what_the_tool_writes_it_can_read_back():
+    value = {"score": float("nan"), "scores": [1.5, float("inf"), -float("inf")], "nested": ({"x": float("nan")},)}
+    text = json_text(value, indent=1)
+    assert parse_json(text, "f") == {"score": None, "scores": [1.5, None, None], "nested": [{"x": None}]}
+    assert parse_json('{"oIoU": NaN}', "f", nan_as_null=True) == {"oIoU": None}
+    with pytest.raises(JsonError, match=r"not finite \(inf\) at oIoU"):
+        parse_json('{"oIoU": Infinity}', "f", nan_as_null=True)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import shutil
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +26,7 @@ from globallocal.runs.cache import (
     image_digest,
     proposals_digest,
 )
+from globallocal.runs.cache_stores import DamagedEntry
 
 
 def _proposals(seed: int = 0, n: int = 5, height: int = 23, width: int = 31) -> Proposals:
@@ -86,7 +91,95 @@ def test_a_damaged_image_entry_is_a_miss(tmp_path, damage):
         data = dict(np.load(path))
         data["boxes"] = data["boxes"][:-1]
         np.savez(path, **data)
-    assert store.load("11-abc") is None
+    with pytest.warns(UserWarning) as warned:
+        assert store.load("11-abc") is None
+    (warning,) = warned
+    message = str(warning.message)
+    assert message.startswith(f"cache entry {path} is damaged: ") and message.endswith("; computing it again")
+    assert "\n" not in message
+
+
+def _saved_entry(tmp_path, **changes) -> tuple[VisualStore, Path]:
+    """A stored entry of 5 proposals, its arrays then changed (a value of None removes one)."""
+    store = VisualStore(tmp_path / "visual")
+    proposals = _proposals()
+    store.save("11-abc", proposals, dict(zip(("global", "local"), _features(len(proposals)), strict=True)),
+               {"step": "noun-phrase", "prompt": "chair"})
+    path = store.path("11-abc")
+    data = dict(np.load(path))
+    data.update(changes)
+    np.savez(path, **{key: value for key, value in data.items() if value is not None})
+    return store, path
+
+
+SHAPES = {"global": (5, 8), "local": (5, 8)}
+ENTRY_DAMAGE = {
+    "an RLE that is not one": ({"rle": np.frombuffer(b"~" * 10, dtype=np.uint8), "rle_lengths": np.full(5, 2)},
+                               "compressed RLE counts are malformed"),
+    "RLE counts of other pixels": ({"image_size": np.array([23, 30])}, "RLE counts cover"),
+    "areas not the masks'": ({"areas": np.arange(5, dtype=np.int64)}, "its areas are not those of its masks"),
+    "a picture beyond the pixel limit": ({"image_size": np.array([100_000, 100_000])}, "100000x100000 is not"),
+    "features of the wrong width": ({"tensor_local": np.zeros((5, 7), np.float32)}, "its local features are (5, 7)"),
+    "features of the wrong rows": ({"tensor_global": np.zeros((4, 8), np.float32)}, "its global features are (4, 8)"),
+    "features missing": ({"tensor_global": None}, "it has no global features"),
+    "features in float64": ({"tensor_global": np.zeros((5, 8))}, "its global features are float64"),
+    "information that is a list": ({"info": np.frombuffer(b'["step", "prompt"]', dtype=np.uint8)},
+                                   "the top level must be an object"),
+    "a NaN score": ({"scores": np.full(5, np.nan, np.float32)}, "boxes or scores are not finite"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(ENTRY_DAMAGE))
+def test_a_damaged_entry_is_refused_by_read_and_recomputed_by_load_with_one_warning(tmp_path, damage):
+    changes, part = ENTRY_DAMAGE[damage]
+    store, path = _saved_entry(tmp_path, **changes)
+    with pytest.raises(DamagedEntry) as refused:
+        store.read("11-abc", lambda count: SHAPES)
+    message = str(refused.value)
+    assert message.startswith(f"cache entry {path} is damaged: ") and part in message and "\n" not in message
+    with pytest.warns(UserWarning, match="; computing it again$"):
+        assert store.load("11-abc", lambda count: SHAPES) is None
+
+
+def test_an_entry_is_checked_against_what_its_reader_expects(tmp_path):
+    store, path = _saved_entry(tmp_path)
+    assert store.read("11-abc", lambda count: SHAPES, (23, 31)).info == {"step": "noun-phrase", "prompt": "chair"}
+    with pytest.raises(DamagedEntry, match="its image size 23x31 is not the photo's 24x31"):
+        store.read("11-abc", image_size=(24, 31))
+
+    def known_steps(info):
+        if info["step"] not in ("head-noun", "none"):
+            raise ValueError(f"its step {info['step']!r} is not one of the source's")
+
+    with pytest.raises(DamagedEntry, match="its step 'noun-phrase' is not one of the source's"):
+        store.read("11-abc", check_info=known_steps)
+    # A copy under another name is another's entry: a miss, not damage.
+    path.rename(store.path("12-abc"))
+    assert store.read("12-abc") is None
+
+
+def test_an_entry_file_is_read_without_blocking_or_allocating_what_its_header_claims(tmp_path, no_hang):
+    store = VisualStore(tmp_path / "visual")
+    store.directory.mkdir()
+    os.mkfifo(store.path("11-fifo"))
+    with pytest.raises(DamagedEntry, match="11-fifo.npz is a FIFO; give a regular file"):
+        store.read("11-fifo")
+    with pytest.warns(UserWarning, match="is a FIFO"):
+        assert store.load("11-fifo") is None
+    # A 200-byte member whose header claims 3.6 TiB: refused before anything is allocated.
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (1 << 20, 10 ** 6)})
+    with zipfile.ZipFile(store.path("11-huge"), "w") as archive:
+        archive.writestr("tensor_global.npy", b"\x93NUMPY\x01\x00" + header.getvalue()[8:])
+    with pytest.raises(DamagedEntry, match=r"says \(1048576, 1000000\) float32 \(4194304000000 bytes\) but 0 bytes"):
+        store.read("11-huge")
+
+
+@pytest.mark.parametrize("name", ["../../x", "/etc/passwd", "a/b", ".hidden", "11-abc.npz", "", "x" * 300])
+def test_an_entry_name_from_a_file_may_not_reach_outside_its_folder(tmp_path, name):
+    store = VisualStore(tmp_path / "visual")
+    with pytest.raises(InputError, match="is not the name of a cache entry"):
+        store.read(name)
 
 
 def test_text_store_round_trips_and_rejects_damage(tmp_path):
@@ -103,7 +196,16 @@ def test_text_store_round_trips_and_rejects_damage(tmp_path):
     shutil.copy(store.path("café table"), store.path("a chair"))
     path = store.path("the man on the left")
     path.write_bytes(path.read_bytes()[:-20])
-    assert store.load(["a chair", "the man on the left"]) == {}
+    with pytest.warns(UserWarning, match="the text features of 'the man on the left'.* is damaged"):
+        assert store.load(["a chair", "the man on the left"]) == {}
+
+    # Features of another width, or not finite, are damage too.
+    assert set(store.read(["café table"], width=8)) == {"café table"}
+    with pytest.raises(DamagedEntry, match="its array feature is float32 \\(8,\\), not float32 of shape 9"):
+        store.read(["café table"], width=9)
+    store.save("nan", torch.full((8,), float("nan")))
+    with pytest.raises(DamagedEntry, match="numbers that are not finite"):
+        store.read(["nan"])
 
 
 def test_writes_leave_no_temporary_files(tmp_path):

@@ -10,6 +10,7 @@ a sweep replays the run from the cache alone.
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import numpy as np
@@ -125,6 +126,27 @@ def test_a_warm_cache_runs_neither_the_source_nor_the_image_tower(cached_runs, r
         assert {k: v for k, v in plain.items() if k not in exact} == {
             k: v for k, v in cached.items() if k not in exact}
         assert plain["score"] == (None if cached["score"] is None else pytest.approx(cached["score"], rel=1e-5))
+
+
+def test_a_damaged_query_entry_is_computed_again_with_a_warning_and_never_copied_into_records(
+        cached_runs, refer, dataset, request, tmp_path):
+    root, report, _ = cached_runs["global-local"]
+    shutil.copytree(root / "cache", tmp_path / "cache")
+    records = _records(root / "run")
+    named = [record["cache_entry"] for record in records if "cache_entry" in record]
+    damage = {named[0]: b'["step", "prompt"]', named[-1]: json.dumps({"step": "garbage", "prompt": "x"}).encode()}
+    for name, info in damage.items():  # an entry that is a list, and one naming a step the source has not
+        path = next((tmp_path / "cache").glob(f"visual-*/{name}.npz"))
+        np.savez(path, **{**np.load(path), "info": np.frombuffer(info, dtype=np.uint8)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again, source = _evaluate(refer, dataset, tmp_path / "again", "global-local", request, tmp_path / "cache")
+    messages = [str(warning.message) for warning in caught if "cache entry" in str(warning.message)]
+    assert len(messages) == 2 and all("\n" not in message for message in messages), messages
+    assert any(named[0] in m and "its information: the top level must be an object" in m for m in messages)
+    assert any(named[-1] in m and "its answer" in m and "'garbage'" in m for m in messages)
+    assert source.batches  # the two queries were asked again
+    assert _records(tmp_path / "again") == records and again["metrics"] == report["metrics"]
 
 
 @pytest.mark.parametrize("cached", [False, True])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 
@@ -161,9 +163,11 @@ def _rewrite(path, change):
 
 REPORT_DAMAGE = {
     "no split_by": (lambda r: r["config"].pop("split_by"), "config.split_by is missing"),
-    "text metric": (lambda r: r["metrics"].update(oIoU="0.5"), 'metrics.oIoU must be a number, got "0.5"'),
+    "text metric": (lambda r: r["metrics"].update(oIoU="0.5"), 'metrics.oIoU must be a number or null, got "0.5"'),
     "text wall time": (lambda r: r.update(wall_time_s="1 s"), 'wall_time_s must be a number, got "1 s"'),
-    "null metric": (lambda r: r["metrics"]["precision"].update({"0.7": None}), "metrics.precision.0.7 must be a"),
+    "list metric": (lambda r: r["metrics"]["precision"].update({"0.7": [1]}), "metrics.precision.0.7 must be a"),
+    "text limit": (lambda r: r.update(limit="3"), 'limit must be an integer or null, got "3"'),
+    "text images in split": (lambda r: r.update(images_in_split=[5]), "images_in_split must be an integer, got [5]"),
     "null": (lambda r: None, "the top level must be an object, got null"),
     "nested": (lambda r: r.update(other_answers=json.loads("[" * 900 + "]" * 900)), "nests containers more than 32"),
 }
@@ -182,6 +186,26 @@ def test_a_damaged_report_is_one_line_naming_the_key(finished, cli, damage):
     _one_line(refused, "report.json", part)
     result = cli("report", finished)
     assert result.code == 2 and "Traceback" not in result.err and part in result.err
+
+
+def test_an_undefined_metric_is_written_as_null_and_read_back_as_undefined(refer, tmp_path, cli, monkeypatch):
+    from globallocal.runs.metrics import MetricAccumulator
+
+    monkeypatch.setattr(MetricAccumulator, "miou", property(lambda self: float("nan")))  # as 0 / 0 would give
+    out = tmp_path / "run"
+    config = EvaluationConfig(dataset="refcoco", split="val", data_root=refer.data_root, images_dir=refer.images_dir,
+                              out_dir=out, settings={"model": "stand-in"})
+    dataset = ReferDataset(refer.data_root, "refcoco", "val", images_dir=refer.images_dir)
+    run_evaluation(config, StandInSegmenter(), ShiftedOracleSource(dataset), progress=False)
+    text = (out / "report.json").read_text()
+    assert "NaN" not in text and json.loads(text)["metrics"]["mIoU"] is None
+    for written in (text, text.replace('"mIoU": null', '"mIoU": NaN')):  # NaN as other writers put it
+        (out / "report.json").write_text(written)
+        result = cli("report", out)
+        assert result.code == 0 and "undefined" in result.out, result.err
+        result = cli("report", out, "--format", "csv")
+        row = dict(zip(*csv.reader(io.StringIO(result.out))))
+        assert result.code == 0 and row["mIoU"] == "undefined" and float(row["oIoU"]) > 0, result.out
 
 
 @pytest.mark.parametrize(
@@ -219,6 +243,24 @@ def test_a_deeply_nested_record_names_its_line(finished):
     with pytest.raises(InputError) as refused:
         read_records(finished)
     _one_line(refused, "is damaged before line", "(line 1 nests containers")
+
+
+@pytest.mark.parametrize(("line", "part"), [(DEEP, "nests containers more than 32"),
+                                            ('{"image_id": 1e400}', "not finite (inf) at image_id"),
+                                            ("[1, 2]", "is not a JSON object")])
+def test_a_damaged_line_after_the_last_unit_is_refused_naming_it(finished, line, part):
+    path = finished / RECORDS_FILE
+    count = len(path.read_text().splitlines())
+    with path.open("a") as handle:  # a killed run leaves at most an unfinished last line, never a complete bad one
+        handle.write(line + "\n")
+    with pytest.raises(InputError) as refused:
+        read_records(finished)  # what sweep and report read
+    _one_line(refused, RECORDS_FILE, f"line {count + 1}", part)
+    with pytest.raises(InputError) as refused:
+        with RunFolder(finished, IMAGE_UNITS) as folder:
+            folder.open_records()  # what a resumed evaluate reads
+    _one_line(refused, f"line {count + 1}", part)
+    assert len(path.read_text().splitlines()) == count + 1  # nothing cut
 
 
 # ---- only regular files -------------------------------------------------------------------------------------------

@@ -48,6 +48,27 @@ def test_out_of_bounds_options_are_one_line_before_any_model(cli, example, tiny_
     assert line.startswith("error: ") and part in line
 
 
+def test_every_integer_option_is_bounded_to_64_bits_where_it_is_parsed(cli):
+    import typer.main
+    from typer._click.exceptions import BadParameter
+
+    from globallocal.cli import app
+
+    group = typer.main.get_command(app)
+    options = [(name, param.opts[0]) for name, command in group.commands.items() for param in command.params
+               if getattr(param, "type_descriptor", None) is not None and param.type_descriptor.annotation is int]
+    assert ("evaluate", "--max-proposals") in options and ("serve", "--port") in options and len(options) > 30
+    for command, option in options:
+        for value in (str(2**64), str(-(2**63) - 1)):
+            with pytest.raises(BadParameter, match=f"{value} does not fit in a 64-bit integer") as refused:
+                group.main([command, option, value], standalone_mode=False)
+            assert option in refused.value.format_message()
+    # As the command line says it: one line, exit 2.
+    result = cli("evaluate", "--max-proposals", str(2**64))
+    assert _error_line(result).startswith(f"error: Invalid value for '--max-proposals': {2**64} does not fit in a "
+                                          "64-bit integer (see `") and result.err.count("\n") == 1
+
+
 @pytest.mark.parametrize(("phrase", "part"), [("\u200b\u200d", "the phrase is empty"),
                                               ("the \udce9 chair", "is not valid Unicode text")])
 def test_unusable_phrases_are_refused_before_any_model(cli, example, tiny_args, tmp_path, no_models, phrase, part):

@@ -231,6 +231,19 @@ def test_ref_naming_an_absent_annotation_is_refused(refer):
         ReferDataset(refer.data_root, "refcoco+", "val", images_dir=refer.images_dir)
 
 
+@pytest.mark.parametrize(("key", "value"), [("ref_id", float("inf")), ("image_id", 10**30), ("ann_id", float("nan")),
+                                            ("sent_id", -(2**70))])
+def test_ids_that_are_not_64_bit_integers_are_refused_naming_the_ref(refer, key, value):
+    refs = refer.refs[("refcoco", "unc")]
+    target = refs[0]["sentences"][0] if key == "sent_id" else refs[0]
+    target[key] = value
+    (refer.data_root / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+    with pytest.raises(InputError) as refused:
+        ReferDataset(refer.data_root, "refcoco", "val", images_dir=refer.images_dir)
+    message = str(refused.value)
+    assert "\n" not in message and "refs(unc).p" in message and f"{key} is {value!r}" in message, message
+
+
 def test_images_load_in_the_stored_frame_ignoring_exif(refer):
     # COCO annotations are in the stored pixel frame; an EXIF rotation must
     # not be applied, here or by load_image downstream.

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import pytest
 from refer_fixtures import build_refer, shifted_proposals
 
 from globallocal.data.refer import ReferDataset
+from globallocal.errors import InputError
 from globallocal.methods import build_method
 from globallocal.proposals import Proposals
 from globallocal.runs.cache import FeatureCache
-from globallocal.runs.evaluate import EvaluationConfig, read_records, run_evaluation
+from globallocal.runs.evaluate import RECORDS_FILE, EvaluationConfig, read_records, run_evaluation
 from globallocal.runs.sweep import SWEEP_JSON, SWEEP_MD, SWEEP_PNG, run_sweep
 from globallocal.segmenter import Segmenter
 
@@ -114,3 +116,42 @@ def test_sweep_writes_a_table_of_both_answers_and_refuses_alpha(cached_run, cli,
     assert len(refused.err.strip().splitlines()) == 1
     bad_k = cli("sweep", run_dir, "--gem-k-small", "2.5")
     assert bad_k.code == 2 and "--gem-k-small values must be in [0, 2]" in bad_k.err
+
+
+def _lines_changed(run_dir, tmp_path, change):
+    """A copy of the run folder (its cache stays where the run recorded it) with its records file changed."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    lines = [json.loads(line) for line in (copy / RECORDS_FILE).read_text().splitlines()]
+    change(lines)
+    (copy / RECORDS_FILE).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return copy
+
+
+def _first_answered(lines):
+    return next(line for line in lines if "image_done" not in line and not line["no_proposals"])
+
+
+HYBRIDGL_DAMAGE = {
+    "k1 of 0": (lambda lines: _first_answered(lines).update(k1=0), "k1, k2 or the pure answer"),
+    "a null direction": (lambda lines: _first_answered(lines).update(direction=None),
+                         "direction must be a string, got null"),
+    "other noun phrases of numbers": (lambda lines: _first_answered(lines).update(other_noun_phrases=[1]),
+                                      "other_noun_phrases[0] must be a string, got 1"),
+    "no pure answer": (lambda lines: _first_answered(lines).pop("other_answers"), "other_answers is missing"),
+    "tau as text": (None, 'config.json: cache.scoring.tau must be a number, got "1"'),
+    "top_k of 0": (None, "config.json: cache.scoring: top k and negative k must be >= 1"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(HYBRIDGL_DAMAGE))
+def test_sweep_refuses_damaged_hybridgl_records_and_settings_in_one_line(cached_run, tmp_path, damage):
+    change, part = HYBRIDGL_DAMAGE[damage]
+    run_dir = _lines_changed(cached_run[0], tmp_path, change or (lambda lines: None))
+    if change is None:
+        config = json.loads((run_dir / "config.json").read_text())
+        config["cache"]["scoring"].update({"tau": "1"} if damage == "tau as text" else {"top_k": 0})
+        (run_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError) as refused:
+        run_sweep(run_dir, out_dir=tmp_path / "sweep")
+    assert part in str(refused.value) and "\n" not in str(refused.value), str(refused.value)

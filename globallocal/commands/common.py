@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from typer._click.exceptions import BadParameter
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from ..data.bounded import INT64
 from ..errors import InputError
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
@@ -70,6 +72,22 @@ def _tidy(param: Any) -> None:
         param.rich_help_panel = {"tcl": "TCL", "vlm": "VLM"}.get(prefix) or _PANEL_OF.get(name)
 
 
+def _bound_integer(param: Any) -> None:
+    """An integer option refuses a value beyond 64 bits as it is parsed: every count, size and id downstream is
+    int64 (numpy, torch, the run's JSON), so a larger one would fail later, or be written where it cannot be read."""
+    descriptor = getattr(param, "type_descriptor", None)
+    if descriptor is None or descriptor.annotation is not int:
+        return
+    inner = param.callback
+
+    def check(ctx: Any, option: Any, value: Any) -> Any:
+        if isinstance(value, int) and value not in INT64:
+            raise BadParameter(f"{value} does not fit in a 64-bit integer", ctx=ctx, param=option)
+        return value if inner is None else inner(ctx, option, value)
+
+    param.callback = check
+
+
 class _TidyHelp:
     """Mixin for Typer's command classes: every parameter and the help option itself tidied by :func:`_tidy`."""
 
@@ -77,6 +95,7 @@ class _TidyHelp:
         super().__init__(*args, **kwargs)
         for param in self.params:
             _tidy(param)
+            _bound_integer(param)
 
     def get_help_option(self, ctx: Any) -> Any:
         option = super().get_help_option(ctx)

@@ -34,6 +34,7 @@ from typing import Any
 from ..errors import InputError
 
 __all__ = [
+    "INT64",
     "MAX_DEPTH",
     "MAX_JSON_BYTES",
     "MAX_LINE_BYTES",
@@ -46,6 +47,7 @@ __all__ = [
     "Shape",
     "check_shape",
     "iter_json_lines",
+    "json_text",
     "key_path",
     "open_regular",
     "parse_json",
@@ -55,8 +57,9 @@ __all__ = [
 
 # Deep enough for every format the tool reads (COCO polygons nest 4 levels, run configurations about 6).
 MAX_DEPTH = 32
-# Ids, sizes and counts are int64 everywhere downstream (numpy, pycocotools, torch).
-_INT_RANGE = range(-(2**63), 2**63)
+# Ids, sizes and counts are int64 everywhere downstream (numpy, pycocotools, torch): every integer read (JSON,
+# pickles, options) must be one.
+INT64 = range(-(2**63), 2**63)
 # The largest files read (a dataset's instances.json, PhraseCut's refer_test.json) are a few hundred MB; Python
 # holds parsed JSON in several times its size.
 MAX_JSON_BYTES = 1 << 30
@@ -111,13 +114,22 @@ def open_regular(path: str | os.PathLike[str], flags: int = os.O_RDONLY, *, what
 
 
 def read_regular(path: str | os.PathLike[str], max_bytes: int, *, what: str = "file", hint: str = "") -> bytes:
-    """The bytes of a regular file of at most ``max_bytes`` (checked before reading); ``hint``: how to raise it."""
+    """The bytes of a regular file of at most ``max_bytes`` (checked before reading); ``hint``: how to raise it.
+
+    What is read is what the file holds: ``read(n)`` allocates ``n`` bytes up front, so asking for the bound
+    (201 MB for a photo) would cost that much memory for every small file.
+    """
     fd = open_regular(path, what=what)
     with os.fdopen(fd, "rb") as handle:
         size = os.fstat(fd).st_size
         if size > max_bytes:
             raise InputError(f"{what} {path} is {_size(size)}, more than the {_size(max_bytes)} allowed{hint}")
-        data = handle.read(max_bytes + 1)  # a file growing while read is cut at the bound, not read whole
+        data = handle.read(size + 1)
+        while size < len(data) <= max_bytes:  # growing while read: the rest a bounded piece at a time
+            piece = handle.read(min(1 << 20, max_bytes + 1 - len(data)))
+            if not piece:
+                break
+            data += piece
     if len(data) > max_bytes:
         raise InputError(f"{what} {path} is more than the {_size(max_bytes)} allowed{hint}")
     return data
@@ -136,7 +148,7 @@ def _problem(value: Any) -> str | None:
     kind = type(value)
     if kind is float and not math.isfinite(value):
         return f"holds a number that is not finite ({value})"
-    if kind is int and value not in _INT_RANGE:
+    if kind is int and value not in INT64:
         return "holds an integer beyond 64 bits"
     if kind is str and not value.isascii() and _SURROGATE.search(value):
         return "holds a string with a lone UTF-16 surrogate (not valid Unicode)"
@@ -166,12 +178,21 @@ def _check(value: Any, max_depth: int) -> tuple[str, tuple[Any, ...]] | None:
     return None
 
 
-def parse_json(text: str | bytes, where: str, *, max_depth: int = MAX_DEPTH) -> Any:
-    """One JSON value within the bounds (module docstring); :class:`JsonError` naming ``where`` and the key."""
+def _nan_as_null(name: str) -> float | None:
+    return None if name == "NaN" else float(name)
+
+
+def parse_json(text: str | bytes, where: str, *, max_depth: int = MAX_DEPTH, nan_as_null: bool = False) -> Any:
+    """One JSON value within the bounds (module docstring); :class:`JsonError` naming ``where`` and the key.
+
+    ``nan_as_null``: read ``NaN`` (not JSON, but what many writers put for an undefined number) as null, where
+    the reader takes null for "undefined"; ``Infinity`` is refused all the same.
+    """
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8-sig")
-        value = json.loads(text)  # NaN and Infinity become floats, refused below with their key
+        # NaN and Infinity become floats, refused below with their key.
+        value = json.loads(text, parse_constant=_nan_as_null) if nan_as_null else json.loads(text)
     except UnicodeDecodeError as error:
         raise JsonError(f"{where} is not UTF-8 text ({error.reason} at byte {error.start})") from None
     except json.JSONDecodeError as error:
@@ -189,10 +210,27 @@ def parse_json(text: str | bytes, where: str, *, max_depth: int = MAX_DEPTH) -> 
 
 
 def read_json(path: str | os.PathLike[str], *, what: str = "JSON file", max_bytes: int = MAX_JSON_BYTES,
-              max_depth: int = MAX_DEPTH) -> Any:
-    """The checked JSON value of a regular file of at most ``max_bytes``."""
+              max_depth: int = MAX_DEPTH, nan_as_null: bool = False) -> Any:
+    """The checked JSON value of a regular file of at most ``max_bytes`` (``nan_as_null``: see :func:`parse_json`)."""
     data = read_regular(path, max_bytes, what=what)
-    return parse_json(data, f"{what} {path}", max_depth=max_depth)
+    return parse_json(data, f"{what} {path}", max_depth=max_depth, nan_as_null=nan_as_null)
+
+
+def _finite(value: Any) -> Any:
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """``json.dumps`` of a value the tool will read back (``options`` are json.dumps's): a number that is not
+    finite (an undefined metric, a score of nothing) is written as null, since JSON has no NaN and the reader
+    refuses one."""
+    return json.dumps(_finite(value), allow_nan=False, **options)
 
 
 def iter_json_lines(
@@ -263,12 +301,13 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def check_shape(value: Any, shape: Shape, where: str, fix: str = "") -> None:
+def check_shape(value: Any, shape: Shape, where: str, fix: str = "", at: tuple[Any, ...] = ()) -> None:
     """Refuse ``value`` unless it has ``shape``: one line naming ``where``, the key and what it should be.
 
-    ``fix`` is appended to the message (e.g. "; rerun the evaluation").
+    ``fix`` is appended to the message (e.g. "; rerun the evaluation"); ``at``: the keys leading to ``value``
+    in its file, named before its own.
     """
-    stack: list[tuple[Any, Shape, tuple[Any, ...]]] = [(value, shape, ())]
+    stack: list[tuple[Any, Shape, tuple[Any, ...]]] = [(value, shape, tuple(at))]
     while stack:
         node, expected, keys = stack.pop()
         if not _fits(node, expected):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,25 +101,45 @@ def _csv_rows(path: Path) -> list[tuple[int, Any]]:
         text = read_regular(path, MAX_JSON_BYTES, what="manifest").decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise InputError(f"manifest {path} is not UTF-8 text: {error}") from None
-    reader = csv.DictReader(text.splitlines())
-    header = reader.fieldnames or []
+    read = 0  # lines the reader has taken: a row's number is that of its last line, as for a good row
+
+    def counted(lines: list[str]) -> Iterator[str]:
+        nonlocal read
+        for line in lines:
+            read += 1
+            yield line
+
+    reader = csv.DictReader(counted(text.splitlines()))
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as error:
+        raise InputError(f"manifest {path} line 1 (the CSV header): {_csv_problem(error)}") from None
     unknown = [name for name in header if name not in _COLUMNS]
     if "image" not in header or not {"phrase", "phrases"} & set(header) or unknown:
         raise InputError(
             f"manifest {path}: the CSV header must name image and phrase (or phrases), and may add id and "
             f"masks; got {', '.join(header) or 'nothing'}"
         )
-    rows = []
-    try:
-        for row in reader:
-            # Empty cells are absent values; a row with more cells than the header is malformed.
-            if None in row:
-                rows.append((reader.line_num, "more cells than the header has columns"))
-                continue
-            rows.append((reader.line_num, {key: value for key, value in row.items() if value not in ("", None)}))
-    except csv.Error as error:
-        raise InputError(f"manifest {path} line {reader.line_num}: {error}") from None
-    return rows
+    rows: list[tuple[int, Any]] = []
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return rows
+        except csv.Error as error:  # that row alone: the reader goes on with the next line
+            rows.append((read, _csv_problem(error)))
+            continue
+        # Empty cells are absent values; a row with more cells than the header is malformed.
+        if None in row:
+            rows.append((reader.line_num, "more cells than the header has columns"))
+            continue
+        rows.append((reader.line_num, {key: value for key, value in row.items() if value not in ("", None)}))
+
+
+def _csv_problem(error: csv.Error) -> str:
+    if "field limit" in str(error):  # csv's own bound (128 KiB), which holds every real phrase or path
+        return f"a cell is longer than {csv.field_size_limit() >> 10} KiB, the most a CSV cell may hold"
+    return f"not a CSV row ({error})"
 
 
 def _phrases(raw: dict[str, Any], from_csv: bool) -> tuple[str, ...]:

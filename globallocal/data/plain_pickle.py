@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .bounded import MAX_JSON_BYTES, read_regular
 
 __all__ = ["load_refs_pickle"]
 
@@ -87,7 +88,7 @@ def load_refs_pickle(path: Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"refs file not found: {path}")
-    data = path.read_bytes()
+    data = read_regular(path, MAX_JSON_BYTES, what="refs file")  # refs(unc).p files are a few MB
     try:
         refs = _PlainDataUnpickler(io.BytesIO(data), encoding="bytes").load()
     except pickle.UnpicklingError as error:

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageError, InputError
-from .bounded import read_json
+from .bounded import INT64, read_json
 from .coco_masks import checked_rle, decode, polygon_rles
 from .images import open_checked
 from .plain_pickle import load_refs_pickle
@@ -136,22 +136,36 @@ def resolve_split(dataset: str, split: str, split_by: str | None = None) -> str:
     return split_by
 
 
+def _integer(item: dict, key: str) -> int:
+    """``item[key]`` as the int64 it must be (an infinite or 30-digit id would overflow downstream)."""
+    value = item[key]
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):  # NaN, infinity, text
+        number = None
+    if number is None or number not in INT64:
+        raise ValueError(f"{key} is {value!r}, not a 64-bit integer")
+    return number
+
+
 def _parse_ref(raw: dict, path: Path) -> Ref:
     try:
         sentences = tuple(
-            Sentence(sent_id=int(item["sent_id"]), raw=str(item["raw"]), sent=str(item["sent"]))
+            Sentence(sent_id=_integer(item, "sent_id"), raw=str(item["raw"]), sent=str(item["sent"]))
             for item in raw["sentences"]
         )
         return Ref(
-            ref_id=int(raw["ref_id"]),
-            ann_id=int(raw["ann_id"]),
-            image_id=int(raw["image_id"]),
+            ref_id=_integer(raw, "ref_id"),
+            ann_id=_integer(raw, "ann_id"),
+            image_id=_integer(raw, "image_id"),
             split=str(raw["split"]),
-            category_id=int(raw["category_id"]),
+            category_id=_integer(raw, "category_id"),
             sentences=sentences,
         )
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError) as error:
         raise InputError(f"refs file {path}: malformed ref {raw.get('ref_id', '?')} ({error!r})") from None
+    except ValueError as error:
+        raise InputError(f"refs file {path}: ref {raw.get('ref_id', '?')}: {error}") from None
 
 
 def _decode_parts(segmentation: Any, height: int, width: int, name: str) -> np.ndarray:

@@ -180,6 +180,11 @@ class Method(ABC):
         """The :attr:`per_proposal` tensors of ``proposals``, one row each; a method with proposals defines it."""
         raise NotImplementedError(f"method {self.name} computes its image features in image_features")
 
+    def feature_shapes(self, count: int) -> dict[str, tuple[int | None, ...]]:
+        """The shape of each image-feature tensor of ``count`` proposals, which features read back (a cache
+        entry) must have (None: any size); by default, one row per proposal of each :attr:`per_proposal` one."""
+        return {name: (count, None) for name in self.per_proposal}
+
     def local_noun_phrase(self, parsed: ParsedPhrase) -> str:
         """The target noun phrase this method scores beside the expression (its own parse)."""
         return parsed.noun_phrase

@@ -6,9 +6,11 @@ or spaCy are imported, so a bad value is refused in a fraction of a second.
 
 from __future__ import annotations
 
+import types
 from dataclasses import asdict, fields, replace
-from typing import Any
+from typing import Any, get_type_hints
 
+from ..data.bounded import NUMBER, check_shape, key_path
 from ..errors import InputError
 
 
@@ -34,3 +36,21 @@ class MethodSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_record(cls, values: dict[str, Any], where: str, fix: str = "", at: tuple[str, ...] = ()):
+        """The settings a file recorded (:meth:`to_dict`; e.g. a run's config.json ``where``, under the keys
+        ``at``), each of its type and every check passed; one :class:`InputError` line naming ``where`` and the
+        key otherwise. Keys that are not settings are left alone."""
+        hints = get_type_hints(cls)
+        shape = {}
+        for setting in fields(cls):
+            kind = hints[setting.name]
+            kinds = kind.__args__ if isinstance(kind, types.UnionType) else (kind,)
+            # A float setting may be written as an integer (1.0 as 1); settings are scalars.
+            shape[setting.name] = tuple(t for k in kinds for t in (NUMBER if k is float else (k,)))
+        check_shape(values, shape, where, fix, at=at)
+        try:
+            return cls(**{name: values[name] for name in shape})
+        except InputError as error:
+            raise InputError(f"{where}: {key_path(at)}: {error}{fix}") from None

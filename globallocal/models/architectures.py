@@ -20,6 +20,9 @@ from typing import Any
 from ..data.bounded import read_json
 from ..errors import InputError
 
+FAMILIES = ("resnet", "vit")
+"""The CLIP image towers the methods support: ModifiedResNet and the class-token VisionTransformer."""
+
 # The architectures whose OpenAI weights the paper used or that are natural
 # drop-ins; any other open_clip CLIP with a supported image tower works too.
 OPENAI_ARCHITECTURES = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B-32", "ViT-B-16", "ViT-L-14")

@@ -60,6 +60,11 @@ class ClipBundle:
     def uses_quick_gelu(self) -> bool:
         return any(isinstance(module, QuickGELU) for module in self.model.modules())
 
+    @property
+    def embed_dim(self) -> int:
+        """The width of its image and text features (the joint embedding)."""
+        return int(self.model.visual.output_dim)
+
 
 @torch.no_grad()
 def fold_batchnorm(tower: torch.nn.Module) -> torch.nn.Module:

@@ -68,6 +68,8 @@ class ConceptSource(Protocol):
     """A phrase-dependent proposal source (SAM 3's is ``globallocal.proposals.sam3.Sam3ConceptSource``)."""
 
     phrase_dependent: ClassVar[bool]
+    answer_steps: ClassVar[tuple[str, ...]]
+    """Every ``step`` its answers can name (a cached answer naming another is damaged)."""
     settings: dict[str, Any]
     """Everything the answers depend on besides the photo and the queries (run configurations, cache keys)."""
 

@@ -37,6 +37,7 @@ from . import Proposals, postprocess
 from .concepts import ConceptAnswer, ConceptQuery
 from .masks import ProposalGenerator
 from .sam3_settings import (
+    ANSWER_STEPS,
     DEFAULT_BELOW_THRESHOLD_K,
     DEFAULT_FALLBACK,
     DEFAULT_THRESHOLD,
@@ -73,6 +74,7 @@ class Sam3ConceptSource:
 
     phrase_dependent: ClassVar[bool] = True
     """Proposals depend on the phrase (the segmenter asks :meth:`answer`, not ``generate``)."""
+    answer_steps: ClassVar[tuple[str, ...]] = ANSWER_STEPS
 
     def __init__(
         self,

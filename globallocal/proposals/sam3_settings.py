@@ -9,6 +9,8 @@ from .concepts import QUERY_TEXTS
 
 SAM3_TEXT_TOKENS = 32  # SAM 3's text encoder has 32 positions (the processor pads to them)
 FALLBACK_STEPS = ("head-noun", "below-threshold", "sam2")
+ANSWER_STEPS = ("noun-phrase", *FALLBACK_STEPS, "none")
+"""Every step an answer can come from: the noun phrase, a fallback, or none (no candidate)."""
 DEFAULT_FALLBACK = ("head-noun", "below-threshold")
 DEFAULT_THRESHOLD = 0.5
 PROMPTS = QUERY_TEXTS  # what of a phrase SAM 3 is prompted with

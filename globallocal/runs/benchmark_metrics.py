@@ -50,10 +50,8 @@ __all__ = [
     "Tally",
     "family_of",
     "metric_values",
-    "shown",
 ]
 
-UNDEFINED = "undefined"  # how tables show a metric that is None
 
 _GRES_TENTHS = (7, 8, 9)
 _LISA_EPSILON, _LISA_TOTAL_EPSILON = 1e-5, 1e-10
@@ -166,8 +164,6 @@ class MetricFamily:
     each subset's in a report)."""
     subset_rows: bool = False
     """Whether the table across runs lists the headline of each subset (ReasonSeg's short and long)."""
-    nullable: bool = True
-    """Whether a metric may be undefined (None); RefCOCO's are 0 over nothing, as the published code's."""
 
     @property
     def headline(self) -> tuple[str, ...]:
@@ -179,13 +175,14 @@ class MetricFamily:
 
     def shape(self) -> dict[str, Any]:
         """What a report's ``metrics`` must hold (:func:`~globallocal.data.bounded.check_shape`): every row, a
-        number (or null, where :attr:`nullable`)."""
+        number, or null where it is undefined (RefCOCO's are 0 over nothing, as the published code's, so null
+        there only stands for a NaN that was never meant to be)."""
         shape: dict[str, Any] = {}
         for _, path in self.rows:
             level = shape
             for key in path[:-1]:
                 level = level.setdefault(key, {})
-            level[path[-1]] = (int, float, type(None)) if self.nullable else (int, float)
+            level[path[-1]] = (int, float, type(None))
         return shape
 
 
@@ -194,8 +191,7 @@ def _precision_rows(name: str, thresholds: tuple[float, ...]) -> tuple[Row, ...]
 
 
 REFERRING = MetricFamily("referring", "", MetricAccumulator,
-                         (("oIoU", ("oIoU",)), ("mIoU", ("mIoU",)), *_precision_rows("P", PRECISION_THRESHOLDS)),
-                         nullable=False)
+                         (("oIoU", ("oIoU",)), ("mIoU", ("mIoU",)), *_precision_rows("P", PRECISION_THRESHOLDS)))
 GRES = MetricFamily("gres", "gRefCOCO", GresAccumulator, (
     ("gIoU", ("gIoU",)), ("cIoU", ("cIoU",)), ("N-acc", ("N-acc",)), ("T-acc", ("T-acc",)),
     *_precision_rows("Pr", tuple(tenths / 10 for tenths in _GRES_TENTHS)),
@@ -222,8 +218,3 @@ def metric_values(family: MetricFamily, summary: dict[str, Any]) -> dict[str, fl
     return values
 
 
-def shown(value: float | None, full_precision: bool = False) -> float | str:
-    """A metric for a table: two decimals (the float itself at ``full_precision``), or "undefined" for None."""
-    if value is None:
-        return UNDEFINED
-    return value if full_precision else f"{value:.2f}"

@@ -35,9 +35,11 @@ as is:
 Files are written to a temporary name and renamed into place, so a reader
 never sees a half-written entry. They are not fsynced: an entry damaged by a
 crash fails to load (the .npz zip format checks a CRC-32 per array) and is
-simply recomputed, which is cheaper than an fsync per text string. A visual
-entry stores its own name and a text entry its string, so a file copied or
-renamed to another key is a miss. Temporary files a killed writer left are
+recomputed, with a warning naming it, which is cheaper than an fsync per
+text string; every entry is checked as data when read
+(:mod:`~globallocal.runs.cache_stores`). A visual entry stores its own name
+and a text entry its string, so a file copied or renamed to another key is a
+miss. Temporary files a killed writer left are
 removed when the cache is next prepared, once they are an hour old (younger
 ones may be a concurrent run's writes in progress).
 """
@@ -48,23 +50,18 @@ import hashlib
 import json
 import os
 import time
-import warnings
-import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
-from pycocotools import mask as coco_mask
 
-from ..data.bounded import JsonError, parse_json
-from ..data.images import atomic_write, save_text
+from ..data.images import save_text
 from ..errors import InputError
 from ..models.clip import ClipBundle
 from ..models.weights import library_versions, weights_identity
 from ..proposals import Proposals
+from .cache_stores import ImageEntry, TextStore, VisualStore
 
 if TYPE_CHECKING:
     from ..methods import Method
@@ -85,16 +82,10 @@ __all__ = [
 # 2: whole-file weights identity, entries store their own name; 3: named tensors of any method.
 _FORMAT = 3
 
-# Stored arrays holding the method's tensors are named with this prefix.
-_TENSOR_PREFIX = "tensor_"
-
 IDENTITY_FILE = "identity.json"
 
 # Temporary files older than this are orphans of a killed writer (see remove_orphans).
 ORPHAN_AGE_S = 3600.0
-
-# Errors np.load raises on a truncated, damaged or foreign file.
-_BAD_ENTRY = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 
 
 def _sha256(data: bytes) -> str:
@@ -160,166 +151,6 @@ def remove_orphans(directory: Path, min_age_s: float = ORPHAN_AGE_S) -> int:
         except FileNotFoundError:  # its writer renamed it, or another run removed it
             pass
     return removed
-
-
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write arrays as .npz under a temporary name, then rename it into place (no fsync: a cache can be rebuilt)."""
-    atomic_write(path, lambda handle: np.savez(handle, **arrays), sync=False)
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray] | None:
-    """Every array of an .npz (CRC-checked), or None when it is missing or damaged."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    except _BAD_ENTRY:  # FileNotFoundError included
-        return None
-
-
-def _encode_masks(masks: torch.Tensor) -> list[bytes]:
-    if len(masks) == 0:
-        return []
-    fortran = np.asfortranarray(masks.permute(1, 2, 0).numpy().astype(np.uint8))
-    return [rle["counts"] for rle in coco_mask.encode(fortran)]
-
-
-def _decode_masks(counts: list[bytes], height: int, width: int) -> torch.Tensor:
-    if not counts:
-        return torch.zeros((0, height, width), dtype=torch.bool)
-    with warnings.catch_warnings():
-        # pycocotools' own array wrapper trips NumPy 2's copy=False deprecation.
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pycocotools\.")
-        masks = coco_mask.decode([{"size": [height, width], "counts": c} for c in counts])
-    return torch.from_numpy(masks).permute(2, 0, 1).contiguous().bool()
-
-
-@dataclass
-class ImageEntry:
-    """One image's cached proposals and the method's image features (float32, CPU)."""
-
-    image_size: tuple[int, int]
-    rle_counts: list[bytes]
-    boxes: torch.Tensor
-    scores: torch.Tensor
-    areas: np.ndarray
-    tensors: dict[str, torch.Tensor]
-    info: dict[str, Any] = field(default_factory=dict)
-    """What else the source said of these proposals (phrase-dependent ones: the step that found them, its prompt)."""
-
-    def proposals(self) -> Proposals:
-        """The proposals, masks decoded."""
-        return Proposals(_decode_masks(self.rle_counts, *self.image_size), self.boxes, self.scores)
-
-
-class VisualStore:
-    """Per-image entries of one visual key's folder."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-
-    def path(self, name: str) -> Path:
-        return self.directory / f"{name}.npz"
-
-    def load(self, name: str) -> ImageEntry | None:
-        """The entry, or None when it is absent, damaged or inconsistent."""
-        data = _read_npz(self.path(name))
-        if data is None:
-            return None
-        try:
-            height, width = (int(v) for v in data["image_size"])
-            lengths = data["rle_lengths"].astype(np.int64)
-            blob = data["rle"].tobytes()
-            n = len(lengths)
-            tensors = {
-                key.removeprefix(_TENSOR_PREFIX): value for key, value in data.items() if key.startswith(_TENSOR_PREFIX)
-            }
-            consistent = (
-                # The stored name guards against an entry copied or renamed to another image's name.
-                data["key"].tobytes() == name.encode("utf-8")
-                and height > 0
-                and width > 0
-                and int(lengths.sum()) == len(blob)
-                and data["boxes"].shape == (n, 4)
-                and data["scores"].shape == (n,)
-                and data["areas"].shape == (n,)
-                and all(value.dtype == np.float32 for value in tensors.values())
-            )
-            info = parse_json(data["info"].tobytes(), "cache entry") if "info" in data else {}
-        except (KeyError, ValueError, TypeError, JsonError):  # a damaged or foreign entry is a miss
-            return None
-        if not consistent:
-            return None
-        ends = np.cumsum(lengths)
-        counts = [blob[end - length : end] for length, end in zip(lengths, ends)]
-        return ImageEntry(
-            image_size=(height, width),
-            rle_counts=counts,
-            boxes=torch.from_numpy(data["boxes"]),
-            scores=torch.from_numpy(data["scores"]),
-            areas=data["areas"].astype(np.int64),
-            tensors={key: torch.from_numpy(value) for key, value in tensors.items()},
-            info=info,
-        )
-
-    def save(
-        self, name: str, proposals: Proposals, tensors: dict[str, torch.Tensor], info: dict[str, Any] | None = None
-    ) -> None:
-        counts = _encode_masks(proposals.masks)
-        text = json.dumps(info, sort_keys=True).encode("utf-8")
-        extra = {"info": np.frombuffer(text, dtype=np.uint8)} if info else {}
-        _write_npz(
-            self.path(name),
-            {
-                "key": np.frombuffer(name.encode("utf-8"), dtype=np.uint8),
-                "image_size": np.array(proposals.image_size, dtype=np.int64),
-                "rle": np.frombuffer(b"".join(counts), dtype=np.uint8),
-                "rle_lengths": np.array([len(c) for c in counts], dtype=np.int64),
-                "boxes": proposals.boxes.numpy(),
-                "scores": proposals.scores.numpy(),
-                "areas": proposals.masks.flatten(1).sum(dim=1).numpy().astype(np.int64),
-                **{
-                    _TENSOR_PREFIX + key: value.detach().float().cpu().numpy()
-                    for key, value in tensors.items()
-                },
-                **extra,
-            },
-        )
-
-
-class TextStore:
-    """Raw text features of one text key's folder, one file per string."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-
-    def path(self, text: str) -> Path:
-        digest = _sha256(text.encode("utf-8"))
-        return self.directory / digest[:2] / f"{digest}.npz"
-
-    def load(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """The features (D,) of those ``texts`` that are cached and intact."""
-        found = {}
-        for text in texts:
-            data = _read_npz(self.path(text))
-            # The stored string guards against a file copied to the wrong name.
-            if (
-                data is not None
-                and set(data) == {"text", "feature"}
-                and data["text"].tobytes() == text.encode("utf-8")
-                and data["feature"].ndim == 1
-                and data["feature"].dtype == np.float32
-            ):
-                found[text] = torch.from_numpy(data["feature"])
-        return found
-
-    def save(self, text: str, feature: torch.Tensor) -> None:
-        _write_npz(
-            self.path(text),
-            {
-                "text": np.frombuffer(text.encode("utf-8"), dtype=np.uint8),
-                "feature": feature.detach().float().cpu().numpy(),
-            },
-        )
 
 
 class FeatureCache:

@@ -27,17 +27,27 @@ class ConceptEntries:
 
     def __init__(self, cache: FeatureCache, proposal_key: dict[str, Any], image_id: int, image: Image.Image) -> None:
         self.cache, self.proposal_key, self.image_id = cache, proposal_key, image_id
-        self.pixels = image_digest(image)
+        self.pixels, self.image_size = image_digest(image), (image.height, image.width)
         self.stored: set[ConceptQuery] = set()
 
     def name(self, query: ConceptQuery) -> str:
         return self.cache.entry_name(self.image_id, self.pixels, concept_key(self.proposal_key, query))
 
     def seed(self, segmenter: Any, queries: Iterable[ConceptQuery]) -> None:
-        """Give the segmenter every query's answer and features that the cache holds."""
+        """Give the segmenter every query's answer and features that the cache holds (one that is damaged or
+        names a step the source has not is computed again, with a warning)."""
+        steps = segmenter.proposal_source.answer_steps
+
+        def check_answer(info: dict[str, Any]) -> None:
+            if info.get("step") not in steps:
+                raise ValueError(f"its answer's step {info.get('step')!r:.40} is not one of {', '.join(steps)}")
+            if not isinstance(info.get("prompt"), str):
+                raise ValueError(f"its answer's prompt {info.get('prompt')!r:.40} is not text")
+
         for query in dict.fromkeys(queries):
-            entry = self.cache.visual.load(self.name(query))
-            if entry is not None and {"step", "prompt"} <= set(entry.info):
+            entry = self.cache.visual.load(self.name(query), segmenter.method.feature_shapes, self.image_size,
+                                           check_answer)
+            if entry is not None:
                 answer = ConceptAnswer(entry.proposals(), entry.info["step"], entry.info["prompt"])
                 segmenter.add_concept(query, answer, entry.tensors)
                 self.stored.add(query)

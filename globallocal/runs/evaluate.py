@@ -37,7 +37,6 @@ callable ``(image, record) -> Proposals``.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,20 +45,21 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-from ..data.bounded import read_json
+from ..data.bounded import json_text, read_json
 from ..data.datasets import EvaluationDataset, open_dataset
 from ..data.images import save_text
 from ..data.refer import ImageGroup, ImageRecord
 from ..errors import InputError
 from ..models.weights import weights_change
 from ..proposals import Proposals
-from .benchmark_metrics import MetricFamily, Tally, family_of, shown
+from .benchmark_metrics import MetricFamily, Tally, family_of
 from .cache import FeatureCache
 from .distributed import Distributed
 from .evaluation_config import EvaluationConfig, check_evaluation_inputs, run_identity
 from .evaluation_records import IMAGE_UNITS, CompletedImage, add_record, read_records, referent
 from .evaluation_report import REPORT_JSON, REPORT_MD, answer_kind, build_report, report_markdown
 from .evaluation_step import EvaluationStep, ProposalSource, per_image
+from .metrics import format_metric
 from .progress import LoggedProgress, RateColumn, RemainingColumn
 from .runfolder import (
     CONFIG_FILE,
@@ -133,7 +133,7 @@ def _missing_photos(dataset: EvaluationDataset, absent: list[ImageGroup]) -> dic
 
 def _scores(family: MetricFamily, running: Tally) -> str:
     """The running metrics the progress bar shows ("oIoU 24.83  mIoU 26.23")."""
-    return "  ".join(f"{name} {shown(value)}" for name, value in family.headline_values(running).items())
+    return "  ".join(f"{name} {format_metric(value)}" for name, value in family.headline_values(running).items())
 
 
 def run_evaluation(
@@ -330,7 +330,7 @@ def _evaluate_share(
         report = build_report(completed, identity, out_dir, len(groups), place.world_size, dataset.report_notes(),
                               split_images=len(every_group), limit=config.limit,
                               missing=_missing_photos(dataset, absent), answers=answers)
-        save_text(json.dumps(report, indent=2) + "\n", out_dir / REPORT_JSON)
+        save_text(json_text(report, indent=2) + "\n", out_dir / REPORT_JSON)
         save_text(report_markdown(report), out_dir / REPORT_MD)
     place.barrier()
     if not place.is_main:

@@ -10,8 +10,9 @@ from typing import Any
 
 from ..data.datasets import SUBSET_ORDER, dataset_label
 from ..errors import InputError
-from .benchmark_metrics import Tally, family_of, metric_values, shown
+from .benchmark_metrics import Tally, family_of, metric_values
 from .evaluation_records import CompletedImage, add_record
+from .metrics import format_metric
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -132,7 +133,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         "|" + " --- |" * (len(names) + 1),
     ]
     for name, answer in answers.items():
-        lines.append(f"| {name} | " + " | ".join(map(str, map(shown, metric_values(family, answer).values()))) + " |")
+        cells = map(str, map(format_metric, metric_values(family, answer).values()))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"- images: {images_label(report)}, refs: {metrics['refs']}, sentences: {metrics['sentences']}",
@@ -164,7 +166,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines += ["", f"## {' and '.join(headline)} by subset", "",
                   "| subset | " + " | ".join(headline) + " | sentences |", "|" + " --- |" * (len(headline) + 2)]
         lines += [
-            f"| {name} | " + " | ".join(str(shown(values[key])) for key in headline) + f" | {values['sentences']} |"
+            f"| {name} | " + " | ".join(str(format_metric(values[key])) for key in headline)
+            + f" | {values['sentences']} |"
             for name, values in report["subsets"].items()
         ]
     lines += [

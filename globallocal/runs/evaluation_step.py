@@ -83,16 +83,17 @@ def _set_image(
         return proposals, None
     pixels = image_digest(image)
     entry = None
+    expected = {"shapes": segmenter.method.feature_shapes, "image_size": (record.height, record.width)}
     if proposal_key is not None:
         name = cache.entry_name(record.image_id, pixels, proposal_key)
-        entry = cache.visual.load(name)
+        entry = cache.visual.load(name, **expected)
     if entry is not None:
         proposals = entry.proposals()
     else:
         proposals = proposal_source(image, record)
         if proposal_key is None:
             name = cache.entry_name(record.image_id, pixels, {"content": proposals_digest(proposals)})
-            entry = cache.visual.load(name)
+            entry = cache.visual.load(name, **expected)
     _check_size(proposals, record)
     if entry is not None:
         if len(proposals) > 0:
@@ -113,7 +114,7 @@ def _seed_text_features(segmenter: Any, texts: TextStore, phrase: str) -> None:
     phrase, so that cached features are bit-identical to fresh ones.
     """
     strings = list(dict.fromkeys(segmenter.method.text_strings(segmenter.parse(phrase))))
-    found = texts.load(strings)
+    found = texts.load(strings, segmenter.clip.embed_dim)
     for text in strings:
         if text not in found:
             found[text] = encode_texts([text], segmenter.clip)[0].cpu()

@@ -35,7 +35,14 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "PRECISION_THRESHOLDS", "MetricAccumulator", "intersection_union", "mask_counts", "precision_hits", "sentence_iou",
+    "PRECISION_THRESHOLDS",
+    "UNDEFINED",
+    "MetricAccumulator",
+    "format_metric",
+    "intersection_union",
+    "mask_counts",
+    "precision_hits",
+    "sentence_iou",
 ]
 
 # Thresholds in tenths, so the precision test stays in integers.
@@ -80,6 +87,17 @@ def mask_counts(
 def precision_hits(intersection: int, union: int, tenths: tuple[int, ...]) -> list[bool]:
     """Whether I / U >= t for each threshold t (in tenths), tested in integers (see the module docstring)."""
     return [union > 0 and 10 * intersection >= tenth * union for tenth in tenths]
+
+
+UNDEFINED = "undefined"
+"""How a metric with no value (NaN in memory, null in report.json) is shown."""
+
+
+def format_metric(value: float | None, digits: int | None = 2) -> float | str:
+    """A metric for a table: ``digits`` after the point (None: the number itself), or "undefined"."""
+    if value is None or math.isnan(value):
+        return UNDEFINED
+    return value if digits is None else f"{value:.{digits}f}"
 
 
 def sentence_iou(intersection: int, union: int) -> float:

@@ -28,8 +28,9 @@ from ..data.bounded import NUMBER, check_shape, read_json
 from ..data.datasets import dataset_label
 from ..data.refer import DEFAULT_SPLIT_BY
 from ..errors import InputError
-from .benchmark_metrics import MetricFamily, family_of, metric_values, shown
+from .benchmark_metrics import MetricFamily, family_of, metric_values
 from .evaluation_report import REPORT_JSON, images_label
+from .metrics import format_metric
 
 FORMATS = ("table", "markdown", "csv", "latex")
 # With a single run nothing differs; these say what it was.
@@ -50,6 +51,7 @@ REPORT_SHAPE = {
     "metrics": {"images": int, "sentences": int, "no_proposal_sentences": int},
     "other_answers?": dict, "subsets?": {"*": dict}, "answers?": _TEXT, "missing_photos?": {"images": int},
     "images_total": int, "truncated_sentences": int, "wall_time_s": NUMBER,
+    "images_in_split?": int, "limit?": (int, type(None)),
 }
 
 
@@ -66,6 +68,14 @@ def check_report(report: Any, path: Path) -> None:
         check_shape(report, {"config": {"split_by": str}}, str(path), fix)
 
 
+def read_report(path: Path) -> dict[str, Any]:
+    """A report.json checked as data (:func:`check_report`); a metric written as null (or NaN, read as null) is
+    undefined, and shown as such (:func:`~globallocal.runs.metrics.format_metric`)."""
+    report = read_json(path, what="report", nan_as_null=True)
+    check_report(report, path)
+    return report
+
+
 def load_reports(run_dirs: list[Path]) -> list[dict[str, Any]]:
     """report.json of every run folder; InputError naming a folder whose run has not finished."""
     reports = []
@@ -75,9 +85,7 @@ def load_reports(run_dirs: list[Path]) -> list[dict[str, Any]]:
             raise InputError(
                 f"no finished run in {run_dir} ({REPORT_JSON} missing); run the evaluation to the end first"
             )
-        report = read_json(path, what="report")
-        check_report(report, path)
-        reports.append(report)
+        reports.append(read_report(path))
     return reports
 
 
@@ -173,7 +181,7 @@ def _metric_names(values: list[dict[str, float | None]]) -> list[str]:
 
 def _cell(row: dict[str, float | None], name: str, full_precision: bool) -> float | str:
     """A metric in a table: "-" where the run's dataset has no such metric, "undefined" where it is None."""
-    return shown(row[name], full_precision) if name in row else "-"
+    return format_metric(row[name], None if full_precision else 2) if name in row else "-"
 
 
 def _fit(text: str, width: int, lines: int = _CELL_LINES) -> str:

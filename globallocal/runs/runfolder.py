@@ -37,7 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..data.bounded import MAX_LINE_BYTES, JsonError, Shape, check_shape, open_regular, parse_json, read_json
+from ..data.bounded import (
+    MAX_LINE_BYTES,
+    JsonError,
+    Shape,
+    check_shape,
+    json_text,
+    open_regular,
+    parse_json,
+    read_json,
+)
 from ..data.images import check_writable_folder, save_bytes, save_text
 from ..errors import InputError
 
@@ -148,6 +157,8 @@ def _parse(data: bytes, path: Path, layout: UnitLayout) -> tuple[list[CompletedU
             entry = parse_json(line, f"line {number}")
         except JsonError as error:
             entry, damage = None, damage or str(error)
+        if not isinstance(entry, dict):
+            damage = damage or f"line {number} is not a JSON object"
         if isinstance(entry, dict) and layout.marker in entry:
             key = entry[layout.marker]
             if (
@@ -167,6 +178,11 @@ def _parse(data: bytes, path: Path, layout: UnitLayout) -> tuple[list[CompletedU
             keep = position
         else:
             pending.append(entry if isinstance(entry, dict) else None)
+    if damage:
+        # Only what a killed append leaves may follow the last marker: complete records and an unfinished last
+        # line (never read: it has no newline). A complete line that is not a record was put there otherwise.
+        raise InputError(f"{path} is damaged after its last complete unit ({damage}); remove the lines after "
+                         f"the last marker to resume, or {_FIX}")
     return completed, keep
 
 
@@ -363,8 +379,8 @@ class RunFolder:
         key = marker[self.layout.marker]
         if any(record.get(self.layout.member) != key for record in records):
             raise ValueError(f"every record of unit {key} must carry {self.layout.member}={key!r}")
-        lines = [json.dumps(record) for record in records]
-        lines.append(json.dumps({**marker, self.layout.count: len(records)}))
+        lines = [json_text(record) for record in records]
+        lines.append(json_text({**marker, self.layout.count: len(records)}))
         self._records.write(("\n".join(lines) + "\n").encode("utf-8"))
         self._records.flush()
         os.fsync(self._records.fileno())

@@ -11,36 +11,44 @@ sweep module in its registry entry (:attr:`MethodSpec.sweep_module`);
 from __future__ import annotations
 
 import importlib
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.table import Table
 
-from ..data.bounded import check_shape, read_json
+from ..data.bounded import Shape, check_shape
 from ..data.datasets import dataset_label
 from ..errors import InputError
 from ..methods import DEFAULT_METHOD, MethodSpec, available_methods, get_method
+from ..methods.settings import MethodSettings
+from ..models.architectures import FAMILIES
 from .benchmark_metrics import REFERRING, family_of
-from .cache import ImageEntry, TextStore, VisualStore
+from .cache_stores import DamagedEntry, FeatureShapes, ImageEntry, TextStore, VisualStore, check_features
 from .evaluate import CONFIG_FILE, REPORT_JSON, CompletedImage, referent
 from .metrics import MetricAccumulator
-from .report import check_report
+from .report import read_report
 from .runfolder import read_config
 
 __all__ = [
     "SWEEP_JSON",
     "SWEEP_MD",
     "SWEEP_PNG",
+    "TIE_TOLERANCE",
     "CachedRun",
     "format_sweep_table",
     "open_cached_run",
     "parse_values",
+    "pick_agrees",
+    "reproduced",
     "run_sweep",
+    "ties_note",
 ]
 
 SWEEP_JSON = "sweep.json"
@@ -75,36 +83,124 @@ def add_unanswered(total: MetricAccumulator, records: list[dict[str, Any]]) -> N
         total.add(record["I"], record["U"], ref_id=referent(record), image_id=record["image_id"], no_proposals=True)
 
 
-def entry_groups(visual: VisualStore, done: CompletedImage) -> Iterator[tuple[ImageEntry | None, list[dict[str, Any]]]]:
+_AGAIN = "evaluate again with the same --cache"
+# What a sweep reads of an answered sentence's record, beyond what every record holds (SENTENCE_RECORD).
+_ANSWERED = {"index": int, "overlaps": [int], "expression": str, "noun_phrase": str, "cache_entry?": str}
+
+
+def _entry(run: CachedRun, image: Any, name: str | None) -> ImageEntry:
+    """The cache entry a record names, refused when it is missing or damaged."""
+    try:
+        entry = run.visual.read(name) if name is not None else None
+    except InputError as error:  # damaged, or a name that is no entry's
+        raise InputError(f"the cache entry of image {image}: {error}; {_AGAIN}") from None
+    if entry is None:
+        raise InputError(f"the cache entry of image {image} ({name}) in {run.visual.directory} is missing or not "
+                         f"this run's; {_AGAIN}")
+    return entry
+
+
+def _check_counts(records: list[dict[str, Any]], areas: np.ndarray | None, where: str) -> None:
+    """Refuse counts that no evaluation records: an answer outside the proposals, an overlap larger than its
+    proposal or the ground truth, an intersection larger than its union."""
+    for record in records:
+        if areas is None:
+            fits = 0 <= record["I"] <= record["U"]
+        else:
+            overlaps = np.asarray(record["overlaps"], dtype=np.int64)
+            fits = (len(overlaps) == len(areas) and 0 <= record["index"] < len(areas) and record["gt_area"] >= 0
+                    and (overlaps >= 0).all() and (overlaps <= np.minimum(areas, record["gt_area"])).all())
+        if not fits:
+            raise InputError(f"{where}: the record of {str(record.get('phrase'))!r:.60} does not fit its image's "
+                             f"cache entry (its index, overlaps or counts are out of range); {_AGAIN}")
+
+
+def entry_groups(
+    run: CachedRun, done: CompletedImage, texts: dict[str, torch.Tensor],
+    strings: Callable[[list[dict[str, Any]]], list[str]], shapes: Callable[[int, int], FeatureShapes],
+) -> Iterator[tuple[ImageEntry | None, list[dict[str, Any]]]]:
     """A recorded image's sentences by the cache entry they were answered from: the image's (its marker's), or
     with phrase-dependent proposals each sentence's own; sentences without proposals come with None.
 
-    An entry is refused when it is missing or not the one the run scored (its proposal count differs).
+    Everything the replay reads is checked first: the records' fields, the entry (missing, damaged, or not the
+    one the run scored), the text features of ``strings(records)`` (added to ``texts``) and the entry's
+    features, of ``shapes(N, D)`` for its N proposals and text features D wide.
     """
+    image = done.marker["image_done"]
+    where = f"the records of {run.directory}, image {image}"
+    check_shape(done.marker, {"cache_entry?": str}, f"{where}, its marker", f"; {_AGAIN}")
     unanswered = [record for record in done.records if record["no_proposals"]]
     if unanswered:
+        _check_counts(unanswered, None, where)
         yield None, unanswered
     groups: dict[str | None, list[dict[str, Any]]] = {}
-    for record in done.records:
+    for number, record in enumerate(done.records, start=1):
         if not record["no_proposals"]:
+            check_shape(record, _ANSWERED, f"{where}, sentence {number}", f"; {_AGAIN}")
             groups.setdefault(record.get("cache_entry", done.marker.get("cache_entry")), []).append(record)
     for name, records in groups.items():
-        entry = visual.load(name) if name else None
-        if entry is None or any(len(record["overlaps"]) != len(entry.areas) for record in records):
-            raise InputError(
-                f"the cache entry of image {done.marker['image_done']} ({name}) in {visual.directory} is "
-                "missing, damaged or not this run's; evaluate again with the same --cache"
-            )
+        entry = _entry(run, image, name)
+        _check_counts(records, entry.areas, where)
+        width = load_texts(run.texts, texts, strings(records))
+        try:
+            check_features(entry.tensors, shapes(len(entry.areas), width))
+        except ValueError as error:
+            raise InputError(f"the cache entry of image {image} ({name}) in {run.visual.directory} does not fit the "
+                             f"run's text features: {error}; {_AGAIN}") from None
         yield entry, records
 
 
-def load_texts(texts: TextStore, known: dict[str, torch.Tensor], strings: list[str]) -> None:
-    """Add the cached text features of ``strings`` to ``known`` (strings recur across images)."""
+def load_texts(texts: TextStore, known: dict[str, torch.Tensor], strings: list[str]) -> int:
+    """Add the cached text features of ``strings`` to ``known`` (strings recur across images); their width,
+    which every one must have."""
     wanted = [s for s in dict.fromkeys(strings) if s not in known]
-    known.update(texts.load(wanted))
+    width = len(next(iter(known.values()))) if known else None
+    found: dict[str, torch.Tensor] = {}
+    try:
+        for text in wanted:
+            found.update(texts.read([text], width))
+            if width is None and text in found:
+                width = len(found[text])
+    except DamagedEntry as error:
+        raise InputError(f"{error}; {_AGAIN}") from None
+    known.update(found)
     absent = [s for s in wanted if s not in known]
     if absent:
         raise InputError(f"the text features of {absent[0]!r} are not in the cache {texts.directory}")
+    return len(next(iter(known.values())))
+
+
+TIE_TOLERANCE = 1e-4
+"""Scores this close, relative to the largest, are a tie: the last bits of a dot product follow the order of
+its sums, which the number of threads and the library version change, so a replay may break a tie the other
+way than the run did."""
+
+
+def pick_agrees(scores: torch.Tensor, picked: int, recorded: int) -> str:
+    """Whether a replay's pick among ``scores`` is the run's: "same", "tie" (another proposal whose score ties
+    with the pick's within :data:`TIE_TOLERANCE`; NaN ties with NaN), or "other"."""
+    if picked == recorded:
+        return "same"
+    if not 0 <= recorded < len(scores):
+        return "other"
+    ours, theirs = float(scores[picked]), float(scores[recorded])
+    if math.isnan(ours) or math.isnan(theirs):
+        return "tie" if math.isnan(ours) and math.isnan(theirs) else "other"
+    finite = scores[torch.isfinite(scores)]
+    scale = float(finite.abs().max()) if len(finite) else 0.0
+    return "tie" if abs(ours - theirs) <= TIE_TOLERANCE * max(scale, 1e-6) else "other"
+
+
+def reproduced(run: dict[str, Any]) -> int:
+    """The sentences a sweep's ``run`` summary says it answered as the run did, at the run's own setting."""
+    return run["sentences_checked"] - run["sentences_differing"] - run["sentences_tied"]
+
+
+def ties_note(run: dict[str, Any]) -> str:
+    """What a sweep's Markdown says of the ties it met at the run's own setting (nothing when none)."""
+    tied = run["sentences_tied"]
+    return (f" ({tied} more answer with another proposal whose score ties with the run's answer, within "
+            f"{TIE_TOLERANCE:g} of the largest score)") if tied else ""
 
 
 def parse_values(text: str | None, name: str, low: float = 0.0, high: float = 1.0) -> list[float] | None:
@@ -145,6 +241,14 @@ class CachedRun:
     def dataset(self) -> str:
         return dataset_label(self.config)
 
+    def settings(self, kind: type[MethodSettings], extra: Shape = None) -> Any:
+        """The method's settings as the run recorded them, each checked, and the other scoring values of the
+        shape ``extra``: a text alpha, a missing feature_norm are one line naming the key."""
+        where, at = str(self.directory / CONFIG_FILE), ("cache", "scoring")
+        if extra is not None:
+            check_shape(self.scoring, extra, where, "; evaluate the run again", at=at)
+        return kind.from_record(self.scoring, where, "; evaluate the run again", at=at)
+
 
 def open_cached_run(run_dir: str | Path, cache_dir: str | Path | None = None) -> CachedRun:
     """A finished cached run, refused with the fix when it is unfinished, uncached or its cache is gone."""
@@ -157,8 +261,7 @@ def open_cached_run(run_dir: str | Path, cache_dir: str | Path | None = None) ->
     if family_of(str(config.get("dataset"))) is not REFERRING:
         raise InputError(f"{run_dir} is a {config['dataset']} run: sweeps replay oIoU, mIoU and precision, not "
                          f"{config['dataset']}'s own metrics; evaluate again at the other weights instead")
-    report = read_json(run_dir / REPORT_JSON, what="report")
-    check_report(report, run_dir / REPORT_JSON)
+    report = read_report(run_dir / REPORT_JSON)
     cache_info = config.get("cache")
     if not cache_info:
         # Its images' features were not kept, and the cache is part of a run's identity: a new folder is needed.
@@ -166,6 +269,9 @@ def open_cached_run(run_dir: str | Path, cache_dir: str | Path | None = None) ->
                          f"with --cache DIR --out {Path(run_dir)}_cached (the same options otherwise), then "
                          "sweep that folder")
     check_shape(config, {"cache": _CACHE_SHAPE}, str(run_dir / CONFIG_FILE), "; evaluate the run again")
+    if cache_info["family"] not in FAMILIES:
+        raise InputError(f"{run_dir / CONFIG_FILE}: cache.family is {cache_info['family']!r}, not a CLIP image "
+                         f"tower the tool has ({', '.join(FAMILIES)}); evaluate the run again")
     root = Path(cache_dir) if cache_dir is not None else Path(cache_info["dir"])
     visual = VisualStore(root / cache_info["visual"])
     if not visual.directory.is_dir():

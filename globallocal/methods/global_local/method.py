@@ -81,6 +81,11 @@ def proposal_scores(text: torch.Tensor, visual: torch.Tensor, feature_norm: str,
     return F.normalize(text, dim=-1) @ visual.T
 
 
+def feature_shapes(count: int | None, width: int | None) -> dict[str, tuple[int | None, ...]]:
+    """The image features of ``count`` proposals with CLIP features ``width`` wide (None: any)."""
+    return {"global": (count, width), "local": (count, width)}
+
+
 # -- the method -------------------------------------------------------------------
 
 
@@ -149,6 +154,9 @@ class GlobalLocal(Method):
             self.clip, context.full, proposals.masks, windows, fill, self.crop_chunk_size, settings.antialias
         )
         return {"global": global_features, "local": local}
+
+    def feature_shapes(self, count: int) -> dict[str, tuple[int | None, ...]]:
+        return feature_shapes(count, self.clip.embed_dim)
 
     def uses_projection_boxes(self) -> bool:
         return self.settings.crop_box == "projection"

@@ -17,7 +17,6 @@ run's proposals bit for bit; the sweep checks that and warns when it does not
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from pathlib import Path
@@ -27,8 +26,9 @@ import numpy as np
 import torch
 from rich.table import Table
 
+from ...data.bounded import json_text
 from ...data.images import save_png, save_text
-from ...runs.cache import ImageEntry, TextStore, VisualStore
+from ...runs.cache import ImageEntry
 from ...runs.evaluate import CompletedImage, read_records, referent
 from ...runs.metrics import PRECISION_THRESHOLDS, MetricAccumulator
 from ...runs.sweep import (
@@ -38,11 +38,13 @@ from ...runs.sweep import (
     CachedRun,
     add_unanswered,
     entry_groups,
-    load_texts,
     one_thread,
+    pick_agrees,
+    reproduced,
+    ties_note,
 )
-from .method import proposal_scores, scoring_visual, text_blend, visual_blend
-from .settings import SWEPT_SETTINGS
+from .method import feature_shapes, proposal_scores, scoring_visual, text_blend, visual_blend
+from .settings import SWEPT_SETTINGS, GlobalLocalSettings
 from .sweep_heatmap import draw_heatmap, grid_value, is_run_point
 
 __all__ = ["SWEPT_SETTINGS", "format_table", "sweep"]
@@ -50,23 +52,19 @@ __all__ = ["SWEPT_SETTINGS", "format_table", "sweep"]
 class _Replay:
     """The run's choices made again at every (alpha, beta) point, image by image, with the metrics summed."""
 
-    def __init__(
-        self,
-        visual: VisualStore,
-        texts: TextStore,
-        points: list[tuple[float, float]],
-        run_point: tuple[float, float],
-        feature_norm: str,
-        family: str,
-    ) -> None:
-        self.visual, self.texts = visual, texts
-        self.run_point, self.feature_norm, self.family = run_point, feature_norm, family
+    def __init__(self, run: CachedRun, points: list[tuple[float, float]], run_point: tuple[float, float],
+                 feature_norm: str) -> None:
+        self.run, self.run_point, self.feature_norm = run, run_point, feature_norm
+        self.family = run.config["cache"]["family"]
         self.totals = {point: MetricAccumulator() for point in points}
-        self.checked = self.differing = 0  # sentences replayed at the run's point, and picks unlike the run's
+        # Sentences replayed at the run's point, picks unlike the run's, and picks of another proposal whose
+        # score ties with the run's pick.
+        self.checked = self.differing = self.tied = 0
         self._text_features: dict[str, torch.Tensor] = {}  # short phrases and noun phrases recur across images
 
     def add_image(self, done: CompletedImage) -> None:
-        for entry, records in entry_groups(self.visual, done):
+        groups = entry_groups(self.run, done, self._text_features, _strings, feature_shapes)
+        for entry, records in groups:
             if entry is None:
                 # No choice to replay: the empty prediction the run scored, at every setting.
                 for total in self.totals.values():
@@ -76,31 +74,39 @@ class _Replay:
 
     def _add_records(self, entry: ImageEntry, records: list[dict[str, Any]]) -> None:
         """Sentences answered from one cache entry, at every point."""
-        strings = [s for r in records for s in (r["expression"], r["noun_phrase"])]
-        load_texts(self.texts, self._text_features, strings)
         for point, total in self.totals.items():
-            picks = self._picks(records, entry, *point)
+            scores = self._scores(records, entry, *point)
+            picks = [int(torch.argmax(row)) for row in scores]
             for record, index in zip(records, picks):
                 intersection = record["overlaps"][index]
                 union = int(entry.areas[index]) + record["gt_area"] - intersection
                 total.add(intersection, union, ref_id=referent(record), image_id=record["image_id"])
             if point == self.run_point:
                 self.checked += len(records)
-                self.differing += sum(index != record["index"] for record, index in zip(records, picks))
+                agreement = [pick_agrees(row, index, record["index"])
+                             for row, index, record in zip(scores, picks, records)]
+                self.differing += agreement.count("other")
+                self.tied += agreement.count("tie")
 
-    def _picks(self, records: list[dict[str, Any]], entry: ImageEntry, alpha: float, beta: float) -> list[int]:
-        """The proposal each sentence of one image picks at (alpha, beta)."""
+    def _scores(self, records: list[dict[str, Any]], entry: ImageEntry, alpha: float,
+                beta: float) -> list[torch.Tensor]:
+        """Every proposal's score (N,) for each sentence of one image at (alpha, beta)."""
         norm, family = self.feature_norm, self.family
         visual = scoring_visual(visual_blend(entry.tensors["global"], entry.tensors["local"], alpha, norm, family),
                                 norm, family)
-        picks = []
+        scores = []
         for record in records:
             # One sentence at a time, stacked as Segmenter.text_features stacks a single phrase: the same bits.
             expression = torch.stack([self._text_features[record["expression"]]])
             noun_phrase = torch.stack([self._text_features[record["noun_phrase"]]])
             text = text_blend(expression, noun_phrase, beta, norm, family)
-            picks.append(int(torch.argmax(proposal_scores(text, visual, norm, family)[0])))
-        return picks
+            scores.append(proposal_scores(text, visual, norm, family)[0])
+        return scores
+
+
+def _strings(records: list[dict[str, Any]]) -> list[str]:
+    """The text features the replay of these sentences needs."""
+    return [s for r in records for s in (r["expression"], r["noun_phrase"])]
 
 
 def sweep(
@@ -111,24 +117,22 @@ def sweep(
     writes sweep.json, sweep.md and the heat map sweep.png."""
     started = time.perf_counter() if started is None else started
     alphas, betas = axes.get("alpha"), axes.get("beta")
-    run_dir, scoring, family = run.directory, run.scoring, run.config["cache"]["family"]
-    feature_norm = scoring["feature_norm"]
-    run_point = (scoring["alpha"], scoring["beta"])
+    run_dir, settings = run.directory, run.settings(GlobalLocalSettings)
+    run_point = (settings.alpha, settings.beta)
     alphas = alphas or [run_point[0]]
     betas = betas or [run_point[1]]
-    visual, texts = run.visual, run.texts
 
     grid = [(alpha, beta) for alpha in alphas for beta in betas]
     points = grid if run_point in grid else [*grid, run_point]
-    replay = _Replay(visual, texts, points, run_point, feature_norm, family)
+    replay = _Replay(run, points, run_point, settings.feature_norm)
     with one_thread():
         for done in read_records(run_dir):
             replay.add_image(done)
     if replay.differing:
         warnings.warn(
             f"at the run's own alpha {run_point[0]} and beta {run_point[1]}, {replay.differing} of {replay.checked} "
-            "sentences pick another proposal than the run did (were the features made on another device or library "
-            "version?); the sweep's numbers are approximate",
+            "sentences pick another proposal than the run did, and not one whose score ties with the run's pick "
+            "(were the features made on another device or library version?); the sweep's numbers are approximate",
             stacklevel=2,
         )
 
@@ -150,11 +154,12 @@ def sweep(
             "metrics": replay.totals[run_point].summary(),
             "sentences_checked": replay.checked,
             "sentences_differing": replay.differing,
+            "sentences_tied": replay.tied,
         },
         "seconds": time.perf_counter() - started,
     }
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "sweep"
-    save_text(json.dumps(result, indent=2) + "\n", out_dir / SWEEP_JSON)
+    save_text(json_text(result, indent=2) + "\n", out_dir / SWEEP_JSON)
     save_text(_markdown(result), out_dir / SWEEP_MD)
     save_png(np.asarray(draw_heatmap(result)), out_dir / SWEEP_PNG)
     result["files"] = {name: str(out_dir / name) for name in (SWEEP_JSON, SWEEP_MD, SWEEP_PNG)}
@@ -171,8 +176,7 @@ def _markdown(result: dict[str, Any]) -> str:
         "",
         f"Run `{result['run_dir']}`, evaluated at alpha {run['alpha']:g}, beta {run['beta']:g} (marked *): "
         f"oIoU {run['metrics']['oIoU']:.2f}, mIoU {run['metrics']['mIoU']:.2f}; the sweep reproduces "
-        f"{run['sentences_checked'] - run['sentences_differing']} of its {run['sentences_checked']} picks. "
-        "Best values in bold.",
+        f"{reproduced(run)} of its {run['sentences_checked']} picks{ties_note(run)}. Best values in bold.",
     ]
     for metric in ("oIoU", "mIoU"):
         best = result["best"][metric]

@@ -58,6 +58,12 @@ def xywh_boxes(masks: torch.Tensor) -> torch.Tensor:
     return boxes
 
 
+def feature_shapes(count: int | None, width: int | None) -> dict[str, tuple[int | None, ...]]:
+    """The image features of ``count`` proposals with CLIP features ``width`` wide (None: any): each proposal's
+    hybrid feature and SAM box, and GEM's tokens of the photo."""
+    return {"features": (count, width), "boxes_xywh": (count, 4), "gem_tokens": (None, width)}
+
+
 def _json_floats(values: torch.Tensor) -> list[float | None]:
     """Full-precision floats, NaN written as null (JSON has no NaN)."""
     return [None if value != value else float(value) for value in values.tolist()]
@@ -178,6 +184,9 @@ class HybridGL(Method):
     def tau(self) -> torch.Tensor:
         """CLIP's learned temperature exp(logit_scale), float32, that multiplies every CLIP score."""
         return self.clip.model.logit_scale.exp().float()
+
+    def feature_shapes(self, count: int) -> dict[str, tuple[int | None, ...]]:
+        return feature_shapes(count, self.clip.embed_dim)
 
     def describe(self) -> dict[str, Any]:
         # tau comes with the weights, not the settings; a run records it so that a sweep can replay the scores.

@@ -22,25 +22,35 @@ device or library version than the run's).
 from __future__ import annotations
 
 import itertools
-import json
 import time
 import warnings
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.table import Table
 
+from ...data.bounded import NUMBER, check_shape, json_text
 from ...data.images import save_text
 from ...errors import InputError
 from ...runs.cache import ImageEntry
 from ...runs.evaluate import CompletedImage, read_records, referent
 from ...runs.metrics import PRECISION_THRESHOLDS, MetricAccumulator
-from ...runs.sweep import SWEEP_JSON, SWEEP_MD, CachedRun, add_unanswered, entry_groups, load_texts, one_thread
-from .method import NEGATIVE_PROMPT
+from ...runs.sweep import (
+    SWEEP_JSON,
+    SWEEP_MD,
+    CachedRun,
+    add_unanswered,
+    entry_groups,
+    one_thread,
+    pick_agrees,
+    reproduced,
+    ties_note,
+)
+from .method import NEGATIVE_PROMPT, feature_shapes
 from .replay import replay, sentence_quantities
 from .settings import SWEPT_SETTINGS, HybridGLSettings
+from .text import Guided
 
 __all__ = ["ANSWERS", "SWEPT_SETTINGS", "format_table", "sweep"]
 
@@ -53,6 +63,11 @@ Point = tuple[float, ...]
 """Values of SWEPT_SETTINGS, in that order."""
 
 
+# What the replay reads of each answered sentence's record beyond what every sweep reads.
+_RECORD = {"other_noun_phrases": [str], "direction": str, "relation_flag": str, "k1": int, "k2": int,
+           "other_answers": {"pure": {"index": int}}}
+
+
 class _Replay:
     """The run's two answers decided again at every point, image by image, with the metrics summed."""
 
@@ -60,11 +75,14 @@ class _Replay:
                  run_point: Point) -> None:
         self.run, self.settings, self.tau, self.run_point = run, settings, tau, run_point
         self.totals = {point: {answer: MetricAccumulator() for answer in ANSWERS} for point in points}
-        self.checked = self.differing = 0  # sentences replayed at the run's point, and those unlike the run's
+        # Sentences replayed at the run's point, those unlike the run's, and those whose unlike answers tie with
+        # the run's.
+        self.checked = self.differing = self.tied = 0
         self._text_features: dict[str, torch.Tensor] = {}
 
     def add_image(self, done: CompletedImage) -> None:
-        for entry, records in entry_groups(self.run.visual, done):
+        groups = entry_groups(self.run, done, self._text_features, self._strings, feature_shapes)
+        for entry, records in groups:
             if entry is None:
                 for totals in self.totals.values():
                     for total in totals.values():
@@ -72,20 +90,30 @@ class _Replay:
             else:
                 self._add_records(entry, records)
 
-    def _add_records(self, entry: ImageEntry, records: list[dict[str, Any]]) -> None:
-        """Sentences answered from one cache entry, both answers at every point."""
+    def _strings(self, records: list[dict[str, Any]]) -> list[str]:
+        """The text features the replay of these sentences needs (their records checked first)."""
         missing = [name for name in _RECORD_FIELDS if name not in records[0]]
         if missing:
             raise InputError(f"the records of {self.run.directory} lack {', '.join(missing)} (a run made before "
                              "HybridGL sweeps); evaluate it again to sweep it")
+        for record in records:
+            where = f"the records of {self.run.directory}, image {record['image_id']}"
+            check_shape(record, _RECORD, where, "; evaluate the run again")
+            count = len(record["overlaps"])
+            if not (1 <= record["k1"] <= count and 1 <= record["k2"] <= count
+                    and 0 <= record["other_answers"]["pure"]["index"] < count):
+                raise InputError(f"{where}: k1, k2 or the pure answer of {str(record.get('phrase'))!r:.60} is "
+                                 "outside its proposals; evaluate the run again")
+        s = self.settings
+        return [text for r in records for text in (
+            r["expression"], r["noun_phrase"], s.gem_prompt.format(r["noun_phrase"]),
+            *(NEGATIVE_PROMPT.format(other) for other in r["other_noun_phrases"]),
+        )]
+
+    def _add_records(self, entry: ImageEntry, records: list[dict[str, Any]]) -> None:
+        """Sentences answered from one cache entry, both answers at every point."""
         masks = entry.proposals().masks
         s = self.settings
-        load_texts(self.run.texts, self._text_features, [
-            text for r in records for text in (
-                r["expression"], r["noun_phrase"], s.gem_prompt.format(r["noun_phrase"]),
-                *(NEGATIVE_PROMPT.format(other) for other in r["other_noun_phrases"]),
-            )
-        ])
         for record in records:
             sentence = sentence_quantities(
                 s, entry.tensors, masks, self.tau, self._text_features, record["expression"], record["noun_phrase"],
@@ -100,15 +128,23 @@ class _Replay:
                     union = int(entry.areas[index]) + record["gt_area"] - intersection
                     totals[answer].add(intersection, union, ref_id=referent(record), image_id=record["image_id"])
                 if point == self.run_point:
+                    pure = record["other_answers"]["pure"]["index"]
+                    agreement = {_guided_agrees(guided, record["index"]),
+                                 pick_agrees(guided.scores, guided.pure_index, pure)}
                     self.checked += 1
-                    self.differing += answers != {"guided": record["index"],
-                                                  "pure": record["other_answers"]["pure"]["index"]}
+                    self.differing += "other" in agreement
+                    self.tied += agreement in ({"tie"}, {"same", "tie"})
 
 
-def _settings(scoring: dict[str, Any]) -> HybridGLSettings:
-    """The run's settings, as its configuration recorded them."""
-    names = {field.name for field in fields(HybridGLSettings)}
-    return HybridGLSettings(**{name: value for name, value in scoring.items() if name in names})
+def _guided_agrees(guided: Guided, recorded: int) -> str:
+    """:func:`~globallocal.runs.sweep.pick_agrees` for the guided answer: the run's must be a candidate whose
+    final score ties with the replay's answer."""
+    if guided.index == recorded:
+        return "same"
+    places = guided.candidates.tolist()
+    if recorded not in places:
+        return "other"
+    return pick_agrees(guided.final, places.index(guided.index), places.index(recorded))
 
 
 def sweep(
@@ -127,7 +163,7 @@ def sweep(
     if "tau" not in run.scoring:
         raise InputError(f"{run.directory} does not record CLIP's temperature (a run made before HybridGL sweeps); "
                          "evaluate it again to sweep it")
-    settings = _settings(run.scoring)
+    settings = run.settings(HybridGLSettings, {"tau": NUMBER})
     tau = torch.tensor(run.scoring["tau"], dtype=torch.float32)
     run_point = tuple(getattr(settings, name) for name in SWEPT_SETTINGS)
     swept = [name for name in SWEPT_SETTINGS if axes.get(name) is not None] or ["beta"]
@@ -140,8 +176,8 @@ def sweep(
     if replayer.differing:
         warnings.warn(
             f"at the run's own weights, {replayer.differing} of {replayer.checked} sentences give other answers than "
-            "the run did (were the features made on another device or library version?); the sweep's numbers are "
-            "approximate",
+            "the run did, and not ones whose scores tie with the run's (were the features made on another device or "
+            "library version?); the sweep's numbers are approximate",
             stacklevel=3,
         )
 
@@ -168,11 +204,12 @@ def sweep(
             "metrics": summary(run_point),
             "sentences_checked": replayer.checked,
             "sentences_differing": replayer.differing,
+            "sentences_tied": replayer.tied,
         },
         "seconds": time.perf_counter() - started,
     }
     out_dir = Path(out_dir) if out_dir is not None else run.directory / "sweep"
-    save_text(json.dumps(result, indent=2) + "\n", out_dir / SWEEP_JSON)
+    save_text(json_text(result, indent=2) + "\n", out_dir / SWEEP_JSON)
     save_text(_markdown(result), out_dir / SWEEP_MD)
     result["files"] = {name: str(out_dir / name) for name in (SWEEP_JSON, SWEEP_MD)}
     return result
@@ -219,7 +256,7 @@ def _markdown(result: dict[str, Any]) -> str:
         f"# HybridGL sweep: {result['dataset']}",
         "",
         f"Run `{result['run_dir']}`, evaluated at {own} (marked *): {scores}. The sweep reproduces both answers "
-        f"of {run['sentences_checked'] - run['sentences_differing']} of its {run['sentences_checked']} sentences.",
+        f"of {reproduced(run)} of its {run['sentences_checked']} sentences{ties_note(run)}.",
         "",
         f"Guided: the answer with spatial guidance; pure: the best CLIP score. Best values in bold. {fixed}"
         "No heat map: a HybridGL grid has up to five axes.",

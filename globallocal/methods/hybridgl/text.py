@@ -300,6 +300,8 @@ def clip_scores(unit_features: torch.Tensor, text: torch.Tensor, tau: torch.Tens
 class Guided:
     """One sentence's decision: the pure answer, the candidates and what decided among them."""
 
+    scores: torch.Tensor
+    """The CLIP score s of every proposal, which the pure answer is the best of."""
     pure_index: int
     candidates: torch.Tensor
     """Top-K1 proposals by CLIP score, best first."""
@@ -343,6 +345,7 @@ def guided_answer(
     gem = gem_scores(inside, outside, k)
     final = final_scores(rho, gem[candidates], relation_weight)
     return Guided(
+        scores=scores,
         pure_index=int(torch.argmax(scores)),
         candidates=candidates,
         relation=rho,

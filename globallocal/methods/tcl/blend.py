@@ -154,6 +154,9 @@ class TCLBlend(Method):
         proposals answered from."""
         return self.inner.proposal_features(image, proposals, context)
 
+    def feature_shapes(self, count: int) -> dict[str, tuple[int | None, ...]]:
+        return self.inner.feature_shapes(count)
+
     def local_noun_phrase(self, parsed: ParsedPhrase) -> str:
         return self.inner.local_noun_phrase(parsed)
 
