@@ -13,7 +13,9 @@ the real ``openai`` client::
 function of the request's JSON body. A reply is a string, or a dict with
 ``text`` and optionally ``finish_reason``, ``logprobs`` (a list of (token,
 logprob, {alternative: logprob}) per generated token, sent when the request
-asks for log-probabilities) and ``usage`` (merged into the usage sent).
+asks for log-probabilities) and ``usage`` (merged into the usage sent), or
+``status`` (an HTTP status to answer this request with instead: a callable's
+way to fail the requests it chooses).
 ``faults``: what the next requests get instead of a reply, one each, in
 order: an HTTP status (429, 503, 401...), ``"not-json"`` (status 200, a body
 that is not JSON), ``"no-choices"``, ``"hang"`` (no answer for ``hang_s``
@@ -115,6 +117,10 @@ class ChatServer:
         if fault == "hang":
             time.sleep(self.hang_s)
             fault = None
+        reply = None
+        if fault is None:
+            reply = self._next_reply(body)
+            fault = reply.get("status")  # a callable's way to fail this one request
         if isinstance(fault, int):
             headers = {"retry-after-ms": str(self.retry_after_ms)} if fault == 429 or fault >= 500 else {}
             error = {"error": {"message": f"scripted fault {fault}", "type": "test",
@@ -127,7 +133,7 @@ class ChatServer:
         if fault == "no-choices":
             self._send(handler, 200, json.dumps({"id": "x", "object": "chat.completion", "choices": []}).encode())
             return
-        self._send(handler, 200, json.dumps(self._completion(body)).encode())
+        self._send(handler, 200, json.dumps(self._completion(body, reply)).encode())
 
     def _next_reply(self, body: dict[str, Any]) -> dict[str, Any]:
         if callable(self.replies):
@@ -138,8 +144,7 @@ class ChatServer:
                 self._answered += 1
         return {"text": reply} if isinstance(reply, str) else dict(reply)
 
-    def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
-        reply = self._next_reply(body)
+    def _completion(self, body: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any]:
         prompt = len(json.dumps(body.get("messages", []))) // 4  # a stand-in count, stable per request
         usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": len(reply["text"]),
                                  "total_tokens": prompt + len(reply["text"])}

@@ -223,7 +223,9 @@ def test_an_endpoint_that_does_not_answer_is_recorded_not_raised():
     (answer,), backend, sam = run([segment("dog"), TransportError("connection refused")])
     assert (answer.outcome, answer.reason, answer.chosen) == ("vlm_error", "transport", ())
     assert answer.usage.calls == 1 and sam.prompts == ["dog"]
-    (answer,), _, _ = run([segment("dog"), examine(), "<verdict>Accept</verdict>", TransportError(), "x"])
+    # The checks' batch fails on its second conversation; asked alone, the first is answered, the second fails.
+    (answer,), _, _ = run([segment("dog"), examine(), "<verdict>Accept</verdict>", TransportError(),
+                           "<verdict>Accept</verdict>", TransportError()])
     assert answer.reason == "transport"
 
 
@@ -286,6 +288,16 @@ def test_the_queries_of_a_photo_are_asked_together():
     assert backend.batches == [2, 1]
     assert [answer.outcome for answer in answers] == ["select", "no_mask"]
     assert texts_of(backend.received[1][1]) == [PROMPTS.fill("initial_query", query="a cat")]
+
+
+def test_one_querys_fault_is_not_the_others():
+    """A batch the endpoint failed is asked again one conversation at a time: only the query whose request
+    failed again records the fault, the other answers."""
+    # Batch (query 1, query 2) fails on query 2; alone: query 1 answered, query 2 fails again; then query 1 goes on.
+    replies = [segment("dog"), TransportError("503"), segment("dog"), TransportError("503"), select(1)]
+    answers, backend, _ = run(replies, queries=(QUERY, "a cat"))
+    assert backend.batches == [2, 1, 1, 1]
+    assert [(answer.outcome, answer.reason) for answer in answers] == [("select", None), ("vlm_error", "transport")]
 
 
 def test_a_malformed_reply_is_retried_with_a_reminder_when_the_preset_allows():

@@ -112,3 +112,52 @@ def test_batch_sets_aside_a_line_the_endpoint_did_not_answer_and_a_rerun_asks_ag
     [record] = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert (record["index"], record["vlm"]["outcome"], record["answer_set"]) == (1, "select", [1])
     assert np.array_equal(load_mask(out / record["mask"]), load_mask(masks_dir / "001.png"))
+
+
+def test_evaluate_records_each_outcome_and_a_resume_asks_again_only_what_the_endpoint_did_not_answer(
+        cli, sam3_folder, tmp_path):
+    """gRefCOCO (several targets, or none) with the agent: the first run records a transport failure for one
+    query, the rerun asks the endpoint that query alone (the others' replies come from --cache) and replaces
+    that image's records."""
+    from grefcoco_fixtures import build_grefcoco
+    from vlm_script import tool
+
+    from globallocal.runs.evaluation_records import read_records
+
+    fixture = build_grefcoco(tmp_path / "dataset")
+    down = {"the red car": True}
+
+    def reply(body: dict) -> dict | str:
+        text = json.dumps(body["messages"])
+        query = next((q for q in ("the red car", "a giraffe", "the dog under the table") if f"'{q}'" in text), "")
+        if down.get(query):
+            return {"status": 503}
+        turn = sum(message["role"] == "assistant" for message in body["messages"])
+        if query in ("a giraffe", "the dog under the table"):
+            return tool("report_no_mask")
+        return [tool("segment_phrase", text_prompt="thing"), tool("select_masks_and_return",
+                                                                  final_answer_masks=[1])][min(turn, 1)]
+
+    with ChatServer(reply) as server:
+        args = ["evaluate", "--dataset", "grefcoco", "--split", "val", "--data-root", fixture.data_root, "--images",
+                fixture.images_dir, "--method", "vlm", "--sam3-weights", sam3_folder, "--sam3-threshold", "0",
+                *endpoint(server), "--cache", tmp_path / "cache", "--device", "cpu", "--out", tmp_path / "run"]
+        first = cli(*args)
+        assert first.code == 0, first.err
+        records = {r["phrase"]: r for image in read_records(tmp_path / "run") for r in image.records}
+        assert (records["the red car"]["vlm"]["outcome"], records["the red car"]["vlm"]["reason"]) == (
+            "vlm_error", "transport") and records["the red car"]["retry"] is True
+        assert records["a giraffe"]["vlm"]["outcome"] == "no_mask" and records["a giraffe"]["pred_area"] == 0
+        asked = len(server.requests)
+        down["the red car"] = False
+        second = cli(*args)
+        assert second.code == 0, second.err
+        again = [json.dumps(r["body"]["messages"]) for r in server.requests[asked:]]
+    assert again and all("'the red car'" in text for text in again)  # nothing else was asked again
+    images = read_records(tmp_path / "run")
+    assert len(images) == 2 and not any(image.marker.get("retry") for image in images)
+    records = {r["phrase"]: r for image in images for r in image.records}
+    assert len(records) == 7 and "retry" not in records["the red car"]
+    assert records["the red car"]["vlm"]["outcome"] == "select"
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["answers"] == "none, one or several" and report["metrics"]["N-acc"] is not None

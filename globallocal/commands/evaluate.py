@@ -52,6 +52,15 @@ from .options import (
     TCLWeightOldOpt,
     TCLWeightsOldOpt,
     TCLWindowOpt,
+    VlmApiKeyEnvOpt,
+    VlmBackendOpt,
+    VlmBoxFormatOpt,
+    VlmFamilyOpt,
+    VlmMaxPixelsOpt,
+    VlmModelOpt,
+    VlmPromptsOpt,
+    VlmShortlistOpt,
+    VlmUrlOpt,
     check_applicable,
     check_models,
     setting_overrides,
@@ -131,6 +140,15 @@ def evaluate(
     sam3_fallback: Sam3FallbackOpt = None,
     sam3_prompt: Sam3PromptOpt = None,
     sam3_answer: Sam3AnswerOpt = None,
+    vlm_backend: VlmBackendOpt = None,
+    vlm_model: VlmModelOpt = None,
+    vlm_url: VlmUrlOpt = None,
+    vlm_api_key_env: VlmApiKeyEnvOpt = None,
+    vlm_family: VlmFamilyOpt = None,
+    vlm_max_pixels: VlmMaxPixelsOpt = None,
+    vlm_prompts: VlmPromptsOpt = None,
+    vlm_shortlist: VlmShortlistOpt = None,
+    vlm_box_format: VlmBoxFormatOpt = None,
     tcl_window: TCLWindowOpt = None,
     tcl_pamr: TCLPamrOpt = None,
     tcl_templates: TCLTemplatesOpt = None,
@@ -144,7 +162,8 @@ def evaluate(
     cache: Path | None = typer.Option(
         None, help="Feature cache folder: proposals and CLIP features per image, text features per phrase, keyed by "
         "model, weights and visual settings (not alpha/beta). Later runs sharing images skip the models; "
-        "'globallocal sweep' needs it. Shareable between runs and processes."
+        "'globallocal sweep' needs it. Shareable between runs and processes. --method vlm keeps the VLM's replies "
+        "there, so a rerun asks only what it has not asked."
     ),
     ray: RayOpt = None,
     ray_actors: RayActorsOpt = None,
@@ -160,7 +179,7 @@ def evaluate(
     images are shared out between the processes and rank 0 writes the report;
     or with --ray, over a pool of Ray actors on one machine or a cluster.
     """
-    from globallocal.methods import Sam3Options, TCLOptions, get_method  # torch-free, like every check below
+    from globallocal.methods import Sam3Options, TCLOptions, VlmOptions, get_method  # torch-free, as below
     from globallocal.runs.evaluation_config import EvaluationConfig, check_evaluation_inputs
 
     spec = get_method(method)
@@ -168,7 +187,9 @@ def evaluate(
     tcl.check(spec)
     sam3 = Sam3Options.from_arguments(locals())
     sam3.check(spec, proposals)
-    if cache is not None and not spec.uses_clip:
+    vlm = VlmOptions.from_arguments(locals())
+    vlm.check(spec, proposals, preset)
+    if cache is not None and not spec.uses_clip and spec.cache_keeps is None:
         raise InputError(f"--cache keeps CLIP features; --method {method} computes none: drop --cache")
     preset = preset or spec.preset_for(dataset)
     proposals = proposals or spec.proposals_for(preset)
@@ -176,7 +197,7 @@ def evaluate(
     overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
         fusion_mode=fusion_mode, sticky_topk=sticky_topk,
-    ) | tcl.method_overrides(method) | sam3.method_overrides(method)
+    ) | tcl.method_overrides(method) | sam3.method_overrides(method) | vlm.method_overrides(method)
     source_args = ProposalArgs.from_arguments(sam3.proposal_arguments(method, locals()))
     check_applicable(spec, overrides, source_args, extra_kinds=("gt",))
     source_args.check()
@@ -208,7 +229,7 @@ def evaluate(
                 method, clip_model, clip_weights, preset, device, precision, spacy_model, overrides,
                 generator=source_args if proposals not in ("gt", None) else None, proposals=proposals,
                 record_proposals=True, keep_order=spec.keep_proposal_order, tcl=tcl,
-                method_options=sam3.method_options(method),
+                method_options=sam3.method_options(method) or vlm.method_options(method, cache),
             )
             # Under --ray this copy only names the configuration: the actors load their own. As given, not
             # this process's cuda:LOCAL_RANK: all processes of torchrun must agree on the configuration.
@@ -219,7 +240,9 @@ def evaluate(
                 split_by=split_by, limit=limit, save_masks=save_masks, overlap=overlap, settings=worker.settings,
                 weights=worker.weights, subset=subset,
             )
-            feature_cache = FeatureCache.for_segmenter(cache, worker.segmenter, clip_model) if cache else None
+            # Without CLIP there are no features to keep (the VLM keeps its replies there itself).
+            feature_cache = FeatureCache.for_segmenter(cache, worker.segmenter, clip_model) \
+                if cache and spec.uses_clip else None
             run_evaluation(
                 config, worker.segmenter, source, progress=place.is_main, cache=feature_cache,
                 proposal_key=worker.proposal_key, distributed=place, ray=cluster, recipe=recipe,

@@ -99,6 +99,8 @@ class MethodSpec:
     uses_clip: bool = True
     """Whether the method scores with CLIP (False: SAM 3 alone, which is built with ``clip=None``, so no CLIP
     loads and the CLIP options do not apply)."""
+    cache_keeps: str | None = None
+    """What ``--cache`` keeps for a method without CLIP features (the VLM: its replies); None: nothing."""
     answers: str | Mapping[str, str] = ANSWERS_ONE
     """How many objects one answer holds: :data:`ANSWERS_ONE` (a selector of one proposal: never none, never
     several), :data:`ANSWERS_AT_MOST_ONE` or :data:`ANSWERS_ANY`; or, where a setting decides, that setting's

@@ -66,6 +66,7 @@ from .runfolder import (
     RECORDS_FILE,
     RunFolder,
     UnitResult,
+    is_retry,
     records_file,
 )
 
@@ -263,7 +264,8 @@ def _evaluate_share(
                 "use another --out or delete that directory"
             )
     in_limit = {group.image.image_id for group in groups}
-    completed = [done for done in completed if done.marker["image_done"] in in_limit]
+    # An image recorded with answers to ask again (an endpoint did not answer) is done again, and replaces it.
+    completed = [done for done in completed if done.marker["image_done"] in in_limit and not is_retry(done)]
     done_ids = {done.marker["image_done"] for done in completed}
     # A missing photo (where the dataset allows it) is left out and counted; a later run evaluates it once it is
     # there. Every process finds the same, so the shares still partition the images.

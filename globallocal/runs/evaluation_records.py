@@ -18,6 +18,7 @@ SENTENCE_RECORD = {
     "image_id": int, "I": int, "U": int, "gt_area": int, "no_proposals": bool, "overlaps": (list, type(None)),
     "index": (int, type(None)), "expression": (str, type(None)), "noun_phrase": (str, type(None)),
     "ref_id?": int, "task_id?": str, "name?": str, "pred_area?": int, "no_target?": bool, "mask?": dict,
+    "retry?": bool,
 }
 IMAGE_UNITS = UnitLayout(marker="image_done", member="image_id", count="sentences", record=SENTENCE_RECORD)
 CompletedImage = CompletedUnit

@@ -200,7 +200,6 @@ def evaluate_image(
                     expression=result.expression,
                     truncated=bool(result.truncated),
                     **result.record_fields(),
-                    **result.answer_fields(),
                 )
                 # Further answers of the method (HybridGL's "pure" one), each scored as the main answer is.
                 others = {
@@ -215,7 +214,10 @@ def evaluate_image(
                 record.update(index=None, score=None, noun_phrase=None, expression=None, truncated=False)
             counts = mask_counts(pred, gt, ignore)
             if result is not None:
-                record.update(result.candidate_fields(aliases=True))  # phrase-dependent: the source's scores and step
+                # Phrase-dependent: the source's scores and step; a VLM's outcome, with or without candidates.
+                record.update(**result.candidate_fields(aliases=True), **result.answer_fields())
+                if result.failure() is not None:  # recorded as answered, and asked again on a resume
+                    record["retry"] = True
             record.update(
                 **_scored(counts),
                 IoU=sentence_iou(counts["I"], counts["U"]),
@@ -255,6 +257,8 @@ class EvaluationStep:
         marker: dict[str, Any] = {"image_done": group.image.image_id, "seconds": time.perf_counter() - started}
         if entry is not None:
             marker["cache_entry"] = entry
+        if any(record.get("retry") for record in records):
+            marker["retry"] = True  # an endpoint did not answer: a resume does this image again
         return UnitResult(group.image.image_id, records, marker, files)
 
     def crashed(self, group: ImageGroup, reason: str) -> UnitResult:

@@ -59,6 +59,7 @@ __all__ = [
     "UnitLayout",
     "UnitResult",
     "check_free",
+    "is_retry",
     "read_completed",
     "read_config",
     "records_file",
@@ -146,8 +147,7 @@ def _read_bytes(path: Path) -> bytes:
 
 def _parse(data: bytes, path: Path, layout: UnitLayout) -> tuple[list[CompletedUnit], int]:
     """The complete units of a records file's bytes, and the byte offset just after the last marker."""
-    completed: list[CompletedUnit] = []
-    seen: set[Any] = set()
+    completed: dict[Any, CompletedUnit] = {}
     pending: list[dict[str, Any] | None] = []
     damage: str | None = None  # why the first unreadable line since the last marker is unreadable
     keep = position = 0
@@ -166,14 +166,13 @@ def _parse(data: bytes, path: Path, layout: UnitLayout) -> tuple[list[CompletedU
                 or len(pending) != entry.get(layout.count)
                 or any(record.get(layout.member) != key for record in pending)
                 or not isinstance(key, (int, str))
-                or key in seen
+                or (key in completed and not is_retry(completed[key]))
             ):
                 reason = f" ({damage})" if damage else ""
                 raise InputError(f"{path} is damaged before line {number}{reason}; {_FIX}")
             for record in pending:
                 check_shape(record, layout.record, f"{path} (unit {key})", f"; {_FIX}")
-            seen.add(key)
-            completed.append(CompletedUnit(entry, [record for record in pending if record is not None]))
+            completed[key] = CompletedUnit(entry, [record for record in pending if record is not None])
             pending, damage = [], None
             keep = position
         else:
@@ -183,7 +182,13 @@ def _parse(data: bytes, path: Path, layout: UnitLayout) -> tuple[list[CompletedU
         # line (never read: it has no newline). A complete line that is not a record was put there otherwise.
         raise InputError(f"{path} is damaged after its last complete unit ({damage}); remove the lines after "
                          f"the last marker to resume, or {_FIX}")
-    return completed, keep
+    return list(completed.values()), keep
+
+
+def is_retry(unit: CompletedUnit) -> bool:
+    """Whether a unit was recorded with answers to ask again (``"retry": true`` in its marker: an endpoint did
+    not answer): a later run records it anew, and that recording replaces this one."""
+    return unit.marker.get("retry") is True
 
 
 def read_completed(directory: str | Path, layout: UnitLayout) -> list[CompletedUnit]:
@@ -191,20 +196,24 @@ def read_completed(directory: str | Path, layout: UnitLayout) -> list[CompletedU
 
     What follows a file's last marker is ignored (its owner may be appending
     to it right now). A unit recorded twice means two runs shared the folder
-    at once, which is refused.
+    at once, which is refused, unless one of the two is a retry
+    (:func:`is_retry`): the other one stands.
     """
     directory = Path(directory)
-    completed: list[CompletedUnit] = []
-    seen: dict[Any, Path] = {}
+    completed: dict[Any, tuple[CompletedUnit, Path]] = {}
     for path in _records_paths(directory):
         found, _ = _parse(_read_bytes(path), path, layout)
         for unit in found:
             key = unit.marker[layout.marker]
-            if key in seen:
-                raise InputError(f"{layout.marker} {key} is recorded in both {seen[key].name} and {path.name}; {_FIX}")
-            seen[key] = path
-        completed += found
-    return completed
+            if key in completed:
+                earlier, where = completed[key]
+                if not (is_retry(earlier) or is_retry(unit)):
+                    raise InputError(f"{layout.marker} {key} is recorded in both {where.name} and {path.name}; "
+                                     f"{_FIX}")
+                if is_retry(unit):
+                    continue
+            completed[key] = (unit, path)
+    return [unit for unit, _ in completed.values()]
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:

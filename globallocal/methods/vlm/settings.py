@@ -131,6 +131,7 @@ SPEC = MethodSpec(
     display_name="VLM",
     offered_beside_others=False,
     uses_clip=False,
+    cache_keeps="the VLM's replies",
     # The agent selects any number of SAM 3's instances, or reports none; one call picks one candidate (or none:
     # no candidate, or an unreadable reply with fallback none).
     answers={"agent": ANSWERS_ANY, "box": ANSWERS_AT_MOST_ONE, "marks": ANSWERS_AT_MOST_ONE},

@@ -92,7 +92,19 @@ def run_steps(steps: Sequence[Steps], backend: ChatBackend, max_tokens: int) -> 
             except Exception as error:
                 if not is_transport_error(error):
                     raise
-                failed.update({index: error for index, _, _ in chats})
+                # One conversation's fault is not the others': ask each alone, so that only the queries the
+                # endpoint did not answer fail (and a resume asks those alone again).
+                for index, position, request in chats if len(chats) > 1 else ():
+                    if index in failed:
+                        continue
+                    try:
+                        replies[index][position] = backend.chat(request.messages, max_tokens)
+                    except Exception as alone:
+                        if not is_transport_error(alone):
+                            raise
+                        failed[index] = alone
+                if len(chats) == 1:
+                    failed[chats[0][0]] = error
         for index, requests in current.items():
             for position, request in enumerate(requests):
                 if index in failed or not isinstance(request, LabelRequest):
