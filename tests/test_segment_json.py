@@ -88,3 +88,61 @@ def test_expression_is_what_clip_read_and_the_summary_shortens_the_phrase(cli, e
     assert answer["expression"] == " ".join(words[:75])
     summary = [line for line in result.err.splitlines() if ": proposal " in line]
     assert len(summary) == 1 and summary[0].startswith(shown(phrase)) and phrase not in result.err
+
+
+# -- which score chose the answer (issue 27) ----------------------------------------------------------------------
+
+TWO_PHRASES = ["the dog on the left", "the small red car"]
+
+
+def _method_args(method, request, tmp_path, monkeypatch) -> list:
+    """Each method (and a blend) on the 48 x 64 random photo, with tiny random models; three hand-made masks."""
+    config, checkpoint = request.getfixturevalue("tiny_config_paths"), request.getfixturevalue("tiny_checkpoints")
+    if method == "sam3":
+        return ["--method", "sam3", "--sam3-weights", request.getfixturevalue("sam3_folder"), "--sam3-threshold", 0.1]
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    for number, (rows, columns) in enumerate([(slice(8, 30), slice(2, 24)), (slice(12, 40), slice(36, 60)),
+                                              (slice(42, 45), slice(5, 60))]):
+        mask = np.zeros((48, 64), dtype=bool)
+        mask[rows, columns] = True
+        _save(mask, folder / f"{number:03d}.png")
+    tcl = ["--tcl-checkpoint", request.getfixturevalue("tcl_checkpoint"), "--tcl-window", "demo"]
+    vit = ["--clip-model", config["vit"], "--clip-weights", checkpoint["vit"]]
+    if method == "hybridgl":
+        return ["--method", "hybridgl", "--clip-model", config["vit12"], "--clip-weights", checkpoint["vit12"],
+                "--masks", folder]
+    if method == "tcl":
+        return ["--method", "tcl", *vit, *tcl]
+    if method == "global-local+tcl":
+        from globallocal.methods.tcl import blend as tcl_blend
+
+        monkeypatch.setattr(tcl_blend, "tcl_clip_for", lambda inner, clip_weights=None: inner.clip)  # ViT-B/16's
+        return [*vit, "--masks", folder, *tcl, "--tcl-blend", 0.5]
+    return [*vit, "--masks", folder]
+
+
+@pytest.mark.parametrize("method", ["global-local", "hybridgl", "global-local+tcl", "tcl", "sam3"])
+def test_score_and_scores_are_what_chose_the_answer_and_the_summary_prints_that_score(
+    method, cli, photo_file, request, tmp_path, monkeypatch
+):
+    args = _method_args(method, request, tmp_path, monkeypatch)
+    result = cli("segment", photo_file, *TWO_PHRASES, *args, "-o", tmp_path / "out.png", "--json", "-")
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    assert data["method"] == method
+    label = {"hybridgl": "final score", "global-local+tcl": "blended score"}.get(method, "score")
+    for number, answer in enumerate(data["results"]):
+        (summary,) = [line for line in result.err.splitlines() if line.endswith(f"out_{number}.png")]
+        if answer["index"] is None:  # TCL draws its own mask: no proposal, no score
+            assert method == "tcl" and answer["score"] is None and answer["scores"] == []
+            assert f": {answer['area']} pixels," in summary
+            continue
+        scored = {i: value for i, value in enumerate(answer["scores"]) if value is not None}
+        assert answer["index"] == max(scored, key=scored.get)
+        assert answer["score"] == answer["scores"][answer["index"]]
+        file = f" ({answer['file']})" if "file" in answer else ""
+        assert f"proposal {answer['index']}{file}, {label} {answer['score']:.4f}," in summary
+    assert {answer["score_name"] for answer in data["results"]} == {label}
+    if method == "hybridgl":  # CLIP's scores chose the candidates: under their own name, of every proposal
+        assert all(len(answer["clip_scores"]) == 3 and None not in answer["clip_scores"] for answer in data["results"])

@@ -160,9 +160,14 @@ def caption(result: Any, proposals: Proposals | None = None) -> str:
         return f"{phrase}: no candidate"
     if result.index is None:
         return f"{phrase}: {int(result.mask.sum())} pixels"
-    index, value = result.ranking()[0]
+    index = result.index
     file = f" ({proposals.files[index]})" if proposals is not None and proposals.files is not None else ""
-    return f"{phrase}: proposal {index}{file}, {result.ranking_label} {value:.4f}"
+    return f"{phrase}: proposal {index}{file}, {chosen_score(result)}"
+
+
+def chosen_score(result: Any) -> str:
+    """The score that chose the answer, named, as summaries print it: the JSON's ``score`` to 4 decimals."""
+    return f"{result.ranking_label} " + ("undefined" if result.score is None else f"{result.score:.4f}")
 
 
 def write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pictures, top_k) -> None:
