@@ -13,9 +13,9 @@ from ..data.images import check_writable_folder
 from ..data.phrasecut import PHRASECUT
 from ..data.refer import OVERLAP_RULES
 from ..errors import InputError
-from ..models.weights import weights_identity
 from .distributed import from_environment
 from .runfolder import check_free
+from .worker import run_description
 
 if TYPE_CHECKING:
     from .cache import FeatureCache
@@ -87,9 +87,8 @@ class EvaluationConfig:
             "images_dir": absolute(self.images_folder()),
             "save_masks": absolute(self.save_masks),
             "overlap": self.overlap,
-            "settings": self.settings,
-            # By content, not path: moved weights still resume, other weights at the same path do not.
-            "weights": {role: weights_identity(path) for role, path in sorted(self.weights.items())},
+            # Weights by content, not path: moved weights still resume, other weights at the same path do not.
+            **run_description(self.settings, self.weights),
         }
         if self.dataset == PHRASECUT:
             identity.update(overlap=None, subset=self.subset)
