@@ -36,6 +36,7 @@ class FakeConceptSource:
     def __init__(self, masks: Masks, settings: dict[str, Any] | None = None) -> None:
         self.masks = masks
         self.settings = settings or {"model": "fake", "threshold": 0.5, "fallback": ["head-noun"]}
+        self.weights_file = None  # a model in memory: no weights file to identify it by
         self.image: Image.Image | None = None
         self.vision_calls = 0
         self.batches: list[list[ConceptQuery]] = []

@@ -168,6 +168,23 @@ def copy_example(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def tcl_checkpoint(tiny_vit, tmp_path_factory) -> Path:
+    """Random TCL head weights under the released names (every key of the manifest, none more), at the tiny ViT's
+    shapes (it stands in for ViT-B/16)."""
+    from globallocal.methods.tcl import TCLHead
+    from globallocal.methods.tcl.weights import checkpoint_key
+
+    generator = torch.Generator().manual_seed(5)
+    head = TCLHead(**TCLHead.dims_for(tiny_vit)).state_dict()
+    state = {checkpoint_key(k): 0.05 * torch.randn(v.shape, generator=generator) for k, v in head.items()}
+    manifest = json.loads((REPO / "tests" / "tcl_state_dict_manifest.json").read_text())
+    assert set(state) == {entry["key"] for entry in manifest}
+    path = tmp_path_factory.mktemp("tcl") / "tcl.pth"
+    torch.save({"model": state}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def sam3_folder(tmp_path_factory) -> Path:
     """A tiny random SAM 3 saved in the transformers layout (tests/tiny_sam3.py), for --sam3-weights."""
     from tiny_sam3 import save_tiny_sam3  # transformers loads only for the tests that use it

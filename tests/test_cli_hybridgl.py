@@ -15,8 +15,8 @@ from globallocal.proposals.files import load_proposals
 from globallocal.segmenter import Segmenter
 
 PHRASES = ["the dog to the left of the cat", "the smallest dog"]
-FIELDS = {"index", "pure_index", "scores", "gem", "candidates", "relation", "final", "noun_phrase",
-          "other_noun_phrases", "direction", "relation_flag"}
+FIELDS = {"index", "score_name", "score", "scores", "clip_scores", "pure_index", "gem", "candidates", "relation",
+          "noun_phrase", "other_noun_phrases", "direction", "relation_flag"}
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +56,10 @@ def test_segment_with_hybridgl_writes_masks_and_every_json_field(cli, tmp_path, 
     masks = load_proposals(folder, (48, 64)).masks
     for number, record in enumerate(written["results"]):  # outputs are numbered from 0
         assert FIELDS <= set(record)
-        assert len(record["scores"]) == len(record["gem"]) == 3
-        assert len(record["candidates"]) == len(record["relation"]) == len(record["final"]) == 3
+        assert len(record["scores"]) == len(record["clip_scores"]) == len(record["gem"]) == 3
+        assert len(record["candidates"]) == len(record["relation"]) == 3
         assert record["index"] in record["candidates"]
-        assert record["pure_index"] == int(np.argmax(record["scores"]))
+        assert record["pure_index"] == int(np.argmax(record["clip_scores"]))
         png = load_mask(tmp_path / f"out_{number}.png")
         assert np.array_equal(png, masks[record["index"]].numpy())
     first = written["results"][0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -31,28 +32,37 @@ def small_photo(tmp_path, copy_example):
     return path
 
 
-def test_segment_uses_freesolo_by_default(run, small_photo, freesolo_checkpoint, tiny_config_paths,
-                                          tiny_checkpoints, tmp_path):
+def test_segment_uses_freesolo_by_default_and_a_proposals_folder_round_trips(
+    run, small_photo, freesolo_checkpoint, tiny_config_paths, tiny_checkpoints, tmp_path
+):
     out, report = tmp_path / "man.png", tmp_path / "man.json"
-    code, err = run("segment", small_photo, "the man on the right", "-o", out, "--json", report,
-                    "--freesolo-weights", freesolo_checkpoint, "--clip-model", tiny_config_paths["vit"],
-                    "--clip-weights", tiny_checkpoints["vit"])
+    source = ["--freesolo-weights", freesolo_checkpoint, "--max-proposals", "5", "--score-threshold", "0.2"]
+    code, err = run("segment", small_photo, "the man on the right", "-o", out, "--json", report, *source,
+                    "--clip-model", tiny_config_paths["vit"], "--clip-weights", tiny_checkpoints["vit"])
     assert code == 0, err
     data = json.loads(report.read_text())
-    assert 1 <= data["proposals"] <= 100
+    assert 1 <= data["proposals"] <= 5
     assert np.asarray(Image.open(out)).shape == (120, 160)
 
-
-def test_proposals_folder_round_trips_into_segment(run, small_photo, freesolo_checkpoint, tiny_config_paths,
-                                                   tiny_checkpoints, tmp_path):
     folder = tmp_path / "props"
-    code, err = run("proposals", small_photo, "-o", folder, "--freesolo-weights", freesolo_checkpoint,
-                    "--max-proposals", "5", "--short-side", "320")
+    code, err = run("proposals", small_photo, "-o", folder, *source)
     assert code == 0, err
     index = json.loads((folder / INDEX_FILE).read_text())
     assert index["image_size"] == {"height": 120, "width": 160} and 1 <= len(index["proposals"]) <= 5
     scores = [entry["score"] for entry in index["proposals"]]
     assert scores == sorted(scores, reverse=True)
+    # proposals.json says what made its masks, from which photo, as segment's JSON (and evaluate) record it.
+    assert index["image"] == str(small_photo)
+    described, segmented = index["configuration"], data["configuration"]
+    checkpoint = freesolo_checkpoint.read_bytes()
+    assert described["weights"] == {"freesolo": {"size": len(checkpoint),
+                                                 "sha256": hashlib.sha256(checkpoint).hexdigest()}}
+    assert described["weights"]["freesolo"] == segmented["weights"]["freesolo"]
+    settings = described["settings"]
+    assert settings == {key: segmented["settings"][key] for key in ("proposals", "freesolo", "device", "precision")}
+    assert settings["proposals"] == "freesolo" and settings["device"] == "cpu" and settings["precision"] == "fp32"
+    assert settings["freesolo"]["max_proposals"] == 5 and settings["freesolo"]["score_threshold"] == 0.2
+
     code, err = run("segment", small_photo, "the man", "--masks", folder, "-o", tmp_path / "m.png",
                     "--json", tmp_path / "m.json", "--clip-model", tiny_config_paths["resnet"],
                     "--clip-weights", tiny_checkpoints["resnet"])

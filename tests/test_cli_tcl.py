@@ -18,26 +18,12 @@ from PIL import Image
 from refer_fixtures import build_refer
 
 from globallocal.methods import get_method
-from globallocal.methods.tcl import TCL_URL, TCLHead
+from globallocal.methods.tcl import TCL_URL
 from globallocal.methods.tcl import weights as tcl_weights
-from globallocal.methods.tcl.weights import checkpoint_key
 from globallocal.runs.evaluate import REPORT_JSON
 from globallocal.segmenter import Segmenter
 
-MANIFEST = Path(__file__).with_name("tcl_state_dict_manifest.json")
 PHRASE = "the red cat on the left"
-
-
-@pytest.fixture(scope="module")
-def tcl_checkpoint(tiny_vit, tmp_path_factory) -> Path:
-    """Random head weights under the released names (every manifest key, none more), tiny shapes."""
-    generator = torch.Generator().manual_seed(5)
-    head = TCLHead(**TCLHead.dims_for(tiny_vit)).state_dict()
-    state = {checkpoint_key(k): 0.05 * torch.randn(v.shape, generator=generator) for k, v in head.items()}
-    assert set(state) == {entry["key"] for entry in json.loads(MANIFEST.read_text())}
-    path = tmp_path_factory.mktemp("tcl") / "tcl.pth"
-    torch.save({"model": state}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

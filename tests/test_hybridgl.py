@@ -70,15 +70,18 @@ def test_boxes_are_sams_inclusive_xywh():
 def test_result_json_has_every_field_and_writes_nan_as_null():
     result = HybridGLResult(
         phrase="Dog", expression="dog", noun_phrase="dog", index=2, mask=torch.zeros(2, 2, dtype=torch.bool),
-        scores=torch.tensor([0.1, 0.2, 0.3]), truncated=False, has_noun=True, pure_index=2,
-        gem=torch.tensor([1.0, float("nan"), -0.5]), candidates=[2, 1], relation=torch.tensor([0.6, 0.4]),
-        final=torch.tensor([0.5, float("nan")]), other_noun_phrases=["the cat"], direction="left",
+        scores=torch.tensor([float("nan"), float("nan"), 0.5]), truncated=False, has_noun=True,
+        clip_scores=torch.tensor([0.1, 0.2, 0.3]), pure_index=2, gem=torch.tensor([1.0, float("nan"), -0.5]),
+        candidates=[2, 1], relation=torch.tensor([0.6, 0.4]), other_noun_phrases=["the cat"], direction="left",
         relation_flag="up",
     )
     record = json.loads(json.dumps(result.to_json(), allow_nan=False))
     assert record["index"] == 2 and record["pure_index"] == 2 and record["candidates"] == [2, 1]
-    assert record["scores"] == [float(torch.tensor(v)) for v in (0.1, 0.2, 0.3)]  # float32 values, full precision
-    assert record["gem"] == [1.0, None, -0.5] and record["final"] == [0.5, None]
+    # The final scores chose the answer: they are `score` and `scores` (null: not scored, or undefined).
+    assert record["score_name"] == "final score" and record["score"] == 0.5 and record["scores"] == [None, None, 0.5]
+    assert record["clip_scores"] == [float(torch.tensor(v)) for v in (0.1, 0.2, 0.3)]  # float32, full precision
+    assert record["gem"] == [1.0, None, -0.5] and "final" not in record
+    assert result.final.tolist()[0] == 0.5 and math.isnan(result.final.tolist()[1])
     assert record["relation"] == [float(torch.tensor(0.6)), float(torch.tensor(0.4))]
     assert (record["noun_phrase"], record["other_noun_phrases"]) == ("dog", ["the cat"])
     assert (record["direction"], record["relation_flag"]) == ("left", "up")
@@ -140,7 +143,7 @@ def test_answers_follow_sections_6_to_9(tiny_vit12, nlp, photo, proposals, tenso
         expression, noun_phrase = encode([item.expression, analysis.noun_phrase])
         text = 0.5 * expression + 0.5 * noun_phrase
         scores = tau * features @ (text / text.norm())
-        torch.testing.assert_close(result.scores, scores, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(result.clip_scores, scores, rtol=1e-5, atol=1e-5)
         assert result.pure_index == int(torch.argmax(scores))
         p = torch.softmax(scores, 0)
         assert result.candidates == sorted(range(4), key=lambda i: -float(p[i]))[:3]
@@ -151,6 +154,8 @@ def test_answers_follow_sections_6_to_9(tiny_vit12, nlp, photo, proposals, tenso
         torch.testing.assert_close(result.gem, (2 - k) * inside - k * outside, equal_nan=True)
         final = final_scores(result.relation, result.gem[result.candidates], 0.4)
         torch.testing.assert_close(result.final, final, equal_nan=True)
+        others = [i for i in range(4) if i not in result.candidates]
+        assert torch.isnan(result.scores[others]).all()  # only the candidates have a final score
         nan = [k for k, value in enumerate(final.tolist()) if value != value]
         best = nan[0] if nan else int(torch.argmax(final))
         assert result.index == result.candidates[best]

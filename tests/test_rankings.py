@@ -27,12 +27,35 @@ def test_the_answer_comes_first_then_the_best_scores():
 
 def test_hybridgl_ranks_its_candidates_by_final_score():
     # CLIP ranks proposal 0 first; the guidance made 1 the answer; 2's final score is NaN (an empty mask).
-    result = _result(HybridGLResult, index=1, scores=torch.tensor([3.5, 3.1, 0.2, 0.1]), candidates=[0, 1, 2],
-                     final=torch.tensor([-0.9, -0.7, float("nan")]), pure_index=0)
+    nan = float("nan")
+    result = _result(HybridGLResult, index=1, scores=torch.tensor([-0.9, -0.7, nan, nan]), candidates=[0, 1, 2],
+                     clip_scores=torch.tensor([3.5, 3.1, 0.2, 0.1]), pure_index=0)
     ranking = result.ranking()
     assert [index for index, _ in ranking] == [1, 0, 2]
     assert ranking[0][1] == pytest.approx(-0.7) and ranking[1][1] == pytest.approx(-0.9) and math.isnan(ranking[2][1])
     assert result.ranking_label == "final score"
+
+
+def test_the_json_the_summary_and_the_page_give_the_score_that_chose():
+    from types import SimpleNamespace
+
+    from globallocal.outputs.answers import caption
+    from globallocal.serve.views import summary
+
+    nan = float("nan")
+    result = _result(HybridGLResult, index=1, scores=torch.tensor([-0.9, -0.7, nan, nan]), candidates=[0, 1, 2],
+                     clip_scores=torch.tensor([3.5, 3.1, 0.2, 0.1]), pure_index=0)
+    record = json.loads(json.dumps(result.to_json(), allow_nan=False))
+    assert record["score"] == result.score == pytest.approx(-0.7) and record["score_name"] == "final score"
+    assert record["scores"][:2] == [pytest.approx(-0.9), pytest.approx(-0.7)] and record["scores"][2:] == [None] * 2
+    assert record["clip_scores"] == [pytest.approx(value) for value in (3.5, 3.1, 0.2, 0.1)]
+    assert caption(result).endswith("proposal 1, final score -0.7000")
+    page = summary(SimpleNamespace(state=SimpleNamespace(proposals=None)), SimpleNamespace(results=[result]))
+    assert page.endswith("proposal 1, final score -0.7000")
+    # A candidate whose final score is undefined (an empty mask's, under nan_wins): null, and said so.
+    undefined = _result(HybridGLResult, index=2, scores=torch.tensor([-0.9, -0.7, nan, nan]), candidates=[0, 1, 2],
+                        clip_scores=torch.tensor([3.5, 3.1, 0.2, 0.1]), pure_index=0)
+    assert undefined.to_json()["score"] is None and caption(undefined).endswith("final score undefined")
 
 
 def test_top_k_picture_marks_the_json_answer(cli, monkeypatch, tmp_path, example, tiny_config_paths,
@@ -51,6 +74,5 @@ def test_top_k_picture_marks_the_json_answer(cli, monkeypatch, tmp_path, example
     answer = json.loads(report.read_text())["results"][0]
     (_, _, ranking, _, _, label), = drawn
     assert ranking[0][0] == answer["index"] and label == "final score"
-    final = dict(zip(answer["candidates"], answer["final"]))
-    assert [value for _, value in ranking] == [pytest.approx(final[index]) for index, _ in ranking]
+    assert [value for _, value in ranking] == [pytest.approx(answer["scores"][index]) for index, _ in ranking]
     assert f"proposal {answer['index']} ({answer['file']}), final score" in done.err

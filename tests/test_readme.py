@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import typer
 from PIL import Image
-from test_cli_tcl import tcl_checkpoint  # noqa: F401 - the fixture: a tiny TCL head under the released names
 
 import globallocal
 from globallocal import cli

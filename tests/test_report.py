@@ -107,11 +107,13 @@ SAM3 = {"method": "sam3", "prompt": "noun-phrase", "answer": "top", "threshold":
                  "transformers": "4.57.1"}}
 
 
-def _evaluated(folder, settings, weights, oiou, pure=None):
-    """A finished run's folder with report.json in the layout `evaluate` writes (identity digests included)."""
+def _evaluated(folder, settings, weights, oiou, pure=None, dataset=None):
+    """A finished run's folder with report.json in the layout `evaluate` writes (identity digests included);
+    ``dataset``: config fields of another dataset than RefCOCO val."""
     folder.mkdir(parents=True)
     answer = {"oIoU": oiou, "mIoU": oiou + 1, "precision": {t: 10.0 for t in THRESHOLDS}}
     config = {"format": 3, "dataset": "refcoco", "split": "val", "split_by": "unc", "overlap": "paper",
+              **(dataset or {}),
               "data_root": "/data/refer", "images_dir": "/data/coco/train2014", "save_masks": None,
               "settings": {**settings, "device": "cuda", "precision": "fp32"},
               "weights": {role: {"size": 1000 + i, "sha256": sha} for i, (role, sha) in enumerate(weights.items())},
@@ -165,17 +167,23 @@ def test_five_methods_fit_80_columns_as_leaf_keys_without_digests(methods):
     assert "same in every run: dataset=refcoco val (unc), overlap=paper, parser=en_core_web_sm 3.7.1, " \
            "device=cuda, precision=fp32" in " ".join(text.split())
     cells = _cells(methods)
-    # Nested settings are rows of their leaf keys, "-" where a run has no such setting.
-    assert cells["tcl.threshold"] == ["-", "-", "-", "-", "0.4"]
-    assert cells["threshold"] == ["-", "-", "null", "0.5", "-"]
-    assert cells["tcl_weights.file"] == ["-", "-", "tcl.pth", "-", "-"]
-    assert cells["tcl.tcl_weights.file"] == ["-", "-", "-", "-", "tcl.pth"]
+    # Nested settings are rows of their leaf keys, "-" where a run has no such setting; each setting under its
+    # owner's name once: TCL's mask threshold (the method's, null: its default, and the blend's) is not SAM 3's
+    # instance threshold, and the SAM 3 method's settings and its source's are one set.
+    assert cells["tcl.threshold"] == ["-", "-", "null", "-", "0.4"]
+    assert cells["sam3.threshold"] == ["-", "-", "-", "0.5", "-"]
+    assert cells["tcl.tcl_weights.file"] == ["-", "-", "tcl.pth", "-", "tcl.pth"]
     assert cells["sam3.fallback"] == ["-", "-", "-", "sam3-\nlower,none", "-"]
+    assert cells["sam3.prompt"] == ["-", "-", "-", "noun-\nphrase", "-"]
+    assert cells["global-local.alpha"] == ["0.95", "-", "-", "-", "0.95"]
+    assert cells["hybridgl.beta"] == ["-", "0.5", "-", "-", "-"] and cells["global-local.beta"][1] == "-"
     assert cells["freesolo.score_threshold"] == ["0.1", "-", "-", "-", "0.1"]
     assert cells["sam2.crop_n_points_downscale_factor"] == ["-", "1", "-", "-", "-"]
     assert cells["method"] == ["global-\nlocal", "hybridgl", "tcl", "sam3", "global-\nlocal"]
     assert cells["oIoU"] == ["30.00", "31.00", "32.00", "33.00", "34.00"]
     assert cells["oIoU (pure)"] == ["-", "20.50", "-", "-", "-"]
+    for unowned in ("threshold", "fallback", "alpha", "tcl_weights.file", "tcl.method", "window"):
+        assert unowned not in cells, unowned
     for nested in ("tcl", "sam3", "sam3.weights", "freesolo", "sam2", "tcl_weights", "tcl.tcl_weights"):
         assert nested not in cells, nested
     assert not [label for label in cells if label.endswith((".size", ".sha256"))]
@@ -186,7 +194,8 @@ def test_text_formats_of_five_methods_name_leaf_keys_without_digests(methods):
     table = format_report_text(methods, "csv")
     header, *rows = csv.reader(io.StringIO(table))
     assert "tcl.threshold" in header and "sam3.transformers" in header and "tcl" not in header
-    assert [row[header.index("tcl.threshold")] for row in rows] == ["-", "-", "-", "-", "0.4"]
+    assert "threshold" not in header and "fallback" not in header and header.count("sam3.fallback") == 1
+    assert [row[header.index("tcl.threshold")] for row in rows] == ["-", "-", "null", "-", "0.4"]
     assert [row[header.index("sam2.model")] for row in rows] == ["-", "sam2.1_hiera_large", "-", "-", "-"]
     for digest in (CLIP_SHA, FREESOLO_SHA, TCL_SHA, SAM3_SHA):
         assert digest[:8] not in table and digest[:8] not in format_report_text(methods, "markdown")
@@ -202,8 +211,37 @@ def test_runs_of_one_method_differing_in_one_nested_leaf(tmp_path):
     assert list(cells)[1] == "oIoU"  # no other setting differs
     text = _printed(runs)
     shared = " ".join(text[:text.index("Evaluation")].split())
-    assert "tcl.window=slide," in shared and "tcl.tcl_weights.file=tcl.pth," in shared and "tcl_weight=0.5," in shared
+    assert "tcl.window=slide," in shared and "tcl.tcl_weights.file=tcl.pth," in shared
+    assert "global-local.tcl_weight=0.5," in shared and "global-local.alpha=0.95," in shared
     assert TCL_SHA[:8] not in text and "sha256" not in text
     assert max(len(line) for line in text.splitlines()) <= 80
     header = next(csv.reader(io.StringIO(format_report_text(runs, "csv"))))
     assert header[:3] == ["run", "tcl.threshold", "oIoU"]
+
+
+def test_seven_runs_wrap_at_word_boundaries_in_80_columns(methods, tmp_path):
+    clip = {"clip_model": "ViT-B-16", "clip_weights": "file"}
+    plain = {**clip, "preset": "paper-refcoco", **GLOBAL_LOCAL, **PARSER, **FREESOLO}
+    phrasecut = {"dataset": "phrasecut", "split": "val", "subset": "all", "overlap": None}
+    runs = [*methods,
+            _evaluated(tmp_path / "more" / "phrasecut", plain, {"clip": CLIP_SHA}, 20.0, dataset=phrasecut),
+            _evaluated(tmp_path / "more" / "openai", {**plain, "clip_normalization": "openai"}, {"clip": CLIP_SHA},
+                       21.0)]
+    text = _printed(runs)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    cells = _cells(runs)
+    # Whole words on each line: a value wraps after - _ . / , or a space, never inside "phrasecut" or "imagenet".
+    assert cells["dataset"][-2] == "phrasecut\nval (all)" and cells["dataset"][0] == "refcoco\nval (unc)"
+    assert cells["global-local.clip_normalization"] == ["imagenet", "-", "-", "-", "imagenet", "imagenet", "openai"]
+    assert cells["preset"][1] == "hybridgl-\npaper" and cells["method"][0] == "global-\nlocal"
+    assert cells["hybridgl.gem_prompt"][1].split("\n") == ["a photo", "of a {}."]
+    for label in cells:  # labels wrap after dots and underscores, and are never cut short
+        assert "…" not in label
+
+
+def test_a_word_is_cut_only_when_it_alone_is_wider_than_the_column():
+    from globallocal.runs.report import _fit
+
+    assert _fit("phrasecut val (all)", 9) == "phrasecut\nval (all)"
+    assert _fit("sam2.1_hiera_large", 7) == "sam2.1_\nhiera_\nlarge"
+    assert _fit("supercalifragilistic", 8, lines=None) == "supercal\nifragili\nstic"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from refer_fixtures import build_refer
 
 from globallocal.data.phrases import shown
 from globallocal.outputs.answers import JSON_FORMAT, pixel_box_json
@@ -50,7 +52,7 @@ def test_masks_folder_numbers_proposals_by_file_and_says_which(cli, example, tin
     assert result.code == 0, result.err
     assert "empty and were dropped (c_empty.png)" in result.err
     data = json.loads(result.out)
-    assert data["format"] == JSON_FORMAT == 3 and data["proposals"] == 2
+    assert data["format"] == JSON_FORMAT == 4 and data["proposals"] == 2
     assert data["box_format"] == "x0 y0 x1 y1 in whole pixels: the mask's tight box, x1 and y1 exclusive"
     projection = projection_boxes(torch.from_numpy(np.stack([a, b])))
     assert data["proposal_list"] == [
@@ -88,3 +90,99 @@ def test_expression_is_what_clip_read_and_the_summary_shortens_the_phrase(cli, e
     assert answer["expression"] == " ".join(words[:75])
     summary = [line for line in result.err.splitlines() if ": proposal " in line]
     assert len(summary) == 1 and summary[0].startswith(shown(phrase)) and phrase not in result.err
+
+
+# -- which score chose the answer (issue 27) ----------------------------------------------------------------------
+
+TWO_PHRASES = ["the dog on the left", "the small red car"]
+
+
+def _method_args(method, request, tmp_path, monkeypatch) -> list:
+    """Each method (and a blend) on the 48 x 64 random photo, with tiny random models; three hand-made masks."""
+    config, checkpoint = request.getfixturevalue("tiny_config_paths"), request.getfixturevalue("tiny_checkpoints")
+    if method == "sam3":
+        return ["--method", "sam3", "--sam3-weights", request.getfixturevalue("sam3_folder"), "--sam3-threshold", 0.1]
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    for number, (rows, columns) in enumerate([(slice(8, 30), slice(2, 24)), (slice(12, 40), slice(36, 60)),
+                                              (slice(42, 45), slice(5, 60))]):
+        mask = np.zeros((48, 64), dtype=bool)
+        mask[rows, columns] = True
+        _save(mask, folder / f"{number:03d}.png")
+    tcl = ["--tcl-checkpoint", request.getfixturevalue("tcl_checkpoint"), "--tcl-window", "demo"]
+    vit = ["--clip-model", config["vit"], "--clip-weights", checkpoint["vit"]]
+    if method == "hybridgl":
+        return ["--method", "hybridgl", "--clip-model", config["vit12"], "--clip-weights", checkpoint["vit12"],
+                "--masks", folder]
+    if method == "tcl":
+        return ["--method", "tcl", *vit, *tcl]
+    if method == "global-local+tcl":
+        from globallocal.methods.tcl import blend as tcl_blend
+
+        monkeypatch.setattr(tcl_blend, "tcl_clip_for", lambda inner, clip_weights=None: inner.clip)  # ViT-B/16's
+        return [*vit, "--masks", folder, *tcl, "--tcl-blend", 0.5]
+    return [*vit, "--masks", folder]
+
+
+@pytest.mark.parametrize("method", ["global-local", "hybridgl", "global-local+tcl", "tcl", "sam3"])
+def test_score_and_scores_are_what_chose_the_answer_and_the_summary_prints_that_score(
+    method, cli, photo_file, request, tmp_path, monkeypatch
+):
+    args = _method_args(method, request, tmp_path, monkeypatch)
+    result = cli("segment", photo_file, *TWO_PHRASES, *args, "-o", tmp_path / "out.png", "--json", "-")
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    assert data["method"] == method
+    label = {"hybridgl": "final score", "global-local+tcl": "blended score"}.get(method, "score")
+    for number, answer in enumerate(data["results"]):
+        (summary,) = [line for line in result.err.splitlines() if line.endswith(f"out_{number}.png")]
+        if answer["index"] is None:  # TCL draws its own mask: no proposal, no score
+            assert method == "tcl" and answer["score"] is None and answer["scores"] == []
+            assert f": {answer['area']} pixels," in summary
+            continue
+        scored = {i: value for i, value in enumerate(answer["scores"]) if value is not None}
+        assert answer["index"] == max(scored, key=scored.get)
+        assert answer["score"] == answer["scores"][answer["index"]]
+        file = f" ({answer['file']})" if "file" in answer else ""
+        assert f"proposal {answer['index']}{file}, {label} {answer['score']:.4f}," in summary
+    assert {answer["score_name"] for answer in data["results"]} == {label}
+    if method == "hybridgl":  # CLIP's scores chose the candidates: under their own name, of every proposal
+        assert all(len(answer["clip_scores"]) == 3 and None not in answer["clip_scores"] for answer in data["results"])
+
+
+# -- a call described as evaluate describes a run (issue 27) --------------------------------------------------------
+
+
+def test_the_json_records_the_call_as_evaluate_records_a_run(cli, example, tiny_args, tiny_checkpoints, tmp_path,
+                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    refer = build_refer(tmp_path / "dataset")
+    options = [*tiny_args, "--preset", "no-quirks", "--alpha", "0.7", "--precision", "bf16", "--device", "cpu"]
+    done = cli("evaluate", "--dataset", "refcoco", "--split", "val", "--data-root", refer.data_root, "--images",
+               refer.images_dir, "--limit", "1", "--proposals", "gt", "--out", tmp_path / "run", *options)
+    assert done.code == 0, done.err
+    run = json.loads((tmp_path / "run" / "config.json").read_text())
+    done = cli("segment", example["image"], "the chair", "--masks", example["mask_dir"], "-o", tmp_path / "m.png",
+               "--json", "-", *options)
+    assert done.code == 0, done.err
+    described = json.loads(done.out)["configuration"]
+    assert set(described) == {"settings", "weights"}
+    # The same settings and weights but for where the proposals came from (the run's were the ground truth).
+    assert described["settings"]["proposals"] == f"masks:{example['mask_dir']}" and run["settings"]["proposals"] == "gt"
+    assert {**described["settings"], "proposals": "gt"} == run["settings"]
+    assert described["weights"] == run["weights"]
+    settings = described["settings"]
+    assert (settings["preset"], settings["alpha"], settings["precision"], settings["device"]) == (
+        "no-quirks", 0.7, "bf16", "cpu")
+    assert settings["method"] == "global-local" and settings["parser"].startswith("en_core_web")
+    weights = tiny_checkpoints["vit"].read_bytes()  # the weights by content, wherever they lie
+    assert described["weights"] == {"clip": {"size": len(weights), "sha256": hashlib.sha256(weights).hexdigest()}}
+
+
+def test_the_json_names_the_default_preset(cli, example, tiny_args, tmp_path):
+    done = cli("segment", example["image"], "the chair", "--masks", example["mask_dir"], "-o", tmp_path / "m.png",
+               "--json", "-", *tiny_args)
+    assert done.code == 0, done.err
+    from globallocal.methods import get_method
+
+    assert json.loads(done.out)["configuration"]["settings"]["preset"] == get_method("global-local").default_preset

@@ -74,6 +74,21 @@ def test_records_keep_what_the_replay_needs(cached_run, tiny_vit12):
     assert {(r["k1"], r["k2"]) for r in records[11] + records[12]} == {(2, 2)}
 
 
+def test_records_score_each_answer_by_the_final_score_that_chose_it(cached_run, refer, tiny_vit12, nlp):
+    run_dir, _ = cached_run
+    records = {done.marker["image_done"]: done.records for done in read_records(run_dir)}
+    dataset = ReferDataset(refer.data_root, "refcoco", "val", images_dir=refer.images_dir)
+    (group,) = [group for group in dataset.images() if group.image.image_id == 11]  # the first: K1 is 2 there too
+    segmenter = Segmenter(tiny_vit12, nlp, method=build_method("hybridgl", tiny_vit12, nlp, **SETTINGS))
+    segmenter.set_image(dataset.load_image(group.image), dataset.instance_masks(11))
+    for record in records[11]:
+        answer = segmenter.predict(record["phrase"])
+        assert record["index"] == answer.index and answer.score is not None
+        assert record["score"] == pytest.approx(answer.score, rel=1e-5)
+        assert answer.score == pytest.approx(float(answer.final[answer.candidates.index(answer.index)]))
+        assert answer.score != pytest.approx(float(answer.clip_scores[answer.index]))
+
+
 def test_the_runs_point_reproduces_and_another_is_a_fresh_evaluation(cached_run, refer, tmp_path, tiny_vit12, nlp):
     run_dir, report = cached_run
     with warnings.catch_warnings():

@@ -229,7 +229,7 @@ def evaluate(
                 method, clip_model, clip_weights, preset, device, precision, spacy_model, overrides,
                 generator=source_args if proposals not in ("gt", None) else None, proposals=proposals,
                 record_proposals=True, keep_order=spec.keep_proposal_order, tcl=tcl,
-                method_options=sam3.method_options(method) or vlm.method_options(method, cache),
+                method_options=sam3.method_options(method) or vlm.method_options(method, cache), cache_key=True,
             )
             # Under --ray this copy only names the configuration: the actors load their own. As given, not
             # this process's cuda:LOCAL_RANK: all processes of torchrun must agree on the configuration.

@@ -68,14 +68,21 @@ def proposals(
     from globallocal.errors import NoProposalsError
     from globallocal.models.clip import resolve_device
     from globallocal.proposals.files import check_replaceable, save_proposals
+    from globallocal.runs.worker import run_description
+
+    from .recipe import describe_generator
 
     check_replaceable(output)
     picture = load_image(image)
-    generator = source.build(resolve_device(device))
+    device = resolve_device(device)
+    generator = source.build(device)
     with stderr.status(f"{proposals} proposals..."):
         found = generator.generate(picture)
     if len(found) == 0:
         hint = "--score-threshold" if proposals == "freesolo" else "--pred-iou-thresh / --stability-thresh"
         raise NoProposalsError(f"{proposals} found no masks in {image}; try a lower {hint}")
-    save_proposals(found, output)
+    # What made them, as evaluate's config.json records its proposal source, and from which photo.
+    settings, weights = describe_generator(source, generator)
+    configuration = run_description({**settings, "device": device, "precision": "fp32"}, weights)
+    save_proposals(found, output, {"image": str(image), "configuration": configuration})
     stderr.print(f"{len(found)} proposals written to {output}")

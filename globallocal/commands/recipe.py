@@ -14,7 +14,7 @@ from ..runs.worker import Worker
 from .common import stderr
 from .options import ProposalArgs
 
-__all__ = ["ModelRecipe", "check_model_files", "ray_session"]
+__all__ = ["ModelRecipe", "check_model_files", "describe_generator", "ray_session"]
 
 
 def check_model_files(
@@ -34,6 +34,16 @@ def check_model_files(
         missing.append(missing_freesolo_weights(generator.freesolo_weights))
     missing.append(missing_parser(spacy_model))
     require_files([file for file in missing if file is not None])
+
+
+def describe_generator(generator: ProposalArgs, built: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A built proposal generator as a run records it: its settings (``{"proposals": kind, kind: {...}}``) and
+    its weights file (``{kind: path}``; none for weights named on the hub)."""
+    from ..proposals.sources import proposal_weights_file
+
+    weights_file = proposal_weights_file(generator.kind, built, generator.weights)
+    settings = {"proposals": generator.kind, **generator.settings(built)}
+    return settings, ({generator.kind: weights_file} if weights_file else {})
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,8 @@ class ModelRecipe:
     tcl: Any = None  # TCLOptions (evaluate)
     method_options: dict[str, Any] | None = None
     """The method's builder options besides TCL's (SAM 3's weights folder and cap with --method sam3)."""
+    cache_key: bool = False
+    """Whether the worker carries the generator's feature-cache key (evaluate)."""
 
     def build(self, device: str | None = None, precision: str | None = None) -> Worker:
         """Load everything on ``device`` in ``precision`` (default: the recipe's); the settings keep the recipe's."""
@@ -85,15 +97,15 @@ class ModelRecipe:
         proposal_settings: dict[str, Any] = {"proposals": self.proposals} if self.record_proposals else {}
         source, proposal_key = ("gt" if self.proposals == "gt" else None), None
         if self.generator is not None:
-            from ..proposals.sources import proposal_cache_key, proposal_weights_file
+            from ..proposals.sources import proposal_cache_key
 
             source = self.generator.build(device, keep_order=self.keep_order, precision=precision)
-            kind, given = self.generator.kind, self.generator.weights
-            # The recorded device, not this process's: a driver on the CPU describes actors on GPUs.
-            proposal_key = proposal_cache_key(kind, source, given, self.device)
-            weights_file = proposal_weights_file(kind, source, given)
-            weights.update({kind: weights_file} if weights_file else {})
-            proposal_settings.update(proposals=kind, **self.generator.settings(source))
+            if self.cache_key:
+                # The recorded device, not this process's: a driver on the CPU describes actors on GPUs.
+                proposal_key = proposal_cache_key(self.generator.kind, source, self.generator.weights, self.device)
+            generator_settings, generator_weights = describe_generator(self.generator, source)
+            weights.update(generator_weights)
+            proposal_settings.update(generator_settings)
             if self.generator.phrase_dependent:
                 segmenter.proposal_source, source = source, None  # asked per phrase by the segmenter
         settings = {

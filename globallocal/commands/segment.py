@@ -219,31 +219,32 @@ def segment(
     from globallocal.outputs.heatmap import save_soft_outputs
     from globallocal.proposals.files import load_proposals
     from globallocal.runs.progress import status
-    from globallocal.segmenter import Segmenter
 
-    from .recipe import check_model_files
+    from .recipe import ModelRecipe
 
     timer = StageTimer()
     device = resolve_device(device)
     picture = load_image(image)
     candidates = load_proposals(masks, (picture.height, picture.width)) if masks else None
     tcl = tcl.with_weights_found(method)
+    source_name = f"masks:{masks}" if masks else proposals
 
-    check_model_files(clip_model, clip_weights, spacy_model,
-                      source if candidates is None and spec.uses_proposals else None)
+    # Built as evaluate and batch build theirs, so that the JSON describes the call as their config.json does.
+    recipe = ModelRecipe(
+        method, clip_model, clip_weights, preset or spec.default_preset, device, precision, spacy_model, overrides,
+        generator=source if candidates is None and spec.uses_proposals else None, proposals=source_name,
+        record_proposals=True, keep_order=spec.keep_proposal_order, tcl=tcl,
+        method_options=sam3.method_options(method) or vlm.method_options(method),
+    )
     with timer("load_models"):
-        segmenter = Segmenter.from_pretrained(
-            clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
-            method=method, method_options=tcl.method_options(method) or sam3.method_options(method)
-            or vlm.method_options(method), **overrides,
-        )
-        segmenter.method = tcl.wrap(segmenter.method)
+        worker = recipe.build()
+    segmenter = worker.segmenter
     for phrase in phrases:
         if not parse_phrase(phrase, segmenter.nlp).has_noun:
             no_noun(phrase, phrases, require_noun)
-    if candidates is None and segmenter.method.uses_proposals:
-        candidates = generated_proposals(segmenter, source, picture, device, precision, spec.keep_proposal_order,
-                                         timer)
+    if worker.image_source() is not None:  # the photo's proposals (phrase-dependent ones are asked per phrase)
+        with timer("proposals"), status(stderr, f"{source.kind} proposals...", "segment"):
+            candidates = worker.image_source()(picture)
     what = (f"scoring {len(candidates)} proposals" if candidates is not None
             else f"{proposals} candidates per phrase" if segmenter.phrase_dependent else f"{method} masks")
     with status(stderr, f"{what}...", "segment"):
@@ -253,6 +254,7 @@ def segment(
             results = segmenter.predict_many(phrases)
     stop_on_failure(results)
     warn_no_candidates(results, proposals or method)
+    configuration = worker.identity() if json_path else None  # weights by content: hashed before anything is written
 
     with all_or_none():  # an output that cannot be written leaves none of the others behind
         with timer("write"):
@@ -261,8 +263,8 @@ def segment(
             write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pictures, top_k)
             save_soft_outputs(picture, results, soft_mask, heatmap, numbered)
         if json_path:
-            source_name = f"masks:{masks}" if masks else proposals
-            write_json(json_path, image, picture, segmenter, results, outputs, candidates, source_name, timer.seconds)
+            write_json(json_path, image, picture, segmenter, results, outputs, candidates, source_name, timer.seconds,
+                       configuration)
     for result, path in zip(results, outputs):
         stderr.print(f"{caption(result, result.among(candidates))}, noun phrase {shown(result.noun_phrase)}: {path}")
 
@@ -296,18 +298,3 @@ def check_mask_source(masks: Path | None, typed: ProposalArgs) -> None:
                          "drop them or drop --masks")
     if not masks.exists():
         raise InputError(f"mask source not found: {masks}; give a folder of PNG masks or an RLE .json file")
-
-
-def generated_proposals(segmenter, source: ProposalArgs, picture, device: str, precision: str, keep_order: bool,
-                        timer):
-    """The photo's proposals from the generator, or None when they depend on the phrase (SAM 3's concepts): the
-    segmenter then asks the generator per phrase, and predict_many batches the noun phrases."""
-    from globallocal.runs.progress import status
-
-    with timer("load_proposal_model"):
-        generator = source.build(device, keep_order=keep_order, precision=precision)
-    if source.phrase_dependent:
-        segmenter.proposal_source = generator
-        return None
-    with timer("proposals"), status(stderr, f"{source.kind} proposals...", "segment"):
-        return generator.generate(picture)

@@ -28,6 +28,17 @@ TextEncoder = Callable[[Sequence[str]], torch.Tensor]
 """Raw CLIP text features (len(texts), D), float32, through the segmenter's cache."""
 
 
+def json_float(value: float | torch.Tensor) -> float | None:
+    """A full-precision float, NaN as None (JSON has no NaN: it is written null)."""
+    value = float(value)
+    return None if value != value else value
+
+
+def json_floats(values: torch.Tensor) -> list[float | None]:
+    """:func:`json_float` of every value."""
+    return [json_float(value) for value in values.tolist()]
+
+
 @dataclass
 class SegmentResult:
     """The answer to one phrase. Methods add their own fields in subclasses."""
@@ -43,7 +54,9 @@ class SegmentResult:
     mask: torch.Tensor
     """The chosen mask, bool (H, W) at the image's size."""
     scores: torch.Tensor
-    """The method's score of every proposal, float (N,); empty without proposals."""
+    """The score that chose ``index``, of every proposal, float (N,): ``index`` is its maximum. NaN where the
+    method did not score a proposal (HybridGL scores only its candidates); empty without proposals. A method's
+    other scores are fields of their own (HybridGL's ``clip_scores``)."""
     truncated: bool
     """Whether the expression or noun phrase was cut to CLIP's context length."""
     has_noun: bool
@@ -53,7 +66,7 @@ class SegmentResult:
     ``index`` numbers, and the step that found them; None with proposals of the image."""
 
     ranking_label: ClassVar[str] = "score"
-    """What :meth:`ranking`'s values are called in captions ("final score" for HybridGL)."""
+    """What ``scores`` are called in captions and in the JSON's ``score_name`` ("final score" for HybridGL)."""
 
     @property
     def no_candidate(self) -> bool:
@@ -62,7 +75,13 @@ class SegmentResult:
 
     @property
     def score(self) -> float | None:
-        return None if self.index is None else float(self.scores[self.index])
+        """The chosen proposal's score: None without a chosen proposal, or where its score is undefined (NaN)."""
+        return None if self.index is None else json_float(self.scores[self.index])
+
+    def dense_scores(self) -> torch.Tensor:
+        """A defined score of every proposal, (N,), that re-ranking with another score starts from (a blend):
+        ``scores``, or the score before a method narrowed its choice to some proposals (HybridGL's CLIP score)."""
+        return self.scores
 
     def among(self, proposals: Proposals | None) -> Proposals | None:
         """The proposals ``index`` and ``scores`` number: this phrase's own candidates with phrase-dependent
@@ -119,8 +138,9 @@ class SegmentResult:
             "noun_phrase": self.noun_phrase,
             "has_noun": self.has_noun,
             "index": self.index,
+            "score_name": self.ranking_label,
             "score": self.score,
-            "scores": [float(value) for value in self.scores],
+            "scores": json_floats(self.scores),
             "truncated": self.truncated,
             **self.candidate_fields(),
             **self.answer_fields(),

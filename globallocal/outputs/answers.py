@@ -33,7 +33,9 @@ from .drawing import answer_picture, answers_picture, top_k_picture
 # 2: labelled sizes and boxes, proposal source, chosen box and RLE, timings, version.
 # 3: integer tight boxes (projection boxes apart), the proposal list with files, the expression as CLIP read it,
 # the settings as used.
-JSON_FORMAT = 3
+# 4: score and scores are the score that chose the answer (score_name says which; HybridGL's CLIP scores are
+# clip_scores), the configuration as evaluate records it.
+JSON_FORMAT = 4
 BOX_FORMAT = "x0 y0 x1 y1 in whole pixels: the mask's tight box, x1 and y1 exclusive"
 PROJECTION_BOX_FORMAT = "x0 y0 x1 y1 in pixels, floats: SOLOv2's projection box, which the local crops follow"
 
@@ -120,8 +122,10 @@ def segment_json(
     settings: dict[str, Any],
     results: list[dict[str, Any]],
     seconds: dict[str, float],
+    configuration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The whole report of one `segment` call (``proposals``: :func:`proposal_list`)."""
+    """The whole report of one `segment` call (``proposals``: :func:`proposal_list`; ``configuration``: the
+    call described as evaluate's config.json describes a run, :func:`~globallocal.runs.worker.run_description`)."""
     return {
         "format": JSON_FORMAT,
         "globallocal_version": __version__,
@@ -135,6 +139,7 @@ def segment_json(
         "clip": clip,
         "method": method,
         "settings": settings,
+        **({"configuration": configuration} if configuration is not None else {}),
         "results": results,
         "seconds": seconds,
     }
@@ -148,9 +153,14 @@ def caption(result: Any, proposals: Proposals | None = None) -> str:
         return f"{phrase}: no candidate"
     if result.index is None:
         return f"{phrase}: {int(result.mask.sum())} pixels"
-    index, value = result.ranking()[0]
+    index = result.index
     file = f" ({proposals.files[index]})" if proposals is not None and proposals.files is not None else ""
-    return f"{phrase}: proposal {index}{file}, {result.ranking_label} {value:.4f}"
+    return f"{phrase}: proposal {index}{file}, {chosen_score(result)}"
+
+
+def chosen_score(result: Any) -> str:
+    """The score that chose the answer, named, as summaries print it: the JSON's ``score`` to 4 decimals."""
+    return f"{result.ranking_label} " + ("undefined" if result.score is None else f"{result.score:.4f}")
 
 
 def write_pictures(picture, results, candidates, overlays, overlay_all, top_k_pictures, top_k) -> None:
@@ -171,7 +181,8 @@ def settings_json(method, image_size: tuple[int, int]) -> dict[str, Any]:
     return {key: value for key, value in method.settings_used(image_size).items() if key != "method"}
 
 
-def write_json(path, image, picture, segmenter, results, outputs, candidates, source, seconds) -> None:
+def write_json(path, image, picture, segmenter, results, outputs, candidates, source, seconds,
+               configuration=None) -> None:
     report = segment_json(
         image=str(image),
         image_size=(picture.height, picture.width),
@@ -183,6 +194,7 @@ def write_json(path, image, picture, segmenter, results, outputs, candidates, so
         settings=settings_json(segmenter.method, (picture.height, picture.width)),
         results=[result_json(r, segmenter.method, r.among(candidates), str(out)) for r, out in zip(results, outputs)],
         seconds=seconds,
+        configuration=configuration,
     )
     text = json.dumps(report, indent=1) + "\n"
     if str(path) == "-":

@@ -188,8 +188,9 @@ def check_replaceable(folder: Path) -> None:
         )
 
 
-def save_proposals(proposals: Proposals, folder: str | Path) -> list[Path]:
-    """Write each mask as ``NNN.png`` (0-based) plus a ``proposals.json`` index of scores, boxes and areas.
+def save_proposals(proposals: Proposals, folder: str | Path, about: dict[str, Any] | None = None) -> list[Path]:
+    """Write each mask as ``NNN.png`` (0-based) plus a ``proposals.json`` index of scores, boxes and areas, and
+    ``about``'s fields (`globallocal proposals`: the photo and what made the masks).
 
     The set is written into a temporary folder beside ``folder`` and then
     swapped in, so an earlier set there is replaced as a whole (no stale
@@ -201,7 +202,7 @@ def save_proposals(proposals: Proposals, folder: str | Path) -> list[Path]:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
-        names = _write_set(proposals, staging)
+        names = _write_set(proposals, staging, about or {})
         os.chmod(staging, umask_mode(0o777))
         if folder.exists():
             retired = staging.with_suffix(".old")
@@ -216,7 +217,7 @@ def save_proposals(proposals: Proposals, folder: str | Path) -> list[Path]:
     return [folder / name for name in names]
 
 
-def _write_set(proposals: Proposals, folder: Path) -> list[str]:
+def _write_set(proposals: Proposals, folder: Path, about: dict[str, Any]) -> list[str]:
     width = max(3, len(str(len(proposals))))
     entries, names = [], []
     for i in range(len(proposals)):
@@ -233,6 +234,7 @@ def _write_set(proposals: Proposals, folder: Path) -> list[str]:
             }
         )
     index = {
+        **about,
         "image_size": size_json(*proposals.image_size),
         "box_format": BOX_FORMAT,
         "projection_box_format": PROJECTION_BOX_FORMAT,

@@ -43,10 +43,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 
 from ..data.images import save_text
 from ..data.manifest import BatchLine, Manifest, read_manifest
-from ..models.weights import weights_change, weights_identity
+from ..models.weights import weights_change
 from .batch_step import BatchOptions, BatchStep, ProposalSource, Unit
 from .progress import LoggedProgress, RateColumn, RemainingColumn
 from .runfolder import CompletedUnit, RunFolder, UnitLayout, UnitResult
+from .worker import run_description
 
 __all__ = ["ERRORS_FILE", "RESULTS_FILE", "BatchStopped", "Unit", "group_units", "run_batch"]
 
@@ -166,8 +167,7 @@ def run_batch(
     identity = json.loads(json.dumps({
         "format": _FORMAT,
         "masks": str(masks.resolve()) if masks else None,
-        "settings": settings or {},
-        "weights": {role: weights_identity(path) for role, path in sorted(weights.items())},
+        **run_description(settings or {}, weights),
         "rle": rle,
         "overlays": overlays,
         "allow_no_noun": allow_no_noun,

@@ -12,9 +12,9 @@ from ..data.datasets import check_dataset, check_dataset_files, images_folder
 from ..data.images import check_writable_folder
 from ..data.refer import DEFAULT_SPLIT_BY, OVERLAP_RULES
 from ..errors import InputError
-from ..models.weights import weights_identity
 from .distributed import from_environment
 from .runfolder import check_free
+from .worker import run_description
 
 if TYPE_CHECKING:
     from .cache import FeatureCache
@@ -106,9 +106,8 @@ class EvaluationConfig:
             "images_dir": absolute(self.images_folder()),
             "save_masks": str(self.save_masks) if str(self.save_masks) in MASK_FORMATS else absolute(self.save_masks),
             "overlap": self.overlap,
-            "settings": self.settings,
-            # By content, not path: moved weights still resume, other weights at the same path do not.
-            "weights": {role: weights_identity(path) for role, path in sorted(self.weights.items())},
+            # Weights by content, not path: moved weights still resume, other weights at the same path do not.
+            **run_description(self.settings, self.weights),
         }
         if self.dataset not in DEFAULT_SPLIT_BY:  # PhraseCut's, gRefCOCO's and ReasonSeg's ground truth is theirs
             identity.update(overlap=None, subset=self.subset)

@@ -3,11 +3,12 @@
 Runs of different methods have different, nested settings: they are
 compared as dotted leaf keys (``tcl.threshold``), and only those that differ
 are rows (what is common says nothing about the difference in scores; the
-terminal lists it once, above the table). Identity digests (a weights
-file's sha256, a config hash) tell nothing a reader can compare and stay in
-report.json. The terminal table is one column per run (#1, #2, ..., their
-folders listed above it), its cells wrapped and cut to fit 80 columns for 5
-runs.
+terminal lists it once, above the table). Each setting is named once, under
+its owner's name (:func:`by_owner`: ``tcl.threshold``, ``sam3.threshold``).
+Identity digests (a weights file's sha256, a config hash) tell nothing a
+reader can compare and stay in report.json. The terminal table is one column
+per run (#1, #2, ..., their folders listed above it), its cells wrapped at
+word boundaries to fit 80 columns for up to 8 runs.
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ from .metrics import format_metric
 FORMATS = ("table", "markdown", "csv", "latex")
 # With a single run nothing differs; these say what it was.
 _ONE_RUN_KEYS = ("dataset", "method", "clip_model", "preset", "proposals")
+# The settings of the run itself, which no method or proposal source owns (see by_owner).
+_RUN_KEYS = ("clip_model", "clip_weights", "preset", "method", "parser", "proposals", "device", "precision")
 _WIDTH = 80  # the terminal the table is laid out for
 _KEY_WIDTH = 24  # the row labels' column at most: longer keys wrap after a dot or an underscore
+_KEY_MIN = 8  # ... and at least, when the runs' columns need the room for their words
 _MIN_CELL = 6  # "100.00": more runs than fit make the table wider rather than cut the numbers
 _CELL_LINES = 3  # a value longer than this many lines is cut
 _COMMON_VALUE = 30  # a setting's value in the line of settings all runs share, at most
@@ -116,14 +120,43 @@ def flatten_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, An
     return flat
 
 
+def by_owner(settings: dict[str, Any]) -> dict[str, Any]:
+    """A run's settings with each under its owner's name, once (SAM 3's threshold and TCL's are two settings).
+
+    The run's own (model, preset, parser, device, ...) and the proposal source's part (``freesolo``, ``sam2``,
+    ``sam3``: named by ``proposals``) stay as recorded; a part that names its method (a blend's ``tcl``) goes
+    under that method's name; every other setting is the method's and goes under its name, together with a part
+    of that name (the SAM 3 method's source settings, ``sam3``), whose values win where both name a setting
+    (``fallback`` as the source holds it). Settings that name no method are left as they are.
+    """
+    method = settings.get("method")
+    if not isinstance(method, str):
+        return dict(settings)
+    owned: dict[str, Any] = {}
+    same_name: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key in _RUN_KEYS or key == settings.get("proposals"):
+            owned[key] = value
+        elif isinstance(value, dict) and isinstance(value.get("method"), str):
+            owned.setdefault(value["method"], {}).update({k: v for k, v in value.items() if k != "method"})
+        elif key == method and isinstance(value, dict):
+            owned.setdefault(method, {})
+            same_name.update(value)
+        else:
+            owned.setdefault(method, {})[key] = value
+    if same_name:
+        owned[method].update(same_name)
+    return owned
+
+
 def _settings(report: dict[str, Any]) -> dict[str, Any]:
-    """A run's configuration as one flat mapping: what it evaluated and every setting."""
+    """A run's configuration as one flat mapping: what it evaluated and every setting, under its owner's name."""
     config = report["config"]
     flat = {
         "dataset": dataset_label(config),
         "overlap": config.get("overlap"),
     }
-    flat.update(flatten_settings(config.get("settings", {})))
+    flat.update(flatten_settings(by_owner(config.get("settings", {}))))
     return flat
 
 
@@ -184,19 +217,46 @@ def _cell(row: dict[str, float | None], name: str, full_precision: bool) -> floa
     return format_metric(row[name], None if full_precision else 2) if name in row else "-"
 
 
-def _fit(text: str, width: int, lines: int = _CELL_LINES) -> str:
-    """``text`` in at most ``lines`` lines of ``width``, broken after - _ . / , or a space (folded where a word
-    is longer), cut with an ellipsis past the last line."""
+def _words(text: str) -> list[str]:
+    """The pieces a value wraps between: each ends after - _ . / , (kept) or a space (dropped)."""
+    return [piece.rstrip() for piece in _BREAK.split(text) if piece.strip()]
+
+
+def _fit(text: str, width: int, lines: int | None = _CELL_LINES) -> str:
+    """``text`` in at most ``lines`` lines (None: as many as it takes) of ``width``, broken after - _ . / , or
+    a space; only a word longer than ``width`` is folded; cut with an ellipsis past the last line."""
     rows = [""]
     for piece in filter(None, _BREAK.split(text)):
         if rows[-1] and len(rows[-1]) + len(piece.rstrip()) > width:
             rows.append("")
         rows[-1] += piece
     rows = [row[i:i + width] for row in map(str.rstrip, rows) for i in range(0, len(row) or 1, width)]
-    if len(rows) > lines:
+    if lines is not None and len(rows) > lines:
         rows = rows[:lines]
         rows[-1] = rows[-1][:width - 1] + "…"
     return "\n".join(rows)
+
+
+def _layout(labels: list[str], columns: list[list[str]]) -> tuple[int, list[int]]:
+    """The widths of the label column and of each run's column in :data:`_WIDTH` (one space between columns).
+
+    A run's column is as wide as its longest word (at least :data:`_MIN_CELL`), the label column as its
+    longest label (at most :data:`_KEY_WIDTH`). When that is too wide, the label column narrows first (to
+    :data:`_KEY_MIN`; labels wrap after dots and underscores), then the widest run columns (only then is a
+    word cut); room left over widens the narrowest run columns, so that long values take fewer lines.
+    """
+    key = min(_KEY_WIDTH, max(map(len, labels)))
+    cells = [max([_MIN_CELL, *(len(word) for value in column for word in _words(value))]) for column in columns]
+
+    def over() -> int:
+        return key + sum(cells) + len(cells) - _WIDTH
+
+    key = max(_KEY_MIN, key - max(0, over()))
+    while over() > 0 and max(cells) > _MIN_CELL:
+        cells[cells.index(max(cells))] -= 1
+    while over() < 0:
+        cells[cells.index(min(cells))] += 1
+    return key, cells
 
 
 def _legend(run_dirs: list[Path], common: dict[str, Any]) -> list[Text]:
@@ -238,16 +298,17 @@ def format_report_table(run_dirs: list[Path]) -> Group:
         {name: [str(_cell(row, name, False)) for row in metrics] for name in _metric_names(metrics)},
         counts,
     ]
-    key_width = min(_KEY_WIDTH, max(len(key) for rows in sections for key in rows))
-    # One space between columns, no padding: the rest of the 80 columns is shared by the runs.
-    cell = max(_MIN_CELL, (_WIDTH - key_width) // len(reports) - 1)
+    # One space between columns, no padding.
+    columns = [[cells[i] for rows in sections for cells in rows.values()] for i in range(len(reports))]
+    key_width, widths = _layout([key for rows in sections for key in rows], columns)
     table = Table(title="Evaluation", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=0)
     table.add_column("", no_wrap=True)
     for i in range(1, len(reports) + 1):
         table.add_column(f"#{i}", justify="right", no_wrap=True)
     for rows in sections:
         for key, cells in rows.items():
-            table.add_row(Text(_fit(key, key_width)), *(Text(_fit(value, cell)) for value in cells))
+            table.add_row(Text(_fit(key, key_width, lines=None)),
+                          *(Text(_fit(value, width)) for value, width in zip(cells, widths)))
         table.add_section()
     return Group(*_legend(run_dirs, common), table)
 

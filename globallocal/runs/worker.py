@@ -10,12 +10,20 @@ from typing import Any, Protocol
 
 from ..models.weights import weights_identity
 
-__all__ = ["Worker", "WorkerRecipe", "as_stored"]
+__all__ = ["Worker", "WorkerRecipe", "as_stored", "run_description"]
 
 
 def as_stored(value: Any) -> Any:
     """``value`` as config.json stores it (keys sorted, tuples as lists, other objects as text), to compare."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def run_description(settings: dict[str, Any], weights: dict[str, str | Path]) -> dict[str, Any]:
+    """What a run was, as every output that can be reproduced records it (evaluate's and batch's config.json,
+    `segment --json`, `proposals.json`): its ``settings`` and its weights files (``{role: path}``) by content,
+    ``{role: {"size", "sha256"}}``, wherever they lie."""
+    weights_by_content = {role: weights_identity(path) for role, path in sorted(weights.items())}
+    return as_stored({"settings": settings, "weights": weights_by_content})
 
 
 @dataclass
@@ -35,8 +43,7 @@ class Worker:
 
     def identity(self) -> dict[str, Any]:
         """The settings and the weights by content, as a run's configuration holds them."""
-        weights = {role: weights_identity(path) for role, path in sorted(self.weights.items())}
-        return as_stored({"settings": self.settings, "weights": weights})
+        return run_description(self.settings, self.weights)
 
 
 class WorkerRecipe(Protocol):

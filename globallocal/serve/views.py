@@ -12,7 +12,7 @@ from PIL import Image
 
 from ..data.images import save_mask_png, save_text
 from ..methods import SegmentResult
-from ..outputs.answers import proposal_list, result_json, segment_json, settings_json
+from ..outputs.answers import chosen_score, proposal_list, result_json, segment_json, settings_json
 from ..outputs.drawing import overlay_picture
 from ..segmenter import Segmenter
 from .engine import PROPOSAL_LABELS, Answer, ImageSession, reranking_weights
@@ -81,7 +81,7 @@ def summary(session: ImageSession, answer: Answer) -> str:
         proposals = result.among(session.state.proposals)
         count = f" of {len(proposals)}" if proposals is not None else ""
         if result.index is not None:
-            chosen = f"proposal {result.index}{count}, {result.ranking_label} {result.ranking()[0][1]:.4f}"
+            chosen = f"proposal {result.index}{count}, {chosen_score(result)}"
         else:
             chosen = "no candidate" if result.no_candidate else f"{int(result.mask.sum())} pixels"
         note = " (cut to CLIP's context length)" if result.truncated else ""

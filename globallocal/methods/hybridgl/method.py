@@ -28,7 +28,7 @@ from PIL import Image
 
 from ...models.text import ParsedPhrase
 from ...proposals import Proposals
-from ..base import ImageFeatures, Method, SegmentResult, TextEncoder
+from ..base import ImageFeatures, Method, SegmentResult, TextEncoder, json_floats
 from .gem import gem_input, gem_tokens
 from .settings import HybridGLSettings
 from .text import (
@@ -64,15 +64,15 @@ def feature_shapes(count: int | None, width: int | None) -> dict[str, tuple[int 
     return {"features": (count, width), "boxes_xywh": (count, 4), "gem_tokens": (None, width)}
 
 
-def _json_floats(values: torch.Tensor) -> list[float | None]:
-    """Full-precision floats, NaN written as null (JSON has no NaN)."""
-    return [None if value != value else float(value) for value in values.tolist()]
-
-
 @dataclass
 class HybridGLResult(SegmentResult):
-    """A HybridGL answer: the guided answer (``index``), the pure one, and what decided between them."""
+    """A HybridGL answer: the guided answer (``index``), the pure one, and what decided between them.
 
+    ``scores`` are the final scores that chose the answer: one per candidate, NaN for the proposals that are not
+    candidates (and for a candidate whose GEM score is undefined, which wins under ``nan_wins``)."""
+
+    clip_scores: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    """The CLIP score s_i of every proposal (N,), which chose the candidates and the pure answer."""
     pure_index: int = 0
     """The answer without spatial guidance: the best CLIP score."""
     gem: torch.Tensor = field(default_factory=lambda: torch.empty(0))
@@ -81,8 +81,6 @@ class HybridGLResult(SegmentResult):
     """The top-K1 proposals by CLIP score, best first."""
     relation: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     """rho per candidate (K1,)."""
-    final: torch.Tensor = field(default_factory=lambda: torch.empty(0))
-    """The final score per candidate (K1,)."""
     other_noun_phrases: list[str] = field(default_factory=list)
     direction: str = "none"
     relation_flag: str = "none"
@@ -92,6 +90,14 @@ class HybridGLResult(SegmentResult):
     """K2 as applied, likewise."""
 
     ranking_label: ClassVar[str] = "final score"
+
+    @property
+    def final(self) -> torch.Tensor:
+        """The final score per candidate (K1,), in the candidates' order."""
+        return self.scores[self.candidates]
+
+    def dense_scores(self) -> torch.Tensor:
+        return self.clip_scores
 
     def other_answers(self) -> dict[str, int]:
         return {"pure": self.pure_index}
@@ -117,12 +123,11 @@ class HybridGLResult(SegmentResult):
     def to_json(self) -> dict[str, Any]:
         return {
             **super().to_json(),
-            "scores": _json_floats(self.scores),
+            "clip_scores": json_floats(self.clip_scores),
             "pure_index": self.pure_index,
-            "gem": _json_floats(self.gem),
+            "gem": json_floats(self.gem),
             "candidates": list(self.candidates),
-            "relation": _json_floats(self.relation),
-            "final": _json_floats(self.final),
+            "relation": json_floats(self.relation),
             "other_noun_phrases": list(self.other_noun_phrases),
             "direction": self.direction,
             "relation_flag": self.relation_flag,
@@ -249,20 +254,22 @@ class HybridGL(Method):
             within_guard=s.within_guard, nan_wins=s.nan_wins,
         )
         texts = [item.expression, *self.negative_prompts(analysis), self.gem_prompt(analysis)]
+        # The final score of each candidate at its proposal's place; the other proposals were not scored.
+        final = torch.full_like(scores, float("nan")).index_put_((guided.candidates,), guided.final.to(scores))
         return HybridGLResult(
             phrase=item.phrase,
             expression=item.expression,
             noun_phrase=analysis.noun_phrase,
             index=guided.index,
             mask=masks[guided.index].cpu(),
-            scores=scores.cpu(),
+            scores=final.cpu(),
             truncated=self.truncated(texts),
             has_noun=item.has_noun,
+            clip_scores=scores.cpu(),
             pure_index=guided.pure_index,
             gem=guided.gem.cpu(),
             candidates=[int(i) for i in guided.candidates],
             relation=guided.relation.cpu(),
-            final=guided.final.cpu(),
             other_noun_phrases=list(analysis.other_noun_phrases),
             direction=analysis.direction,
             relation_flag=analysis.relation,

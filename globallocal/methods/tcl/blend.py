@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -23,7 +23,7 @@ from ...errors import InputError, WeightsError, first_line
 from ...models.clip import ClipBundle, load_clip
 from ...models.text import ParsedPhrase, encode_texts
 from ...proposals import Proposals
-from ..base import ImageFeatures, Method, SegmentResult, TextEncoder
+from ..base import ImageFeatures, Method, SegmentResult, TextEncoder, json_floats
 from .method import TCL, build_tcl
 from .settings import TCLSettings
 
@@ -77,6 +77,8 @@ def blend_choice(method_scores: torch.Tensor, tcl_scores: torch.Tensor, weight: 
 class BlendResult(SegmentResult):
     """The inner method's answer re-ranked with TCL: ``scores`` are the blended ones."""
 
+    ranking_label: ClassVar[str] = "blended score"
+
     inner: SegmentResult
     """The inner method's own answer."""
     tcl_scores: torch.Tensor
@@ -95,8 +97,8 @@ class BlendResult(SegmentResult):
             **inner,
             **super().to_json(),
             "method_index": self.inner.index,
-            "method_scores": inner["scores"],
-            "tcl_scores": [None if value != value else float(value) for value in self.tcl_scores],
+            "method_scores": json_floats(self.inner.dense_scores()),
+            "tcl_scores": json_floats(self.tcl_scores),
             "tcl_weight": self.tcl_weight,
         }
 
@@ -185,7 +187,7 @@ class TCLBlend(Method):
         all_tcl_scores = tcl_proposal_scores(soft, image.proposals.masks)
         results: list[SegmentResult] = []
         for inner, soft_mask, tcl_scores in zip(inner_results, soft, all_tcl_scores):
-            index, blended = blend_choice(inner.scores, tcl_scores, self.weight)
+            index, blended = blend_choice(inner.dense_scores(), tcl_scores, self.weight)
             base = {f.name: getattr(inner, f.name) for f in fields(SegmentResult)}
             base.update(index=index, mask=image.proposals.masks[index], scores=blended)
             results.append(
