@@ -22,7 +22,7 @@ import torch
 
 from ..errors import InputError, WeightsError
 from ..models.hub import cached_hub_file, require_hub_files, weights_folders
-from ..models.weights import load_checkpoint_tensors
+from ..models.weights import check_tensors, load_checkpoint_tensors
 
 if TYPE_CHECKING:
     from torch import nn
@@ -100,26 +100,24 @@ def _read_checkpoint(path: Path, what: str) -> dict[str, torch.Tensor]:
 _SAM_WIDTHS = {1280: "vit_h", 1024: "vit_l", 768: "vit_b"}
 
 
-def _sam_size_hint(checkpoint: dict[str, torch.Tensor]) -> str:
-    """'; it looks like SAM vit_b: pass --sam-model vit_b' for an original SAM checkpoint of a known width."""
+def _sam_size_hint(checkpoint: dict[str, torch.Tensor], kind: str) -> str:
+    """What to pass for an original SAM checkpoint of a known width: ``--sam-model NAME``, and under ``--proposals
+    sam2`` (``kind``), which takes no original SAM, ``--proposals sam`` too."""
     embedding = checkpoint.get("image_encoder.pos_embed")
     name = _SAM_WIDTHS.get(int(embedding.shape[-1])) if embedding is not None and embedding.dim() else None
-    return f"; it looks like SAM {name}: pass --sam-model {name}" if name else ""
+    if name is None:
+        return ""
+    switch = "--proposals sam " if kind == "sam2" else ""
+    return f"it looks like original SAM {name}: pass {switch}--sam-model {name}"
 
 
-def _load_strictly(model: nn.Module, path: Path, what: str) -> None:
-    """Load ``path`` into ``model``, every tensor present and of the right shape, or say which are not (and,
-    for original SAM, which size the file looks like)."""
+def _load_strictly(model: nn.Module, path: Path, what: str, kind: str) -> None:
+    """Load ``path`` into ``model`` (``kind``: sam or sam2), its tensors matching the model's one to one
+    (:func:`~globallocal.models.weights.check_tensors`), or say which do not (and, for an original SAM file,
+    what to pass for it)."""
     checkpoint = _read_checkpoint(path, what)
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in checkpoint]
-    unexpected = [key for key in checkpoint if key not in expected]
-    wrong = [key for key in expected if key in checkpoint and checkpoint[key].shape != expected[key].shape]
-    if missing or unexpected or wrong:
-        counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of the wrong shape"
-        example = (missing or unexpected or wrong)[0]
-        raise WeightsError(f"{path} is not the {what} checkpoint: {counts} tensors (e.g. {example})"
-                           f"{_sam_size_hint(checkpoint)}")
+    check_tensors(checkpoint, model.state_dict(), f"{path} is not the {what} checkpoint",
+                  _sam_size_hint(checkpoint, kind))
     model.load_state_dict(checkpoint, strict=True)
 
 
@@ -171,7 +169,7 @@ def load_sam2(
     # reports a mismatch as a bare RuntimeError after logging the key lists.
     sam = build_sam.build_sam2(config, ckpt_path=None, device="cpu", mode="eval")
     if path is not None:
-        _load_strictly(sam, path, what)
+        _load_strictly(sam, path, what, "sam2")
     return sam.to(device).eval()
 
 
@@ -243,5 +241,5 @@ def load_sam(
         path = _weights_file(weights, what, url)
     sam = registry[model](checkpoint=None)
     if path is not None:
-        _load_strictly(sam, path, what)
+        _load_strictly(sam, path, what, "sam")
     return sam.to(device).eval()

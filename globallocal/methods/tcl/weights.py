@@ -19,6 +19,7 @@ import torch
 from ...errors import WeightsError, first_line
 from ...models.clip import ClipBundle
 from ...models.hub import download_url_file, package_root
+from ...models.weights import check_tensors
 from .network import CHECKPOINT_PREFIXES, TCLHead
 
 TCL_FILENAME = "tcl.pth"
@@ -92,31 +93,13 @@ def checkpoint_key(head_key: str) -> str:
     raise KeyError(f"no checkpoint name for TCL head tensor {head_key}")
 
 
-def _named(keys: list[str], limit: int = 4) -> str:
-    more = f", ... {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def head_state_dict(checkpoint: dict[str, torch.Tensor], head: TCLHead, path: Path) -> dict[str, torch.Tensor]:
-    """The checkpoint under the head's names, float32; WeightsError naming every missing, extra or misshapen key."""
-    expected = {checkpoint_key(key): (key, tensor.shape) for key, tensor in head.state_dict().items()}
-    missing = [key for key in expected if key not in checkpoint]
-    unexpected = [key for key in checkpoint if key not in expected]
-    wrong = [
-        f"{key} {tuple(checkpoint[key].shape)} instead of {tuple(shape)}"
-        for key, (_, shape) in expected.items()
-        if key in checkpoint and checkpoint[key].shape != shape
-    ]
-    if missing or unexpected or wrong:
-        parts = [
-            f"{len(found)} {label} ({_named(found)})"
-            for found, label in ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of the wrong shape"))
-            if found
-        ]
-        raise WeightsError(
-            f"{path} is not the TCL checkpoint: {'; '.join(parts)}; expected {TCL_FILENAME} from {TCL_URL}"
-        )
-    return {name: checkpoint[key].float() for key, (name, _) in expected.items()}
+    """The checkpoint under the head's names, float32; WeightsError naming every missing, extra, misshapen or
+    non-floating tensor (:func:`~globallocal.models.weights.check_tensors`, under the checkpoint's names)."""
+    names = {checkpoint_key(key): key for key in head.state_dict()}
+    expected = {released: head.state_dict()[key] for released, key in names.items()}
+    check_tensors(checkpoint, expected, f"{path} is not the TCL checkpoint", f"expected {TCL_FILENAME} from {TCL_URL}")
+    return {name: checkpoint[released].float() for released, name in names.items()}
 
 
 def load_tcl_head(path: str | os.PathLike[str], clip: ClipBundle | None = None) -> TCLHead:
