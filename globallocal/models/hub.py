@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
@@ -167,6 +166,8 @@ def download_url_file(url: str, target: Path, what: str, fix: str) -> Path:
     reason = hub_unreachable_reason(url=url)
     if reason is not None:
         raise WeightsError(f"{what} is not available locally and could not be downloaded ({reason}); {fix}")
+    import torch  # here: what the command line checks of missing files needs no torch
+
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         torch.hub.download_url_to_file(url, str(target), progress=True)
