@@ -18,20 +18,25 @@ __all__ = ["ModelRecipe", "check_model_files", "ray_session"]
 
 
 def check_model_files(
-    clip_model: str | None, clip_weights: str, spacy_model: str | None, generator: ProposalArgs | None
+    clip_model: str | None, clip_weights: str, spacy_model: str | None, generator: ProposalArgs | None,
+    method: str, method_options: dict[str, Any] | None = None, tcl: Any = None,
 ) -> None:
-    """Before any model loads: the CLIP weights, the spaCy parser and FreeSOLO's checkpoint (with a FreeSOLO
-    ``generator``) that are missing and cannot be downloaded now, all in one message (offline, loading them one
-    by one would name one per attempt)."""
+    """Before any model loads: every file the command's models need that is missing and cannot be had now, in one
+    message (offline, loading them one by one would name one per attempt): CLIP's weights, the method's own (its
+    registry entry lists them from its builder ``method_options``: TCL's checkpoint, SAM 3's), TCL's checkpoint
+    and CLIP in a blend (``tcl``, the TCLOptions), the proposal source's (``generator``: FreeSOLO, SAM, SAM 2,
+    SAM 3) and the spaCy parser."""
+    from ..methods import get_method
     from ..models.clip import missing_clip_weights
     from ..models.hub import require_files
     from ..models.text import missing_parser
 
     missing = [missing_clip_weights(clip_model, clip_weights) if clip_model is not None else None]
-    if generator is not None and generator.kind == "freesolo":
-        from ..proposals.freesolo_checkpoint import missing_freesolo_weights
-
-        missing.append(missing_freesolo_weights(generator.freesolo_weights))
+    missing += get_method(method).missing_files(method_options)
+    if tcl is not None:
+        missing += tcl.missing_files(method, clip_model, clip_weights)
+    if generator is not None:
+        missing += generator.missing_files()
     missing.append(missing_parser(spacy_model))
     require_files([file for file in missing if file is not None])
 
@@ -65,18 +70,27 @@ class ModelRecipe:
     method_options: dict[str, Any] | None = None
     """The method's builder options besides TCL's (SAM 3's weights folder and cap with --method sam3)."""
 
+    @property
+    def builder_options(self) -> dict[str, Any] | None:
+        """The method builder's options: TCL's checkpoint with --method tcl, else those the recipe names."""
+        return (self.tcl.method_options(self.method) if self.tcl is not None else None) or self.method_options
+
+    def check_files(self) -> None:
+        """Every model file the recipe needs that is missing and cannot be had now, named at once
+        (:func:`check_model_files`)."""
+        check_model_files(self.clip_model, self.clip_weights, self.spacy_model, self.generator, self.method,
+                          self.builder_options, self.tcl)
+
     def build(self, device: str | None = None, precision: str | None = None) -> Worker:
         """Load everything on ``device`` in ``precision`` (default: the recipe's); the settings keep the recipe's."""
         from ..models.text import parser_label
         from ..segmenter import Segmenter
 
-        check_model_files(self.clip_model, self.clip_weights, self.spacy_model, self.generator)
+        self.check_files()
         device, precision = device or self.device, precision or self.precision
-        method_options = (self.tcl.method_options(self.method) if self.tcl is not None else None) or \
-            self.method_options
         segmenter = Segmenter.from_pretrained(
             self.clip_model, self.clip_weights, self.preset, device=device, precision=precision,
-            spacy_model=self.spacy_model, method=self.method, method_options=method_options, **self.overrides,
+            spacy_model=self.spacy_model, method=self.method, method_options=self.builder_options, **self.overrides,
         )
         if self.tcl is not None:
             segmenter.method = self.tcl.wrap(segmenter.method)

@@ -191,6 +191,8 @@ def segment(
     check_soft_outputs(soft_mask, heatmap, tcl.uses_tcl(method), f"--method {method}")
 
     from globallocal.data.images import all_or_none, load_image, save_mask_png
+
+    picture = load_image(image)  # torch-free: a photo over the pixel limit or undecodable is refused at once
     from globallocal.data.phrases import shown
     from globallocal.models.clip import resolve_device
     from globallocal.models.text import parse_phrase
@@ -204,16 +206,14 @@ def segment(
 
     timer = StageTimer()
     device = resolve_device(device)
-    picture = load_image(image)
     candidates = load_proposals(masks, (picture.height, picture.width)) if masks else None
-    tcl = tcl.with_weights_found(method)
-
+    method_options = tcl.method_options(method) or sam3.method_options(method)
     check_model_files(clip_model, clip_weights, spacy_model,
-                      source if candidates is None and spec.uses_proposals else None)
+                      source if candidates is None and spec.uses_proposals else None, method, method_options, tcl)
     with timer("load_models"):
         segmenter = Segmenter.from_pretrained(
             clip_model, clip_weights, preset, device=device, precision=precision, spacy_model=spacy_model,
-            method=method, method_options=tcl.method_options(method) or sam3.method_options(method), **overrides,
+            method=method, method_options=method_options, **overrides,
         )
         segmenter.method = tcl.wrap(segmenter.method)
     for phrase in phrases:

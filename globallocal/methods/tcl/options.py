@@ -11,7 +11,8 @@ before a model loads, naming the option.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+import os
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +20,21 @@ from ...errors import InputError
 from .. import MethodSpec
 
 if TYPE_CHECKING:
+    from ...models.hub import MissingFile
     from ..base import Method
 
 TCL_METHOD = "tcl"
+TCL_CLIP_MODEL = "ViT-B-16-quickgelu"
+"""The CLIP TCL was trained on (OpenAI's ViT-B/16, whose weights need QuickGELU)."""
+
+
+def shares_openai_clip(name: str, weights: str, quick_gelu: bool | None = None) -> bool:
+    """Whether a method's CLIP ``name`` with ``weights`` is OpenAI's ViT-B/16, which TCL then shares in a blend:
+    ``openai``, or a local file under a QuickGELU architecture, as OpenAI's weights need (``quick_gelu``: the
+    loaded model's; None: read from the name)."""
+    quick_gelu = name.endswith("-quickgelu") if quick_gelu is None else quick_gelu
+    return name.removesuffix("-quickgelu") == "ViT-B-16" and (weights == "openai" or (os.path.isfile(weights)
+                                                                                        and quick_gelu))
 
 
 @dataclass(frozen=True)
@@ -109,13 +122,23 @@ class TCLOptions:
         """Whether TCL runs (as the method, or blended in): the answers then carry its soft mask."""
         return method == TCL_METHOD or self.blend is not None
 
-    def with_weights_found(self, method: str) -> TCLOptions:
-        """A copy naming TCL's checkpoint, found or downloaded now, so a missing one fails before any model loads."""
-        if not self.uses_tcl(method):
-            return self
-        from . import resolve_tcl_weights
+    def missing_files(self, method: str, clip_model: str | None, clip_weights: str) -> list[MissingFile]:
+        """In a blend, TCL's weights files that are not on this machine: its checkpoint, and OpenAI's CLIP
+        ViT-B/16 when it does not share the method's (``--method tcl``: the registry's ``model_files``)."""
+        if self.blend is None:
+            return []
+        from ...models.clip import missing_clip_weights
+        from ...models.hub import MissingFile
+        from .weights import missing_tcl_weights
 
-        return replace(self, checkpoint=resolve_tcl_weights(self.checkpoint))
+        missing = [missing_tcl_weights(self.checkpoint)]
+        name = Path(clip_model or "").stem if (clip_model or "").endswith(".json") else clip_model or ""
+        if self.clip_weights is None and not shares_openai_clip(name, clip_weights):
+            clip = missing_clip_weights(TCL_CLIP_MODEL, "openai")
+            missing.append(clip and MissingFile(
+                f"{clip.what}, which TCL runs on",
+                "run once with network access to cache it, or pass its file with --tcl-clip-weights PATH"))
+        return [file for file in missing if file is not None]
 
     def run_tag(self, method: str) -> str:
         """The method's name in a run folder: ``+tcl`` with its weight for a blend."""

@@ -92,6 +92,7 @@ SPEC = MethodSpec(
     default_clip_model="ViT-B-16-quickgelu",
     default_proposals=None,
     builder="globallocal.methods.tcl.method:build_tcl",
+    model_files="globallocal.methods.tcl.weights:missing_method_files",
     image_tower="vit",
     built_on="ViT-B-16",
     display_name="TCL",

@@ -12,13 +12,15 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ...errors import WeightsError, first_line
 from ...models.clip import ClipBundle
-from ...models.hub import download_url_file, package_root
+from ...models.hub import MissingFile, download_url_file, package_root
 from ...models.weights import check_tensors
 from .network import CHECKPOINT_PREFIXES, TCLHead
 
@@ -37,6 +39,37 @@ def _download_fix(folder: Path) -> str:
     return f"download {TCL_URL} into {folder}/ or pass --tcl-checkpoint PATH (or set {WEIGHTS_ENV})"
 
 
+def _local_tcl_weights(path: str | os.PathLike[str] | None) -> Path | None:
+    """The checkpoint on this machine: ``path``, else ``GLOBALLOCAL_TCL_WEIGHTS`` (either must exist), else
+    ``tcl_weights/tcl.pth`` at the repository root or in the working folder; None when it must be downloaded."""
+    for given, origin in ((path, "TCL weights"), (os.environ.get(WEIGHTS_ENV) or None, WEIGHTS_ENV)):
+        if given is not None:
+            candidate = Path(given).expanduser()
+            if not candidate.is_file():
+                raise WeightsError(f"{origin} file not found: {candidate}; the official checkpoint is {TCL_URL}")
+            return candidate
+    for candidate in (default_weights_dir() / TCL_FILENAME, Path.cwd() / WEIGHTS_DIRNAME / TCL_FILENAME):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _missing() -> MissingFile:
+    folder = default_weights_dir()
+    return MissingFile(f"TCL weights {TCL_FILENAME} (not in {folder})", _download_fix(folder))
+
+
+def missing_tcl_weights(path: str | os.PathLike[str] | None = None) -> MissingFile | None:
+    """The checkpoint :func:`resolve_tcl_weights` would have to download (None: it is here), without downloading."""
+    return None if _local_tcl_weights(path) is not None else _missing()
+
+
+def missing_method_files(options: Mapping[str, Any] | None) -> list[MissingFile]:
+    """``--method tcl``'s checkpoint when it would have to be downloaded (its builder's ``weights`` option)."""
+    missing = missing_tcl_weights((options or {}).get("weights"))
+    return [missing] if missing is not None else []
+
+
 def resolve_tcl_weights(path: str | os.PathLike[str] | None = None) -> Path:
     """The TCL checkpoint to use, downloading it if needed.
 
@@ -47,18 +80,11 @@ def resolve_tcl_weights(path: str | os.PathLike[str] | None = None) -> Path:
     (``HF_HUB_OFFLINE=1`` or no network) a one-line :class:`WeightsError`
     names the file, the folder and the URL within seconds.
     """
-    for given, origin in ((path, "TCL weights"), (os.environ.get(WEIGHTS_ENV) or None, WEIGHTS_ENV)):
-        if given is not None:
-            candidate = Path(given).expanduser()
-            if not candidate.is_file():
-                raise WeightsError(f"{origin} file not found: {candidate}; the official checkpoint is {TCL_URL}")
-            return candidate
-    folder = default_weights_dir()
-    for candidate in (folder / TCL_FILENAME, Path.cwd() / WEIGHTS_DIRNAME / TCL_FILENAME):
-        if candidate.is_file():
-            return candidate
-    what = f"TCL weights {TCL_FILENAME} (not in {folder})"
-    return download_url_file(TCL_URL, folder / TCL_FILENAME, what, _download_fix(folder))
+    found = _local_tcl_weights(path)
+    if found is not None:
+        return found
+    missing = _missing()
+    return download_url_file(TCL_URL, default_weights_dir() / TCL_FILENAME, missing.what, missing.fix)
 
 
 def read_tcl_checkpoint(path: Path) -> dict[str, torch.Tensor]:
