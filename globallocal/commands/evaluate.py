@@ -187,6 +187,9 @@ def evaluate(
         limit=limit, save_masks=save_masks, overlap=overlap, subset=subset,
     ))
     check_models(spec, clip_model, clip_weights, device, precision)
+    from .recipe import ray_options
+
+    pool = ray_options(ray, ray_actors, ray_gpus_per_actor, ray_cpus_per_actor)  # Ray not imported yet
 
     from globallocal.runs.cache import FeatureCache
     from globallocal.runs.distributed import distributed_session, from_environment
@@ -203,7 +206,7 @@ def evaluate(
         record_proposals=True, keep_order=spec.keep_proposal_order, tcl=tcl, method_options=sam3.method_options(method),
     )
     recipe.check_files()  # offline, every missing model file at once, before Ray starts or any model loads
-    with ray_session(ray, ray_actors, ray_gpus_per_actor, ray_cpus_per_actor, device) as (cluster, device):
+    with ray_session(pool, device) as (cluster, device):
         with distributed_session(device) as place:
             recipe = replace(recipe, device=device)
             # Under --ray this copy only names the configuration: the actors load their own. As given, not

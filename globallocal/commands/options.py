@@ -16,7 +16,7 @@ import typer
 
 from ..data.phrases import clean_phrase
 from ..errors import InputError
-from ..models.devices import check_device, check_precision
+from ..models.devices import check_device_precision
 from ..proposals import PROPOSAL_KINDS
 from .common import check_image_file
 
@@ -54,11 +54,10 @@ def setting_overrides(**values) -> dict:
 def check_models(
     spec: MethodSpec, clip_model: str | None, clip_weights: str, device: str, precision: str
 ) -> str | None:
-    """What can be checked of the models without torch: the device and precision names, the CLIP architecture
-    (and that it fits the method), the weights path. Returns the architecture to load (None: the method uses
-    no CLIP, and --clip-model / --clip-weights are refused)."""
-    check_device(device)
-    check_precision(precision)
+    """What can be checked of the models without torch: the device and precision (fp16 on a CPU without its units
+    too), the CLIP architecture (and that it fits the method), the weights path. Returns the architecture to load
+    (None: the method uses no CLIP, and --clip-model / --clip-weights are refused)."""
+    check_device_precision(device, precision)
     if not spec.uses_clip:
         given = [flag for flag, value in (("--clip-model", clip_model), ("--clip-weights", clip_weights))
                  if value not in (None, "openai")]

@@ -14,7 +14,7 @@ from ..runs.worker import Worker
 from .common import stderr
 from .options import ProposalArgs
 
-__all__ = ["ModelRecipe", "check_model_files", "ray_session"]
+__all__ = ["ModelRecipe", "check_model_files", "ray_options", "ray_session"]
 
 
 def check_model_files(
@@ -132,21 +132,31 @@ def _actor_device(device: str, pool: Any) -> str:
     return device
 
 
-@contextmanager
-def ray_session(
-    address: str | None, actors: int | None, gpus: float | None, cpus: float | None, device: str
-) -> Iterator[tuple[Any, str]]:
-    """(the entered RayRun or None, the device the run records); Ray is imported only with ``--ray``."""
+def ray_options(address: str | None, actors: int | None, gpus: float | None, cpus: float | None) -> Any:
+    """The ``--ray`` options as a RayOptions, checked before anything loads (torch-free; Ray is not imported);
+    None without ``--ray``, whose pool options are then refused."""
     if address is None:
         given = [flag for flag, value in (("--ray-actors", actors), ("--ray-gpus-per-actor", gpus),
                                           ("--ray-cpus-per-actor", cpus)) if value is not None]
         if given:
             raise InputError(f"{given[0]} needs --ray")
+        return None
+    from ..runs.ray_engine import RayOptions
+
+    options = RayOptions(address, actors, gpus, cpus)
+    options.check()
+    return options
+
+
+@contextmanager
+def ray_session(options: Any, device: str) -> Iterator[tuple[Any, str]]:
+    """(the entered RayRun or None, the device the run records) for :func:`ray_options`' answer."""
+    if options is None:
         from ..models.clip import resolve_device
 
         yield None, resolve_device(device)
         return
-    from ..runs.ray_engine import RayOptions, RayRun
+    from ..runs.ray_engine import RayRun
 
-    with RayRun(RayOptions(address, actors, gpus, cpus), say=stderr.print) as run:
+    with RayRun(options, say=stderr.print) as run:
         yield run, _actor_device(device, run.pool)

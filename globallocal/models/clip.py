@@ -21,7 +21,7 @@ from open_clip.transformer import QuickGELU
 
 from ..errors import InputError, WeightsError, first_line
 from .architectures import architecture_config, image_tower_family
-from .devices import PRECISION_NAMES, check_device, check_precision
+from .devices import FP16_ON_CPU, PRECISION_NAMES, check_device, check_precision
 from .hub import MissingFile, cached_hub_file, require_hub_files
 from .weights import tensor_mismatch, unsafe_checkpoint, unsafe_message
 
@@ -160,8 +160,7 @@ def precision_dtype(precision: str, device: str | torch.device) -> torch.dtype:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
     if precision == "fp16" and device.type == "cpu" and not cpu_has_fp16_units():
-        raise InputError("precision fp16 has no fast kernels on this CPU (no AMX-FP16); use bf16 or fp32 on the "
-                         "CPU, fp16 on CUDA")
+        raise InputError(FP16_ON_CPU)
     return PRECISIONS[precision]
 
 
