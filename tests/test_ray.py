@@ -251,7 +251,7 @@ def test_ray_options_need_ray_and_sensible_numbers(cli, pairs, tiny, tmp_path):
 
 def test_without_ray_ray_is_never_imported(pairs, tiny, tmp_path):
     script = (
-        "import sys, cli\n"
+        "import sys\nfrom globallocal import cli\n"
         f"sys.argv = ['globallocal', *{[str(arg) for arg in _batch(pairs, tmp_path / 'out', tiny)]!r}]\n"
         "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
         "print('ray imported:', any(name == 'ray' or name.startswith('ray.') for name in sys.modules))\n"

@@ -192,7 +192,8 @@ def segment(
 
     from globallocal.data.images import all_or_none, load_image, save_mask_png
 
-    picture = load_image(image)  # torch-free: a photo over the pixel limit or undecodable is refused at once
+    picture = load_image(image)  # torch-free: a photo over the pixel limit, or undecodable, is refused at once
+
     from globallocal.data.phrases import shown
     from globallocal.models.clip import resolve_device
     from globallocal.models.text import parse_phrase
