@@ -180,9 +180,12 @@ def _load_file(model: open_clip.CLIP, path: str | os.PathLike[str], name: str) -
     def check(module: torch.nn.Module, state: dict[str, Any], *_: Any) -> None:
         if not all(isinstance(value, torch.Tensor) for value in state.values()):
             return  # load_state_dict says what is wrong
-        mismatch = tensor_mismatch(state, module.state_dict())
+        expected = module.state_dict()
+        mismatch = tensor_mismatch(state, expected)
         if mismatch is not None:
-            guesses = guess_architectures(state)
+            # Another architecture only when the names or shapes differ (a wrong dtype is this one's, damaged).
+            fits = state.keys() == expected.keys() and all(state[key].shape == expected[key].shape for key in state)
+            guesses = [] if fits else guess_architectures(state)
             likely = f"; the file looks like {' or '.join(guesses)}: pass that as --clip-model" if guesses else ""
             raise WeightsError(f"cannot load CLIP weights {path} into {name}: {mismatch}{likely}")
 
