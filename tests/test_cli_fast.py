@@ -41,9 +41,10 @@ json.dump(answers, sys.stdout)
 """.replace("HEAVY", repr(HEAVY))
 
 
-def run_fresh(cases: list[list[str]], cwd: Path) -> list[dict]:
+def run_fresh(cases: list[list[str]], cwd: Path, **env: str) -> list[dict]:
     done = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(cases), capture_output=True, text=True,
-                          cwd=cwd, timeout=120, env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PATH": ""})
+                          cwd=cwd, timeout=120,
+                          env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PATH": "", **env})
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -119,6 +120,79 @@ def test_refusals_and_report_answer_without_the_heavy_libraries(tmp_path, run_fo
         assert answer["seconds"] < 3, answer
     report = answers[-1]
     assert report["code"] == 0 and "24.80" in report["out"] and report["heavy"] == [], report
+
+
+def _one_line_errors(answers: list[dict], expected: list[str]) -> None:
+    """Each answer is the one error line expected, with exit 2, and no heavy library was imported for it."""
+    for part, answer in zip(expected, answers, strict=True):
+        lines = [line for line in answer["err"].splitlines() if line.strip()]
+        assert answer["code"] == 2 and len(lines) == 1 and lines[0].startswith("error: "), answer
+        assert part in lines[0], (part, answer)
+        assert answer["heavy"] == [], answer
+
+
+def _fake_sam3_folder(folder: Path, **sizes) -> Path:
+    """A folder in SAM 3's layout whose files the torch-free check reads (the weights file is never opened)."""
+    folder.mkdir()
+    backbone = {"image_size": 1008, "patch_size": 14, **sizes}
+    (folder / "config.json").write_text(json.dumps({"model_type": "sam3",
+                                                    "vision_config": {"backbone_config": backbone}}))
+    (folder / "processor_config.json").write_text(json.dumps({"image_processor": {"size": {"height": 1008,
+                                                                                           "width": 1008}}}))
+    for name in ("model.safetensors", "tokenizer.json"):
+        (folder / name).write_bytes(b"{}")
+    return folder
+
+
+def test_the_slow_refusals_of_issue_27_answer_before_torch(tmp_path):
+    """Each of these took 5-10 s (torch, or a model, loaded first)."""
+    image = str(PHOTO)
+    sam3 = str(_fake_sam3_folder(tmp_path / "sam3"))
+    huge = str(_fake_sam3_folder(tmp_path / "huge", image_size=1_000_000))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"image": image, "phrase": "the chair"}) + "\n")
+    batch = ["batch", str(pairs), "-o", str(tmp_path / "b")]
+    cases = {
+        "--clip-model does not apply to --method sam3": ["segment", image, "the chair", "--method", "sam3",
+                                                         "--sam3-weights", sam3, "--clip-model", "ViT-B-32"],
+        "--top-k-picture shows ranked proposals; --method sam3 takes none": [
+            "segment", image, "the chair", "--method", "sam3", "--sam3-weights", sam3, "--top-k-picture", "t.png"],
+        "--sam-model vit_b is an original SAM model, which --proposals sam2 does not take: use --proposals sam "
+        "--sam-model vit_b": ["segment", image, "the chair", "--proposals", "sam2", "--sam-model", "vit_b"],
+        "unknown SAM model 'tiny'; use vit_h, vit_l, vit_b; SAM 2's tiny is --proposals sam2 --sam-model tiny": [
+            "segment", image, "the chair", "--proposals", "sam", "--sam-model", "tiny"],
+        f"no evaluation run in {tmp_path / 'nope'}: no such folder": ["sweep", str(tmp_path / "nope")],
+        "max_proposals must be at least 1, got 0": ["segment", image, "the chair", "--max-proposals", "0"],
+        "backbone_config.image_size must be a whole number from 1 to 4096, got 1000000": [
+            "segment", image, "the chair", "--proposals", "sam3", "--sam3-weights", huge],
+        f"SAM 3 weights folder {tmp_path / 'nowhere'} does not exist": [
+            "segment", image, "the chair", "--method", "sam3", "--sam3-weights", str(tmp_path / "nowhere")],
+        # --ray: the address's form and the pool's numbers, before anything loads.
+        "--ray 'garbage' is not a Ray address; use local (start Ray on this machine), auto": [*batch, "--ray",
+                                                                                             "garbage"],
+        "--ray '' is not a Ray address": [*batch, "--ray", ""],
+        "--ray 'ray://' is not a Ray address": [*batch, "--ray", "ray://"],
+        "--ray '10.0.0.5:http' is not a Ray address": [*batch, "--ray", "10.0.0.5:http"],
+        "--ray '10.0.0.5:70000' is not a Ray address": [*batch, "--ray", "10.0.0.5:70000"],
+        "--ray-cpus-per-actor must be a number from 0 to 1024, got nan": [*batch, "--ray", "local",
+                                                                         "--ray-cpus-per-actor", "nan"],
+        "--ray-actors must be at most 1024, got 1000000": [*batch, "--ray", "local", "--ray-actors", "1000000"],
+    }
+    _one_line_errors(run_fresh(list(cases.values()), tmp_path), list(cases))
+    garbage = run_fresh([[*batch, "--ray", "auto"]], tmp_path, RAY_ADDRESS="garbage")
+    _one_line_errors(garbage, ["RAY_ADDRESS='garbage' (read under --ray auto) is not a Ray address"])
+    # The photo over the pixel limit (lowered here), refused from its header before torch.
+    bounded = run_fresh([["segment", image, "the chair"]], tmp_path, GLOBALLOCAL_MAX_PIXELS="1000")
+    _one_line_errors(bounded, [f"image {image} has more than 1000 pixels; memory grows with the pixels"])
+
+
+def test_fp16_on_a_cpu_without_its_units_is_refused_before_torch(tmp_path):
+    from globallocal.models.devices import cpu_fp16_units
+
+    if cpu_fp16_units() is not False:
+        pytest.skip("this CPU has float16 matrix units (AMX-FP16), or its flags cannot be read")
+    answers = run_fresh([["segment", str(PHOTO), "the chair", "--precision", "fp16", "--device", "cpu"]], tmp_path)
+    _one_line_errors(answers, ["precision fp16 has no fast kernels on this CPU (no AMX-FP16)"])
 
 
 def test_a_held_run_folder_is_refused_before_anything_loads(tmp_path):

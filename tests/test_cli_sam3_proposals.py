@@ -199,6 +199,7 @@ def test_a_phrase_without_candidates_gets_an_empty_mask_and_a_warning(cli, examp
 
     source = FakeConceptSource(table_masks({"the wooden chair": example["masks"][:2]}))
     monkeypatch.setattr(ProposalArgs, "build", lambda self, device, keep_order=False, precision="fp32": source)
+    monkeypatch.setattr(ProposalArgs, "missing_files", lambda self: [])  # the stand-in needs no SAM 3 weights
     report = tmp_path / "out.json"
     result = cli("segment", example["image"], "the wooden chair", "a purple giraffe",
                  *_clip_args("global-local", tiny_config_paths, tiny_checkpoints), "--proposals", "sam3",

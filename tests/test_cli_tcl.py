@@ -105,9 +105,9 @@ def test_the_json_settings_are_the_threshold_and_preprocessing_used(cli, tmp_pat
 def test_tcl_weight_zero_keeps_the_answer_and_reports_tcl_scores(cli, tmp_path, tiny, example, monkeypatch):
     from globallocal.methods.tcl import blend as tcl_blend
 
-    # The tiny ViT stands in for ViT-B/16.
+    # The tiny ViT stands in for ViT-B/16 (named as TCL's CLIP, so that none is looked for on the hub).
     monkeypatch.setattr(tcl_blend, "tcl_clip_for", lambda inner, clip_weights=None: inner.clip)
-    clip, tcl = tiny[:4], tiny[4:]
+    clip, tcl = tiny[:4], [*tiny[4:], "--tcl-clip-weights", tiny[3]]
     common = ["segment", example["image"], "the wooden chair", *clip, "--masks", example["mask_dir"]]
     plain, blended = tmp_path / "plain.json", tmp_path / "blend.json"
     done = cli(*common, "-o", tmp_path / "a.png", "--json", plain)

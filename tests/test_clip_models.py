@@ -134,3 +134,13 @@ def test_weights_of_another_architecture_are_named(tiny_checkpoints, tiny_config
     assert " missing (visual." in message and " unexpected (visual." in message
     assert "visual.conv1.weight (64, 3, 16, 16) instead of (4, 3, 3, 3)" in message
     assert "the file looks like " in message and "tiny-named-vit" in message
+
+
+def test_a_tensor_of_an_integer_dtype_is_refused(tiny_checkpoints, tiny_config_paths, tmp_path):
+    state = torch.load(tiny_checkpoints["vit"], weights_only=True)
+    state["text_projection"] = state["text_projection"].to(torch.int32)  # load_state_dict would cast it silently
+    torch.save(state, tmp_path / "int.pt")
+    with pytest.raises(WeightsError) as error:
+        load_clip(str(tiny_config_paths["vit"]), str(tmp_path / "int.pt"))
+    assert str(error.value) == (f"cannot load CLIP weights {tmp_path / 'int.pt'} into {tiny_config_paths['vit']}: "
+                                "1 of the wrong dtype (text_projection int32 instead of floating)")

@@ -217,7 +217,7 @@ def test_bare_state_dict_loads(tmp_path):
     assert len(model.state_dict()) == 590
 
 
-@pytest.mark.parametrize("change", ["missing", "unexpected", "shape"])
+@pytest.mark.parametrize("change", ["missing", "unexpected", "shape", "dtype"])
 def test_mismatched_checkpoint_is_refused_with_the_keys_named(tmp_path, change):
     layout = list(LAYOUT)
     if change == "missing":
@@ -226,16 +226,22 @@ def test_mismatched_checkpoint_is_refused_with_the_keys_named(tmp_path, change):
     elif change == "unexpected":
         layout.append(("ins_head.extra_pred.weight", (3,)))
         named = "ins_head.extra_pred.weight"
-    else:
+    elif change == "shape":
         layout = [(k, (3, 512, 3, 3) if k == "ins_head.cate_pred.weight" else s) for k, s in layout]
         named = "ins_head.cate_pred.weight (3, 512, 3, 3)"
+    else:
+        named = "ins_head.cate_pred.weight int64 instead of floating"
+    checkpoint = shared_storage_checkpoint(layout)
+    if change == "dtype":  # an integer tensor would have been taken as it is
+        checkpoint["ins_head.cate_pred.weight"] = checkpoint["ins_head.cate_pred.weight"].long()
     path = tmp_path / "bad.pth"
-    torch.save({"model": shared_storage_checkpoint(layout)}, path)
+    torch.save({"model": checkpoint}, path)
     with pytest.raises(WeightsError) as error:
         load_freesolo(path)
     message = str(error.value)
     assert named in message and "\n" not in message
-    assert f"1 {'of the wrong shape' if change == 'shape' else change}" in message
+    label = {"shape": "of the wrong shape", "dtype": "of the wrong dtype"}.get(change, change)
+    assert f"1 {label}" in message
 
 
 def test_many_missing_keys_are_counted(tmp_path):

@@ -251,7 +251,7 @@ def test_ray_options_need_ray_and_sensible_numbers(cli, pairs, tiny, tmp_path):
 
 def test_without_ray_ray_is_never_imported(pairs, tiny, tmp_path):
     script = (
-        "import sys, cli\n"
+        "import sys\nfrom globallocal import cli\n"
         f"sys.argv = ['globallocal', *{[str(arg) for arg in _batch(pairs, tmp_path / 'out', tiny)]!r}]\n"
         "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
         "print('ray imported:', any(name == 'ray' or name.startswith('ray.') for name in sys.modules))\n"
@@ -305,3 +305,38 @@ def test_a_unit_whose_worker_keeps_dying_is_given_up_not_retried_for_ever(pairs)
     assert [record["id"] for record in given_up.records] == ["1", "2"]
     assert all(record["error"] == f"its worker died {MAX_ATTEMPTS} times (killed, out of memory or crashed); "
                "given up" for record in given_up.records)
+
+
+def test_a_head_that_does_not_answer_is_one_line_within_a_bounded_wait(monkeypatch):
+    import socket
+
+    from globallocal.runs.ray_engine import RayOptions, RayRun, head_unanswered
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # a driver about to join a head
+    started = time.monotonic()
+    with pytest.raises(InputError) as caught:  # Ray itself waits there for minutes
+        RayRun(RayOptions("127.0.0.1:1")).__enter__()
+    assert time.monotonic() - started < 5
+    assert str(caught.value).startswith("cannot join the Ray cluster at 127.0.0.1:1: nothing answers there (")
+    with socket.socket() as silent, socket.socket() as web:
+        for server in (silent, web):
+            server.bind(("127.0.0.1", 0))
+            server.listen()
+
+        def answer_http() -> None:
+            connection, _ = web.accept()
+            with connection:
+                connection.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        threading.Thread(target=answer_http, daemon=True).start()
+        assert head_unanswered("127.0.0.1", silent.getsockname()[1], wait=0.3) == "no answer within 0.3 s"
+        assert head_unanswered("127.0.0.1", web.getsockname()[1]) == "what answers there is not a Ray head"
+
+
+def test_a_ray_head_answers(cluster):
+    from globallocal.runs.ray_engine import RayOptions, head_unanswered
+
+    host, port = RayOptions(cluster).head()
+    assert head_unanswered(host, port) is None
+    assert RayOptions("ray://[::1]:10001").head() == ("::1", 10001)
+    assert RayOptions("local").head() is None  # Ray starts here: nothing to join

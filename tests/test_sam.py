@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 import time
 import warnings
@@ -377,7 +378,16 @@ def test_sam2_checkpoint_loads_strictly(tmp_path):
 
     incomplete = {key: value for key, value in reference.state_dict().items() if key != name}
     torch.save({"model": incomplete}, path)
-    with pytest.raises(WeightsError, match=rf"not the SAM 2 tiny checkpoint: 1 missing, 0 unexpected.*{name}"):
+    with pytest.raises(WeightsError, match=rf"not the SAM 2 tiny checkpoint: 1 missing \({re.escape(name)}\)$"):
+        load_sam2("tiny", path)
+    torch.save({"model": {**incomplete, name: tensor.long()}}, path)  # would have been cast to float silently
+    with pytest.raises(WeightsError, match=rf"tiny checkpoint: 1 of the wrong dtype \({re.escape(name)} int64 instead "
+                                           r"of floating\)$"):
+        load_sam2("tiny", path)
+    # An original SAM file: SAM 2 takes none, so the hint switches the source too (--sam-model alone is refused).
+    torch.save({"image_encoder.pos_embed": torch.zeros(1, 4, 4, 768)}, path)
+    with pytest.raises(WeightsError, match=r"it looks like original SAM vit_b: pass --proposals sam --sam-model "
+                                           r"vit_b$"):
         load_sam2("tiny", path)
 
 
@@ -385,14 +395,15 @@ def test_sam2_checkpoint_loads_strictly(tmp_path):
 def test_wrong_sam_checkpoint_is_named(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"head.weight": torch.zeros(2, 2)}, path)
-    with pytest.raises(WeightsError, match=r"other\.pth is not the SAM vit_b checkpoint: \d+ missing, 1 unexpected"):
+    with pytest.raises(WeightsError, match=r"other\.pth is not the SAM vit_b checkpoint: \d+ missing \(.*\); "
+                                           r"1 unexpected \(head\.weight\)$"):
         load_sam("vit_b", path)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="cannot read SAM vit_b weights .*: not a PyTorch checkpoint"):
         load_sam("vit_b", path)
     # Another size of SAM is named by its image encoder's width, as a CLIP file of another shape is.
     torch.save({"image_encoder.pos_embed": torch.zeros(1, 4, 4, 1280)}, path)
-    with pytest.raises(WeightsError, match=r"not the SAM vit_b checkpoint: .*; it looks like SAM vit_h: pass "
+    with pytest.raises(WeightsError, match=r"not the SAM vit_b checkpoint: .*; it looks like original SAM vit_h: pass "
                                            r"--sam-model vit_h$"):
         load_sam("vit_b", path)
 

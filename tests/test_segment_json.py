@@ -119,8 +119,9 @@ def _method_args(method, request, tmp_path, monkeypatch) -> list:
     if method == "global-local+tcl":
         from globallocal.methods.tcl import blend as tcl_blend
 
-        monkeypatch.setattr(tcl_blend, "tcl_clip_for", lambda inner, clip_weights=None: inner.clip)  # ViT-B/16's
-        return [*vit, "--masks", folder, *tcl, "--tcl-blend", 0.5]
+        # The tiny ViT stands in for ViT-B/16 (named as TCL's CLIP, so that none is looked for on the hub).
+        monkeypatch.setattr(tcl_blend, "tcl_clip_for", lambda inner, clip_weights=None: inner.clip)
+        return [*vit, "--masks", folder, *tcl, "--tcl-blend", 0.5, "--tcl-clip-weights", checkpoint["vit"]]
     return [*vit, "--masks", folder]
 
 

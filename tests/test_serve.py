@@ -12,7 +12,7 @@ from PIL import Image
 
 pytest.importorskip("gradio", reason="the [demo] extra (Gradio) is not installed")
 
-from globallocal.errors import WeightsError  # noqa: E402
+from globallocal.errors import InputError, WeightsError  # noqa: E402
 from globallocal.methods import build_method  # noqa: E402
 from globallocal.proposals import Proposals  # noqa: E402
 from globallocal.segmenter import Segmenter  # noqa: E402
@@ -225,3 +225,20 @@ def test_a_port_in_use_is_refused_before_the_models_load(run, monkeypatch):
         code, err = run("serve", "--port", port)
     assert code == 2 and err.strip() == (f"error: cannot listen on 127.0.0.1:{port} (Address already in use); "
                                          "pick another --port or --host")
+
+
+@pytest.mark.parametrize("value", ["nan", "0", "-2"])
+def test_the_upload_limit_must_be_a_positive_number(run, value):
+    code, err = run("serve", "--max-megapixels", value)
+    assert code == 2 and err.strip().startswith(f"error: --max-megapixels must be a positive number (got {value}"), err
+
+
+def test_the_engine_loads_only_the_methods_its_page_offers():
+    """A request naming another method (the page's menu lists only the offered ones) loads nothing."""
+    loaded = []
+    engine = Engine(loaded.append, _no_freesolo, "global-local", methods=["global-local", "hybridgl"])
+    with pytest.raises(InputError, match=r"the page does not offer method 'tcl'; it offers global-local, hybridgl"):
+        engine.segmenter("tcl")
+    assert loaded == []
+    engine.segmenter("hybridgl")
+    assert loaded == ["hybridgl"]

@@ -185,3 +185,26 @@ def test_parse_values():
         parse_values("0.5,1.5", "beta")
     with pytest.raises(InputError, match="at least one"):
         parse_values(",", "beta")
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"method": "sam3"}, "was evaluated with method sam3, whose runs cannot be swept; sweeps are for global-local "
+                         "and hybridgl runs made with --cache"),
+    ({"method": "tcl"}, "was evaluated with method tcl, whose runs cannot be swept"),
+    ({"method": "global-local", "tcl_weight": 0.3}, "blends global-local with TCL (--tcl-blend); its scores cannot "
+                                                    "be replayed from the cache, so it cannot be swept"),
+    ({"method": "hybridgl"}, "was evaluated without --cache, so its features were not kept; evaluate again with "
+                             "--cache DIR"),
+], ids=["sam3", "tcl", "blend", "uncached"])
+def test_a_run_that_cannot_be_swept_is_told_so_at_once(tmp_path, settings, message):
+    """The method is checked before the cache: a SAM 3 or TCL run evaluated again with --cache leads nowhere."""
+    from globallocal.runs.sweepable import check_sweepable
+
+    (tmp_path / "config.json").write_text(json.dumps({"settings": settings}))
+    (tmp_path / "report.json").write_text("{}")
+    with pytest.raises(InputError) as caught:
+        check_sweepable(tmp_path)
+    assert message in str(caught.value)
+    assert ("--cache DIR" in str(caught.value)) == (settings["method"] == "hybridgl")
+    with pytest.raises(InputError, match="no such folder"):
+        check_sweepable(tmp_path / "nope")

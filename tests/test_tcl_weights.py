@@ -67,8 +67,12 @@ def test_released_layout_loads_as_float32(released):
             lambda s: s.__setitem__("masker.image_encoder.decoder.image_proj.proj", torch.zeros(32, 64)),
             "1 of the wrong shape (masker.image_encoder.decoder.image_proj.proj (32, 64) instead of (64, 32))",
         ),
+        (  # an integer tensor would be cast to float silently: refused like a missing one
+            lambda s: s.__setitem__("masker.sim2mask.w", s["masker.sim2mask.w"].long()),
+            "1 of the wrong dtype (masker.sim2mask.w int64 instead of floating)",
+        ),
     ],
-    ids=["missing", "extra", "reshaped"],
+    ids=["missing", "extra", "reshaped", "integer"],
 )
 def test_strict_loading_names_the_key(tmp_path, tiny_vit, edit, named):
     path = tiny_checkpoint(tmp_path / "bad.pth", edit)

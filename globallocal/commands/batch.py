@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -148,6 +149,9 @@ def batch(
     source_args.check()
     spec.settings(preset, **overrides)
     clip_model = check_models(spec, clip_model, clip_weights, device, precision)
+    from .recipe import ray_options
+
+    pool = ray_options(ray, ray_actors, ray_gpus_per_actor, ray_cpus_per_actor)  # Ray not imported yet
     if masks is not None and not masks.exists():
         raise InputError(f"mask source not found: {masks}; give a folder of PNG masks or an RLE .json file")
 
@@ -158,12 +162,14 @@ def batch(
     needs_generator = spec.uses_proposals and masks is None and any(
         line.masks is None for line in manifest.lines
     )
-    with ray_session(ray, ray_actors, ray_gpus_per_actor, ray_cpus_per_actor, device) as (cluster, device):
-        recipe = ModelRecipe(
-            method, clip_model, clip_weights, preset, device, precision, spacy_model, overrides,
-            generator=source_args if needs_generator else None, proposals=proposals,
-            method_options=sam3.method_options(method) or vlm.method_options(method),
-        )
+    recipe = ModelRecipe(
+        method, clip_model, clip_weights, preset, device, precision, spacy_model, overrides,
+        generator=source_args if needs_generator else None, proposals=proposals,
+        method_options=sam3.method_options(method) or vlm.method_options(method),
+    )
+    recipe.check_files()  # offline, every missing model file at once, before Ray starts or any model loads
+    with ray_session(pool, device) as (cluster, device):
+        recipe = replace(recipe, device=device)
         # Under --ray this copy only names the configuration: the actors load their own.
         worker = recipe.build("cpu", "fp32") if cluster is not None else recipe.build()
         summary = run_batch(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -212,6 +213,9 @@ def evaluate(
         limit=limit, save_masks=save_masks, overlap=overlap, subset=subset,
     ))
     check_models(spec, clip_model, clip_weights, device, precision)
+    from .recipe import ray_options
+
+    pool = ray_options(ray, ray_actors, ray_gpus_per_actor, ray_cpus_per_actor)  # Ray not imported yet
 
     from globallocal.runs.cache import FeatureCache
     from globallocal.runs.distributed import distributed_session, from_environment
@@ -220,17 +224,18 @@ def evaluate(
 
     from .recipe import ModelRecipe, ray_session
 
-    tcl = tcl.with_weights_found(method)  # before any model loads: offline, a missing checkpoint fails in seconds
     if ray is not None and from_environment().world_size > 1:
         raise InputError("--ray and torchrun do not mix: run one process with --ray, or torchrun without it")
-    with ray_session(ray, ray_actors, ray_gpus_per_actor, ray_cpus_per_actor, device) as (cluster, device):
+    recipe = ModelRecipe(
+        method, clip_model, clip_weights, preset, device, precision, spacy_model, overrides,
+        generator=source_args if proposals not in ("gt", None) else None, proposals=proposals,
+        record_proposals=True, keep_order=spec.keep_proposal_order, tcl=tcl,
+        method_options=sam3.method_options(method) or vlm.method_options(method, cache), cache_key=True,
+    )
+    recipe.check_files()  # offline, every missing model file at once, before Ray starts or any model loads
+    with ray_session(pool, device) as (cluster, device):
         with distributed_session(device) as place:
-            recipe = ModelRecipe(
-                method, clip_model, clip_weights, preset, device, precision, spacy_model, overrides,
-                generator=source_args if proposals not in ("gt", None) else None, proposals=proposals,
-                record_proposals=True, keep_order=spec.keep_proposal_order, tcl=tcl,
-                method_options=sam3.method_options(method) or vlm.method_options(method, cache), cache_key=True,
-            )
+            recipe = replace(recipe, device=device)
             # Under --ray this copy only names the configuration: the actors load their own. As given, not
             # this process's cuda:LOCAL_RANK: all processes of torchrun must agree on the configuration.
             worker = recipe.build("cpu", "fp32") if cluster is not None else recipe.build(place.device(device))

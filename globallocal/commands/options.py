@@ -16,7 +16,7 @@ import typer
 
 from ..data.phrases import clean_phrase
 from ..errors import InputError
-from ..models.devices import check_device, check_precision
+from ..models.devices import check_device_precision
 from ..proposals import PROPOSAL_KINDS
 from .common import check_image_file
 
@@ -54,11 +54,10 @@ def setting_overrides(**values) -> dict:
 def check_models(
     spec: MethodSpec, clip_model: str | None, clip_weights: str, device: str, precision: str
 ) -> str | None:
-    """What can be checked of the models without torch: the device and precision names, the CLIP architecture
-    (and that it fits the method), the weights path. Returns the architecture to load (None: the method uses
-    no CLIP, and --clip-model / --clip-weights are refused)."""
-    check_device(device)
-    check_precision(precision)
+    """What can be checked of the models without torch: the device and precision (fp16 on a CPU without its units
+    too), the CLIP architecture (and that it fits the method), the weights path. Returns the architecture to load
+    (None: the method uses no CLIP, and --clip-model / --clip-weights are refused)."""
+    check_device_precision(device, precision)
     if not spec.uses_clip:
         given = [flag for flag, value in (("--clip-model", clip_model), ("--clip-weights", clip_weights))
                  if value not in (None, "openai")]
@@ -257,15 +256,18 @@ class ProposalArgs:
         return self.kind == "sam3"
 
     def check(self) -> None:
-        """What can be refused before any model loads: SAM 3's options without SAM 3, its threshold, fallback
-        chain and weights folder."""
+        """What can be refused before any model loads (torch-free): the proposal cap, a SAM model name of the
+        other family; SAM 3's options without SAM 3, its threshold, fallback chain and weights folder."""
+        from globallocal.proposals.requirements import check_proposal_options
+
+        check_proposal_options(self.kind, self.sam_model, self.max_proposals)
         own = [f"--{name.replace('_', '-')}" for name in ("sam3_weights", "sam3_threshold", "sam3_fallback")
                if getattr(self, name) is not None]
         if self.kind != "sam3":
             if own:
                 raise InputError(f"{own[0]} applies to --proposals sam3, not {self.kind or 'this method'}")
             return
-        from globallocal.proposals.sam3 import (
+        from globallocal.proposals.sam3_settings import (
             DEFAULT_BELOW_THRESHOLD_K,
             DEFAULT_FALLBACK,
             DEFAULT_THRESHOLD,
@@ -278,6 +280,12 @@ class ProposalArgs:
         check_sam3_settings(threshold, fallback, DEFAULT_BELOW_THRESHOLD_K, self.max_proposals)
         if self.sam3_weights is not None:
             check_sam3_folder(self.sam3_weights)
+
+    def missing_files(self) -> list:
+        """The source's weights files that are not on this machine (:class:`~globallocal.models.hub.MissingFile`)."""
+        from globallocal.proposals.requirements import missing_proposal_files
+
+        return missing_proposal_files(self.kind, self.sam_model, self.weights, self.sam3_fallback)
 
     def given(self) -> list[str]:
         """The flags of the options given (changed from their defaults); --proposals when a kind is set.

@@ -14,24 +14,29 @@ from ..runs.worker import Worker
 from .common import stderr
 from .options import ProposalArgs
 
-__all__ = ["ModelRecipe", "check_model_files", "describe_generator", "ray_session"]
+__all__ = ["ModelRecipe", "check_model_files", "describe_generator", "ray_options", "ray_session"]
 
 
 def check_model_files(
-    clip_model: str | None, clip_weights: str, spacy_model: str | None, generator: ProposalArgs | None
+    clip_model: str | None, clip_weights: str, spacy_model: str | None, generator: ProposalArgs | None,
+    method: str, method_options: dict[str, Any] | None = None, tcl: Any = None,
 ) -> None:
-    """Before any model loads: the CLIP weights, the spaCy parser and FreeSOLO's checkpoint (with a FreeSOLO
-    ``generator``) that are missing and cannot be downloaded now, all in one message (offline, loading them one
-    by one would name one per attempt)."""
+    """Before any model loads: every file the command's models need that is missing and cannot be had now, in one
+    message (offline, loading them one by one would name one per attempt): CLIP's weights, the method's own (its
+    registry entry lists them from its builder ``method_options``: TCL's checkpoint, SAM 3's), TCL's checkpoint
+    and CLIP in a blend (``tcl``, the TCLOptions), the proposal source's (``generator``: FreeSOLO, SAM, SAM 2,
+    SAM 3) and the spaCy parser."""
+    from ..methods import get_method
     from ..models.clip import missing_clip_weights
     from ..models.hub import require_files
     from ..models.text import missing_parser
 
     missing = [missing_clip_weights(clip_model, clip_weights) if clip_model is not None else None]
-    if generator is not None and generator.kind == "freesolo":
-        from ..proposals.freesolo_checkpoint import missing_freesolo_weights
-
-        missing.append(missing_freesolo_weights(generator.freesolo_weights))
+    missing += get_method(method).missing_files(method_options)
+    if tcl is not None:
+        missing += tcl.missing_files(method, clip_model, clip_weights)
+    if generator is not None:
+        missing += generator.missing_files()
     missing.append(missing_parser(spacy_model))
     require_files([file for file in missing if file is not None])
 
@@ -77,18 +82,27 @@ class ModelRecipe:
     cache_key: bool = False
     """Whether the worker carries the generator's feature-cache key (evaluate)."""
 
+    @property
+    def builder_options(self) -> dict[str, Any] | None:
+        """The method builder's options: TCL's checkpoint with --method tcl, else those the recipe names."""
+        return (self.tcl.method_options(self.method) if self.tcl is not None else None) or self.method_options
+
+    def check_files(self) -> None:
+        """Every model file the recipe needs that is missing and cannot be had now, named at once
+        (:func:`check_model_files`)."""
+        check_model_files(self.clip_model, self.clip_weights, self.spacy_model, self.generator, self.method,
+                          self.builder_options, self.tcl)
+
     def build(self, device: str | None = None, precision: str | None = None) -> Worker:
         """Load everything on ``device`` in ``precision`` (default: the recipe's); the settings keep the recipe's."""
         from ..models.text import parser_label
         from ..segmenter import Segmenter
 
-        check_model_files(self.clip_model, self.clip_weights, self.spacy_model, self.generator)
+        self.check_files()
         device, precision = device or self.device, precision or self.precision
-        method_options = (self.tcl.method_options(self.method) if self.tcl is not None else None) or \
-            self.method_options
         segmenter = Segmenter.from_pretrained(
             self.clip_model, self.clip_weights, self.preset, device=device, precision=precision,
-            spacy_model=self.spacy_model, method=self.method, method_options=method_options, **self.overrides,
+            spacy_model=self.spacy_model, method=self.method, method_options=self.builder_options, **self.overrides,
         )
         if self.tcl is not None:
             segmenter.method = self.tcl.wrap(segmenter.method)
@@ -130,21 +144,31 @@ def _actor_device(device: str, pool: Any) -> str:
     return device
 
 
-@contextmanager
-def ray_session(
-    address: str | None, actors: int | None, gpus: float | None, cpus: float | None, device: str
-) -> Iterator[tuple[Any, str]]:
-    """(the entered RayRun or None, the device the run records); Ray is imported only with ``--ray``."""
+def ray_options(address: str | None, actors: int | None, gpus: float | None, cpus: float | None) -> Any:
+    """The ``--ray`` options as a RayOptions, checked before anything loads (torch-free; Ray is not imported);
+    None without ``--ray``, whose pool options are then refused."""
     if address is None:
         given = [flag for flag, value in (("--ray-actors", actors), ("--ray-gpus-per-actor", gpus),
                                           ("--ray-cpus-per-actor", cpus)) if value is not None]
         if given:
             raise InputError(f"{given[0]} needs --ray")
+        return None
+    from ..runs.ray_engine import RayOptions
+
+    options = RayOptions(address, actors, gpus, cpus)
+    options.check()
+    return options
+
+
+@contextmanager
+def ray_session(options: Any, device: str) -> Iterator[tuple[Any, str]]:
+    """(the entered RayRun or None, the device the run records) for :func:`ray_options`' answer."""
+    if options is None:
         from ..models.clip import resolve_device
 
         yield None, resolve_device(device)
         return
-    from ..runs.ray_engine import RayOptions, RayRun
+    from ..runs.ray_engine import RayRun
 
-    with RayRun(RayOptions(address, actors, gpus, cpus), say=stderr.print) as run:
+    with RayRun(options, say=stderr.print) as run:
         yield run, _actor_device(device, run.pool)

@@ -212,6 +212,9 @@ def segment(
     check_soft_outputs(soft_mask, heatmap, tcl.uses_tcl(method), f"--method {method}")
 
     from globallocal.data.images import all_or_none, load_image, save_mask_png
+
+    picture = load_image(image)  # torch-free: a photo over the pixel limit, or undecodable, is refused at once
+
     from globallocal.data.phrases import shown
     from globallocal.models.clip import resolve_device
     from globallocal.models.text import parse_phrase
@@ -224,9 +227,7 @@ def segment(
 
     timer = StageTimer()
     device = resolve_device(device)
-    picture = load_image(image)
     candidates = load_proposals(masks, (picture.height, picture.width)) if masks else None
-    tcl = tcl.with_weights_found(method)
     source_name = f"masks:{masks}" if masks else proposals
 
     # Built as evaluate and batch build theirs, so that the JSON describes the call as their config.json does.

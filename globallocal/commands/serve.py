@@ -97,8 +97,9 @@ def serve(
     from globallocal.serve import check_port, require_gradio
 
     require_gradio()
-    if max_megapixels <= 0 or top_k < 1:
-        raise InputError("--max-megapixels must be positive and --top-k at least 1")
+    if not max_megapixels > 0 or top_k < 1:  # NaN too: it compares false with everything
+        raise InputError(f"--max-megapixels must be a positive number (got {max_megapixels:g}) and --top-k at least 1 "
+                         f"(got {top_k})")
     if max_megapixels > MAX_MEGAPIXELS:
         raise InputError(f"--max-megapixels {max_megapixels:g} is over every command's limit of {MAX_MEGAPIXELS:g} "
                          f"megapixels; set {PIXELS_VARIABLE} to raise that one too")

@@ -42,6 +42,9 @@ def sweep(
     Examples: globallocal sweep runs/refcoco_val_ViT-B-32_freesolo --alpha 0.8,0.85,0.9,0.95 --beta 0.3,0.5,0.7;
     globallocal sweep runs/refcoco_val_hybridgl_ViT-B-16_sam --beta 0.3,0.5 --relation-weight 0.3,0.4,0.5
     """
+    from globallocal.runs.sweepable import check_sweepable
+
+    check_sweepable(run_dir)  # torch-free: a folder that cannot be swept is refused at once
     from globallocal.runs.sweep import format_sweep_table, parse_values, run_sweep
 
     k_values = {"gem_k_big": gem_k_big, "gem_k_small": gem_k_small, "gem_k_other": gem_k_other}

@@ -108,6 +108,10 @@ class MethodSpec:
     whatever the method (counted apart)."""
     answers_setting: str | None = None
     """The setting whose value :attr:`answers` maps (SAM 3's ``answer``: top or union)."""
+    model_files: str | None = None
+    """``module:function`` listing the method's own weights files that are not on this machine, from its builder's
+    options (``(options) -> list[MissingFile]``), so that every missing file is named before any model loads; None:
+    it loads none beyond CLIP."""
 
     @property
     def display(self) -> str:
@@ -152,6 +156,11 @@ class MethodSpec:
                 stacklevel=1,  # one location: the command line's early check and the loader's warn once
             )
         return name
+
+    def missing_files(self, options: Mapping[str, Any] | None = None) -> list[Any]:
+        """The method's own weights files that are not on this machine (:attr:`model_files`), as
+        :class:`~globallocal.models.hub.MissingFile`; ``options``: its builder's."""
+        return _load(self.model_files)(options) if self.model_files else []
 
     def runs_on(self, clip_model: str) -> bool:
         """Whether the method runs on CLIP ``clip_model`` as it was meant to: its image tower and, for a method

@@ -21,9 +21,9 @@ from open_clip.transformer import QuickGELU
 
 from ..errors import InputError, WeightsError, first_line
 from .architectures import architecture_config, image_tower_family
-from .devices import PRECISION_NAMES, check_device, check_precision
+from .devices import FP16_ON_CPU, PRECISION_NAMES, check_device, check_precision
 from .hub import MissingFile, cached_hub_file, require_hub_files
-from .weights import unsafe_checkpoint, unsafe_message
+from .weights import tensor_mismatch, unsafe_checkpoint, unsafe_message
 
 PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
 
@@ -165,8 +165,7 @@ def precision_dtype(precision: str, device: str | torch.device) -> torch.dtype:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
     if precision == "fp16" and device.type == "cpu" and not cpu_has_fp16_units():
-        raise InputError("precision fp16 has no fast kernels on this CPU (no AMX-FP16); use bf16 or fp32 on the "
-                         "CPU, fp16 on CUDA")
+        raise InputError(FP16_ON_CPU)
     return PRECISIONS[precision]
 
 
@@ -179,46 +178,33 @@ def resolve_device(device: str) -> str:
 
 
 def _load_file(model: open_clip.CLIP, path: str | os.PathLike[str], name: str) -> None:
-    """Load a checkpoint file into ``model`` strictly; a file of another architecture is named as such."""
+    """Load a checkpoint file into ``model``: open_clip reads and converts it, and what it hands to
+    ``load_state_dict`` must match the model's tensors one to one (:func:`tensor_mismatch`), or the file is
+    refused naming the offenders and the open_clip names it looks like."""
+
+    def check(module: torch.nn.Module, state: dict[str, Any], *_: Any) -> None:
+        if not all(isinstance(value, torch.Tensor) for value in state.values()):
+            return  # load_state_dict says what is wrong
+        expected = module.state_dict()
+        mismatch = tensor_mismatch(state, expected)
+        if mismatch is not None:
+            # Another architecture only when the names or shapes differ (a wrong dtype is this one's, damaged).
+            fits = state.keys() == expected.keys() and all(state[key].shape == expected[key].shape for key in state)
+            guesses = [] if fits else guess_architectures(state)
+            likely = f"; the file looks like {' or '.join(guesses)}: pass that as --clip-model" if guesses else ""
+            raise WeightsError(f"cannot load CLIP weights {path} into {name}: {mismatch}{likely}")
+
+    hook = model.register_load_state_dict_pre_hook(check)
     try:
         open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
+    except WeightsError:
+        raise
     except Exception as error:  # torch and open_clip raise many types for a bad file
         if unsafe_checkpoint(error, path):
             raise WeightsError(unsafe_message(path, error, "use an open_clip checkpoint of tensors")) from None
-        reason = _mismatch(model, path) or first_line(error)
-        raise WeightsError(f"cannot load CLIP weights {path} into {name}: {reason}") from None
-
-
-def _named(keys: list[str], limit: int = 3) -> str:
-    return ", ".join(keys[:limit]) + (f", ... {len(keys) - limit} more" if len(keys) > limit else "")
-
-
-def _mismatch(model: open_clip.CLIP, path: str | os.PathLike[str]) -> str | None:
-    """Which keys of the file do not fit ``model`` and what architecture the file looks like; None if unreadable."""
-    try:
-        state = open_clip.factory.load_state_dict(str(path), weights_only=True)
-    except Exception:  # unreadable: the loader's own message says why
-        return None
-    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
-        return None
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    shaped = [
-        f"{key} {tuple(state[key].shape)} instead of {tuple(expected[key].shape)}"
-        for key in state
-        if key in expected and state[key].shape != expected[key].shape
-    ]
-    parts = [
-        f"{len(keys)} {what} ({_named(keys)})"
-        for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (shaped, "of another shape"))
-        if keys
-    ]
-    if not parts:
-        return None
-    guesses = guess_architectures(state)
-    likely = f"; the file looks like {' or '.join(guesses)}: pass that as --clip-model" if guesses else ""
-    return "; ".join(parts) + likely
+        raise WeightsError(f"cannot load CLIP weights {path} into {name}: {first_line(error)}") from None
+    finally:
+        hook.remove()
 
 
 def _count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:

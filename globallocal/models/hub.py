@@ -93,32 +93,38 @@ def require_hub_files(repo_id: str, filenames: list[str], what: str, fix: str) -
 
 @dataclass(frozen=True)
 class MissingFile:
-    """A file the models need that is not on this machine: what it is, how to get it, and whether a download
-    from the hub would fetch it (spaCy's models are installed as packages, never downloaded by a run)."""
+    """A file the models need that is not on this machine: what it is, how to get it, whether a download from the
+    hub would fetch it (original SAM's checkpoints and spaCy's models never are), and whether its own loader
+    refuses it at once, before any model loads (spaCy's parser), so that alone it needs no refusal here."""
 
     what: str
     fix: str
     downloadable: bool = True
+    reported_by_loader: bool = False
 
 
 def require_files(missing: list[MissingFile]) -> None:
-    """Before any model loads: one :class:`WeightsError` naming every missing file, when a download cannot help.
+    """Before any model loads: one :class:`WeightsError` naming every missing file that cannot be had now.
 
     Offline, loading the models one after the other would name one missing
-    file per attempt; this names them all at once. Nothing is raised when
-    every missing file can be downloaded now (the loaders fetch them), nor
-    for a missing spaCy model alone (its loader says how to install it). One
-    file is the loaders' own one-line message; several are one line each.
+    file per attempt; this names them all at once. A file that can be
+    downloaded now is left to its loader; a file that is never downloaded is
+    named even online (the models before it would load for nothing), except
+    a spaCy model alone (its loader says how to install it, at once). One
+    file is one line; several are one line each.
     """
-    downloadable = [file for file in missing if file.downloadable]
-    reason = hub_unreachable_reason() if downloadable else None
-    if reason is None:
+    reason = hub_unreachable_reason() if any(file.downloadable for file in missing) else None
+    stuck = [file for file in missing if not file.downloadable or reason is not None]
+    if all(file.reported_by_loader for file in stuck):
         return
-    if len(missing) == 1:
-        raise WeightsError(_unavailable(missing[0].what, reason, missing[0].fix))
-    listed = "".join(f"\n  {file.what}: {file.fix}" for file in missing)
-    raise WeightsError(f"{len(missing)} files the models need are not on this machine, and none can be downloaded "
-                       f"now ({reason}); provide each, then run again:{listed}")
+    if len(stuck) == 1:
+        file = stuck[0]
+        raise WeightsError(_unavailable(file.what, reason, file.fix) if file.downloadable
+                           else f"{file.what} is not on this machine; {file.fix}")
+    listed = "".join(f"\n  {file.what}: {file.fix}" for file in stuck)
+    why = f", and none can be downloaded now ({reason})" if reason is not None else ""
+    raise WeightsError(f"{len(stuck)} files the models need are not on this machine{why}; provide each, then run "
+                       f"again:{listed}")
 
 
 def download_hub_file(repo_id: str, filename: str, what: str, fix: str) -> Path:

@@ -48,10 +48,11 @@ def missing_parser(name: str | None = None) -> MissingFile | None:
     without loading spaCy's models; None: it is here."""
     if name is None:
         return None if any(map(_installed, PARSER_PREFERENCE)) else MissingFile(
-            "a spaCy English model (none is installed)", _NO_PARSER_FIX, downloadable=False)
+            "a spaCy English model (none is installed)", _NO_PARSER_FIX, downloadable=False, reported_by_loader=True)
     if _installed(name) or Path(name).expanduser().is_dir():
         return None
-    return MissingFile(f"spaCy model '{name}' (not installed)", _install_hint(name), downloadable=False)
+    return MissingFile(f"spaCy model '{name}' (not installed)", _install_hint(name), downloadable=False,
+                       reported_by_loader=True)
 
 
 def _install_hint(name: str) -> str:

@@ -20,6 +20,14 @@ read or written the hash is computed every time.
 :func:`load_checkpoint_tensors` is the shared ``torch.load`` of the proposal
 generators' checkpoints, with ``weights_only=True``; :func:`unsafe_checkpoint`
 recognises torch's refusal so every loader says the same thing about it.
+
+:func:`check_tensors` is the one rule every loader applies before a model
+takes its weights (CLIP, FreeSOLO, SAM, SAM 2, TCL, SAM 3): the file's
+tensors match the model's one to one, by name, shape and kind of dtype (a
+floating tensor where the model has one: an integer tensor would be cast
+silently), or the file is refused, naming the first offender of each kind.
+A model that took a file with a tensor missing would answer with random
+parameters where it lacks one.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ import re
 import time
 import warnings
 import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -43,8 +53,12 @@ from ..data.images import save_text
 from ..errors import InputError, WeightsError, first_line
 
 __all__ = [
+    "TensorInfo",
+    "check_tensors",
+    "dtype_kind",
     "identity_memo_path",
     "load_checkpoint_tensors",
+    "tensor_mismatch",
     "unsafe_checkpoint",
     "unsafe_message",
     "weights_identity",
@@ -203,3 +217,68 @@ def weights_change(
             "(the weights must not change within a run)"
         )
     return None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor's name-less description, as a weights file's header gives it without reading the data."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    """torch's or safetensors' name of the dtype (``float32``, ``F32``, ``I64``, ...)."""
+
+
+def dtype_kind(dtype: Any) -> str:
+    """``floating``, ``complex``, ``bool`` or ``integer``: of a torch dtype or a safetensors dtype name."""
+    name = str(dtype).removeprefix("torch.").lower()
+    if name == "bool":
+        return "bool"
+    if name.startswith(("f", "bf", "half")):  # float32, bfloat16, float8_e4m3fn; F32, BF16, F8_E4M3
+        return "floating"
+    if name.startswith("c"):  # complex64; C64
+        return "complex"
+    return "integer"
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _listed(items: list[str], limit: int = 4) -> str:
+    more = f", ... {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def tensor_mismatch(found: Mapping[str, Any], expected: Mapping[str, Any]) -> str | None:
+    """How the tensors ``found`` in a weights file differ from those ``expected`` by the model, or None when they
+    match one to one: every name present and no other, each of the expected shape and kind of dtype (a floating
+    tensor for a floating parameter). Values are anything with ``shape`` and ``dtype`` (tensors, meta tensors,
+    :class:`TensorInfo`). The description counts each kind of difference and names the first few, in the
+    model's order: ``1 missing (a.weight); 2 of another dtype (b.bias int64 instead of floating, ...)``."""
+    missing = [name for name in expected if name not in found]
+    unexpected = [name for name in found if name not in expected]
+    shared = [name for name in expected if name in found]
+    shapes = [
+        f"{name} {tuple(found[name].shape)} instead of {tuple(expected[name].shape)}"
+        for name in shared if tuple(found[name].shape) != tuple(expected[name].shape)
+    ]
+    kinds = [
+        f"{name} {_dtype_name(found[name].dtype)} instead of {dtype_kind(expected[name].dtype)}"
+        for name in shared if dtype_kind(found[name].dtype) != dtype_kind(expected[name].dtype)
+    ]
+    parts = [
+        f"{len(names)} {label} ({_listed(names)})"
+        for names, label in ((missing, "missing"), (unexpected, "unexpected"), (shapes, "of the wrong shape"),
+                             (kinds, "of the wrong dtype"))
+        if names
+    ]
+    return "; ".join(parts) or None
+
+
+def check_tensors(found: Mapping[str, Any], expected: Mapping[str, Any], refusal: str, fix: str = "") -> None:
+    """Refuse (one-line :class:`WeightsError`) weights whose tensors do not match the model's one to one
+    (:func:`tensor_mismatch`). ``refusal`` opens the message (``x.pth is not the SAM vit_b checkpoint``), ``fix``
+    closes it (what to use instead)."""
+    mismatch = tensor_mismatch(found, expected)
+    if mismatch is not None:
+        raise WeightsError(f"{refusal}: {mismatch}" + (f"; {fix}" if fix else ""))

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import WeightsError
 from ..models.hub import MissingFile, cached_hub_file, download_hub_file, weights_folders
-from ..models.weights import load_checkpoint_tensors, weights_identity
+from ..models.weights import check_tensors, load_checkpoint_tensors, weights_identity
 from .solov2 import FreeSOLONet
 
 __all__ = [
@@ -221,43 +221,17 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return checkpoint
 
 
-def _named(keys: list[str], limit: int = 4) -> str:
-    more = f", ... {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def _map_state_dict(
     checkpoint: dict[str, torch.Tensor], model: FreeSOLONet, path: Path
 ) -> dict[str, torch.Tensor]:
-    """The checkpoint under the model's names, or WeightsError naming every mismatch."""
+    """The checkpoint under the model's names (floating tensors as float32), or WeightsError naming every mismatch
+    (:func:`~globallocal.models.weights.check_tensors`, under the checkpoint's names)."""
     key_map = checkpoint_key_map(model)
-    expected = model.state_dict()
-    mapped: dict[str, torch.Tensor] = {}
-    unexpected, mismatched = [], []
-    for key, tensor in checkpoint.items():
-        if key in IGNORED_CHECKPOINT_KEYS:
-            continue
-        target = key_map.get(key)
-        if target is None:
-            unexpected.append(key)
-        elif tensor.shape != expected[target].shape:
-            mismatched.append(f"{key} {tuple(tensor.shape)} instead of {tuple(expected[target].shape)}")
-        else:
-            mapped[target] = tensor.float() if tensor.is_floating_point() else tensor
-    missing = [key for key in key_map if key not in checkpoint]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing ({_named(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected ({_named(unexpected)})")
-        if mismatched:
-            parts.append(f"{len(mismatched)} of the wrong shape ({_named(mismatched)})")
-        raise WeightsError(
-            f"{path} is not the FreeSOLO R101 checkpoint: {'; '.join(parts)}; "
-            f"expected {FREESOLO_FILENAME} from {FREESOLO_URL}"
-        )
-    return mapped
+    model_state = model.state_dict()
+    found = {key: tensor for key, tensor in checkpoint.items() if key not in IGNORED_CHECKPOINT_KEYS}
+    check_tensors(found, {key: model_state[target] for key, target in key_map.items()},
+                  f"{path} is not the FreeSOLO R101 checkpoint", f"expected {FREESOLO_FILENAME} from {FREESOLO_URL}")
+    return {key_map[key]: tensor.float() if tensor.is_floating_point() else tensor for key, tensor in found.items()}
 
 
 def load_freesolo(

@@ -4,7 +4,10 @@ SAM 2.1 checkpoints come from the Hugging Face hub repositories the ``sam2``
 package itself downloads from (``facebook/sam2.1-hiera-*``, into the hub
 cache); the original SAM checkpoints are not on the hub and are read from
 ``sam_weights/`` at the repository root or from a given path. Checkpoints
-are read with ``weights_only=True``.
+are read with ``weights_only=True``. Importing this module imports neither
+torch nor the packages: the command line checks a ``--sam-model`` name
+(:func:`check_sam_model`) and lists the checkpoints that are missing
+(:func:`missing_sam_weights`, :func:`missing_sam2_weights`) before any model loads.
 """
 
 from __future__ import annotations
@@ -18,13 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from ..errors import InputError, WeightsError
-from ..models.hub import cached_hub_file, require_hub_files, weights_folders
-from ..models.weights import load_checkpoint_tensors
+from ..models.hub import MissingFile, cached_hub_file, require_hub_files, weights_folders
+from ..models.weights import check_tensors, load_checkpoint_tensors
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 
@@ -34,10 +36,13 @@ __all__ = [
     "SAM2_MODELS",
     "SAM_MODELS",
     "SAM_WEIGHTS_URL",
+    "check_sam_model",
     "default_sam_weights",
     "default_sam_weights_dirs",
     "load_sam",
     "load_sam2",
+    "missing_sam2_weights",
+    "missing_sam_weights",
 ]
 
 INSTALL_HINT = "run `make install`, or `SAM2_BUILD_CUDA=0 pip install --no-build-isolation -e '.[sam]'`"
@@ -88,6 +93,8 @@ def quiet_package_warnings() -> Iterator[None]:
 
 def _read_checkpoint(path: Path, what: str) -> dict[str, torch.Tensor]:
     """The state dict in ``path`` (bare, or under "model" as SAM 2 saves it)."""
+    import torch
+
     checkpoint = load_checkpoint_tensors(path, what, f"use the official {what} checkpoint")
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         checkpoint = checkpoint["model"]
@@ -100,26 +107,24 @@ def _read_checkpoint(path: Path, what: str) -> dict[str, torch.Tensor]:
 _SAM_WIDTHS = {1280: "vit_h", 1024: "vit_l", 768: "vit_b"}
 
 
-def _sam_size_hint(checkpoint: dict[str, torch.Tensor]) -> str:
-    """'; it looks like SAM vit_b: pass --sam-model vit_b' for an original SAM checkpoint of a known width."""
+def _sam_size_hint(checkpoint: dict[str, torch.Tensor], kind: str) -> str:
+    """What to pass for an original SAM checkpoint of a known width: ``--sam-model NAME``, and under ``--proposals
+    sam2`` (``kind``), which takes no original SAM, ``--proposals sam`` too."""
     embedding = checkpoint.get("image_encoder.pos_embed")
     name = _SAM_WIDTHS.get(int(embedding.shape[-1])) if embedding is not None and embedding.dim() else None
-    return f"; it looks like SAM {name}: pass --sam-model {name}" if name else ""
+    if name is None:
+        return ""
+    switch = "--proposals sam " if kind == "sam2" else ""
+    return f"it looks like original SAM {name}: pass {switch}--sam-model {name}"
 
 
-def _load_strictly(model: nn.Module, path: Path, what: str) -> None:
-    """Load ``path`` into ``model``, every tensor present and of the right shape, or say which are not (and,
-    for original SAM, which size the file looks like)."""
+def _load_strictly(model: nn.Module, path: Path, what: str, kind: str) -> None:
+    """Load ``path`` into ``model`` (``kind``: sam or sam2), its tensors matching the model's one to one
+    (:func:`~globallocal.models.weights.check_tensors`), or say which do not (and, for an original SAM file,
+    what to pass for it)."""
     checkpoint = _read_checkpoint(path, what)
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in checkpoint]
-    unexpected = [key for key in checkpoint if key not in expected]
-    wrong = [key for key in expected if key in checkpoint and checkpoint[key].shape != expected[key].shape]
-    if missing or unexpected or wrong:
-        counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of the wrong shape"
-        example = (missing or unexpected or wrong)[0]
-        raise WeightsError(f"{path} is not the {what} checkpoint: {counts} tensors (e.g. {example})"
-                           f"{_sam_size_hint(checkpoint)}")
+    check_tensors(checkpoint, model.state_dict(), f"{path} is not the {what} checkpoint",
+                  _sam_size_hint(checkpoint, kind))
     model.load_state_dict(checkpoint, strict=True)
 
 
@@ -130,8 +135,22 @@ def _weights_file(weights: str | os.PathLike[str], what: str, official: str) -> 
     return path
 
 
+def check_sam_model(kind: str, model: str | None) -> None:
+    """Refuse, before anything loads, a ``--sam-model`` of the other family (original SAM's names with ``sam2``,
+    SAM 2's with ``sam``) or unknown to original SAM, with the flags that would take it."""
+    if model is None:
+        return
+    if kind == "sam2" and model in SAM_MODELS:
+        raise InputError(f"--sam-model {model} is an original SAM model, which --proposals sam2 does not take: use "
+                         f"--proposals sam --sam-model {model}, or SAM 2's {', '.join(SAM2_MODELS)}")
+    if kind == "sam" and model not in SAM_MODELS:
+        other = f"; SAM 2's {model} is --proposals sam2 --sam-model {model}" if model in SAM2_MODELS else ""
+        raise InputError(f"unknown SAM model {model!r}; use {', '.join(SAM_MODELS)}{other}")
+
+
 def _sam2_hub_id(model: str) -> str:
     """The hub repository of a short SAM 2.1 name, or of a full id the sam2 package knows."""
+    check_sam_model("sam2", model)
     if model in SAM2_MODELS:
         return SAM2_MODELS[model]
     build_sam = import_sam_package("sam2.build_sam", "SAM 2")
@@ -141,6 +160,31 @@ def _sam2_hub_id(model: str) -> str:
         f"unknown SAM 2 model {model!r}; use {', '.join(SAM2_MODELS)} (SAM 2.1) or one of "
         f"{', '.join(build_sam.HF_MODEL_ID_TO_FILENAMES)}"
     )
+
+
+def _sam2_checkpoint(model: str) -> tuple[str, str, str]:
+    """(hub repository, package config, checkpoint file name) of a SAM 2 model name."""
+    hub_id = _sam2_hub_id(model)
+    config, filename = import_sam_package("sam2.build_sam", "SAM 2").HF_MODEL_ID_TO_FILENAMES[hub_id]
+    return hub_id, config, filename
+
+
+def _sam2_missing(model: str, hub_id: str, filename: str) -> MissingFile:
+    """The SAM 2 checkpoint as a missing file: where it comes from, how to put it where it is found offline."""
+    return MissingFile(
+        f"SAM 2 {model} checkpoint {filename} ({hub_id})",
+        f"on a connected machine run `hf download {hub_id} {filename}` (it goes to the Hugging Face cache, where it "
+        "is found offline), or pass --sam-weights PATH to a copy of that file",
+    )
+
+
+def missing_sam2_weights(model: str | None, weights: str | os.PathLike[str] | None) -> MissingFile | None:
+    """SAM 2's checkpoint when it would have to be downloaded (None: a file given, or in the hub cache)."""
+    if weights is not None:
+        return None
+    model = model or DEFAULT_SAM2_MODEL
+    hub_id, _, filename = _sam2_checkpoint(model)
+    return None if cached_hub_file(hub_id, [filename]) is not None else _sam2_missing(model, hub_id, filename)
 
 
 def load_sam2(
@@ -156,13 +200,12 @@ def load_sam2(
     file strictly; ``"random"`` keeps the random initialisation (tests,
     benchmarks).
     """
-    hub_id = _sam2_hub_id(model)
+    hub_id, config, filename = _sam2_checkpoint(model)
     build_sam = import_sam_package("sam2.build_sam", "SAM 2")
-    config, filename = build_sam.HF_MODEL_ID_TO_FILENAMES[hub_id]
     what = f"SAM 2 {model}"
     official = f"{filename} from https://huggingface.co/{hub_id}"
     if weights is None:
-        path = _sam2_hub_checkpoint(hub_id, filename, what)
+        path = _sam2_hub_checkpoint(model, hub_id, filename)
     elif str(weights) == "random":
         path = None
     else:
@@ -171,31 +214,28 @@ def load_sam2(
     # reports a mismatch as a bare RuntimeError after logging the key lists.
     sam = build_sam.build_sam2(config, ckpt_path=None, device="cpu", mode="eval")
     if path is not None:
-        _load_strictly(sam, path, what)
+        _load_strictly(sam, path, what, "sam2")
     return sam.to(device).eval()
 
 
-def _sam2_hub_checkpoint(hub_id: str, filename: str, what: str) -> Path:
+def _sam2_hub_checkpoint(model: str, hub_id: str, filename: str) -> Path:
     """The cached checkpoint, else downloaded into the hub cache; WeightsError within seconds when offline.
 
     A cached file is used without asking the hub: huggingface_hub would
     otherwise check for a newer revision and, with the network down but
     HF_HUB_OFFLINE unset, retry for about 20 s.
     """
-    fix = (
-        f"on a connected machine run `hf download {hub_id} {filename}` (it goes to the Hugging Face cache, "
-        "where it is found offline), or pass --sam-weights PATH to a copy of that file"
-    )
     cached = cached_hub_file(hub_id, [filename])
     if cached is not None:
         return cached
-    require_hub_files(hub_id, [filename], f"{what} checkpoint {filename} ({hub_id})", fix)
+    missing = _sam2_missing(model, hub_id, filename)
+    require_hub_files(hub_id, [filename], missing.what, missing.fix)
     from huggingface_hub import hf_hub_download
 
     try:
         return Path(hf_hub_download(repo_id=hub_id, filename=filename))
     except Exception as error:  # any network or hub failure is the same problem to the user
-        raise WeightsError(f"downloading {what} checkpoint {filename} failed ({type(error).__name__}); {fix}") from None
+        raise WeightsError(f"downloading {missing.what} failed ({type(error).__name__}); {missing.fix}") from None
 
 
 def default_sam_weights_dirs() -> list[Path]:
@@ -211,6 +251,21 @@ def default_sam_weights(model: str) -> Path | None:
     return None
 
 
+def missing_sam_weights(model: str | None, weights: str | os.PathLike[str] | None) -> MissingFile | None:
+    """The official SAM checkpoint when it is in none of :func:`default_sam_weights_dirs` (None: a file given, or
+    found). It is never downloaded: the file says where to get it."""
+    model = model or DEFAULT_SAM_MODEL
+    check_sam_model("sam", model)
+    if weights is not None or default_sam_weights(model) is not None:
+        return None
+    folders = default_sam_weights_dirs()
+    return MissingFile(
+        f"SAM {model} weights {SAM_MODELS[model]} (not in {' or '.join(map(str, folders))})",
+        f"download {SAM_WEIGHTS_URL + SAM_MODELS[model]} into {folders[0]}/ or pass --sam-weights PATH",
+        downloadable=False,
+    )
+
+
 def load_sam(
     model: str = DEFAULT_SAM_MODEL, weights: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu"
 ) -> nn.Module:
@@ -223,25 +278,19 @@ def load_sam(
     the hub, so nothing is downloaded); ``"random"`` keeps the random
     initialisation (tests, benchmarks).
     """
-    if model not in SAM_MODELS:
-        raise InputError(f"unknown SAM model {model!r}; use {', '.join(SAM_MODELS)}")
+    missing = missing_sam_weights(model, weights)
+    if missing is not None:
+        raise WeightsError(f"{missing.what} is not on this machine; {missing.fix}")
     registry = import_sam_package("segment_anything", "SAM").sam_model_registry
-    filename = SAM_MODELS[model]
-    url = SAM_WEIGHTS_URL + filename
+    url = SAM_WEIGHTS_URL + SAM_MODELS[model]
     what = f"SAM {model}"
     if weights is None:
         path: Path | None = default_sam_weights(model)
-        if path is None:
-            folders = default_sam_weights_dirs()
-            raise WeightsError(
-                f"{what} weights {filename} not found in {' or '.join(map(str, folders))}; download {url} into "
-                f"{folders[0]}/ or pass --sam-weights PATH"
-            )
     elif str(weights) == "random":
         path = None
     else:
         path = _weights_file(weights, what, url)
     sam = registry[model](checkpoint=None)
     if path is not None:
-        _load_strictly(sam, path, what)
+        _load_strictly(sam, path, what, "sam")
     return sam.to(device).eval()

@@ -20,28 +20,60 @@ rather than killing workers forever. One small actor counts the attempts,
 so the summary can say how many units were retried. A result that arrives
 twice (a retried task whose output had already streamed back) is written once.
 
+Where. ``--ray`` takes ``local``, ``auto`` (``RAY_ADDRESS``, else the cluster
+running here) or a head's ``HOST:PORT`` (``ray://HOST:PORT`` for Ray Client);
+anything else, in the option or in ``RAY_ADDRESS``, is refused before
+anything loads (:meth:`RayOptions.check`). Before joining a head, the driver
+checks within :data:`HEAD_WAIT_S` seconds that a gRPC server (as Ray's GCS
+and Ray Client are) answers there: Ray itself would retry for minutes.
+
 Ray is imported here only, and only once ``--ray`` is given.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import pickle
+import re
 import socket
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import GlobalLocalError, InputError, WeightsError
+from ..errors import GlobalLocalError, InputError, WeightsError, first_line
 from .runfolder import UnitResult
 from .worker import Worker, WorkerRecipe, as_stored
 
-__all__ = ["INSTALL_HINT", "MAX_ATTEMPTS", "Pool", "RayOptions", "RayRun", "StepRecipe", "check_node", "import_ray"]
+__all__ = [
+    "HEAD_WAIT_S",
+    "INSTALL_HINT",
+    "MAX_ATTEMPTS",
+    "Pool",
+    "RayOptions",
+    "RayRun",
+    "StepRecipe",
+    "check_node",
+    "head_unanswered",
+    "import_ray",
+]
 
 INSTALL_HINT = "pip install 'globallocal[ray]'"
 # Attempts at one unit: a photo that kills its worker every time must not loop for ever.
 MAX_ATTEMPTS = 3
+# How long the driver waits for a head to answer before it says so.
+HEAD_WAIT_S = 10.0
+# A pool far beyond any cluster's is a typo; so is a share beyond any node's.
+MAX_ACTORS = 1024
+MAX_SHARES = {"--ray-cpus-per-actor": 1024.0, "--ray-gpus-per-actor": 64.0}
+_HEAD = re.compile(r"(?:ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):(\d{1,5})")
+_ADDRESS_FIX = ("use local (start Ray on this machine), auto (join RAY_ADDRESS or the cluster running here) or a "
+                "head's HOST:PORT (e.g. 10.0.0.5:6379; ray://HOST:10001 for Ray Client)")
+# The client preface of HTTP/2, which gRPC speaks: a gRPC server answers it with a SETTINGS frame (type 4).
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 def import_ray() -> Any:
@@ -64,13 +96,31 @@ class RayOptions:
     cpus_per_actor: float | None = None
 
     def check(self) -> None:
-        """Bad numbers fail before anything starts."""
+        """A bad address or number fails before anything starts (nothing is imported for it)."""
+        self.head()
         if self.actors is not None and self.actors < 1:
             raise InputError(f"--ray-actors must be at least 1, got {self.actors}")
+        if self.actors is not None and self.actors > MAX_ACTORS:
+            raise InputError(f"--ray-actors must be at most {MAX_ACTORS}, got {self.actors}")
         shares = (("--ray-gpus-per-actor", self.gpus_per_actor), ("--ray-cpus-per-actor", self.cpus_per_actor))
         for flag, value in shares:
-            if value is not None and value < 0:
-                raise InputError(f"{flag} must not be negative, got {value}")
+            if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_SHARES[flag]):
+                raise InputError(f"{flag} must be a number from 0 to {MAX_SHARES[flag]:g}, got {value}")
+
+    def head(self) -> tuple[str, int] | None:
+        """The head to join, (host, port): ``--ray HOST:PORT``, or ``RAY_ADDRESS`` under ``--ray auto`` (as Ray
+        reads it); None to start Ray here (``local``) or to find the cluster running here. A malformed address is
+        refused, naming where it came from."""
+        address, origin = self.address, f"--ray {self.address!r}"
+        if address == "auto" and os.environ.get("RAY_ADDRESS"):
+            address = os.environ["RAY_ADDRESS"]
+            origin = f"RAY_ADDRESS={address!r} (read under --ray auto)"
+        if address in ("local", "auto"):
+            return None
+        found = _HEAD.fullmatch(address)
+        if found is None or not 1 <= int(found[2]) <= 65535:
+            raise InputError(f"{origin} is not a Ray address; {_ADDRESS_FIX}")
+        return found[1].strip("[]"), int(found[2])
 
 
 @dataclass(frozen=True)
@@ -102,6 +152,39 @@ class Pool:
 
     def describe(self) -> str:
         return f"{self.actors} actor{'s' if self.actors != 1 else ''} of {self.cpus:g} CPU, {self.gpus:g} GPU"
+
+
+def _gcs_host(ray: Any, host: str) -> str:
+    """The host Ray itself connects to (it replaces a local address by this node's)."""
+    try:
+        return ray._private.services.resolve_ip_for_localhost(host)
+    except Exception:  # a private helper: without it, the host as given
+        return host
+
+
+def head_unanswered(host: str, port: int, wait: float = HEAD_WAIT_S) -> str | None:
+    """Why no Ray head answers at ``host:port`` within ``wait`` seconds (the name does not resolve, nothing
+    listens, what listens is silent or speaks no gRPC), or None when a gRPC server answers."""
+    found: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=wait) as connection:
+                connection.sendall(_HTTP2_PREFACE)
+                frame = connection.recv(9)
+        except socket.gaierror as error:
+            found.append(f"cannot resolve {host} ({error.strerror})")
+        except TimeoutError:
+            found.append(f"no answer within {wait:g} s")
+        except OSError as error:
+            found.append(f"nothing answers there ({error.strerror or error})")
+        else:
+            found.append(None if len(frame) == 9 and frame[3] == 0x04 else "what answers there is not a Ray head")
+
+    thread = threading.Thread(target=probe, daemon=True)  # a name lookup that hangs is abandoned
+    thread.start()
+    thread.join(wait)
+    return found[0] if found else f"no answer within {wait:g} s"
 
 
 def describe_cluster(ray: Any) -> str:
@@ -236,11 +319,17 @@ class RayRun:
         self.options.check()
         ray = import_ray()
         if not ray.is_initialized():  # else: a session this process opened already (a notebook, the tests)
+            head = self.options.head()
+            where = self.options.address if head is None else f"{head[0]}:{head[1]}"
+            reason = None if head is None else head_unanswered(_gcs_host(ray, head[0]), head[1])
+            if reason is not None:
+                raise InputError(f"cannot join the Ray cluster at {where}: {reason}; start its head there "
+                                 "(`ray start --head`) or check the address")
             try:
                 ray.init(address=self.options.address, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING)
-            except ConnectionError as error:
-                raise InputError(f"cannot join the Ray cluster at {self.options.address}: {error}") from None
+            except (ConnectionError, ValueError) as error:
+                raise InputError(f"cannot join the Ray cluster at {where}: {first_line(error)}") from None
             self._started = True
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the run's own bar is on the driver

@@ -26,15 +26,14 @@ from rich.table import Table
 from ..data.bounded import Shape, check_shape
 from ..data.datasets import dataset_label
 from ..errors import InputError
-from ..methods import DEFAULT_METHOD, MethodSpec, available_methods, get_method
+from ..methods import DEFAULT_METHOD, get_method
 from ..methods.settings import MethodSettings
 from ..models.architectures import FAMILIES
-from .benchmark_metrics import REFERRING, family_of
 from .cache_stores import DamagedEntry, FeatureShapes, ImageEntry, TextStore, VisualStore, check_features
 from .evaluate import CONFIG_FILE, REPORT_JSON, CompletedImage, referent
 from .metrics import MetricAccumulator
 from .report import read_report
-from .runfolder import read_config
+from .sweepable import check_sweepable, sweepable_methods
 
 __all__ = [
     "SWEEP_JSON",
@@ -253,21 +252,9 @@ class CachedRun:
 def open_cached_run(run_dir: str | Path, cache_dir: str | Path | None = None) -> CachedRun:
     """A finished cached run, refused with the fix when it is unfinished, uncached or its cache is gone."""
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).exists():
-        raise InputError(f"no evaluation run in {run_dir}: {run_dir / CONFIG_FILE} is missing")
-    if not (run_dir / REPORT_JSON).exists():
-        raise InputError(f"no finished run in {run_dir}: {REPORT_JSON} is missing; run the evaluation to the end first")
-    config = read_config(run_dir)
-    if family_of(str(config.get("dataset"))) is not REFERRING:
-        raise InputError(f"{run_dir} is a {config['dataset']} run: sweeps replay oIoU, mIoU and precision, not "
-                         f"{config['dataset']}'s own metrics; evaluate again at the other weights instead")
+    config = check_sweepable(run_dir)
     report = read_report(run_dir / REPORT_JSON)
-    cache_info = config.get("cache")
-    if not cache_info:
-        # Its images' features were not kept, and the cache is part of a run's identity: a new folder is needed.
-        raise InputError(f"{run_dir} was evaluated without --cache, so its features were not kept; evaluate again "
-                         f"with --cache DIR --out {Path(run_dir)}_cached (the same options otherwise), then "
-                         "sweep that folder")
+    cache_info = config["cache"]
     check_shape(config, {"cache": _CACHE_SHAPE}, str(run_dir / CONFIG_FILE), "; evaluate the run again")
     if cache_info["family"] not in FAMILIES:
         raise InputError(f"{run_dir / CONFIG_FILE}: cache.family is {cache_info['family']!r}, not a CLIP image "
@@ -302,13 +289,10 @@ def run_sweep(
     started = time.perf_counter()
     run = open_cached_run(run_dir, cache_dir)
     method = run.scoring.get("method")
-    if "tcl_weight" in run.scoring:
-        raise InputError(f"{run.directory} blends {method} with TCL (--tcl-blend); its scores cannot be "
-                         "replayed from the cache, so it cannot be swept")
-    specs = _sweepable_methods()
-    if method not in specs:
-        raise InputError(f"{run.directory} was evaluated with method {method}; sweeps are for "
-                         f"{' and '.join(specs)} runs")
+    specs = sweepable_methods()
+    if method not in specs or "tcl_weight" in run.scoring:  # its settings said otherwise (check_sweepable)
+        raise InputError(f"{run.directory / CONFIG_FILE}: the cache's scoring is not what the run's settings say "
+                         f"(method {method}); evaluate the run again")
     axes_of = specs[method].sweep_settings
     given = {"alpha": alphas, "beta": betas, **(axes or {})}
     for name in sorted(axis for axis, values in given.items() if values is not None):
@@ -319,11 +303,6 @@ def run_sweep(
                              f"{', '.join('--' + axis.replace('_', '-') for axis in axes_of)})")
     module = importlib.import_module(specs[method].sweep_module)
     return module.sweep(run, {name: given.get(name) for name in axes_of}, out_dir, started)
-
-
-def _sweepable_methods() -> dict[str, MethodSpec]:
-    specs = {name: get_method(name) for name in available_methods()}
-    return {name: spec for name, spec in specs.items() if spec.sweep_module}
 
 
 def format_sweep_table(result: dict[str, Any]) -> Table:

@@ -118,7 +118,12 @@ class Engine:
     # -- models, built on first use and shared -------------------------------
 
     def segmenter(self, method: str | None = None) -> Segmenter:
+        """The shared segmenter of ``method`` (default: the served one), built on first use; a method the page
+        does not offer is refused, whatever a request names (it would load models the command did not ask for)."""
         method = method or self.default_method
+        if method not in self.methods:
+            raise InputError(f"the page does not offer method {method!r}; it offers {', '.join(self.methods)} (to "
+                             f"serve another, restart with --method {method})")
         with self._lock:
             if method not in self._segmenters:
                 self._segmenters[method] = self._load_segmenter(method)

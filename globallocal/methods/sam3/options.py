@@ -10,12 +10,16 @@ settings. Nothing heavy is imported here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import InputError
 from .. import MethodSpec
+
+if TYPE_CHECKING:
+    from ...models.hub import MissingFile
 
 SAM3_METHOD = "sam3"
 
@@ -57,8 +61,9 @@ class Sam3Options:
         if proposals is not None:
             raise InputError(f"--proposals {proposals} does not apply to --method sam3: SAM 3 finds its own "
                              "instances (--proposals sam3 puts them under --method global-local or hybridgl)")
-        if self.max_proposals is not None and self.max_proposals < 1:
-            raise InputError(f"max_proposals must be at least 1, got {self.max_proposals}")
+        from ...proposals.requirements import check_max_proposals
+
+        check_max_proposals(self.max_proposals)
         if self.weights is not None:
             from ...proposals.sam3_weights import check_sam3_folder
 
@@ -83,3 +88,12 @@ class Sam3Options:
             return None
         options = {"weights": None if self.weights is None else str(self.weights)}
         return options | ({"max_proposals": self.max_proposals} if self.max_proposals is not None else {})
+
+
+def missing_method_files(options: Mapping[str, Any] | None) -> list[MissingFile]:
+    """SAM 3's weights when ``--method sam3`` would have to download them (its builder's ``weights`` option
+    names a folder otherwise)."""
+    from ...proposals.sam3_weights import missing_sam3_weights
+
+    missing = missing_sam3_weights((options or {}).get("weights"))
+    return [missing] if missing is not None else []

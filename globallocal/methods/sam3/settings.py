@@ -63,6 +63,7 @@ SPEC = MethodSpec(
     default_proposals=None,
     dataset_presets={"phrasecut": "sam3-union", "grefcoco": "sam3-union"},
     builder="globallocal.methods.sam3.method:build_sam3",
+    model_files="globallocal.methods.sam3.options:missing_method_files",
     display_name="SAM 3",
     offered_beside_others=False,
     uses_clip=False,

@@ -12,7 +12,6 @@ plus TCL's (prefixed ``tcl.``), answers are the inner method's re-ranked.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
@@ -25,9 +24,8 @@ from ...models.text import ParsedPhrase, encode_texts
 from ...proposals import Proposals
 from ..base import ImageFeatures, Method, SegmentResult, TextEncoder, json_floats
 from .method import TCL, build_tcl
-from .settings import TCLSettings
+from .settings import TCL_CLIP_MODEL, TCLSettings, shares_openai_clip
 
-TCL_CLIP_MODEL = "ViT-B-16-quickgelu"
 PREFIX = "tcl."
 
 
@@ -204,8 +202,7 @@ def tcl_clip_for(inner: Method, clip_weights: str | None = None) -> ClipBundle:
     precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(clip.dtype, "fp32")
     if clip_weights is not None:
         return load_clip(TCL_CLIP_MODEL, clip_weights, device=clip.device, precision=precision)
-    openai_file = os.path.isfile(clip.weights) and clip.uses_quick_gelu
-    if clip.name.removesuffix("-quickgelu") == "ViT-B-16" and (clip.weights == "openai" or openai_file):
+    if shares_openai_clip(clip.name, clip.weights, clip.uses_quick_gelu):
         return clip
     try:
         return load_clip(TCL_CLIP_MODEL, "openai", device=clip.device, precision=precision)

@@ -11,14 +11,16 @@ before a model loads, naming the option.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import InputError
 from .. import MethodSpec
+from .settings import TCL_CLIP_MODEL, shares_openai_clip
 
 if TYPE_CHECKING:
+    from ...models.hub import MissingFile
     from ..base import Method
 
 TCL_METHOD = "tcl"
@@ -109,13 +111,23 @@ class TCLOptions:
         """Whether TCL runs (as the method, or blended in): the answers then carry its soft mask."""
         return method == TCL_METHOD or self.blend is not None
 
-    def with_weights_found(self, method: str) -> TCLOptions:
-        """A copy naming TCL's checkpoint, found or downloaded now, so a missing one fails before any model loads."""
-        if not self.uses_tcl(method):
-            return self
-        from . import resolve_tcl_weights
+    def missing_files(self, method: str, clip_model: str | None, clip_weights: str) -> list[MissingFile]:
+        """In a blend, TCL's weights files that are not on this machine: its checkpoint, and OpenAI's CLIP
+        ViT-B/16 when it does not share the method's (``--method tcl``: the registry's ``model_files``)."""
+        if self.blend is None:
+            return []
+        from ...models.clip import missing_clip_weights
+        from ...models.hub import MissingFile
+        from .weights import missing_tcl_weights
 
-        return replace(self, checkpoint=resolve_tcl_weights(self.checkpoint))
+        missing = [missing_tcl_weights(self.checkpoint)]
+        name = Path(clip_model or "").stem if (clip_model or "").endswith(".json") else clip_model or ""
+        if self.clip_weights is None and not shares_openai_clip(name, clip_weights):
+            clip = missing_clip_weights(TCL_CLIP_MODEL, "openai")
+            missing.append(clip and MissingFile(
+                f"{clip.what}, which TCL runs on",
+                "run once with network access to cache it, or pass its file with --tcl-clip-weights PATH"))
+        return [file for file in missing if file is not None]
 
     def run_tag(self, method: str) -> str:
         """The method's name in a run folder: ``+tcl`` with its weight for a blend."""

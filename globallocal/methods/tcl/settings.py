@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 
 from .. import ANSWERS_ANY, MethodSpec
 from ..settings import MethodSettings
+
+TCL_CLIP_MODEL = "ViT-B-16-quickgelu"
+"""The CLIP TCL was trained on (OpenAI's ViT-B/16, whose weights need QuickGELU)."""
+
+
+def shares_openai_clip(name: str, weights: str, quick_gelu: bool | None = None) -> bool:
+    """Whether a method's CLIP ``name`` with ``weights`` is OpenAI's ViT-B/16, which TCL then shares in a blend:
+    ``openai``, or a local file under a QuickGELU architecture, as OpenAI's weights need (``quick_gelu``: the
+    loaded model's; None: read from the name)."""
+    quick_gelu = name.endswith("-quickgelu") if quick_gelu is None else quick_gelu
+    return name.removesuffix("-quickgelu") == "ViT-B-16" and (weights == "openai" or (os.path.isfile(weights)
+                                                                                        and quick_gelu))
+
 
 __all__ = ["PREPROCESSINGS", "PRESETS", "SPEC", "TEMPLATES", "WINDOW_MODES", "TCLSettings"]
 
@@ -92,6 +106,7 @@ SPEC = MethodSpec(
     default_clip_model="ViT-B-16-quickgelu",
     default_proposals=None,
     builder="globallocal.methods.tcl.method:build_tcl",
+    model_files="globallocal.methods.tcl.weights:missing_method_files",
     image_tower="vit",
     built_on="ViT-B-16",
     display_name="TCL",

@@ -12,13 +12,16 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ...errors import WeightsError, first_line
 from ...models.clip import ClipBundle
-from ...models.hub import download_url_file, package_root
+from ...models.hub import MissingFile, download_url_file, package_root
+from ...models.weights import check_tensors
 from .network import CHECKPOINT_PREFIXES, TCLHead
 
 TCL_FILENAME = "tcl.pth"
@@ -36,6 +39,37 @@ def _download_fix(folder: Path) -> str:
     return f"download {TCL_URL} into {folder}/ or pass --tcl-checkpoint PATH (or set {WEIGHTS_ENV})"
 
 
+def _local_tcl_weights(path: str | os.PathLike[str] | None) -> Path | None:
+    """The checkpoint on this machine: ``path``, else ``GLOBALLOCAL_TCL_WEIGHTS`` (either must exist), else
+    ``tcl_weights/tcl.pth`` at the repository root or in the working folder; None when it must be downloaded."""
+    for given, origin in ((path, "TCL weights"), (os.environ.get(WEIGHTS_ENV) or None, WEIGHTS_ENV)):
+        if given is not None:
+            candidate = Path(given).expanduser()
+            if not candidate.is_file():
+                raise WeightsError(f"{origin} file not found: {candidate}; the official checkpoint is {TCL_URL}")
+            return candidate
+    for candidate in (default_weights_dir() / TCL_FILENAME, Path.cwd() / WEIGHTS_DIRNAME / TCL_FILENAME):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _missing() -> MissingFile:
+    folder = default_weights_dir()
+    return MissingFile(f"TCL weights {TCL_FILENAME} (not in {folder})", _download_fix(folder))
+
+
+def missing_tcl_weights(path: str | os.PathLike[str] | None = None) -> MissingFile | None:
+    """The checkpoint :func:`resolve_tcl_weights` would have to download (None: it is here), without downloading."""
+    return None if _local_tcl_weights(path) is not None else _missing()
+
+
+def missing_method_files(options: Mapping[str, Any] | None) -> list[MissingFile]:
+    """``--method tcl``'s checkpoint when it would have to be downloaded (its builder's ``weights`` option)."""
+    missing = missing_tcl_weights((options or {}).get("weights"))
+    return [missing] if missing is not None else []
+
+
 def resolve_tcl_weights(path: str | os.PathLike[str] | None = None) -> Path:
     """The TCL checkpoint to use, downloading it if needed.
 
@@ -46,18 +80,11 @@ def resolve_tcl_weights(path: str | os.PathLike[str] | None = None) -> Path:
     (``HF_HUB_OFFLINE=1`` or no network) a one-line :class:`WeightsError`
     names the file, the folder and the URL within seconds.
     """
-    for given, origin in ((path, "TCL weights"), (os.environ.get(WEIGHTS_ENV) or None, WEIGHTS_ENV)):
-        if given is not None:
-            candidate = Path(given).expanduser()
-            if not candidate.is_file():
-                raise WeightsError(f"{origin} file not found: {candidate}; the official checkpoint is {TCL_URL}")
-            return candidate
-    folder = default_weights_dir()
-    for candidate in (folder / TCL_FILENAME, Path.cwd() / WEIGHTS_DIRNAME / TCL_FILENAME):
-        if candidate.is_file():
-            return candidate
-    what = f"TCL weights {TCL_FILENAME} (not in {folder})"
-    return download_url_file(TCL_URL, folder / TCL_FILENAME, what, _download_fix(folder))
+    found = _local_tcl_weights(path)
+    if found is not None:
+        return found
+    missing = _missing()
+    return download_url_file(TCL_URL, default_weights_dir() / TCL_FILENAME, missing.what, missing.fix)
 
 
 def read_tcl_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -92,31 +119,13 @@ def checkpoint_key(head_key: str) -> str:
     raise KeyError(f"no checkpoint name for TCL head tensor {head_key}")
 
 
-def _named(keys: list[str], limit: int = 4) -> str:
-    more = f", ... {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def head_state_dict(checkpoint: dict[str, torch.Tensor], head: TCLHead, path: Path) -> dict[str, torch.Tensor]:
-    """The checkpoint under the head's names, float32; WeightsError naming every missing, extra or misshapen key."""
-    expected = {checkpoint_key(key): (key, tensor.shape) for key, tensor in head.state_dict().items()}
-    missing = [key for key in expected if key not in checkpoint]
-    unexpected = [key for key in checkpoint if key not in expected]
-    wrong = [
-        f"{key} {tuple(checkpoint[key].shape)} instead of {tuple(shape)}"
-        for key, (_, shape) in expected.items()
-        if key in checkpoint and checkpoint[key].shape != shape
-    ]
-    if missing or unexpected or wrong:
-        parts = [
-            f"{len(found)} {label} ({_named(found)})"
-            for found, label in ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of the wrong shape"))
-            if found
-        ]
-        raise WeightsError(
-            f"{path} is not the TCL checkpoint: {'; '.join(parts)}; expected {TCL_FILENAME} from {TCL_URL}"
-        )
-    return {name: checkpoint[key].float() for key, (name, _) in expected.items()}
+    """The checkpoint under the head's names, float32; WeightsError naming every missing, extra, misshapen or
+    non-floating tensor (:func:`~globallocal.models.weights.check_tensors`, under the checkpoint's names)."""
+    names = {checkpoint_key(key): key for key in head.state_dict()}
+    expected = {released: head.state_dict()[key] for released, key in names.items()}
+    check_tensors(checkpoint, expected, f"{path} is not the TCL checkpoint", f"expected {TCL_FILENAME} from {TCL_URL}")
+    return {name: checkpoint[released].float() for released, name in names.items()}
 
 
 def load_tcl_head(path: str | os.PathLike[str], clip: ClipBundle | None = None) -> TCLHead:
