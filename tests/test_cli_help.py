@@ -13,8 +13,8 @@ COMMANDS = ["segment", "proposals", "evaluate", "batch", "sweep", "report", "ser
 
 
 def _help(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "globallocal", *args, "--help"], capture_output=True, text=True, cwd=REPO,
-                          env={"COLUMNS": "80", "PATH": "", "PYTHONPATH": str(REPO)}, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "globallocal", *args, "--help"], capture_output=True, text=True,
+                          cwd=REPO, env={"COLUMNS": "80", "PATH": "", "PYTHONPATH": str(REPO)}, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout
 

@@ -21,8 +21,8 @@ import typer
 from PIL import Image
 from test_cli_tcl import tcl_checkpoint  # noqa: F401 - the fixture: a tiny TCL head under the released names
 
-from globallocal import cli
 import globallocal
+from globallocal import cli
 from globallocal.methods.tcl import blend as tcl_blend
 from globallocal.proposals import sources
 from globallocal.proposals.files import load_proposals

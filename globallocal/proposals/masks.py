@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..data.images import wrong_size
 from ..errors import InputError
 
 __all__ = ["Proposals", "postprocess", "projection_boxes", "tight_box", "tight_boxes"]
@@ -75,10 +76,7 @@ class Proposals:
 def check_image_size(image, proposals: Proposals) -> None:
     """Refuse masks that are not at the PIL ``image``'s size."""
     if proposals.image_size != (image.height, image.width):
-        h, w = proposals.image_size
-        raise InputError(
-            f"masks are {w}x{h} but the image is {image.width}x{image.height}; masks must be at the image's size"
-        )
+        raise InputError(wrong_size("masks are", proposals.image_size, (image.height, image.width)))
 
 
 def projection_boxes(masks: torch.Tensor) -> torch.Tensor:
