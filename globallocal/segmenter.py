@@ -147,9 +147,9 @@ class Segmenter:
         With a phrase-dependent source and no ``proposals``, what does not
         depend on the phrase is computed here (``lazy``: when first needed,
         for a caller that may hold every answer already, see :meth:`add_concept`)
-        and each phrase's candidates when it is asked.
+        and each phrase's candidates when it is asked. When it fails, the
+        previous image stays the current one.
         """
-        self._state = None
         rgb = load_image(image)
         if proposals is None and self.phrase_dependent:
             concepts = ConceptImage(rgb, self.proposal_source, self.method)
@@ -171,7 +171,6 @@ class Segmenter:
         The image tower is not run: ``tensors`` must be the ``image_state``
         tensors of this image, proposals, model and method settings.
         """
-        self._state = None
         rgb = load_image(image)
         if proposals is not None:
             check_image_size(rgb, proposals)

@@ -112,14 +112,14 @@ class MethodSpec:
         check_clip_weights(clip_weights, name)
         if not self._tower_fits(config):
             raise InputError(
-                f"--method {self.name} needs a ViT CLIP (it works on the image tower's patch tokens); "
-                f"--clip-model {name} is a ResNet: use {self.default_clip_model} (the paper's), ViT-B-32 or ViT-L-14"
+                f"method={self.name} needs a ViT CLIP (it works on the image tower's patch tokens); "
+                f"clip_model={name} is a ResNet: use {self.default_clip_model} (the paper's), ViT-B-32 or ViT-L-14"
             )
         if not self._trained_on(name):
             warnings.warn(
-                f"{self.display} was trained on CLIP {self.built_on}; with --clip-model {name} its weights see "
-                f"features they were not trained on: use --clip-model {self.default_clip_model}",
-                stacklevel=1,  # one location: the command line's early check and the loader's warn once
+                f"{self.display} was trained on CLIP {self.built_on}; with clip_model={name} its weights see "
+                f"features they were not trained on: use clip_model={self.default_clip_model}",
+                stacklevel=1,  # the place of the check: the warning names no caller
             )
         return name
 

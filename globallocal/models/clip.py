@@ -91,7 +91,7 @@ def _weights_fix(name: str, tag: str, repo_id: str, filename: str) -> str:
     architecture = f"{base}-quickgelu" if tag == "openai" else name
     return (
         f"run once with network access to cache it, or download {where} and pass "
-        f"--clip-model {architecture} --clip-weights PATH"
+        f"clip_model={architecture} clip_weights=PATH"
     )
 
 
@@ -158,7 +158,7 @@ def precision_dtype(precision: str, device: str | torch.device) -> torch.dtype:
     check_precision(precision)
     device = torch.device(resolve_device(str(device)))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+        raise InputError("device=cuda was asked for but no CUDA GPU is available; use device=cpu")
     if precision == "fp16" and device.type == "cpu" and not cpu_has_fp16_units():
         raise InputError("precision fp16 has no fast kernels on this CPU (no AMX-FP16); use bf16 or fp32 on the "
                          "CPU, fp16 on CUDA")
@@ -212,7 +212,7 @@ def _mismatch(model: open_clip.CLIP, path: str | os.PathLike[str]) -> str | None
     if not parts:
         return None
     guesses = guess_architectures(state)
-    likely = f"; the file looks like {' or '.join(guesses)}: pass that as --clip-model" if guesses else ""
+    likely = f"; the file looks like {' or '.join(guesses)}: pass that as clip_model=" if guesses else ""
     return "; ".join(parts) + likely
 
 
