@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 import socket
 import warnings
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import GlobalLocalError, InputError, WeightsError
+from .native_stderr import dropping_native_lines
 from .runfolder import UnitResult
 from .worker import Worker, WorkerRecipe, as_stored
 
@@ -42,6 +44,13 @@ __all__ = ["INSTALL_HINT", "MAX_ATTEMPTS", "Pool", "RayOptions", "RayRun", "Step
 INSTALL_HINT = "pip install 'globallocal[ray]'"
 # Attempts at one unit: a photo that kills its worker every time must not loop for ever.
 MAX_ATTEMPTS = 3
+# What Ray prints on every run that asks nothing of the user. Its token-authentication notice (a local
+# cluster gets a token by default) comes from this logger; and its core worker logs, from C++ straight to the
+# standard error, that Ray Data's actors (restarted when they die) take arguments from the object store, which
+# Ray Data itself puts there (ray-project/ray#57733).
+_TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+_CORE_WORKER_NOISE = re.compile(rb"core_worker\.cc:\d+: Actor .* has constructor arguments in the object store and "
+                                rb"max_restarts > 0")
 
 
 def import_ray() -> Any:
@@ -236,6 +245,7 @@ class RayRun:
         self.options.check()
         ray = import_ray()
         if not ray.is_initialized():  # else: a session this process opened already (a notebook, the tests)
+            logging.getLogger(_TOKEN_NOTICE_LOGGER).setLevel(logging.ERROR)
             try:
                 ray.init(address=self.options.address, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING)
@@ -273,12 +283,13 @@ class RayRun:
             num_gpus=self.pool.gpus or None,
         )
         seen = set()
-        for row in dataset.iter_rows():
-            result = pickle.loads(row["result"])
-            if isinstance(result, _Failure):
-                raise result.error
-            if result.key not in seen:
-                seen.add(result.key)
-                yield result
+        with dropping_native_lines(_CORE_WORKER_NOISE):  # the actors start as the rows are asked for
+            for row in dataset.iter_rows():
+                result = pickle.loads(row["result"])
+                if isinstance(result, _Failure):
+                    raise result.error
+                if result.key not in seen:
+                    seen.add(result.key)
+                    yield result
         starts, self.retried = ray.get(attempts.counts.remote())
         self.restarts = max(0, starts - self.pool.actors)
