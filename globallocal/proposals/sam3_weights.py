@@ -21,6 +21,7 @@ from ..data.bounded import read_json
 from ..errors import InputError, WeightsError, first_line
 from ..models.clip import precision_dtype, resolve_device
 from ..models.hub import require_hub_files
+from ..models.loading import without_loading_bars
 from ..models.weights import weights_identity
 
 __all__ = ["ACCESS_FIX", "SAM3_REPO", "Sam3Weights", "check_sam3_folder", "load_sam3"]
@@ -97,6 +98,7 @@ def _hub_snapshot() -> Path:
         raise WeightsError(f"SAM 3's weights could not be downloaded ({first_line(error)}); {ACCESS_FIX}") from None
 
 
+@without_loading_bars()
 def load_sam3(
     weights: str | Path | None = None, device: str | torch.device = "cpu", precision: str = "fp32"
 ) -> Sam3Weights:
