@@ -32,6 +32,7 @@ from .errors import InputError, NoProposalsError
 from .methods import DEFAULT_METHOD, ImageFeatures, Method, MethodSettings, SegmentResult, build_method, get_method
 from .models.clip import ClipBundle, load_clip
 from .models.text import ParsedPhrase, encode_texts, load_parser, parse_phrase
+from .plurals import counted
 from .proposals import Proposals, check_image_size
 from .proposals.concepts import ConceptImage, ConceptSource, is_phrase_dependent
 from .proposals.sam3 import ConceptAnswer, ConceptQuery
@@ -293,5 +294,6 @@ class Segmenter:
 def _check_proposals(image: Image.Image, proposals: Proposals) -> None:
     check_image_size(image, proposals)
     if len(proposals) == 0 or not bool(proposals.masks.any()):
-        what = "there are no mask proposals" if len(proposals) == 0 else f"all {len(proposals)} masks are empty"
+        what = "there are no mask proposals" if len(proposals) == 0 else \
+            f"every mask is empty ({counted(len(proposals), 'mask')})"
         raise NoProposalsError(f"{what} for this image, so there is nothing to choose from")

@@ -35,7 +35,7 @@ def test_a_proposals_folder_knows_its_photo_size(tmp_path, example):
 def test_files_in_a_masks_folder_that_are_not_masks_are_named(tmp_path, example):
     (example["mask_dir"] / "notes.txt").write_text("not a mask")
     (example["mask_dir"] / "mask_9.jpg").write_bytes(b"jpeg")
-    with pytest.warns(UserWarning, match=r"2 files that are not PNG masks were left out: mask_9\.jpg, notes\.txt"):
+    with pytest.warns(UserWarning, match=r"2 files left out, not PNG masks: mask_9\.jpg, notes\.txt"):
         assert len(load_proposals(example["mask_dir"], example["size"])) == 3
 
 

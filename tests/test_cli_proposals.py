@@ -47,8 +47,11 @@ def test_proposals_folder_round_trips_into_segment(run, small_photo, freesolo_ch
                                                    tiny_checkpoints, tmp_path):
     folder = tmp_path / "props"
     code, err = run("proposals", small_photo, "-o", folder, "--freesolo-weights", freesolo_checkpoint,
-                    "--max-proposals", "5", "--short-side", "320")
+                    "--max-proposals", "1", "--short-side", "320")
     assert code == 0, err
+    # No terminal here: each step that takes the time is a line, as evaluate and batch log theirs.
+    assert err.splitlines() == ["proposals: loading freesolo...", "proposals: freesolo proposals...",
+                                f"1 proposal written to {folder}"]
     index = json.loads((folder / INDEX_FILE).read_text())
     assert index["image_size"] == {"height": 120, "width": 160} and 1 <= len(index["proposals"]) <= 5
     scores = [entry["score"] for entry in index["proposals"]]
@@ -57,6 +60,7 @@ def test_proposals_folder_round_trips_into_segment(run, small_photo, freesolo_ch
                     "--json", tmp_path / "m.json", "--clip-model", tiny_config_paths["resnet"],
                     "--clip-weights", tiny_checkpoints["resnet"])
     assert code == 0, err
+    assert err.splitlines()[0] == "segment: scoring 1 proposal..."
     result = json.loads((tmp_path / "m.json").read_text())["results"][0]
     chosen = index["proposals"][result["index"]]["mask"]
     assert result["file"] == chosen  # numbered in the index's order, named as it names them

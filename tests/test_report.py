@@ -207,3 +207,18 @@ def test_runs_of_one_method_differing_in_one_nested_leaf(tmp_path):
     assert max(len(line) for line in text.splitlines()) <= 80
     header = next(csv.reader(io.StringIO(format_report_text(runs, "csv"))))
     assert header[:3] == ["run", "tcl.threshold", "oIoU"]
+
+
+def test_a_folder_of_runs_suggests_its_runs_and_a_missing_folder_is_named(cli, runs, tmp_path):
+    parent = tmp_path / "runs"
+    result = cli("report", parent)
+    assert result.code == 2
+    assert result.err.strip() == (f"error: {parent} holds 5 runs (refcoco_val_global-local_paper-refcoco_ViT-B-32_"
+                                  "freesolo_a0.8, refcoco_val_global-local_paper-refcoco_ViT-B-32_freesolo_a0.85, "
+                                  "refcoco_val_global-local_paper-refcoco_ViT-B-32_freesolo_a0.9, ...), not a run of "
+                                  f"its own: give them, e.g. `globallocal report {parent}/*`")
+    result = cli("report", tmp_path / "runs" / "nope")
+    assert result.code == 2 and result.err.strip() == f"error: no such folder: {tmp_path / 'runs' / 'nope'}"
+    (tmp_path / "empty").mkdir()
+    result = cli("report", tmp_path / "empty")
+    assert result.code == 2 and "no finished run in" in result.err

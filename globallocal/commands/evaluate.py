@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from ..errors import InputError
+from ..plurals import counted
 from .common import default_run_dir, stderr
 from .options import (
     CLIP_MODEL_HELP,
@@ -225,4 +226,4 @@ def evaluate(
         Console(highlight=False).print(format_report_table([out]))
         stderr.print(f"report: {out / 'report.md'}")
         if cluster is not None and cluster.retried:
-            stderr.print(f"{cluster.retried} images retried after a worker died")
+            stderr.print(f"{counted(cluster.retried, 'image')} retried after a worker died")

@@ -67,15 +67,18 @@ def proposals(
     from globallocal.data.images import load_image
     from globallocal.errors import NoProposalsError
     from globallocal.models.clip import resolve_device
+    from globallocal.plurals import counted
     from globallocal.proposals.files import check_replaceable, save_proposals
+    from globallocal.runs.progress import status
 
     check_replaceable(output)
     picture = load_image(image)
-    generator = source.build(resolve_device(device))
-    with stderr.status(f"{proposals} proposals..."):
+    with status(stderr, f"loading {proposals}...", "proposals"):
+        generator = source.build(resolve_device(device))
+    with status(stderr, f"{proposals} proposals...", "proposals"):
         found = generator.generate(picture)
     if len(found) == 0:
         hint = "--score-threshold" if proposals == "freesolo" else "--pred-iou-thresh / --stability-thresh"
         raise NoProposalsError(f"{proposals} found no masks in {image}; try a lower {hint}")
     save_proposals(found, output)
-    stderr.print(f"{len(found)} proposals written to {output}")
+    stderr.print(f"{counted(len(found), 'proposal')} written to {output}")

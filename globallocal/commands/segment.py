@@ -8,6 +8,7 @@ import typer
 
 from ..errors import InputError
 from ..outputs.paths import check_output, check_soft_outputs
+from ..plurals import counted
 from .common import numbered, stderr
 from .options import (
     CLIP_MODEL_HELP,
@@ -222,7 +223,7 @@ def segment(
     if candidates is None and segmenter.method.uses_proposals:
         candidates = generated_proposals(segmenter, source, picture, device, precision, spec.keep_proposal_order,
                                          timer)
-    what = (f"scoring {len(candidates)} proposals" if candidates is not None
+    what = (f"scoring {counted(len(candidates), 'proposal')}" if candidates is not None
             else f"{proposals} candidates per phrase" if segmenter.phrase_dependent else f"{method} masks")
     with status(stderr, f"{what}...", "segment"):
         with timer("image_features"):

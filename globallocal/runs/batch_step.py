@@ -24,6 +24,7 @@ from ..data.manifest import BatchLine
 from ..errors import GlobalLocalError, NoProposalsError
 from ..models.text import parse_phrase
 from ..outputs.drawing import overlay_picture
+from ..plurals import noun_for
 from ..proposals import Proposals
 from ..proposals.files import load_proposals
 from .runfolder import UnitResult
@@ -68,7 +69,7 @@ def _failed(unit: Unit, line: BatchLine, output: str, reason: str) -> dict[str, 
 def _lines_named(unit: Unit) -> str:
     """'line 3' or 'lines 3, 7': the manifest lines of a unit, as a message names them."""
     numbers = ", ".join(str(line.line) for line in unit.lines)
-    return f"{'line' if len(unit.lines) == 1 else 'lines'} {numbers}"
+    return f"{noun_for(len(unit.lines), 'line')} {numbers}"
 
 
 def _outputs(unit: Unit) -> list[tuple[BatchLine, str, str]]:

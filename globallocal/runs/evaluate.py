@@ -52,6 +52,7 @@ from ..data.images import save_text
 from ..data.refer import ImageGroup, ImageRecord
 from ..errors import InputError
 from ..models.weights import weights_change
+from ..plurals import counted
 from ..proposals import Proposals
 from .cache import FeatureCache
 from .distributed import Distributed
@@ -260,7 +261,7 @@ def _evaluate_share(
         BarColumn(),
         MofNCompleteColumn(),
         RateColumn(),
-        TextColumn("{task.fields[sentences]} sentences"),
+        TextColumn("{task.fields[sentences]}"),
         TextColumn("oIoU {task.fields[oiou]:.2f}  mIoU {task.fields[miou]:.2f}"),
         TimeElapsedColumn(),
         RemainingColumn(),
@@ -270,14 +271,14 @@ def _evaluate_share(
         description += f" (rank 0's share of {place.world_size})"
     console = Console(stderr=True)
     if progress and place.is_main and len(share) > len(todo):
-        console.print(f"resuming: {len(share) - len(todo)} of {len(share)} images done")
+        console.print(f"resuming: {len(share) - len(todo)} of {counted(len(share), 'image')} done")
     with LoggedProgress(*columns, console=console, unit="images", disable=not (progress and place.is_main)) as bar:
         task = bar.add_task(
             description,
             total=len(share),
             completed=len(share) - len(todo),
             resumed_at=len(share) - len(todo),
-            sentences=running.sentences,
+            sentences=counted(running.sentences, "sentence"),
             oiou=running.oiou,
             miou=running.miou,
         )
@@ -285,9 +286,10 @@ def _evaluate_share(
             for record in result.records:
                 add_record(running, record)
             folder.record(result, save_masks)
-            bar.update(task, advance=1, sentences=running.sentences, oiou=running.oiou, miou=running.miou)
+            bar.update(task, advance=1, sentences=counted(running.sentences, "sentence"), oiou=running.oiou,
+                       miou=running.miou)
             if stop_after_images is not None and count >= stop_after_images and count < len(todo):
-                raise EvaluationStopped(f"stopped after {count} images")
+                raise EvaluationStopped(f"stopped after {counted(count, 'image')}")
 
     # Every process has recorded its share before rank 0 reads them all.
     place.barrier()

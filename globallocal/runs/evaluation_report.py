@@ -10,6 +10,7 @@ from typing import Any
 
 from ..data.datasets import dataset_label
 from ..data.phrasecut import BREAKDOWN
+from ..plurals import counted
 from .evaluation_records import CompletedImage, add_record
 from .metrics import PRECISION_THRESHOLDS, MetricAccumulator
 
@@ -97,7 +98,7 @@ def images_label(report: dict[str, Any], compact: bool = False) -> str:
     done, split = report["metrics"]["images"], report.get("images_in_split", report["images_total"])
     limit = report.get("limit")
     cut = f" (--limit {limit})" if limit is not None and limit < split else ""
-    return f"{done}/{split}{cut}" if compact else f"{done} of {split} images{cut}"
+    return f"{done}/{split}{cut}" if compact else f"{done} of {counted(split, 'image')}{cut}"
 
 
 def report_markdown(report: dict[str, Any]) -> str:
@@ -118,8 +119,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"- images: {images_label(report)}, refs: {metrics['refs']}, sentences: {metrics['sentences']}",
-        f"- images without proposals: {metrics['no_proposal_images']} ({metrics['no_proposal_refs']} refs, "
-        f"{metrics['no_proposal_sentences']} sentences, scored as IoU 0)",
+        f"- images without proposals: {metrics['no_proposal_images']} ({counted(metrics['no_proposal_refs'], 'ref')}, "
+        f"{counted(metrics['no_proposal_sentences'], 'sentence')}, scored as IoU 0)",
         f"- expressions truncated to CLIP's 77 tokens: {report['truncated_sentences']}",
         f"- cumulative I / U: {metrics['sum_intersection']} / {metrics['sum_union']}",
         f"- wall time: {report['wall_time_s']:.1f} s",
@@ -129,7 +130,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         dropped = selection["dropped_by_reason"].items()
         reasons = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in dropped)
         lines.append(
-            f"- subset {selection['subset']}: {selection['tasks']} of {selection['tasks_in_files']} tasks, "
+            f"- subset {selection['subset']}: {selection['tasks']} of {counted(selection['tasks_in_files'], 'task')}, "
             f"{selection['tasks_dropped']} dropped ({reasons})"
         )
     if "subsets" in report:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import GlobalLocalError, InputError, WeightsError
+from ..plurals import counted
 from .native_stderr import dropping_native_lines
 from .runfolder import UnitResult
 from .worker import Worker, WorkerRecipe, as_stored
@@ -110,7 +111,7 @@ class Pool:
         return "cuda" if self.gpus > 0 else "cpu"
 
     def describe(self) -> str:
-        return f"{self.actors} actor{'s' if self.actors != 1 else ''} of {self.cpus:g} CPU, {self.gpus:g} GPU"
+        return f"{counted(self.actors, 'actor')} of {self.cpus:g} CPU, {self.gpus:g} GPU"
 
 
 def describe_cluster(ray: Any) -> str:
@@ -118,8 +119,8 @@ def describe_cluster(ray: Any) -> str:
     resources = ray.cluster_resources()
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     return (
-        f"ray cluster: {nodes} node{'s' if nodes != 1 else ''}, {resources.get('CPU', 0):g} CPUs, "
-        f"{resources.get('GPU', 0):g} GPUs, {resources.get('memory', 0) / 2**30:.0f} GiB memory"
+        f"ray cluster: {counted(nodes, 'node')}, {counted(float(resources.get('CPU', 0)), 'CPU')}, "
+        f"{counted(float(resources.get('GPU', 0)), 'GPU')}, {resources.get('memory', 0) / 2**30:.0f} GiB memory"
     )
 
 
