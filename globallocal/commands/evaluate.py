@@ -166,9 +166,13 @@ def evaluate(
     sam3.check(spec, proposals)
     if cache is not None and not spec.uses_clip:
         raise InputError(f"--cache keeps CLIP features; --method {method} computes none: drop --cache")
+    borrowed = spec.borrowed_preset(dataset) if preset is None else None
+    if borrowed is not None:
+        stderr.print(f"evaluate: {spec.display} has no {dataset} preset (its paper sets none); using {borrowed[0]}, "
+                     f"its {borrowed[1]} preset (choose another with --preset)")
     preset = preset or spec.preset_for(dataset)
     proposals = proposals or spec.proposals_for(preset)
-    sam_settings = sam_settings or spec.default_proposal_settings
+    sam_settings = sam_settings or spec.proposal_settings_for(dataset)
     overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
         fusion_mode=fusion_mode, sticky_topk=sticky_topk,

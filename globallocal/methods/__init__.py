@@ -64,6 +64,9 @@ class MethodSpec:
     preset_aliases: Mapping[str, str] = field(default_factory=dict)
     dataset_presets: Mapping[str, str] = field(default_factory=dict)
     """The preset of the paper's setting per dataset, where it differs from the default."""
+    dataset_proposal_settings: Mapping[str, str] = field(default_factory=dict)
+    """The named SAM generator settings of the paper's setting per dataset, where they differ from
+    ``default_proposal_settings`` (HybridGL's PhraseCut column)."""
     keep_proposal_order: bool = False
     """Whether the method takes SAM's proposals in the order the generator returns them (HybridGL's
     section 2) rather than best predicted IoU first."""
@@ -160,6 +163,20 @@ class MethodSpec:
     def preset_for(self, dataset: str | None) -> str:
         """The preset of the paper's setting for a dataset."""
         return self.dataset_presets.get(dataset or "", self.default_preset)
+
+    def borrowed_preset(self, dataset: str) -> tuple[str, str] | None:
+        """(preset, dataset) when ``dataset`` has no preset of the method's own and :meth:`preset_for` gives
+        another dataset's (Global-Local's paper sets alpha per RefCOCO dataset and none for PhraseCut), so a run
+        can say so; None when the preset is the dataset's own or serves every dataset."""
+        preset = self.preset_for(dataset)
+        if dataset in self.dataset_presets:
+            return None
+        owner = next((name for name, value in self.dataset_presets.items() if value == preset), None)
+        return None if owner is None else (preset, owner)
+
+    def proposal_settings_for(self, dataset: str | None) -> str | None:
+        """The named SAM generator settings of the paper's setting for a dataset."""
+        return self.dataset_proposal_settings.get(dataset or "", self.default_proposal_settings)
 
 
 # Names of one method's module that the rest of the package uses, imported on first use (PEP 562): the
