@@ -71,7 +71,7 @@ def test_exif_orientation_is_applied_and_said(tmp_path):
     photo = load_image(path)
     # Turned a quarter clockwise, as a viewer shows it: the stored top left corner is now the top right.
     assert photo.size == (20, 40) and tuple(np.asarray(photo)[0, 19]) == (255, 0, 0)
-    assert photo_reading(photo) == PhotoReading(exif_orientation=6, frames=1) and photo_reading(photo).turned
+    assert photo_reading(photo) == PhotoReading(exif_orientation=6, frames=1)
     assert photo_reading(photo).to_json() == {"exif_orientation": 6, "frames": 1}
     # Read again (a segmenter given the decoded photo): not turned twice, the reading kept.
     again = load_image(photo)

@@ -167,9 +167,6 @@ def evaluate(
     if cache is not None and not spec.uses_clip:
         raise InputError(f"--cache keeps CLIP features; --method {method} computes none: drop --cache")
     borrowed = spec.borrowed_preset(dataset) if preset is None else None
-    if borrowed is not None:
-        stderr.print(f"evaluate: {spec.display} has no {dataset} preset (its paper sets none); using {borrowed[0]}, "
-                     f"its {borrowed[1]} preset (choose another with --preset)")
     preset = preset or spec.preset_for(dataset)
     proposals = proposals or spec.proposals_for(preset)
     sam_settings = sam_settings or spec.proposal_settings_for(dataset)
@@ -191,6 +188,9 @@ def evaluate(
         limit=limit, save_masks=save_masks, overlap=overlap, subset=subset,
     ))
     check_models(spec, clip_model, clip_weights, device, precision)
+    if borrowed is not None:  # said once the options are known to be right
+        stderr.print(f"evaluate: {spec.display} has no {dataset} preset (its paper sets none); using {borrowed[0]}, "
+                     f"its {borrowed[1]} preset (choose another with --preset)")
 
     from globallocal.runs.cache import FeatureCache
     from globallocal.runs.distributed import distributed_session, from_environment

@@ -73,8 +73,7 @@ def proposals(
 
     check_replaceable(output)
     picture = load_image(image)
-    with status(stderr, f"loading {proposals}...", "proposals"):
-        generator = source.build(resolve_device(device))
+    generator = source.build(resolve_device(device))
     with status(stderr, f"{proposals} proposals...", "proposals"):
         found = generator.generate(picture)
     if len(found) == 0:

@@ -61,10 +61,6 @@ class PhotoReading:
     exif_orientation: int | None = None
     frames: int = 1
 
-    @property
-    def turned(self) -> bool:
-        return self.exif_orientation not in (None, 1)
-
     def to_json(self) -> dict[str, Any]:
         return {"exif_orientation": self.exif_orientation, "frames": self.frames}
 
