@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import re
 import sys
 import warnings
+from functools import cache
 
 import typer
 from rich.text import Text
@@ -53,8 +55,48 @@ def _commands(
     """
 
 
-def _warn(message, category, filename, lineno, file=None, line=None) -> None:
-    stderr.print(f"[yellow]warning:[/] {message}")
+# How the package names an option in a message: as the Python API's keyword (``clip_model=ViT-B-16``), which the
+# command line shows as its flag (``--clip-model ViT-B-16``). Not inside a dotted or hyphenated name or a path.
+_KEYWORD = re.compile(r"(?<![\w./-])([a-z][a-z0-9_]*)=")
+
+
+@cache
+def _flags() -> dict[str, str]:
+    """Every option's Python name and its long flag, over all commands (one name is one flag throughout)."""
+    commands = typer.main.get_command(app).commands.values()
+    return {param.name: flags[0] for command in commands for param in command.params
+            if param.name and (flags := [opt for opt in param.opts if opt.startswith("--")])}
+
+
+def command_line_wording(message: str) -> str:
+    """A message of the package as the command line says it: each option the Python API's way (``device=cpu``)
+    becomes the command's flag (``--device cpu``); other ``name=`` text stays."""
+
+    def flag(match: re.Match[str]) -> str:
+        name = _flags().get(match[1])
+        if name is None:
+            return match[0]
+        follows = message[match.end():match.end() + 1]
+        return name if follows in ("", " ", ",", ";", ")", ".") else f"{name} "
+
+    return _KEYWORD.sub(flag, message)
+
+
+class _Warnings:
+    """``warnings.showwarning`` for one command: each text once, in the command line's wording.
+
+    Python's own once-per-place memory of warnings is reset whenever any code changes the warning filters
+    (``catch_warnings``), so the early check of an option and the loader's check of it would both be shown.
+    """
+
+    def __init__(self) -> None:
+        self.shown: set[str] = set()
+
+    def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
+        text = command_line_wording(str(message))
+        if text not in self.shown:
+            self.shown.add(text)
+            stderr.print(Text.assemble(("warning:", "yellow"), f" {text}"))
 
 
 # Each command's declaration and body live in globallocal/commands/<name>.py; importing one costs no torch.
@@ -68,7 +110,7 @@ def _command_name(arguments: list[str]) -> str | None:
 
 
 def _fail(message: str) -> None:
-    stderr.print(Text.assemble(("error:", "red"), f" {message}"))
+    stderr.print(Text.assemble(("error:", "red"), f" {command_line_wording(message)}"))
     sys.exit(2)
 
 
@@ -94,7 +136,7 @@ def main() -> None:
     from typer import Abort, Exit
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-    warnings.showwarning = _warn
+    warnings.showwarning = _Warnings()
     try:
         code = app(standalone_mode=False)
     except GlobalLocalError as error:

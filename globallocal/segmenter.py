@@ -35,6 +35,7 @@ from .errors import InputError, NoProposalsError
 from .methods import DEFAULT_METHOD, ImageFeatures, Method, MethodSettings, SegmentResult, build_method, get_method
 from .models.clip import ClipBundle, load_clip, resolve_device
 from .models.text import ParsedPhrase, encode_texts, load_parser, parse_phrase
+from .plurals import counted
 from .proposals import Proposals, check_image_size
 from .proposals.concept_image import ConceptImage
 from .proposals.concepts import ConceptAnswer, ConceptQuery, ConceptSource, is_phrase_dependent
@@ -155,9 +156,9 @@ class Segmenter:
         With a phrase-dependent source and no ``proposals``, what does not
         depend on the phrase is computed here (``lazy``: when first needed,
         for a caller that may hold every answer already, see :meth:`add_concept`)
-        and each phrase's candidates when it is asked.
+        and each phrase's candidates when it is asked. When it fails, the
+        previous image stays the current one.
         """
-        self._state = None
         rgb = load_image(image)
         if proposals is None and self.phrase_dependent:
             concepts = ConceptImage(rgb, self.proposal_source, self.method)
@@ -179,7 +180,6 @@ class Segmenter:
         The image tower is not run: ``tensors`` must be the ``image_state``
         tensors of this image, proposals, model and method settings.
         """
-        self._state = None
         rgb = load_image(image)
         if proposals is not None:
             check_image_size(rgb, proposals)
@@ -310,5 +310,6 @@ class Segmenter:
 def _check_proposals(image: Image.Image, proposals: Proposals) -> None:
     check_image_size(image, proposals)
     if len(proposals) == 0 or not bool(proposals.masks.any()):
-        what = "there are no mask proposals" if len(proposals) == 0 else f"all {len(proposals)} masks are empty"
+        what = "there are no mask proposals" if len(proposals) == 0 else \
+            f"every mask is empty ({counted(len(proposals), 'mask')})"
         raise NoProposalsError(f"{what} for this image, so there is nothing to choose from")

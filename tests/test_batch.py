@@ -365,3 +365,21 @@ def test_cli_batch_takes_the_method(cli, pairs, tmp_path, tiny_config_paths, tin
     result = cli("batch", pairs / "pairs.jsonl", "-o", tmp_path / "d", *common)
     config = json.loads((tmp_path / "d" / "config.json").read_text())
     assert config["settings"]["method"] == "global-local" and config["settings"]["alpha"] == 0.95
+
+
+def test_a_turned_photo_is_said_so_and_a_warning_about_masks_names_its_lines(tmp_path, segmenter):
+    folder = tmp_path / "pairs"
+    (folder / "masks").mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown a quarter turn clockwise: 30 wide, 40 high
+    Image.fromarray(np.full((30, 40, 3), 90, dtype=np.uint8)).save(folder / "turned.jpg", exif=exif)
+    for name, rows in (("a.png", slice(0, 20)), ("b.png", slice(20, 40)), ("empty.png", slice(0, 0))):
+        mask = np.zeros((40, 30), dtype=np.uint8)
+        mask[rows] = 255
+        Image.fromarray(mask).save(folder / "masks" / name)
+    lines = [{"image": "turned.jpg", "phrase": phrase, "masks": "masks"} for phrase in ("the top", "the bottom")]
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.warns(UserWarning, match=r"^lines 1, 2: 1 of 3 masks in .*masks are empty and were dropped"):
+        summary = _run(folder, tmp_path / "out", segmenter)
+    assert summary["results"] == 2
+    assert [r["photo"] for r in _jsonl(tmp_path / "out" / RESULTS_FILE)] == [{"exif_orientation": 6, "frames": 1}] * 2

@@ -134,7 +134,7 @@ def test_all_masks_empty(run, example, tiny_args, tmp_path):
     Image.fromarray(np.zeros(example["size"], dtype=np.uint8)).save(folder / "0.png")
     code, err = run("segment", example["image"], "the chair", "--masks", folder, "-o", tmp_path / "m.png",
                     *tiny_args)
-    _assert_clean_error(code, err, "all 1 masks are empty")
+    _assert_clean_error(code, err, f"every mask is empty (1 mask in {folder}), so there is nothing to choose from")
     assert not (tmp_path / "m.png").exists()
 
 

@@ -83,3 +83,14 @@ def test_fusion_mode_option_reaches_the_settings_and_bad_values_are_refused(cli,
     assert result.code == 2
     assert "fusion mode must be one of G2L, L2G, G2L&L2G" in result.err and "Traceback" not in result.err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_the_quickgelu_warning_is_said_once(cli, tmp_path, scene, tiny_checkpoints):
+    """The command line's early check and the loader's both see a GELU name with a weights file: one warning."""
+    photo, folder = scene
+    result = cli("segment", photo, "the dog", "--method", "hybridgl", "--clip-model", "ViT-B-16",
+                 "--clip-weights", tiny_checkpoints["vit"], "--masks", folder, "-o", tmp_path / "x.png")
+    warned = [line for line in result.err.splitlines() if line.startswith("warning:")]
+    assert warned == [f"warning: --clip-model ViT-B-16 builds GELU; OpenAI's CLIP weights need QuickGELU: if "
+                      f"{tiny_checkpoints['vit'].name} is OpenAI's, pass --clip-model ViT-B-16-quickgelu (the scores "
+                      "move without it)"], result.err

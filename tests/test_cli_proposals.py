@@ -48,6 +48,10 @@ def test_segment_uses_freesolo_by_default_and_a_proposals_folder_round_trips(
     code, err = run("proposals", small_photo, "-o", folder, *source)
     assert code == 0, err
     index = json.loads((folder / INDEX_FILE).read_text())
+    # No terminal here: the step that takes the time is a line, as segment's, evaluate's and batch's are.
+    count = len(index["proposals"])
+    assert err.splitlines() == ["proposals: freesolo proposals...",
+                                f"{count} proposal{'s' if count != 1 else ''} written to {folder}"]
     assert index["image_size"] == {"height": 120, "width": 160} and 1 <= len(index["proposals"]) <= 5
     scores = [entry["score"] for entry in index["proposals"]]
     assert scores == sorted(scores, reverse=True)
@@ -67,6 +71,7 @@ def test_segment_uses_freesolo_by_default_and_a_proposals_folder_round_trips(
                     "--json", tmp_path / "m.json", "--clip-model", tiny_config_paths["resnet"],
                     "--clip-weights", tiny_checkpoints["resnet"])
     assert code == 0, err
+    assert err.splitlines()[0] == "segment: scoring 1 proposal..."
     result = json.loads((tmp_path / "m.json").read_text())["results"][0]
     chosen = index["proposals"][result["index"]]["mask"]
     assert result["file"] == chosen  # numbered in the index's order, named as it names them

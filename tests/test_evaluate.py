@@ -301,7 +301,7 @@ def test_limit_takes_the_first_images_with_the_progress_bar(refer, tmp_path, cap
     assert report["images_total"] == 2 and report["metrics"]["sentences"] == 11
     # No terminal here: a line for the first image and one at the end (tests/test_progress.py: the timing).
     first, last = capsys.readouterr().err.splitlines()
-    assert re.fullmatch(r"evaluate refcoco val: 1/2 images, [\d.]+ img/s, eta \d+s, \d+ sentences, "
+    assert re.fullmatch(r"evaluate refcoco val: 1/2 images, [\d.]+ img/s, eta \d+s, \d+ sentences?, "
                         r"oIoU [\d.]+  mIoU [\d.]+", first), first
     metrics = report["metrics"]
     assert re.fullmatch(rf"evaluate refcoco val: 2/2 images, [\d.]+ img/s, eta 0s, 11 sentences, "
@@ -384,8 +384,11 @@ def test_report_table_puts_runs_side_by_side(refer, tmp_path):
         assert f"{report['metrics']['oIoU']:.2f}" in text
         assert f"{report['metrics']['mIoU']:.2f}" in text
     assert "stand-in" in text and "other" in text
+    (tmp_path / "nothing").mkdir()
     with pytest.raises(InputError, match="no finished run"):
         format_report_table([tmp_path / "nothing"])
+    with pytest.raises(InputError, match="no such folder"):
+        format_report_table([tmp_path / "absent"])
 
 
 # -- the feature cache ----------------------------------------------------------

@@ -9,8 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from globallocal.data.images import load_image, load_mask, save_mask_png, short_side_size, x800
+from globallocal.data.images import (
+    PhotoReading,
+    load_image,
+    load_mask,
+    photo_reading,
+    save_mask_png,
+    short_side_size,
+    x800,
+)
 from globallocal.errors import ImageError
+from globallocal.proposals import Proposals, check_image_size
 
 
 def _save(image: Image.Image, path, **kwargs):
@@ -48,12 +57,61 @@ def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
     assert values[0, 0] == 255 and 127 <= values[0, 1] <= 129 and values[1, 1] == 0
 
 
-def test_exif_orientation_is_applied(tmp_path):
-    image = Image.new("RGB", (40, 20), (255, 0, 0))
+def _turned_photo(path, orientation=6):
+    """A 40x20 photo whose top left pixel is red, stored with an EXIF orientation (6: a quarter turn clockwise)."""
+    array = np.zeros((20, 40, 3), dtype=np.uint8)
+    array[0, 0] = (255, 0, 0)
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
-    path = _save(image, tmp_path / "rotated.jpg", exif=exif)
-    assert load_image(path).size == (20, 40)
+    exif[0x0112] = orientation
+    return _save(Image.fromarray(array), path, exif=exif)
+
+
+def test_exif_orientation_is_applied_and_said(tmp_path):
+    path = _turned_photo(tmp_path / "rotated.png")
+    photo = load_image(path)
+    # Turned a quarter clockwise, as a viewer shows it: the stored top left corner is now the top right.
+    assert photo.size == (20, 40) and tuple(np.asarray(photo)[0, 19]) == (255, 0, 0)
+    assert photo_reading(photo) == PhotoReading(exif_orientation=6, frames=1)
+    assert photo_reading(photo).to_json() == {"exif_orientation": 6, "frames": 1}
+    # Read again (a segmenter given the decoded photo): not turned twice, the reading kept.
+    again = load_image(photo)
+    assert again.size == (20, 40) and photo_reading(again) == photo_reading(photo)
+    # A Pillow image opened by the caller is turned too; an array has no tag.
+    assert photo_reading(load_image(Image.open(path))).exif_orientation == 6
+    assert photo_reading(load_image(np.zeros((2, 3, 3), dtype=np.uint8))) == PhotoReading(None, 1)
+    plain = _save(Image.new("RGB", (4, 2)), tmp_path / "plain.png")
+    assert photo_reading(load_image(plain)).to_json() == {"exif_orientation": None, "frames": 1}
+
+
+def test_masks_of_the_stored_size_of_a_turned_photo_name_the_exif_orientation(tmp_path):
+    photo = load_image(_turned_photo(tmp_path / "rotated.jpg"))  # 20 wide, 40 high as shown
+    stored = np.zeros((20, 40), dtype=np.uint8)  # a mask made on the pixels as stored: 40 wide, 20 high
+    Image.fromarray(stored).save(tmp_path / "mask.png")
+    with pytest.raises(ImageError, match=r"mask mask\.png is 40x20 but the image is 20x40; .*EXIF orientation"):
+        load_mask(tmp_path / "mask.png", (photo.height, photo.width))
+    with pytest.raises(Exception, match=r"masks are 40x20 but the image is 20x40; .*EXIF orientation"):
+        check_image_size(photo, Proposals.from_masks(torch.zeros((1, 20, 40), dtype=torch.bool)))
+    with pytest.raises(Exception, match=r"masks are 30x20 but the image is 20x40; masks must be at the image's size$"):
+        check_image_size(photo, Proposals.from_masks(torch.zeros((1, 20, 30), dtype=torch.bool)))
+
+
+def test_an_animated_gif_is_read_from_its_first_frame_with_a_warning(tmp_path):
+    frames = [Image.new("RGB", (6, 4), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    path = tmp_path / "moving.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    with pytest.warns(UserWarning, match=r"moving\.gif holds 3 frames .*only the first is segmented"):
+        photo = load_image(path)
+    assert tuple(np.asarray(photo)[0, 0]) == (255, 0, 0)
+    assert photo_reading(photo).to_json() == {"exif_orientation": None, "frames": 3}
+
+
+def test_an_undecodable_file_is_named_with_the_formats_read(tmp_path):
+    path = tmp_path / "notes.jpg"
+    path.write_text("hello")
+    with pytest.raises(ImageError) as caught:
+        load_image(path)
+    assert str(caught.value) == (f"cannot decode image {path}: not a picture format this reads; give a JPEG, PNG, "
+                                 "WebP, TIFF, BMP or GIF photo")
 
 
 def test_truncated_jpeg(tmp_path, copy_example):

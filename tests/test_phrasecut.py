@@ -260,7 +260,11 @@ def test_cli_evaluates_the_unseen_subset(cli, phrasecut, tmp_path, tiny_config_p
     ]
     result = cli(*args)
     assert result.code == 0, result.err
+    # Global-Local's paper sets no PhraseCut preset: the run says which one it takes.
+    assert ("evaluate: global-local has no phrasecut preset (its paper sets none); using paper-refcoco, its refcoco "
+            "preset (choose another with --preset)") in result.err.splitlines()
     report = json.loads((out / REPORT_JSON).read_text())
+    assert report["config"]["settings"]["preset"] == "paper-refcoco"
     assert report["metrics"]["sentences"] == VAL_COUNTS["unseen"]
     assert report["selection"]["tasks_dropped"] == 5 and "phrasecut val (unseen)" in result.out
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == sorted(
@@ -290,3 +294,26 @@ def test_cli_refuses_bad_options_before_loading_models(run, tmp_path, monkeypatc
     monkeypatch.setattr(Segmenter, "from_pretrained", loaded)
     code, err = run("evaluate", *options, "--data-root", tmp_path)
     assert code == 2 and err.startswith("error: ") and message in err, err
+
+
+def test_each_method_takes_its_papers_phrasecut_setting_or_says_it_has_none(cli, phrasecut, tmp_path, monkeypatch):
+    from globallocal.commands.recipe import ModelRecipe
+    from globallocal.methods import available_methods, get_method
+
+    assert {name: get_method(name).borrowed_preset("phrasecut") for name in available_methods()} == {
+        "global-local": ("paper-refcoco", "refcoco"), "hybridgl": None, "tcl": None, "sam3": None}
+    assert get_method("global-local").borrowed_preset("refcocog") is None
+    assert [get_method("hybridgl").proposal_settings_for(dataset) for dataset in ("refcoco", "phrasecut")] == [
+        "hybridgl", "hybridgl-phrasecut"]
+
+    class Built(Exception):
+        pass
+
+    def build(recipe, *args, **kwargs):
+        raise Built(recipe.preset, recipe.generator.kind, recipe.generator.sam_settings)
+
+    monkeypatch.setattr(ModelRecipe, "build", build)
+    with pytest.raises(Built) as built:
+        cli("evaluate", "--dataset", "phrasecut", "--split", "val", "--data-root", phrasecut.root, "--method",
+            "hybridgl", "--out", tmp_path / "run")
+    assert built.value.args == ("hybridgl-paper", "sam", "hybridgl-phrasecut")  # SPEC-hybridgl section 12

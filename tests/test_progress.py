@@ -7,6 +7,8 @@ import io
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
+from globallocal.plurals import counted
+from globallocal.runs.batch import lines_failed
 from globallocal.runs.progress import LOG_EVERY, LoggedProgress, RateColumn, RemainingColumn, status
 
 
@@ -23,10 +25,10 @@ def _log():
 
 def _run(progress, clock, times, stop_at=None):
     with progress as bar:
-        task = bar.add_task("batch", total=6, completed=1, resumed_at=1, failed="0 lines failed")
+        task = bar.add_task("batch", total=6, completed=1, resumed_at=1, failed=lines_failed(0))
         for count, moment in enumerate(times, start=1):
             clock[0] = moment
-            bar.update(task, advance=1, failed=f"{count // 3} lines failed")
+            bar.update(task, advance=1, failed=lines_failed(count // 3))
             if count == stop_at:
                 break
 
@@ -39,8 +41,8 @@ def test_without_a_terminal_lines_come_first_then_every_few_seconds_and_at_the_e
     # Not wrapped at the console's width: one line per report, whatever its length.
     assert text.getvalue().splitlines() == [
         "batch: 2/6 photos, 0.50 img/s, eta 8s, 0 lines failed",  # the first, always
-        "batch: 4/6 photos, 0.23 img/s, eta 9s, 1 lines failed",  # 11 s after it; 4 s was too soon
-        "batch: 6/6 photos, 0.17 img/s, eta 0s, 1 lines failed",  # the end
+        "batch: 4/6 photos, 0.23 img/s, eta 9s, 1 line failed",  # 11 s after it; 4 s was too soon
+        "batch: 6/6 photos, 0.17 img/s, eta 0s, 1 line failed",  # the end
     ]
 
 
@@ -89,3 +91,10 @@ def test_a_step_is_a_line_in_a_log_and_a_spinner_on_a_terminal():
     with status(Console(file=text, force_terminal=True), "scoring 12 proposals...", "segment"):
         pass
     assert "segment: " not in text.getvalue()
+
+
+def test_counts_read_as_english_in_one_home():
+    assert [counted(n, "sentence") for n in (0, 1, 2)] == ["0 sentences", "1 sentence", "2 sentences"]
+    assert counted(1.0, "CPU") == "1 CPU" and counted(2.5, "GPU") == "2.5 GPUs"
+    assert counted(1, "entry", "entries") == "1 entry" and counted(3, "entry", "entries") == "3 entries"
+    assert lines_failed(1) == "1 line failed"

@@ -192,6 +192,9 @@ def test_a_killed_driver_resumes_exactly(cluster, cli, pairs, tiny, reference, t
         time.sleep(0.1)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
+    said = driver.stderr.read().decode()
+    # Ray's core worker's note on the actors' arguments is not shown (they had started: a unit was done).
+    assert "ray cluster:" in said and "max_restarts" not in said, said
     before = _markers(out)
     assert 1 <= len(before) < 7 and not (out / RESULTS_FILE).exists()
     result = cli(*args)
@@ -260,6 +263,53 @@ def test_without_ray_ray_is_never_imported(pairs, tiny, tmp_path):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert "ray imported: False" in done.stdout, done.stderr
     assert (tmp_path / "out" / RESULTS_FILE).is_file()
+
+
+def test_native_lines_of_ray_noise_are_dropped_and_the_others_kept(capfd):
+    import re
+
+    from globallocal.runs.ray_engine import _CORE_WORKER_NOISE, dropping_native_lines
+
+    line = (b"[2026-12-07 17:34:53,232 E 9667 9667] core_worker.cc:2465: Actor with class name: "
+            b"'MapWorker(MapBatches(_UnitActor))' and ID: 'c142c9cb6273ac44' has constructor arguments in the object "
+            b"store and max_restarts > 0. If the arguments in the object store go out of scope or are lost, the actor "
+            b"restart will fail. See https://github.com/ray-project/ray/issues/53727 for more details.")
+    assert _CORE_WORKER_NOISE.search(line)
+    with dropping_native_lines(re.compile(rb"NOISE")):
+        os.write(2, b"kept 1\n[E] core NOISE here\nkept 2\n")
+        os.write(2, b"no newline yet")
+    assert capfd.readouterr().err == "kept 1\nkept 2\nno newline yet"
+
+
+def test_rays_token_notice_is_not_shown_when_a_run_starts_its_cluster(monkeypatch):
+    import logging
+
+    from ray._private.authentication import authentication_token_setup
+
+    from globallocal.runs.ray_engine import RayOptions, RayRun
+
+    said = []
+    listener = logging.Handler()
+    listener.emit = lambda record: said.append(record.getMessage())
+    notices = logging.getLogger(authentication_token_setup.__name__)
+    notices.addHandler(listener)
+    monkeypatch.setattr(notices, "level", notices.level)  # put back after the test
+
+    class Started(Exception):
+        pass
+
+    def init(**options):
+        authentication_token_setup._warn_token_auth_enabled()  # what ray.init says as it starts a local cluster
+        raise Started
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    try:
+        with pytest.raises(Started):
+            RayRun(RayOptions("local")).__enter__()
+    finally:
+        notices.removeHandler(listener)
+    assert said == []
 
 
 def test_the_pool_defaults_to_one_actor_per_gpu_else_one_per_two_cpus():

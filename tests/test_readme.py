@@ -9,6 +9,7 @@ fenced ```text instead.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import re
 import shlex
@@ -31,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 PAGE_IDS = [str(page.relative_to(REPO)) for page in PAGES]
 # The ```python blocks each page holds: a block lost (or fenced by mistake) fails here.
-PYTHON_BLOCKS = {"README.md": 1, "docs/api.md": 3, "docs/global-local.md": 1, "docs/hybridgl.md": 1, "docs/tcl.md": 1}
+PYTHON_BLOCKS = {"README.md": 1, "docs/api.md": 4, "docs/global-local.md": 1, "docs/hybridgl.md": 1, "docs/tcl.md": 1}
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>\w*)\n(?P<body>.*?)^(?P=indent)```[ \t]*$", re.M | re.S)
 
@@ -228,3 +229,99 @@ def test_links_resolve_inside_the_repository(page):
         assert path.is_relative_to(REPO) and path.exists(), f"{page.name}: broken link {link}"
         if anchor:
             assert path.suffix == ".md" and anchor in anchors(path), f"{page.name}: no heading for {link}"
+
+
+# An option's values listed in a page as `--option a|b|c`: the complete lists they may be (one of them, whole).
+CHOICE_LIST = re.compile(r"`(--[a-z0-9-]+) ((?:[\w.:+-]+\\?\|)+[\w.:+-]+)`")
+
+
+def option_choices() -> dict[str, list[tuple[str, ...]]]:
+    """Where each option's values come from: the registry and the tables the command line checks against."""
+    from globallocal.data.phrasecut import PHRASECUT_SPLITS, SUBSETS
+    from globallocal.data.reasonseg import REASONSEG_SUBSETS
+    from globallocal.methods import available_methods, get_method
+    from globallocal.methods.sam3.settings import ANSWERS
+    from globallocal.methods.tcl.settings import TEMPLATES, WINDOW_MODES
+    from globallocal.models.devices import PRECISION_NAMES
+    from globallocal.proposals import PROPOSAL_KINDS
+    from globallocal.proposals.sam import SAM_SETTINGS
+    from globallocal.proposals.sam3_settings import PROMPTS
+    from globallocal.proposals.sam_weights import SAM2_MODELS, SAM_MODELS
+    from globallocal.runs.report import FORMATS
+
+    return {
+        "--method": [tuple(available_methods())],
+        "--proposals": [PROPOSAL_KINDS, (*PROPOSAL_KINDS, "gt")],  # evaluate's oracle besides
+        "--preset": [tuple(get_method(name).preset_names()) for name in available_methods()],
+        "--precision": [PRECISION_NAMES],
+        "--device": [("auto", "cpu", "cuda", "cuda:N")],  # check_device takes these (and mps)
+        "--sam-model": [tuple(SAM2_MODELS), tuple(SAM_MODELS)],
+        "--sam-settings": [tuple(SAM_SETTINGS)],
+        "--format": [FORMATS, tuple(name for name in FORMATS if name != "table")],  # report's text formats
+        "--split": [PHRASECUT_SPLITS],
+        "--subset": [SUBSETS, REASONSEG_SUBSETS],
+        "--sam3-prompt": [PROMPTS],
+        "--sam3-answer": [ANSWERS],
+        "--tcl-window": [WINDOW_MODES],
+        "--tcl-templates": [tuple(TEMPLATES)],
+    }
+
+
+def test_the_choice_check_sees_lists_and_can_fail():
+    assert CHOICE_LIST.findall("`--method global-local|hybridgl` and `--sam-model tiny\\|large`") == [
+        ("--method", "global-local|hybridgl"), ("--sam-model", "tiny\\|large")]
+    assert ("global-local", "hybridgl") not in option_choices()["--method"]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
+def test_option_values_listed_are_the_commands_own(page):
+    """A page that lists an option's values lists them all, as the registry and the command line have them."""
+    from globallocal.models.devices import check_device
+
+    choices = option_choices()
+    for option, listed in CHOICE_LIST.findall(prose(page)):
+        values = tuple(listed.replace("\\|", "|").split("|"))
+        assert option in choices, f"{page.name}: `{option} {listed}`: add where its values come from to this test"
+        assert values in choices[option], f"{page.name}: `{option} {listed}` is not {choices[option]}"
+        if option == "--device":
+            for value in values:
+                check_device(value.replace(":N", ":0"))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
+def test_the_methods_a_page_lists_are_the_registrys(page):
+    from globallocal.methods import available_methods
+
+    for listed in re.findall(r"available_methods\(\)\s*#\s*(\[[^\]]*\])", page.read_text(encoding="utf-8")):
+        assert ast.literal_eval(listed) == available_methods(), f"{page.name}: {listed}"
+
+
+@pytest.mark.parametrize("method", ["global-local", "hybridgl", "tcl", "sam3"])
+def test_a_methods_page_names_every_preset(method):
+    from globallocal.methods import available_methods, get_method
+
+    assert method in available_methods()
+    page = REPO / "docs" / f"{method}.md"
+    named = set(re.findall(r"`([\w.+-]+)`", prose(page)))
+    missing = [preset for preset in get_method(method).preset_names() if preset not in named]
+    assert not missing, f"{page.name} does not name the preset(s) {missing}"
+
+
+def test_sweep_examples_name_the_folders_evaluate_writes():
+    """The run folders of `globallocal sweep` examples (its --help and the pages) are evaluate's default ones."""
+    from globallocal.commands.common import default_run_dir
+    from globallocal.methods import available_methods, get_method
+
+    written = set()
+    for name in available_methods():
+        spec = get_method(name)
+        for dataset in ("refcoco", "refcoco+", "refcocog", "phrasecut"):
+            preset = spec.preset_for(dataset)
+            clip = spec.default_clip_model if spec.uses_clip else None
+            for split in ("val", "testA", "testB", "test"):
+                folder = default_run_dir(dataset, split, name, preset, clip, spec.proposals_for(preset) or "none")
+                written.add(str(folder))
+    sweep = typer.main.get_command(cli.app).commands["sweep"]
+    texts = [sweep.help or "", *(page.read_text(encoding="utf-8") for page in PAGES)]
+    named = {folder for text in texts for folder in re.findall(r"globallocal sweep\s+(runs/[^\s;]+)", text)}
+    assert len(named) >= 2 and named <= written, sorted(named - written)

@@ -191,7 +191,7 @@ def _evaluate_cli(cli, refer, tmp_path, *extra):
 @pytest.mark.parametrize(
     ("extra", "pattern"),
     [
-        (["--split", "testC"], "invalid combination dataset='refcoco'"),
+        (["--split", "testC"], "invalid combination --dataset 'refcoco' --split-by 'unc' --split 'testC'"),
         (["--split", "val", "--limit", "0"], "--limit must be at least 1"),
         (["--split", "val", "--save-masks", "{file}"], "is an existing file; give a folder"),
         (["--split", "val", "--out", "{file}"], "run folder {file} is an existing file"),

@@ -245,3 +245,18 @@ def test_a_word_is_cut_only_when_it_alone_is_wider_than_the_column():
     assert _fit("phrasecut val (all)", 9) == "phrasecut\nval (all)"
     assert _fit("sam2.1_hiera_large", 7) == "sam2.1_\nhiera_\nlarge"
     assert _fit("supercalifragilistic", 8, lines=None) == "supercal\nifragili\nstic"
+
+
+def test_a_folder_of_runs_suggests_its_runs_and_a_missing_folder_is_named(cli, runs, tmp_path):
+    parent = tmp_path / "runs"
+    result = cli("report", parent)
+    assert result.code == 2
+    assert result.err.strip() == (f"error: {parent} holds 5 runs (refcoco_val_global-local_paper-refcoco_ViT-B-32_"
+                                  "freesolo_a0.8, refcoco_val_global-local_paper-refcoco_ViT-B-32_freesolo_a0.85, "
+                                  "refcoco_val_global-local_paper-refcoco_ViT-B-32_freesolo_a0.9, ...), not a run of "
+                                  f"its own: give them, e.g. `globallocal report {parent}/*`")
+    result = cli("report", tmp_path / "runs" / "nope")
+    assert result.code == 2 and result.err.strip() == f"error: no such folder: {tmp_path / 'runs' / 'nope'}"
+    (tmp_path / "empty").mkdir()
+    result = cli("report", tmp_path / "empty")
+    assert result.code == 2 and "no finished run in" in result.err

@@ -308,3 +308,8 @@ def test_the_sam2_fallback_step_gets_its_own_generator(sam3_folder):
     assert isinstance(built.sam2, SAM2Generator) and built.fallback == ("head-noun", "sam2")
     key = proposal_cache_key("sam3", built, sam3_folder, "cpu")
     assert key["options"]["sam2"]["model"] == "tiny" and key["options"]["sam2"]["points_per_side"] == 4
+
+
+def test_loading_draws_no_progress_bar(sam3_folder, capfd):
+    load_sam3(sam3_folder)
+    assert "Loading weights" not in capfd.readouterr().err

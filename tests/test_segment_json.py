@@ -187,3 +187,19 @@ def test_the_json_names_the_default_preset(cli, example, tiny_args, tmp_path):
     from globallocal.methods import get_method
 
     assert json.loads(done.out)["configuration"]["settings"]["preset"] == get_method("global-local").default_preset
+
+
+def test_a_turned_photo_is_read_as_shown_and_the_json_says_so(cli, tiny_args, tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 8  # shown a quarter turn anticlockwise: 24 wide, 32 high
+    Image.fromarray(np.full((24, 32, 3), 120, dtype=np.uint8)).save(tmp_path / "turned.jpg", exif=exif)
+    (tmp_path / "masks").mkdir()
+    shown_mask = np.zeros((32, 24), dtype=bool)
+    shown_mask[:16] = True
+    _save(shown_mask, tmp_path / "masks" / "top.png")
+    result = cli("segment", tmp_path / "turned.jpg", "the top", "--masks", tmp_path / "masks",
+                 "-o", tmp_path / "m.png", "--json", "-", *tiny_args)
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    assert data["image_size"] == {"height": 32, "width": 24}
+    assert data["photo"] == {"exif_orientation": 8, "frames": 1}

@@ -127,7 +127,7 @@ def test_bad_upload_gets_a_message(page, tmp_path, tower_calls):
     text.write_text("not a photo")
     out = page.preview(str(text))
     assert out[page.status] == ("Error: notes.jpg is not an image this page can read; "
-                                "upload a JPEG, PNG, WebP or TIFF photo")
+                                "upload a JPEG, PNG, WebP, TIFF, BMP or GIF photo")
     out = page.segment(None, str(text), "the chair", "masks", [], "global-local", 0.95, 0.5, 0.0, 0.0)
     assert list(out) == [page.status] and "not an image" in out[page.status]
     assert tower_calls == []

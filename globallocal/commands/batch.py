@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ..errors import InputError
+from ..plurals import counted
 from .common import stderr
 from .options import (
     CLIP_MODEL_HELP,
@@ -179,9 +180,11 @@ def batch(
         )
     failed = summary["failed_lines"]
     stderr.print(
-        f"{summary['results']} masks from {summary['lines']} lines ({summary['photos']} photos) in {out}; "
-        f"{lines_failed(failed)}" + (f": see {summary['errors_file']}" if failed else "")
-        + (f"; {summary['retried_units']} photos retried after a worker died" if summary["retried_units"] else "")
+        f"{counted(summary['results'], 'mask')} from {counted(summary['lines'], 'line')} "
+        f"({counted(summary['photos'], 'photo')}) in {out}; {lines_failed(failed)}"
+        + (f": see {summary['errors_file']}" if failed else "")
+        + (f"; {counted(summary['retried_units'], 'photo')} retried after a worker died"
+           if summary["retried_units"] else "")
     )
     if summary["failed_lines"]:
         raise typer.Exit(1)

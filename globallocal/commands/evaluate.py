@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from ..errors import InputError
+from ..plurals import counted
 from .common import default_run_dir, stderr
 from .options import (
     CLIP_MODEL_HELP,
@@ -192,9 +193,10 @@ def evaluate(
     vlm.check(spec, proposals, preset)
     if cache is not None and not spec.uses_clip and spec.cache_keeps is None:
         raise InputError(f"--cache keeps CLIP features; --method {method} computes none: drop --cache")
+    borrowed = spec.borrowed_preset(dataset) if preset is None else None
     preset = preset or spec.preset_for(dataset)
     proposals = proposals or spec.proposals_for(preset)
-    sam_settings = sam_settings or spec.default_proposal_settings
+    sam_settings = sam_settings or spec.proposal_settings_for(dataset)
     overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side,
         fusion_mode=fusion_mode, sticky_topk=sticky_topk,
@@ -213,6 +215,9 @@ def evaluate(
         limit=limit, save_masks=save_masks, overlap=overlap, subset=subset,
     ))
     check_models(spec, clip_model, clip_weights, device, precision)
+    if borrowed is not None:  # said once the options are known to be right
+        stderr.print(f"evaluate: {spec.display} has no {dataset} preset (its paper sets none); using {borrowed[0]}, "
+                     f"its {borrowed[1]} preset (choose another with --preset)")
     from .recipe import ray_options
 
     pool = ray_options(ray, ray_actors, ray_gpus_per_actor, ray_cpus_per_actor)  # Ray not imported yet
@@ -258,4 +263,4 @@ def evaluate(
         Console(highlight=False).print(format_report_table([out]))
         stderr.print(f"report: {out / 'report.md'}")
         if cluster is not None and cluster.retried:
-            stderr.print(f"{cluster.retried} images retried after a worker died")
+            stderr.print(f"{counted(cluster.retried, 'image')} retried after a worker died")

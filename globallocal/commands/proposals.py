@@ -67,7 +67,9 @@ def proposals(
     from globallocal.data.images import load_image
     from globallocal.errors import NoProposalsError
     from globallocal.models.clip import resolve_device
+    from globallocal.plurals import counted
     from globallocal.proposals.files import check_replaceable, save_proposals
+    from globallocal.runs.progress import status
     from globallocal.runs.worker import run_description
 
     from .recipe import describe_generator
@@ -76,7 +78,7 @@ def proposals(
     picture = load_image(image)
     device = resolve_device(device)
     generator = source.build(device)
-    with stderr.status(f"{proposals} proposals..."):
+    with status(stderr, f"{proposals} proposals...", "proposals"):
         found = generator.generate(picture)
     if len(found) == 0:
         hint = "--score-threshold" if proposals == "freesolo" else "--pred-iou-thresh / --stability-thresh"
@@ -85,4 +87,4 @@ def proposals(
     settings, weights = describe_generator(source, generator)
     configuration = run_description({**settings, "device": device, "precision": "fp32"}, weights)
     save_proposals(found, output, {"image": str(image), "configuration": configuration})
-    stderr.print(f"{len(found)} proposals written to {output}")
+    stderr.print(f"{counted(len(found), 'proposal')} written to {output}")

@@ -8,6 +8,7 @@ import typer
 
 from ..errors import InputError
 from ..outputs.paths import check_output, check_soft_outputs
+from ..plurals import counted
 from .common import numbered, stderr
 from .options import (
     CLIP_MODEL_HELP,
@@ -246,7 +247,7 @@ def segment(
     if worker.image_source() is not None:  # the photo's proposals (phrase-dependent ones are asked per phrase)
         with timer("proposals"), status(stderr, f"{source.kind} proposals...", "segment"):
             candidates = worker.image_source()(picture)
-    what = (f"scoring {len(candidates)} proposals" if candidates is not None
+    what = (f"scoring {counted(len(candidates), 'proposal')}" if candidates is not None
             else f"{proposals} candidates per phrase" if segmenter.phrase_dependent else f"{method} masks")
     with status(stderr, f"{what}...", "segment"):
         with timer("image_features"):

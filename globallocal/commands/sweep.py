@@ -39,8 +39,9 @@ def sweep(
     --gem-k-* values, for both the guided and the pure answers (a table; no heat map). Weights not given stay at
     the run's.
 
-    Examples: globallocal sweep runs/refcoco_val_ViT-B-32_freesolo --alpha 0.8,0.85,0.9,0.95 --beta 0.3,0.5,0.7;
-    globallocal sweep runs/refcoco_val_hybridgl_ViT-B-16_sam --beta 0.3,0.5 --relation-weight 0.3,0.4,0.5
+    Examples (the folders evaluate --cache writes by default): globallocal sweep
+    runs/refcoco_val_global-local_paper-refcoco_ViT-B-32_freesolo --alpha 0.8,0.85,0.9,0.95 --beta 0.3,0.5,0.7;
+    globallocal sweep runs/refcoco_val_hybridgl_hybridgl-paper_ViT-B-16_sam --beta 0.3,0.5 --relation-weight 0.3,0.4,0.5
     """
     from globallocal.runs.sweepable import check_sweepable
 

@@ -25,6 +25,7 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 from ..errors import InputError
+from .images import wrong_size
 
 if TYPE_CHECKING:
     import torch
@@ -124,9 +125,7 @@ def checked_rle(rle: Any, height: int, width: int, name: str) -> dict[str, Any]:
     ):
         raise InputError(f"{name}: RLE size must be [height, width] as two integers, got {size!r}")
     if tuple(size) != (height, width):
-        raise InputError(
-            f"{name}: RLE is {size[1]}x{size[0]} but the image is {width}x{height}; masks must be at the image's size"
-        )
+        raise InputError(wrong_size(f"{name}: RLE is", tuple(size), (height, width)))
     counts = rle["counts"]
     if isinstance(counts, list):
         if not all(isinstance(value, int) and not isinstance(value, bool) and value >= 0 for value in counts):

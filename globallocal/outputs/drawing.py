@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..plurals import counted
 from .fonts import fonts
 
 # Colours far apart from each other and from skin and sky tones (after Trubetskoy's list of distinct colours).
@@ -161,4 +162,4 @@ def top_k_picture(
         return with_caption(np.round(small).astype(np.uint8), [(f"{phrase!r}: no candidate proposals", None)])
     gap = np.full((tiles[0].shape[0], 8, 3), 255, dtype=np.uint8)
     row = np.concatenate([part for tile in tiles for part in (tile, gap)][:-1], axis=1)
-    return with_caption(row, [(f"{phrase!r}: top {len(order)} of {len(masks)} proposals", None)])
+    return with_caption(row, [(f"{phrase!r}: top {len(order)} of {counted(len(masks), 'proposal')}", None)])

@@ -24,6 +24,7 @@ from ..data.coco_masks import checked_rle, decode, polygon_rles
 from ..data.images import load_mask, save_mask_png, save_text, umask_mode
 from ..errors import ImageError, InputError
 from ..outputs.answers import BOX_FORMAT, PROJECTION_BOX_FORMAT, box_json, pixel_box_json, size_json
+from ..plurals import counted
 from . import Proposals
 
 INDEX_FILE = "proposals.json"
@@ -54,8 +55,7 @@ def _from_folder(folder: Path, size: tuple[int, int] | None) -> Proposals:
         others = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in MASK_SUFFIXES)
         if others:
             shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-            warnings.warn(f"{folder}: {len(others)} files that are not PNG masks were left out: {shown}",
-                          stacklevel=2)
+            warnings.warn(f"{folder}: {counted(len(others), 'file')} left out, not PNG masks: {shown}", stacklevel=2)
         names = [path.name for path in files]
     if not files:
         raise InputError(f"no mask PNGs found in {folder}; put one PNG per mask there (non-zero pixels = mask)")
@@ -155,7 +155,8 @@ def _drop_empty(proposals: Proposals, source: Path) -> Proposals:
     empty = ~proposals.masks.flatten(1).any(dim=1)
     count = int(empty.sum())
     if count == len(proposals):
-        raise InputError(f"all {count} masks are empty (in {source}), so there is nothing to choose from")
+        raise InputError(f"every mask is empty ({counted(count, 'mask')} in {source}), so there is nothing to "
+                         "choose from")
     if count:
         positions = torch.nonzero(empty).flatten()[:5].tolist()
         if proposals.files is not None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
+from ..data.images import wrong_size
 from ..errors import InputError
 
 if TYPE_CHECKING:
@@ -79,10 +80,7 @@ class Proposals:
 def check_image_size(image, proposals: Proposals) -> None:
     """Refuse masks that are not at the PIL ``image``'s size."""
     if proposals.image_size != (image.height, image.width):
-        h, w = proposals.image_size
-        raise InputError(
-            f"masks are {w}x{h} but the image is {image.width}x{image.height}; masks must be at the image's size"
-        )
+        raise InputError(wrong_size("masks are", proposals.image_size, (image.height, image.width)))
 
 
 def projection_boxes(masks: torch.Tensor) -> torch.Tensor:

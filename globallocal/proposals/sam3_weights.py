@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import WeightsError, first_line
 from ..models.hub import MissingFile
+from ..models.loading import without_loading_bars
 from ..models.model_folder import (
     CONFIG_MAX_BYTES,
     TOKENIZER_MAX_BYTES,
@@ -197,6 +198,7 @@ def _hub_snapshot() -> Path:
         raise WeightsError(f"SAM 3's weights could not be downloaded ({first_line(error)}); {ACCESS_FIX}") from None
 
 
+@without_loading_bars()
 def load_sam3(
     weights: str | Path | None = None, device: str | torch.device = "cpu", precision: str = "fp32"
 ) -> Sam3Weights:

@@ -44,6 +44,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from ..data.images import save_text
 from ..data.manifest import BatchLine, Manifest, read_manifest
 from ..models.weights import weights_change
+from ..plurals import counted
 from .batch_step import BatchOptions, BatchStep, ProposalSource, Unit
 from .progress import LoggedProgress, RateColumn, RemainingColumn
 from .runfolder import CompletedUnit, RunFolder, UnitLayout, UnitResult
@@ -104,7 +105,7 @@ def _todo(units: list[Unit], latest: dict[str, dict[str, Any]], recorded: set[in
 
 def lines_failed(count: int) -> str:
     """'1 line failed', '3 lines failed': the bar and the summary count failures alike, by manifest line."""
-    return f"{count} line{'' if count == 1 else 's'} failed"
+    return f"{counted(count, 'line')} failed"
 
 
 def _write_outputs(out_dir: Path, manifest: Manifest, latest: dict[str, dict[str, Any]]) -> tuple[int, int, int]:
@@ -209,7 +210,7 @@ def run_batch(
                 bar.update(task, advance=1, failed=lines_failed(len(failed)))
                 latest.update((record["id"], record) for record in result.records)
                 if stop_after_units is not None and count >= stop_after_units and count < len(todo):
-                    raise BatchStopped(f"stopped after {count} photos")
+                    raise BatchStopped(f"stopped after {counted(count, 'photo')}")
     results, failed_outputs, failed_lines = _write_outputs(out_dir, manifest, latest)
     return {
         "lines": manifest.line_count,

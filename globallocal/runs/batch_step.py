@@ -9,6 +9,7 @@ folder writes (records, the masks as PNG bytes), so both write the same bytes.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,12 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from ..data.images import load_image, mask_png_bytes, png_bytes
+from ..data.images import load_image, mask_png_bytes, photo_reading, png_bytes
 from ..data.manifest import BatchLine
 from ..errors import GlobalLocalError, NoProposalsError
 from ..models.text import parse_phrase
 from ..outputs.drawing import overlay_picture
+from ..plurals import noun_for
 from ..proposals import Proposals
 from ..proposals.files import load_proposals
 from .runfolder import UnitResult
@@ -64,6 +66,12 @@ def _failed(unit: Unit, line: BatchLine, output: str, reason: str) -> dict[str, 
     return {"unit": unit.number, "key": line.key, "line": line.line, "id": output, "error": reason}
 
 
+def _lines_named(unit: Unit) -> str:
+    """'line 3' or 'lines 3, 7': the manifest lines of a unit, as a message names them."""
+    numbers = ", ".join(str(line.line) for line in unit.lines)
+    return f"{noun_for(len(unit.lines), 'line')} {numbers}"
+
+
 def _outputs(unit: Unit) -> list[tuple[BatchLine, str, str]]:
     return [(line, output, phrase) for line in unit.lines for output, phrase in zip(line.output_ids, line.phrases)]
 
@@ -77,7 +85,12 @@ class BatchStep:
     def proposals(self, unit: Unit, picture: Image.Image) -> Proposals | None:
         """The unit's masks, or the proposal source's; None when the segmenter's source proposes per phrase."""
         if unit.masks is not None:
-            return load_proposals(unit.masks, (picture.height, picture.width))
+            with warnings.catch_warnings(record=True) as said:
+                warnings.simplefilter("always")
+                proposals = load_proposals(unit.masks, (picture.height, picture.width))
+            for warning in said:  # e.g. empty masks dropped: which manifest lines they concern
+                warnings.warn(f"{_lines_named(unit)}: {warning.message}", warning.category, stacklevel=2)
+            return proposals
         if self.proposal_source is None and getattr(self.segmenter, "phrase_dependent", False):
             return None
         if self.proposal_source is None:
@@ -126,7 +139,8 @@ class BatchStep:
             mask = result.mask.numpy()
             record = {
                 "unit": unit.number, "key": line.key, "line": line.line, "id": output, "image": str(unit.image),
-                "phrase": phrase, "noun_phrase": result.noun_phrase, "index": result.index, "score": result.score,
+                "photo": photo_reading(picture).to_json(), "phrase": phrase, "noun_phrase": result.noun_phrase,
+                "index": result.index, "score": result.score,
                 **result.candidate_fields(aliases=True), **result.answer_fields(), "mask": f"masks/{output}.png",
             }
             files[record["mask"]] = mask_png_bytes(mask)

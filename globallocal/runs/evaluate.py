@@ -51,6 +51,7 @@ from ..data.images import save_text
 from ..data.refer import ImageGroup, ImageRecord
 from ..errors import InputError
 from ..models.weights import weights_change
+from ..plurals import counted
 from ..proposals import Proposals
 from .benchmark_metrics import MetricFamily, Tally, family_of
 from .cache import FeatureCache
@@ -293,7 +294,7 @@ def _evaluate_share(
         BarColumn(),
         MofNCompleteColumn(),
         RateColumn(),
-        TextColumn("{task.fields[sentences]} sentences"),
+        TextColumn("{task.fields[sentences]}"),
         TextColumn("{task.fields[scores]}"),
         TimeElapsedColumn(),
         RemainingColumn(),
@@ -303,23 +304,24 @@ def _evaluate_share(
         description += f" (rank 0's share of {place.world_size})"
     console = Console(stderr=True)
     if progress and place.is_main and len(share) > len(todo):
-        console.print(f"resuming: {len(share) - len(todo)} of {len(share)} images done")
+        console.print(f"resuming: {len(share) - len(todo)} of {counted(len(share), 'image')} done")
     with LoggedProgress(*columns, console=console, unit="images", disable=not (progress and place.is_main)) as bar:
         task = bar.add_task(
             description,
             total=len(share),
             completed=len(share) - len(todo),
             resumed_at=len(share) - len(todo),
-            sentences=running.sentences,
+            sentences=counted(running.sentences, "sentence"),
             scores=_scores(family, running),
         )
         for count, result in enumerate(finished, start=1):
             for record in result.records:
                 add_record(running, record)
             folder.record(result, config.mask_folder())
-            bar.update(task, advance=1, sentences=running.sentences, scores=_scores(family, running))
+            bar.update(task, advance=1, sentences=counted(running.sentences, "sentence"),
+                       scores=_scores(family, running))
             if stop_after_images is not None and count >= stop_after_images and count < len(todo):
-                raise EvaluationStopped(f"stopped after {count} images")
+                raise EvaluationStopped(f"stopped after {counted(count, 'image')}")
 
     # Every process has recorded its share before rank 0 reads them all.
     place.barrier()

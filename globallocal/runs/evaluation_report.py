@@ -10,6 +10,7 @@ from typing import Any
 
 from ..data.datasets import SUBSET_ORDER, dataset_label
 from ..errors import InputError
+from ..plurals import counted
 from .benchmark_metrics import Tally, family_of, metric_values
 from .evaluation_records import CompletedImage, add_record
 from .metrics import format_metric
@@ -117,7 +118,7 @@ def images_label(report: dict[str, Any], compact: bool = False) -> str:
     done, split = report["metrics"]["images"], report.get("images_in_split", report["images_total"])
     limit = report.get("limit")
     cut = f" (--limit {limit})" if limit is not None and limit < split else ""
-    return f"{done}/{split}{cut}" if compact else f"{done} of {split} images{cut}"
+    return f"{done}/{split}{cut}" if compact else f"{done} of {counted(split, 'image')}{cut}"
 
 
 def report_markdown(report: dict[str, Any]) -> str:
@@ -150,11 +151,13 @@ def report_markdown(report: dict[str, Any]) -> str:
         )
     if "missing_photos" in report:
         missing = report["missing_photos"]
-        lines.append(f"- photos missing, left out of the metrics: {missing['images']} ({missing['sentences']} "
-                     "sentences)" + (f", e.g. {missing['first']}" if missing.get("first") else ""))
+        lines.append(f"- photos missing, left out of the metrics: {missing['images']} "
+                     f"({counted(missing['sentences'], 'sentence')})"
+                     + (f", e.g. {missing['first']}" if missing.get("first") else ""))
     lines += [
-        f"- images without proposals: {metrics['no_proposal_images']} ({metrics['no_proposal_refs']} refs, "
-        f"{metrics['no_proposal_sentences']} sentences, scored as empty answers: IoU 0 where there is a target)",
+        f"- images without proposals: {metrics['no_proposal_images']} ({counted(metrics['no_proposal_refs'], 'ref')}, "
+        f"{counted(metrics['no_proposal_sentences'], 'sentence')}, scored as empty answers: IoU 0 where there is "
+        "a target)",
         f"- expressions truncated to CLIP's 77 tokens: {report['truncated_sentences']}",
         f"- cumulative I / U: {metrics['sum_intersection']} / {metrics['sum_union']}",
         f"- wall time: {report['wall_time_s']:.1f} s",
@@ -190,6 +193,7 @@ def _selection(selection: dict[str, Any]) -> str:
     if "dropped_by_reason" in selection:  # PhraseCut's
         reasons = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in
                             selection["dropped_by_reason"].items())
-        return (f"subset {selection['subset']}: {selection['tasks']} of {selection['tasks_in_files']} tasks, "
+        return (f"subset {selection['subset']}: {selection['tasks']} of "
+                f"{counted(selection['tasks_in_files'], 'task')}, "
                 f"{selection['tasks_dropped']} dropped ({reasons})")
     return "selection: " + ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in selection.items())

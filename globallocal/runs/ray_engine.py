@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import GlobalLocalError, InputError, WeightsError, first_line
+from ..plurals import counted
+from .native_stderr import dropping_native_lines
 from .runfolder import UnitResult
 from .worker import Worker, WorkerRecipe, as_stored
 
@@ -74,6 +76,13 @@ _ADDRESS_FIX = ("use local (start Ray on this machine), auto (join RAY_ADDRESS o
                 "head's HOST:PORT (e.g. 10.0.0.5:6379; ray://HOST:10001 for Ray Client)")
 # The client preface of HTTP/2, which gRPC speaks: a gRPC server answers it with a SETTINGS frame (type 4).
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# What Ray prints on every run that asks nothing of the user. Its token-authentication notice (a local
+# cluster gets a token by default) comes from this logger; and its core worker logs, from C++ straight to the
+# standard error, that Ray Data's actors (restarted when they die) take arguments from the object store, which
+# Ray Data itself puts there (ray-project/ray#57733).
+_TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+_CORE_WORKER_NOISE = re.compile(rb"core_worker\.cc:\d+: Actor .* has constructor arguments in the object store and "
+                                rb"max_restarts > 0")
 
 
 def import_ray() -> Any:
@@ -151,7 +160,7 @@ class Pool:
         return "cuda" if self.gpus > 0 else "cpu"
 
     def describe(self) -> str:
-        return f"{self.actors} actor{'s' if self.actors != 1 else ''} of {self.cpus:g} CPU, {self.gpus:g} GPU"
+        return f"{counted(self.actors, 'actor')} of {self.cpus:g} CPU, {self.gpus:g} GPU"
 
 
 def _gcs_host(ray: Any, host: str) -> str:
@@ -192,8 +201,8 @@ def describe_cluster(ray: Any) -> str:
     resources = ray.cluster_resources()
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     return (
-        f"ray cluster: {nodes} node{'s' if nodes != 1 else ''}, {resources.get('CPU', 0):g} CPUs, "
-        f"{resources.get('GPU', 0):g} GPUs, {resources.get('memory', 0) / 2**30:.0f} GiB memory"
+        f"ray cluster: {counted(nodes, 'node')}, {counted(float(resources.get('CPU', 0)), 'CPU')}, "
+        f"{counted(float(resources.get('GPU', 0)), 'GPU')}, {resources.get('memory', 0) / 2**30:.0f} GiB memory"
     )
 
 
@@ -325,6 +334,7 @@ class RayRun:
             if reason is not None:
                 raise InputError(f"cannot join the Ray cluster at {where}: {reason}; start its head there "
                                  "(`ray start --head`) or check the address")
+            logging.getLogger(_TOKEN_NOTICE_LOGGER).setLevel(logging.ERROR)
             try:
                 ray.init(address=self.options.address, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING)
@@ -362,12 +372,13 @@ class RayRun:
             num_gpus=self.pool.gpus or None,
         )
         seen = set()
-        for row in dataset.iter_rows():
-            result = pickle.loads(row["result"])
-            if isinstance(result, _Failure):
-                raise result.error
-            if result.key not in seen:
-                seen.add(result.key)
-                yield result
+        with dropping_native_lines(_CORE_WORKER_NOISE):  # the actors start as the rows are asked for
+            for row in dataset.iter_rows():
+                result = pickle.loads(row["result"])
+                if isinstance(result, _Failure):
+                    raise result.error
+                if result.key not in seen:
+                    seen.add(result.key)
+                    yield result
         starts, self.retried = ray.get(attempts.counts.remote())
         self.restarts = max(0, starts - self.pool.actors)

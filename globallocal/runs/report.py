@@ -29,6 +29,7 @@ from ..data.bounded import NUMBER, check_shape, read_json
 from ..data.datasets import dataset_label
 from ..data.refer import DEFAULT_SPLIT_BY
 from ..errors import InputError
+from ..plurals import counted
 from .benchmark_metrics import MetricFamily, family_of, metric_values
 from .evaluation_report import REPORT_JSON, images_label
 from .metrics import format_metric
@@ -80,10 +81,27 @@ def read_report(path: Path) -> dict[str, Any]:
     return report
 
 
+def check_run_folder(run_dir: Path) -> None:
+    """Refuse, saying which, a run folder that does not exist, a file, or a folder of runs (``runs``, where
+    ``runs/*`` was meant)."""
+    if not run_dir.exists():
+        raise InputError(f"no such folder: {run_dir}")
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir} is a file; give the folder of a finished evaluation run")
+    if (run_dir / REPORT_JSON).is_file():
+        return
+    runs = sorted(child.name for child in run_dir.iterdir() if (child / REPORT_JSON).is_file())
+    if runs:
+        named = ", ".join(runs[:3]) + (", ..." if len(runs) > 3 else "")
+        raise InputError(f"{run_dir} holds {counted(len(runs), 'run')} ({named}), not a run of its own: give them, "
+                         f"e.g. `globallocal report {run_dir / '*'}`")
+
+
 def load_reports(run_dirs: list[Path]) -> list[dict[str, Any]]:
     """report.json of every run folder; InputError naming a folder whose run has not finished."""
     reports = []
     for run_dir in run_dirs:
+        check_run_folder(Path(run_dir))
         path = Path(run_dir) / REPORT_JSON
         if not path.is_file():
             raise InputError(

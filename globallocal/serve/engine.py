@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..data.bounded import MAX_MEGAPIXELS
-from ..data.images import load_image, open_checked
+from ..data.images import PHOTO_FORMATS, load_image, open_checked
 from ..errors import ImageError, InputError
 from ..methods import ImageFeatures, MethodSettings, SegmentResult, available_methods
 from ..proposals import Proposals
@@ -144,8 +144,8 @@ class Engine:
             with open_checked(path, path.name) as header:
                 width, height = header.size
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            raise ImageError(f"{path.name} is not an image this page can read; upload a JPEG, PNG, WebP or "
-                             "TIFF photo") from None
+            raise ImageError(f"{path.name} is not an image this page can read; upload a {PHOTO_FORMATS} photo") \
+                from None
         megapixels = width * height / 1e6
         if megapixels > self.max_megapixels:
             raise ImageError(
@@ -155,8 +155,7 @@ class Engine:
         try:
             return load_image(path)
         except ImageError:
-            raise ImageError(f"{path.name} could not be decoded; is it a complete JPEG, PNG, WebP or TIFF file?") \
-                from None
+            raise ImageError(f"{path.name} could not be decoded; is it a complete {PHOTO_FORMATS} file?") from None
 
     @staticmethod
     def read_masks(files: Sequence[str | Path], size: tuple[int, int]) -> Proposals:

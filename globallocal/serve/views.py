@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import save_mask_png, save_text
+from ..data.images import photo_reading, save_mask_png, save_text
 from ..methods import SegmentResult
 from ..outputs.answers import chosen_score, proposal_list, result_json, segment_json, settings_json
 from ..outputs.drawing import overlay_picture
@@ -111,6 +111,7 @@ def segment_report(photo_name: str, segmenter: Segmenter, session: ImageSession,
     return segment_json(
         image=photo_name,
         image_size=(image.height, image.width),
+        photo=photo_reading(image).to_json(),
         proposal_source=session.source if proposals is not None or per_phrase else None,
         proposal_count=len(proposals) if proposals is not None else None,
         proposals=proposal_list(proposals, segmenter.method.uses_projection_boxes()),

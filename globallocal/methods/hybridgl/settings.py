@@ -119,6 +119,7 @@ SPEC = MethodSpec(
     default_proposals="sam",
     preset_proposals={"hybridgl-sam3": "sam3"},
     default_proposal_settings="hybridgl",
+    dataset_proposal_settings={"phrasecut": "hybridgl-phrasecut"},  # SPEC-hybridgl sections 2 and 12
     keep_proposal_order=True,
     display_name="HybridGL",
     image_tower="vit",
