@@ -87,7 +87,8 @@ CLIP_B16 = "CLIP weights ViT-B-16-quickgelu/openai (timm/vit_base_patch16_clip_2
      [CLIP_B32, "SAM 3's weights (facebook/sam3)", "SAM 2 large checkpoint sam2.1_hiera_large.pt"]),
     (["--tcl-blend", "0.5"], [CLIP_B32, "TCL weights tcl.pth (not in {tmp}/tcl_weights)",
                               f"{CLIP_B16}, which TCL runs on", "FreeSOLO weights FreeSOLO_R101_30k_pl.pth"]),
-], ids=["sam3-proposals", "tcl", "hybridgl", "sam3-method", "sam3-sam2-fallback", "tcl-blend"])
+    (["--method", "vlm"], ["the VLM Qwen/Qwen3-VL-8B-Instruct", "SAM 3's weights (facebook/sam3)"]),
+], ids=["sam3-proposals", "tcl", "hybridgl", "sam3-method", "sam3-sam2-fallback", "tcl-blend", "vlm"])
 def test_every_method_and_source_names_all_its_missing_files_at_once(run, nothing_here, extra, named):
     code, err = run(*DEMO, "-o", nothing_here / "m.png", *extra)
     lines = err.strip().splitlines()

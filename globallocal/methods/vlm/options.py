@@ -92,12 +92,11 @@ class VlmOptions:
                              "proposals")
         if settings.shortlist != "source" and settings.mode != "marks":
             raise InputError("--vlm-shortlist ranks the candidates the marks preset draws; add --preset marks")
-        if self.kind == "transformers":
-            from ...models.vlm.backend import DEFAULT_VLM_MODEL
-            from ...models.vlm.loading import check_vlm_model
+        if self.kind == "transformers" and self.model is not None:
+            from ...models.vlm.loading import check_vlm_folder, is_hub_id
 
-            # Offline and missing: one line naming the model and --vlm-model DIR, before any model loads.
-            check_vlm_model(self.model or DEFAULT_VLM_MODEL)
+            if not is_hub_id(self.model):
+                check_vlm_folder(self.model)  # a hub id missing offline is named with every other missing file
 
     def _check_endpoint(self) -> None:
         if not self.url:
@@ -130,3 +129,16 @@ class VlmOptions:
         if cache is not None:
             options["cache_dir"] = str(cache)
         return options
+
+
+def missing_method_files(options: dict[str, Any] | None) -> list[Any]:
+    """The in-process VLM when it is a hub id neither cached nor downloadable now (the registry's ``model_files``:
+    named with every other missing file, before any model loads); nothing for a folder or an endpoint."""
+    options = options or {}
+    if options.get("kind", "transformers") != "transformers":
+        return []
+    from ...models.vlm.backend import DEFAULT_VLM_MODEL
+    from ...models.vlm.loading import missing_vlm_model
+
+    missing = missing_vlm_model(str(options.get("model") or DEFAULT_VLM_MODEL))
+    return [] if missing is None else [missing]

@@ -128,6 +128,7 @@ SPEC = MethodSpec(
     default_clip_model="ViT-B-16",
     default_proposals="sam3",
     builder="globallocal.methods.vlm.method:build_vlm",
+    model_files="globallocal.methods.vlm.options:missing_method_files",
     display_name="VLM",
     offered_beside_others=False,
     uses_clip=False,

@@ -19,19 +19,18 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ...data.bounded import check_shape, open_regular, read_json, read_regular
-from ...errors import InputError, WeightsError, first_line
+from ...data.bounded import check_shape, read_regular
+from ...errors import WeightsError, first_line
 from ..hub import MissingFile, require_files
+from ..model_folder import Bound, check_bounds, check_file_size, read_config
 
 __all__ = [
     "CONFIG_BOUNDS",
     "MODEL_TYPES",
     "PROCESSOR_BOUNDS",
-    "check_config_sizes",
     "check_vlm_folder",
     "check_vlm_model",
     "cached_vlm_snapshot",
@@ -62,17 +61,17 @@ INDEX_BYTES = 16 << 20
 # The largest value each size a config may declare (keys at any depth), far above the largest released
 # models' (Qwen2.5-VL 72B: hidden 8192, 80 layers, vocabulary 152064) and far below what would exhaust memory
 # while the model is built.
-CONFIG_BOUNDS = {
+CONFIG_BOUNDS = {key: Bound(1, high) for key, high in {
     "hidden_size": 1 << 15, "intermediate_size": 1 << 17, "num_hidden_layers": 256, "depth": 256,
     "num_attention_heads": 512, "num_heads": 512, "num_key_value_heads": 512, "head_dim": 1024,
     "vocab_size": 1 << 20, "out_hidden_size": 1 << 15, "patch_size": 1024, "spatial_merge_size": 64,
     "temporal_patch_size": 64, "max_position_embeddings": 1 << 24, "num_position_embeddings": 1 << 20,
-}
+}.items()}
 # The image processor's: patches, and the pixels a photo may be resized to (64 MP at most).
-PROCESSOR_BOUNDS = {
+PROCESSOR_BOUNDS = {key: Bound(1, high) for key, high in {
     "patch_size": 1024, "merge_size": 64, "temporal_patch_size": 64, "shortest_edge": 1 << 26,
     "longest_edge": 1 << 26, "min_pixels": 1 << 26, "max_pixels": 1 << 26,
-}
+}.items()}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -86,43 +85,12 @@ def is_hub_id(model: str) -> bool:
     return bool(_HUB_ID.fullmatch(model)) and not Path(model).expanduser().exists()
 
 
-def check_config_sizes(config: Any, bounds: Mapping[str, int], where: str, fix: str) -> None:
-    """Refuse a config whose sizes (the keys of ``bounds``, at any depth) are not integers in 1..bound.
-
-    One :class:`WeightsError` line naming ``where``, the key and the bound.
-    """
-    stack = [(config, "")]
-    while stack:
-        node, path = stack.pop()
-        if isinstance(node, list):
-            stack.extend((item, f"{path}[{index}]") for index, item in enumerate(node))
-            continue
-        if not isinstance(node, dict):
-            continue
-        for key, value in node.items():
-            name = f"{path}.{key}" if path else str(key)
-            if key in bounds and value is not None:
-                values = value if isinstance(value, list) else [value]
-                if not values or not all(type(v) is int and 1 <= v <= bounds[key] for v in values):
-                    raise WeightsError(f"{where}: {name} must be an integer from 1 to {bounds[key]}, got "
-                                       f"{str(value)[:40]}; {fix}")
-            elif isinstance(value, dict | list):
-                stack.append((value, name))
-
-
-def _read_small_json(path: Path, fix: str, max_bytes: int = SMALL_FILE_BYTES) -> Any:
-    try:
-        return read_json(path, what=path.name, max_bytes=max_bytes)
-    except (OSError, InputError) as error:
-        raise WeightsError(f"cannot read {path} ({first_line(error)}); {fix}") from None
-
-
 def weights_files(folder: Path) -> list[Path]:
     """The safetensors files of a folder: ``model.safetensors``, or every shard its index names (checked)."""
     fix = _fix(str(folder))
     if (folder / WEIGHTS_FILE).is_file():
         return [folder / WEIGHTS_FILE]
-    index = _read_small_json(folder / WEIGHTS_INDEX, fix, INDEX_BYTES)
+    index = read_config(folder / WEIGHTS_INDEX, "weights index", fix, INDEX_BYTES)
     check_shape(index, {"weight_map": {"*": str}}, f"{folder / WEIGHTS_INDEX}", f"; {fix}")
     names = sorted(set(index["weight_map"].values()))
     unsafe = [name for name in names if Path(name).name != name or not name.endswith(".safetensors")]
@@ -134,17 +102,6 @@ def weights_files(folder: Path) -> list[Path]:
         raise WeightsError(f"{folder} lacks {len(missing)} of the {len(names)} weights shards its index names "
                            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); {fix}")
     return [folder / name for name in names]
-
-
-def _check_size(path: Path, max_bytes: int, fix: str) -> None:
-    """Refuse a file that is not regular or is larger than ``max_bytes``, without reading it."""
-    fd = open_regular(path, what="VLM file")
-    try:
-        size = os.fstat(fd).st_size
-    finally:
-        os.close(fd)
-    if size > max_bytes:
-        raise WeightsError(f"{path} is {size} bytes, more than the {max_bytes} a VLM's {path.name} may have; {fix}")
 
 
 def model_files_digest(folder: Path) -> str:
@@ -177,23 +134,24 @@ def check_vlm_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
     missing = []
     config: dict[str, Any] = {}
     if (folder / "config.json").is_file():
-        config = _read_small_json(folder / "config.json", fix)
-        model_type = config.get("model_type") if isinstance(config, dict) else None
+        config = read_config(folder / "config.json", "VLM config", fix, SMALL_FILE_BYTES)
+        model_type = config.get("model_type")
         if model_type not in MODEL_TYPES:
             raise WeightsError(
                 f"{folder} holds a {model_type or 'model of no model_type'} model (config.json), not a VLM the "
                 f"transformers backend runs ({', '.join(MODEL_TYPES)}); {fix}, or serve it behind an "
                 "OpenAI-compatible endpoint (--vlm-backend openai)")
-        check_config_sizes(config, CONFIG_BOUNDS, f"{folder / 'config.json'}", fix)
+        check_bounds(config, CONFIG_BOUNDS, folder / "config.json", fix)
     else:
         missing.append("config.json")
     processor = next((folder / name for name in PROCESSOR_FILES if (folder / name).is_file()), None)
     if processor is None:
         missing.append(" or ".join(PROCESSOR_FILES))
     else:
-        check_config_sizes(_read_small_json(processor, fix), PROCESSOR_BOUNDS, str(processor), fix)
+        check_bounds(read_config(processor, "VLM processor config", fix, SMALL_FILE_BYTES), PROCESSOR_BOUNDS, processor,
+                     fix)
     if (folder / "tokenizer.json").is_file():
-        _check_size(folder / "tokenizer.json", TOKENIZER_BYTES, fix)
+        check_file_size(folder / "tokenizer.json", "VLM tokenizer", fix, TOKENIZER_BYTES)
     elif not all((folder / name).is_file() for name in ("vocab.json", "merges.txt")):
         missing.append("tokenizer.json (or vocab.json and merges.txt)")
     if not _has_template(folder):
