@@ -161,3 +161,29 @@ def test_evaluate_records_each_outcome_and_a_resume_asks_again_only_what_the_end
     assert records["the red car"]["vlm"]["outcome"] == "select"
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["answers"] == "none, one or several" and report["metrics"]["N-acc"] is not None
+
+
+def test_serve_answers_with_the_vlm_and_shows_an_endpoint_that_does_not_answer(cli, photo_file, masks_dir,
+                                                                               monkeypatch):
+    import socket
+
+    import globallocal.serve
+    from globallocal.errors import VlmEndpointError
+
+    served = []
+    monkeypatch.setattr(globallocal.serve, "serve", lambda engine, *args, **kwargs: served.append(engine))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    box = '[{"bbox_2d": [469, 104, 781, 833], "label": "man"}]'
+    with ChatServer([box]) as server:
+        result = cli("serve", "--method", "vlm", "--preset", "box", *endpoint(server), "--port", port)
+        assert result.code == 0, result.err
+        engine = served[0]
+        masks = sorted(str(path) for path in masks_dir.iterdir())
+        session = engine.set_image(photo_file, "masks", masks)
+        answer = engine.answer(session, ["the man"], {})
+        assert answer.results[0].index == 1 and answer.results[0].vlm.outcome == "select"
+        server.faults.extend([503] * 3)
+        with pytest.raises(VlmEndpointError, match="503"):
+            engine.answer(session, ["the man"], {})

@@ -373,18 +373,6 @@ def no_noun(phrase: str, phrases: list[str], require_noun: bool) -> None:
     )
 
 
-def stop_on_failure(results: list) -> None:
-    """A photo's answers are all given, or the command stops: an answer that failed for a reason outside the
-    method (an endpoint that did not answer) is one error line, and nothing is written."""
-    from globallocal.errors import VlmEndpointError
-
-    for result in results:
-        reason = result.failure()
-        if reason is not None:
-            raise VlmEndpointError(f"{reason}; the phrase {result.phrase!r} got no answer, so nothing was written",
-                                   transport=True)
-
-
 def warn_no_candidates(results: list, source: str) -> None:
     """With phrase-dependent proposals, a phrase that got no candidate is answered "no target" (an empty mask, a
     valid answer: exit 0, whether a selector or SAM 3 alone answers): one warning per such phrase."""

@@ -63,7 +63,6 @@ from .options import (
     check_phrases,
     no_noun,
     setting_overrides,
-    stop_on_failure,
     warn_no_candidates,
 )
 
@@ -217,6 +216,7 @@ def segment(
     picture = load_image(image)  # torch-free: a photo over the pixel limit, or undecodable, is refused at once
 
     from globallocal.data.phrases import shown
+    from globallocal.methods.base import stop_on_failure
     from globallocal.models.clip import resolve_device
     from globallocal.models.text import parse_phrase
     from globallocal.outputs.answers import StageTimer, caption, write_json, write_pictures
@@ -254,7 +254,7 @@ def segment(
             segmenter.set_image(picture, candidates)
         with timer("answer"):
             results = segmenter.predict_many(phrases)
-    stop_on_failure(results)
+    stop_on_failure(results)  # nothing is written
     warn_no_candidates(results, proposals or method)
     configuration = worker.identity() if json_path else None  # weights by content: hashed before anything is written
 

@@ -37,6 +37,15 @@ from .options import (
     ScoreThresholdOpt,
     ShortSideOpt,
     StabilityOpt,
+    VlmApiKeyEnvOpt,
+    VlmBackendOpt,
+    VlmBoxFormatOpt,
+    VlmFamilyOpt,
+    VlmMaxPixelsOpt,
+    VlmModelOpt,
+    VlmPromptsOpt,
+    VlmShortlistOpt,
+    VlmUrlOpt,
     check_models,
     setting_overrides,
 )
@@ -82,6 +91,15 @@ def serve(
     sam3_fallback: Sam3FallbackOpt = None,
     sam3_prompt: Sam3PromptOpt = None,
     sam3_answer: Sam3AnswerOpt = None,
+    vlm_backend: VlmBackendOpt = None,
+    vlm_model: VlmModelOpt = None,
+    vlm_url: VlmUrlOpt = None,
+    vlm_api_key_env: VlmApiKeyEnvOpt = None,
+    vlm_family: VlmFamilyOpt = None,
+    vlm_max_pixels: VlmMaxPixelsOpt = None,
+    vlm_prompts: VlmPromptsOpt = None,
+    vlm_shortlist: VlmShortlistOpt = None,
+    vlm_box_format: VlmBoxFormatOpt = None,
     max_megapixels: float = typer.Option(
         MAX_MEGAPIXELS, help=f"Refuse uploaded photos larger than this (at most every command's limit; "
         f"{PIXELS_VARIABLE} raises that)."
@@ -93,7 +111,7 @@ def serve(
 
     Example: globallocal serve --proposals sam2, then open http://127.0.0.1:7860
     """
-    from globallocal.methods import Sam3Options, get_method  # torch-free, like every check below
+    from globallocal.methods import Sam3Options, VlmOptions, get_method  # torch-free, like every check below
     from globallocal.serve import check_port, require_gradio
 
     require_gradio()
@@ -106,9 +124,11 @@ def serve(
     spec = get_method(method)
     sam3 = Sam3Options.from_arguments(locals())
     sam3.check(spec, proposals)
+    vlm = VlmOptions.from_arguments(locals())
+    vlm.check(spec, proposals, preset)
     overrides = setting_overrides(
         alpha=alpha, beta=beta, masked_blocks=masked_blocks, chunk_size=chunk_size, short_side=short_side
-    ) | sam3.method_overrides(method)
+    ) | sam3.method_overrides(method) | vlm.method_overrides(method)
     spec.settings(preset, **overrides)
     clip_model = check_models(spec, clip_model, clip_weights, device, precision)
     check_port(host, port)
@@ -136,7 +156,7 @@ def serve(
         return Segmenter.from_pretrained(
             clip_model if ours or shared_file else None, clip_weights, preset if ours else None, device=device,
             precision=precision, spacy_model=spacy_model, method=name, **(overrides if ours else {}),
-            method_options=sam3.method_options(name) if ours else None,
+            method_options=(sam3.method_options(name) or vlm.method_options(name)) if ours else None,
         )
 
     engine = Engine(load_segmenter, lambda kind: replace(source, kind=kind).build(device, precision=precision), method,

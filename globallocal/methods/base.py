@@ -147,6 +147,18 @@ class SegmentResult:
         }
 
 
+def stop_on_failure(results: Sequence[SegmentResult]) -> None:
+    """A photo's answers are all given, or none is: an answer that failed for a reason outside the method (an
+    endpoint that did not answer, :meth:`SegmentResult.failure`) is one error, so that a command writes nothing
+    and a page shows the error rather than an empty mask."""
+    from ..errors import VlmEndpointError
+
+    for result in results:
+        reason = result.failure()
+        if reason is not None:
+            raise VlmEndpointError(f"{reason}; the phrase {result.phrase!r} got no answer", transport=True)
+
+
 @dataclass
 class ImageFeatures:
     """What a method computed for one image."""

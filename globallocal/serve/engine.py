@@ -23,6 +23,7 @@ from ..data.bounded import MAX_MEGAPIXELS
 from ..data.images import PHOTO_FORMATS, load_image, open_checked
 from ..errors import ImageError, InputError
 from ..methods import ImageFeatures, MethodSettings, SegmentResult, available_methods
+from ..methods.base import stop_on_failure
 from ..proposals import Proposals
 from ..proposals.concepts import is_phrase_dependent
 from ..proposals.files import load_proposals
@@ -224,6 +225,7 @@ class Engine:
             segmenter.settings = replace(served, **weights)
             try:
                 results = segmenter.predict_many(phrases, require_noun=not self.allow_no_noun)
+                stop_on_failure(results)
                 parts = _score_parts(segmenter, results)
                 settings = segmenter.settings
             finally:
