@@ -44,7 +44,7 @@ def test_the_endpoints_box_picks_the_candidate_it_points_at(cli, photo_file, mas
     assert result.code == 0, result.err
     assert np.array_equal(load_mask(tmp_path / "out.png"), load_mask(masks_dir / "001.png"))
     [answer] = json.loads((tmp_path / "a.json").read_text())["results"]
-    assert (answer["index"], answer["answer_set"], answer["vlm"]["outcome"]) == (1, [1], "select")
+    assert (answer["index"], answer["answer_set"], answer["outcome"]) == (1, [1], "select")
     assert answer["vlm"]["box_candidate"] == 1 and answer["transcript"][0]["reply"] == box
     image_part = sent["messages"][0]["content"][0]
     assert image_part["type"] == "image_url" and image_part["image_url"]["url"].startswith("data:image/png;base64,")
@@ -66,7 +66,7 @@ def test_the_agent_runs_end_to_end_on_tiny_models(cli, photo_file, sam3_folder, 
                  "--json", tmp_path / "a.json")
     assert result.code == 0, result.err
     [answer] = json.loads((tmp_path / "a.json").read_text())["results"]
-    assert answer["vlm"]["outcome"] in ("select", "no_mask", "vlm_error") and answer["vlm"]["vlm_calls"] >= 1
+    assert answer["outcome"] in ("select", "no_mask", "vlm_error") and answer["vlm"]["vlm_calls"] >= 1
     assert answer["transcript"][0]["conversation"] == "agent" and "reply" in answer["transcript"][0]
     assert load_mask(tmp_path / "out.png").shape == (48, 64)
 
@@ -110,7 +110,7 @@ def test_batch_sets_aside_a_line_the_endpoint_did_not_answer_and_a_rerun_asks_ag
         assert second.code == 0, second.err
         assert len(server.requests) == 4  # three failed attempts, then one answer
     [record] = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert (record["index"], record["vlm"]["outcome"], record["answer_set"]) == (1, "select", [1])
+    assert (record["index"], record["outcome"], record["answer_set"]) == (1, "select", [1])
     assert np.array_equal(load_mask(out / record["mask"]), load_mask(masks_dir / "001.png"))
 
 
@@ -145,9 +145,9 @@ def test_evaluate_records_each_outcome_and_a_resume_asks_again_only_what_the_end
         first = cli(*args)
         assert first.code == 0, first.err
         records = {r["phrase"]: r for image in read_records(tmp_path / "run") for r in image.records}
-        assert (records["the red car"]["vlm"]["outcome"], records["the red car"]["vlm"]["reason"]) == (
+        assert (records["the red car"]["outcome"], records["the red car"]["outcome_reason"]) == (
             "vlm_error", "transport") and records["the red car"]["retry"] is True
-        assert records["a giraffe"]["vlm"]["outcome"] == "no_mask" and records["a giraffe"]["pred_area"] == 0
+        assert records["a giraffe"]["outcome"] == "no_mask" and records["a giraffe"]["pred_area"] == 0
         asked = len(server.requests)
         down["the red car"] = False
         second = cli(*args)
@@ -158,9 +158,14 @@ def test_evaluate_records_each_outcome_and_a_resume_asks_again_only_what_the_end
     assert len(images) == 2 and not any(image.marker.get("retry") for image in images)
     records = {r["phrase"]: r for image in images for r in image.records}
     assert len(records) == 7 and "retry" not in records["the red car"]
-    assert records["the red car"]["vlm"]["outcome"] == "select"
+    assert records["the red car"]["outcome"] == "select"
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["answers"] == "none, one or several" and report["metrics"]["N-acc"] is not None
+    # The outcome of every sentence, counted: two no-target queries reported none, five selected.
+    assert report["answer_outcomes"] == {"outcomes": {"no_mask": 2, "select": 5}, "reasons": {}}
+    shown = cli("report", tmp_path / "run")
+    assert shown.code == 0 and "no_mask 2, select 5" in " ".join(shown.out.split()), shown.out
+    assert "how the sentences were answered: no_mask 2, select 5" in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_serve_answers_with_the_vlm_and_shows_an_endpoint_that_does_not_answer(cli, photo_file, masks_dir,

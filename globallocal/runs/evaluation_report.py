@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,15 @@ def build_report(
     names = {name for done in completed for record in done.records for name in record.get("other_answers", {})}
     others = {name: family.make() for name in sorted(names)}
     truncated = 0
+    outcomes: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
     for done in completed:
         for record in done.records:
             add_record(accumulator, record)
+            if isinstance(record.get("outcome"), str):  # how a method that records one answered (the VLM's)
+                outcomes[record["outcome"]] += 1
+                if isinstance(record.get("outcome_reason"), str):
+                    reasons[record["outcome_reason"]] += 1
             for name in record.get("subsets", ()):
                 add_record(by_subset.setdefault(name, family.make()), record)
             truncated += bool(record.get("truncated"))
@@ -88,6 +95,9 @@ def build_report(
         extra["selection"] = notes
     if missing is not None:
         extra["missing_photos"] = missing
+    if outcomes:
+        extra["answer_outcomes"] = {"outcomes": dict(sorted(outcomes.items())),
+                                    "reasons": dict(sorted(reasons.items()))}
     if by_subset:
         extra["subsets"] = {
             name: {**family.headline_values(by_subset[name]), "sentences": by_subset[name].sentences}
@@ -110,6 +120,13 @@ def build_report(
         "versions": _package_versions(),
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def outcomes_text(answer_outcomes: dict[str, Any]) -> str:
+    """``select 12, no_mask 3, vlm_error 2 (transport 1, bad_json 1)``: each outcome's count, then the reasons."""
+    counts = ", ".join(f"{name} {count}" for name, count in answer_outcomes["outcomes"].items())
+    reasons = ", ".join(f"{name} {count}" for name, count in answer_outcomes["reasons"].items())
+    return counts + (f" ({reasons})" if reasons else "")
 
 
 def images_label(report: dict[str, Any], compact: bool = False) -> str:
@@ -142,6 +159,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     ]
     if report.get("answers"):
         lines.append(f"- the method answers with {report['answers']} object(s) per sentence")
+    if "answer_outcomes" in report:
+        lines.append(f"- how the sentences were answered: {outcomes_text(report['answer_outcomes'])}")
     if "outcomes" in metrics:
         outcomes = metrics["outcomes"]
         lines.append(

@@ -31,7 +31,7 @@ from ..data.refer import DEFAULT_SPLIT_BY
 from ..errors import InputError
 from ..plurals import counted
 from .benchmark_metrics import MetricFamily, family_of, metric_values
-from .evaluation_report import REPORT_JSON, images_label
+from .evaluation_report import REPORT_JSON, images_label, outcomes_text
 from .metrics import format_metric
 
 FORMATS = ("table", "markdown", "csv", "latex")
@@ -55,6 +55,7 @@ REPORT_SHAPE = {
     "config": {"dataset": str, "split": str, "overlap": _TEXT, "split_by?": _TEXT, "subset?": _TEXT, "settings?": dict},
     "metrics": {"images": int, "sentences": int, "no_proposal_sentences": int},
     "other_answers?": dict, "subsets?": {"*": dict}, "answers?": _TEXT, "missing_photos?": {"images": int},
+    "answer_outcomes?": {"outcomes": {"*": int}, "reasons": {"*": int}},
     "images_total": int, "truncated_sentences": int, "wall_time_s": NUMBER,
     "images_in_split?": int, "limit?": (int, type(None)),
 }
@@ -308,6 +309,9 @@ def format_report_table(run_dirs: list[Path]) -> Group:
     }
     if any(report.get("answers") for report in reports):  # how many objects the method's answers hold
         counts["answers"] = [r.get("answers") or "-" for r in reports]
+    if any("answer_outcomes" in report for report in reports):  # how a VLM answered, by outcome
+        counts["outcomes"] = [outcomes_text(r["answer_outcomes"]) if "answer_outcomes" in r else "-"
+                              for r in reports]
     if any("missing_photos" in report for report in reports):
         counts["photos missing"] = [str(r["missing_photos"]["images"]) if "missing_photos" in r else "-"
                                     for r in reports]

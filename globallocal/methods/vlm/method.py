@@ -70,8 +70,11 @@ class VlmResult(SegmentResult):
         return self.vlm.details.get("error") or "the VLM endpoint did not answer"
 
     def answer_fields(self) -> dict[str, Any]:
-        """The set, the outcome, what it cost, what the preset read, and the transcript (JSON-ready)."""
-        return {"answer_set": list(self.chosen), "vlm": self.vlm.to_json(), "transcript": self.vlm.transcript}
+        """The outcome (and its reason), the set, what it cost and what the preset read (``vlm``), and the
+        transcript, JSON-ready; ``outcome`` is what a report counts."""
+        answer = self.vlm
+        return {"outcome": answer.outcome, "outcome_reason": answer.reason, "answer_set": list(self.chosen),
+                "vlm": {**answer.usage.to_json(), **answer.details}, "transcript": answer.transcript}
 
 
 class VlmMethod(Method):
