@@ -29,7 +29,8 @@ def test_help_fits_80_columns_whole(command):
 def test_segment_groups_its_options_by_subject():
     text = _help("segment")
     panels = [line.split("─ ")[1].split(" ─")[0] for line in text.splitlines() if line.startswith("╭─ ")]
-    assert panels == ["Arguments", "Options", "Outputs", "Mask proposals", "Method and models", "TCL"]
+    assert panels == ["Arguments", "Options", "Outputs", "Mask proposals", "Method and models", "VLM", "TCL"]
+    assert "--vlm-backend" in text and "--vlm-prompts" in text
     assert "--no-require-noun" not in text and "a single PNG mask" in text
     # The renamed TCL options are listed; the old spellings still work but are not shown.
     assert "--tcl-blend" in text and "--tcl-checkpoint" in text and "--tcl-weight " not in text

@@ -81,6 +81,9 @@ def test_the_agent_runs_end_to_end_on_tiny_models(cli, photo_file, sam3_folder, 
     (["--vlm-model", "Some/Model-Nowhere"], "--vlm-model DIR"),
     (["--preset", "sam3-agent", "--proposals", "freesolo"], "takes no --proposals freesolo"),
     (["--vlm-shortlist", "global-local"], "add --preset marks"),
+    (["--vlm-precision", "fp8"], "unknown --vlm-precision 'fp8'"),
+    (["--vlm-backend", "openai", "--vlm-url", "http://127.0.0.1:1/v1", "--vlm-precision", "bf16"],
+     "--vlm-precision applies to the model in this process"),
 ])
 def test_bad_vlm_options_are_one_line_before_any_model_loads(run, photo_file, tmp_path, extra, message):
     code, err = run("segment", photo_file, "the man", "--method", "vlm", *extra, "-o", tmp_path / "out.png")

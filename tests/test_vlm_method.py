@@ -145,3 +145,29 @@ def test_the_registry_entry_names_the_presets_and_the_default_source():
     spec = get_method("vlm")
     assert {"sam3-agent", "box", "marks"} <= set(spec.preset_names())
     assert spec.default_proposals == "sam3" and spec.default_preset == "sam3-agent"
+
+
+def test_the_vlm_gets_its_own_precision_not_clips(monkeypatch):
+    """--precision is CLIP's (fp32 by default); the in-process VLM defaults to bf16 on CUDA unless
+    --vlm-precision says otherwise."""
+    from globallocal.methods.vlm.options import VlmOptions
+
+    assert VlmOptions().method_options("vlm")["precision"] is None  # the backend's default then applies
+    assert VlmOptions(precision="fp16").method_options("vlm")["precision"] == "fp16"
+
+
+def test_a_shortlist_by_another_method_ranks_the_marks(nlp, photo, tiny_vit):
+    """--vlm-shortlist global-local: the CLIP selector's scores pick the numbered candidates, the VLM decides."""
+    proposals = Proposals.from_masks(torch.from_numpy(CHAIRS), torch.tensor([0.9, 0.8, 0.7]))
+    with ChatServer(["1"]) as server:
+        method = build_method("vlm", tiny_vit, nlp, "marks", openai_options(server), shortlist="global-local",
+                              marks_k=2, logprobs=False)
+        segmenter = Segmenter(tiny_vit, nlp, method=method)
+        segmenter.set_image(photo, proposals)
+        [result] = segmenter.predict_many(["the chair"])
+        clip_scores = build_method("global-local", tiny_vit, nlp)
+        reference = Segmenter(tiny_vit, nlp, method=clip_scores)
+        reference.set_image(photo, proposals)
+        ranked = reference.predict("the chair").scores
+    order = torch.argsort(ranked, descending=True, stable=True)[:2].tolist()
+    assert result.vlm.details["shortlist"] == order and result.index == order[0]

@@ -118,7 +118,7 @@ Sam3FallbackOpt = Annotated[str | None, typer.Option(
     "order: head-noun (its head noun alone), below-threshold (its best instances below it), sam2 (SAM 2's "
     "automatic proposals). Comma-separated, or none; by default head-noun, then below-threshold.")]
 VlmBackendOpt = Annotated[str | None, typer.Option(
-    "--vlm-backend", metavar="transformers|openai", help="--method vlm: where the VLM runs: transformers (in this "
+    "--vlm-backend", metavar="NAME", help="--method vlm: where the VLM runs: transformers (in this "
     "process, on --device; default) or openai (any OpenAI-compatible chat endpoint: vLLM, SGLang, llama.cpp's "
     "server, a hosted API; --vlm-url).")]
 VlmModelOpt = Annotated[str | None, typer.Option(
@@ -131,8 +131,8 @@ VlmApiKeyEnvOpt = Annotated[str | None, typer.Option(
     "--vlm-api-key-env", metavar="NAME", help="--vlm-backend openai: the environment variable holding the API key "
     "(default OPENAI_API_KEY); the key is never written anywhere.")]
 VlmFamilyOpt = Annotated[str | None, typer.Option(
-    "--vlm-family", metavar="qwen2.5-vl|qwen3-vl|other", help="--method vlm: the model family, which decides how "
-    "the box preset reads boxes (default: what the model's name or config says).")]
+    "--vlm-family", metavar="NAME", help="--method vlm: the model family, qwen2.5-vl, qwen3-vl or other, which "
+    "decides how the box preset reads boxes (default: what the model's name or config says).")]
 VlmMaxPixelsOpt = Annotated[int | None, typer.Option(
     "--vlm-max-pixels", help="--method vlm: the photo given to the VLM is resized to at most this many pixels "
     "(default 1048576, about 1 MP).")]
@@ -140,11 +140,14 @@ VlmPromptsOpt = Annotated[Path | None, typer.Option(
     "--vlm-prompts", metavar="DIR", help="--method vlm: a folder of prompt files replacing this project's texts "
     "(e.g. your copy of SAM 3 Agent's system_prompt.txt and system_prompt_iterative_checking.txt; docs/vlm.md).")]
 VlmShortlistOpt = Annotated[str | None, typer.Option(
-    "--vlm-shortlist", metavar="source|global-local|hybridgl", help="--preset marks: whose scores pick the "
-    "candidates drawn with numbers: the proposal source's (default) or a CLIP method's.")]
+    "--vlm-shortlist", metavar="NAME", help="--preset marks: whose scores pick the candidates drawn with numbers: "
+    "source (the proposal source's; default), global-local or hybridgl (a CLIP method's).")]
+VlmPrecisionOpt = Annotated[str | None, typer.Option(
+    "--vlm-precision", metavar="NAME", help="--method vlm: the in-process VLM's precision, fp32, fp16 or bf16 "
+    "(default bf16 on CUDA, fp32 on the CPU; --precision is CLIP's and the proposal models').")]
 VlmBoxFormatOpt = Annotated[str | None, typer.Option(
-    "--vlm-box-format", metavar="auto|seen-pixels|grid-1000|photo-pixels", help="--preset box: how the VLM's box "
-    "numbers read (default auto: Qwen2.5-VL pixels of the image it saw, Qwen3-VL a 0-1000 grid).")]
+    "--vlm-box-format", metavar="NAME", help="--preset box: how the VLM's box numbers read: auto (default: "
+    "Qwen2.5-VL pixels of the image it saw, Qwen3-VL a 0-1000 grid), seen-pixels, grid-1000 or photo-pixels.")]
 ShortSideOpt = Annotated[int | None, typer.Option(
     help="Short side the photo is resized to for FreeSOLO and for CLIP's input tensor (default 800, SPEC).")]
 MinAreaOpt = Annotated[int | None, typer.Option(
@@ -173,9 +176,9 @@ BoxNmsOpt = Annotated[float | None, typer.Option(help="SAM: box NMS IoU threshol
 CropLayersOpt = Annotated[int | None, typer.Option(help="SAM: extra crop layers (settings').")]
 DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP)]
 PrecisionOpt = Annotated[str, typer.Option(
-    help="The CLIP towers', TCL's, FreeSOLO's and SAM 3's: fp32 (the paper presets' reference), bf16 (CUDA, or "
-    "the CPU: bfloat16 matrix units where it has them) or fp16 (CUDA). Scores are written in float32 whatever "
-    "the precision.")]
+    help="The CLIP towers', TCL's, FreeSOLO's and SAM 3's (the VLM's is --vlm-precision): fp32 (the paper "
+    "presets' reference), bf16 (CUDA, or the CPU: bfloat16 matrix units where it has them) or fp16 (CUDA). Scores "
+    "are written in float32 whatever the precision.")]
 TCLWindowOpt = Annotated[str | None, typer.Option(
     "--tcl-window", help="TCL: slide (448 windows, stride 224; default), whole (one window) or demo (the "
     "authors' notebook: short side 224).")]

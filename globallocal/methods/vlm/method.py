@@ -38,7 +38,7 @@ from ...models.vlm.backend import ChatBackend
 from ...models.vlm.factory import build_vlm_backend
 from ...proposals import Proposals
 from ...proposals.concepts import ConceptAnswer, ConceptQuery
-from .. import build_method
+from .. import build_method, get_method
 from ..base import ImageFeatures, Method, SegmentResult, TextEncoder
 from .agent import run_agent
 from .answer import VlmAnswer
@@ -200,12 +200,18 @@ def build_vlm(
 ) -> VlmMethod:
     """The VLM method: ``backend`` when given, else one built by :func:`~globallocal.models.vlm.build_vlm_backend`
     (``kind`` and ``backend_options``: model, url, api_key_env, device, precision, max_pixels, timeout,
-    retries, family, cache_dir); ``prompts`` a folder of prompt files (``--vlm-prompts``)."""
+    retries, family, cache_dir); ``prompts`` a folder of prompt files (``--vlm-prompts``). A ``shortlist`` by
+    another method scores with ``clip``, or, when none is given, with that method's default CLIP (OpenAI's
+    weights, loaded here)."""
     texts = load_prompts(prompts, settings.mode) if prompts is not None else None
     shortlister = None
     if settings.shortlist != "source":
         if clip is None:
-            raise InputError(f"--vlm-shortlist {settings.shortlist} scores the candidates with CLIP; load one")
+            from ...models.clip import load_clip
+
+            clip = load_clip(get_method(settings.shortlist).default_clip_model, "openai",
+                             device=backend_options.get("device", "cpu"),
+                             precision=backend_options.get("precision") or "fp32")
         shortlister = build_method(settings.shortlist, clip, nlp)
     if backend is None:
         backend = build_vlm_backend(kind, **backend_options)

@@ -34,13 +34,15 @@ class VlmOptions:
     api_key_env: str | None = None
     family: str | None = None
     max_pixels: int | None = None
+    precision: str | None = None
     prompts: Path | None = None
     shortlist: str | None = None
     box_format: str | None = None
 
     # field -> the command's argument
     ARGUMENTS = {"backend": "vlm_backend", "model": "vlm_model", "url": "vlm_url", "api_key_env": "vlm_api_key_env",
-                 "family": "vlm_family", "max_pixels": "vlm_max_pixels", "prompts": "vlm_prompts",
+                 "family": "vlm_family", "max_pixels": "vlm_max_pixels", "precision": "vlm_precision",
+                 "prompts": "vlm_prompts",
                  "shortlist": "vlm_shortlist", "box_format": "vlm_box_format"}
     SETTINGS = ("shortlist", "box_format")
 
@@ -75,8 +77,15 @@ class VlmOptions:
         if self.max_pixels is not None and not 28 * 28 <= self.max_pixels <= MAX_PIXELS_BOUND:
             raise InputError(f"--vlm-max-pixels must be between {28 * 28} and {MAX_PIXELS_BOUND}, "
                              f"got {self.max_pixels}")
+        if self.precision is not None:
+            from ...models.devices import PRECISION_NAMES
+
+            if self.precision not in PRECISION_NAMES:
+                raise InputError(f"unknown --vlm-precision {self.precision!r}; use one of {', '.join(PRECISION_NAMES)}")
         if self.kind == "openai":
             self._check_endpoint()
+            if self.precision is not None:
+                raise InputError("--vlm-precision applies to the model in this process, not to an endpoint")
         else:
             stray = [self.flag(name) for name in ("url", "api_key_env") if getattr(self, name) is not None]
             if stray:
@@ -121,7 +130,8 @@ class VlmOptions:
         feature cache, which keeps the replies too) when it is the method."""
         if method != VLM_METHOD:
             return None
-        options: dict[str, Any] = {"kind": self.kind}
+        # The VLM's own precision (None: bf16 on CUDA, fp32 on the CPU), never the command's --precision (CLIP's).
+        options: dict[str, Any] = {"kind": self.kind, "precision": self.precision}
         for name in ("model", "url", "api_key_env", "family", "max_pixels", "prompts"):
             value = getattr(self, name)
             if value is not None:
