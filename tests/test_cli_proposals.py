@@ -71,7 +71,7 @@ def test_segment_uses_freesolo_by_default_and_a_proposals_folder_round_trips(
                     "--json", tmp_path / "m.json", "--clip-model", tiny_config_paths["resnet"],
                     "--clip-weights", tiny_checkpoints["resnet"])
     assert code == 0, err
-    assert err.splitlines()[0] == "segment: scoring 1 proposal..."
+    assert err.splitlines()[0] == f"segment: scoring {count} proposal{'s' if count != 1 else ''}..."
     result = json.loads((tmp_path / "m.json").read_text())["results"][0]
     chosen = index["proposals"][result["index"]]["mask"]
     assert result["file"] == chosen  # numbered in the index's order, named as it names them

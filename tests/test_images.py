@@ -211,7 +211,7 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     import stat
 
     from globallocal.data.images import save_text
-    from globallocal.runs.cache import _write_npz
+    from globallocal.runs.cache_stores import _write_npz
 
     previous = os.umask(0o027)
     try:

@@ -92,7 +92,7 @@ def test_other_answers_are_recorded_and_reported(tmp_path):
     assert report["other_answers"]["pure"] != report["metrics"]
     records = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
     answered = [r for r in records if "phrase" in r and not r["no_proposals"]]
-    assert all(set(r["other_answers"]["pure"]) == {"index", "I", "U"} for r in answered)
+    assert all(set(r["other_answers"]["pure"]) == {"index", "I", "U", "pred_area"} for r in answered)
     assert "| pure |" in (tmp_path / "run" / REPORT_MD).read_text()
 
 

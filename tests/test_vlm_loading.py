@@ -40,7 +40,7 @@ def test_offline_a_missing_hub_model_fails_at_once_before_torch(tmp_path):
     assert message == (
         "the VLM nobody-here/Qwen3-VL-0B-Missing is not available locally and could not be downloaded "
         "(HF_HUB_OFFLINE is set); download nobody-here/Qwen3-VL-0B-Missing where the hub is reachable "
-        "(`hf download nobody-here/Qwen3-VL-0B-Missing`), or pass --vlm-model DIR (a local copy in the "
+        "(`hf download nobody-here/Qwen3-VL-0B-Missing`), or pass vlm_model=DIR (a local copy in the "
         "transformers layout)")
     assert torch_imported == "False"
 
@@ -59,7 +59,7 @@ def test_a_folder_that_is_not_a_vlm_is_refused_naming_what_is_missing(tmp_path, 
         f"{tmp_path} is not a VLM folder in the transformers layout: missing config.json, processor_config.json "
         "or preprocessor_config.json, tokenizer.json (or vocab.json and merges.txt), a chat template "
         "(chat_template.jinja or chat_template.json), model.safetensors (or model.safetensors.index.json and its "
-        "shards); pass --vlm-model DIR")
+        "shards); pass vlm_model=DIR")
     with pytest.raises(WeightsError, match="does not exist or is not a folder"):
         check_vlm_folder(tmp_path / "nowhere")
     partial = copy_folder(vlm_folders["qwen2.5-vl"], tmp_path / "partial", without=("model.safetensors",
@@ -74,7 +74,7 @@ def test_a_model_the_backend_does_not_run_is_named(tmp_path, vlm_folders):
     with pytest.raises(WeightsError) as caught:
         check_vlm_folder(folder)
     assert "holds a llama model (config.json), not a VLM the transformers backend runs (qwen2_5_vl, qwen3_vl)" \
-        in str(caught.value) and "--vlm-backend openai" in str(caught.value)
+        in str(caught.value) and "vlm_backend=openai" in str(caught.value)
 
 
 @pytest.mark.parametrize(("key", "value"), [("hidden_size", 10**9), ("num_hidden_layers", 0), ("vocab_size", "big"),

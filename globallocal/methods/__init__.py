@@ -131,8 +131,8 @@ class MethodSpec:
         if isinstance(self.answers, str):
             kind = self.answers
         else:
-            settings = settings if settings is not None else self.settings().to_dict()
-            kind = self.answers[settings[self.answers_setting]]
+            default = self.settings().to_dict()[self.answers_setting]  # a run that does not record it: the default
+            kind = self.answers.get((settings or {}).get(self.answers_setting, default), self.answers[default])
         return ANSWERS_AT_MOST_ONE if phrase_dependent and kind == ANSWERS_ONE else kind
 
     @property

@@ -191,7 +191,7 @@ def _load_file(model: open_clip.CLIP, path: str | os.PathLike[str], name: str) -
             # Another architecture only when the names or shapes differ (a wrong dtype is this one's, damaged).
             fits = state.keys() == expected.keys() and all(state[key].shape == expected[key].shape for key in state)
             guesses = [] if fits else guess_architectures(state)
-            likely = f"; the file looks like {' or '.join(guesses)}: pass that as --clip-model" if guesses else ""
+            likely = f"; the file looks like {' or '.join(guesses)}: pass that as clip_model=" if guesses else ""
             raise WeightsError(f"cannot load CLIP weights {path} into {name}: {mismatch}{likely}")
 
     hook = model.register_load_state_dict_pre_hook(check)

@@ -38,6 +38,9 @@ def check_sweepable(run_dir: str | Path) -> dict[str, Any]:
     if not (run_dir / REPORT_JSON).exists():
         raise InputError(f"no finished run in {run_dir}: {REPORT_JSON} is missing; run the evaluation to the end first")
     config = read_config(run_dir)
+    if family_of(str(config.get("dataset"))) is not REFERRING:
+        raise InputError(f"{run_dir} is a {config['dataset']} run: sweeps replay oIoU, mIoU and precision, not "
+                         f"{config['dataset']}'s own metrics; evaluate again at the other weights instead")
     settings = config.get("settings") if isinstance(config.get("settings"), dict) else {}
     method = settings.get("method", DEFAULT_METHOD)
     specs = sweepable_methods()
@@ -48,9 +51,6 @@ def check_sweepable(run_dir: str | Path) -> dict[str, Any]:
     if method not in specs:
         raise InputError(f"{run_dir} was evaluated with method {method}, whose runs cannot be swept; sweeps are for "
                          f"{sweeps} runs made with --cache")
-    if family_of(str(config.get("dataset"))) is not REFERRING:
-        raise InputError(f"{run_dir} is a {config['dataset']} run: sweeps replay oIoU, mIoU and precision, not "
-                         f"{config['dataset']}'s own metrics; evaluate again at the other weights instead")
     if not config.get("cache"):
         # Its images' features were not kept, and the cache is part of a run's identity: a new folder is needed.
         raise InputError(f"{run_dir} was evaluated without --cache, so its features were not kept; evaluate again "

@@ -58,7 +58,7 @@ def build_vlm_backend(
         from .openai_backend import OpenAIBackend
 
         if not url:
-            raise InputError("the openai VLM backend needs the endpoint's URL (--vlm-url http://HOST:PORT/v1)")
+            raise InputError("the openai VLM backend needs the endpoint's URL (vlm_url=http://HOST:PORT/v1)")
         backend = OpenAIBackend(url, str(model or DEFAULT_VLM_MODEL), api_key_env=api_key_env,
                                 max_pixels=max_pixels, timeout=timeout, retries=retries, family=family)
     else:

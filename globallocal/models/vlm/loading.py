@@ -76,7 +76,7 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def _fix(model: str) -> str:
-    return (f"download {model} where the hub is reachable (`hf download {model}`), or pass --vlm-model DIR "
+    return (f"download {model} where the hub is reachable (`hf download {model}`), or pass vlm_model=DIR "
             "(a local copy in the transformers layout)")
 
 
@@ -128,7 +128,7 @@ def _has_template(folder: Path) -> bool:
 def check_vlm_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """The checked ``config.json`` of a VLM folder; anything missing or out of bounds is one WeightsError line."""
     folder = Path(folder).expanduser()
-    fix = "pass --vlm-model DIR holding a Qwen2.5-VL or Qwen3-VL in the transformers layout, or a hub id"
+    fix = "pass vlm_model=DIR holding a Qwen2.5-VL or Qwen3-VL in the transformers layout, or a hub id"
     if not folder.is_dir():
         raise WeightsError(f"VLM folder {folder} does not exist or is not a folder; {fix}")
     missing = []
@@ -140,7 +140,7 @@ def check_vlm_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
             raise WeightsError(
                 f"{folder} holds a {model_type or 'model of no model_type'} model (config.json), not a VLM the "
                 f"transformers backend runs ({', '.join(MODEL_TYPES)}); {fix}, or serve it behind an "
-                "OpenAI-compatible endpoint (--vlm-backend openai)")
+                "OpenAI-compatible endpoint (vlm_backend=openai)")
         check_bounds(config, CONFIG_BOUNDS, folder / "config.json", fix)
     else:
         missing.append("config.json")

@@ -96,7 +96,7 @@ class OpenAIBackend:
             raise InputError(f"the VLM endpoint URL {url!r} is not an http(s) URL; give e.g. http://127.0.0.1:8000/v1")
         if parsed.username or parsed.password:  # the URL is recorded and named in messages: no secret in it
             raise InputError(f"the VLM endpoint URL holds credentials; give the key in ${api_key_env} instead "
-                             f"(--vlm-api-key-env NAME) and the URL without them")
+                             f"(vlm_api_key_env=NAME) and the URL without them")
         if not (isinstance(retries, int) and 0 <= retries <= 10):
             raise InputError(f"VLM endpoint retries must be an integer from 0 to 10, got {retries!r}")
         if not (isinstance(timeout, int | float) and 0 < timeout <= 86400):

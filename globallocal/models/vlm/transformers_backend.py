@@ -102,7 +102,7 @@ class TransformersBackend:
             loaded = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype)
             processor = AutoProcessor.from_pretrained(folder)
         except Exception as error:  # a folder that passed the checks but does not load: name it, no traceback
-            raise WeightsError(f"the VLM in {folder} does not load ({first_line(error)}); pass --vlm-model DIR "
+            raise WeightsError(f"the VLM in {folder} does not load ({first_line(error)}); pass vlm_model=DIR "
                                "holding a Qwen2.5-VL or Qwen3-VL in the transformers layout") from None
         loaded = loaded.to(device).eval().requires_grad_(False)
         return cls(loaded, processor, family=family or MODEL_TYPES[config["model_type"]], folder=folder,
@@ -180,7 +180,7 @@ class TransformersBackend:
         limit = self.model.config.get_text_config().max_position_embeddings
         if encoded.length + extra > limit and encoded.length >= limit:
             raise InputError(f"the conversation has {encoded.length} tokens, which fill the VLM's context of "
-                             f"{limit}; shorten it (a smaller --vlm-max-pixels)")
+                             f"{limit}; shorten it (a smaller vlm_max_pixels=N)")
         return min(extra, limit - encoded.length)
 
     # ---- the calls -----------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ class TransformersBackend:
         needed = max(map(len, sequences))
         if self._check_length(encoded, needed) < needed:
             raise InputError(f"the conversation leaves no room in the VLM's context for labels of {needed} tokens; "
-                             "shorten it (a smaller --vlm-max-pixels)")
+                             "shorten it (a smaller vlm_max_pixels=N)")
         with self._lock:
             state = prefill(self.model, encoded, self.prefixes)
             first = torch.log_softmax(state.logits.float(), dim=-1)
