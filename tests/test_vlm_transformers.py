@@ -84,14 +84,16 @@ def test_prefix_reuse_is_token_identical_to_generate(backends, family):
 def test_without_prefix_cache_every_call_prefills_everything_to_the_same_bits(backends, family):
     backend = backends[family]
     plain = TransformersBackend(backend.model, backend.processor, family=family, prefix_cache_size=0)
-    for messages in CONVERSATIONS[:2]:
+    backend.prefixes.clear()
+    # The two-image conversation first: its prefix is computed, with its first image alone, in both.
+    for index, messages in enumerate([CONVERSATIONS[2], *CONVERSATIONS[:2]]):
         encoded = plain.encode(messages)
         fresh = prefill(plain.model, encoded, plain.prefixes)
         reused = prefill(backend.model, encoded, backend.prefixes)
-        assert fresh.reused == 0 and reused.reused == encoded.prefix_length
+        assert fresh.reused == 0 and reused.reused == (0 if index == 0 else encoded.prefix_length)
         assert torch.equal(fresh.logits, reused.logits)  # the same computation, only part of it remembered
         tokens, reply = plain.generate(messages, MAX_TOKENS)
-        assert tokens == backend.generate(messages, MAX_TOKENS)[0]
+        assert tokens == backend.generate(messages, MAX_TOKENS)[0] == generate_reference(plain, messages, MAX_TOKENS)
         assert reply.prefilled_tokens == reply.prompt_tokens
     assert len(plain.prefixes) == 0
 

@@ -24,6 +24,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import torch
@@ -59,19 +60,20 @@ class Encoded:
     def length(self) -> int:
         return self.input_ids.shape[1]
 
-    def images_from(self, start: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Patches and grids of the images whose tokens lie after token ``start`` (a prefix ends after an image)."""
+    def images_in(self, start: int, end: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Patches and grids of the images whose tokens lie in tokens ``start:end`` (a conversation is cut into
+        pieces only after an image's end, so an image lies wholly in one piece)."""
         if self.image_grid_thw is None:
             return None, None
-        before = int((self.mm_token_type_ids[0, :start] == 1).sum())
-        seen = rows = skipped = 0
-        for tokens, grid in zip(self.image_tokens, self.image_grid_thw):
-            if seen >= before:
-                break
-            seen, rows, skipped = seen + tokens, rows + int(grid.prod()), skipped + 1
-        if skipped == len(self.image_tokens):
+        kinds = self.mm_token_type_ids[0]
+        before, inside = int((kinds[:start] == 1).sum()), int((kinds[start:end] == 1).sum())
+        firsts = [0, *accumulate(self.image_tokens)][:-1]  # each image's first image token, counted
+        chosen = [index for index, first in enumerate(firsts) if before <= first < before + inside]
+        if not chosen:
             return None, None
-        return self.pixel_values[rows:], self.image_grid_thw[skipped:]
+        rows = [0, *accumulate(int(grid.prod()) for grid in self.image_grid_thw)]
+        return (self.pixel_values[rows[chosen[0]]:rows[chosen[-1] + 1]],
+                self.image_grid_thw[chosen[0]:chosen[-1] + 1])
 
 
 def step_positions(index: int, rope_delta: int, device: torch.device) -> torch.Tensor:
@@ -127,7 +129,7 @@ def prefix_key(input_ids: torch.Tensor, prefix_length: int, image_digest: str) -
 
 def _forward(model: Any, encoded: Encoded, start: int, end: int, cache: Any) -> tuple[Any, torch.Tensor]:
     """Run tokens ``start:end`` (with their images) on ``cache``; the cache and the last token's logits."""
-    pixel_values, grids = encoded.images_from(start)
+    pixel_values, grids = encoded.images_in(start, end)
     with torch.inference_mode():
         output = model(
             input_ids=encoded.input_ids[:, start:end],
