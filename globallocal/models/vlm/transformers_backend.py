@@ -48,8 +48,9 @@ from .messages import Message, check_messages, message_images
 
 __all__ = ["DEFAULT_PREFIX_CACHE_SIZE", "TransformersBackend"]
 
-# Photos whose prefix KV cache is kept: one is the photo being answered; a few more let queries of several
-# photos interleave (each costs about 150 MB for a 1000-token photo prefix of an 8B model in bf16).
+# Prefix KV caches kept: the photo being answered, and a few more, so that queries of several photos interleave
+# or the marks preset's pictures of several candidate sets stay (each costs about 150 MB per 1000 tokens of
+# prefix with an 8B model in bf16).
 DEFAULT_PREFIX_CACHE_SIZE = 4
 # Qwen's processors refuse photos more elongated than this.
 MAX_ASPECT = 200
