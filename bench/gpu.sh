@@ -97,12 +97,12 @@ EVALUATE=(evaluate --dataset refcoco --split val --data-root "$FIXTURE/data" --i
           --proposals gt --clip-model ViT-B-16 --clip-weights random)
 for precision in "${PRECISIONS[@]}"; do
     rm -rf "$FOLDER/evaluate-$precision"
-    step "evaluate-$precision" 60 "$PYTHON" -m cli "${EVALUATE[@]}" --device "$DEVICE" --precision "$precision" \
+    step "evaluate-$precision" 60 "$PYTHON" -m globallocal "${EVALUATE[@]}" --device "$DEVICE" --precision "$precision" \
         --out "$FOLDER/evaluate-$precision"
 done
 if [ "$GPUS" -ge 2 ]; then
     rm -rf "$FOLDER/evaluate-nccl"
-    step evaluate-nccl 90 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 2 -m cli \
+    step evaluate-nccl 90 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 2 -m globallocal \
         "${EVALUATE[@]}" --device cuda --out "$FOLDER/evaluate-nccl"
 else
     echo "- evaluate-nccl: not run, $GPUS CUDA devices (needs 2)" >> "$SUMMARY"
