@@ -1,7 +1,7 @@
 """--method vlm per expression, each preset with the photo prefix reused against the authors' structure.
 
     python bench/vlm.py [--device cpu] [--precision fp32] [--models bench|real] [--families qwen3-vl,...]
-                        [--presets sam3-agent,box,marks] [--photos 2] [--expressions 9] [--quick]
+                        [--presets sam3-agent,box,marks] [--photos 2] [--expressions 9] [--threads N] [--quick]
 
 Two photos x 9 expressions (bench/vlm_workload.py), through the Segmenter
 as ``--method vlm`` runs them, with a stand-in for SAM 3's instances and
@@ -12,19 +12,21 @@ expressions per photo examine the masks first). Each preset runs twice on
 the same model:
 
   reuse: the in-process backend as it runs, the photo's prefix (system
-    prompt and raw photo) computed once per photo and kept; a photo's
-    expressions driven together.
+    prompt and raw photo, and the marks preset's numbered picture after it)
+    computed once and kept; a photo's expressions driven together.
   authors': the authors' structure, one query at a time, every call
     prefilling its whole conversation again (the same backend keeping no
     prefix: ``prefix_cache_size=0``).
 
 Per expression: VLM calls, the conversation's tokens, the tokens prefilled,
-the tokens generated, and seconds; the ratios against the authors' agent
-(``sam3-agent`` without reuse). Answers are compared between the two
-structures: outcome, chosen candidates, every reply, the marks preset's label
-log-probabilities (the model's own choice), and a digest of every logit row
-the model computed after a photo prefix (what the model itself would have
-said at each step): identical means bit for bit. Peak memory per row: on
+the tokens generated, the calls' wall seconds and CPU seconds; the ratios of
+the authors' agent (``sam3-agent`` without reuse) to each row, in prefilled
+tokens and in time (the calls' seconds on CUDA, their CPU seconds on a CPU).
+Answers are compared between the two structures: outcome, chosen candidates,
+every reply, the marks preset's label log-probabilities (the model's own
+choice), and a digest of every logit row the model computed past the kept
+prefixes (what the model itself would have said at each step): identical
+means bit for bit. Peak memory per row: on
 CUDA the allocator's peak over the weights' bytes; on the CPU the process's
 peak resident memory above what it held before the model was built (weights
 included), over the weights' bytes.
@@ -33,10 +35,10 @@ included), over the weights' bytes.
 photo tokens (bench/vlm_models.py; qwen3-vl unless ``--families`` says).
 ``--models real``: the Qwen2.5-VL 7B and Qwen3-VL 4B configurations, first
 built on the meta device (parameters counted against the published ones),
-then with random weights on the device (bf16 on CUDA; on a CPU it takes
-minutes a call). ``--quick``: the 1 MP photo, two expressions; with
-``--models real`` on a CPU, the real sizes are only counted and the rows run
-at the bench size.
+then with random bf16 weights built on the GPU; on a CPU they are only
+counted, and the rows run at the bench size. ``--quick``: the 1 MP photo,
+two expressions. ``--threads 1`` keeps the CPU seconds steady on a shared
+machine (two threads spin while waiting for each other).
 """
 
 from __future__ import annotations
@@ -190,6 +192,7 @@ def run_row(backend: TransformersBackend, nlp, preset: str, photos, expressions:
                            [call.get("reply") for call in answer.transcript],
                            answer.details.get("label_logprobs")),
             })
+    backend.prefixes.clear()  # what this row kept is its own cost, not the next row's
     return records, time.perf_counter() - started
 
 
@@ -236,9 +239,12 @@ def measure(spec, tokenizer, args, photos, nlp) -> Measured:
     script = trace.scripted(reply_script(photos, spec.family, backends["reuse"].seen_size))
     for backend in backends.values():
         backend.reply_script = script
+    text = model.config.get_text_config()
+    head = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv = text.num_hidden_layers * 2 * text.num_key_value_heads * head * DTYPES[args.precision].itemsize
     print(f"\n{spec.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
-          f"{weights / 2**20:.0f} MiB of {args.precision} weights; {visual_tokens(backends['reuse'], photos)}",
-          flush=True)
+          f"{weights / 2**20:.0f} MiB of {args.precision} weights, KV cache {kv / 1024:.0f} KiB a token; "
+          f"{visual_tokens(backends['reuse'], photos)}", flush=True)
     clock = "seconds" if args.device.startswith("cuda") else "cpu"
     measured = Measured(spec.name, weights, spec.published is not None, clock, {})
     run_row(backends["authors'"], nlp, "box", photos[:1], 1, together=False)  # warm-up: kernels, allocations
@@ -334,7 +340,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=sorted(DTYPES), default=None,
                         help="the VLM's precision (default: bf16 on CUDA, fp32 on the CPU, as the backend's)")
     parser.add_argument("--models", choices=sorted(MODELS), default="bench",
-                        help="bench: CPU-sized random models; real: Qwen2.5-VL 7B and Qwen3-VL 4B sizes")
+                        help="bench: CPU-sized random models; real: Qwen2.5-VL 7B and Qwen3-VL 4B sizes (CUDA)")
     parser.add_argument("--families", default=None,
                         help="comma-separated qwen3-vl, qwen2.5-vl (default: qwen3-vl for bench, both for real)")
     parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated, of " + ", ".join(PRESETS))
@@ -344,8 +350,7 @@ def main() -> None:
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="the VLM's photo cap")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch's CPU threads (default: torch's; 1 keeps CPU seconds steady on a shared machine)")
-    parser.add_argument("--quick", action="store_true",
-                        help="one photo, two expressions (with --models real on a CPU: counted, not run)")
+    parser.add_argument("--quick", action="store_true", help="the 1 MP photo, two expressions")
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     if args.threads:
@@ -362,8 +367,8 @@ def main() -> None:
         for spec in specs:
             print(f"{spec.name}: {count_parameters(spec, tokenizer) / 1e9:.3f} B parameters built on the meta "
                   f"device (published: about {spec.published} B)", flush=True)
-        if args.quick and not cuda:
-            specs, note = MODELS["bench"], "; --quick on a CPU: the real sizes counted only, the rows at bench size"
+        if not cuda:
+            specs, note = MODELS["bench"], "; on a CPU the real sizes are counted only: the rows run at bench size"
     if args.families:
         specs = [spec for spec in specs if spec.family in args.families.split(",")]
     elif specs is MODELS["bench"]:
