@@ -394,7 +394,11 @@ def main() -> None:
     print(markdown(["model", "photo", "preset", "structure", "prefilled", "seconds", "CPU s",
                     "prefilled: authors' agent / row", "time: authors' agent / row"],
                    [row for m in measured for row in photo_rows(m, photos)]))
-    print("\nTargets\n")
+    fewer = ""
+    if len(photos) * args.expressions < len(PHOTOS) * 9:
+        fewer = (" (set for 2 photos x 9 expressions: with fewer, each photo's prefix is shared by fewer "
+                 "expressions)")
+    print(f"\nTargets{fewer}\n")
     print(markdown(["model", "target", "measured", "met"], [row for m in measured for row in target_rows(m)]))
 
 
