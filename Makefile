@@ -62,6 +62,7 @@ bench: install
 	$(BIN)/python bench/methods.py
 	$(BIN)/python bench/tcl.py
 	$(BIN)/python bench/precision.py
+	$(BIN)/python bench/vlm.py
 
 # The whole measurement on one CUDA device, unattended, in 9 minutes: tables into $OUT (or bench_out/).
 bench-gpu:

@@ -4,7 +4,8 @@
 #   bench/gpu.sh [FOLDER] [--device cuda] [--quick] [--budget SECONDS] [--skip-install]
 #
 # `make install`, then every bench (precision, throughput, methods, tcl; each fp32 and the half precisions
-# side by side), `globallocal evaluate` on the synthetic REFER fixture in every precision, and, when two GPUs
+# side by side), the VLM rows (bench/vlm.py at the real sizes of Qwen2.5-VL 7B and Qwen3-VL 4B, random bf16
+# weights), `globallocal evaluate` on the synthetic REFER fixture in every precision, and, when two GPUs
 # exist, the same evaluation as a 2-process NCCL torchrun. Tables, logs and `nvidia-smi` go to FOLDER
 # (default: $OUT, else bench_out/). The whole run keeps to --budget seconds (default 540, i.e. 9 minutes,
 # counted from the start, install included): each step gets its cap or what is left, and a step cut short
@@ -96,12 +97,12 @@ EVALUATE=(evaluate --dataset refcoco --split val --data-root "$FIXTURE/data" --i
           --proposals gt --clip-model ViT-B-16 --clip-weights random)
 for precision in "${PRECISIONS[@]}"; do
     rm -rf "$FOLDER/evaluate-$precision"
-    step "evaluate-$precision" 60 "$PYTHON" -m cli "${EVALUATE[@]}" --device "$DEVICE" --precision "$precision" \
+    step "evaluate-$precision" 60 "$PYTHON" -m globallocal "${EVALUATE[@]}" --device "$DEVICE" --precision "$precision" \
         --out "$FOLDER/evaluate-$precision"
 done
 if [ "$GPUS" -ge 2 ]; then
     rm -rf "$FOLDER/evaluate-nccl"
-    step evaluate-nccl 90 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 2 -m cli \
+    step evaluate-nccl 90 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 2 -m globallocal \
         "${EVALUATE[@]}" --device cuda --out "$FOLDER/evaluate-nccl"
 else
     echo "- evaluate-nccl: not run, $GPUS CUDA devices (needs 2)" >> "$SUMMARY"
@@ -110,20 +111,24 @@ fi
 BENCH=(--device "$DEVICE" --precisions "$PRECISION_LIST" "${QUICK[@]}")
 # Shortest first, each capped, so that the longest (throughput: a process per row) cannot starve the others.
 step tcl 60 "$PYTHON" bench/tcl.py "${BENCH[@]}"
+# The VLM at real sizes, random bf16 weights built on the GPU (on a CPU with --quick: the configurations counted
+# on the meta device, the rows at bench/vlm.py's CPU size): the 1 MP photo, 3 expressions (one examining the
+# masks), each preset with the photo prefix reused and in the authors' structure.
+step vlm 140 "$PYTHON" bench/vlm.py --device "$DEVICE" --models real --photos 1 --expressions 3 "${QUICK[@]}"
 step methods 90 "$PYTHON" bench/methods.py "${BENCH[@]}"
 step precision 60 "$PYTHON" bench/precision.py "${BENCH[@]}"
 step throughput 0 "$PYTHON" bench/throughput.py "${BENCH[@]}"
 smi after
 
 # The tables: every bench prints Markdown tables; the evaluations' reports say what each precision scored.
-for name in precision throughput methods tcl; do
+for name in precision throughput methods tcl vlm; do
     if [ -f "$FOLDER/$name.log" ]; then
         printf '\n## %s\n\n' "$name" >> "$SUMMARY"
         # A finished bench ends with its table; one cut short leaves the rows it printed as it went.
         if grep -q '^| --- ' "$FOLDER/$name.log"; then
-            grep -E '^(\||device:)|load average' "$FOLDER/$name.log" >> "$SUMMARY"
+            grep -E '^(\||device:)|load average|parameters built' "$FOLDER/$name.log" >> "$SUMMARY"
         else
-            grep -E '^(row:|device:)' "$FOLDER/$name.log" >> "$SUMMARY"
+            grep -E '^(row:|device:)|parameters built' "$FOLDER/$name.log" >> "$SUMMARY"
         fi
     fi
 done

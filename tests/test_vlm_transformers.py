@@ -84,16 +84,46 @@ def test_prefix_reuse_is_token_identical_to_generate(backends, family):
 def test_without_prefix_cache_every_call_prefills_everything_to_the_same_bits(backends, family):
     backend = backends[family]
     plain = TransformersBackend(backend.model, backend.processor, family=family, prefix_cache_size=0)
-    for messages in CONVERSATIONS[:2]:
+    backend.prefixes.clear()
+    # The two-image conversation first: its prefix is computed, with its first image alone, in both.
+    for index, messages in enumerate([CONVERSATIONS[2], *CONVERSATIONS[:2]]):
         encoded = plain.encode(messages)
         fresh = prefill(plain.model, encoded, plain.prefixes)
         reused = prefill(backend.model, encoded, backend.prefixes)
-        assert fresh.reused == 0 and reused.reused == encoded.prefix_length
+        assert fresh.reused == 0 and reused.reused == (0 if index == 0 else encoded.prefix_length)
         assert torch.equal(fresh.logits, reused.logits)  # the same computation, only part of it remembered
         tokens, reply = plain.generate(messages, MAX_TOKENS)
         assert tokens == backend.generate(messages, MAX_TOKENS)[0]
+        if index == 0:  # two images, the first one's prefix computed afresh: generate's tokens
+            assert tokens == generate_reference(plain, messages, MAX_TOKENS)
         assert reply.prefilled_tokens == reply.prompt_tokens
     assert len(plain.prefixes) == 0
+
+
+def opening(*images: Image.Image, text: str) -> list[dict]:
+    """A conversation opened by images directly one after the other, then a question (the marks preset's)."""
+    return [{"role": "user", "content": [*({"type": "image", "image": image} for image in images),
+                                         {"type": "text", "text": text}]}]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_images_opening_a_conversation_are_kept_each(backends, family):
+    """The prefix up to each opening image is kept: a second question on the same two pictures prefills only
+    itself, one on another second picture reuses the photo alone; a picture after a text opens nothing. Every
+    reply is generate's, token for token."""
+    backend = backends[family]
+    backend.prefixes.clear()
+    other = photo(90, 60, 2)
+    asked = [opening(PHOTO, MARKS, text="Which number is the dog?"), opening(PHOTO, MARKS, text="The cat?"),
+             opening(PHOTO, other, text="The cat?")]
+    assert len(backend.encode(CONVERSATIONS[2]).prefixes) == 1  # the marks image comes after a text
+    for index, messages in enumerate(asked):
+        encoded = backend.encode(messages)
+        first, second = (length for length, _ in encoded.prefixes)
+        tokens, reply = backend.generate(messages, MAX_TOKENS)
+        assert tokens == generate_reference(backend, messages, MAX_TOKENS), f"conversation {index}"
+        assert reply.prefilled_tokens == reply.prompt_tokens - (0, second, first)[index]
+    assert len(backend.prefixes) == 3  # the photo, the photo with MARKS, the photo with the other picture
 
 
 @pytest.mark.parametrize("family", FAMILIES)

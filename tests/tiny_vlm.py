@@ -99,11 +99,13 @@ def tiny_vlm_config(family: str) -> Qwen2_5_VLConfig | Qwen3VLConfig:
     raise ValueError(f"unknown family {family!r}; use one of {FAMILIES}")
 
 
-def tiny_vlm_processor(family: str, max_pixels: int = MAX_PIXELS) -> Qwen2_5_VLProcessor | Qwen3VLProcessor:
+def tiny_vlm_processor(family: str, max_pixels: int = MAX_PIXELS,
+                       tokenizer: Qwen2Tokenizer | None = None) -> Qwen2_5_VLProcessor | Qwen3VLProcessor:
     """The family's processor: its image resize rule (patches of 14 or 16, merged 2x2), photos of at most
-    ``max_pixels`` (toy sizes by default; a benchmark gives a realistic bound)."""
+    ``max_pixels`` (toy sizes by default; a benchmark gives a realistic bound), ``tokenizer`` (default
+    :func:`tiny_qwen_tokenizer`; a benchmark gives one with merges)."""
     size = {"shortest_edge": MIN_PIXELS, "longest_edge": max_pixels}
-    tokenizer = tiny_qwen_tokenizer()
+    tokenizer = tokenizer or tiny_qwen_tokenizer()
     if family == "qwen2.5-vl":
         images = Qwen2VLImageProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
         videos = Qwen2VLVideoProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)

@@ -5,12 +5,16 @@ same start serves every phrase of that photo and the first turn of every
 agent query. Its KV cache (the prefix up to the end of the first image's
 tokens, keyed by those token ids and the image's pixel digest) is kept in a
 small LRU; a later call whose tokens start with it prefills only the rest.
+When further images follow the first one directly (the marks preset's
+numbered picture after the photo), the prefix up to the end of each of them
+is kept too, keyed by every image's digest up to it: the phrases that share
+their candidates share that picture, and prefill only their question.
 
 Qwen's multimodal rope gives image tokens 2-D positions and text after an
 image positions shifted by the image's size, so positions are computed here
 for the whole conversation at once (the model's own ``get_rope_index``) and
-each forward pass gets its slice: the prefix, the rest (with any later image,
-e.g. the agent's marks image), then one decoding step at a time at
+each forward pass gets its slice: the prefixes, the rest (with any later
+image, e.g. the agent's marks image), then one decoding step at a time at
 ``index + rope delta``. The model's own position bookkeeping (its stored
 ``rope_deltas``) is never used, so a cached prefix and a fresh one see the
 same positions, and greedy decoding gives the same tokens as
@@ -24,6 +28,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import torch
@@ -48,10 +53,10 @@ class Encoded:
     """(3, 1, length) multimodal rope positions."""
     rope_delta: int
     """Position minus index of any text token after the last image."""
-    prefix_length: int
-    """Tokens up to the end of the first image (0 without an image)."""
-    prefix_key: str | None
-    """The prefix's token ids and first image's pixel digest, hashed."""
+    prefixes: list[tuple[int, str]]
+    """The prefixes that may be kept: (length, key) up to the end of the first image, and of each image that
+    directly follows it; the key hashes the prefix's token ids and its images' pixel digests. None without an
+    image."""
     image_tokens: list[int]
     """Tokens of each image (its patches merged)."""
 
@@ -59,19 +64,25 @@ class Encoded:
     def length(self) -> int:
         return self.input_ids.shape[1]
 
-    def images_from(self, start: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Patches and grids of the images whose tokens lie after token ``start`` (a prefix ends after an image)."""
+    @property
+    def prefix_length(self) -> int:
+        """Tokens up to the end of the first image (0 without an image)."""
+        return self.prefixes[0][0] if self.prefixes else 0
+
+    def images_in(self, start: int, end: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Patches and grids of the images whose tokens lie in tokens ``start:end`` (a conversation is cut into
+        pieces only after an image's end, so an image lies wholly in one piece)."""
         if self.image_grid_thw is None:
             return None, None
-        before = int((self.mm_token_type_ids[0, :start] == 1).sum())
-        seen = rows = skipped = 0
-        for tokens, grid in zip(self.image_tokens, self.image_grid_thw):
-            if seen >= before:
-                break
-            seen, rows, skipped = seen + tokens, rows + int(grid.prod()), skipped + 1
-        if skipped == len(self.image_tokens):
+        kinds = self.mm_token_type_ids[0]
+        before, inside = int((kinds[:start] == 1).sum()), int((kinds[start:end] == 1).sum())
+        firsts = [0, *accumulate(self.image_tokens)][:-1]  # each image's first image token, counted
+        chosen = [index for index, first in enumerate(firsts) if before <= first < before + inside]
+        if not chosen:
             return None, None
-        return self.pixel_values[rows:], self.image_grid_thw[skipped:]
+        rows = [0, *accumulate(int(grid.prod()) for grid in self.image_grid_thw)]
+        return (self.pixel_values[rows[chosen[0]]:rows[chosen[-1] + 1]],
+                self.image_grid_thw[chosen[0]:chosen[-1] + 1])
 
 
 def step_positions(index: int, rope_delta: int, device: torch.device) -> torch.Tensor:
@@ -120,14 +131,14 @@ class PrefixCache:
         return len(self._entries)
 
 
-def prefix_key(input_ids: torch.Tensor, prefix_length: int, image_digest: str) -> str:
+def prefix_key(input_ids: torch.Tensor, prefix_length: int, image_digests: Sequence[str]) -> str:
     ids = input_ids[0, :prefix_length].to("cpu", torch.int64).numpy().tobytes()
-    return hashlib.sha256(ids + image_digest.encode()).hexdigest()
+    return hashlib.sha256(ids + " ".join(image_digests).encode()).hexdigest()
 
 
 def _forward(model: Any, encoded: Encoded, start: int, end: int, cache: Any) -> tuple[Any, torch.Tensor]:
     """Run tokens ``start:end`` (with their images) on ``cache``; the cache and the last token's logits."""
-    pixel_values, grids = encoded.images_from(start)
+    pixel_values, grids = encoded.images_in(start, end)
     with torch.inference_mode():
         output = model(
             input_ids=encoded.input_ids[:, start:end],
@@ -143,25 +154,28 @@ def _forward(model: Any, encoded: Encoded, start: int, end: int, cache: Any) -> 
 
 
 def prefill(model: Any, encoded: Encoded, prefixes: PrefixCache) -> Prefilled:
-    """The conversation's KV cache: the photo prefix (from ``prefixes`` when kept there), then the rest.
+    """The conversation's KV cache: the longest of its prefixes kept in ``prefixes``, then each longer prefix
+    (kept in turn), then the rest.
 
-    A conversation with an image is always computed in these two pieces,
-    cached or not, so that reusing a prefix changes which work is done, never
-    a bit of its result (the same matrix shapes either way, on any device).
+    A conversation with an image is always computed in these pieces (cut at
+    the end of each of its prefixes), cached or not, so that reusing a prefix
+    changes which work is done, never a bit of its result (the same matrix
+    shapes either way, on any device).
     """
-    if encoded.prefix_key is None:
-        cache, logits = _forward(model, encoded, 0, encoded.length, None)
-        return Prefilled(cache, logits, 0)
-    start = encoded.prefix_length
-    hit = prefixes.get(encoded.prefix_key)
-    if hit is None:
-        cache, logits = _forward(model, encoded, 0, start, None)
-        prefixes.put(encoded.prefix_key, cache, logits)
-        reused = 0
-    else:
-        (cache, logits), reused = hit, start
-    if start < encoded.length:
-        cache, logits = _forward(model, encoded, start, encoded.length, cache)
+    cache, logits, reused = None, None, 0
+    for length, key in reversed(encoded.prefixes):
+        hit = prefixes.get(key)
+        if hit is not None:
+            (cache, logits), reused = hit, length
+            break
+    done = reused
+    for length, key in encoded.prefixes:
+        if length > done:
+            cache, logits = _forward(model, encoded, done, length, cache)
+            prefixes.put(key, cache, logits)
+            done = length
+    if done < encoded.length:
+        cache, logits = _forward(model, encoded, done, encoded.length, cache)
     return Prefilled(cache, logits, reused)
 
 

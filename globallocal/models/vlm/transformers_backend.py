@@ -48,8 +48,9 @@ from .messages import Message, check_messages, message_images
 
 __all__ = ["DEFAULT_PREFIX_CACHE_SIZE", "TransformersBackend"]
 
-# Photos whose prefix KV cache is kept: one is the photo being answered; a few more let queries of several
-# photos interleave (each costs about 150 MB for a 1000-token photo prefix of an 8B model in bf16).
+# Prefix KV caches kept: the photo being answered, and a few more, so that queries of several photos interleave
+# or the marks preset's pictures of several candidate sets stay (each costs about 150 MB per 1000 tokens of
+# prefix with an 8B model in bf16).
 DEFAULT_PREFIX_CACHE_SIZE = 4
 # Qwen's processors refuse photos more elongated than this.
 MAX_ASPECT = 200
@@ -74,7 +75,7 @@ class TransformersBackend:
         images.size = {"shortest_edge": min(images.size["shortest_edge"], max_pixels),
                        "longest_edge": min(images.size["longest_edge"], max_pixels)}
         config = model.config
-        self._vision_end = config.vision_end_token_id
+        self._vision_start, self._vision_end = config.vision_start_token_id, config.vision_end_token_id
         self._merge = config.vision_config.spatial_merge_size
         stops = model.generation_config.eos_token_id
         stops = [stops] if isinstance(stops, int) else list(stops or [processor.tokenizer.eos_token_id])
@@ -164,14 +165,18 @@ class TransformersBackend:
         positions, deltas = self.model.model.get_rope_index(input_ids, mm_token_type_ids=kinds,
                                                             image_grid_thw=grids)
         pixel_values = inputs.get("pixel_values")
-        prefix_length, key = 0, None
-        ends = (input_ids[0] == self._vision_end).nonzero()
-        if images and len(ends):
-            prefix_length = int(ends[0, 0]) + 1
-            key = prefix_key(input_ids, prefix_length, image_digest(images[0]))
+        prefixes = []
+        starts = (input_ids[0] == self._vision_start).nonzero()[:, 0].tolist()
+        ends = (input_ids[0] == self._vision_end).nonzero()[:, 0].tolist()
+        digests: list[str] = []
+        for index, end in enumerate(ends[:len(images)]):
+            if index and starts[index] != ends[index - 1] + 1:
+                break  # a text between: what follows is the question, not the opening
+            digests.append(image_digest(images[index]))
+            prefixes.append((end + 1, prefix_key(input_ids, end + 1, digests)))
         tokens = [] if grids is None else [int(grid.prod()) // self._merge**2 for grid in grids]
         return Encoded(input_ids, kinds, pixel_values.to(device) if pixel_values is not None else None, grids,
-                       positions, int(deltas.reshape(-1)[0]), prefix_length, key, tokens)
+                       positions, int(deltas.reshape(-1)[0]), prefixes, tokens)
 
     def _check_length(self, encoded: Encoded, extra: int) -> int:
         """How many tokens may follow the conversation: ``extra``, or what is left of the model's context when
