@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..data.fonts import fonts
 from ..plurals import counted
-from .fonts import fonts
 
 # Colours far apart from each other and from skin and sky tones (after Trubetskoy's list of distinct colours).
 PALETTE = (
