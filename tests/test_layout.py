@@ -57,7 +57,7 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 def test_the_check_sees_every_method_and_resolves_relative_imports():
     assert {"global_local", "hybridgl", "tcl"} <= set(METHOD_FOLDERS)
     sweep = imported_modules(PACKAGE / "methods" / "hybridgl" / "sweep.py")
-    assert {"globallocal.runs.sweep", "globallocal.methods.hybridgl.method"} <= sweep
+    assert {"globallocal.methods.sweeps", "globallocal.methods.hybridgl.method"} <= sweep
     assert method_of("globallocal.methods.tcl.blend") == "tcl" and method_of("globallocal.methods.base") is None
 
 
