@@ -310,9 +310,10 @@ class StandInSegmenter:
         )
 
 
-def shifted_proposals(instance_masks: Proposals, shift: int = 2) -> Proposals:
-    """Each instance mask and a copy moved ``shift`` pixels right, so IoUs are fractional."""
-    masks = instance_masks.masks
+def shifted_proposals(instance_masks: np.ndarray, shift: int = 2) -> Proposals:
+    """Each instance mask (a dataset's ``instance_masks``, bool (N, H, W)) and a copy moved ``shift`` pixels right,
+    so IoUs are fractional."""
+    masks = torch.from_numpy(instance_masks)
     moved = torch.zeros_like(masks)
     moved[:, :, shift:] = masks[:, :, :-shift]
     return Proposals.from_masks(torch.cat([masks, moved]))

@@ -50,7 +50,7 @@ def test_ground_truth_is_the_union_of_the_kept_annotations(grefcoco):
             np.testing.assert_array_equal(gt, EXPECTED[ref.ref_id], err_msg=f"ref {ref.ref_id}")
             assert dataset.ignore_mask(ref) is None
     # The oracle: every kept annotation of the photo, crowd left out.
-    masks = dataset.instance_masks(22).masks.numpy()
+    masks = dataset.instance_masks(22)
     h, w = IMAGES[22]
     assert len(masks) == 2 and not masks[:, :4].any()  # the crowd strip is in none
     np.testing.assert_array_equal(masks.any(axis=0), EXPECTED[4])

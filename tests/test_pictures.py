@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from globallocal.outputs import fonts as fonts_module
+from globallocal.data import fonts as fonts_module
+from globallocal.data.fonts import fonts
 from globallocal.outputs.drawing import PALETTE, SHOWN_WIDTH, answer_picture, answers_picture, top_k_picture
-from globallocal.outputs.fonts import fonts
 
 DEBIAN_DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 MISSING = "\U0010ffff"  # a noncharacter: no font has it, every font draws its box

@@ -14,8 +14,9 @@ from pycocotools.coco import COCO
 from refer_fixtures import IMAGES, OVERLAP_PARTS, build_refer, file_name, rect
 
 from globallocal.data.images import load_image
-from globallocal.data.refer import VALID_SPLITS, ReferDataset, load_refs_pickle, resolve_split
+from globallocal.data.refer import VALID_SPLITS, ReferDataset, instance_stack, load_refs_pickle, resolve_split
 from globallocal.errors import ImageError, InputError
+from globallocal.proposals import Proposals
 
 # COCO.annToMask (the independent route) triggers pycocotools' NumPy 2 DeprecationWarning.
 ANN_TO_MASK_WARNING = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -137,20 +138,30 @@ def test_overlapping_parts_keep_pixels_covered_exactly_once(refer):
 def test_instance_masks_are_the_image_annotations(refer):
     loaded = ReferDataset(refer.data_root, "refcoco", "val", images_dir=refer.images_dir)
     coco = COCO(str(refer.data_root / "refcoco" / "instances.json"))
-    proposals = loaded.instance_masks(11)
-    assert proposals.image_size == (30, 40)
+    masks = loaded.instance_masks(11)
     # 1101 and 1102; the crowd region 1103 is left out, order is by annotation id.
-    assert len(proposals) == 2
-    np.testing.assert_array_equal(proposals.masks[0].numpy(), coco.annToMask(coco.anns[1101]).astype(bool))
+    assert masks.shape == (2, 30, 40) and masks.dtype == bool
+    np.testing.assert_array_equal(masks[0], coco.annToMask(coco.anns[1101]).astype(bool))
     refs = {ref.ann_id: ref for group in loaded.images() for ref in group.refs}
-    np.testing.assert_array_equal(proposals.masks[1].numpy(), loaded.gt_mask(refs[1102]))
+    np.testing.assert_array_equal(masks[1], loaded.gt_mask(refs[1102]))
 
     with_crowd = ReferDataset(
         refer.data_root, "refcoco", "val", images_dir=refer.images_dir, include_crowd=True
     )
-    proposals = with_crowd.instance_masks(11)
-    assert len(proposals) == 3
-    np.testing.assert_array_equal(proposals.masks[2].numpy(), coco.annToMask(coco.anns[1103]).astype(bool))
+    masks = with_crowd.instance_masks(11)
+    assert masks.shape == (3, 30, 40)
+    np.testing.assert_array_equal(masks[2], coco.annToMask(coco.anns[1103]).astype(bool))
+
+
+def test_instances_stack_without_the_empty_ones_and_become_proposals_with_their_boxes():
+    box = rect(6, 8, 2, 1, 5, 4)
+    stack = instance_stack([np.zeros((6, 8), dtype=bool), box], 6, 8)
+    assert stack.shape == (1, 6, 8) and stack.dtype == bool and np.array_equal(stack[0], box)
+    proposals = Proposals.from_arrays(stack)
+    # Columns 2..4 and rows 1..3: the projection box, centred on (3, 2), three pixels wide and high.
+    assert proposals.boxes.tolist() == [[1.5, 0.5, 4.5, 3.5]] and proposals.scores.tolist() == [1.0]
+    none = Proposals.from_arrays(instance_stack([np.zeros((6, 8), dtype=bool)], 6, 8))
+    assert len(none) == 0 and none.image_size == (6, 8)
 
 
 def test_hostile_pickle_is_refused_and_does_not_run(tmp_path):

@@ -12,8 +12,9 @@ from PIL import Image
 from refer_fixtures import build_refer
 
 from globallocal.data.phrases import shown
-from globallocal.outputs.answers import JSON_FORMAT, pixel_box_json
+from globallocal.outputs.answers import JSON_FORMAT
 from globallocal.proposals import projection_boxes
+from globallocal.proposals.boxes_json import pixel_box_json
 
 
 @pytest.fixture

@@ -18,9 +18,10 @@ from refer_fixtures import ShiftedOracleSource, build_refer
 from globallocal.data.refer import ReferDataset
 from globallocal.errors import InputError
 from globallocal.methods.global_local.method import GlobalLocalSettings
+from globallocal.methods.sweeps import pick_agrees
 from globallocal.runs.cache import FeatureCache
 from globallocal.runs.evaluate import CONFIG_FILE, RECORDS_FILE, EvaluationConfig, run_evaluation
-from globallocal.runs.sweep import SWEEP_MD, pick_agrees, run_sweep
+from globallocal.runs.sweep import SWEEP_MD, run_sweep
 from globallocal.segmenter import Segmenter
 
 pytestmark = pytest.mark.usefixtures("one_thread")

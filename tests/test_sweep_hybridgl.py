@@ -35,10 +35,10 @@ def _source(dataset):
     def source(image, record):
         instances = dataset.instance_masks(record.image_id)
         if record.image_id == 11:
-            return instances
+            return Proposals.from_arrays(instances)
         if record.image_id == 12:
             return shifted_proposals(instances)
-        return Proposals.from_masks(instances.masks[:0])
+        return Proposals.from_arrays(instances[:0])
 
     return source
 
@@ -80,7 +80,7 @@ def test_records_score_each_answer_by_the_final_score_that_chose_it(cached_run, 
     dataset = ReferDataset(refer.data_root, "refcoco", "val", images_dir=refer.images_dir)
     (group,) = [group for group in dataset.images() if group.image.image_id == 11]  # the first: K1 is 2 there too
     segmenter = Segmenter(tiny_vit12, nlp, method=build_method("hybridgl", tiny_vit12, nlp, **SETTINGS))
-    segmenter.set_image(dataset.load_image(group.image), dataset.instance_masks(11))
+    segmenter.set_image(dataset.load_image(group.image), Proposals.from_arrays(dataset.instance_masks(11)))
     for record in records[11]:
         answer = segmenter.predict(record["phrase"])
         assert record["index"] == answer.index and answer.score is not None

@@ -14,7 +14,7 @@ a sentence in a record, an error and a mask file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -24,9 +24,6 @@ from .grefcoco import GREFCOCO, GREFCOCO_SPLITS, GRefCocoDataset, refs_path
 from .phrasecut import BREAKDOWN, IMAGES_FILE, PHRASECUT, SUBSETS, PhraseCutDataset, check_phrasecut_split
 from .reasonseg import REASONSEG, REASONSEG_SPLITS, REASONSEG_SUBSETS, ReasonSegDataset
 from .refer import DEFAULT_SPLIT_BY, ImageGroup, ImageRecord, ReferDataset, resolve_split
-
-if TYPE_CHECKING:
-    from ..proposals import Proposals
 
 __all__ = [
     "DATASETS",
@@ -66,8 +63,8 @@ class EvaluationDataset(Protocol):
     def ignore_mask(self, ref: Any) -> np.ndarray | None:
         """Pixels that count in neither intersection nor union, bool (H, W); None when every pixel counts."""
 
-    def instance_masks(self, image_id: int) -> Proposals:
-        """The image's annotated instances (the ``gt`` proposal oracle)."""
+    def instance_masks(self, image_id: int) -> np.ndarray:
+        """The image's annotated instances (the ``gt`` proposal oracle), bool (N, H, W); none: (0, H, W)."""
 
     def sentence_fields(self, ref: Any, sentence: Any) -> dict[str, Any]:
         """What a record says about the sentence besides the image and the phrase: its ids first."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -36,10 +36,7 @@ from ..errors import InputError
 from .bounded import read_json
 from .coco_masks import checked_rle, decode, polygon_rles
 from .plain_pickle import load_refs_pickle
-from .refer import CocoPhotos, ImageGroup, ImageRecord, Sentence, _parse_instances, instance_proposals
-
-if TYPE_CHECKING:
-    from .refer import Proposals  # the one import of the stage above is refer's
+from .refer import CocoPhotos, ImageGroup, ImageRecord, Sentence, _parse_instances, instance_stack
 
 __all__ = ["GREFCOCO", "GREFCOCO_SPLITS", "GRef", "GRefCocoDataset", "refs_path"]
 
@@ -232,11 +229,11 @@ class GRefCocoDataset(CocoPhotos):
     def ignore_mask(self, ref: GRef) -> None:
         return None  # every pixel counts
 
-    def instance_masks(self, image_id: int) -> Proposals:
-        """The image's kept annotations as proposals (the ``gt`` oracle), by annotation id; empty masks dropped."""
+    def instance_masks(self, image_id: int) -> np.ndarray:
+        """The image's kept annotations (the ``gt`` oracle), bool (N, H, W), by annotation id; empty masks dropped."""
         image = self._images[image_id]
         anns = [ann for ann in self._image_annotations.get(image_id, []) if _kept(ann)]
-        return instance_proposals([self._mask(ann) for ann in anns], image.height, image.width)
+        return instance_stack([self._mask(ann) for ann in anns], image.height, image.width)
 
     def sentence_fields(self, ref: GRef, sentence: Sentence) -> dict[str, Any]:
         return {"ref_id": ref.ref_id, "sent_id": sentence.sent_id, "no_target": ref.no_target}

@@ -32,17 +32,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import InputError
 from .bounded import read_json
-
-if TYPE_CHECKING:
-    from ..proposals import Proposals
-from .refer import ImageGroup, ImageRecord, Sentence, load_dataset_image, missing_images
+from .refer import ImageGroup, ImageRecord, Sentence, instance_stack, load_dataset_image, missing_images
 
 __all__ = [
     "BREAKDOWN",
@@ -295,8 +292,8 @@ class PhraseCutDataset:
         image = self._images[task.image_id]
         return rasterize_polygons([p for instance in task.instances for p in instance], image.height, image.width)
 
-    def instance_masks(self, image_id: int) -> Proposals:
-        """Every distinct instance of the image's tasks as proposals (the ``gt`` oracle), in file order."""
+    def instance_masks(self, image_id: int) -> np.ndarray:
+        """Every distinct instance of the image's tasks (the ``gt`` oracle), bool (N, H, W), in file order."""
         image = self._images[image_id]
         masks: list[np.ndarray] = []
         for task in self._all_tasks.get(image_id, []):
@@ -304,9 +301,7 @@ class PhraseCutDataset:
                 mask = rasterize_polygons(instance, image.height, image.width)
                 if mask.any() and not any(np.array_equal(mask, other) for other in masks):
                     masks.append(mask)
-        from ..proposals import Proposals  # on first use: reading a dataset (and `report`) needs no torch
-
-        return Proposals.from_arrays(masks, image.height, image.width)
+        return instance_stack(masks, image.height, image.width)
 
     def subsets(self, task: PhraseCutTask) -> list[str]:
         """The task's subsets among :data:`BREAKDOWN`, by PhraseCut's rules (utils/subset.py)."""

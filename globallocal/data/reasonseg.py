@@ -29,7 +29,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -37,10 +37,7 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 from ..errors import ImageError, InputError
 from .bounded import MAX_JSON_BYTES, open_regular, parse_json, read_regular
 from .images import load_image, open_checked
-from .refer import ImageGroup, ImageRecord, Sentence, instance_proposals, missing_images
-
-if TYPE_CHECKING:
-    from .refer import Proposals  # the one import of the stage above is refer's
+from .refer import ImageGroup, ImageRecord, Sentence, instance_stack, missing_images
 
 __all__ = [
     "REASONSEG",
@@ -273,8 +270,8 @@ class ReasonSegDataset:
         """The pixels of value 255, which count in neither the intersection nor the union."""
         return self._label_map(sample) == IGNORED
 
-    def instance_masks(self, image_id: int) -> Proposals:
-        """Each target shape drawn alone (the ``gt`` oracle), in file order; empty ones dropped."""
+    def instance_masks(self, image_id: int) -> np.ndarray:
+        """Each target shape drawn alone (the ``gt`` oracle), bool (N, H, W), in file order; empty ones dropped."""
         sample, image = self._samples[image_id], self._records[image_id]
         height, width = image.height, image.width
         masks = []
@@ -283,7 +280,7 @@ class ReasonSegDataset:
                 alone = np.zeros((height, width), dtype=np.uint8)
                 shape.draw(alone, TARGET)
                 masks.append(alone.astype(bool))
-        return instance_proposals(masks, height, width)
+        return instance_stack(masks, height, width)
 
     def sentence_fields(self, sample: ReasonSegSample, sentence: Sentence) -> dict[str, Any]:
         return {"name": sample.name, "subsets": [sample.subset]}

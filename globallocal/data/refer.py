@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -32,9 +32,6 @@ from .bounded import INT64, read_json
 from .coco_masks import checked_rle, decode, polygon_rles
 from .images import open_checked
 from .plain_pickle import load_refs_pickle
-
-if TYPE_CHECKING:
-    from ..proposals import Proposals
 
 __all__ = [
     "DEFAULT_SPLIT_BY",
@@ -47,7 +44,7 @@ __all__ = [
     "ReferDataset",
     "Sentence",
     "decode_segmentation",
-    "instance_proposals",
+    "instance_stack",
     "load_refs_pickle",
     "resolve_split",
 ]
@@ -206,12 +203,11 @@ def decode_segmentation(
     raise InputError(f"unknown overlap rule {overlap!r}; use one of {', '.join(OVERLAP_RULES)}")
 
 
-def instance_proposals(masks: list[np.ndarray], height: int, width: int) -> Proposals:
-    """A photo's annotated instances as proposals (the ``gt`` oracle), empty masks dropped: every dataset's one
-    way up to the proposals stage."""
-    from ..proposals import Proposals  # on first use: reading a dataset (and `report`) needs no torch
-
-    return Proposals.from_arrays([mask for mask in masks if mask.any()], height, width)
+def instance_stack(masks: list[np.ndarray], height: int, width: int) -> np.ndarray:
+    """A photo's annotated instances (the ``gt`` oracle) as one bool (N, H, W) array, empty masks dropped: every
+    dataset's one form of them (``Proposals.from_arrays`` turns them into proposals)."""
+    kept = [mask for mask in masks if mask.any()]
+    return np.stack(kept) if kept else np.zeros((0, height, width), dtype=bool)
 
 
 def load_dataset_image(path: Path, image: ImageRecord, sizes_file: str, hint: str = "") -> Image.Image:
@@ -415,8 +411,8 @@ class ReferDataset(CocoPhotos):
         ann = self._annotations[ref.ann_id]
         return decode_segmentation(ann["segmentation"], image.height, image.width, self.overlap, self._name(ann))
 
-    def instance_masks(self, image_id: int) -> Proposals:
-        """All annotated instances of an image as proposals (the ``gt`` oracle).
+    def instance_masks(self, image_id: int) -> np.ndarray:
+        """All annotated instances of an image (the ``gt`` oracle), bool (N, H, W).
 
         Masks follow the dataset's overlap rule so that the oracle can hit a
         ref's ground truth exactly; crowd regions are left out unless
@@ -428,7 +424,7 @@ class ReferDataset(CocoPhotos):
             for ann in self._image_annotations.get(image_id, [])
             if self.include_crowd or not ann.get("iscrowd", 0)
         ]
-        return instance_proposals(masks, image.height, image.width)
+        return instance_stack(masks, image.height, image.width)
 
     def sentence_fields(self, ref: Ref, sentence: Sentence) -> dict[str, Any]:
         return {"ref_id": ref.ref_id, "sent_id": sentence.sent_id}

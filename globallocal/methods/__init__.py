@@ -94,7 +94,8 @@ class MethodSpec:
     own that the page's options do not name, e.g. SAM 3's weights)."""
     sweep_module: str | None = None
     """The module that replays the method's runs from a feature cache (``globallocal sweep``): it defines
-    ``sweep(run, axes, out_dir, started)`` and ``format_table(result)``; None: its runs cannot be swept."""
+    ``sweep(run, axes, started)`` (a :class:`~.sweeps.SweptRun` in, a :class:`~.sweeps.Sweep` out) and
+    ``format_table(result)``; None: its runs cannot be swept."""
     sweep_settings: tuple[str, ...] = ()
     """The settings such a sweep can vary (its axes)."""
     preset_proposals: Mapping[str, str] = field(default_factory=dict)

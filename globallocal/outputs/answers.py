@@ -5,9 +5,11 @@ in whole pixels (x to the right, y down), the tight box of the mask with x1
 and y1 exclusive (:func:`globallocal.proposals.tight_box`; null for an empty
 mask); a method whose scores follow SOLOv2's float projection boxes
 (:func:`globallocal.proposals.projection_boxes`) reports them apart as
-``projection_box``. Masks are COCO RLE (``{"size": [height, width], "counts":
-str}``, pycocotools' compressed column-major run lengths). Proposal numbers
-are 0-based, in the order of the source (a folder's natural name order, an
+``projection_box`` (sizes and boxes are worded in
+:mod:`globallocal.proposals.boxes_json`, shared with the proposals index).
+Masks are COCO RLE (``{"size": [height, width], "counts": str}``,
+pycocotools' compressed column-major run lengths). Proposal numbers are
+0-based, in the order of the source (a folder's natural name order, an
 index's order), and masks read from files name theirs (``file``).
 """
 
@@ -16,18 +18,16 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-
-import numpy as np
-import torch
 
 from .. import __version__
 from ..data.coco_masks import mask_rle
 from ..data.images import photo_reading, save_png, save_text
 from ..data.phrases import shown
-from ..proposals.masks import Proposals, tight_box
+from ..proposals.boxes_json import BOX_FORMAT, PROJECTION_BOX_FORMAT, box_json, pixel_box_json, size_json
+from ..proposals.masks import Proposals
 from .drawing import answer_picture, answers_picture, top_k_picture
 
 # 2: labelled sizes and boxes, proposal source, chosen box and RLE, timings, version.
@@ -36,24 +36,6 @@ from .drawing import answer_picture, answers_picture, top_k_picture
 # 4: score and scores are the score that chose the answer (score_name says which; HybridGL's CLIP scores are
 # clip_scores), the configuration as evaluate records it.
 JSON_FORMAT = 4
-BOX_FORMAT = "x0 y0 x1 y1 in whole pixels: the mask's tight box, x1 and y1 exclusive"
-PROJECTION_BOX_FORMAT = "x0 y0 x1 y1 in pixels, floats: SOLOv2's projection box, which the local crops follow"
-
-
-def size_json(height: int, width: int) -> dict[str, int]:
-    return {"height": int(height), "width": int(width)}
-
-
-def box_json(box: Sequence[float] | torch.Tensor) -> dict[str, float]:
-    """A float box (a projection box), labelled."""
-    x0, y0, x1, y1 = (float(value) for value in box)
-    return {"x0": x0, "y0": y0, "x1": x1, "y1": y1}
-
-
-def pixel_box_json(mask: np.ndarray | torch.Tensor) -> dict[str, int] | None:
-    """The tight box of a bool (H, W) mask in whole pixels, x1 and y1 exclusive, labelled; None when empty."""
-    box = tight_box(mask)
-    return None if box is None else dict(zip(("x0", "y0", "x1", "y1"), box))
 
 
 class StageTimer:

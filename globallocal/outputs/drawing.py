@@ -10,15 +10,10 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..data.fonts import fonts
+from ..data.overlay import PALETTE, fill, outline, tint
 from ..plurals import counted
-from .fonts import fonts
 
-# Colours far apart from each other and from skin and sky tones (after Trubetskoy's list of distinct colours).
-PALETTE = (
-    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
-)
-TINT_ALPHA = 0.5
 # The top-k tiles' width, and the least width a captioned picture shows a photo at (a tiny photo is scaled up
 # to it, so that its caption is legible), unless that makes it taller than MAX_SHOWN_HEIGHT.
 SHOWN_WIDTH = 320
@@ -47,40 +42,6 @@ def resized(image: Image.Image, layers: Sequence[np.ndarray], width: int) -> tup
     return rgb, scaled
 
 
-def _boundary(mask: np.ndarray) -> np.ndarray:
-    """Mask pixels with a 4-neighbour outside the mask."""
-    padded = np.pad(mask, 1, mode="constant", constant_values=False)
-    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return mask & ~inner
-
-
-def _grow(mask: np.ndarray) -> np.ndarray:
-    """The mask grown by one pixel (4-neighbourhood)."""
-    padded = np.pad(mask, 1, mode="constant", constant_values=False)
-    return padded[1:-1, 1:-1] | padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
-
-
-def _fill(rgb: np.ndarray, mask: np.ndarray, color: Sequence[int]) -> None:
-    rgb[mask] = (1 - TINT_ALPHA) * rgb[mask] + TINT_ALPHA * np.asarray(color, dtype=np.float32)
-
-
-def tint(rgb: np.ndarray, mask: np.ndarray, color: Sequence[int]) -> None:
-    """Tint ``mask`` in place and outline it white on black, which stands out on the tint and on any photo."""
-    _fill(rgb, mask, color)
-    edge = _boundary(mask)
-    rgb[_grow(edge) & ~mask] = 0.0
-    rgb[edge] = 255.0
-
-
-def _outline(rgb: np.ndarray, mask: np.ndarray, color: Sequence[int], distance: int) -> None:
-    """A two-pixel outline of ``color`` on black around ``mask`` grown by ``distance`` pixels."""
-    for _ in range(distance):
-        mask = _grow(mask)
-    edge = _grow(_boundary(mask)) & mask
-    rgb[_grow(edge) & ~mask] = 0.0
-    rgb[edge] = np.asarray(color, dtype=np.float32)
-
-
 def with_caption(picture: np.ndarray, lines: Sequence[tuple[str, Sequence[int] | None]]) -> np.ndarray:
     """The picture above a white band holding one text line per entry, each after a swatch of its colour.
 
@@ -106,13 +67,6 @@ def with_caption(picture: np.ndarray, lines: Sequence[tuple[str, Sequence[int] |
     return np.concatenate([picture, np.asarray(band)], axis=0)
 
 
-def overlay_picture(image: Image.Image, mask: np.ndarray, color: Sequence[int] = PALETTE[0]) -> np.ndarray:
-    """The photo with ``mask`` tinted and outlined (uint8 (H, W, 3), the photo's size)."""
-    rgb = np.asarray(image, dtype=np.float32).copy()
-    tint(rgb, mask, color)
-    return np.round(rgb).astype(np.uint8)
-
-
 def answer_picture(image: Image.Image, mask: np.ndarray, caption: str, color: Sequence[int] = PALETTE[0]) -> np.ndarray:
     """The photo (a tiny one scaled up) with ``mask`` tinted and outlined, and ``caption`` (phrase and score)
     under it."""
@@ -131,13 +85,13 @@ def answers_picture(image: Image.Image, masks: Sequence[np.ndarray], captions: S
     rgb, shown = resized(image, masks, shown_width(image.width, image.height))
     colors = [PALETTE[i % len(PALETTE)] for i in range(len(masks))]
     for mask, color in zip(shown, colors):
-        _fill(rgb, mask, color)
+        fill(rgb, mask, color)
     earlier: dict[bytes, int] = {}
     for mask, color in zip(shown, colors):
         key = mask.tobytes()
         same = earlier.get(key, 0)
         earlier[key] = same + 1
-        _outline(rgb, mask, color, OUTLINE_GAP * same)
+        outline(rgb, mask, color, OUTLINE_GAP * same)
     return with_caption(np.round(rgb).astype(np.uint8), list(zip(captions, colors)))
 
 

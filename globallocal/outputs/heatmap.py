@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ..data.fonts import fonts
 from ..data.images import atomic_write, save_png
 from .drawing import resized, shown_width, with_caption
-from .fonts import fonts
 from .paths import check_soft_outputs
 
 # A perceptually ordered dark-blue -> green -> yellow scale (viridis's end and middle points).

@@ -23,9 +23,9 @@ from ..data.bounded import NUMBER, check_shape, read_json
 from ..data.coco_masks import checked_rle, decode, polygon_rles
 from ..data.images import load_mask, save_mask_png, save_text, umask_mode
 from ..errors import ImageError, InputError
-from ..outputs.answers import BOX_FORMAT, PROJECTION_BOX_FORMAT, box_json, pixel_box_json, size_json
 from ..plurals import counted
 from . import Proposals
+from .boxes_json import BOX_FORMAT, PROJECTION_BOX_FORMAT, box_json, pixel_box_json, size_json
 
 INDEX_FILE = "proposals.json"
 # What _from_folder reads of an index (globallocal proposals writes more).

@@ -51,11 +51,9 @@ class Proposals:
         return int(self.masks.shape[1]), int(self.masks.shape[2])
 
     @classmethod
-    def from_arrays(cls, masks: list[np.ndarray], height: int, width: int) -> Proposals:
-        """Proposals from bool (H, W) arrays (scores 1); no arrays give an empty (0, H, W) set."""
-        if not masks:
-            return cls.from_masks(torch.zeros((0, height, width), dtype=torch.bool))
-        return cls.from_masks(torch.from_numpy(np.stack(masks)))
+    def from_arrays(cls, masks: np.ndarray) -> Proposals:
+        """Proposals from a bool (N, H, W) array (scores 1), such as a dataset's ``instance_masks``."""
+        return cls.from_masks(torch.from_numpy(masks))
 
     @classmethod
     def from_masks(

@@ -21,9 +21,9 @@ from pycocotools import mask as coco_mask
 
 from ..data.images import load_image, mask_png_bytes, photo_reading, png_bytes
 from ..data.manifest import BatchLine
+from ..data.overlay import overlay_picture
 from ..errors import GlobalLocalError, NoProposalsError
 from ..models.text import parse_phrase
-from ..outputs.drawing import overlay_picture
 from ..plurals import noun_for
 from ..proposals import Proposals
 from ..proposals.files import load_proposals

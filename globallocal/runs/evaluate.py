@@ -94,7 +94,7 @@ class EvaluationStopped(KeyboardInterrupt):
 
 def _ground_truth_source(dataset: EvaluationDataset) -> ProposalSource:
     def source(image: Image.Image, record: ImageRecord) -> Proposals:
-        return dataset.instance_masks(record.image_id)
+        return Proposals.from_arrays(dataset.instance_masks(record.image_id))
 
     return source
 

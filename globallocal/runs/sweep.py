@@ -6,16 +6,18 @@ the intersection of every proposal with the ground truth; so for other
 scoring weights a method can pick again and the metrics be summed with no
 image decoded and no model run. Each method that can be swept names its
 sweep module in its registry entry (:attr:`MethodSpec.sweep_module`);
-:func:`run_sweep` opens the run, checks the axes and hands it over.
+:func:`run_sweep` opens the run, checks the axes and hands it over as a
+:class:`~globallocal.methods.sweeps.SweptRun` (:class:`CachedRun`: the
+records read and checked, the metrics summed); the method hands back its
+result, Markdown and heat map, and this module writes them.
 """
 from __future__ import annotations
 
 import importlib
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +25,16 @@ import numpy as np
 import torch
 from rich.table import Table
 
-from ..data.bounded import Shape, check_shape
+from ..data.bounded import Shape, check_shape, json_text
 from ..data.datasets import dataset_label
+from ..data.images import save_png, save_text
 from ..errors import InputError
 from ..methods import DEFAULT_METHOD, get_method
 from ..methods.settings import MethodSettings
+from ..methods.sweeps import Sweep
 from ..models.architectures import FAMILIES
 from .cache_stores import DamagedEntry, FeatureShapes, ImageEntry, TextStore, VisualStore, check_features
-from .evaluate import CONFIG_FILE, REPORT_JSON, CompletedImage, referent
+from .evaluate import CONFIG_FILE, REPORT_JSON, CompletedImage, read_records, referent
 from .metrics import MetricAccumulator
 from .report import read_report
 from .sweepable import check_sweepable, sweepable_methods
@@ -39,15 +43,12 @@ __all__ = [
     "SWEEP_JSON",
     "SWEEP_MD",
     "SWEEP_PNG",
-    "TIE_TOLERANCE",
     "CachedRun",
+    "SentenceTally",
     "format_sweep_table",
     "open_cached_run",
     "parse_values",
-    "pick_agrees",
-    "reproduced",
     "run_sweep",
-    "ties_note",
 ]
 
 SWEEP_JSON = "sweep.json"
@@ -76,10 +77,25 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def add_unanswered(total: MetricAccumulator, records: list[dict[str, Any]]) -> None:
-    """The sentences of an image without proposals: the empty prediction the run scored (IoU 0)."""
-    for record in records:
-        total.add(record["I"], record["U"], ref_id=referent(record), image_id=record["image_id"], no_proposals=True)
+class SentenceTally:
+    """The metrics of one answer at one point of a sweep (:class:`~globallocal.methods.sweeps.Tally`): each
+    replayed answer scored by its record's counts, as evaluate scored the run's."""
+
+    def __init__(self) -> None:
+        self.metrics = MetricAccumulator()
+
+    def add(self, record: dict[str, Any], index: int, area: int) -> None:
+        intersection = record["overlaps"][index]
+        union = area + record["gt_area"] - intersection
+        self.metrics.add(intersection, union, ref_id=referent(record), image_id=record["image_id"])
+
+    def add_unanswered(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            self.metrics.add(record["I"], record["U"], ref_id=referent(record), image_id=record["image_id"],
+                             no_proposals=True)
+
+    def summary(self) -> dict[str, Any]:
+        return self.metrics.summary()
 
 
 _AGAIN = "evaluate again with the same --cache"
@@ -169,39 +185,6 @@ def load_texts(texts: TextStore, known: dict[str, torch.Tensor], strings: list[s
     return len(next(iter(known.values())))
 
 
-TIE_TOLERANCE = 1e-4
-"""Scores this close, relative to the largest, are a tie: the last bits of a dot product follow the order of
-its sums, which the number of threads and the library version change, so a replay may break a tie the other
-way than the run did."""
-
-
-def pick_agrees(scores: torch.Tensor, picked: int, recorded: int) -> str:
-    """Whether a replay's pick among ``scores`` is the run's: "same", "tie" (another proposal whose score ties
-    with the pick's within :data:`TIE_TOLERANCE`; NaN ties with NaN), or "other"."""
-    if picked == recorded:
-        return "same"
-    if not 0 <= recorded < len(scores):
-        return "other"
-    ours, theirs = float(scores[picked]), float(scores[recorded])
-    if math.isnan(ours) or math.isnan(theirs):
-        return "tie" if math.isnan(ours) and math.isnan(theirs) else "other"
-    finite = scores[torch.isfinite(scores)]
-    scale = float(finite.abs().max()) if len(finite) else 0.0
-    return "tie" if abs(ours - theirs) <= TIE_TOLERANCE * max(scale, 1e-6) else "other"
-
-
-def reproduced(run: dict[str, Any]) -> int:
-    """The sentences a sweep's ``run`` summary says it answered as the run did, at the run's own setting."""
-    return run["sentences_checked"] - run["sentences_differing"] - run["sentences_tied"]
-
-
-def ties_note(run: dict[str, Any]) -> str:
-    """What a sweep's Markdown says of the ties it met at the run's own setting (nothing when none)."""
-    tied = run["sentences_tied"]
-    return (f" ({tied} more answer with another proposal whose score ties with the run's answer, within "
-            f"{TIE_TOLERANCE:g} of the largest score)") if tied else ""
-
-
 def parse_values(text: str | None, name: str, low: float = 0.0, high: float = 1.0) -> list[float] | None:
     """Comma-separated values in [low, high], sorted, duplicates dropped; None for None."""
     if text is None:
@@ -230,6 +213,8 @@ class CachedRun:
     report: dict[str, Any]
     visual: VisualStore
     texts: TextStore
+    text_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The cached text features read so far, by string (short phrases and noun phrases recur across images)."""
 
     @property
     def scoring(self) -> dict[str, Any]:
@@ -247,6 +232,17 @@ class CachedRun:
         if extra is not None:
             check_shape(self.scoring, extra, where, "; evaluate the run again", at=at)
         return kind.from_record(self.scoring, where, "; evaluate the run again", at=at)
+
+    def sentences(
+        self, strings: Callable[[list[dict[str, Any]]], list[str]], shapes: Callable[[int, int], FeatureShapes],
+    ) -> Iterator[tuple[ImageEntry | None, list[dict[str, Any]]]]:
+        """Every recorded image's sentences by the cache entry they were answered from, checked
+        (:func:`entry_groups`), with the text features of ``strings(records)`` in :attr:`text_features`."""
+        for done in read_records(self.directory):
+            yield from entry_groups(self, done, self.text_features, strings, shapes)
+
+    def tally(self) -> SentenceTally:
+        return SentenceTally()
 
 
 def open_cached_run(run_dir: str | Path, cache_dir: str | Path | None = None) -> CachedRun:
@@ -302,7 +298,22 @@ def run_sweep(
             raise InputError(f"--{name.replace('_', '-')} is {what}; {run.directory} is a {method} run (sweep "
                              f"{', '.join('--' + axis.replace('_', '-') for axis in axes_of)})")
     module = importlib.import_module(specs[method].sweep_module)
-    return module.sweep(run, {name: given.get(name) for name in axes_of}, out_dir, started)
+    with one_thread():
+        swept = module.sweep(run, {name: given.get(name) for name in axes_of}, started)
+    return _write(swept, Path(out_dir) if out_dir is not None else run.directory / "sweep")
+
+
+def _write(swept: Sweep, out_dir: Path) -> dict[str, Any]:
+    """sweep.json, sweep.md and the heat map sweep.png where the method drew one; the result, with the files."""
+    result = swept.result
+    save_text(json_text(result, indent=2) + "\n", out_dir / SWEEP_JSON)
+    save_text(swept.markdown, out_dir / SWEEP_MD)
+    names = [SWEEP_JSON, SWEEP_MD]
+    if swept.heat_map is not None:
+        save_png(np.asarray(swept.heat_map), out_dir / SWEEP_PNG)
+        names.append(SWEEP_PNG)
+    result["files"] = {name: str(out_dir / name) for name in names}
+    return result
 
 
 def format_sweep_table(result: dict[str, Any]) -> Table:

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from ..data.images import photo_reading, save_mask_png, save_text
+from ..data.overlay import overlay_picture
 from ..methods import SegmentResult
 from ..outputs.answers import chosen_score, proposal_list, result_json, segment_json, settings_json
-from ..outputs.drawing import overlay_picture
 from ..segmenter import Segmenter
 from .engine import PROPOSAL_LABELS, Answer, ImageSession, reranking_weights
 

@@ -37,7 +37,7 @@ from .visual import (
     vit_trunk,
 )
 
-# -- the scoring rules, shared with globallocal.runs.sweep ---------------------------
+# -- the scoring rules, shared with the sweep (sweep.py) ----------------------------
 
 
 def visual_blend(

@@ -19,30 +19,12 @@ from __future__ import annotations
 
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.table import Table
 
-from ...data.bounded import json_text
-from ...data.images import save_png, save_text
-from ...runs.cache import ImageEntry
-from ...runs.evaluate import CompletedImage, read_records, referent
-from ...runs.metrics import PRECISION_THRESHOLDS, MetricAccumulator
-from ...runs.sweep import (
-    SWEEP_JSON,
-    SWEEP_MD,
-    SWEEP_PNG,
-    CachedRun,
-    add_unanswered,
-    entry_groups,
-    one_thread,
-    pick_agrees,
-    reproduced,
-    ties_note,
-)
+from ..sweeps import CachedEntry, Sweep, SweptRun, pick_agrees, precision_keys, reproduced, ties_note
 from .method import feature_shapes, proposal_scores, scoring_visual, text_blend, visual_blend
 from .settings import SWEPT_SETTINGS, GlobalLocalSettings
 from .sweep_heatmap import draw_heatmap, grid_value, is_run_point
@@ -52,35 +34,31 @@ __all__ = ["SWEPT_SETTINGS", "format_table", "sweep"]
 class _Replay:
     """The run's choices made again at every (alpha, beta) point, image by image, with the metrics summed."""
 
-    def __init__(self, run: CachedRun, points: list[tuple[float, float]], run_point: tuple[float, float],
+    def __init__(self, run: SweptRun, points: list[tuple[float, float]], run_point: tuple[float, float],
                  feature_norm: str) -> None:
         self.run, self.run_point, self.feature_norm = run, run_point, feature_norm
         self.family = run.config["cache"]["family"]
-        self.totals = {point: MetricAccumulator() for point in points}
+        self.totals = {point: run.tally() for point in points}
         # Sentences replayed at the run's point, picks unlike the run's, and picks of another proposal whose
         # score ties with the run's pick.
         self.checked = self.differing = self.tied = 0
-        self._text_features: dict[str, torch.Tensor] = {}  # short phrases and noun phrases recur across images
 
-    def add_image(self, done: CompletedImage) -> None:
-        groups = entry_groups(self.run, done, self._text_features, _strings, feature_shapes)
-        for entry, records in groups:
-            if entry is None:
-                # No choice to replay: the empty prediction the run scored, at every setting.
-                for total in self.totals.values():
-                    add_unanswered(total, records)
-            else:
-                self._add_records(entry, records)
+    def add(self, entry: CachedEntry | None, records: list[dict[str, Any]]) -> None:
+        """Sentences answered from one cache entry (None: the image had no proposals), at every point."""
+        if entry is None:
+            # No choice to replay: the empty prediction the run scored, at every setting.
+            for total in self.totals.values():
+                total.add_unanswered(records)
+        else:
+            self._add_records(entry, records)
 
-    def _add_records(self, entry: ImageEntry, records: list[dict[str, Any]]) -> None:
+    def _add_records(self, entry: CachedEntry, records: list[dict[str, Any]]) -> None:
         """Sentences answered from one cache entry, at every point."""
         for point, total in self.totals.items():
             scores = self._scores(records, entry, *point)
             picks = [int(torch.argmax(row)) for row in scores]
             for record, index in zip(records, picks):
-                intersection = record["overlaps"][index]
-                union = int(entry.areas[index]) + record["gt_area"] - intersection
-                total.add(intersection, union, ref_id=referent(record), image_id=record["image_id"])
+                total.add(record, index, int(entry.areas[index]))
             if point == self.run_point:
                 self.checked += len(records)
                 agreement = [pick_agrees(row, index, record["index"])
@@ -88,7 +66,7 @@ class _Replay:
                 self.differing += agreement.count("other")
                 self.tied += agreement.count("tie")
 
-    def _scores(self, records: list[dict[str, Any]], entry: ImageEntry, alpha: float,
+    def _scores(self, records: list[dict[str, Any]], entry: CachedEntry, alpha: float,
                 beta: float) -> list[torch.Tensor]:
         """Every proposal's score (N,) for each sentence of one image at (alpha, beta)."""
         norm, family = self.feature_norm, self.family
@@ -97,8 +75,8 @@ class _Replay:
         scores = []
         for record in records:
             # One sentence at a time, stacked as Segmenter.text_features stacks a single phrase: the same bits.
-            expression = torch.stack([self._text_features[record["expression"]]])
-            noun_phrase = torch.stack([self._text_features[record["noun_phrase"]]])
+            expression = torch.stack([self.run.text_features[record["expression"]]])
+            noun_phrase = torch.stack([self.run.text_features[record["noun_phrase"]]])
             text = text_blend(expression, noun_phrase, beta, norm, family)
             scores.append(proposal_scores(text, visual, norm, family)[0])
         return scores
@@ -109,12 +87,9 @@ def _strings(records: list[dict[str, Any]]) -> list[str]:
     return [s for r in records for s in (r["expression"], r["noun_phrase"])]
 
 
-def sweep(
-    run: CachedRun, axes: dict[str, list[float] | None], out_dir: str | Path | None = None,
-    started: float | None = None,
-) -> dict[str, Any]:
-    """The metrics of a Global-Local run at every (alpha, beta) of ``axes`` (None or absent: the run's value);
-    writes sweep.json, sweep.md and the heat map sweep.png."""
+def sweep(run: SweptRun, axes: dict[str, list[float] | None], started: float | None = None) -> Sweep:
+    """The metrics of a Global-Local run at every (alpha, beta) of ``axes`` (None or absent: the run's value),
+    with the Markdown and the heat map."""
     started = time.perf_counter() if started is None else started
     alphas, betas = axes.get("alpha"), axes.get("beta")
     run_dir, settings = run.directory, run.settings(GlobalLocalSettings)
@@ -125,9 +100,8 @@ def sweep(
     grid = [(alpha, beta) for alpha in alphas for beta in betas]
     points = grid if run_point in grid else [*grid, run_point]
     replay = _Replay(run, points, run_point, settings.feature_norm)
-    with one_thread():
-        for done in read_records(run_dir):
-            replay.add_image(done)
+    for entry, records in run.sentences(_strings, feature_shapes):
+        replay.add(entry, records)
     if replay.differing:
         warnings.warn(
             f"at the run's own alpha {run_point[0]} and beta {run_point[1]}, {replay.differing} of {replay.checked} "
@@ -158,12 +132,7 @@ def sweep(
         },
         "seconds": time.perf_counter() - started,
     }
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "sweep"
-    save_text(json_text(result, indent=2) + "\n", out_dir / SWEEP_JSON)
-    save_text(_markdown(result), out_dir / SWEEP_MD)
-    save_png(np.asarray(draw_heatmap(result)), out_dir / SWEEP_PNG)
-    result["files"] = {name: str(out_dir / name) for name in (SWEEP_JSON, SWEEP_MD, SWEEP_PNG)}
-    return result
+    return Sweep(result, _markdown(result), draw_heatmap(result))
 
 
 # -- output ------------------------------------------------------------------
@@ -190,7 +159,7 @@ def _markdown(result: dict[str, Any]) -> str:
                     text = f"**{text}**"
                 cells.append(text + ("*" if is_run_point(result, alpha, beta) else ""))
             lines.append(f"| {alpha:g} | " + " | ".join(cells) + " |")
-    thresholds = [f"{t:.1f}" for t in PRECISION_THRESHOLDS]
+    thresholds = precision_keys(run["metrics"])
     header = ["alpha", "beta", "oIoU", "mIoU", *(f"P@{t}" for t in thresholds)]
     lines += ["", "## All metrics", "", "| " + " | ".join(header) + " |", "|" + " ---: |" * len(header)]
     for item in result["results"]:
@@ -203,7 +172,7 @@ def _markdown(result: dict[str, Any]) -> str:
 
 def format_table(result: dict[str, Any]) -> Table:
     """Every (alpha, beta) with all metrics; the best oIoU and mIoU in bold, the run's own setting marked."""
-    thresholds = [f"{t:.1f}" for t in PRECISION_THRESHOLDS]
+    thresholds = precision_keys(result["run"]["metrics"])
     table = Table(title=f"alpha x beta sweep: {result['dataset']}")
     for name in ("alpha", "beta", "oIoU", "mIoU", *(f"P@{t}" for t in thresholds)):
         table.add_column(name, justify="right")

@@ -7,7 +7,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from ...outputs.fonts import fonts
+from ...data.fonts import fonts
 
 
 def grid_value(result: dict[str, Any], alpha: float, beta: float, metric: str) -> float:

@@ -24,29 +24,14 @@ from __future__ import annotations
 import itertools
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 from rich.table import Table
 
-from ...data.bounded import NUMBER, check_shape, json_text
-from ...data.images import save_text
+from ...data.bounded import NUMBER, check_shape
 from ...errors import InputError
-from ...runs.cache import ImageEntry
-from ...runs.evaluate import CompletedImage, read_records, referent
-from ...runs.metrics import PRECISION_THRESHOLDS, MetricAccumulator
-from ...runs.sweep import (
-    SWEEP_JSON,
-    SWEEP_MD,
-    CachedRun,
-    add_unanswered,
-    entry_groups,
-    one_thread,
-    pick_agrees,
-    reproduced,
-    ties_note,
-)
+from ..sweeps import CachedEntry, Sweep, SweptRun, pick_agrees, precision_keys, reproduced, ties_note
 from .method import NEGATIVE_PROMPT, feature_shapes
 from .replay import replay, sentence_quantities
 from .settings import SWEPT_SETTINGS, HybridGLSettings
@@ -71,26 +56,25 @@ _RECORD = {"other_noun_phrases": [str], "direction": str, "relation_flag": str, 
 class _Replay:
     """The run's two answers decided again at every point, image by image, with the metrics summed."""
 
-    def __init__(self, run: CachedRun, settings: HybridGLSettings, tau: torch.Tensor, points: list[Point],
+    def __init__(self, run: SweptRun, settings: HybridGLSettings, tau: torch.Tensor, points: list[Point],
                  run_point: Point) -> None:
         self.run, self.settings, self.tau, self.run_point = run, settings, tau, run_point
-        self.totals = {point: {answer: MetricAccumulator() for answer in ANSWERS} for point in points}
+        self.totals = {point: {answer: run.tally() for answer in ANSWERS} for point in points}
         # Sentences replayed at the run's point, those unlike the run's, and those whose unlike answers tie with
         # the run's.
         self.checked = self.differing = self.tied = 0
-        self._text_features: dict[str, torch.Tensor] = {}
 
-    def add_image(self, done: CompletedImage) -> None:
-        groups = entry_groups(self.run, done, self._text_features, self._strings, feature_shapes)
-        for entry, records in groups:
-            if entry is None:
-                for totals in self.totals.values():
-                    for total in totals.values():
-                        add_unanswered(total, records)
-            else:
-                self._add_records(entry, records)
+    def add(self, entry: CachedEntry | None, records: list[dict[str, Any]]) -> None:
+        """Sentences answered from one cache entry (None: the image had no proposals), both answers at every
+        point."""
+        if entry is None:
+            for totals in self.totals.values():
+                for total in totals.values():
+                    total.add_unanswered(records)
+        else:
+            self._add_records(entry, records)
 
-    def _strings(self, records: list[dict[str, Any]]) -> list[str]:
+    def strings(self, records: list[dict[str, Any]]) -> list[str]:
         """The text features the replay of these sentences needs (their records checked first)."""
         missing = [name for name in _RECORD_FIELDS if name not in records[0]]
         if missing:
@@ -110,13 +94,13 @@ class _Replay:
             *(NEGATIVE_PROMPT.format(other) for other in r["other_noun_phrases"]),
         )]
 
-    def _add_records(self, entry: ImageEntry, records: list[dict[str, Any]]) -> None:
+    def _add_records(self, entry: CachedEntry, records: list[dict[str, Any]]) -> None:
         """Sentences answered from one cache entry, both answers at every point."""
         masks = entry.proposals().masks
         s = self.settings
         for record in records:
             sentence = sentence_quantities(
-                s, entry.tensors, masks, self.tau, self._text_features, record["expression"], record["noun_phrase"],
+                s, entry.tensors, masks, self.tau, self.run.text_features, record["expression"], record["noun_phrase"],
                 record["other_noun_phrases"], record["direction"], record["relation_flag"],
             )
             for point, totals in self.totals.items():
@@ -124,9 +108,7 @@ class _Replay:
                                 **dict(zip(SWEPT_SETTINGS, point)))
                 answers = {"guided": guided.index, "pure": guided.pure_index}
                 for answer, index in answers.items():
-                    intersection = record["overlaps"][index]
-                    union = int(entry.areas[index]) + record["gt_area"] - intersection
-                    totals[answer].add(intersection, union, ref_id=referent(record), image_id=record["image_id"])
+                    totals[answer].add(record, index, int(entry.areas[index]))
                 if point == self.run_point:
                     pure = record["other_answers"]["pure"]["index"]
                     agreement = {_guided_agrees(guided, record["index"]),
@@ -137,7 +119,7 @@ class _Replay:
 
 
 def _guided_agrees(guided: Guided, recorded: int) -> str:
-    """:func:`~globallocal.runs.sweep.pick_agrees` for the guided answer: the run's must be a candidate whose
+    """:func:`~globallocal.methods.sweeps.pick_agrees` for the guided answer: the run's must be a candidate whose
     final score ties with the replay's answer."""
     if guided.index == recorded:
         return "same"
@@ -147,12 +129,9 @@ def _guided_agrees(guided: Guided, recorded: int) -> str:
     return pick_agrees(guided.final, places.index(guided.index), places.index(recorded))
 
 
-def sweep(
-    run: CachedRun, axes: dict[str, list[float] | None], out_dir: str | Path | None = None,
-    started: float | None = None,
-) -> dict[str, Any]:
+def sweep(run: SweptRun, axes: dict[str, list[float] | None], started: float | None = None) -> Sweep:
     """The metrics of both answers of a HybridGL run at every point of the grid ``axes`` spans
-    (values per :data:`SWEPT_SETTINGS` name; None or absent: the run's value); writes sweep.json and sweep.md.
+    (values per :data:`SWEPT_SETTINGS` name; None or absent: the run's value), with the Markdown.
 
     There is no heat map: the grid has up to five axes.
     """
@@ -170,9 +149,8 @@ def sweep(
     values = {name: axes.get(name) or [getattr(settings, name)] for name in SWEPT_SETTINGS}
     grid = list(itertools.product(*(values[name] for name in SWEPT_SETTINGS)))
     replayer = _Replay(run, settings, tau, grid if run_point in grid else [*grid, run_point], run_point)
-    with one_thread():
-        for done in read_records(run.directory):
-            replayer.add_image(done)
+    for entry, records in run.sentences(replayer.strings, feature_shapes):
+        replayer.add(entry, records)
     if replayer.differing:
         warnings.warn(
             f"at the run's own weights, {replayer.differing} of {replayer.checked} sentences give other answers than "
@@ -208,17 +186,10 @@ def sweep(
         },
         "seconds": time.perf_counter() - started,
     }
-    out_dir = Path(out_dir) if out_dir is not None else run.directory / "sweep"
-    save_text(json_text(result, indent=2) + "\n", out_dir / SWEEP_JSON)
-    save_text(_markdown(result), out_dir / SWEEP_MD)
-    result["files"] = {name: str(out_dir / name) for name in (SWEEP_JSON, SWEEP_MD)}
-    return result
+    return Sweep(result, _markdown(result))
 
 
 # -- output ------------------------------------------------------------------
-
-_METRICS = ("oIoU", "mIoU", *(f"P@{t:.1f}" for t in PRECISION_THRESHOLDS))
-
 
 def _metric(metrics: dict[str, Any], name: str) -> float:
     return metrics[name] if name in metrics else metrics["precision"][name.removeprefix("P@")]
@@ -251,7 +222,8 @@ def _markdown(result: dict[str, Any]) -> str:
                        for answer in ANSWERS)
     fixed = ", ".join(f"{name} {value:g}" for name, value in result["fixed"].items())
     fixed = f"Fixed at the run's values: {fixed}. " if fixed else ""
-    header, rows = _columns(result, _METRICS)
+    metrics = ("oIoU", "mIoU", *(f"P@{t}" for t in precision_keys(run["metrics"][ANSWERS[0]])))
+    header, rows = _columns(result, metrics)
     lines = [
         f"# HybridGL sweep: {result['dataset']}",
         "",
