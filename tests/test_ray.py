@@ -91,6 +91,13 @@ def _batch(pairs, out, tiny, *extra):
     return ["batch", pairs, "-o", out, "--overlays", "--rle", *tiny, *extra]
 
 
+def _untimed(value):
+    """``value`` without its timings (keys ending in "seconds"), which differ between any two runs."""
+    if isinstance(value, dict):
+        return {key: _untimed(item) for key, item in value.items() if not key.endswith("seconds")}
+    return [_untimed(item) for item in value] if isinstance(value, list) else value
+
+
 def _markers(out: Path) -> list[int]:
     return [unit.marker["unit_done"] for unit in read_completed(out, PHOTO_UNITS)]
 
@@ -390,3 +397,25 @@ def test_a_ray_head_answers(cluster):
     assert head_unanswered(host, port) is None
     assert RayOptions("ray://[::1]:10001").head() == ("::1", 10001)
     assert RayOptions("local").head() is None  # Ray starts here: nothing to join
+
+
+def test_evaluate_with_the_vlm_on_ray_gives_the_single_process_records(cluster, cli, vlm_folders, tmp_path):
+    """The actors load the VLM and the driver only describes it (tests/test_vlm_cli.py: at the actors' device):
+    the actors' settings pass the check against the run's, and their records equal one process's."""
+    refer = build_refer(tmp_path / "dataset")
+
+    def evaluate(out, *extra):
+        result = cli("evaluate", "--dataset", "refcoco", "--split", "val", "--data-root", refer.data_root,
+                     "--images", refer.images_dir, "--proposals", "gt", "--out", out, "--limit", "2",
+                     "--method", "vlm", "--preset", "marks", "--vlm-model", vlm_folders["qwen3-vl"],
+                     "--device", "cpu", *extra)
+        assert result.code == 0, result.err
+        records = [json.loads(line) for line in (out / RECORDS_FILE).read_text().splitlines()]
+        config = json.loads((out / "config.json").read_text())
+        sentences = sorted((r for r in records if "image_done" not in r), key=lambda r: (r["image_id"], r["sent_id"]))
+        return config["settings"], _untimed(sentences)
+
+    single = evaluate(tmp_path / "single")
+    on_ray = evaluate(tmp_path / "ray", "--ray", "local", "--ray-actors", "2")
+    assert on_ray == single and len(single[1]) > 0
+    assert (single[0]["model"]["device"], single[0]["model"]["dtype"]) == ("cpu", "float32")

@@ -195,3 +195,19 @@ def test_serve_answers_with_the_vlm_and_shows_an_endpoint_that_does_not_answer(c
         server.faults.extend([503] * 3)
         with pytest.raises(VlmEndpointError, match="503"):
             engine.answer(session, ["the man"], {})
+
+
+def test_a_ray_driver_describes_the_actors_vlm_at_their_device_and_never_loads_it(vlm_folders):
+    """The driver of `--ray --device cuda` runs on a CPU: it records the VLM as the actors on GPUs load it (bf16
+    by default), so that their check against the run's settings passes, and loads no VLM itself."""
+    from globallocal.commands.recipe import ModelRecipe
+    from globallocal.methods.vlm.options import VlmOptions
+
+    options = VlmOptions(model=str(vlm_folders["qwen3-vl"])).method_options("vlm")
+    recipe = ModelRecipe("vlm", None, "openai", "box", "cuda", "fp32", None, method_options=options)
+    worker = recipe.build_description()
+    backend = worker.segmenter.method.backend
+    assert (worker.settings["model"]["device"], worker.settings["model"]["dtype"]) == ("cuda", "bfloat16")
+    assert worker.settings["device"] == "cuda" and not backend.loaded
+    here = ModelRecipe("vlm", None, "openai", "box", "cpu", "fp32", None, method_options=options)
+    assert here.build_description().settings == here.build().settings  # described as it loads

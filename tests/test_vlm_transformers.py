@@ -226,3 +226,22 @@ def test_identity_names_contents_not_paths(backends, vlm_folders, tmp_path):
     assert built.identity["weights"] == "in memory"
     with pytest.raises(InputError, match="cannot be cached: nothing identifies its weights"):
         CachedBackend(built, ReplyStore(tmp_path))
+
+
+def test_a_deferred_backend_is_described_as_the_loaded_one_and_loads_at_its_first_call(backends, vlm_folders):
+    deferred = build_vlm_backend("transformers", model=str(vlm_folders["qwen3-vl"]), device="cpu", deferred=True)
+    assert not deferred.loaded and deferred.identity == backends["qwen3-vl"].identity
+    assert deferred.seen_size(PHOTO) == backends["qwen3-vl"].seen_size(PHOTO) and deferred.loaded
+    assert deferred.chat(CONVERSATIONS[0], MAX_TOKENS).text == backends["qwen3-vl"].chat(CONVERSATIONS[0],
+                                                                                           MAX_TOKENS).text
+
+
+def test_a_deferred_backend_describes_a_device_this_machine_lacks_without_loading(vlm_folders):
+    """A Ray driver on a CPU describes its actors' VLM on their GPUs: bf16 by default there, never loaded."""
+    deferred = build_vlm_backend("transformers", model=str(vlm_folders["qwen2.5-vl"]), device="cuda",
+                                 deferred=True)
+    assert (deferred.identity["device"], deferred.identity["dtype"]) == ("cuda", "bfloat16")
+    assert not deferred.loaded
+    fp32 = build_vlm_backend("transformers", model=str(vlm_folders["qwen2.5-vl"]), device="cuda",
+                             precision="fp32", deferred=True)
+    assert fp32.identity["dtype"] == "float32" and fp32.identity["weights"] == deferred.identity["weights"]

@@ -173,8 +173,7 @@ def batch(
     recipe.check_files()  # offline, every missing model file at once, before Ray starts or any model loads
     with ray_session(pool, device) as (cluster, device):
         recipe = replace(recipe, device=device)
-        # Under --ray this copy only names the configuration: the actors load their own.
-        worker = recipe.build("cpu", "fp32") if cluster is not None else recipe.build()
+        worker = recipe.build_description() if cluster is not None else recipe.build()
         summary = run_batch(
             manifest, out, worker.segmenter, worker.image_source(), masks=masks,
             settings=worker.settings, weights=worker.weights, rle=rle, overlays=overlays,

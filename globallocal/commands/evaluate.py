@@ -243,9 +243,9 @@ def evaluate(
     with ray_session(pool, device) as (cluster, device):
         with distributed_session(device) as place:
             recipe = replace(recipe, device=device)
-            # Under --ray this copy only names the configuration: the actors load their own. As given, not
-            # this process's cuda:LOCAL_RANK: all processes of torchrun must agree on the configuration.
-            worker = recipe.build("cpu", "fp32") if cluster is not None else recipe.build(place.device(device))
+            # The recorded device as given, not this process's cuda:LOCAL_RANK: all processes of torchrun must
+            # agree on the configuration.
+            worker = recipe.build_description() if cluster is not None else recipe.build(place.device(device))
             source = worker.source if worker.source in ("gt", None) else per_image(worker.image_source())
             config = EvaluationConfig(
                 dataset=dataset, split=split, data_root=data_root, images_dir=images, out_dir=out,

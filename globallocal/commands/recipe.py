@@ -95,6 +95,21 @@ class ModelRecipe:
 
     def build(self, device: str | None = None, precision: str | None = None) -> Worker:
         """Load everything on ``device`` in ``precision`` (default: the recipe's); the settings keep the recipe's."""
+        return self._build(device, precision, self.builder_options)
+
+    def build_description(self) -> Worker:
+        """Under ``--ray``, the driver's copy, which only names the configuration (the actors load their own): its
+        models load on the CPU in fp32, except a method's own model that can wait for its first use
+        (:attr:`~globallocal.methods.MethodSpec.defers_model`: the VLM), described at the actors' device and never
+        loaded."""
+        from ..methods import get_method
+
+        options = self.builder_options
+        if get_method(self.method).defers_model:
+            options = {**(options or {}), "device": self.device, "deferred": True}
+        return self._build("cpu", "fp32", options)
+
+    def _build(self, device: str | None, precision: str | None, method_options: dict[str, Any] | None) -> Worker:
         from ..models.text import parser_label
         from ..segmenter import Segmenter
 
@@ -102,7 +117,7 @@ class ModelRecipe:
         device, precision = device or self.device, precision or self.precision
         segmenter = Segmenter.from_pretrained(
             self.clip_model, self.clip_weights, self.preset, device=device, precision=precision,
-            spacy_model=self.spacy_model, method=self.method, method_options=self.builder_options, **self.overrides,
+            spacy_model=self.spacy_model, method=self.method, method_options=method_options, **self.overrides,
         )
         if self.tcl is not None:
             segmenter.method = self.tcl.wrap(segmenter.method)

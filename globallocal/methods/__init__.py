@@ -116,6 +116,10 @@ class MethodSpec:
     """``module:function`` listing the method's own weights files that are not on this machine, from its builder's
     options (``(options) -> list[MissingFile]``), so that every missing file is named before any model loads; None:
     it loads none beyond CLIP."""
+    defers_model: bool = False
+    """Whether the method's builder takes ``deferred=True`` (with ``device``): its own model is then described at
+    once and loaded at its first use, so a Ray driver, which only records what its actors run, describes it at the
+    actors' device and never loads it (the VLM)."""
 
     @property
     def display(self) -> str:

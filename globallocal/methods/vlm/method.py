@@ -209,8 +209,9 @@ def build_vlm(
         if clip is None:
             from ...models.clip import load_clip
 
-            clip = load_clip(get_method(settings.shortlist).default_clip_model, "openai",
-                             device=backend_options.get("device", "cpu"),
+            # A deferred VLM is a Ray driver's: its device is the actors', maybe a GPU this machine lacks.
+            here = "cpu" if backend_options.get("deferred") else backend_options.get("device", "cpu")
+            clip = load_clip(get_method(settings.shortlist).default_clip_model, "openai", device=here,
                              precision=backend_options.get("precision") or "fp32")
         shortlister = build_method(settings.shortlist, clip, nlp)
     if backend is None:

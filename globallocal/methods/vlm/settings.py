@@ -129,6 +129,7 @@ SPEC = MethodSpec(
     default_proposals="sam3",
     builder="globallocal.methods.vlm.method:build_vlm",
     model_files="globallocal.methods.vlm.options:missing_method_files",
+    defers_model=True,
     display_name="VLM",
     offered_beside_others=False,
     uses_clip=False,

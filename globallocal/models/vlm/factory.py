@@ -32,6 +32,7 @@ def build_vlm_backend(
     retries: int = DEFAULT_RETRIES,
     family: str | None = None,
     cache_dir: str | Path | None = None,
+    deferred: bool = False,
 ) -> ChatBackend:
     """A backend by name.
 
@@ -42,7 +43,8 @@ def build_vlm_backend(
     ``api_key_env``; ``timeout`` seconds per request, ``retries`` of
     transient faults. ``max_pixels`` caps the photo either way; ``family``
     overrides the family the model's name or config says. ``cache_dir``
-    keeps replies on disk (:class:`~.reply_cache.CachedBackend`).
+    keeps replies on disk (:class:`~.reply_cache.CachedBackend`). ``deferred``: the in-process model is
+    described now and loaded at its first use (a Ray driver's, which only records what its actors run).
     """
     if family is not None and family not in FAMILIES:
         raise InputError(f"unknown VLM family {family!r}; use one of {', '.join(FAMILIES)}")
@@ -53,6 +55,7 @@ def build_vlm_backend(
 
         backend: ChatBackend = TransformersBackend.load(
             model or DEFAULT_VLM_MODEL, device=device, precision=precision, max_pixels=max_pixels, family=family,
+            deferred=deferred,
         )
     elif kind == "openai":
         from .openai_backend import OpenAIBackend

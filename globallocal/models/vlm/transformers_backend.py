@@ -17,6 +17,7 @@ own output, so every prefill and decoding step still runs on the real model.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import threading
 import time
@@ -30,7 +31,7 @@ from PIL import Image
 
 from ...data.images import image_digest
 from ...errors import InputError, WeightsError, first_line
-from ..clip import precision_dtype, resolve_device
+from ..clip import PRECISIONS, check_precision, precision_dtype, resolve_device
 from ..weights import weights_identity
 from .backend import DEFAULT_MAX_PIXELS, IN_MEMORY, ChatReply, LabelLogprobs, check_labels, check_max_tokens
 from .decoding import (
@@ -46,7 +47,7 @@ from .decoding import (
 from .loading import MODEL_TYPES, check_vlm_folder, check_vlm_model, model_files_digest, vlm_snapshot, weights_files
 from .messages import Message, check_messages, message_images
 
-__all__ = ["DEFAULT_PREFIX_CACHE_SIZE", "TransformersBackend"]
+__all__ = ["DEFAULT_PREFIX_CACHE_SIZE", "DeferredBackend", "TransformersBackend", "backend_identity"]
 
 # Prefix KV caches kept: the photo being answered, and a few more, so that queries of several photos interleave
 # or the marks preset's pictures of several candidate sets stay (each costs about 150 MB per 1000 tokens of
@@ -88,16 +89,25 @@ class TransformersBackend:
     @classmethod
     def load(cls, model: str | os.PathLike[str], *, device: str = "auto", precision: str | None = None,
              max_pixels: int = DEFAULT_MAX_PIXELS, family: str | None = None,
-             prefix_cache_size: int = DEFAULT_PREFIX_CACHE_SIZE) -> TransformersBackend:
+             prefix_cache_size: int = DEFAULT_PREFIX_CACHE_SIZE,
+             deferred: bool = False) -> TransformersBackend | DeferredBackend:
         """Load ``model`` (a hub id or a folder) on ``device`` at ``precision`` (default: bf16 on CUDA, fp32
-        on the CPU)."""
+        on the CPU). ``deferred``: check the folder and describe the model now, load it at its first use
+        (:class:`DeferredBackend`; ``device`` need not be this machine's)."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         name = str(model)
         folder = check_vlm_model(name) or vlm_snapshot(name)
         config = check_vlm_folder(folder)
+        family = family or MODEL_TYPES[config["model_type"]]
         device = resolve_device(device)
         precision = precision or ("bf16" if torch.device(device).type == "cuda" else "fp32")
+        if deferred:
+            check_precision(precision)
+            identity = backend_identity(folder, family, PRECISIONS[precision], torch.device(device).type, max_pixels)
+            return DeferredBackend(identity, family, functools.partial(
+                cls.load, name, device=device, precision=precision, max_pixels=max_pixels, family=family,
+                prefix_cache_size=prefix_cache_size))
         dtype = precision_dtype(precision, device)
         try:
             loaded = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype)
@@ -106,27 +116,15 @@ class TransformersBackend:
             raise WeightsError(f"the VLM in {folder} does not load ({first_line(error)}); pass vlm_model=DIR "
                                "holding a Qwen2.5-VL or Qwen3-VL in the transformers layout") from None
         loaded = loaded.to(device).eval().requires_grad_(False)
-        return cls(loaded, processor, family=family or MODEL_TYPES[config["model_type"]], folder=folder,
-                   max_pixels=max_pixels, prefix_cache_size=prefix_cache_size, source=name)
+        return cls(loaded, processor, family=family, folder=folder, max_pixels=max_pixels,
+                   prefix_cache_size=prefix_cache_size, source=name)
 
     @property
     def identity(self) -> dict[str, Any]:
-        """Weights (content digests), processor files, dtype, device type, photo cap, library versions."""
+        """:func:`backend_identity` of the loaded model; marked when its replies are scripted."""
         if self._identity is None:
-            identity: dict[str, Any] = {"backend": "transformers", "family": self.family}
-            if self.folder is None:
-                identity["weights"] = IN_MEMORY  # built from objects: nothing on disk says which weights
-            else:
-                identity["weights"] = {path.name: weights_identity(path) for path in weights_files(self.folder)}
-                identity["files_sha256"] = model_files_digest(self.folder)
-            identity.update({
-                "dtype": str(self.model.dtype).removeprefix("torch."),
-                "device": self.model.device.type,
-                "max_pixels": self.max_pixels,
-                "decoding": "greedy",
-                **{name: metadata.version(name) for name in ("torch", "transformers")},
-            })
-            self._identity = identity
+            self._identity = backend_identity(self.folder, self.family, self.model.dtype, self.model.device.type,
+                                              self.max_pixels)
         identity = dict(self._identity)
         if self.reply_script is not None:
             identity["scripted"] = True  # scripted replies are not the model's: never mixed with real ones
@@ -269,3 +267,50 @@ class TransformersBackend:
                                    torch.tensor(tokens[1:], device=device)].sum()
             state.cache.crop(-(len(tokens) - 1))
         return float(total)
+
+
+def backend_identity(folder: Path | None, family: str, dtype: torch.dtype, device_type: str,
+                     max_pixels: int) -> dict[str, Any]:
+    """What the replies depend on: the weights (content digests; "in memory" for a model built from objects),
+    the processor files, dtype, device type, photo cap and library versions."""
+    identity: dict[str, Any] = {"backend": "transformers", "family": family}
+    if folder is None:
+        identity["weights"] = IN_MEMORY  # built from objects: nothing on disk says which weights
+    else:
+        identity["weights"] = {path.name: weights_identity(path) for path in weights_files(folder)}
+        identity["files_sha256"] = model_files_digest(folder)
+    identity.update({
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": device_type,
+        "max_pixels": max_pixels,
+        "decoding": "greedy",
+        **{name: metadata.version(name) for name in ("torch", "transformers")},
+    })
+    return identity
+
+
+class DeferredBackend:
+    """A :class:`TransformersBackend` described now and loaded at its first use.
+
+    A Ray driver records the configuration its actors run and never asks the
+    VLM: loading it there would put an 8B model on the driver's CPU in fp32,
+    and describe it at the driver's device and dtype rather than the actors'.
+    """
+
+    def __init__(self, identity: dict[str, Any], family: str, load: Callable[[], TransformersBackend]) -> None:
+        self.identity = identity
+        self.family = family
+        self._load = load
+        self._backend: TransformersBackend | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._backend is not None
+
+    def __getattr__(self, name: str) -> Any:
+        # Only what the instance lacks comes here: the calls (seen_size, chat, ...) load the model first.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._backend is None:
+            self._backend = self._load()
+        return getattr(self._backend, name)
