@@ -275,6 +275,8 @@ def test_damage_before_the_last_marker_is_reported(refer, tmp_path):
 
 def test_saved_masks_are_the_predictions(refer, tmp_path):
     masks_dir = tmp_path / "masks"
+    masks_dir.mkdir()
+    (masks_dir / ".1_2.png.k3j4.tmp").write_bytes(b"half")  # a killed run's mask, in a --save-masks DIR: removed
     config = _config(refer, tmp_path / "run", save_masks=masks_dir)
     dataset = ReferDataset(refer.data_root, "refcoco", "val", images_dir=refer.images_dir)
     source = ShiftedOracleSource(dataset, EMPTY)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from refer_fixtures import ShiftedOracleSource, StandInSegmenter, build_refer, dump_refs
 
+from globallocal.data.images import remove_write_orphans
 from globallocal.data.refer import ReferDataset
 from globallocal.errors import InputError, WeightsError
 from globallocal.methods.global_local.method import GlobalLocal, GlobalLocalSettings
@@ -22,7 +23,7 @@ from globallocal.models.weights import weights_identity
 from globallocal.proposals import Proposals
 from globallocal.proposals.freesolo import _compact
 from globallocal.proposals.freesolo_checkpoint import load_freesolo
-from globallocal.runs.cache import FeatureCache, VisualStore, remove_orphans
+from globallocal.runs.cache import FeatureCache, VisualStore
 from globallocal.runs.evaluate import IMAGE_UNITS, RECORDS_FILE, EvaluationConfig, run_evaluation
 from globallocal.runs.runfolder import RunFolder
 
@@ -127,7 +128,7 @@ def test_cache_orphans_are_removed_once_no_writer_can_own_them(tmp_path):
     old.write_bytes(b"half")
     young.write_bytes(b"in progress")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
-    assert remove_orphans(tmp_path / "text-abc") == 1
+    assert remove_write_orphans(tmp_path / "text-abc", 3600) == 1
     assert not old.exists() and young.exists()
     cache = FeatureCache(tmp_path, {"model": "x"}, "vit", GlobalLocal(None, None, GlobalLocalSettings()))
     cache.prepare()

@@ -115,11 +115,15 @@ def test_a_symlinked_records_file_is_refused_and_its_target_kept(tmp_path):
 
 
 def test_orphan_temporary_files_are_removed_on_open(tmp_path):
-    for name in (".report.json.abc123.tmp", ".config.json.x.tmp"):
+    """A killed run's half-written files, in the folder and in its masks/ (a driver killed while writing a mask)."""
+    (tmp_path / "masks").mkdir()
+    for name in (".report.json.abc123.tmp", ".config.json.x.tmp", "masks/.3.png.mnj4wzh8.tmp"):
         (tmp_path / name).write_text("half")
     (tmp_path / "notes.tmp").write_text("a user's file")
+    (tmp_path / "masks" / "3.png").write_text("a mask")
     RunFolder(tmp_path, LINES).close()
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.tmp", LOCK_FILE]
+    assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*") if path.is_file()) == [
+        "masks/3.png", "notes.tmp", LOCK_FILE]
 
 
 def test_config_is_written_once_then_compared(tmp_path):

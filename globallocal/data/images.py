@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -281,6 +283,32 @@ def umask_mode(base: int = 0o666) -> int:
     mask = os.umask(0)
     os.umask(mask)
     return base & ~mask
+
+
+# The temporary files of atomic_write (.NAME.RANDOM.tmp), which a writer killed before its rename leaves behind.
+_WRITE_ORPHAN = re.compile(r"\..+\.[^.]+\.tmp")
+
+
+def remove_write_orphans(directory: Path, min_age_s: float = 0.0) -> int:
+    """Delete what killed :func:`atomic_write` calls left under ``directory`` (subfolders included, symbolic links
+    not followed) at least ``min_age_s`` old; return how many.
+
+    0 only where nobody else can be writing (a run folder under its lock); a
+    folder that running writers share (the feature cache) gives a young file
+    the time to be renamed by the write in progress that owns it.
+    """
+    removed, cutoff = 0, time.time() - min_age_s
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = Path(root) / name
+            try:
+                if _WRITE_ORPHAN.fullmatch(name) and path.is_file() and not path.is_symlink() \
+                        and path.stat().st_mtime <= cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # its writer renamed it, or another run removed it
+                pass
+    return removed
 
 
 def atomic_write(path: str | os.PathLike, write, sync: bool = True) -> None:

@@ -49,14 +49,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from ..data.images import save_text
+from ..data.images import remove_write_orphans, save_text
 from ..errors import InputError
 from ..models.clip import ClipBundle
 from ..models.weights import library_versions, weights_identity
@@ -75,7 +74,6 @@ __all__ = [
     "clip_identity",
     "image_digest",
     "proposals_digest",
-    "remove_orphans",
 ]
 
 # Bumped when an entry's layout or meaning changes; part of every key.
@@ -84,7 +82,8 @@ _FORMAT = 3
 
 IDENTITY_FILE = "identity.json"
 
-# Temporary files older than this are orphans of a killed writer (see remove_orphans).
+# Temporary files older than this are orphans of a killed writer: the cache is shared by concurrent runs,
+# and an entry is written in well under a second.
 ORPHAN_AGE_S = 3600.0
 
 
@@ -134,25 +133,6 @@ def proposals_digest(proposals: Proposals) -> str:
     return digest.hexdigest()
 
 
-def remove_orphans(directory: Path, min_age_s: float = ORPHAN_AGE_S) -> int:
-    """Delete the ``.*.tmp`` files under ``directory`` older than ``min_age_s``; return how many.
-
-    The cache is shared by concurrent runs, so a young temporary file may be
-    another process's write in progress: only those no write could still be
-    using (an entry is written in well under a second) are removed.
-    """
-    removed = 0
-    cutoff = time.time() - min_age_s
-    for path in directory.rglob(".*.tmp"):
-        try:
-            if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
-                path.unlink()
-                removed += 1
-        except FileNotFoundError:  # its writer renamed it, or another run removed it
-            pass
-    return removed
-
-
 class FeatureCache:
     """The cache folders of one CLIP model and the visual settings of one method (see the module docstring)."""
 
@@ -180,7 +160,7 @@ class FeatureCache:
             path = store.directory / IDENTITY_FILE
             if not path.exists():
                 save_text(json.dumps(identity, indent=2, sort_keys=True) + "\n", path)
-            remove_orphans(store.directory)
+            remove_write_orphans(store.directory, ORPHAN_AGE_S)
 
     def describe(self) -> dict[str, Any]:
         """Where the cache is, as a run's configuration records it."""

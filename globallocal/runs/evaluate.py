@@ -47,7 +47,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 
 from ..data.bounded import json_text, read_json
 from ..data.datasets import EvaluationDataset, open_dataset
-from ..data.images import save_text
+from ..data.images import remove_write_orphans, save_text
 from ..data.refer import ImageGroup, ImageRecord
 from ..errors import InputError
 from ..models.weights import weights_change
@@ -215,6 +215,9 @@ def run_evaluation(
     with folder:
         if place.is_main:
             folder.check_config(identity, explain=explain)
+            masks = config.mask_folder()
+            if masks is not None and masks.is_dir():
+                remove_write_orphans(masks)  # a --save-masks DIR beside the run folder: this run's to write
             if cache is not None:
                 cache.prepare()
         place.barrier()

@@ -47,7 +47,7 @@ from ..data.bounded import (
     parse_json,
     read_json,
 )
-from ..data.images import check_writable_folder, save_bytes, save_text
+from ..data.images import check_writable_folder, remove_write_orphans, save_bytes, save_text
 from ..errors import InputError
 
 __all__ = [
@@ -69,8 +69,6 @@ RECORDS_FILE = "records.jsonl"
 CONFIG_FILE = "config.json"
 LOCK_FILE = "run.lock"
 _RECORDS_NAME = re.compile(r"records(\.rank\d+)?\.jsonl")
-# What save_text / save_png leave behind when killed between creating and renaming their temporary file.
-_ORPHAN = re.compile(r"\..+\.[^.]+\.tmp")
 _FIX = "use another --out or delete that directory"
 
 
@@ -328,13 +326,8 @@ class RunFolder:
         os.ftruncate(fd, 0)
         os.pwrite(fd, info.encode("utf-8"), 0)
         self._lock_fd = fd
-        self._remove_orphans()
+        remove_write_orphans(self.directory)  # nobody else writes here while the lock is held
 
-    def _remove_orphans(self) -> None:
-        """Temporary files of atomic writes a killed run left (nobody else writes here while the lock is held)."""
-        for path in self.directory.iterdir():
-            if _ORPHAN.fullmatch(path.name) and path.is_file() and not path.is_symlink():
-                path.unlink(missing_ok=True)
 
     def check_config(
         self, identity: dict[str, Any], explain: Callable[[dict[str, Any], dict[str, Any]], str | None] | None = None
