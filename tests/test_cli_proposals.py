@@ -113,8 +113,8 @@ def test_precision_runs_freesolo_in_it_too(run, small_photo, freesolo_checkpoint
 
     def at_the_photos_size(self, tensor, image_size):
         dtypes.append(self.dtype)
-        # The photo's own 120 rows, not 800: bf16 products on a CPU without bf16 units are slow (60 s here).
-        smaller = torch.nn.functional.interpolate(tensor[None], size=image_size, mode="bilinear")[0]
+        # 64 rows, not 800: bf16 products on a CPU without bf16 units are slow (60 s here at 800).
+        smaller = torch.nn.functional.interpolate(tensor[None], size=(64, 96), mode="bilinear")[0]
         return generate(self, smaller, image_size)
 
     monkeypatch.setattr(FreeSOLOGenerator, "generate_from_tensor", at_the_photos_size)

@@ -413,7 +413,8 @@ def test_unreachable_hub_fails_fast_without_the_offline_flag(no_default_weights,
 def test_hanging_name_lookup_is_abandoned(monkeypatch):
     import socket
 
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *_, **__: time.sleep(30))
+    # A resolver that answers nothing for 30 s (then an empty list: the abandoned thread ends quietly).
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *_, **__: time.sleep(30) or [])
     for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     start = time.monotonic()

@@ -8,6 +8,7 @@ since the number of threads changes float sums in their last bits (and so the sc
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -96,6 +97,17 @@ def _untimed(value):
     if isinstance(value, dict):
         return {key: _untimed(item) for key, item in value.items() if not key.endswith("seconds")}
     return [_untimed(item) for item in value] if isinstance(value, list) else value
+
+
+def _close(first, second) -> bool:
+    """Equal, floats to a relative 1e-5."""
+    if isinstance(first, float) and isinstance(second, float):
+        return math.isclose(first, second, rel_tol=1e-5)
+    if isinstance(first, dict) and isinstance(second, dict):
+        return first.keys() == second.keys() and all(_close(first[key], second[key]) for key in first)
+    if isinstance(first, (list, tuple)) and isinstance(second, (list, tuple)):
+        return len(first) == len(second) and all(map(_close, first, second))
+    return first == second
 
 
 def _markers(out: Path) -> list[int]:
@@ -406,7 +418,7 @@ def test_evaluate_with_the_vlm_on_ray_gives_the_single_process_records(cluster, 
 
     def evaluate(out, *extra):
         result = cli("evaluate", "--dataset", "refcoco", "--split", "val", "--data-root", refer.data_root,
-                     "--images", refer.images_dir, "--proposals", "gt", "--out", out, "--limit", "2",
+                     "--images", refer.images_dir, "--proposals", "gt", "--out", out, "--limit", "1",
                      "--method", "vlm", "--preset", "marks", "--vlm-model", vlm_folders["qwen3-vl"],
                      "--device", "cpu", *extra)
         assert result.code == 0, result.err
@@ -416,6 +428,8 @@ def test_evaluate_with_the_vlm_on_ray_gives_the_single_process_records(cluster, 
         return config["settings"], _untimed(sentences)
 
     single = evaluate(tmp_path / "single")
-    on_ray = evaluate(tmp_path / "ray", "--ray", "local", "--ray-actors", "2")
-    assert on_ray == single and len(single[1]) > 0
+    on_ray = evaluate(tmp_path / "ray", "--ray", "local", "--ray-actors", "1")
+    # The label log-probabilities may differ in their last bits: the actor's torch started on one thread, this
+    # process's was set to one after starting on two, and the CPU's matrix kernels may then sum in other orders.
+    assert _close(on_ray, single) and len(single[1]) > 0
     assert (single[0]["model"]["device"], single[0]["model"]["dtype"]) == ("cpu", "float32")
