@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from huggingface_hub import constants as hf_constants
-from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from huggingface_hub import hf_hub_download, snapshot_download, try_to_load_from_cache
 
 from ..errors import WeightsError, first_line
 
@@ -72,6 +74,17 @@ def cached_hub_file(repo_id: str, filenames: list[str]) -> Path | None:
         if isinstance(hit, str):
             return Path(hit)
     return None
+
+
+def cached_snapshot(repo_id: str, patterns: list[str], check: Callable[[Path], Any]) -> Path | None:
+    """``repo_id``'s snapshot (the files matching ``patterns``) when the hub cache holds it whole and ``check``
+    accepts it, without asking the hub; else None (not cached, cached in part, or damaged)."""
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+        check(folder)
+        return folder
+    except Exception:  # not cached, or cached in part
+        return None
 
 
 def _unavailable(what: str, reason: str, fix: str) -> str:

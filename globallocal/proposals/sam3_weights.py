@@ -165,14 +165,9 @@ def check_sam3_tensors(folder: Path, config: Any) -> None:
 
 def _cached_snapshot() -> Path | None:
     """facebook/sam3 complete in the hub cache (without asking the hub), else None."""
-    from huggingface_hub import snapshot_download
+    from ..models.hub import cached_snapshot
 
-    try:
-        cached = Path(snapshot_download(SAM3_REPO, allow_patterns=HUB_PATTERNS, local_files_only=True))
-        check_sam3_folder(cached)
-        return cached
-    except Exception:  # not cached, or cached in part
-        return None
+    return cached_snapshot(SAM3_REPO, HUB_PATTERNS, check_sam3_folder)
 
 
 def missing_sam3_weights(weights: str | Path | None) -> MissingFile | None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from ...data.bounded import check_shape, read_regular
 from ...errors import WeightsError, first_line
-from ..hub import MissingFile, require_files
+from ..hub import MissingFile, cached_snapshot, require_files
 from ..model_folder import Bound, check_bounds, check_file_size, read_config
 
 __all__ = [
@@ -167,14 +167,7 @@ def check_vlm_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 def cached_vlm_snapshot(model: str) -> Path | None:
     """The hub cache's complete snapshot of ``model``, or None."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        folder = Path(snapshot_download(model, allow_patterns=HUB_PATTERNS, local_files_only=True))
-        check_vlm_folder(folder)
-        return folder
-    except Exception:  # not cached, or cached in part
-        return None
+    return cached_snapshot(model, HUB_PATTERNS, check_vlm_folder)
 
 
 def vlm_snapshot(model: str) -> Path:
