@@ -36,7 +36,7 @@ from ..errors import InputError
 from .bounded import read_json
 from .coco_masks import checked_rle, decode, polygon_rles
 from .plain_pickle import load_refs_pickle
-from .refer import CocoPhotos, ImageGroup, ImageRecord, Sentence, _parse_instances, instance_stack
+from .refer import CocoPhotos, ImageRecord, Sentence, _parse_instances, groups_by_image, instance_stack
 
 __all__ = ["GREFCOCO", "GREFCOCO_SPLITS", "GRef", "GRefCocoDataset", "refs_path"]
 
@@ -171,13 +171,7 @@ class GRefCocoDataset(CocoPhotos):
         if not refs:
             raise InputError(f"refs file {self.refs_path} has no refs in split {split!r}; is it the right file?")
         self._check(refs)
-        by_image: dict[int, list[GRef]] = {}
-        for ref in refs:
-            by_image.setdefault(ref.image_id, []).append(ref)
-        self._groups = [
-            ImageGroup(self._image(image_id), tuple(sorted(by_image[image_id], key=lambda ref: ref.ref_id)))
-            for image_id in sorted(by_image)
-        ]
+        self._groups = groups_by_image(refs, self._image)
 
     def _image(self, image_id: int) -> ImageRecord:
         """The photo of ``image_id``, named by its id: COCO train2014's own file name."""

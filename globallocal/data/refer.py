@@ -44,6 +44,7 @@ __all__ = [
     "ReferDataset",
     "Sentence",
     "decode_segmentation",
+    "groups_by_image",
     "instance_stack",
     "load_refs_pickle",
     "resolve_split",
@@ -105,6 +106,16 @@ class ImageGroup:
     @property
     def sentence_count(self) -> int:
         return sum(len(ref.sentences) for ref in self.refs)
+
+
+def groups_by_image(refs: list[Any], image: Callable[[int], ImageRecord]) -> list[ImageGroup]:
+    """The refs (anything with ``image_id`` and ``ref_id``) on each image, as :class:`ImageGroup` of ``image(id)``:
+    images in image_id order, each one's refs in ref_id order, the order a run visits and records them."""
+    by_image: dict[int, list[Any]] = {}
+    for ref in refs:
+        by_image.setdefault(ref.image_id, []).append(ref)
+    return [ImageGroup(image(image_id), tuple(sorted(by_image[image_id], key=lambda ref: ref.ref_id)))
+            for image_id in sorted(by_image)]
 
 
 def _valid_combinations() -> str:
@@ -356,13 +367,7 @@ class ReferDataset(CocoPhotos):
         if not refs:
             raise InputError(f"refs file {self.refs_path} has no refs in split {split!r}; is it the right file?")
         self._check_refs(refs)
-        by_image: dict[int, list[Ref]] = {}
-        for ref in refs:
-            by_image.setdefault(ref.image_id, []).append(ref)
-        self._groups = [
-            ImageGroup(self._images[image_id], tuple(sorted(by_image[image_id], key=lambda ref: ref.ref_id)))
-            for image_id in sorted(by_image)
-        ]
+        self._groups = groups_by_image(refs, self._images.__getitem__)
 
     def _check_refs(self, refs: list[Ref]) -> None:
         """Refuse refs that cannot be evaluated as they stand, naming them."""
