@@ -11,12 +11,13 @@ settings. Nothing heavy is imported here.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import InputError
 from .. import MethodSpec
+from ..command_options import CommandOptions
 
 if TYPE_CHECKING:
     from ...models.hub import MissingFile
@@ -25,7 +26,7 @@ SAM3_METHOD = "sam3"
 
 
 @dataclass(frozen=True)
-class Sam3Options:
+class Sam3Options(CommandOptions):
     """The SAM 3 options a command received (None: not given)."""
 
     weights: Path | None = None
@@ -39,15 +40,6 @@ class Sam3Options:
     ARGUMENTS = {"weights": "sam3_weights", "threshold": "sam3_threshold", "fallback": "sam3_fallback",
                  "max_proposals": "max_proposals", "prompt": "sam3_prompt", "answer": "sam3_answer"}
     TAKEN_FROM_PROPOSALS = ("sam3_weights", "sam3_threshold", "sam3_fallback", "max_proposals")
-
-    @classmethod
-    def from_arguments(cls, arguments: dict[str, Any]) -> Sam3Options:
-        """The SAM 3 options among a command's arguments (its ``locals()``)."""
-        return cls(**{name: arguments.get(argument) for name, argument in cls.ARGUMENTS.items()})
-
-    def given(self) -> list[str]:
-        return [f"--{self.ARGUMENTS[f.name].replace('_', '-')}" for f in fields(self) if getattr(self, f.name)
-                is not None]
 
     def check(self, spec: MethodSpec, proposals: str | None) -> None:
         """Refuse, naming it, what does not apply: --sam3-prompt/--sam3-answer beside another method, and

@@ -10,13 +10,14 @@ model offline is named at once. Nothing heavy is imported.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from ...errors import InputError
 from .. import MethodSpec
+from ..command_options import CommandOptions
 
 VLM_METHOD = "vlm"
 MAX_PIXELS_BOUND = 16 * 1024 * 1024
@@ -25,7 +26,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 @dataclass(frozen=True)
-class VlmOptions:
+class VlmOptions(CommandOptions):
     """The VLM options a command received (None: not given)."""
 
     backend: str | None = None
@@ -45,17 +46,6 @@ class VlmOptions:
                  "prompts": "vlm_prompts",
                  "shortlist": "vlm_shortlist", "box_format": "vlm_box_format"}
     SETTINGS = ("shortlist", "box_format")
-
-    @classmethod
-    def from_arguments(cls, arguments: dict[str, Any]) -> VlmOptions:
-        """The VLM options among a command's arguments (its ``locals()``)."""
-        return cls(**{name: arguments.get(argument) for name, argument in cls.ARGUMENTS.items()})
-
-    def flag(self, name: str) -> str:
-        return f"--{self.ARGUMENTS[name].replace('_', '-')}"
-
-    def given(self) -> list[str]:
-        return [self.flag(f.name) for f in fields(self) if getattr(self, f.name) is not None]
 
     @property
     def kind(self) -> str:
