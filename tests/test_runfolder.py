@@ -115,15 +115,19 @@ def test_a_symlinked_records_file_is_refused_and_its_target_kept(tmp_path):
 
 
 def test_orphan_temporary_files_are_removed_on_open(tmp_path):
-    """A killed run's half-written files, in the folder and in its masks/ (a driver killed while writing a mask)."""
+    """A killed run's half-written files, in the folder and in the folders its units write (a driver killed while
+    writing a mask); not in another subfolder, which may be a feature cache another run is writing to."""
     (tmp_path / "masks").mkdir()
-    for name in (".report.json.abc123.tmp", ".config.json.x.tmp", "masks/.3.png.mnj4wzh8.tmp"):
+    (tmp_path / "cache" / "ab").mkdir(parents=True)
+    for name in (".report.json.abc123.tmp", ".config.json.x.tmp", "masks/.3.png.mnj4wzh8.tmp",
+                 "cache/ab/.12.npz.k2j3.tmp"):
         (tmp_path / name).write_text("half")
     (tmp_path / "notes.tmp").write_text("a user's file")
     (tmp_path / "masks" / "3.png").write_text("a mask")
-    RunFolder(tmp_path, LINES).close()
+    RunFolder(tmp_path, UnitLayout(marker="image_done", member="image", count="lines",
+                                   output_folders=("masks",))).close()
     assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*") if path.is_file()) == [
-        "masks/3.png", "notes.tmp", LOCK_FILE]
+        "cache/ab/.12.npz.k2j3.tmp", "masks/3.png", "notes.tmp", LOCK_FILE]
 
 
 def test_config_is_written_once_then_compared(tmp_path):

@@ -289,16 +289,18 @@ def umask_mode(base: int = 0o666) -> int:
 _WRITE_ORPHAN = re.compile(r"\..+\.[^.]+\.tmp")
 
 
-def remove_write_orphans(directory: Path, min_age_s: float = 0.0) -> int:
-    """Delete what killed :func:`atomic_write` calls left under ``directory`` (subfolders included, symbolic links
-    not followed) at least ``min_age_s`` old; return how many.
+def remove_write_orphans(directory: Path, min_age_s: float = 0.0, *, recursive: bool = True) -> int:
+    """Delete what killed :func:`atomic_write` calls left in ``directory`` (and its subfolders when
+    ``recursive``; symbolic links not followed) at least ``min_age_s`` old; return how many.
 
     0 only where nobody else can be writing (a run folder under its lock); a
     folder that running writers share (the feature cache) gives a young file
     the time to be renamed by the write in progress that owns it.
     """
     removed, cutoff = 0, time.time() - min_age_s
-    for root, _, names in os.walk(directory):
+    for root, folders, names in os.walk(directory):
+        if not recursive:
+            folders.clear()
         for name in names:
             path = Path(root) / name
             try:

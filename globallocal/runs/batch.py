@@ -45,7 +45,7 @@ from ..data.images import save_text
 from ..data.manifest import BatchLine, Manifest, read_manifest
 from ..models.weights import weights_change
 from ..plurals import counted
-from .batch_step import BatchOptions, BatchStep, ProposalSource, Unit
+from .batch_step import MASKS_FOLDER, OVERLAYS_FOLDER, BatchOptions, BatchStep, ProposalSource, Unit
 from .progress import LoggedProgress, RateColumn, RemainingColumn
 from .runfolder import CompletedUnit, RunFolder, UnitLayout, UnitResult
 from .worker import run_description
@@ -55,7 +55,8 @@ __all__ = ["ERRORS_FILE", "RESULTS_FILE", "BatchStopped", "Unit", "group_units",
 RESULTS_FILE = "results.jsonl"
 ERRORS_FILE = "errors.jsonl"
 PHOTO_UNITS = UnitLayout(marker="unit_done", member="unit", count="outputs",
-                         record={"unit": int, "key": str, "line": int, "id": str, "error?": str, "retry?": bool})
+                         record={"unit": int, "key": str, "line": int, "id": str, "error?": str, "retry?": bool},
+                         output_folders=(MASKS_FOLDER, OVERLAYS_FOLDER))
 _FORMAT = 2  # 2: records carry their line's key; the manifest is no longer part of the configuration
 _BOOKKEEPING = ("unit", "key")  # the record fields results.jsonl and errors.jsonl leave out
 

@@ -29,7 +29,11 @@ from ..proposals import Proposals
 from ..proposals.files import load_proposals
 from .runfolder import UnitResult
 
-__all__ = ["BatchOptions", "BatchStep", "ProposalSource", "Unit"]
+__all__ = ["MASKS_FOLDER", "OVERLAYS_FOLDER", "BatchOptions", "BatchStep", "ProposalSource", "Unit"]
+
+# Where a batch run folder's PNG files go: masks/ID.png and overlays/ID.png.
+MASKS_FOLDER = "masks"
+OVERLAYS_FOLDER = "overlays"
 
 ProposalSource = Callable[[Image.Image], Proposals]
 
@@ -140,12 +144,12 @@ class BatchStep:
             record = {
                 "unit": unit.number, "key": line.key, "line": line.line, "id": output, "image": str(unit.image),
                 "photo": photo_reading(picture).to_json(), "phrase": phrase, "noun_phrase": result.noun_phrase,
-                "index": result.index, "score": result.score,
-                **result.candidate_fields(aliases=True), **result.answer_fields(), "mask": f"masks/{output}.png",
+                "index": result.index, "score": result.score, **result.candidate_fields(aliases=True),
+                **result.answer_fields(), "mask": f"{MASKS_FOLDER}/{output}.png",
             }
             files[record["mask"]] = mask_png_bytes(mask)
             if self.options.overlays:
-                record["overlay"] = f"overlays/{output}.png"
+                record["overlay"] = f"{OVERLAYS_FOLDER}/{output}.png"
                 files[record["overlay"]] = png_bytes(overlay_picture(picture, mask))
             if self.options.rle:
                 record["rle"] = _rle(mask)

@@ -81,13 +81,17 @@ class UnitLayout:
     with the same value (e.g. ``image_id``); ``count``: the marker's key for
     the number of records (e.g. ``sentences``); ``record``: the shape every
     record must have when read back (a damaged or foreign file is refused
-    naming the line's key instead of failing later).
+    naming the line's key instead of failing later); ``output_folders``: the
+    folders under the run folder that units write their files into, cleared
+    with it of a killed run's temporary files (not every subfolder: one may be
+    a feature cache that other runs are writing to).
     """
 
     marker: str
     member: str
     count: str
     record: Shape = dict  # what every record must hold, checked when read back (bounded.check_shape)
+    output_folders: tuple[str, ...] = ()
 
 
 @dataclass
@@ -326,7 +330,9 @@ class RunFolder:
         os.ftruncate(fd, 0)
         os.pwrite(fd, info.encode("utf-8"), 0)
         self._lock_fd = fd
-        remove_write_orphans(self.directory)  # nobody else writes here while the lock is held
+        # Nobody else writes here while the lock is held.
+        for folder in (self.directory, *(self.directory / name for name in self.layout.output_folders)):
+            remove_write_orphans(folder, recursive=False)
 
 
     def check_config(
