@@ -61,13 +61,11 @@ class TransformersBackend:
     """A Qwen VLM in this process (see the module docstring); build it with :meth:`load`."""
 
     def __init__(self, model: Any, processor: Any, *, family: str, folder: Path | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, prefix_cache_size: int = DEFAULT_PREFIX_CACHE_SIZE,
-                 source: str = "") -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, prefix_cache_size: int = DEFAULT_PREFIX_CACHE_SIZE) -> None:
         self.model = model
         self.processor = copy.deepcopy(processor)  # its photo bound is lowered below: not the caller's
         self.family = family
         self.folder = folder
-        self.source = source or (str(folder) if folder else "")
         self.max_pixels = max_pixels
         self.prefixes = PrefixCache(prefix_cache_size)
         self.reply_script: Callable[[Sequence[Message]], str | None] | None = None
@@ -94,20 +92,25 @@ class TransformersBackend:
         """Load ``model`` (a hub id or a folder) on ``device`` at ``precision`` (default: bf16 on CUDA, fp32
         on the CPU). ``deferred``: check the folder and describe the model now, load it at its first use
         (:class:`DeferredBackend`; ``device`` need not be this machine's)."""
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
         name = str(model)
         folder = check_vlm_model(name) or vlm_snapshot(name)
         config = check_vlm_folder(folder)
         family = family or MODEL_TYPES[config["model_type"]]
         device = resolve_device(device)
         precision = precision or ("bf16" if torch.device(device).type == "cuda" else "fp32")
-        if deferred:
-            check_precision(precision)
-            identity = backend_identity(folder, family, PRECISIONS[precision], torch.device(device).type, max_pixels)
-            return DeferredBackend(identity, family, functools.partial(
-                cls.load, name, device=device, precision=precision, max_pixels=max_pixels, family=family,
-                prefix_cache_size=prefix_cache_size))
+        load = functools.partial(cls._load_checked, folder, device, precision, max_pixels, family, prefix_cache_size)
+        if not deferred:
+            return load()
+        check_precision(precision)
+        identity = backend_identity(folder, family, PRECISIONS[precision], torch.device(device).type, max_pixels)
+        return DeferredBackend(identity, family, load)
+
+    @classmethod
+    def _load_checked(cls, folder: Path, device: str, precision: str, max_pixels: int, family: str,
+                      prefix_cache_size: int) -> TransformersBackend:
+        """The model of a checked ``folder``, loaded (:meth:`load` resolved the arguments)."""
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
         dtype = precision_dtype(precision, device)
         try:
             loaded = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype)
@@ -117,7 +120,7 @@ class TransformersBackend:
                                "holding a Qwen2.5-VL or Qwen3-VL in the transformers layout") from None
         loaded = loaded.to(device).eval().requires_grad_(False)
         return cls(loaded, processor, family=family, folder=folder, max_pixels=max_pixels,
-                   prefix_cache_size=prefix_cache_size, source=name)
+                   prefix_cache_size=prefix_cache_size)
 
     @property
     def identity(self) -> dict[str, Any]:
